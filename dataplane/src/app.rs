@@ -1,0 +1,139 @@
+//! Builds the shared state and the server, and runs it until a signal.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use crate::{
+    auth::{Authenticator, KeyStore},
+    config::Config,
+    error::ApiError,
+    http,
+    metrics::Metrics,
+    storage::{Db, DbError},
+    sync::SyncService,
+};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub sync: SyncService,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// True once SIGTERM arrived: `/ready` fails so load balancers stop
+    /// sending new work while in-flight requests drain.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot create metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot create the bootstrap API key: {0}")]
+    Bootstrap(ApiError),
+    #[error("cannot listen on port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens and migrates the database and assembles the state.
+pub async fn build(config: Config) -> Result<AppState, StartError> {
+    let db = Db::connect(&config.database, &config.data_dir).await?;
+    let applied = db.migrate().await?;
+    tracing::info!(database = db.dialect().name(), applied, "database ready");
+    let metrics = Arc::new(Metrics::new()?);
+    let keys = KeyStore::new(db.clone());
+    if let Some(bootstrap) = &config.bootstrap {
+        let created = keys
+            .ensure(bootstrap.api_key.expose(), &bootstrap.user_id)
+            .await
+            .map_err(StartError::Bootstrap)?;
+        tracing::info!(user_id = %bootstrap.user_id, created, "bootstrap API key present");
+    }
+    Ok(AppState {
+        sync: SyncService::new(db, config.limits.clone(), metrics.clone()),
+        auth: Authenticator::new(keys, config.api_keys.enabled),
+        metrics,
+        config: Arc::new(config),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// Serves until SIGTERM or SIGINT, then stops accepting connections and
+/// drains the requests in flight.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let port = config.port;
+    let state = build(config).await?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .map_err(|source| StartError::Bind { port, source })?;
+    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    tracing::info!(%addr, "syncstore listening");
+
+    let sweeper = tokio::spawn(ttl_sweeper(state.clone()));
+    let flag = state.shutting_down.clone();
+    let app = http::router(state.clone());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        flag.store(true, Ordering::Relaxed);
+        tracing::info!("shutdown signal received, draining");
+    })
+    .await
+    .map_err(StartError::Serve)?;
+    sweeper.abort();
+    state.sync.db().close().await;
+    tracing::info!("syncstore stopped");
+    Ok(())
+}
+
+/// Purges expired items every `TTL_CLEANUP_INTERVAL_HOURS`.
+async fn ttl_sweeper(state: AppState) {
+    let mut every = tokio::time::interval(state.config.limits.ttl_cleanup_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await; // the first tick is immediate; start one interval in
+    loop {
+        every.tick().await;
+        match state.sync.purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired items purged"),
+            Err(e) => tracing::warn!(error = %e, "TTL cleanup failed; will retry next interval"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

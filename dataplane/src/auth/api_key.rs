@@ -1,0 +1,186 @@
+//! API keys: generation, hashing, the stored record, and lookup.
+//!
+//! A key is `PREFIX` + 43 characters of base64url (32 random bytes). Only
+//! its SHA-256 is stored. A high-entropy secret needs no slow hash: nobody
+//! can brute-force 256 bits, and a fast hash keeps lookups cheap.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Scope;
+use crate::{error::ApiError, storage::Db};
+
+/// A stored API key (never the key itself).
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub key_hash: String,
+    pub user_id: String,
+    pub is_active: bool,
+    pub expires_at: Option<i64>,
+    pub can_read: bool,
+    pub can_write: bool,
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiKey {
+    /// Whether the key grants `scope`. `admin` grants everything; `read` and
+    /// `write` also need the seed's `canRead` / `canWrite` flags.
+    pub fn allows(&self, scope: Scope) -> bool {
+        let flag = match scope {
+            Scope::Read => self.can_read,
+            Scope::Write => self.can_write,
+            _ => true,
+        };
+        flag && (self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin))
+    }
+}
+
+/// What `keys create` (or the bootstrap) asks for.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub user_id: String,
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<i64>,
+}
+
+/// A fresh random key with the configured prefix.
+pub fn generate_key(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The hex SHA-256 stored in `key_hash`.
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Key lookup with a short-lived cache, so that authenticating a request
+/// is not a database round trip. A deactivated key stops working within
+/// `CACHE_TTL`.
+#[derive(Clone)]
+pub struct KeyStore {
+    db: Db,
+    cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
+}
+
+/// How long a looked-up key (or a miss) is trusted without asking the database.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+impl KeyStore {
+    pub fn new(db: Db) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(CACHE_TTL)
+            .build();
+        Self { db, cache }
+    }
+
+    /// The active record for a presented key, if any. The stored hash is
+    /// compared with the presented key's hash in constant time.
+    pub async fn find(&self, presented: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let hash = hash_key(presented);
+        let record = match self.cache.get(&hash) {
+            Some(hit) => hit,
+            None => {
+                let found = crate::storage::keys::find_by_hash(&self.db, &hash)
+                    .await?
+                    .map(Arc::new);
+                self.cache.insert(hash.clone(), found.clone());
+                found
+            }
+        };
+        Ok(record.filter(|k| bool::from(k.key_hash.as_bytes().ct_eq(hash.as_bytes()))))
+    }
+
+    /// Stores a new key and returns it in clear text: the only time it exists.
+    pub async fn create(&self, new: &NewKey, prefix: &str) -> Result<(ApiKey, String), ApiError> {
+        let key = generate_key(prefix);
+        let record =
+            crate::storage::keys::insert(&self.db, new, &hash_key(&key), &hint(&key)).await?;
+        Ok((record, key))
+    }
+
+    /// Makes sure the bootstrap key exists with every scope for `user_id`.
+    /// Returns true when it was created by this call.
+    pub async fn ensure(&self, key: &str, user_id: &str) -> Result<bool, ApiError> {
+        let hash = hash_key(key);
+        if crate::storage::keys::find_by_hash(&self.db, &hash)
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let new = NewKey {
+            name: "bootstrap".into(),
+            user_id: user_id.into(),
+            scopes: Scope::ALL.to_vec(),
+            expires_at: None,
+        };
+        crate::storage::keys::insert(&self.db, &new, &hash, &hint(key)).await?;
+        Ok(true)
+    }
+}
+
+/// The first characters of a key, enough for a person to tell keys apart.
+fn hint(key: &str) -> String {
+    let shown: String = key.chars().take(12).collect();
+    format!("{shown}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_carry_the_prefix_and_32_random_bytes() {
+        let a = generate_key("sk_live_");
+        let b = generate_key("sk_live_");
+        assert!(a.starts_with("sk_live_") && a.len() == 8 + 43);
+        assert_ne!(a, b);
+        assert!(a[8..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn hash_is_hex_sha256() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn scopes_and_flags_both_gate_read_and_write() {
+        let mut key = ApiKey {
+            id: "k".into(),
+            name: "n".into(),
+            key_hash: String::new(),
+            user_id: "u".into(),
+            is_active: true,
+            expires_at: None,
+            can_read: true,
+            can_write: false,
+            scopes: vec![Scope::Read, Scope::Write],
+        };
+        assert!(key.allows(Scope::Read) && !key.allows(Scope::Write));
+        key.scopes = vec![Scope::Admin];
+        key.can_write = true;
+        assert!(key.allows(Scope::Write) && key.allows(Scope::KeysManage));
+        key.scopes = vec![Scope::Read];
+        assert!(!key.allows(Scope::Write) && !key.allows(Scope::AnalyticsRead));
+    }
+}

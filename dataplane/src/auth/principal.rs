@@ -1,0 +1,100 @@
+//! The authenticated caller of a request, and how it is established.
+
+use std::sync::Arc;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+
+use super::{ApiKey, KeyStore, Scope};
+use crate::{app::AppState, error::ApiError, storage::now_ms};
+
+/// The caller: the user it acts as, and the key that vouched for it.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub key: Arc<ApiKey>,
+}
+
+impl Principal {
+    /// Refuses the request unless the credential grants `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.key.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden {
+                action: scope.as_str(),
+            })
+        }
+    }
+}
+
+/// Turns presented credentials into a [`Principal`]; shared by REST and, later,
+/// the socket handshake, so both apply the same rules.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: KeyStore,
+    api_keys_enabled: bool,
+}
+
+impl Authenticator {
+    pub fn new(keys: KeyStore, api_keys_enabled: bool) -> Self {
+        Self {
+            keys,
+            api_keys_enabled,
+        }
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Authenticates a presented API key.
+    pub async fn api_key(&self, presented: Option<&str>) -> Result<Principal, ApiError> {
+        let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
+            return Err(ApiError::Unauthorized {
+                reason: "missing_credentials",
+            });
+        };
+        if !self.api_keys_enabled {
+            return Err(ApiError::Unauthorized {
+                reason: "api_keys_disabled",
+            });
+        }
+        if presented.len() > 512 {
+            return Err(ApiError::Unauthorized {
+                reason: "unknown_key",
+            });
+        }
+        let key = self
+            .keys
+            .find(presented)
+            .await?
+            .ok_or(ApiError::Unauthorized {
+                reason: "unknown_key",
+            })?;
+        if !key.is_active {
+            return Err(ApiError::KeyInactive);
+        }
+        if key.expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(ApiError::KeyExpired);
+        }
+        Ok(Principal {
+            user_id: key.user_id.clone(),
+            key,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap_or_default());
+        state.auth.api_key(presented).await
+    }
+}

@@ -1,0 +1,732 @@
+//! Configuration: the seed's environment variables (and ours), each with a
+//! `--flag` twin, parsed once into a typed [`Config`].
+//!
+//! clap only collects the raw strings; the parsing and validation live here so
+//! that a bad value stops startup with exactly one line naming the variable,
+//! and so that the value of a secret is never echoed back in that line.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+use ipnet::IpNet;
+
+use crate::{auth::Scope, conflict::Strategy};
+
+/// Raw settings as given by flags or environment variables.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RawConfig {
+    /// TCP port for REST and Socket.IO.
+    #[arg(long, global = true, env = "PORT")]
+    pub port: Option<String>,
+    /// postgres://… or mysql://… ; unset means the embedded SQLite file.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Maximum open database connections per process.
+    #[arg(long, global = true, env = "DB_CONNECTION_LIMIT")]
+    pub db_connection_limit: Option<String>,
+    /// Require TLS to the database server (true/false).
+    #[arg(long, global = true, env = "DB_SSL")]
+    pub db_ssl: Option<String>,
+    /// redis://… for fan-out and shared rate limits across pods.
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// HMAC secret for access tokens (at least 32 characters).
+    #[arg(long, global = true, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Access token lifetime, e.g. 15m, 7d, or seconds.
+    #[arg(long, global = true, env = "JWT_EXPIRES_IN")]
+    pub jwt_expires_in: Option<String>,
+    /// HMAC secret for refresh tokens (at least 32 characters).
+    #[arg(
+        long,
+        global = true,
+        env = "JWT_REFRESH_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_refresh_secret: Option<String>,
+    /// Refresh token lifetime, e.g. 30d, or seconds.
+    #[arg(long, global = true, env = "JWT_REFRESH_EXPIRES_IN")]
+    pub jwt_refresh_expires_in: Option<String>,
+    /// Accept X-API-Key credentials (true/false).
+    #[arg(long, global = true, env = "API_KEYS_ENABLED")]
+    pub api_keys_enabled: Option<String>,
+    /// Prefix of newly generated API keys.
+    #[arg(long, global = true, env = "API_KEY_TOKEN_PREFIX")]
+    pub api_key_token_prefix: Option<String>,
+    /// Scopes of new keys: a JSON array or a comma-separated list.
+    #[arg(long, global = true, env = "API_KEY_DEFAULT_SCOPES")]
+    pub api_key_default_scopes: Option<String>,
+    /// Default lifetime of new keys in days (0 = never expires).
+    #[arg(long, global = true, env = "API_KEY_EXPIRATION_DAYS")]
+    pub api_key_expiration_days: Option<String>,
+    /// Rate-limit window in milliseconds.
+    #[arg(long, global = true, env = "RATE_LIMIT_WINDOW_MS")]
+    pub rate_limit_window_ms: Option<String>,
+    /// Requests allowed per window, per key and per user.
+    #[arg(long, global = true, env = "RATE_LIMIT_MAX_REQUESTS")]
+    pub rate_limit_max_requests: Option<String>,
+    /// Allowed CORS origins: `*` or a comma-separated list.
+    #[arg(long, global = true, env = "CORS_ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// Allow credentialed CORS requests (true/false).
+    #[arg(long, global = true, env = "CORS_CREDENTIALS")]
+    pub cors_credentials: Option<String>,
+    /// trace, debug, info, warn or error (or a tracing filter directive).
+    #[arg(long, global = true, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// json or text.
+    #[arg(long, global = true, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Produce analytics events (true/false).
+    #[arg(long, global = true, env = "ENABLE_ANALYTICS")]
+    pub enable_analytics: Option<String>,
+    /// Analytics events per batch sent to the sink.
+    #[arg(long, global = true, env = "ANALYTICS_BATCH_SIZE")]
+    pub analytics_batch_size: Option<String>,
+    /// Largest item (value + metadata), in KiB.
+    #[arg(long, global = true, env = "MAX_ITEM_SIZE_KB")]
+    pub max_item_size_kb: Option<String>,
+    /// Storage quota per user, in MiB.
+    #[arg(long, global = true, env = "MAX_STORAGE_PER_USER_MB")]
+    pub max_storage_per_user_mb: Option<String>,
+    /// How often expired items are purged, in hours (fractions allowed).
+    #[arg(long, global = true, env = "TTL_CLEANUP_INTERVAL_HOURS")]
+    pub ttl_cleanup_interval_hours: Option<String>,
+    /// Kafka bootstrap servers for analytics events; unset means in-process.
+    #[arg(long, global = true, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic for analytics events.
+    #[arg(long, global = true, env = "KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// LAST_WRITE_WINS, FIRST_WRITE_WINS, MERGE, MANUAL or ASSISTED.
+    #[arg(long, global = true, env = "CONFLICT_DEFAULT_STRATEGY")]
+    pub conflict_default_strategy: Option<String>,
+    /// http(s) endpoint that proposes resolutions for ASSISTED conflicts.
+    #[arg(long, global = true, env = "CONFLICT_RESOLVER_URL")]
+    pub conflict_resolver_url: Option<String>,
+    /// MaxMind-format country database for country restrictions.
+    #[arg(long, global = true, env = "GEOIP_DB_PATH")]
+    pub geoip_db_path: Option<String>,
+    /// Comma-separated IPs/CIDRs whose X-Forwarded-For is believed.
+    #[arg(long, global = true, env = "TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// An API key that `serve` makes sure exists, with every scope.
+    #[arg(long, global = true, env = "BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub bootstrap_api_key: Option<String>,
+    /// Owner user of the bootstrap key (default `demo`).
+    #[arg(long, global = true, env = "BOOTSTRAP_USER_ID")]
+    pub bootstrap_user_id: Option<String>,
+    /// Directory of the embedded SQLite database.
+    #[arg(long, global = true, env = "SYNCSTORE_DATA_DIR")]
+    pub syncstore_data_dir: Option<String>,
+}
+
+/// A configuration value that cannot be used. Displays as one line naming
+/// the variable and its flag (clap derives `--flag` from the same name).
+#[derive(Debug, thiserror::Error)]
+#[error("{var} (--{flag}): {problem}", flag = var.to_ascii_lowercase().replace('_', "-"))]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+/// A secret string whose `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// A server URL, or `None` for the embedded SQLite file.
+    pub url: Option<Secret>,
+    pub connection_limit: u32,
+    pub ssl: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub secret: Option<Secret>,
+    pub expires_in: Duration,
+    pub refresh_secret: Option<Secret>,
+    pub refresh_expires_in: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    pub enabled: bool,
+    pub token_prefix: String,
+    pub default_scopes: Vec<Scope>,
+    /// `None` means new keys never expire.
+    pub expiration_days: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub window: Duration,
+    pub max_requests: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    pub origins: CorsOrigins,
+    pub credentials: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnalyticsConfig {
+    pub enabled: bool,
+    pub batch_size: usize,
+    pub kafka_brokers: Option<String>,
+    pub kafka_topic: String,
+}
+
+/// Storage limits, in bytes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_item_bytes: i64,
+    pub max_storage_bytes_per_user: i64,
+    pub ttl_cleanup_interval: Duration,
+}
+
+impl Limits {
+    /// The request body cap: room for a maximal value and metadata with JSON
+    /// overhead, so ITEM_TOO_LARGE (a precise answer) wins over the cruder
+    /// PAYLOAD_TOO_LARGE for any body that is merely a bit too big.
+    pub fn max_body_bytes(&self) -> usize {
+        usize::try_from(self.max_item_bytes)
+            .unwrap_or(usize::MAX / 4)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConflictConfig {
+    pub default_strategy: Strategy,
+    pub resolver_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub api_key: Secret,
+    pub user_id: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    pub database: DatabaseConfig,
+    pub data_dir: PathBuf,
+    pub redis_url: Option<Secret>,
+    pub jwt: JwtConfig,
+    pub api_keys: ApiKeyConfig,
+    pub rate_limit: RateLimitConfig,
+    pub cors: CorsConfig,
+    pub log: LogConfig,
+    pub analytics: AnalyticsConfig,
+    pub limits: Limits,
+    pub conflict: ConflictConfig,
+    pub geoip_db_path: Option<PathBuf>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// One variable being parsed: its names for error messages and its raw value.
+struct Var<'a> {
+    var: &'static str,
+    raw: Option<&'a str>,
+}
+
+impl Var<'_> {
+    fn err(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            var: self.var,
+            problem: problem.into(),
+        }
+    }
+
+    /// The trimmed value; empty counts as unset, as shells make that easy.
+    fn value(&self) -> Option<&str> {
+        self.raw.map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    fn int<T: std::str::FromStr>(
+        &self,
+        default: T,
+        min: T,
+        max: T,
+        what: &str,
+    ) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(v) = self.value() else {
+            return Ok(default);
+        };
+        match v.parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(self.err(format!(
+                "invalid value '{v}': expected {what} from {min} to {max}"
+            ))),
+        }
+    }
+
+    fn boolean(&self, default: bool) -> Result<bool, ConfigError> {
+        match self.value().map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(v) => Err(self.err(format!("invalid value '{v}': expected true or false"))),
+        }
+    }
+
+    /// A lifetime: plain seconds (`3600`) or a humantime span (`15m`, `7d`).
+    fn duration(&self, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(v) = self.value() else {
+            return Ok(default);
+        };
+        let parsed = match v.parse::<u64>() {
+            Ok(secs) => Ok(Duration::from_secs(secs)),
+            Err(_) => humantime::parse_duration(v).map_err(|e| e.to_string()),
+        };
+        match parsed {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(self.err(format!("invalid value '{v}': must be longer than zero"))),
+            Err(e) => Err(self.err(format!(
+                "invalid value '{v}': expected seconds or a span like 15m or 7d ({e})"
+            ))),
+        }
+    }
+
+    /// A secret: validated without ever repeating its value.
+    fn secret(&self, min_len: usize) -> Result<Option<Secret>, ConfigError> {
+        match self.value() {
+            None => Ok(None),
+            Some(v) if v.chars().count() < min_len => {
+                Err(self.err(format!("too short: must be at least {min_len} characters")))
+            }
+            Some(v) => Ok(Some(Secret::new(v))),
+        }
+    }
+
+    fn url(&self, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
+        let Some(v) = self.value() else {
+            return Ok(None);
+        };
+        let scheme = v.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme {
+            Some(s) if schemes.contains(&s.as_str()) => Ok(Some(v.to_string())),
+            _ => Err(self.err(format!(
+                "must be a URL starting with {}",
+                schemes.join("://, ") + "://"
+            ))),
+        }
+    }
+}
+
+macro_rules! var {
+    ($raw:expr, $field:ident, $var:literal) => {
+        Var {
+            var: $var,
+            raw: $raw.$field.as_deref(),
+        }
+    };
+}
+
+impl Config {
+    /// Parses and validates every setting, failing on the first bad one.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let port = var!(raw, port, "PORT").int(3000u16, 0, u16::MAX, "a port number")?;
+
+        let db_url = var!(raw, database_url, "DATABASE_URL");
+        let database = DatabaseConfig {
+            url: db_url
+                .value()
+                .map(|v| {
+                    let scheme = v.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+                    match scheme.as_deref() {
+                        Some("postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite") => {
+                            Ok(Secret::new(v))
+                        }
+                        _ => Err(db_url.err("must start with postgres://, mysql:// or sqlite://")),
+                    }
+                })
+                .transpose()?,
+            connection_limit: var!(raw, db_connection_limit, "DB_CONNECTION_LIMIT").int(
+                10u32,
+                1,
+                1000,
+                "a connection count",
+            )?,
+            ssl: var!(raw, db_ssl, "DB_SSL").boolean(false)?,
+        };
+
+        let redis = var!(raw, redis_url, "REDIS_URL");
+        let redis_url = redis
+            .url(&["redis", "rediss", "redis+unix"])?
+            .map(Secret::new);
+
+        let jwt = JwtConfig {
+            secret: var!(raw, jwt_secret, "JWT_SECRET").secret(32)?,
+            expires_in: var!(raw, jwt_expires_in, "JWT_EXPIRES_IN")
+                .duration(Duration::from_secs(15 * 60))?,
+            refresh_secret: var!(raw, jwt_refresh_secret, "JWT_REFRESH_SECRET").secret(32)?,
+            refresh_expires_in: var!(raw, jwt_refresh_expires_in, "JWT_REFRESH_EXPIRES_IN")
+                .duration(Duration::from_secs(30 * 24 * 3600))?,
+        };
+
+        let prefix = var!(raw, api_key_token_prefix, "API_KEY_TOKEN_PREFIX");
+        let token_prefix = match prefix.raw {
+            None => "sk_live_".to_string(),
+            Some(p)
+                if p.len() <= 32
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                p.to_string()
+            }
+            Some(_) => {
+                return Err(prefix.err("must be at most 32 characters of A-Z, a-z, 0-9, '_' or '-'"))
+            }
+        };
+        let scopes_var = var!(raw, api_key_default_scopes, "API_KEY_DEFAULT_SCOPES");
+        let default_scopes = match scopes_var.value() {
+            None => vec![Scope::Read, Scope::Write],
+            Some(v) => Scope::parse_list(v).map_err(|e| scopes_var.err(e))?,
+        };
+        let expiration_days = var!(raw, api_key_expiration_days, "API_KEY_EXPIRATION_DAYS").int(
+            365u32,
+            0,
+            36500,
+            "a number of days",
+        )?;
+        let api_keys = ApiKeyConfig {
+            enabled: var!(raw, api_keys_enabled, "API_KEYS_ENABLED").boolean(true)?,
+            token_prefix,
+            default_scopes,
+            expiration_days: (expiration_days > 0).then_some(expiration_days),
+        };
+
+        let rate_limit = RateLimitConfig {
+            window: Duration::from_millis(
+                var!(raw, rate_limit_window_ms, "RATE_LIMIT_WINDOW_MS").int(
+                    60_000u64,
+                    1,
+                    86_400_000,
+                    "milliseconds",
+                )?,
+            ),
+            max_requests: var!(raw, rate_limit_max_requests, "RATE_LIMIT_MAX_REQUESTS").int(
+                100u64,
+                1,
+                1_000_000_000,
+                "a request count",
+            )?,
+        };
+
+        let cors_credentials = var!(raw, cors_credentials, "CORS_CREDENTIALS").boolean(false)?;
+        let cors_var = var!(raw, cors_origin, "CORS_ORIGIN");
+        let origins = match cors_var.value() {
+            None | Some("*") => CorsOrigins::Any,
+            Some(list) => {
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(String::from)
+                    .collect();
+                if let Some(bad) = origins
+                    .iter()
+                    .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+                {
+                    return Err(cors_var.err(format!("invalid origin '{bad}': expected * or http(s)://host[:port], comma-separated")));
+                }
+                CorsOrigins::List(origins)
+            }
+        };
+        if origins == CorsOrigins::Any && cors_credentials {
+            return Err(cors_var.err(
+                "'*' cannot be combined with CORS_CREDENTIALS=true: list the allowed origins",
+            ));
+        }
+        let cors = CorsConfig {
+            origins,
+            credentials: cors_credentials,
+        };
+
+        let level_var = var!(raw, log_level, "LOG_LEVEL");
+        let filter = level_var.value().unwrap_or("info").to_string();
+        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+            return Err(level_var.err(format!(
+                "invalid value '{filter}': expected trace, debug, info, warn or error"
+            )));
+        }
+        let format_var = var!(raw, log_format, "LOG_FORMAT");
+        let format = match format_var.value().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("text") | Some("pretty") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(v) => {
+                return Err(format_var.err(format!("invalid value '{v}': expected json or text")))
+            }
+        };
+
+        let topic_var = var!(raw, kafka_topic, "KAFKA_TOPIC");
+        let kafka_topic = topic_var
+            .value()
+            .unwrap_or("syncstore.analytics")
+            .to_string();
+        if kafka_topic.len() > 249
+            || !kafka_topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(topic_var.err(
+                "invalid topic name: up to 249 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+            ));
+        }
+        let analytics = AnalyticsConfig {
+            enabled: var!(raw, enable_analytics, "ENABLE_ANALYTICS").boolean(true)?,
+            batch_size: var!(raw, analytics_batch_size, "ANALYTICS_BATCH_SIZE").int(
+                100usize,
+                1,
+                100_000,
+                "a batch size",
+            )?,
+            kafka_brokers: var!(raw, kafka_brokers, "KAFKA_BROKERS")
+                .value()
+                .map(String::from),
+            kafka_topic,
+        };
+
+        let ttl_var = var!(
+            raw,
+            ttl_cleanup_interval_hours,
+            "TTL_CLEANUP_INTERVAL_HOURS"
+        );
+        let ttl_hours = match ttl_var.value() {
+            None => 24.0,
+            Some(v) => match v.parse::<f64>() {
+                Ok(h) if h.is_finite() && h > 0.0 && h <= 24.0 * 365.0 => h,
+                _ => {
+                    return Err(ttl_var.err(format!(
+                        "invalid value '{v}': expected hours, more than 0 and at most 8760"
+                    )))
+                }
+            },
+        };
+        let limits = Limits {
+            max_item_bytes: var!(raw, max_item_size_kb, "MAX_ITEM_SIZE_KB").int(
+                100i64,
+                1,
+                16 * 1024,
+                "KiB",
+            )? * 1024,
+            max_storage_bytes_per_user: var!(
+                raw,
+                max_storage_per_user_mb,
+                "MAX_STORAGE_PER_USER_MB"
+            )
+            .int(100i64, 1, 1024 * 1024, "MiB")?
+                * 1024
+                * 1024,
+            ttl_cleanup_interval: Duration::from_secs_f64(ttl_hours * 3600.0),
+        };
+
+        let strategy_var = var!(raw, conflict_default_strategy, "CONFLICT_DEFAULT_STRATEGY");
+        let conflict = ConflictConfig {
+            default_strategy: match strategy_var.value() {
+                None => Strategy::LastWriteWins,
+                Some(v) => v.parse().map_err(|e: String| strategy_var.err(e))?,
+            },
+            resolver_url: var!(raw, conflict_resolver_url, "CONFLICT_RESOLVER_URL")
+                .url(&["http", "https"])?,
+        };
+
+        let geo_var = var!(raw, geoip_db_path, "GEOIP_DB_PATH");
+        let geoip_db_path = match geo_var.value() {
+            None => None,
+            Some(p) if std::path::Path::new(p).is_file() => Some(PathBuf::from(p)),
+            Some(p) => return Err(geo_var.err(format!("no such file: {p}"))),
+        };
+
+        let proxies_var = var!(raw, trusted_proxies, "TRUSTED_PROXIES");
+        let trusted_proxies = proxies_var
+            .value()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| proxies_var.err(format!("invalid IP or CIDR '{p}'")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let user_var = var!(raw, bootstrap_user_id, "BOOTSTRAP_USER_ID");
+        let bootstrap_user = user_var.value().unwrap_or("demo").to_string();
+        crate::sync::validate_user_id(&bootstrap_user).map_err(|e| user_var.err(e))?;
+        let key_var = var!(raw, bootstrap_api_key, "BOOTSTRAP_API_KEY");
+        let bootstrap = key_var.secret(24)?.map(|api_key| Bootstrap {
+            api_key,
+            user_id: bootstrap_user,
+        });
+
+        let data_dir = PathBuf::from(
+            var!(raw, syncstore_data_dir, "SYNCSTORE_DATA_DIR")
+                .value()
+                .unwrap_or("./syncstore-data"),
+        );
+
+        Ok(Config {
+            port,
+            database,
+            data_dir,
+            redis_url,
+            jwt,
+            api_keys,
+            rate_limit,
+            cors,
+            log: LogConfig { filter, format },
+            analytics,
+            limits,
+            conflict,
+            geoip_db_path,
+            trusted_proxies,
+            bootstrap,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(f: impl FnOnce(&mut RawConfig)) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        f(&mut raw);
+        Config::from_raw(&raw)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_store_on_port_3000() {
+        let c = parse(|_| {}).expect("defaults are valid");
+        assert_eq!(c.port, 3000);
+        assert!(c.database.url.is_none());
+        assert_eq!(c.limits.max_item_bytes, 100 * 1024);
+        assert_eq!(c.limits.max_storage_bytes_per_user, 100 * 1024 * 1024);
+        assert_eq!(c.api_keys.token_prefix, "sk_live_");
+        assert_eq!(c.api_keys.default_scopes, vec![Scope::Read, Scope::Write]);
+        assert_eq!(c.conflict.default_strategy, Strategy::LastWriteWins);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_in_one_line() {
+        let e = parse(|r| r.port = Some("abc".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("PORT (--port): invalid value 'abc'"), "{e}");
+        let e = parse(|r| r.max_item_size_kb = Some("-1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("MAX_ITEM_SIZE_KB (--max-item-size-kb)"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+        let e = parse(|r| r.db_ssl = Some("maybe".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("DB_SSL"), "{e}");
+        let e = parse(|r| r.api_key_default_scopes = Some("[\"read\",\"fly\"]".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("API_KEY_DEFAULT_SCOPES"), "{e}");
+        let e = parse(|r| r.conflict_default_strategy = Some("YOLO".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("CONFLICT_DEFAULT_STRATEGY"), "{e}");
+        let e = parse(|r| r.trusted_proxies = Some("10.0.0.0/8, nope".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TRUSTED_PROXIES") && e.contains("nope"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secret_values_are_never_echoed() {
+        let e = parse(|r| r.jwt_secret = Some("hunter2".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("JWT_SECRET") && !e.contains("hunter2"), "{e}");
+        let c = parse(|r| r.bootstrap_api_key = Some("sk_live_0123456789abcdefghijklmnop".into()))
+            .unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn wildcard_cors_with_credentials_is_refused() {
+        let e = parse(|r| r.cors_credentials = Some("true".into())).unwrap_err();
+        assert_eq!(e.var, "CORS_ORIGIN");
+        let c = parse(|r| {
+            r.cors_credentials = Some("true".into());
+            r.cors_origin = Some("https://app.example.com, http://localhost:5173".into());
+        })
+        .unwrap();
+        assert_eq!(
+            c.cors.origins,
+            CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:5173".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn lifetimes_accept_seconds_and_spans() {
+        let c = parse(|r| {
+            r.jwt_expires_in = Some("7d".into());
+            r.jwt_refresh_expires_in = Some("3600".into());
+            r.ttl_cleanup_interval_hours = Some("0.5".into());
+        })
+        .unwrap();
+        assert_eq!(c.jwt.expires_in, Duration::from_secs(7 * 86400));
+        assert_eq!(c.jwt.refresh_expires_in, Duration::from_secs(3600));
+        assert_eq!(c.limits.ttl_cleanup_interval, Duration::from_secs(1800));
+    }
+}

@@ -1,0 +1,165 @@
+//! The one error type of the data plane and its one mapping to HTTP.
+//!
+//! Every failure a client can see is an [`ApiError`] variant with a stable
+//! `code`. Handlers return `Result<_, ApiError>`, and [`IntoResponse`] turns it
+//! into `{message, code, details}` with the right status, so no handler
+//! decides a status code on its own.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::{json, Value};
+
+use crate::sync::Item;
+
+/// A failure that reaches a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required")]
+    Unauthorized { reason: &'static str },
+    #[error("this credential may not {action}")]
+    Forbidden { action: &'static str },
+    #[error("this API key has been deactivated")]
+    KeyInactive,
+    #[error("this API key has expired")]
+    KeyExpired,
+    #[error("item not found")]
+    NotFound { key: String },
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the item changed since version {expected}")]
+    VersionConflict { expected: i64, current: Box<Item> },
+    #[error("the item is {size} bytes, over the limit of {limit} bytes")]
+    ItemTooLarge { size: i64, limit: i64 },
+    #[error("this write would use {would_use} bytes, over the user's quota of {limit} bytes")]
+    StorageQuotaExceeded { would_use: i64, limit: i64 },
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("the request body is over the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the database is unavailable")]
+    ServiceUnavailable,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable, documented machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized { .. } => "UNAUTHORIZED",
+            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::KeyInactive => "KEY_INACTIVE",
+            Self::KeyExpired => "KEY_EXPIRED",
+            Self::NotFound { .. } | Self::RouteNotFound { .. } => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::VersionConflict { .. } => "VERSION_CONFLICT",
+            Self::ItemTooLarge { .. } => "ITEM_TOO_LARGE",
+            Self::StorageQuotaExceeded { .. } => "STORAGE_QUOTA_EXCEEDED",
+            Self::InvalidKey(_) => "INVALID_KEY",
+            Self::InvalidBody(_) => "INVALID_BODY",
+            Self::InvalidQuery(_) => "INVALID_QUERY",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } | Self::KeyInactive | Self::KeyExpired => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::VersionConflict { .. } => StatusCode::CONFLICT,
+            Self::ItemTooLarge { .. }
+            | Self::StorageQuotaExceeded { .. }
+            | Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidKey(_) | Self::InvalidBody(_) | Self::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Structured context for the client. Internal details stay in the logs.
+    pub fn details(&self) -> Value {
+        match self {
+            Self::Unauthorized { reason } => json!({ "reason": reason }),
+            Self::Forbidden { action } => json!({ "required": action }),
+            Self::NotFound { key } => json!({ "key": key }),
+            Self::RouteNotFound { method, path } => json!({ "method": method, "path": path }),
+            Self::VersionConflict { expected, current } => {
+                json!({ "expectedVersion": expected, "currentVersion": current.version, "current": current })
+            }
+            Self::ItemTooLarge { size, limit } => json!({ "size": size, "limit": limit }),
+            Self::StorageQuotaExceeded { would_use, limit } => {
+                json!({ "wouldUse": would_use, "limit": limit })
+            }
+            Self::PayloadTooLarge { limit } => json!({ "limit": limit }),
+            _ => Value::Null,
+        }
+    }
+
+    /// The error as the JSON body every client sees.
+    pub fn body(&self) -> Value {
+        json!({ "message": self.to_string(), "code": self.code(), "details": self.details() })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => tracing::error!(code = self.code(), %cause, "request failed"),
+            Self::ServiceUnavailable => tracing::warn!(code = self.code(), "database unavailable"),
+            _ => tracing::debug!(code = self.code(), "request rejected"),
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        if matches!(self, Self::ServiceUnavailable) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// Connection-level failures, lost lock races and a server shutting down
+    /// mean the database is down or overloaded (503, retryable); anything
+    /// else is our bug (500, logged).
+    fn from(err: sqlx::Error) -> Self {
+        let unavailable = match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // PostgreSQL admin_shutdown, crash_shutdown, cannot_connect_now,
+            // too_many_connections.
+            sqlx::Error::Database(db) => {
+                crate::storage::is_retryable(&err)
+                    || matches!(
+                        db.code().as_deref(),
+                        Some("57P01" | "57P02" | "57P03" | "53300")
+                    )
+            }
+            _ => false,
+        };
+        if unavailable {
+            Self::ServiceUnavailable
+        } else {
+            Self::Internal(err.to_string())
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `/health`, `/ready` and `/metrics`.
+
+use axum::{extract::State, http::header, response::IntoResponse, Json};
+use serde_json::{json, Value};
+
+use crate::{app::AppState, error::ApiError};
+
+/// Alive: the process answers. Never touches the database, so a database
+/// outage does not get healthy pods restarted.
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready: the database answers, so this pod can serve traffic.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.shutting_down() {
+        return Err(ApiError::ServiceUnavailable);
+    }
+    if state.sync.db().ping().await {
+        Ok(Json(
+            json!({ "status": "ready", "database": state.sync.db().dialect().name() }),
+        ))
+    } else {
+        Err(ApiError::ServiceUnavailable)
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (size, idle) = state.sync.db().pool_stats();
+    state.metrics.db_pool_size.set(i64::from(size));
+    state
+        .metrics
+        .db_pool_idle
+        .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,191 @@
+//! `syncstore`: serve the API, migrate the database, manage API keys.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use syncstore::{
+    app,
+    auth::{NewKey, Scope},
+    config::{Config, RawConfig},
+    storage::{self, Db},
+    sync::validate_user_id,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "syncstore",
+    version,
+    about = "Real-time key/value sync service"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: RawConfig,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve REST on PORT (the embedded SQLite store unless DATABASE_URL is set).
+    Serve,
+    /// Apply the database migrations and exit (a no-op when up to date).
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// The user the key acts as.
+        #[arg(long)]
+        user: String,
+        /// Grant only `read` (overrides --scopes).
+        #[arg(long)]
+        read_only: bool,
+        /// Scopes, comma-separated (default API_KEY_DEFAULT_SCOPES).
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Lifetime in days (default API_KEY_EXPIRATION_DAYS; 0 = never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Deactivate a key by id.
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// A failure of a one-shot command, as one line on stderr and exit code 1.
+fn fail(what: &str, err: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {what}: {err}");
+    ExitCode::FAILURE
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_raw(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    syncstore::telemetry::init(&config.log);
+    match cli.command {
+        Command::Serve => match app::serve(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("serve", e),
+        },
+        Command::Migrate => {
+            let db = match Db::connect(&config.database, &config.data_dir).await {
+                Ok(db) => db,
+                Err(e) => return fail("migrate", e),
+            };
+            match db.migrate().await {
+                Ok(n) => {
+                    println!(
+                        "applied {n} migration(s) to the {} database",
+                        db.dialect().name()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("migrate", e),
+            }
+        }
+        Command::Keys(cmd) => keys(cmd, &config).await,
+    }
+}
+
+async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
+    let db = match Db::connect(&config.database, &config.data_dir).await {
+        Ok(db) => db,
+        Err(e) => return fail("keys", e),
+    };
+    if let Err(e) = db.migrate().await {
+        return fail("keys", e);
+    }
+    match cmd {
+        KeysCommand::Create {
+            name,
+            user,
+            read_only,
+            scopes,
+            expires_in_days,
+        } => {
+            if let Err(e) = validate_user_id(&user) {
+                return fail("--user", e);
+            }
+            let scopes = match (read_only, scopes) {
+                (true, _) => vec![Scope::Read],
+                (false, Some(list)) => match Scope::parse_list(&list) {
+                    Ok(s) if !s.is_empty() => s,
+                    Ok(_) => return fail("--scopes", "at least one scope is needed"),
+                    Err(e) => return fail("--scopes", e),
+                },
+                (false, None) => config.api_keys.default_scopes.clone(),
+            };
+            let days = expires_in_days
+                .or(config.api_keys.expiration_days)
+                .filter(|d| *d > 0);
+            let expires_at = days.map(|d| storage::now_ms() + i64::from(d) * 86_400_000);
+            let new = NewKey {
+                name: name.clone(),
+                user_id: user.clone(),
+                scopes,
+                expires_at,
+            };
+            let keys = syncstore::auth::KeyStore::new(db.clone());
+            match keys.create(&new, &config.api_keys.token_prefix).await {
+                Ok((record, key)) => {
+                    let entry = storage::audit::AuditEntry {
+                        actor: "cli",
+                        action: "api_key.create",
+                        target: Some(&record.id),
+                        result: "ok",
+                        details: Some(serde_json::json!({ "name": name, "userId": user })),
+                        ..Default::default()
+                    };
+                    if let Err(e) = storage::audit::record(&db, &entry).await {
+                        eprintln!("warning: audit entry not written: {e}");
+                    }
+                    let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+                    eprintln!(
+                        "created key {} for user {} with scopes [{}]",
+                        record.id,
+                        record.user_id,
+                        scopes.join(", ")
+                    );
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("keys create", e),
+            }
+        }
+        KeysCommand::Revoke { id } => match storage::keys::set_active(&db, &id, false).await {
+            Ok(true) => {
+                let entry = storage::audit::AuditEntry {
+                    actor: "cli",
+                    action: "api_key.revoke",
+                    target: Some(&id),
+                    result: "ok",
+                    ..Default::default()
+                };
+                if let Err(e) = storage::audit::record(&db, &entry).await {
+                    eprintln!("warning: audit entry not written: {e}");
+                }
+                eprintln!("revoked key {id}");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail("keys revoke", format!("no key with id {id}")),
+            Err(e) => fail("keys revoke", e),
+        },
+    }
+}

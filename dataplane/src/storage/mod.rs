@@ -1,0 +1,348 @@
+//! Database access through sqlx's `Any` driver.
+//!
+//! One set of queries serves SQLite, PostgreSQL and MySQL/MariaDB. The schema
+//! keeps to types every dialect shares (VARCHAR/TEXT, BIGINT, BOOLEAN, times
+//! as Unix milliseconds), queries are written with `?` placeholders and
+//! rewritten for PostgreSQL, and the few real differences (upsert syntax,
+//! locking reads) are the [`Dialect`]'s to answer. That keeps the write path
+//! in one place instead of three copies that drift.
+
+pub mod audit;
+pub mod items;
+pub mod keys;
+
+use std::{borrow::Cow, path::Path, time::Duration};
+
+use sqlx::{
+    any::{AnyPoolOptions, AnyRow},
+    migrate::Migrator,
+    AnyPool, Executor, Row,
+};
+
+use crate::config::DatabaseConfig;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
+
+/// Which SQL dialect the pool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+        }
+    }
+
+    fn from_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "mysql" | "mariadb" => Some(Self::Mysql),
+            _ => None,
+        }
+    }
+
+    /// A locking-read suffix. SQLite has none and needs none: its writer
+    /// lock is already held by the time the write path reads.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            _ => " FOR UPDATE",
+        }
+    }
+}
+
+/// Failure to open or migrate the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unsupported database URL scheme (expected postgres://, mysql:// or sqlite://)")]
+    Scheme,
+    #[error("cannot connect to the {dialect} database: {source}")]
+    Connect {
+        dialect: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A connection pool plus the dialect it speaks.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Db {
+    /// Opens the configured server database, or the embedded SQLite file
+    /// under `data_dir` when no URL is set.
+    pub async fn connect(cfg: &DatabaseConfig, data_dir: &Path) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let url = match &cfg.url {
+            Some(url) => with_tls(url.expose(), cfg.ssl),
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|source| DbError::DataDir {
+                    path: data_dir.display().to_string(),
+                    source,
+                })?;
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    data_dir.join("syncstore.db").display()
+                )
+            }
+        };
+        let dialect = Dialect::from_url(&url).ok_or(DbError::Scheme)?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(cfg.connection_limit)
+            .min_connections(0)
+            // A request waits this long for a connection before it is told
+            // SERVICE_UNAVAILABLE rather than hanging on a dead database.
+            .acquire_timeout(Duration::from_secs(3))
+            .idle_timeout(Duration::from_secs(300))
+            .test_before_acquire(false);
+        if dialect == Dialect::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the one writer; busy_timeout
+                    // makes writers queue instead of failing with SQLITE_BUSY;
+                    // case_sensitive_like makes prefix LIKE match PostgreSQL.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA busy_timeout = 10000; PRAGMA case_sensitive_like = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|source| DbError::Connect {
+                dialect: dialect.name(),
+                source,
+            })?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// Applies the embedded migrations of this dialect. Already-applied
+    /// migrations are skipped, so running it twice is a no-op.
+    pub async fn migrate(&self) -> Result<usize, DbError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+            Dialect::Mysql => &MYSQL_MIGRATIONS,
+        };
+        let applied_before = self.applied_migrations().await;
+        migrator.run(&self.pool).await?;
+        Ok(migrator.iter().count().saturating_sub(applied_before))
+    }
+
+    async fn applied_migrations(&self) -> usize {
+        sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_one(&self.pool)
+            .await
+            .ok()
+            .and_then(|row| row.i64_at(0).ok())
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The query text for this dialect: `?` placeholders become `$1, $2, …`
+    /// on PostgreSQL. Queries are our own constants, so no `?` ever appears
+    /// inside a string literal.
+    pub fn sql<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        match self.dialect {
+            Dialect::Postgres => Cow::Owned(numbered_placeholders(query)),
+            _ => Cow::Borrowed(query),
+        }
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
+    }
+
+    /// Open and idle connections, for the pool gauges.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn numbered_placeholders(query: &str) -> String {
+    let mut out = String::with_capacity(query.len() + 16);
+    let mut n = 0;
+    for c in query.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// DB_SSL=true asks the driver to refuse plaintext connections.
+fn with_tls(url: &str, ssl: bool) -> String {
+    if !ssl {
+        return url.to_string();
+    }
+    let param = match Dialect::from_url(url) {
+        Some(Dialect::Postgres) => "sslmode=require",
+        Some(Dialect::Mysql) => "ssl-mode=REQUIRED",
+        _ => return url.to_string(),
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{param}")
+}
+
+/// Typed column access that tolerates each driver's integer and boolean
+/// widths (PostgreSQL BOOLEAN, MySQL TINYINT(1), SQLite INTEGER), which the
+/// `Any` driver otherwise reports as different kinds.
+pub trait RowExt {
+    fn i64_at<I: sqlx::ColumnIndex<AnyRow> + Copy>(&self, col: I) -> Result<i64, sqlx::Error>;
+    fn opt_i64<I: sqlx::ColumnIndex<AnyRow> + Copy>(
+        &self,
+        col: I,
+    ) -> Result<Option<i64>, sqlx::Error>;
+    fn bool_at<I: sqlx::ColumnIndex<AnyRow> + Copy>(&self, col: I) -> Result<bool, sqlx::Error>;
+    fn str_at<I: sqlx::ColumnIndex<AnyRow> + Copy>(&self, col: I) -> Result<String, sqlx::Error>;
+    fn opt_str<I: sqlx::ColumnIndex<AnyRow> + Copy>(
+        &self,
+        col: I,
+    ) -> Result<Option<String>, sqlx::Error>;
+}
+
+impl RowExt for AnyRow {
+    fn i64_at<I: sqlx::ColumnIndex<AnyRow> + Copy>(&self, col: I) -> Result<i64, sqlx::Error> {
+        self.opt_i64(col)?
+            .ok_or_else(|| sqlx::Error::Decode("unexpected NULL in an integer column".into()))
+    }
+
+    fn opt_i64<I: sqlx::ColumnIndex<AnyRow> + Copy>(
+        &self,
+        col: I,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        if let Ok(v) = self.try_get::<Option<i64>, _>(col) {
+            return Ok(v);
+        }
+        if let Ok(v) = self.try_get::<Option<i32>, _>(col) {
+            return Ok(v.map(i64::from));
+        }
+        if let Ok(v) = self.try_get::<Option<i16>, _>(col) {
+            return Ok(v.map(i64::from));
+        }
+        if let Ok(v) = self.try_get::<Option<bool>, _>(col) {
+            return Ok(v.map(i64::from));
+        }
+        // Decimal results (e.g. MySQL SUM) arrive as text through `Any`.
+        match self.try_get::<Option<String>, _>(col)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e))),
+        }
+    }
+
+    fn bool_at<I: sqlx::ColumnIndex<AnyRow> + Copy>(&self, col: I) -> Result<bool, sqlx::Error> {
+        match self.try_get::<bool, _>(col) {
+            Ok(b) => Ok(b),
+            Err(_) => Ok(self.i64_at(col)? != 0),
+        }
+    }
+
+    fn str_at<I: sqlx::ColumnIndex<AnyRow> + Copy>(&self, col: I) -> Result<String, sqlx::Error> {
+        self.opt_str(col)?
+            .ok_or_else(|| sqlx::Error::Decode("unexpected NULL in a text column".into()))
+    }
+
+    /// MySQL reports text in a binary collation (our `utf8mb4_bin`, chosen
+    /// for case-sensitive keys) as BLOB, so bytes are accepted as UTF-8.
+    fn opt_str<I: sqlx::ColumnIndex<AnyRow> + Copy>(
+        &self,
+        col: I,
+    ) -> Result<Option<String>, sqlx::Error> {
+        match self.try_get::<Option<String>, _>(col) {
+            Ok(v) => Ok(v),
+            Err(text_err) => match self.try_get::<Option<Vec<u8>>, _>(col) {
+                Ok(bytes) => bytes
+                    .map(|b| String::from_utf8(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+                    .transpose(),
+                Err(_) => Err(text_err),
+            },
+        }
+    }
+}
+
+/// The current time as Unix milliseconds, the unit of every stored time.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered_placeholders("SELECT a FROM t WHERE x = ? AND y IN (?, ?)"),
+            "SELECT a FROM t WHERE x = $1 AND y IN ($2, $3)"
+        );
+    }
+
+    #[test]
+    fn db_ssl_adds_the_drivers_require_flag() {
+        assert_eq!(
+            with_tls("postgres://u@h/db", true),
+            "postgres://u@h/db?sslmode=require"
+        );
+        assert_eq!(
+            with_tls("mysql://u@h/db?x=1", true),
+            "mysql://u@h/db?x=1&ssl-mode=REQUIRED"
+        );
+        assert_eq!(with_tls("mysql://u@h/db", false), "mysql://u@h/db");
+    }
+}
+
+/// Whether a failed transaction is worth running again: it lost a deadlock,
+/// a serialization check or a busy lock, and nothing it did was kept.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            matches!(code.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "262")
+                || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}

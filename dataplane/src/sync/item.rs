@@ -1,0 +1,285 @@
+//! The item model as clients see it, and the validation of what they send.
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// Longest key, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Longest user or instance id, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// A stored item, in the seed's SyncStorageItem shape plus `seq`.
+///
+/// `value` and `metadata` stay as the JSON text that was stored, so a read
+/// never parses and re-serialises them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Item {
+    pub id: String,
+    pub user_id: String,
+    pub instance_id: String,
+    pub key: String,
+    pub value: Option<Box<RawValue>>,
+    pub metadata: Option<Box<RawValue>>,
+    pub version: i64,
+    /// The client's clock, in Unix milliseconds.
+    pub timestamp: i64,
+    #[serde(serialize_with = "ms_as_rfc3339")]
+    pub last_modified: i64,
+    pub is_deleted: bool,
+    /// Bytes of `value` plus `metadata` as stored.
+    pub size: i64,
+    pub compression_type: Option<String>,
+    pub encryption_type: Option<String>,
+    pub tags: Option<Box<RawValue>>,
+    /// Expiry time, if any.
+    #[serde(serialize_with = "opt_ms_as_rfc3339")]
+    pub ttl: Option<i64>,
+    pub priority: i64,
+    pub seq: i64,
+}
+
+impl Item {
+    /// Whether the item is gone for readers: removed, or past its TTL.
+    pub fn is_visible(&self, now_ms: i64) -> bool {
+        !self.is_deleted && self.ttl.is_none_or(|t| t > now_ms)
+    }
+}
+
+fn ms_as_rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    match chrono::DateTime::from_timestamp_millis(*ms) {
+        Some(t) => s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        None => s.serialize_i64(*ms),
+    }
+}
+
+fn opt_ms_as_rfc3339<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => ms_as_rfc3339(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A TTL as clients may give it: seconds from now, or an absolute RFC 3339 time.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Ttl {
+    Seconds(f64),
+    At(String),
+}
+
+impl Ttl {
+    /// The absolute expiry in Unix milliseconds.
+    pub fn expires_at(&self, now_ms: i64) -> Result<i64, ApiError> {
+        match self {
+            Ttl::Seconds(s) if s.is_finite() && *s > 0.0 && *s <= 100.0 * 365.0 * 86400.0 => {
+                // Bounded above, so the cast cannot overflow.
+                Ok(now_ms + (s * 1000.0).round() as i64)
+            }
+            Ttl::Seconds(_) => Err(ApiError::InvalidBody(
+                "ttl in seconds must be more than 0 and at most 100 years".into(),
+            )),
+            Ttl::At(text) => chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    ApiError::InvalidBody("ttl must be seconds or an RFC 3339 time".into())
+                }),
+        }
+    }
+}
+
+/// The body of a set (REST PUT, socket `sync:set`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetRequest {
+    /// Any JSON, kept verbatim. Required: JSON `null` is a value, absence is not.
+    pub value: Box<RawValue>,
+    #[serde(default)]
+    pub metadata: Option<Box<RawValue>>,
+    /// The version this write was based on.
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// The client's clock in Unix milliseconds; the server's when absent.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    #[serde(default)]
+    pub ttl: Option<Ttl>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub compression_type: Option<String>,
+    #[serde(default)]
+    pub encryption_type: Option<String>,
+}
+
+impl SetRequest {
+    /// Checks what serde's types cannot: metadata is an object, the small
+    /// string fields are bounded.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(m) = &self.metadata {
+            let text = m.get().trim_start();
+            if !(text.starts_with('{') || text == "null") {
+                return Err(ApiError::InvalidBody(
+                    "metadata must be a JSON object".into(),
+                ));
+            }
+        }
+        if let Some(v) = self.version {
+            if v < 0 {
+                return Err(ApiError::InvalidBody("version must not be negative".into()));
+            }
+        }
+        if let Some(ts) = self.timestamp {
+            if ts < 0 {
+                return Err(ApiError::InvalidBody(
+                    "timestamp must be Unix milliseconds".into(),
+                ));
+            }
+        }
+        if let Some(tags) = &self.tags {
+            if tags.len() > 64 || tags.iter().any(|t| t.len() > 128) {
+                return Err(ApiError::InvalidBody(
+                    "at most 64 tags of at most 128 bytes".into(),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("compressionType", &self.compression_type),
+            ("encryptionType", &self.encryption_type),
+        ] {
+            if v.as_ref().is_some_and(|v| v.len() > 64) {
+                return Err(ApiError::InvalidBody(format!("{name} is at most 64 bytes")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Metadata as stored: JSON `null` and absence are the same thing.
+    pub fn metadata_text(&self) -> Option<&str> {
+        self.metadata
+            .as_deref()
+            .map(RawValue::get)
+            .filter(|m| m.trim() != "null")
+    }
+}
+
+fn check_text(what: &str, s: &str, max: usize, allow_empty: bool) -> Result<(), String> {
+    if s.is_empty() && !allow_empty {
+        return Err(format!("{what} must not be empty"));
+    }
+    if s.len() > max {
+        return Err(format!(
+            "{what} is {} bytes, over the limit of {max}",
+            s.len()
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{what} must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A key is 1–256 bytes of UTF-8 with no control characters.
+pub fn validate_key(key: &str) -> Result<(), ApiError> {
+    check_text("key", key, MAX_KEY_BYTES, false).map_err(ApiError::InvalidKey)
+}
+
+/// A prefix obeys the key rules but may be empty.
+pub fn validate_prefix(prefix: &str) -> Result<(), ApiError> {
+    check_text("prefix", prefix, MAX_KEY_BYTES, true).map_err(ApiError::InvalidQuery)
+}
+
+/// User and instance ids: 1–255 bytes, no control characters.
+pub fn validate_user_id(id: &str) -> Result<(), String> {
+    check_text("user id", id, MAX_ID_BYTES, false)
+}
+
+pub fn validate_instance_id(id: &str) -> Result<(), String> {
+    check_text("instance id", id, MAX_ID_BYTES, false)
+}
+
+/// `prefix` as a LIKE pattern that matches only itself, then anything:
+/// `!` escapes `%`, `_` and itself (a backslash would need doubling on MySQL).
+pub fn like_prefix_pattern(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_are_bounded_and_printable() {
+        assert!(validate_key("settings/theme").is_ok());
+        assert!(validate_key("ключ🔑").is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key("a\nb").is_err());
+        assert!(validate_key("\u{7f}").is_err());
+        assert!(validate_key(&"k".repeat(256)).is_ok());
+        assert!(validate_key(&"k".repeat(257)).is_err());
+        // 128 two-byte characters are 256 bytes; 129 are too many.
+        assert!(validate_key(&"é".repeat(128)).is_ok());
+        assert!(validate_key(&"é".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn like_wildcards_in_a_prefix_are_literal() {
+        assert_eq!(like_prefix_pattern("a%"), "a!%%");
+        assert_eq!(like_prefix_pattern("a_b!"), "a!_b!!%");
+        assert_eq!(like_prefix_pattern(""), "%");
+    }
+
+    #[test]
+    fn metadata_must_be_an_object() {
+        let req: SetRequest = serde_json::from_str(r#"{"value":1,"metadata":[1]}"#).unwrap();
+        assert!(req.validate().is_err());
+        let req: SetRequest = serde_json::from_str(r#"{"value":1,"metadata":{"a":1}}"#).unwrap();
+        assert!(req.validate().is_ok());
+        let req: SetRequest = serde_json::from_str(r#"{"value":null,"metadata":null}"#).unwrap();
+        assert!(req.validate().is_ok() && req.metadata_text().is_none());
+    }
+
+    #[test]
+    fn ttl_is_seconds_or_a_time() {
+        assert_eq!(Ttl::Seconds(1.5).expires_at(1000).unwrap(), 2500);
+        assert!(Ttl::Seconds(-1.0).expires_at(0).is_err());
+        assert_eq!(
+            Ttl::At("1970-01-01T00:00:02Z".into())
+                .expires_at(0)
+                .unwrap(),
+            2000
+        );
+        assert!(Ttl::At("tomorrow".into()).expires_at(0).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn escaped_pattern_round_trips(prefix in "[a-z%_!]{0,12}") {
+            // Unescaping the pattern (minus the final %) gives the prefix back.
+            let pat = like_prefix_pattern(&prefix);
+            let body = &pat[..pat.len() - 1];
+            let mut out = String::new();
+            let mut esc = false;
+            for c in body.chars() {
+                if !esc && c == '!' { esc = true; continue; }
+                prop_assert!(esc || !matches!(c, '%' | '_'));
+                esc = false;
+                out.push(c);
+            }
+            prop_assert_eq!(out, prefix);
+        }
+    }
+}
