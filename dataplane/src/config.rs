@@ -283,15 +283,9 @@ impl Var<'_> {
         self.raw.map(str::trim).filter(|v| !v.is_empty())
     }
 
-    fn int<T: std::str::FromStr>(
-        &self,
-        default: T,
-        min: T,
-        max: T,
-        what: &str,
-    ) -> Result<T, ConfigError>
+    fn int<T>(&self, default: T, min: T, max: T, what: &str) -> Result<T, ConfigError>
     where
-        T: PartialOrd + std::fmt::Display + Copy,
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
         let Some(v) = self.value() else {
             return Ok(default);

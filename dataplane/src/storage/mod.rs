@@ -308,6 +308,19 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Whether a failed transaction is worth running again: it lost a deadlock,
+/// a serialization check or a busy lock, and nothing it did was kept.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            matches!(code.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "262")
+                || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,18 +344,5 @@ mod tests {
             "mysql://u@h/db?x=1&ssl-mode=REQUIRED"
         );
         assert_eq!(with_tls("mysql://u@h/db", false), "mysql://u@h/db");
-    }
-}
-
-/// Whether a failed transaction is worth running again: it lost a deadlock,
-/// a serialization check or a busy lock, and nothing it did was kept.
-pub fn is_retryable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            matches!(code.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "262")
-                || db.message().contains("database is locked")
-        }
-        _ => false,
     }
 }

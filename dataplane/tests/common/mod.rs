@@ -1,0 +1,176 @@
+//! Shared helpers for the integration tests: real databases and a real
+//! `syncstore serve` process.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use syncstore::{
+    config::{DatabaseConfig, Limits, Secret},
+    storage::Db,
+};
+
+/// PostgreSQL started by `scripts/services.sh`; override with TEST_POSTGRES_URL.
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://syncstore:syncstore@127.0.0.1:5432/syncstore".into())
+}
+
+/// MariaDB started by `scripts/services.sh`; override with TEST_MYSQL_URL.
+pub fn mysql_url() -> String {
+    std::env::var("TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://syncstore:syncstore@127.0.0.1:3306/syncstore".into())
+}
+
+/// A database of the given backend, migrated. SQLite gets a fresh file;
+/// the servers are shared, so tests isolate themselves by user id.
+pub async fn database(backend: &str) -> (Db, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = match backend {
+        "sqlite" => None,
+        "postgres" => Some(postgres_url()),
+        "mysql" => Some(mysql_url()),
+        other => panic!("unknown backend {other}"),
+    };
+    let cfg = DatabaseConfig {
+        url: url.map(Secret::new),
+        connection_limit: 16,
+        ssl: false,
+    };
+    let db = Db::connect(&cfg, dir.path()).await.unwrap_or_else(|e| {
+        panic!("{backend} must be running (scripts/services.sh starts it): {e}")
+    });
+    db.migrate().await.expect("migrations apply");
+    (db, Some(dir))
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        max_item_bytes: 100 * 1024,
+        max_storage_bytes_per_user: 1024 * 1024,
+        ttl_cleanup_interval: Duration::from_secs(3600),
+    }
+}
+
+/// A user id no other test uses.
+pub fn unique_user(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_syncstore"))
+}
+
+/// A running `syncstore serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts the real binary with `env` on a free port and waits until
+    /// `/health` answers.
+    pub async fn start(env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, env).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .env("SYNCSTORE_DATA_DIR", data_dir.path())
+            .env("LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data_dir.path().join("server.log")).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn syncstore");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            port,
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    pub async fn wait_healthy(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/health", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("syncstore did not become healthy on {}", self.base);
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Creates an API key with the same binary and data directory.
+    pub fn create_key(&self, user: &str, extra: &[&str]) -> String {
+        create_key(self.data_dir.path(), &[], user, extra)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `syncstore keys create` and returns the printed key.
+pub fn create_key(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+    user: &str,
+    extra: &[&str],
+) -> String {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .env("SYNCSTORE_DATA_DIR", data_dir)
+        .args(["keys", "create", "--name", "test", "--user", user]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(extra).output().expect("run keys create");
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}

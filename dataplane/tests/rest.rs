@@ -1,0 +1,678 @@
+//! REST tests against the real `syncstore serve` binary on a free port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{unique_user, Server};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+struct Api {
+    server: Server,
+    http: Client,
+    key: String,
+}
+
+impl Api {
+    async fn start(env: &[(&str, &str)]) -> Api {
+        let server = Server::start(env).await;
+        let key = server.create_key(&unique_user("user"), &[]);
+        Api {
+            server,
+            http: Client::new(),
+            key,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.server.url(path));
+        if let Some(k) = key {
+            req = req.header("X-API-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn put(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/sync-storage/item/{key}"),
+            Some(&self.key),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(&self.key), None).await
+    }
+
+    async fn raw_put(&self, key: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(self.server.url(&format!("/api/v1/sync-storage/item/{key}")))
+            .header("X-API-Key", &self.key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Every error body has exactly message, code and details.
+fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(
+        status.as_u16(),
+        want_status,
+        "status for {want_code}: {body}"
+    );
+    assert_eq!(body["code"], want_code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body.get("details").is_some(), "{body}");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(3), "{body}");
+}
+
+#[tokio::test]
+async fn items_round_trip_through_rest_with_versions_and_seq() {
+    let api = Api::start(&[]).await;
+    let (s, item) = api.put("settings%2Ftheme", json!({"value": {"mode": "dark"}, "metadata": {"src": "t"}, "tags": ["ui"], "priority": 2})).await;
+    assert_eq!(s, StatusCode::OK, "{item}");
+    assert_eq!(item["key"], "settings/theme");
+    assert_eq!(item["value"], json!({"mode": "dark"}));
+    assert_eq!(
+        (item["version"].as_i64(), item["seq"].as_i64()),
+        (Some(1), Some(1))
+    );
+    for field in [
+        "id",
+        "userId",
+        "instanceId",
+        "timestamp",
+        "lastModified",
+        "size",
+        "isDeleted",
+        "tags",
+        "ttl",
+        "priority",
+        "compressionType",
+        "encryptionType",
+        "metadata",
+    ] {
+        assert!(item.get(field).is_some(), "item has {field}: {item}");
+    }
+    let (_, v2) = api
+        .put(
+            "settings%2Ftheme",
+            json!({"value": {"mode": "light"}, "version": 1}),
+        )
+        .await;
+    assert_eq!(
+        (v2["version"].as_i64(), v2["seq"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let (s, got) = api.get("/api/v1/sync-storage/item/settings%2Ftheme").await;
+    assert_eq!(
+        (s, &got["value"]),
+        (StatusCode::OK, &json!({"mode": "light"}))
+    );
+    api.put("settings%2Flang", json!({"value": "en"})).await;
+    api.put("profile", json!({"value": {"name": "A"}})).await;
+    let (_, keys) = api
+        .get("/api/v1/sync-storage/keys?prefix=settings%2F")
+        .await;
+    assert_eq!(keys, json!(["settings/lang", "settings/theme"]));
+    let (_, items) = api.get("/api/v1/sync-storage/items").await;
+    assert_eq!(items.as_array().map(Vec::len), Some(3));
+    let (s, removed) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/sync-storage/item/profile",
+            Some(&api.key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (removed["seq"].as_i64(), removed["key"].as_str()),
+        (Some(5), Some("profile"))
+    );
+    let (s, body) = api.get("/api/v1/sync-storage/item/profile").await;
+    assert_error(s, &body, 404, "NOT_FOUND");
+    let (s, cleared) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/sync-storage/clear",
+            Some(&api.key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(cleared, json!({"cleared": 2, "lastSeq": 7}));
+    let (_, keys) = api.get("/api/v1/sync-storage/keys").await;
+    assert_eq!(keys, json!([]));
+}
+
+#[tokio::test]
+async fn prefix_with_percent_matches_only_the_literal() {
+    let api = Api::start(&[]).await;
+    for k in ["a%25x", "abc", "a_1"] {
+        api.put(k, json!({"value": 1})).await;
+    }
+    let (_, keys) = api.get("/api/v1/sync-storage/keys?prefix=a%25").await;
+    assert_eq!(keys, json!(["a%x"]));
+    let (_, keys) = api.get("/api/v1/sync-storage/keys?prefix=a_").await;
+    assert_eq!(keys, json!(["a_1"]));
+}
+
+#[tokio::test]
+async fn authentication_errors_have_their_codes() {
+    let api = Api::start(&[]).await;
+    let (s, b) = api
+        .call(Method::GET, "/api/v1/sync-storage/keys", None, None)
+        .await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    let (s, b) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/keys",
+            Some("sk_live_nope"),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+
+    let reader = api.server.create_key("reader", &["--read-only"]);
+    let (s, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/keys",
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/api/v1/sync-storage/item/x",
+            Some(&reader),
+            Some(json!({"value": 1})),
+        )
+        .await;
+    assert_error(s, &b, 403, "FORBIDDEN");
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/sync-storage/clear",
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 403, "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn revoked_and_expired_keys_are_refused() {
+    let server = Server::start(&[]).await;
+    let http = Client::new();
+    let key = server.create_key("someone", &[]);
+    let id = key_id(&server, &key).await;
+    let out = std::process::Command::new(common::binary())
+        .env_clear()
+        .env("SYNCSTORE_DATA_DIR", server.data_dir.path())
+        .args(["keys", "revoke", "--id", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = http
+        .get(server.url("/api/v1/sync-storage/keys"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "KEY_INACTIVE");
+
+    let key = server.create_key("someone", &[]);
+    set_column(&server, &key, "expires_at = 1").await;
+    let r = http
+        .get(server.url("/api/v1/sync-storage/keys"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "KEY_EXPIRED");
+}
+
+async fn open_db(server: &Server) -> syncstore::storage::Db {
+    let cfg = syncstore::config::DatabaseConfig {
+        url: None,
+        connection_limit: 1,
+        ssl: false,
+    };
+    syncstore::storage::Db::connect(&cfg, server.data_dir.path())
+        .await
+        .unwrap()
+}
+
+async fn key_id(server: &Server, key: &str) -> String {
+    let db = open_db(server).await;
+    let row = sqlx::query("SELECT id FROM api_keys WHERE key_hash = ?")
+        .bind(syncstore::auth::hash_key(key))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    syncstore::storage::RowExt::str_at(&row, 0).unwrap()
+}
+
+async fn set_column(server: &Server, key: &str, assignment: &str) {
+    let db = open_db(server).await;
+    sqlx::query(&format!(
+        "UPDATE api_keys SET {assignment} WHERE key_hash = ?"
+    ))
+    .bind(syncstore::auth::hash_key(key))
+    .execute(db.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn users_never_see_each_others_items() {
+    let api = Api::start(&[]).await;
+    let other = api.server.create_key("other-user", &[]);
+    api.put("secret", json!({"value": "mine"})).await;
+    let (s, b) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/item/secret",
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    let (_, keys) = api
+        .call(Method::GET, "/api/v1/sync-storage/keys", Some(&other), None)
+        .await;
+    assert_eq!(keys, json!([]));
+    let (s, b) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/sync-storage/item/secret",
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    api.call(
+        Method::DELETE,
+        "/api/v1/sync-storage/clear",
+        Some(&other),
+        None,
+    )
+    .await;
+    // And the other way round: the owner still has it, the other's writes are theirs.
+    let (s, _) = api.get("/api/v1/sync-storage/item/secret").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, theirs) = api
+        .call(
+            Method::PUT,
+            "/api/v1/sync-storage/item/secret",
+            Some(&other),
+            Some(json!({"value": "theirs"})),
+        )
+        .await;
+    assert_eq!(theirs["seq"], 1);
+    let (_, mine) = api.get("/api/v1/sync-storage/item/secret").await;
+    assert_eq!(mine["value"], "mine");
+}
+
+#[tokio::test]
+async fn bad_input_gets_stable_error_codes_never_500() {
+    let api = Api::start(&[("MAX_ITEM_SIZE_KB", "1")]).await;
+    // Keys
+    let long = "k".repeat(257);
+    for bad in ["a%0Ab", "%7F", long.as_str(), "%FF%FE"] {
+        let (s, b) = api.put(bad, json!({"value": 1})).await;
+        assert_error(s, &b, 400, "INVALID_KEY");
+    }
+    let (s, b) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/item/",
+            Some(&api.key),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 400, "INVALID_KEY");
+    let (s, b) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/item/%00",
+            Some(&api.key),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 400, "INVALID_KEY");
+    // Bodies
+    for bad in [
+        &b"{\"value\":"[..],
+        b"not json",
+        b"{}",
+        b"{\"value\":1,\"metadata\":[1]}",
+        b"{\"value\":1,\"version\":\"one\"}",
+        b"{\"value\":1,\"ttl\":-5}",
+        b"",
+        b"[1,2]",
+    ] {
+        let (s, b) = api.raw_put("k", bad.to_vec()).await;
+        assert_error(s, &b, 400, "INVALID_BODY");
+    }
+    // Sizes
+    let (s, b) = api.put("big", json!({"value": "x".repeat(2000)})).await;
+    assert_error(s, &b, 413, "ITEM_TOO_LARGE");
+    assert_eq!(b["details"]["limit"], 1024);
+    // The server answers before reading all of an oversized body and closes
+    // that connection, so this one goes on a client of its own.
+    let huge = Client::new()
+        .put(api.server.url("/api/v1/sync-storage/item/huge"))
+        .header("X-API-Key", &api.key)
+        .body(format!("{{\"value\":\"{}\"}}", "x".repeat(200_000)))
+        .send()
+        .await
+        .unwrap();
+    let s = huge.status();
+    assert_error(s, &huge.json().await.unwrap(), 413, "PAYLOAD_TOO_LARGE");
+    // Queries, routes, methods
+    let (s, b) = api
+        .get(&format!(
+            "/api/v1/sync-storage/keys?prefix={}",
+            "p".repeat(300)
+        ))
+        .await;
+    assert_error(s, &b, 400, "INVALID_QUERY");
+    let (s, b) = api.get("/api/v1/nothing-here").await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/api/v1/sync-storage/item/k",
+            Some(&api.key),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(s, &b, 405, "METHOD_NOT_ALLOWED");
+    // Conflicts carry the current item.
+    api.put("doc", json!({"value": 1})).await;
+    api.put("doc", json!({"value": 2})).await;
+    let (s, b) = api.put("doc", json!({"value": 3, "version": 1})).await;
+    assert_error(s, &b, 409, "VERSION_CONFLICT");
+    assert_eq!(
+        (
+            b["details"]["current"]["version"].as_i64(),
+            &b["details"]["current"]["value"]
+        ),
+        (Some(2), &json!(2))
+    );
+}
+
+#[tokio::test]
+async fn storage_quota_is_enforced_per_user() {
+    let api = Api::start(&[
+        ("MAX_ITEM_SIZE_KB", "600"),
+        ("MAX_STORAGE_PER_USER_MB", "1"),
+    ])
+    .await;
+    let chunk = "x".repeat(500 * 1024);
+    let (s, _) = api.put("a", json!({"value": chunk})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api.put("b", json!({"value": chunk})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = api.put("c", json!({"value": chunk})).await;
+    assert_error(s, &b, 413, "STORAGE_QUOTA_EXCEEDED");
+    // Another user has a quota of their own.
+    let other = api.server.create_key("quota-other", &[]);
+    let (s, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/sync-storage/item/c",
+            Some(&other),
+            Some(json!({"value": chunk})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Removing frees the space.
+    api.call(
+        Method::DELETE,
+        "/api/v1/sync-storage/item/a",
+        Some(&api.key),
+        None,
+    )
+    .await;
+    let (s, _) = api.put("c", json!({"value": chunk})).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ttl_hides_at_once_and_the_sweeper_purges() {
+    let api = Api::start(&[("TTL_CLEANUP_INTERVAL_HOURS", "0.0002")]).await; // ~0.7 s
+    let (s, item) = api
+        .put("session", json!({"value": "tok", "ttl": 0.3}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(item["ttl"].as_str().is_some_and(|t| t.ends_with('Z')));
+    api.put("keep", json!({"value": 1, "ttl": "2999-01-01T00:00:00Z"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (s, b) = api.get("/api/v1/sync-storage/item/session").await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    let (_, keys) = api.get("/api/v1/sync-storage/keys").await;
+    assert_eq!(keys, json!(["keep"]));
+    // The sweeper turns the expired row into a tombstone (counted as a removal).
+    let mut purged = false;
+    for _ in 0..50 {
+        let text = api
+            .http
+            .get(api.server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == "syncstore_items_removed_total 1") {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(purged, "the TTL sweeper purged the expired item");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_logged() {
+    let api = Api::start(&[("LOG_FORMAT", "json"), ("LOG_LEVEL", "debug")]).await;
+    let r = api
+        .http
+        .get(api.server.url("/api/v1/sync-storage/item/missing"))
+        .header("X-API-Key", &api.key)
+        .header("X-Request-Id", "req-test-4242")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-test-4242");
+    let r = api
+        .http
+        .get(api.server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "a UUID is generated");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = api.server.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ours: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("req-test-4242"))
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "the request's log lines carry its id:\n{log}"
+    );
+    assert!(ours
+        .iter()
+        .all(|l| l["span"]["request_id"] == "req-test-4242"));
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_answer() {
+    let api = Api::start(&[]).await;
+    let (s, b) = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
+    let (s, b) = api.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["database"], "sqlite");
+    api.put("m", json!({"value": 1})).await;
+    api.get("/api/v1/sync-storage/item/m").await;
+    let text = api
+        .http
+        .get(api.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"syncstore_http_requests_total{method="PUT",route="/api/v1/sync-storage/item/{*key}",status="200"} 1"#,
+        r#"syncstore_http_request_duration_seconds_bucket{method="GET",route="/api/v1/sync-storage/item/{*key}""#,
+        "syncstore_items_written_total 1",
+        "syncstore_db_pool_connections",
+        "syncstore_db_pool_idle_connections",
+    ] {
+        assert!(text.contains(needle), "metrics contain {needle}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_key_acts_as_the_bootstrap_user_with_every_scope() {
+    let boot = "sk_live_bootstrap_for_tests_0123456789";
+    let server = Server::start(&[("BOOTSTRAP_API_KEY", boot), ("BOOTSTRAP_USER_ID", "ops")]).await;
+    let http = Client::new();
+    let r = http
+        .put(server.url("/api/v1/sync-storage/item/a"))
+        .header("X-API-Key", boot)
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["userId"], "ops");
+    drop(server);
+    // Restarting with the same key is fine (created once).
+    let server2 = Server::start(&[("BOOTSTRAP_API_KEY", boot)]).await;
+    let r = http
+        .get(server2.url("/api/v1/sync-storage/keys"))
+        .header("X-API-Key", boot)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
+    let mut api = Api::start(&[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (http, url, key) = (
+            api.http.clone(),
+            api.server.url(&format!("/api/v1/sync-storage/item/k{i}")),
+            api.key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let status = http
+                .put(url)
+                .header("X-API-Key", key)
+                .json(&json!({"value": i}))
+                .send()
+                .await
+                .map(|r| r.status());
+            (i, status)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let pid = api.server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        let (i, status) = t.await.unwrap();
+        match status {
+            Ok(status) => {
+                assert_eq!(status, StatusCode::OK, "an accepted request completes");
+                acknowledged.push(i);
+            }
+            // Refused or closed before the request was read: the client knows
+            // it was not done and may retry.
+            Err(e) => assert!(e.is_connect() || e.is_request(), "{e}"),
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = api.server.child.try_wait().unwrap() {
+            assert!(status.success(), "clean exit: {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server stops after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every acknowledged write is durable.
+    let dir = std::mem::replace(&mut api.server.data_dir, tempfile::tempdir().unwrap());
+    let restarted = Server::start_in(dir, &[]).await;
+    for i in acknowledged {
+        let r = api
+            .http
+            .get(restarted.url(&format!("/api/v1/sync-storage/item/k{i}")))
+            .header("X-API-Key", &api.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "k{i} was acknowledged, so it is stored"
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! One storage suite, run unchanged against real SQLite, PostgreSQL and
+//! MariaDB through the sync service (the one write path).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{database, limits, unique_user};
+use serde_json::{json, Value};
+use syncstore::{
+    auth::{KeyStore, NewKey, Scope},
+    config::Limits,
+    error::ApiError,
+    metrics::Metrics,
+    storage::{items, Db},
+    sync::{SetRequest, SyncService},
+};
+
+fn service(db: &Db, limits: Limits) -> SyncService {
+    SyncService::new(
+        db.clone(),
+        limits,
+        Arc::new(Metrics::new().expect("metrics")),
+    )
+}
+
+fn body(v: Value) -> SetRequest {
+    serde_json::from_value(v).expect("valid set request")
+}
+
+fn value_of(item: &syncstore::sync::Item) -> Value {
+    serde_json::from_str(item.value.as_ref().expect("has value").get()).expect("json")
+}
+
+async fn sequence_is_monotonic_without_gaps_per_user(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    // Concurrent writers on one user: every write takes the next number.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (svc, alice) = (svc.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..10 {
+                let item = svc
+                    .set(
+                        &alice,
+                        "dev",
+                        &format!("k{}", (w * 10 + i) % 13),
+                        &body(json!({"value": i})),
+                    )
+                    .await;
+                seqs.push(item.expect("write succeeds").seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=80).collect::<Vec<i64>>(),
+        "seqs are exactly 1..=80"
+    );
+    // Another user's sequence is independent.
+    let first = svc
+        .set(&bob, "dev", "k", &body(json!({"value": 1})))
+        .await
+        .unwrap();
+    assert_eq!(first.seq, 1);
+    // A rejected write consumes no sequence number.
+    let err = svc
+        .set(&bob, "dev", "k", &body(json!({"value": 2, "version": 9})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::VersionConflict { .. }));
+    let next = svc
+        .set(&bob, "dev", "k2", &body(json!({"value": 3})))
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 2);
+    let state = items::user_state(&db, &bob).await.unwrap().unwrap();
+    assert_eq!(state.last_seq, 2);
+}
+
+async fn stale_version_conflicts_and_returns_current(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("conf");
+    let v1 = svc
+        .set(&u, "a", "doc", &body(json!({"value": {"n": 1}})))
+        .await
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let v2 = svc
+        .set(
+            &u,
+            "b",
+            "doc",
+            &body(json!({"value": {"n": 2}, "version": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    match svc
+        .set(
+            &u,
+            "a",
+            "doc",
+            &body(json!({"value": {"n": 3}, "version": 1})),
+        )
+        .await
+    {
+        Err(ApiError::VersionConflict { current, .. }) => {
+            assert_eq!(current.version, 2);
+            assert_eq!(value_of(&current), json!({"n": 2}));
+            assert_eq!(current.instance_id, "b");
+        }
+        other => panic!("expected VERSION_CONFLICT, got {other:?}"),
+    }
+    assert_eq!(
+        value_of(&svc.get(&u, "doc").await.unwrap()),
+        json!({"n": 2})
+    );
+}
+
+async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("tomb");
+    svc.set(&u, "a", "x", &body(json!({"value": "hello"})))
+        .await
+        .unwrap();
+    svc.set(&u, "a", "y", &body(json!({"value": "world"})))
+        .await
+        .unwrap();
+    let removed = svc.remove(&u, "a", "x").await.unwrap();
+    assert_eq!((removed.seq, removed.version), (3, 2));
+    assert!(matches!(
+        svc.get(&u, "x").await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert_eq!(svc.keys(&u, "").await.unwrap(), vec!["y".to_string()]);
+    assert!(matches!(
+        svc.remove(&u, "a", "x").await,
+        Err(ApiError::NotFound { .. })
+    ));
+    // The change stream still carries the removal, in seq order.
+    let changes = items::changes_since(&db, &u, 1).await.unwrap();
+    let summary: Vec<(String, i64, bool)> = changes
+        .iter()
+        .map(|i| (i.key.clone(), i.seq, i.is_deleted))
+        .collect();
+    assert_eq!(summary, vec![("y".into(), 2, false), ("x".into(), 3, true)]);
+    // Writing again continues the version line.
+    let again = svc
+        .set(&u, "a", "x", &body(json!({"value": 1, "version": 2})))
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.seq), (3, 4));
+}
+
+async fn clear_removes_everything_with_one_seq_each(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("clear");
+    for k in ["a", "b", "c"] {
+        svc.set(&u, "d", k, &body(json!({"value": k})))
+            .await
+            .unwrap();
+    }
+    svc.remove(&u, "d", "b").await.unwrap();
+    let cleared = svc.clear(&u, "d").await.unwrap();
+    assert_eq!((cleared.cleared, cleared.last_seq), (2, 6));
+    assert!(svc.list(&u, "").await.unwrap().is_empty());
+    let state = items::user_state(&db, &u).await.unwrap().unwrap();
+    assert_eq!((state.last_seq, state.bytes_used), (6, 0));
+    let seqs: Vec<i64> = items::changes_since(&db, &u, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(seqs, vec![4, 5, 6]);
+}
+
+async fn prefix_queries_treat_like_wildcards_literally(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("prefix");
+    for k in [
+        "a%1",
+        "a%2",
+        "ab",
+        "a_c",
+        "abc",
+        "A%",
+        "b!x",
+        "b!!",
+        "ключ/1",
+        "ключ/2",
+    ] {
+        svc.set(&u, "d", k, &body(json!({"value": k})))
+            .await
+            .unwrap();
+    }
+    assert_eq!(svc.keys(&u, "a%").await.unwrap(), vec!["a%1", "a%2"]);
+    assert_eq!(svc.keys(&u, "a_").await.unwrap(), vec!["a_c"]);
+    assert_eq!(svc.keys(&u, "b!").await.unwrap(), vec!["b!!", "b!x"]);
+    assert_eq!(
+        svc.keys(&u, "ключ/").await.unwrap(),
+        vec!["ключ/1", "ключ/2"]
+    );
+    // Keys are case-sensitive in every backend.
+    assert_eq!(svc.keys(&u, "A").await.unwrap(), vec!["A%"]);
+    let items = svc.list(&u, "ab").await.unwrap();
+    assert_eq!(
+        items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        vec!["ab", "abc"]
+    );
+    assert_eq!(svc.keys(&u, "").await.unwrap().len(), 10);
+    // "A" and "a" are different items.
+    svc.set(&u, "d", "K", &body(json!({"value": 1})))
+        .await
+        .unwrap();
+    svc.set(&u, "d", "k", &body(json!({"value": 2})))
+        .await
+        .unwrap();
+    assert_eq!(value_of(&svc.get(&u, "K").await.unwrap()), json!(1));
+}
+
+async fn storage_quota_counts_live_bytes_only(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let small = Limits {
+        max_item_bytes: 100,
+        max_storage_bytes_per_user: 250,
+        ..limits()
+    };
+    let svc = service(&db, small);
+    let u = unique_user("quota");
+    let v80 = json!({"value": "x".repeat(78)}); // 80 bytes with quotes
+    svc.set(&u, "d", "a", &body(v80.clone())).await.unwrap();
+    svc.set(&u, "d", "b", &body(v80.clone())).await.unwrap();
+    svc.set(&u, "d", "c", &body(v80.clone())).await.unwrap();
+    match svc.set(&u, "d", "d", &body(v80.clone())).await {
+        Err(ApiError::StorageQuotaExceeded {
+            would_use: 320,
+            limit: 250,
+        }) => {}
+        other => panic!("expected STORAGE_QUOTA_EXCEEDED, got {other:?}"),
+    }
+    match svc
+        .set(&u, "d", "big", &body(json!({"value": "y".repeat(120)})))
+        .await
+    {
+        Err(ApiError::ItemTooLarge {
+            size: 122,
+            limit: 100,
+        }) => {}
+        other => panic!("expected ITEM_TOO_LARGE, got {other:?}"),
+    }
+    svc.remove(&u, "d", "a").await.unwrap();
+    svc.set(&u, "d", "d", &body(v80)).await.unwrap();
+    svc.set(&u, "d", "b", &body(json!({"value": 1})))
+        .await
+        .unwrap();
+    let state = items::user_state(&db, &u).await.unwrap().unwrap();
+    assert_eq!(state.bytes_used, 80 + 1 + 80);
+}
+
+async fn expired_items_vanish_at_once_and_are_purged_as_tombstones(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("ttl");
+    svc.set(&u, "d", "short", &body(json!({"value": 1, "ttl": 0.2})))
+        .await
+        .unwrap();
+    svc.set(&u, "d", "long", &body(json!({"value": 2, "ttl": 3600})))
+        .await
+        .unwrap();
+    svc.set(&u, "d", "forever", &body(json!({"value": 3})))
+        .await
+        .unwrap();
+    assert!(svc.get(&u, "short").await.is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(matches!(
+        svc.get(&u, "short").await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert_eq!(svc.keys(&u, "").await.unwrap(), vec!["forever", "long"]);
+    let purged = svc.purge_expired().await.unwrap();
+    assert!(purged >= 1);
+    let changes = items::changes_since(&db, &u, 3).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].is_deleted && changes[0].key == "short" && changes[0].seq == 4);
+    let state = items::user_state(&db, &u).await.unwrap().unwrap();
+    assert_eq!(state.bytes_used, 2);
+}
+
+async fn history_keeps_the_last_ten_versions(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("hist");
+    for i in 0..15 {
+        svc.set(&u, "d", "doc", &body(json!({"value": i})))
+            .await
+            .unwrap();
+    }
+    let versions = items::versions(&db, &u, "doc").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.0).collect::<Vec<_>>(),
+        (6..=15).rev().collect::<Vec<i64>>()
+    );
+}
+
+async fn values_round_trip_exactly(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("values");
+    let big = "z".repeat(90 * 1024);
+    let cases = [
+        json!(null),
+        json!(true),
+        json!(-1.5e300),
+        json!("ünïcødé ✓ \"quoted\" \\ back"),
+        json!({"nested": {"deep": [1, {"a": null}]}, "emoji": "🦀"}),
+        json!([big]),
+    ];
+    for (i, v) in cases.iter().enumerate() {
+        let key = format!("v{i}");
+        svc.set(
+            &u,
+            "d",
+            &key,
+            &body(json!({"value": v, "metadata": {"i": i}, "tags": ["t"], "priority": 7})),
+        )
+        .await
+        .unwrap();
+        let got = svc.get(&u, &key).await.unwrap();
+        assert_eq!(&value_of(&got), v);
+        assert_eq!(got.priority, 7);
+        assert_eq!(
+            got.metadata.as_ref().map(|m| m.get().to_string()),
+            Some(format!("{{\"i\":{i}}}"))
+        );
+    }
+}
+
+async fn api_keys_are_stored_hashed_and_found(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let keys = KeyStore::new(db.clone());
+    let user = unique_user("keys");
+    let new = NewKey {
+        name: "ci".into(),
+        user_id: user.clone(),
+        scopes: vec![Scope::Read],
+        expires_at: None,
+    };
+    let (record, key) = keys.create(&new, "sk_test_").await.unwrap();
+    assert!(key.starts_with("sk_test_"));
+    let found = keys.find(&key).await.unwrap().expect("key is found");
+    assert_eq!(found.id, record.id);
+    assert_eq!(found.user_id, user);
+    assert!(found.allows(Scope::Read) && !found.allows(Scope::Write));
+    assert!(found.is_active && found.can_read && !found.can_write);
+    assert!(keys.find("sk_test_nope").await.unwrap().is_none());
+    // Only the hash is stored.
+    let q = db.sql("SELECT COUNT(*) FROM api_keys WHERE key_hash = ? OR key_hint = ?");
+    let row = sqlx::query(&q)
+        .bind(key.as_str())
+        .bind(key.as_str())
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let stored = syncstore::storage::RowExt::i64_at(&row, 0).unwrap();
+    assert_eq!(stored, 0);
+    // The bootstrap key holds every scope and is created once.
+    let boot = format!("sk_boot_{}", uuid::Uuid::new_v4().simple());
+    assert!(keys.ensure(&boot, &user).await.unwrap());
+    assert!(!keys.ensure(&boot, &user).await.unwrap());
+    let b = keys.find(&boot).await.unwrap().unwrap();
+    assert!(Scope::ALL.iter().all(|s| b.allows(*s)));
+}
+
+async fn migrating_twice_is_a_no_op(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    assert_eq!(db.migrate().await.unwrap(), 0);
+    assert_eq!(db.migrate().await.unwrap(), 0);
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test("sqlite").await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test("postgres").await } )* }
+        mod mariadb { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test("mysql").await } )* }
+    };
+}
+
+suite!(
+    sequence_is_monotonic_without_gaps_per_user,
+    stale_version_conflicts_and_returns_current,
+    remove_leaves_a_tombstone_that_keeps_its_seq,
+    clear_removes_everything_with_one_seq_each,
+    prefix_queries_treat_like_wildcards_literally,
+    storage_quota_counts_live_bytes_only,
+    expired_items_vanish_at_once_and_are_purged_as_tombstones,
+    history_keeps_the_last_ten_versions,
+    values_round_trip_exactly,
+    api_keys_are_stored_hashed_and_found,
+    migrating_twice_is_a_no_op,
+);
