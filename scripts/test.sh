@@ -32,4 +32,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
-cargo test --workspace --locked -- "${extra[@]}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked -- "${extra[@]}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over all test binaries (cargo prints one per binary, and
+# the last is often the doc-tests' "0 passed").
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
