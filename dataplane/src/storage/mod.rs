@@ -11,7 +11,7 @@ pub mod audit;
 pub mod items;
 pub mod keys;
 
-use std::{borrow::Cow, path::Path, time::Duration};
+use std::{borrow::Cow, path::Path, sync::Arc, time::Duration};
 
 use sqlx::{
     any::{AnyPoolOptions, AnyRow},
@@ -86,6 +86,10 @@ pub enum DbError {
 pub struct Db {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite has one writer at a time. Queueing writers here, in order,
+    /// beats letting them spin on SQLITE_BUSY with the busy handler's
+    /// sleeps, which is what made tail latency explode under load.
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Db {
@@ -137,7 +141,11 @@ impl Db {
                 dialect: dialect.name(),
                 source,
             })?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     /// Applies the embedded migrations of this dialect. Already-applied
@@ -160,6 +168,15 @@ impl Db {
             .ok()
             .and_then(|row| row.i64_at(0).ok())
             .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Held for the length of a write transaction: the writer's turn on
+    /// SQLite, nothing on the servers (their row locks do the job).
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.sqlite_writer.lock().await),
+            _ => None,
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -14,7 +14,8 @@ pub use item::{
     like_prefix_pattern, validate_instance_id, validate_key, validate_prefix, validate_user_id,
     Item, SetRequest, Ttl,
 };
-use plan::{Planned, WriteCtx};
+pub use plan::Command;
+use plan::WriteCtx;
 use serde::Serialize;
 
 use crate::{
@@ -56,6 +57,10 @@ pub struct SyncService {
     metrics: Arc<Metrics>,
 }
 
+fn no_row() -> ApiError {
+    ApiError::Internal("a write command changed no row".into())
+}
+
 /// A transaction's result: the outer error is the database's (maybe worth a
 /// retry), the inner one is the client's.
 type TxResult<T> = Result<Result<T, ApiError>, sqlx::Error>;
@@ -83,7 +88,10 @@ impl SyncService {
         let mut tries = 0;
         loop {
             tries += 1;
-            match attempt().await {
+            let turn = self.db.write_turn().await;
+            let outcome = attempt().await;
+            drop(turn);
+            match outcome {
                 Ok(result) => return result,
                 Err(e) if tries < WRITE_ATTEMPTS && storage::is_retryable(&e) => {
                     tracing::debug!(error = %e, tries, "retrying write transaction");
@@ -94,6 +102,72 @@ impl SyncService {
         }
     }
 
+    /// Runs one command as one transaction in a task of its own, so that a
+    /// client going away mid-write neither cancels it half-way nor skips
+    /// what follows the commit. Returns the rows it changed, in seq order.
+    pub async fn execute(
+        &self,
+        user_id: &str,
+        instance_id: &str,
+        command: Command,
+    ) -> Result<Vec<Item>, ApiError> {
+        let (this, user, instance) = (self.clone(), user_id.to_owned(), instance_id.to_owned());
+        let changed = tokio::spawn(async move { this.run(&user, &instance, &command).await })
+            .await
+            .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))??;
+        for item in &changed {
+            if item.is_deleted {
+                self.metrics.items_removed.inc();
+            } else {
+                self.metrics.items_written.inc();
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The write transaction: lock the user, read the rows the command
+    /// touches, plan, store every changed row and its version, store the
+    /// user's new state, commit.
+    async fn run(
+        &self,
+        user_id: &str,
+        instance_id: &str,
+        command: &Command,
+    ) -> Result<Vec<Item>, ApiError> {
+        if let Some(key) = command.key() {
+            validate_key(key)?;
+        }
+        self.retrying(|| async {
+            let ctx = WriteCtx {
+                user_id,
+                instance_id,
+                now: now_ms(),
+            };
+            let mut tx = self.db.pool().begin().await?;
+            let state = items::lock_user(&mut tx, &self.db, user_id, ctx.now).await?;
+            let current = match command.key() {
+                Some(key) => items::fetch_for_write(&mut tx, &self.db, user_id, key)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                None => items::live_rows_for_write(&mut tx, &self.db, user_id).await?,
+            };
+            let (changed, state) = match plan::plan(ctx, command, &current, state, &self.limits) {
+                Ok(planned) => planned,
+                Err(e) => return Ok(Err(e)),
+            };
+            for item in &changed {
+                let exists = current.iter().any(|c| c.key == item.key);
+                items::store_item(&mut tx, &self.db, item, exists).await?;
+                items::append_version(&mut tx, &self.db, item, HISTORY_VERSIONS).await?;
+            }
+            items::save_user(&mut tx, &self.db, user_id, state).await?;
+            tx.commit().await?;
+            Ok(Ok(changed))
+        })
+        .await
+    }
+
     /// Stores `req` under `key` for the user.
     pub async fn set(
         &self,
@@ -102,30 +176,14 @@ impl SyncService {
         key: &str,
         req: &SetRequest,
     ) -> Result<Item, ApiError> {
-        validate_key(key)?;
-        let item = self
-            .retrying(|| async {
-                let now = now_ms();
-                let ctx = WriteCtx {
-                    user_id,
-                    instance_id,
-                    now,
-                };
-                let mut tx = self.db.pool().begin().await?;
-                let state = items::lock_user(&mut tx, &self.db, user_id, now).await?;
-                let current = items::fetch_for_write(&mut tx, &self.db, user_id, key).await?;
-                let planned =
-                    match plan::plan_set(ctx, key, req, current.as_ref(), state, &self.limits) {
-                        Ok(p) => p,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                self.store(&mut tx, &planned, current.is_some()).await?;
-                tx.commit().await?;
-                Ok(Ok(planned.item))
-            })
-            .await?;
-        self.metrics.items_written.inc();
-        Ok(item)
+        let command = Command::Set {
+            key: key.to_owned(),
+            request: Box::new(req.clone()),
+        };
+        self.execute(user_id, instance_id, command)
+            .await?
+            .pop()
+            .ok_or_else(no_row)
     }
 
     /// Removes a visible item, leaving a tombstone.
@@ -135,8 +193,17 @@ impl SyncService {
         instance_id: &str,
         key: &str,
     ) -> Result<Removed, ApiError> {
-        validate_key(key)?;
-        let item = self.remove_where(user_id, instance_id, key, false).await?;
+        let item = self
+            .execute(
+                user_id,
+                instance_id,
+                Command::Remove {
+                    key: key.to_owned(),
+                },
+            )
+            .await?
+            .pop()
+            .ok_or_else(no_row)?;
         Ok(Removed {
             status: "removed",
             key: item.key,
@@ -145,95 +212,20 @@ impl SyncService {
         })
     }
 
-    /// Tombstones one row. `expired_only` is the TTL sweeper's variant: it
-    /// removes the row only if it is (still) past its TTL and does nothing
-    /// otherwise, so a fresh write racing the sweep is never lost.
-    async fn remove_where(
-        &self,
-        user_id: &str,
-        instance_id: &str,
-        key: &str,
-        expired_only: bool,
-    ) -> Result<Item, ApiError> {
-        let item = self
-            .retrying(|| async {
-                let now = now_ms();
-                let ctx = WriteCtx {
-                    user_id,
-                    instance_id,
-                    now,
-                };
-                let mut tx = self.db.pool().begin().await?;
-                let state = items::lock_user(&mut tx, &self.db, user_id, now).await?;
-                let current = items::fetch_for_write(&mut tx, &self.db, user_id, key).await?;
-                let planned = if expired_only {
-                    match current
-                        .as_ref()
-                        .filter(|c| !c.is_deleted && !c.is_visible(now))
-                    {
-                        Some(c) => plan::tombstone(ctx, c, state),
-                        None => {
-                            return Ok(Err(ApiError::NotFound {
-                                key: key.to_string(),
-                            }))
-                        }
-                    }
-                } else {
-                    match plan::plan_remove(ctx, key, current.as_ref(), state) {
-                        Ok(p) => p,
-                        Err(e) => return Ok(Err(e)),
-                    }
-                };
-                self.store(&mut tx, &planned, true).await?;
-                tx.commit().await?;
-                Ok(Ok(planned.item))
-            })
-            .await?;
-        self.metrics.items_removed.inc();
-        Ok(item)
-    }
-
     /// Removes every item of the user. Each removal takes its own sequence
     /// number, so offline devices replay a clear as ordinary removals.
     pub async fn clear(&self, user_id: &str, instance_id: &str) -> Result<Cleared, ApiError> {
-        let cleared = self
-            .retrying(|| async {
-                let now = now_ms();
-                let ctx = WriteCtx {
-                    user_id,
-                    instance_id,
-                    now,
-                };
-                let mut tx = self.db.pool().begin().await?;
-                let mut state = items::lock_user(&mut tx, &self.db, user_id, now).await?;
-                let rows = items::live_rows_for_write(&mut tx, &self.db, user_id).await?;
-                for row in &rows {
-                    let planned = plan::tombstone(ctx, row, state);
-                    self.store(&mut tx, &planned, true).await?;
-                    state = planned.state;
-                }
-                tx.commit().await?;
-                Ok(Ok(Cleared {
-                    cleared: rows.len(),
-                    last_seq: state.last_seq,
-                }))
-            })
-            .await?;
-        self.metrics.items_removed.inc_by(cleared.cleared as u64);
-        Ok(cleared)
-    }
-
-    /// Writes a planned row, its version and the user's new state, inside
-    /// the caller's transaction.
-    async fn store(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        planned: &Planned,
-        exists: bool,
-    ) -> Result<(), sqlx::Error> {
-        items::store_item(tx, &self.db, &planned.item, exists).await?;
-        items::append_version(tx, &self.db, &planned.item, HISTORY_VERSIONS).await?;
-        items::save_user(tx, &self.db, &planned.item.user_id, planned.state).await
+        let changed = self.execute(user_id, instance_id, Command::Clear).await?;
+        let last_seq = match changed.last() {
+            Some(item) => item.seq,
+            None => items::user_state(&self.db, user_id)
+                .await?
+                .map_or(0, |s| s.last_seq),
+        };
+        Ok(Cleared {
+            cleared: changed.len(),
+            last_seq,
+        })
     }
 
     /// A visible item, or NOT_FOUND.
@@ -267,7 +259,10 @@ impl SyncService {
             let batch = items::expired(&self.db, now_ms(), BATCH).await?;
             let full = batch.len() as i64 == BATCH;
             for (user_id, key) in batch {
-                match self.remove_where(&user_id, "ttl-cleanup", &key, true).await {
+                match self
+                    .execute(&user_id, "ttl-cleanup", Command::Expire { key })
+                    .await
+                {
                     Ok(_) => purged += 1,
                     Err(ApiError::NotFound { .. }) => {} // rewritten since the scan
                     Err(e) => return Err(e),

@@ -7,6 +7,70 @@ use serde_json::value::RawValue;
 use super::item::{Item, SetRequest};
 use crate::{config::Limits, conflict, error::ApiError, storage::items::UserState};
 
+/// A command on one user's items: everything that changes them.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Set {
+        key: String,
+        request: Box<SetRequest>,
+    },
+    /// A client's remove: only a visible item can be removed.
+    Remove { key: String },
+    /// Every item of the user.
+    Clear,
+    /// The TTL sweeper's remove: only an item that is (still) past its TTL,
+    /// so a fresh write racing the sweep is never lost.
+    Expire { key: String },
+}
+
+impl Command {
+    /// The one key the command touches; `None` for all of the user's.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Command::Set { key, .. } | Command::Remove { key } | Command::Expire { key } => {
+                Some(key)
+            }
+            Command::Clear => None,
+        }
+    }
+}
+
+/// Plans `command` against the rows it touches (`current`: the key's row, or
+/// every non-tombstone row for a clear). Returns the changed rows in seq
+/// order and the user's new state.
+pub fn plan(
+    ctx: WriteCtx<'_>,
+    command: &Command,
+    current: &[Item],
+    state: UserState,
+    limits: &Limits,
+) -> Result<(Vec<Item>, UserState), ApiError> {
+    let one = |p: Planned| (vec![p.item], p.state);
+    match command {
+        Command::Set { key, request } => {
+            plan_set(ctx, key, request, current.first(), state, limits).map(one)
+        }
+        Command::Remove { key } => plan_remove(ctx, key, current.first(), state).map(one),
+        Command::Expire { key } => match current
+            .first()
+            .filter(|c| !c.is_deleted && !c.is_visible(ctx.now))
+        {
+            Some(c) => Ok(one(tombstone(ctx, c, state))),
+            None => Err(ApiError::NotFound { key: key.clone() }),
+        },
+        Command::Clear => {
+            let mut state = state;
+            let mut changed = Vec::with_capacity(current.len());
+            for row in current.iter().filter(|c| !c.is_deleted) {
+                let p = tombstone(ctx, row, state);
+                state = p.state;
+                changed.push(p.item);
+            }
+            Ok((changed, state))
+        }
+    }
+}
+
 /// Who writes, and when, for one write.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteCtx<'a> {
