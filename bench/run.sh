@@ -54,6 +54,18 @@ request = function()
     { ["X-API-Key"] = k, ["Content-Type"] = "application/json" }, body)
 end
 LUA
+  # Walks every (user, key) pair in order, so the GETs below all hit.
+  cat > "$work/seed.lua" <<LUA
+dofile("$work/keys.lua")
+local body = '{"value":' .. [[$value]] .. '}'
+local n = 0
+request = function()
+  n = n + 1
+  local k = keys[(n % #keys) + 1]
+  return wrk.format("PUT", "/api/v1/sync-storage/item/bench-" .. ((math.floor(n / #keys) % 100) + 1),
+    { ["X-API-Key"] = k, ["Content-Type"] = "application/json" }, body)
+end
+LUA
   cat > "$work/get.lua" <<LUA
 dofile("$work/keys.lua")
 request = function()
@@ -93,6 +105,7 @@ run_backend() { # name, env...
   write_scripts
   env "$@" PORT=$port LOG_LEVEL=warn DB_CONNECTION_LIMIT="${DB_CONNECTION_LIMIT:-16}" "$BIN" serve & pids+=($!)
   wait_up "http://127.0.0.1:$port/health"
+  wrk -t1 -c8 -d"${SEED_DURATION:-8s}" -s "$work/seed.lua" "http://127.0.0.1:$port" >/dev/null
   echo "| $name PUT 1 KB (64 users × 100 keys) | $(measure "http://127.0.0.1:$port" "$work/put.lua") |"
   echo "| $name GET 1 KB | $(measure "http://127.0.0.1:$port" "$work/get.lua") |"
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true

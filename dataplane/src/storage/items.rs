@@ -197,6 +197,9 @@ pub async fn append_version(
     .bind(item.last_modified)
     .execute(&mut *conn)
     .await?;
+    if item.version <= keep {
+        return Ok(()); // nothing old enough to drop yet: save the round trip
+    }
     sqlx::query(
         &db.sql("DELETE FROM item_versions WHERE user_id = ? AND item_key = ? AND version <= ?"),
     )
