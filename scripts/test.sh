@@ -38,8 +38,22 @@ set +e
 cargo test --workspace --locked -- "${extra[@]}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line over all test binaries (cargo prints one per binary, and
-# the last is often the doc-tests' "0 passed").
+
+echo "== socket.io-client tests (tests/js)"
+if ! command -v node >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+set +e
+SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" \
+  node --test --test-concurrency=1 --test-reporter=tap tests/js/*.test.mjs 2>&1 | tee -a "$log"
+js_status=${PIPESTATUS[0]}
+set -e
+[ "$status" -ne 0 ] || status=$js_status
+
+# One closing line over every runner: cargo prints one line per test binary
+# (the last is often the doc-tests' "0 passed"), node prints "# pass N".
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -12,9 +12,11 @@ use crate::{
     auth::{Authenticator, KeyStore},
     config::Config,
     error::ApiError,
+    fanout::{Bus, Hub, LocalBus, RedisBus},
     http,
     metrics::Metrics,
-    storage::{Db, DbError},
+    socket,
+    storage::{items, Db, DbError},
     sync::SyncService,
 };
 
@@ -25,6 +27,8 @@ pub struct AppState {
     pub sync: SyncService,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
+    /// This pod's connected devices.
+    pub hub: Arc<Hub>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -45,6 +49,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot create the bootstrap API key: {0}")]
     Bootstrap(ApiError),
+    #[error("cannot connect to Redis: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("cannot listen on port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
     #[error("server error: {0}")]
@@ -65,10 +71,25 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             .map_err(StartError::Bootstrap)?;
         tracing::info!(user_id = %bootstrap.user_id, created, "bootstrap API key present");
     }
+    let hub = Arc::new(Hub::new());
+    let bus: Arc<dyn Bus> = match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisBus::connect(
+                url.expose(),
+                &config.store_name,
+                &config.pod_name,
+                hub.clone(),
+                metrics.clone(),
+            )
+            .await?,
+        ),
+        None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
+    };
     Ok(AppState {
-        sync: SyncService::new(db, config.limits.clone(), metrics.clone()),
+        sync: SyncService::new(db, config.limits.clone(), metrics.clone(), bus),
         auth: Authenticator::new(keys, config.api_keys.enabled),
         metrics,
+        hub,
         config: Arc::new(config),
         shutting_down: Arc::new(AtomicBool::new(false)),
     })
@@ -87,7 +108,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let sweeper = tokio::spawn(ttl_sweeper(state.clone()));
     let flag = state.shutting_down.clone();
-    let app = http::router(state.clone());
+    let (socket_layer, _io) = socket::layer(state.clone());
+    let app = http::router(state.clone()).layer(socket_layer);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -105,7 +127,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Purges expired items every `TTL_CLEANUP_INTERVAL_HOURS`.
+/// Purges expired items, and tombstones past their retention, every
+/// `TTL_CLEANUP_INTERVAL_HOURS`.
 async fn ttl_sweeper(state: AppState) {
     let mut every = tokio::time::interval(state.config.limits.ttl_cleanup_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -116,6 +139,16 @@ async fn ttl_sweeper(state: AppState) {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired items purged"),
             Err(e) => tracing::warn!(error = %e, "TTL cleanup failed; will retry next interval"),
+        }
+        let retention =
+            chrono::Duration::from_std(state.config.limits.tombstone_retention).unwrap_or_default();
+        let older_than = (chrono::Utc::now() - retention).timestamp_millis();
+        match items::purge_tombstones(state.sync.db(), older_than, 1000).await {
+            Ok(0) => {}
+            Ok(users) => tracing::info!(users, "tombstones past retention purged"),
+            Err(e) => {
+                tracing::warn!(error = %e, "tombstone purge failed; will retry next interval")
+            }
         }
     }
 }

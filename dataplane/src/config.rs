@@ -116,6 +116,16 @@ pub struct RawConfig {
     /// Owner user of the bootstrap key (default `demo`).
     #[arg(long, global = true, env = "BOOTSTRAP_USER_ID")]
     pub bootstrap_user_id: Option<String>,
+    /// Days a removal stays replayable to offline devices before its
+    /// tombstone is purged (devices older than that get `sync:resync`).
+    #[arg(long, global = true, env = "SYNC_TOMBSTONE_RETENTION_DAYS")]
+    pub sync_tombstone_retention_days: Option<String>,
+    /// This store's name, in fan-out channel names (set by the operator).
+    #[arg(long, global = true, env = "SYNCSTORE_STORE")]
+    pub syncstore_store: Option<String>,
+    /// This process's name in sessions and fan-out (the pod name on Kubernetes).
+    #[arg(long, global = true, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Directory of the embedded SQLite database.
     #[arg(long, global = true, env = "SYNCSTORE_DATA_DIR")]
     pub syncstore_data_dir: Option<String>,
@@ -218,6 +228,8 @@ pub struct Limits {
     pub max_item_bytes: i64,
     pub max_storage_bytes_per_user: i64,
     pub ttl_cleanup_interval: Duration,
+    /// How long tombstones are kept for offline devices.
+    pub tombstone_retention: Duration,
 }
 
 impl Limits {
@@ -262,6 +274,8 @@ pub struct Config {
     pub geoip_db_path: Option<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
     pub bootstrap: Option<Bootstrap>,
+    pub store_name: String,
+    pub pod_name: String,
 }
 
 /// One variable being parsed: its names for error messages and its raw value.
@@ -557,6 +571,16 @@ impl Config {
                 * 1024
                 * 1024,
             ttl_cleanup_interval: Duration::from_secs_f64(ttl_hours * 3600.0),
+            tombstone_retention: Duration::from_secs(
+                u64::from(
+                    var!(
+                        raw,
+                        sync_tombstone_retention_days,
+                        "SYNC_TOMBSTONE_RETENTION_DAYS"
+                    )
+                    .int(30u32, 1, 3650, "days")?,
+                ) * 86_400,
+            ),
         };
 
         let strategy_var = var!(raw, conflict_default_strategy, "CONFLICT_DEFAULT_STRATEGY");
@@ -605,6 +629,24 @@ impl Config {
                 .unwrap_or("./syncstore-data"),
         );
 
+        let store_var = var!(raw, syncstore_store, "SYNCSTORE_STORE");
+        let store_name = store_var.value().unwrap_or("default").to_string();
+        if store_name.len() > 63
+            || !store_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(store_var.err("must be at most 63 characters of A-Z, a-z, 0-9, '-' or '_'"));
+        }
+        let pod_var = var!(raw, pod_name, "POD_NAME");
+        let pod_name = match pod_var.value() {
+            Some(p) => {
+                crate::sync::validate_instance_id(p).map_err(|e| pod_var.err(e))?;
+                p.to_string()
+            }
+            None => format!("syncstore-{}", std::process::id()),
+        };
+
         Ok(Config {
             port,
             database,
@@ -621,6 +663,8 @@ impl Config {
             geoip_db_path,
             trusted_proxies,
             bootstrap,
+            store_name,
+            pod_name,
         })
     }
 }

@@ -43,6 +43,8 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("invalid handshake: {0}")]
+    InvalidHandshake(String),
     #[error("the request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the database is unavailable")]
@@ -67,6 +69,7 @@ impl ApiError {
             Self::InvalidKey(_) => "INVALID_KEY",
             Self::InvalidBody(_) => "INVALID_BODY",
             Self::InvalidQuery(_) => "INVALID_QUERY",
+            Self::InvalidHandshake(_) => "INVALID_HANDSHAKE",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
@@ -83,9 +86,10 @@ impl ApiError {
             Self::ItemTooLarge { .. }
             | Self::StorageQuotaExceeded { .. }
             | Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidKey(_) | Self::InvalidBody(_) | Self::InvalidQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidKey(_)
+            | Self::InvalidBody(_)
+            | Self::InvalidQuery(_)
+            | Self::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -2,9 +2,14 @@
 //! global registry, so tests can run several servers in one process).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    core::Collector, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
+
+/// Latency buckets from 0.5 ms to 5 s.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -14,46 +19,143 @@ pub struct Metrics {
     pub items_removed: IntCounter,
     pub db_pool_size: IntGauge,
     pub db_pool_idle: IntGauge,
+    pub sockets_connected: IntGauge,
+    pub socket_events: IntCounterVec,
+    pub socket_errors: IntCounterVec,
+    pub socket_refusals: IntCounterVec,
+    pub fanout_latency: Histogram,
+    pub fanout_publish_seconds: Histogram,
+    pub fanout_dropped: IntCounter,
+    pub redis_reconnects: IntCounter,
+    pub catchups: IntCounterVec,
+    pub conflations: IntCounter,
+}
+
+/// Registers a collector and hands it back, so construction reads as a list.
+fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> Result<C, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("syncstore".into()), None)?;
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
-            &["route", "method", "status"],
-        )?;
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by route and method",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["route", "method"],
-        )?;
-        let items_written = IntCounter::new("items_written_total", "Items created or updated")?;
-        let items_removed = IntCounter::new("items_removed_total", "Items removed (tombstoned)")?;
-        let db_pool_size = IntGauge::new("db_pool_connections", "Open database connections")?;
-        let db_pool_idle = IntGauge::new("db_pool_idle_connections", "Idle database connections")?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_latency.clone()))?;
-        registry.register(Box::new(items_written.clone()))?;
-        registry.register(Box::new(items_removed.clone()))?;
-        registry.register(Box::new(db_pool_size.clone()))?;
-        registry.register(Box::new(db_pool_idle.clone()))?;
+        let r = Registry::new_custom(Some("syncstore".into()), None)?;
         Ok(Self {
-            registry,
-            http_requests,
-            http_latency,
-            items_written,
-            items_removed,
-            db_pool_size,
-            db_pool_idle,
+            http_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_requests_total",
+                        "HTTP requests by route, method and status",
+                    ),
+                    &["route", "method", "status"],
+                )?,
+            )?,
+            http_latency: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "HTTP request latency by route and method",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route", "method"],
+                )?,
+            )?,
+            items_written: reg(
+                &r,
+                IntCounter::new("items_written_total", "Items created or updated")?,
+            )?,
+            items_removed: reg(
+                &r,
+                IntCounter::new("items_removed_total", "Items removed (tombstoned)")?,
+            )?,
+            db_pool_size: reg(
+                &r,
+                IntGauge::new("db_pool_connections", "Open database connections")?,
+            )?,
+            db_pool_idle: reg(
+                &r,
+                IntGauge::new("db_pool_idle_connections", "Idle database connections")?,
+            )?,
+            sockets_connected: reg(
+                &r,
+                IntGauge::new("sockets_connected", "Connected /sync sockets")?,
+            )?,
+            socket_events: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "socket_events_total",
+                        "Socket.IO events by name and direction (in/out)",
+                    ),
+                    &["event", "direction"],
+                )?,
+            )?,
+            socket_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "socket_errors_total",
+                        "Socket event failures by event and code",
+                    ),
+                    &["event", "code"],
+                )?,
+            )?,
+            socket_refusals: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("socket_refusals_total", "Refused handshakes by code"),
+                    &["code"],
+                )?,
+            )?,
+            fanout_latency: reg(
+                &r,
+                histogram(
+                    "fanout_latency_seconds",
+                    "From a change's publication to its emission to a device",
+                )?,
+            )?,
+            fanout_publish_seconds: reg(
+                &r,
+                histogram(
+                    "fanout_publish_seconds",
+                    "Time to PUBLISH one envelope to Redis",
+                )?,
+            )?,
+            fanout_dropped: reg(
+                &r,
+                IntCounter::new(
+                    "fanout_dropped_total",
+                    "Envelopes not published (queue full or Redis down)",
+                )?,
+            )?,
+            redis_reconnects: reg(
+                &r,
+                IntCounter::new("redis_reconnects_total", "Redis subscriber reconnections")?,
+            )?,
+            catchups: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "catchups_total",
+                        "Device catch-ups from the database, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            conflations: reg(
+                &r,
+                IntCounter::new(
+                    "conflations_total",
+                    "Changes not sent one by one because a newer state of the key was sent instead",
+                )?,
+            )?,
+            registry: r,
         })
     }
 

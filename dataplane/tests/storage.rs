@@ -11,16 +11,19 @@ use syncstore::{
     auth::{KeyStore, NewKey, Scope},
     config::Limits,
     error::ApiError,
+    fanout::{Hub, LocalBus},
     metrics::Metrics,
     storage::{items, Db},
     sync::{SetRequest, SyncService},
 };
 
 fn service(db: &Db, limits: Limits) -> SyncService {
+    let bus = Arc::new(LocalBus::new(Arc::new(Hub::new()), "test"));
     SyncService::new(
         db.clone(),
         limits,
         Arc::new(Metrics::new().expect("metrics")),
+        bus,
     )
 }
 

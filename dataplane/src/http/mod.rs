@@ -4,6 +4,7 @@
 pub mod extract;
 mod items;
 mod ops;
+mod sessions;
 
 use std::time::Instant;
 
@@ -44,7 +45,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sync-storage/items", get(items::list_items))
         .route("/sync-storage/keys", get(items::list_keys))
-        .route("/sync-storage/clear", delete(items::clear));
+        .route("/sync-storage/clear", delete(items::clear))
+        .route("/sync-storage/sessions", get(sessions::list));
 
     Router::new()
         .nest("/api/v1", api)

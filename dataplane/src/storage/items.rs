@@ -366,3 +366,57 @@ pub async fn versions(db: &Db, user_id: &str, key: &str) -> Result<Vec<(i64, i64
         .map(|r| Ok((r.i64_at(0)?, r.i64_at(1)?)))
         .collect()
 }
+
+/// The user's sequence head and the seq up to which tombstones are purged
+/// (0, 0 for a user who never wrote).
+pub async fn heads(db: &Db, user_id: &str) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(&db.sql("SELECT last_seq, purged_seq FROM user_state WHERE user_id = ?"))
+        .bind(user_id)
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        Some(r) => Ok((r.i64_at(0)?, r.i64_at(1)?)),
+        None => Ok((0, 0)),
+    }
+}
+
+/// Deletes tombstones last changed before `older_than`, up to `limit`
+/// users per call, and raises each user's `purged_seq` to the highest seq
+/// deleted, so devices whose cursor is older know to resync. Returns how
+/// many users were purged.
+pub async fn purge_tombstones(db: &Db, older_than: i64, limit: i64) -> Result<usize, sqlx::Error> {
+    let users = sqlx::query(&db.sql(
+        "SELECT user_id, MAX(seq) FROM sync_items WHERE is_deleted = ? AND last_modified < ? \
+         GROUP BY user_id LIMIT ?",
+    ))
+    .bind(true)
+    .bind(older_than)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    for row in &users {
+        let (user_id, max_seq) = (row.str_at(0)?, row.i64_at(1)?);
+        let _turn = db.write_turn().await;
+        let mut tx = db.pool().begin().await?;
+        lock_user(&mut tx, db, &user_id, super::now_ms()).await?;
+        sqlx::query(&db.sql(
+            "DELETE FROM sync_items WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?",
+        ))
+        .bind(user_id.as_str())
+        .bind(true)
+        .bind(older_than)
+        .bind(max_seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&db.sql(
+            "UPDATE user_state SET purged_seq = CASE WHEN purged_seq < ? THEN ? ELSE purged_seq END WHERE user_id = ?",
+        ))
+        .bind(max_seq)
+        .bind(max_seq)
+        .bind(user_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(users.len())
+}

@@ -8,6 +8,7 @@
 //! in one place instead of three copies that drift.
 
 pub mod audit;
+pub mod instances;
 pub mod items;
 pub mod keys;
 

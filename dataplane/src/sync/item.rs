@@ -94,6 +94,9 @@ impl Ttl {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SetRequest {
+    /// The key, for `sync:set` (REST takes it from the path).
+    #[serde(default)]
+    pub key: Option<String>,
     /// Any JSON, kept verbatim. Required: JSON `null` is a value, absence is not.
     pub value: Box<RawValue>,
     #[serde(default)]

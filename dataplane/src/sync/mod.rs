@@ -5,11 +5,13 @@
 //! and its version, store the new sequence head. The per-user sequence that
 //! this produces is the change stream the rest of the system reads.
 
+mod change;
 mod item;
 pub mod plan;
 
 use std::{future::Future, sync::Arc};
 
+pub use change::Change;
 pub use item::{
     like_prefix_pattern, validate_instance_id, validate_key, validate_prefix, validate_user_id,
     Item, SetRequest, Ttl,
@@ -21,6 +23,7 @@ use serde::Serialize;
 use crate::{
     config::Limits,
     error::ApiError,
+    fanout::{Bus, Envelope},
     metrics::Metrics,
     storage::{self, items, now_ms, Db},
 };
@@ -55,6 +58,7 @@ pub struct SyncService {
     db: Db,
     limits: Limits,
     metrics: Arc<Metrics>,
+    bus: Arc<dyn Bus>,
 }
 
 fn no_row() -> ApiError {
@@ -66,12 +70,17 @@ fn no_row() -> ApiError {
 type TxResult<T> = Result<Result<T, ApiError>, sqlx::Error>;
 
 impl SyncService {
-    pub fn new(db: Db, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(db: Db, limits: Limits, metrics: Arc<Metrics>, bus: Arc<dyn Bus>) -> Self {
         Self {
             db,
             limits,
             metrics,
+            bus,
         }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     pub fn db(&self) -> &Db {
@@ -109,20 +118,44 @@ impl SyncService {
         &self,
         user_id: &str,
         instance_id: &str,
+        origin: Option<&str>,
         command: Command,
     ) -> Result<Vec<Item>, ApiError> {
-        let (this, user, instance) = (self.clone(), user_id.to_owned(), instance_id.to_owned());
-        let changed = tokio::spawn(async move { this.run(&user, &instance, &command).await })
-            .await
-            .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))??;
-        for item in &changed {
+        let this = self.clone();
+        let (user, instance, origin) = (
+            user_id.to_owned(),
+            instance_id.to_owned(),
+            origin.map(str::to_owned),
+        );
+        tokio::spawn(async move {
+            let changed = this.run(&user, &instance, &command).await?;
+            this.after_commit(user, origin, &changed);
+            Ok(changed)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))?
+    }
+
+    /// Counts the change and hands it to fan-out. Only committed changes get
+    /// here; if the publish is lost, devices repair from the table.
+    fn after_commit(&self, user_id: String, origin: Option<String>, changed: &[Item]) {
+        if changed.is_empty() {
+            return;
+        }
+        for item in changed {
             if item.is_deleted {
                 self.metrics.items_removed.inc();
             } else {
                 self.metrics.items_written.inc();
             }
         }
-        Ok(changed)
+        self.bus.publish(Envelope {
+            user_id,
+            origin,
+            pod: self.bus.pod().to_string(),
+            published_us: chrono::Utc::now().timestamp_micros(),
+            changes: changed.iter().map(Change::from).collect(),
+        });
     }
 
     /// The write transaction: lock the user, read the rows the command
@@ -180,7 +213,7 @@ impl SyncService {
             key: key.to_owned(),
             request: Box::new(req.clone()),
         };
-        self.execute(user_id, instance_id, command)
+        self.execute(user_id, instance_id, None, command)
             .await?
             .pop()
             .ok_or_else(no_row)
@@ -197,6 +230,7 @@ impl SyncService {
             .execute(
                 user_id,
                 instance_id,
+                None,
                 Command::Remove {
                     key: key.to_owned(),
                 },
@@ -215,7 +249,9 @@ impl SyncService {
     /// Removes every item of the user. Each removal takes its own sequence
     /// number, so offline devices replay a clear as ordinary removals.
     pub async fn clear(&self, user_id: &str, instance_id: &str) -> Result<Cleared, ApiError> {
-        let changed = self.execute(user_id, instance_id, Command::Clear).await?;
+        let changed = self
+            .execute(user_id, instance_id, None, Command::Clear)
+            .await?;
         let last_seq = match changed.last() {
             Some(item) => item.seq,
             None => items::user_state(&self.db, user_id)
@@ -260,7 +296,7 @@ impl SyncService {
             let full = batch.len() as i64 == BATCH;
             for (user_id, key) in batch {
                 match self
-                    .execute(&user_id, "ttl-cleanup", Command::Expire { key })
+                    .execute(&user_id, "ttl-cleanup", None, Command::Expire { key })
                     .await
                 {
                     Ok(_) => purged += 1,

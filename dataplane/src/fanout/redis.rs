@@ -1,0 +1,256 @@
+//! Fan-out between pods through Redis, one channel per user
+//! (`ss:{store}:u:{userId}`), subscribed only while this pod hosts a device
+//! of that user. No pattern subscription: a pod never receives traffic for
+//! users it does not host.
+//!
+//! The subscriber is our own reconnect loop over the `redis` crate's pub/sub
+//! connection: after any disconnect it reconnects with backoff, resubscribes
+//! every hosted channel, and asks every local device to catch up from the
+//! database, since messages published meanwhile are gone.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::{future::BoxFuture, StreamExt};
+use redis::AsyncCommands;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Bus, Envelope, Hub};
+use crate::metrics::Metrics;
+
+/// Envelopes waiting to be published; past this, new ones are dropped (and
+/// counted): devices repair the gap from the database.
+const PUBLISH_QUEUE: usize = 10_000;
+
+enum SubCommand {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+pub struct RedisBus {
+    hub: Arc<Hub>,
+    pod: String,
+    channel_prefix: String,
+    publish_tx: mpsc::Sender<(String, Vec<u8>)>,
+    sub_tx: mpsc::UnboundedSender<SubCommand>,
+    hosted: Arc<Mutex<HashMap<String, usize>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisBus {
+    /// Connects the publisher (failing fast if Redis is unreachable at
+    /// start) and starts the publisher and subscriber tasks.
+    pub async fn connect(
+        url: &str,
+        store: &str,
+        pod: &str,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let hosted = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(publish_loop(publisher, publish_rx, metrics.clone()));
+        tokio::spawn(subscribe_loop(
+            client,
+            sub_rx,
+            hosted.clone(),
+            hub.clone(),
+            pod.to_string(),
+            metrics.clone(),
+        ));
+        Ok(Self {
+            hub,
+            pod: pod.to_string(),
+            channel_prefix: format!("ss:{store}:u:"),
+            publish_tx,
+            sub_tx,
+            hosted,
+            metrics,
+        })
+    }
+
+    fn channel(&self, user_id: &str) -> String {
+        format!("{}{user_id}", self.channel_prefix)
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, envelope: Envelope) {
+        // Local devices first, without a round trip through Redis.
+        self.hub.deliver(&envelope);
+        let channel = self.channel(&envelope.user_id);
+        match serde_json::to_vec(&envelope) {
+            Ok(bytes) => {
+                if self.publish_tx.try_send((channel, bytes)).is_err() {
+                    self.metrics.fanout_dropped.inc();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode envelope"),
+        }
+    }
+
+    fn host(&self, user_id: &str) -> BoxFuture<'static, ()> {
+        let channel = self.channel(user_id);
+        let first = {
+            let mut hosted = self.hosted.lock().unwrap_or_else(|p| p.into_inner());
+            let n = hosted.entry(channel.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        if first {
+            let _ = self.sub_tx.send(SubCommand::Subscribe(channel, done_tx));
+        } else {
+            let _ = done_tx.send(());
+        }
+        Box::pin(async move {
+            // Wait (bounded) until the subscription is live, so nothing
+            // published after this returns can be missed; on timeout the
+            // gap repair still covers it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+        })
+    }
+
+    fn unhost(&self, user_id: &str) {
+        let channel = self.channel(user_id);
+        let last = {
+            let mut hosted = self.hosted.lock().unwrap_or_else(|p| p.into_inner());
+            match hosted.get_mut(&channel) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    hosted.remove(&channel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = self.sub_tx.send(SubCommand::Unsubscribe(channel));
+        }
+    }
+
+    fn pod(&self) -> &str {
+        &self.pod
+    }
+}
+
+async fn publish_loop(
+    mut conn: redis::aio::ConnectionManager,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some((channel, payload)) = rx.recv().await {
+        let started = std::time::Instant::now();
+        // A few tries ride out a Redis restart; after that the message is
+        // dropped and the subscribers' reconnect-resync covers it.
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match conn.publish::<_, _, i64>(&channel, &payload).await {
+                Ok(_) => {
+                    metrics
+                        .fanout_publish_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break;
+                }
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    tracing::debug!(error = %e, "publish failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, "publish dropped after retries");
+                    metrics.fanout_dropped.inc();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn subscribe_loop(
+    client: redis::Client,
+    mut rx: mpsc::UnboundedReceiver<SubCommand>,
+    hosted: Arc<Mutex<HashMap<String, usize>>>,
+    hub: Arc<Hub>,
+    pod: String,
+    metrics: Arc<Metrics>,
+) {
+    let mut first = true;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let (mut sink, mut stream) = pubsub.split();
+        let channels: Vec<String> = hosted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut ok = true;
+        for channel in &channels {
+            if sink.subscribe(channel).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        if !first {
+            metrics.redis_reconnects.inc();
+            tracing::info!(
+                channels = channels.len(),
+                "redis subscriber reconnected; resyncing devices"
+            );
+            hub.resync_all();
+        }
+        first = false;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(SubCommand::Subscribe(channel, done)) => {
+                        if sink.subscribe(&channel).await.is_err() {
+                            break; // reconnect; the channel is in `hosted`
+                        }
+                        let _ = done.send(());
+                    }
+                    Some(SubCommand::Unsubscribe(channel)) => {
+                        if sink.unsubscribe(&channel).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => return, // the bus is gone
+                },
+                msg = stream.next() => match msg {
+                    Some(msg) => match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
+                        Ok(env) if env.pod != pod => hub.deliver(&env),
+                        Ok(_) => {} // our own publish: delivered locally already
+                        Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
+                    },
+                    None => {
+                        tracing::warn!("redis subscriber disconnected");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}

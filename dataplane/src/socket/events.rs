@@ -1,0 +1,263 @@
+//! Handlers of the client events of `/sync`.
+//!
+//! Each replies through the acknowledgement when the client passed a
+//! callback; otherwise a failure is emitted as `error`. Writes go through
+//! the same write path as REST.
+
+use std::{convert::Infallible, sync::Arc};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use socketioxide::{
+    adapter::Adapter,
+    extract::{AckSender, Extension, SocketRef, State, TryData},
+    handler::{FromMessageParts, Value},
+    socket::Socket,
+    ParserError,
+};
+
+use super::session::Session;
+use crate::{
+    app::AppState,
+    auth::Scope,
+    error::ApiError,
+    storage::instances,
+    sync::{Command, SetRequest},
+};
+
+/// Whether the client passed an ack callback (socketioxide's `AckSender`
+/// does not say).
+pub struct WantsAck(bool);
+
+impl<A: Adapter> FromMessageParts<A> for WantsAck {
+    type Error = Infallible;
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        _: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(WantsAck(ack_id.is_some()))
+    }
+}
+
+/// Replies to one event: success through the ack, failure through the ack
+/// as `{error}` or, with no callback, as an `error` event.
+fn reply<T: Serialize>(
+    s: &SocketRef,
+    ack: AckSender,
+    wants: bool,
+    event: &str,
+    app: &AppState,
+    result: Result<T, ApiError>,
+) {
+    app.metrics
+        .socket_events
+        .with_label_values(&[event, "in"])
+        .inc();
+    let sent = match result {
+        Ok(value) => ack.send(&value),
+        Err(e) => {
+            app.metrics
+                .socket_errors
+                .with_label_values(&[event, e.code()])
+                .inc();
+            if wants {
+                ack.send(&json!({ "error": e.body() }))
+            } else {
+                s.emit("error", &e.body())
+            }
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!(event, error = %e, "reply not sent");
+    }
+}
+
+fn payload<T: DeserializeOwned>(data: Result<T, ParserError>) -> Result<T, ApiError> {
+    data.map_err(|e| ApiError::InvalidBody(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct KeyPayload {
+    key: String,
+}
+
+#[derive(Deserialize, Default)]
+struct PrefixPayload {
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeysPayload {
+    keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AckPayload {
+    seq: i64,
+}
+
+pub fn register(s: &SocketRef) {
+    s.on("sync:set", set);
+    s.on("sync:remove", remove);
+    s.on("sync:get", get);
+    s.on("sync:getAll", get_all);
+    s.on("sync:subscribe", subscribe);
+    s.on("sync:unsubscribe", unsubscribe);
+    s.on("sync:ack", ack_cursor);
+}
+
+async fn set(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<SetRequest>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = async {
+        session.device.principal.require(Scope::Write)?;
+        let request = payload(data)?;
+        let key = request
+            .key
+            .clone()
+            .ok_or_else(|| ApiError::InvalidBody("key is required".into()))?;
+        let command = Command::Set {
+            key,
+            request: Box::new(request),
+        };
+        let d = &session.device;
+        let item = app
+            .sync
+            .execute(&d.user_id, &d.instance_id, Some(&session.sid), command)
+            .await?
+            .pop();
+        Ok(json!({ "status": "applied", "item": item }))
+    }
+    .await;
+    reply(&s, ack, wants, "sync:set", &app, result);
+}
+
+async fn remove(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<KeyPayload>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = async {
+        session.device.principal.require(Scope::Write)?;
+        let KeyPayload { key } = payload(data)?;
+        let d = &session.device;
+        let item = app.sync.execute(&d.user_id, &d.instance_id, Some(&session.sid), Command::Remove { key }).await?.pop();
+        let item = item.ok_or_else(|| ApiError::Internal("remove changed no row".into()))?;
+        Ok(json!({ "status": "removed", "key": item.key, "seq": item.seq, "version": item.version }))
+    }
+    .await;
+    reply(&s, ack, wants, "sync:remove", &app, result);
+}
+
+async fn get(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<KeyPayload>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = async {
+        session.device.principal.require(Scope::Read)?;
+        let KeyPayload { key } = payload(data)?;
+        match app.sync.get(&session.device.user_id, &key).await {
+            Ok(item) => Ok(serde_json::to_value(item).unwrap_or(Json::Null)),
+            Err(ApiError::NotFound { .. }) => Ok(Json::Null),
+            Err(e) => Err(e),
+        }
+    }
+    .await;
+    reply(&s, ack, wants, "sync:get", &app, result);
+}
+
+async fn get_all(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<Option<PrefixPayload>>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = async {
+        session.device.principal.require(Scope::Read)?;
+        let prefix = payload(data)?
+            .unwrap_or_default()
+            .prefix
+            .unwrap_or_default();
+        app.sync.list(&session.device.user_id, &prefix).await
+    }
+    .await;
+    reply(&s, ack, wants, "sync:getAll", &app, result);
+}
+
+async fn subscribe(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<KeysPayload>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = payload(data).and_then(|KeysPayload { keys }| {
+        let mut subs = session
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        subs.subscribe(&keys)?;
+        Ok(subs.list())
+    });
+    reply(&s, ack, wants, "sync:subscribe", &app, result);
+}
+
+async fn unsubscribe(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<KeysPayload>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = payload(data).and_then(|KeysPayload { keys }| {
+        let mut subs = session
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        subs.unsubscribe(&keys)?;
+        Ok(subs.list())
+    });
+    reply(&s, ack, wants, "sync:unsubscribe", &app, result);
+}
+
+/// `sync:ack {seq}`: the device has everything up to `seq`. The cursor never
+/// moves past what this socket was actually sent.
+async fn ack_cursor(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<AckPayload>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let result = async {
+        let AckPayload { seq } = payload(data)?;
+        if seq < 0 {
+            return Err(ApiError::InvalidBody("seq must not be negative".into()));
+        }
+        let cursor = seq.min(session.delivered());
+        let d = &session.device;
+        instances::advance_cursor(app.sync.db(), &d.user_id, &d.instance_id, cursor).await?;
+        Ok(json!({ "cursor": cursor }))
+    }
+    .await;
+    reply(&s, ack, wants, "sync:ack", &app, result);
+}

@@ -1,0 +1,133 @@
+//! The `/sync` handshake: who is connecting, as which user and device.
+//!
+//! Runs as a socketioxide connect middleware, so a refusal is a
+//! `connect_error` before the namespace is joined. socketioxide sends only
+//! `{message}` in a connect_error, so the message is itself the JSON text
+//! `{"message": …, "code": …}`: clients `JSON.parse(err.message)`.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use axum::extract::ConnectInfo;
+use socketioxide::{
+    adapter::Adapter,
+    extract::{Data, SocketRef, State},
+    handler::{FromConnectParts, Value},
+    socket::Socket,
+};
+
+use crate::{
+    app::AppState,
+    auth::{Principal, Scope},
+    error::ApiError,
+    sync::{validate_instance_id, validate_user_id},
+};
+
+/// The authenticated device behind a socket.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub principal: Principal,
+    pub user_id: String,
+    pub instance_id: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A refused handshake, displayed as the JSON the client receives.
+pub struct Refusal(ApiError);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = serde_json::json!({ "message": self.0.to_string(), "code": self.0.code() });
+        write!(f, "{body}")
+    }
+}
+
+/// The `auth` object of the handshake, or nothing; never fails to extract.
+pub struct HandshakeAuth(Option<serde_json::Value>);
+
+impl<A: Adapter> FromConnectParts<A> for HandshakeAuth {
+    type Error = Infallible;
+    fn from_connect_parts(s: &Arc<Socket<A>>, auth: &Option<Value>) -> Result<Self, Infallible> {
+        Ok(HandshakeAuth(
+            Data::<serde_json::Value>::from_connect_parts(s, auth)
+                .ok()
+                .map(|Data(v)| v),
+        ))
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn auth_field<'a>(auth: &'a Option<serde_json::Value>, name: &str) -> Option<&'a str> {
+    auth.as_ref()?.get(name)?.as_str()
+}
+
+/// Authenticates the handshake and stores the [`Device`] in the socket's
+/// extensions.
+pub async fn authenticate(
+    s: SocketRef,
+    State(app): State<AppState>,
+    HandshakeAuth(auth): HandshakeAuth,
+) -> Result<(), Refusal> {
+    let device = identify(&s, &app, &auth).await.map_err(|e| {
+        app.metrics
+            .socket_refusals
+            .with_label_values(&[e.code()])
+            .inc();
+        Refusal(e)
+    })?;
+    s.extensions.insert(device);
+    Ok(())
+}
+
+async fn identify(
+    s: &SocketRef,
+    app: &AppState,
+    auth: &Option<serde_json::Value>,
+) -> Result<Device, ApiError> {
+    let parts = s.req_parts();
+    let query = parts.uri.query().unwrap_or("");
+    let api_key = auth_field(auth, "apiKey")
+        .map(str::to_owned)
+        .or_else(|| query_param(query, "apiKey"));
+    let principal = if auth_field(auth, "token").is_some() && api_key.is_none() {
+        return Err(ApiError::Unauthorized {
+            reason: "tokens_not_supported_yet",
+        });
+    } else {
+        app.auth.api_key(api_key.as_deref()).await?
+    };
+    principal.require(Scope::Read)?;
+    let user_id = query_param(query, "userId")
+        .ok_or_else(|| ApiError::InvalidHandshake("query.userId is required".into()))?;
+    let instance_id = query_param(query, "instanceId")
+        .ok_or_else(|| ApiError::InvalidHandshake("query.instanceId is required".into()))?;
+    validate_user_id(&user_id).map_err(ApiError::InvalidHandshake)?;
+    validate_instance_id(&instance_id).map_err(ApiError::InvalidHandshake)?;
+    // A credential acts for its own user; only an admin key may act for others.
+    if user_id != principal.user_id && !principal.key.allows(Scope::Admin) {
+        return Err(ApiError::Forbidden {
+            action: "act for this user",
+        });
+    }
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let user_agent = parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(Device {
+        principal,
+        user_id,
+        instance_id,
+        ip,
+        user_agent,
+    })
+}

@@ -1,0 +1,86 @@
+//! The Socket.IO `/sync` namespace (protocol v5, as `socket.io-client` 4.x
+//! speaks it), served by socketioxide on the REST port at `/socket.io`.
+
+mod events;
+mod handshake;
+mod session;
+mod subscriptions;
+
+use std::{sync::Arc, time::Duration};
+
+use socketioxide::{
+    extract::{Extension, SocketRef, State},
+    handler::ConnectHandler,
+    layer::SocketIoLayer,
+    SocketIo,
+};
+
+pub use handshake::Device;
+use session::Session;
+pub use subscriptions::Subscriptions;
+
+use crate::{app::AppState, fanout::Sink, storage::instances, storage::now_ms};
+
+/// Packets that may wait in one socket's send buffer. Small buffers keep an
+/// idle connection cheap; a slow consumer past this is conflated from the
+/// database instead of being queued.
+const SOCKET_BUFFER: usize = 64;
+
+/// Builds the Socket.IO layer for the router, with `/sync` registered.
+pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
+        .with_state(state)
+        .max_buffer_size(SOCKET_BUFFER)
+        .ws_read_buffer_size(4096)
+        .max_payload(4 * 1024 * 1024)
+        .ack_timeout(Duration::from_secs(30))
+        .build_layer();
+    io.ns("/sync", on_connect.with(handshake::authenticate));
+    (layer, io)
+}
+
+async fn on_connect(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(device): Extension<Device>,
+) {
+    // Handlers first, synchronously: the client may emit as soon as it sees
+    // the connect, and an event with no handler yet would be dropped.
+    let session = Arc::new(Session::new(s.clone(), device, app.clone()));
+    s.extensions.insert(session.clone());
+    events::register(&s);
+    s.on_disconnect(on_disconnect);
+    app.metrics.sockets_connected.inc();
+
+    let user = session.device.user_id.clone();
+    app.hub.add(&user, session.clone() as Arc<dyn Sink>);
+    app.sync.bus().host(&user).await;
+    let d = &session.device;
+    let arrival = instances::Arrival {
+        user_id: &d.user_id,
+        instance_id: &d.instance_id,
+        pod: app.sync.bus().pod(),
+        ip: d.ip.as_deref(),
+        user_agent: d.user_agent.as_deref(),
+        now: now_ms(),
+    };
+    let cursor = match instances::arrive(app.sync.db(), &arrival).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record device; starting from its full state");
+            0
+        }
+    };
+    tokio::spawn(session.run(cursor));
+}
+
+async fn on_disconnect(State(app): State<AppState>, Extension(session): Extension<Arc<Session>>) {
+    session.close();
+    app.metrics.sockets_connected.dec();
+    let d = &session.device;
+    app.hub.remove(&d.user_id, &session.sid);
+    app.sync.bus().unhost(&d.user_id);
+    if let Err(e) = instances::leave(app.sync.db(), &d.user_id, &d.instance_id, now_ms()).await {
+        tracing::debug!(error = %e, "cannot record disconnect");
+    }
+}

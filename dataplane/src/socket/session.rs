@@ -1,0 +1,396 @@
+//! One connected device: what it has been sent, and the loop that sends it
+//! the rest.
+//!
+//! Delivery is pull-repaired rather than queued. Live changes offered by the
+//! fan-out wait in a small buffer ordered by `seq`; they are emitted while
+//! they follow on from the last delivered `seq`. On a gap that does not fill
+//! within [`GAP_WAIT`], a full buffer, a socket that cannot take more, or a
+//! bus reconnect, the device catches up from the database instead: the rows
+//! changed since the last delivered `seq`, which is the latest state per
+//! key. That is the per-key conflation a slow consumer needs, and it bounds
+//! memory per socket at [`MAX_WAITING`] changes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use socketioxide::extract::SocketRef;
+use tokio::sync::Notify;
+
+use super::{handshake::Device, subscriptions::Subscriptions};
+use crate::{
+    app::AppState,
+    fanout::Sink,
+    storage::{instances, items, now_ms},
+    sync::Change,
+};
+
+/// How long a missing `seq` may be waited for (it may be in flight on
+/// another task or pod) before reading it from the database.
+pub const GAP_WAIT: Duration = Duration::from_millis(50);
+/// Live changes buffered per socket before falling back to a catch-up.
+pub const MAX_WAITING: usize = 256;
+/// How often a connected device's `last_seen` is refreshed.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// Pause before retrying when the socket's send buffer is full.
+const FULL_BACKOFF: Duration = Duration::from_millis(25);
+
+struct Waiting {
+    change: Change,
+    /// This socket wrote it: it advances the seq but is not echoed.
+    own: bool,
+    published_us: i64,
+}
+
+#[derive(Default)]
+struct Delivery {
+    /// Highest seq delivered or deliberately skipped; `None` until
+    /// `pending-updates` has gone out.
+    delivered: Option<i64>,
+    waiting: BTreeMap<i64, Waiting>,
+    catch_up: bool,
+    gap_since: Option<Instant>,
+}
+
+enum Step {
+    Wait(Option<Duration>),
+    Emit(Vec<Waiting>),
+    CatchUp(i64),
+}
+
+pub struct Session {
+    pub sid: String,
+    pub device: Device,
+    socket: SocketRef,
+    app: AppState,
+    pub subscriptions: Mutex<Subscriptions>,
+    delivery: Mutex<Delivery>,
+    wake: Notify,
+    closed: AtomicBool,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl Session {
+    pub fn new(socket: SocketRef, device: Device, app: AppState) -> Self {
+        Self {
+            sid: socket.id.to_string(),
+            device,
+            socket,
+            app,
+            subscriptions: Mutex::new(Subscriptions::default()),
+            delivery: Mutex::new(Delivery::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery> {
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest seq this device has been sent (0 before the first).
+    pub fn delivered(&self) -> i64 {
+        self.delivery().delivered.unwrap_or(0)
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn wants(&self, key: &str) -> bool {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wants(key)
+    }
+
+    /// Decides what to do next; pure bookkeeping under the lock.
+    fn next_step(&self) -> Step {
+        let mut st = self.delivery();
+        let Some(delivered) = st.delivered else {
+            return Step::Wait(None);
+        };
+        if st.catch_up {
+            st.catch_up = false;
+            st.gap_since = None;
+            return Step::CatchUp(delivered);
+        }
+        while let Some(entry) = st.waiting.first_entry() {
+            if *entry.key() > delivered {
+                break;
+            }
+            entry.remove();
+        }
+        let Some(&first) = st.waiting.keys().next() else {
+            st.gap_since = None;
+            return Step::Wait(None);
+        };
+        if first == delivered + 1 {
+            st.gap_since = None;
+            let mut run = Vec::new();
+            let mut next = first;
+            while let Some(w) = st.waiting.remove(&next) {
+                run.push(w);
+                next += 1;
+            }
+            return Step::Emit(run);
+        }
+        let since = *st.gap_since.get_or_insert_with(Instant::now);
+        match GAP_WAIT.checked_sub(since.elapsed()) {
+            Some(left) if !left.is_zero() => Step::Wait(Some(left)),
+            _ => {
+                st.gap_since = None;
+                self.app.metrics.catchups.with_label_values(&["gap"]).inc();
+                Step::CatchUp(delivered)
+            }
+        }
+    }
+
+    /// Emits one change to the device. False when the socket cannot take it.
+    fn emit(&self, change: &Change) -> bool {
+        let (event, sent) = if change.deleted {
+            (
+                "sync:remove",
+                self.socket.emit("sync:remove", &change.remove_payload()),
+            )
+        } else {
+            (
+                "sync:update",
+                self.socket.emit("sync:update", &change.update_payload()),
+            )
+        };
+        match sent {
+            Ok(()) => {
+                self.app
+                    .metrics
+                    .socket_events
+                    .with_label_values(&[event, "out"])
+                    .inc();
+                true
+            }
+            Err(e) => {
+                tracing::debug!(sid = %self.sid, error = %e, "emit failed");
+                false
+            }
+        }
+    }
+
+    async fn emit_run(&self, run: Vec<Waiting>) {
+        let mut last_ok = None;
+        let mut stalled_at = None;
+        for (i, w) in run.iter().enumerate() {
+            if !w.own && self.wants(&w.change.key) {
+                if !self.emit(&w.change) {
+                    stalled_at = Some(i);
+                    break;
+                }
+                let latency = (now_us() - w.published_us).max(0) as f64 / 1e6;
+                self.app.metrics.fanout_latency.observe(latency);
+            }
+            last_ok = Some(w.change.seq);
+        }
+        {
+            let mut st = self.delivery();
+            if let Some(seq) = last_ok {
+                st.delivered = Some(st.delivered.map_or(seq, |d| d.max(seq)));
+            }
+            // What was not sent is re-read, newest per key, once the socket
+            // drains: the per-key conflation of a slow consumer.
+            st.catch_up |= stalled_at.is_some();
+        }
+        if let Some(i) = stalled_at {
+            self.app.metrics.conflations.inc_by((run.len() - i) as u64);
+            tokio::time::sleep(FULL_BACKOFF).await;
+        }
+    }
+
+    async fn catch_up(&self, from: i64) {
+        let db = self.app.sync.db();
+        let rows = match items::changes_since(db, &self.device.user_id, from).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(sid = %self.sid, error = %e, "catch-up failed; retrying");
+                self.delivery().catch_up = true;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return;
+            }
+        };
+        let mut delivered = from;
+        let mut stalled = false;
+        for item in &rows {
+            let change = Change::from(item);
+            // Its own writes are no news to the device.
+            if change.instance_id != self.device.instance_id
+                && self.wants(&change.key)
+                && !self.emit(&change)
+            {
+                stalled = true;
+                break;
+            }
+            delivered = change.seq;
+        }
+        if let Some(last) = rows.last() {
+            let skipped = (last.seq - from) - rows.len() as i64;
+            self.app.metrics.conflations.inc_by(skipped.max(0) as u64);
+        }
+        {
+            let mut st = self.delivery();
+            st.delivered = Some(st.delivered.map_or(delivered, |d| d.max(delivered)));
+            st.catch_up |= stalled;
+        }
+        if stalled {
+            tokio::time::sleep(FULL_BACKOFF).await;
+        }
+    }
+
+    /// Sends `pending-updates` (or `sync:resync`) from the device's cursor,
+    /// then marks the session live.
+    async fn start(&self, cursor: i64) -> Result<(), sqlx::Error> {
+        let db = self.app.sync.db();
+        let (last_seq, purged_seq) = items::heads(db, &self.device.user_id).await?;
+        if cursor > 0 && cursor < purged_seq {
+            let _ = self.socket.emit(
+                "sync:resync",
+                &json!({ "reason": "cursor_before_retention", "cursor": cursor }),
+            );
+            self.app
+                .metrics
+                .socket_events
+                .with_label_values(&["sync:resync", "out"])
+                .inc();
+            self.delivery().delivered = Some(last_seq);
+            return Ok(());
+        }
+        let rows = items::changes_since(db, &self.device.user_id, cursor).await?;
+        let upto = rows.last().map_or(last_seq, |r| r.seq.max(last_seq));
+        let changes: Vec<Change> = rows
+            .iter()
+            // A new device needs the current state, not what was removed.
+            .filter(|r| cursor > 0 || !r.is_deleted)
+            .map(Change::from)
+            .collect();
+        let events: Vec<_> = changes.iter().map(Change::sync_event).collect();
+        match self
+            .socket
+            .emit_with_ack::<_, serde_json::Value>("pending-updates", &(&events,))
+        {
+            Ok(ack) => {
+                let (app, user, instance) = (
+                    self.app.clone(),
+                    self.device.user_id.clone(),
+                    self.device.instance_id.clone(),
+                );
+                tokio::spawn(async move {
+                    // Any answer is an acknowledgement, whatever it carries
+                    // (a bare `ack()` sends no value to decode).
+                    if matches!(ack.await, Ok(_) | Err(socketioxide::AckError::Decode(_))) {
+                        if let Err(e) =
+                            instances::advance_cursor(app.sync.db(), &user, &instance, upto).await
+                        {
+                            tracing::warn!(error = %e, "cannot store cursor");
+                        }
+                    }
+                });
+                self.app
+                    .metrics
+                    .socket_events
+                    .with_label_values(&["pending-updates", "out"])
+                    .inc();
+            }
+            Err(e) => tracing::debug!(sid = %self.sid, error = %e, "pending-updates not sent"),
+        }
+        self.delivery().delivered = Some(upto);
+        Ok(())
+    }
+
+    /// The delivery loop, for the life of the socket.
+    pub async fn run(self: Arc<Self>, cursor: i64) {
+        let mut tries = 0;
+        while let Err(e) = self.start(cursor).await {
+            tries += 1;
+            tracing::warn!(sid = %self.sid, error = %e, tries, "cannot send pending updates; retrying");
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500 * tries.min(10))).await;
+        }
+        let mut heartbeat = Instant::now() + HEARTBEAT;
+        while !self.closed.load(Ordering::Acquire) {
+            match self.next_step() {
+                Step::Emit(run) => self.emit_run(run).await,
+                Step::CatchUp(from) => self.catch_up(from).await,
+                Step::Wait(limit) => {
+                    let until_beat = heartbeat.saturating_duration_since(Instant::now());
+                    let wait = limit.map_or(until_beat, |l| l.min(until_beat));
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if Instant::now() >= heartbeat {
+                        heartbeat = Instant::now() + HEARTBEAT;
+                        let (db, d) = (self.app.sync.db(), &self.device);
+                        if let Err(e) =
+                            instances::touch(db, &d.user_id, &d.instance_id, now_ms()).await
+                        {
+                            tracing::debug!(error = %e, "heartbeat not stored");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Sink for Session {
+    fn id(&self) -> &str {
+        &self.sid
+    }
+
+    fn offer(&self, origin: Option<&str>, published_us: i64, changes: &[Change]) {
+        let own = origin == Some(self.sid.as_str());
+        let mut st = self.delivery();
+        let floor = st.delivered.unwrap_or(i64::MIN);
+        for change in changes.iter().filter(|c| c.seq > floor) {
+            st.waiting.insert(
+                change.seq,
+                Waiting {
+                    change: change.clone(),
+                    own,
+                    published_us,
+                },
+            );
+        }
+        if st.waiting.len() > MAX_WAITING {
+            self.app.metrics.conflations.inc_by(st.waiting.len() as u64);
+            st.waiting.clear();
+            st.catch_up = true;
+            self.app
+                .metrics
+                .catchups
+                .with_label_values(&["overflow"])
+                .inc();
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn resync(&self) {
+        self.delivery().catch_up = true;
+        self.app
+            .metrics
+            .catchups
+            .with_label_values(&["resync"])
+            .inc();
+        self.wake.notify_one();
+    }
+}

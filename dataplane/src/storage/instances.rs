@@ -1,0 +1,147 @@
+//! Queries on `instances`: device cursors and session facts.
+
+use super::{Db, Dialect, RowExt};
+
+/// Session facts recorded when a device connects.
+#[derive(Debug, Clone)]
+pub struct Arrival<'a> {
+    pub user_id: &'a str,
+    pub instance_id: &'a str,
+    pub pod: &'a str,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub now: i64,
+}
+
+/// One device as `GET /sync-storage/sessions` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub instance_id: String,
+    pub cursor_seq: i64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub connected_at: Option<i64>,
+    pub connections: i64,
+    pub pod: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Records a connection and returns the device's cursor.
+pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<i64, sqlx::Error> {
+    let upsert = match db.dialect() {
+        Dialect::Mysql => {
+            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent) \
+             VALUES (?, ?, 0, ?, ?, ?, 1, ?, ?, ?) ON DUPLICATE KEY UPDATE last_seen = VALUES(last_seen), \
+             connected_at = VALUES(connected_at), connections = connections + 1, pod = VALUES(pod), ip = VALUES(ip), \
+             user_agent = VALUES(user_agent)"
+        }
+        _ => {
+            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent) \
+             VALUES (?, ?, 0, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (user_id, instance_id) DO UPDATE SET \
+             last_seen = excluded.last_seen, connected_at = excluded.connected_at, \
+             connections = instances.connections + 1, pod = excluded.pod, ip = excluded.ip, user_agent = excluded.user_agent"
+        }
+    };
+    let ua = a.user_agent.map(|u| truncate(u, 512));
+    sqlx::query(&db.sql(upsert))
+        .bind(a.user_id)
+        .bind(a.instance_id)
+        .bind(a.now)
+        .bind(a.now)
+        .bind(a.now)
+        .bind(a.pod)
+        .bind(a.ip)
+        .bind(ua)
+        .execute(db.pool())
+        .await?;
+    let row = sqlx::query(
+        &db.sql("SELECT cursor_seq FROM instances WHERE user_id = ? AND instance_id = ?"),
+    )
+    .bind(a.user_id)
+    .bind(a.instance_id)
+    .fetch_one(db.pool())
+    .await?;
+    row.i64_at(0)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Records a disconnection.
+pub async fn leave(db: &Db, user_id: &str, instance_id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(&db.sql(
+        "UPDATE instances SET connections = CASE WHEN connections > 0 THEN connections - 1 ELSE 0 END, \
+         last_seen = ? WHERE user_id = ? AND instance_id = ?",
+    ))
+    .bind(now)
+    .bind(user_id)
+    .bind(instance_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Moves the cursor forward (never back).
+pub async fn advance_cursor(
+    db: &Db,
+    user_id: &str,
+    instance_id: &str,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&db.sql(
+        "UPDATE instances SET cursor_seq = ? WHERE user_id = ? AND instance_id = ? AND cursor_seq < ?",
+    ))
+    .bind(seq)
+    .bind(user_id)
+    .bind(instance_id)
+    .bind(seq)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Marks connected devices as still there.
+pub async fn touch(db: &Db, user_id: &str, instance_id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        &db.sql("UPDATE instances SET last_seen = ? WHERE user_id = ? AND instance_id = ?"),
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(instance_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The user's devices, most recently seen first.
+pub async fn list(db: &Db, user_id: &str) -> Result<Vec<Instance>, sqlx::Error> {
+    let rows = sqlx::query(&db.sql(
+        "SELECT instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent \
+         FROM instances WHERE user_id = ? ORDER BY last_seen DESC",
+    ))
+    .bind(user_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Instance {
+                instance_id: r.str_at(0)?,
+                cursor_seq: r.i64_at(1)?,
+                first_seen: r.i64_at(2)?,
+                last_seen: r.i64_at(3)?,
+                connected_at: r.opt_i64(4)?,
+                connections: r.i64_at(5)?,
+                pod: r.opt_str(6)?,
+                ip: r.opt_str(7)?,
+                user_agent: r.opt_str(8)?,
+            })
+        })
+        .collect()
+}

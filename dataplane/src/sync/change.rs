@@ -1,0 +1,101 @@
+//! A change in a user's sequence: what fan-out carries and devices receive.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::Item;
+
+/// One committed change (a set or a remove) at one `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub key: String,
+    /// `None` for a removal.
+    pub value: Option<Box<RawValue>>,
+    pub metadata: Option<Box<RawValue>>,
+    pub version: i64,
+    pub timestamp: i64,
+    pub seq: i64,
+    pub deleted: bool,
+    /// The instance whose write this was.
+    pub instance_id: String,
+}
+
+impl From<&Item> for Change {
+    fn from(item: &Item) -> Self {
+        Change {
+            key: item.key.clone(),
+            value: item.value.clone(),
+            metadata: item.metadata.clone(),
+            version: item.version,
+            timestamp: item.timestamp,
+            seq: item.seq,
+            deleted: item.is_deleted,
+            instance_id: item.instance_id.clone(),
+        }
+    }
+}
+
+/// `sync:update` payload.
+#[derive(Serialize)]
+pub struct UpdatePayload<'a> {
+    pub key: &'a str,
+    pub value: Option<&'a RawValue>,
+    pub metadata: Option<&'a RawValue>,
+    pub version: i64,
+    pub timestamp: i64,
+    pub seq: i64,
+}
+
+/// `sync:remove` payload.
+#[derive(Serialize)]
+pub struct RemovePayload<'a> {
+    pub key: &'a str,
+    pub timestamp: i64,
+    pub seq: i64,
+}
+
+/// One entry of `pending-updates`.
+#[derive(Serialize)]
+pub struct SyncEvent<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub key: &'a str,
+    pub value: Option<&'a RawValue>,
+    pub metadata: Option<&'a RawValue>,
+    pub version: i64,
+    pub timestamp: i64,
+    pub seq: i64,
+}
+
+impl Change {
+    pub fn update_payload(&self) -> UpdatePayload<'_> {
+        UpdatePayload {
+            key: &self.key,
+            value: self.value.as_deref(),
+            metadata: self.metadata.as_deref(),
+            version: self.version,
+            timestamp: self.timestamp,
+            seq: self.seq,
+        }
+    }
+
+    pub fn remove_payload(&self) -> RemovePayload<'_> {
+        RemovePayload {
+            key: &self.key,
+            timestamp: self.timestamp,
+            seq: self.seq,
+        }
+    }
+
+    pub fn sync_event(&self) -> SyncEvent<'_> {
+        SyncEvent {
+            kind: if self.deleted { "remove" } else { "update" },
+            key: &self.key,
+            value: self.value.as_deref(),
+            metadata: self.metadata.as_deref(),
+            version: self.version,
+            timestamp: self.timestamp,
+            seq: self.seq,
+        }
+    }
+}
