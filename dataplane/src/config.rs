@@ -555,6 +555,22 @@ impl Config {
                 }
             },
         };
+        let retention_var = var!(
+            raw,
+            sync_tombstone_retention_days,
+            "SYNC_TOMBSTONE_RETENTION_DAYS"
+        );
+        let retention_days = match retention_var.value() {
+            None => 30.0,
+            Some(v) => match v.parse::<f64>() {
+                Ok(d) if d.is_finite() && d > 0.0 && d <= 3650.0 => d,
+                _ => {
+                    return Err(retention_var.err(format!(
+                        "invalid value '{v}': expected days, more than 0 and at most 3650"
+                    )))
+                }
+            },
+        };
         let limits = Limits {
             max_item_bytes: var!(raw, max_item_size_kb, "MAX_ITEM_SIZE_KB").int(
                 100i64,
@@ -571,16 +587,7 @@ impl Config {
                 * 1024
                 * 1024,
             ttl_cleanup_interval: Duration::from_secs_f64(ttl_hours * 3600.0),
-            tombstone_retention: Duration::from_secs(
-                u64::from(
-                    var!(
-                        raw,
-                        sync_tombstone_retention_days,
-                        "SYNC_TOMBSTONE_RETENTION_DAYS"
-                    )
-                    .int(30u32, 1, 3650, "days")?,
-                ) * 86_400,
-            ),
+            tombstone_retention: Duration::from_secs_f64(retention_days * 86_400.0),
         };
 
         let strategy_var = var!(raw, conflict_default_strategy, "CONFLICT_DEFAULT_STRATEGY");
