@@ -107,6 +107,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     tracing::info!(%addr, "syncstore listening");
 
     let sweeper = tokio::spawn(ttl_sweeper(state.clone()));
+    let heartbeat = tokio::spawn(socket::heartbeat(state.clone()));
     let flag = state.shutting_down.clone();
     let (socket_layer, _io) = socket::layer(state.clone());
     let app = http::router(state.clone()).layer(socket_layer);
@@ -122,6 +123,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     .await
     .map_err(StartError::Serve)?;
     sweeper.abort();
+    heartbeat.abort();
     state.sync.db().close().await;
     tracing::info!("syncstore stopped");
     Ok(())

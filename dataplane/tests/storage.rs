@@ -390,6 +390,95 @@ async fn api_keys_are_stored_hashed_and_found(backend: &str) {
     assert!(Scope::ALL.iter().all(|s| b.allows(*s)));
 }
 
+async fn device_cursors_and_sessions_are_recorded(backend: &str) {
+    use syncstore::storage::instances::{self, Arrival};
+    let (db, _dir) = database(backend).await;
+    let user = unique_user("dev");
+    let arrival = |instance: &'static str, now: i64| Arrival {
+        user_id: "",
+        instance_id: instance,
+        pod: "pod-1",
+        ip: Some("10.0.0.1"),
+        user_agent: Some("ua/1"),
+        now,
+    };
+    let first = Arrival {
+        user_id: &user,
+        ..arrival("phone", 1000)
+    };
+    assert_eq!(
+        instances::arrive(&db, &first).await.unwrap(),
+        0,
+        "a new device starts at cursor 0"
+    );
+    instances::advance_cursor(&db, &user, "phone", 7)
+        .await
+        .unwrap();
+    instances::advance_cursor(&db, &user, "phone", 3)
+        .await
+        .unwrap(); // never backwards
+    let again = Arrival {
+        user_id: &user,
+        ..arrival("phone", 2000)
+    };
+    assert_eq!(instances::arrive(&db, &again).await.unwrap(), 7);
+    let laptop = Arrival {
+        user_id: &user,
+        ..arrival("laptop", 2500)
+    };
+    instances::arrive(&db, &laptop).await.unwrap();
+    instances::leave(&db, &user, "phone", 3000).await.unwrap();
+    instances::touch(
+        &db,
+        &[
+            (user.clone(), "laptop".into()),
+            (user.clone(), "phone".into()),
+        ],
+        4000,
+    )
+    .await
+    .unwrap();
+    let list = instances::list(&db, &user).await.unwrap();
+    let phone = list.iter().find(|i| i.instance_id == "phone").unwrap();
+    assert_eq!(
+        (
+            phone.cursor_seq,
+            phone.connections,
+            phone.last_seen,
+            phone.first_seen
+        ),
+        (7, 1, 4000, 1000)
+    );
+    assert_eq!(phone.user_agent.as_deref(), Some("ua/1"));
+    let laptop = list.iter().find(|i| i.instance_id == "laptop").unwrap();
+    assert_eq!((laptop.connections, laptop.last_seen), (1, 4000));
+}
+
+async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("purge");
+    svc.set(&u, "d", "a", &body(json!({"value": 1})))
+        .await
+        .unwrap();
+    svc.set(&u, "d", "b", &body(json!({"value": 2})))
+        .await
+        .unwrap();
+    svc.remove(&u, "d", "a").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cutoff = syncstore::storage::now_ms();
+    svc.remove(&u, "d", "b").await.unwrap(); // newer than the cutoff: kept
+    items::purge_tombstones(&db, cutoff, 1000).await.unwrap();
+    assert_eq!(items::heads(&db, &u).await.unwrap(), (4, 3));
+    let left: Vec<(String, i64)> = items::changes_since(&db, &u, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.key, i.seq))
+        .collect();
+    assert_eq!(left, vec![("b".to_string(), 4)]);
+}
+
 async fn migrating_twice_is_a_no_op(backend: &str) {
     let (db, _dir) = database(backend).await;
     assert_eq!(db.migrate().await.unwrap(), 0);
@@ -415,5 +504,7 @@ suite!(
     history_keeps_the_last_ten_versions,
     values_round_trip_exactly,
     api_keys_are_stored_hashed_and_found,
+    device_cursors_and_sessions_are_recorded,
+    old_tombstones_are_purged_and_raise_purged_seq,
     migrating_twice_is_a_no_op,
 );

@@ -12,6 +12,8 @@ use crate::sync::Change;
 pub trait Sink: Send + Sync {
     /// A stable id, to tell sinks apart (the socket id).
     fn id(&self) -> &str;
+    /// The device's instance id.
+    fn instance_id(&self) -> &str;
     /// New changes of the device's user; `origin` is the writing socket,
     /// `published_us` when the change was published (for latency).
     fn offer(&self, origin: Option<&str>, published_us: i64, changes: &[Change]);
@@ -66,6 +68,19 @@ impl Hub {
         for sink in users.values().flatten() {
             sink.resync();
         }
+    }
+
+    /// Every (user, instance) connected here.
+    pub fn devices(&self) -> Vec<(String, String)> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        users
+            .iter()
+            .flat_map(|(user, sinks)| {
+                sinks
+                    .iter()
+                    .map(move |s| (user.clone(), s.instance_id().to_string()))
+            })
+            .collect()
     }
 
     pub fn device_count(&self) -> usize {

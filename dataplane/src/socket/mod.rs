@@ -24,14 +24,31 @@ use crate::{app::AppState, fanout::Sink, storage::instances, storage::now_ms};
 /// Packets that may wait in one socket's send buffer. Small buffers keep an
 /// idle connection cheap; a slow consumer past this is conflated from the
 /// database instead of being queued.
-const SOCKET_BUFFER: usize = 64;
+const SOCKET_BUFFER: usize = 16;
+
+/// How often connected devices' `last_seen` is refreshed, in batches: one
+/// statement per device would be a burst of thousands of writes.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// Refreshes `last_seen` of every device on this pod, for as long as it runs.
+pub async fn heartbeat(app: AppState) {
+    let mut every = tokio::time::interval(HEARTBEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let devices = app.hub.devices();
+        if let Err(e) = instances::touch(app.sync.db(), &devices, now_ms()).await {
+            tracing::warn!(error = %e, devices = devices.len(), "device heartbeat not stored");
+        }
+    }
+}
 
 /// Builds the Socket.IO layer for the router, with `/sync` registered.
 pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .with_state(state)
         .max_buffer_size(SOCKET_BUFFER)
-        .ws_read_buffer_size(4096)
+        .ws_read_buffer_size(1024)
         .max_payload(4 * 1024 * 1024)
         .ack_timeout(Duration::from_secs(30))
         .build_layer();
@@ -48,6 +65,8 @@ async fn on_connect(
     // the connect, and an event with no handler yet would be dropped.
     let session = Arc::new(Session::new(s.clone(), device, app.clone()));
     s.extensions.insert(session.clone());
+    // The session owns the device now; one copy per socket is enough.
+    s.extensions.remove::<Device>();
     events::register(&s);
     s.on_disconnect(on_disconnect);
     app.metrics.sockets_connected.inc();
@@ -74,7 +93,12 @@ async fn on_connect(
     tokio::spawn(session.run(cursor));
 }
 
-async fn on_disconnect(State(app): State<AppState>, Extension(session): Extension<Arc<Session>>) {
+async fn on_disconnect(
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    reason: socketioxide::socket::DisconnectReason,
+) {
+    tracing::debug!(sid = %session.sid, %reason, "device disconnected");
     session.close();
     app.metrics.sockets_connected.dec();
     let d = &session.device;

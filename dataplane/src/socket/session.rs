@@ -27,7 +27,7 @@ use super::{handshake::Device, subscriptions::Subscriptions};
 use crate::{
     app::AppState,
     fanout::Sink,
-    storage::{instances, items, now_ms},
+    storage::{instances, items},
     sync::Change,
 };
 
@@ -36,8 +36,6 @@ use crate::{
 pub const GAP_WAIT: Duration = Duration::from_millis(50);
 /// Live changes buffered per socket before falling back to a catch-up.
 pub const MAX_WAITING: usize = 256;
-/// How often a connected device's `last_seen` is refreshed.
-const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Pause before retrying when the socket's send buffer is full.
 const FULL_BACKOFF: Duration = Duration::from_millis(25);
 
@@ -316,7 +314,7 @@ impl Session {
     /// The delivery loop, for the life of the socket.
     pub async fn run(self: Arc<Self>, cursor: i64) {
         let mut tries = 0;
-        while let Err(e) = self.start(cursor).await {
+        while let Err(e) = Box::pin(self.start(cursor)).await {
             tries += 1;
             tracing::warn!(sid = %self.sid, error = %e, tries, "cannot send pending updates; retrying");
             if self.closed.load(Ordering::Acquire) {
@@ -324,26 +322,17 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(500 * tries.min(10))).await;
         }
-        let mut heartbeat = Instant::now() + HEARTBEAT;
         while !self.closed.load(Ordering::Acquire) {
             match self.next_step() {
                 Step::Emit(run) => self.emit_run(run).await,
-                Step::CatchUp(from) => self.catch_up(from).await,
-                Step::Wait(limit) => {
-                    let until_beat = heartbeat.saturating_duration_since(Instant::now());
-                    let wait = limit.map_or(until_beat, |l| l.min(until_beat));
+                // Boxed so that an idle session's task stays small: the
+                // database future only exists while a catch-up runs.
+                Step::CatchUp(from) => Box::pin(self.catch_up(from)).await,
+                Step::Wait(None) => self.wake.notified().await,
+                Step::Wait(Some(limit)) => {
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    if Instant::now() >= heartbeat {
-                        heartbeat = Instant::now() + HEARTBEAT;
-                        let (db, d) = (self.app.sync.db(), &self.device);
-                        if let Err(e) =
-                            instances::touch(db, &d.user_id, &d.instance_id, now_ms()).await
-                        {
-                            tracing::debug!(error = %e, "heartbeat not stored");
-                        }
+                        _ = tokio::time::sleep(limit) => {}
                     }
                 }
             }
@@ -354,6 +343,10 @@ impl Session {
 impl Sink for Session {
     fn id(&self) -> &str {
         &self.sid
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.device.instance_id
     }
 
     fn offer(&self, origin: Option<&str>, published_us: i64, changes: &[Change]) {

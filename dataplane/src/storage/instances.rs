@@ -107,16 +107,18 @@ pub async fn advance_cursor(
     Ok(())
 }
 
-/// Marks connected devices as still there.
-pub async fn touch(db: &Db, user_id: &str, instance_id: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        &db.sql("UPDATE instances SET last_seen = ? WHERE user_id = ? AND instance_id = ?"),
-    )
-    .bind(now)
-    .bind(user_id)
-    .bind(instance_id)
-    .execute(db.pool())
-    .await?;
+/// Marks connected devices as still there, a few hundred per statement.
+pub async fn touch(db: &Db, devices: &[(String, String)], now: i64) -> Result<(), sqlx::Error> {
+    for chunk in devices.chunks(200) {
+        let matches = vec!["(user_id = ? AND instance_id = ?)"; chunk.len()].join(" OR ");
+        let sql = format!("UPDATE instances SET last_seen = ? WHERE {matches}");
+        let sql = db.sql(&sql);
+        let mut q = sqlx::query(&sql).bind(now);
+        for (user, instance) in chunk {
+            q = q.bind(user.as_str()).bind(instance.as_str());
+        }
+        q.execute(db.pool()).await?;
+    }
     Ok(())
 }
 
