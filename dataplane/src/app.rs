@@ -11,6 +11,7 @@ use std::{
 use crate::{
     auth::{Authenticator, KeyStore},
     config::Config,
+    conflict,
     error::ApiError,
     fanout::{Bus, Hub, LocalBus, RedisBus},
     http,
@@ -49,6 +50,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot create the bootstrap API key: {0}")]
     Bootstrap(ApiError),
+    #[error("cannot build the conflict resolver client: {0}")]
+    Resolver(reqwest::Error),
     #[error("cannot connect to Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("cannot listen on port {port}: {source}")]
@@ -86,7 +89,13 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
     };
     Ok(AppState {
-        sync: SyncService::new(db, config.limits.clone(), metrics.clone(), bus),
+        sync: SyncService::new(
+            db,
+            config.limits.clone(),
+            metrics.clone(),
+            bus,
+            conflict::Settings::from_config(&config.conflict).map_err(StartError::Resolver)?,
+        ),
         auth: Authenticator::new(keys, config.api_keys.enabled),
         metrics,
         hub,

@@ -101,6 +101,15 @@ pub struct RawConfig {
     /// LAST_WRITE_WINS, FIRST_WRITE_WINS, MERGE, MANUAL or ASSISTED.
     #[arg(long, global = true, env = "CONFLICT_DEFAULT_STRATEGY")]
     pub conflict_default_strategy: Option<String>,
+    /// MERGE's tiebreak for fields changed on both sides: LAST_WRITE_WINS or MANUAL.
+    #[arg(long, global = true, env = "CONFLICT_MERGE_TIEBREAK")]
+    pub conflict_merge_tiebreak: Option<String>,
+    /// Timeout of the ASSISTED resolver webhook, in milliseconds.
+    #[arg(long, global = true, env = "CONFLICT_RESOLVER_TIMEOUT_MS")]
+    pub conflict_resolver_timeout_ms: Option<String>,
+    /// Versions of each item kept as merge bases and history.
+    #[arg(long, global = true, env = "CONFLICT_HISTORY_VERSIONS")]
+    pub conflict_history_versions: Option<String>,
     /// http(s) endpoint that proposes resolutions for ASSISTED conflicts.
     #[arg(long, global = true, env = "CONFLICT_RESOLVER_URL")]
     pub conflict_resolver_url: Option<String>,
@@ -247,7 +256,10 @@ impl Limits {
 #[derive(Debug, Clone)]
 pub struct ConflictConfig {
     pub default_strategy: Strategy,
+    pub merge_tiebreak_manual: bool,
     pub resolver_url: Option<String>,
+    pub resolver_timeout: Duration,
+    pub history_versions: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -598,6 +610,28 @@ impl Config {
             },
             resolver_url: var!(raw, conflict_resolver_url, "CONFLICT_RESOLVER_URL")
                 .url(&["http", "https"])?,
+            merge_tiebreak_manual: {
+                let v = var!(raw, conflict_merge_tiebreak, "CONFLICT_MERGE_TIEBREAK");
+                match v.value().map(str::to_ascii_uppercase).as_deref() {
+                    None | Some("LAST_WRITE_WINS") => false,
+                    Some("MANUAL") => true,
+                    Some(other) => {
+                        return Err(v.err(format!(
+                            "invalid value '{other}': expected LAST_WRITE_WINS or MANUAL"
+                        )))
+                    }
+                }
+            },
+            resolver_timeout: Duration::from_millis(
+                var!(
+                    raw,
+                    conflict_resolver_timeout_ms,
+                    "CONFLICT_RESOLVER_TIMEOUT_MS"
+                )
+                .int(2000u64, 1, 60_000, "milliseconds")?,
+            ),
+            history_versions: var!(raw, conflict_history_versions, "CONFLICT_HISTORY_VERSIONS")
+                .int(10i64, 1, 1000, "a version count")?,
         };
 
         let geo_var = var!(raw, geoip_db_path, "GEOIP_DB_PATH");

@@ -12,7 +12,7 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use crate::sync::Item;
+use crate::sync::{Item, SetStatus};
 
 /// A failure that reaches a client.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,13 @@ pub enum ApiError {
     RouteNotFound { method: String, path: String },
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("the item changed since version {expected}")]
-    VersionConflict { expected: i64, current: Box<Item> },
+    #[error("the item changed concurrently ({status:?}); see details.current")]
+    VersionConflict {
+        expected: Option<i64>,
+        current: Box<Item>,
+        status: SetStatus,
+        conflict_id: Option<String>,
+    },
     #[error("the item is {size} bytes, over the limit of {limit} bytes")]
     ItemTooLarge { size: i64, limit: i64 },
     #[error("this write would use {would_use} bytes, over the user's quota of {limit} bytes")]
@@ -102,7 +107,9 @@ impl ApiError {
             Self::Forbidden { action } => json!({ "required": action }),
             Self::NotFound { key } => json!({ "key": key }),
             Self::RouteNotFound { method, path } => json!({ "method": method, "path": path }),
-            Self::VersionConflict { expected, current } => {
+            Self::VersionConflict {
+                expected, current, ..
+            } => {
                 json!({ "expectedVersion": expected, "currentVersion": current.version, "current": current })
             }
             Self::ItemTooLarge { size, limit } => json!({ "size": size, "limit": limit }),
@@ -114,9 +121,29 @@ impl ApiError {
         }
     }
 
-    /// The error as the JSON body every client sees.
+    /// The error as the JSON body every client sees. A lost conflict also
+    /// carries the writer's reply (`status`, `item`, `conflictId`) at the
+    /// top level, so the 409 body is that reply as well as an error.
     pub fn body(&self) -> Value {
-        json!({ "message": self.to_string(), "code": self.code(), "details": self.details() })
+        let mut body =
+            json!({ "message": self.to_string(), "code": self.code(), "details": self.details() });
+        if let (
+            Self::VersionConflict {
+                current,
+                status,
+                conflict_id,
+                ..
+            },
+            Value::Object(map),
+        ) = (self, &mut body)
+        {
+            map.insert("status".into(), json!(status));
+            map.insert("item".into(), json!(current));
+            if let Some(id) = conflict_id {
+                map.insert("conflictId".into(), json!(id));
+            }
+        }
+        body
     }
 }
 

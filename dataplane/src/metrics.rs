@@ -29,6 +29,7 @@ pub struct Metrics {
     pub redis_reconnects: IntCounter,
     pub catchups: IntCounterVec,
     pub conflations: IntCounter,
+    pub conflicts: IntCounterVec,
 }
 
 /// Registers a collector and hands it back, so construction reads as a list.
@@ -153,6 +154,16 @@ impl Metrics {
                 IntCounter::new(
                     "conflations_total",
                     "Changes not sent one by one because a newer state of the key was sent instead",
+                )?,
+            )?,
+            conflicts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "conflicts_total",
+                        "Concurrent writes by strategy and outcome",
+                    ),
+                    &["strategy", "outcome"],
                 )?,
             )?,
             registry: r,

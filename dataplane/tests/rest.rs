@@ -48,14 +48,24 @@ impl Api {
         )
     }
 
+    /// A PUT; on success returns the written item (the reply's `item`).
     async fn put(&self, key: &str, body: Value) -> (StatusCode, Value) {
-        self.call(
-            Method::PUT,
-            &format!("/api/v1/sync-storage/item/{key}"),
-            Some(&self.key),
-            Some(body),
-        )
-        .await
+        let (status, reply) = self
+            .call(
+                Method::PUT,
+                &format!("/api/v1/sync-storage/item/{key}"),
+                Some(&self.key),
+                Some(body),
+            )
+            .await;
+        if status == StatusCode::OK {
+            assert!(
+                matches!(reply["status"].as_str(), Some("applied" | "merged")),
+                "{reply}"
+            );
+            return (status, reply["item"].clone());
+        }
+        (status, reply)
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -343,7 +353,7 @@ async fn users_never_see_each_others_items() {
             Some(json!({"value": "theirs"})),
         )
         .await;
-    assert_eq!(theirs["seq"], 1);
+    assert_eq!(theirs["item"]["seq"], 1);
     let (_, mine) = api.get("/api/v1/sync-storage/item/secret").await;
     assert_eq!(mine["value"], "mine");
 }
@@ -423,11 +433,24 @@ async fn bad_input_gets_stable_error_codes_never_500() {
         )
         .await;
     assert_error(s, &b, 405, "METHOD_NOT_ALLOWED");
-    // Conflicts carry the current item.
+    // A stale write that loses (first write wins) is a 409 carrying the
+    // current item, as an error and as the writer's reply.
     api.put("doc", json!({"value": 1})).await;
     api.put("doc", json!({"value": 2})).await;
-    let (s, b) = api.put("doc", json!({"value": 3, "version": 1})).await;
-    assert_error(s, &b, 409, "VERSION_CONFLICT");
+    let stale =
+        json!({"value": 3, "version": 1, "metadata": {"conflictStrategy": "FIRST_WRITE_WINS"}});
+    let (s, b) = api.put("doc", stale).await;
+    assert_eq!(
+        (s.as_u16(), b["code"].as_str()),
+        (409, Some("VERSION_CONFLICT")),
+        "{b}"
+    );
+    assert!(b["message"].is_string() && b.get("details").is_some());
+    assert_eq!(
+        (b["status"].as_str(), b["item"]["version"].as_i64()),
+        (Some("rejected"), Some(2))
+    );
+    assert!(b["conflictId"].is_string());
     assert_eq!(
         (
             b["details"]["current"]["version"].as_i64(),
@@ -592,7 +615,7 @@ async fn bootstrap_key_acts_as_the_bootstrap_user_with_every_scope() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.json::<Value>().await.unwrap()["userId"], "ops");
+    assert_eq!(r.json::<Value>().await.unwrap()["item"]["userId"], "ops");
     drop(server);
     // Restarting with the same key is fine (created once).
     let server2 = Server::start(&[("BOOTSTRAP_API_KEY", boot)]).await;

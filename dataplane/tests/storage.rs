@@ -10,21 +10,45 @@ use serde_json::{json, Value};
 use syncstore::{
     auth::{KeyStore, NewKey, Scope},
     config::Limits,
+    conflict::Strategy,
     error::ApiError,
     fanout::{Hub, LocalBus},
     metrics::Metrics,
     storage::{items, Db},
-    sync::{SetRequest, SyncService},
+    sync::{Item, SetRequest, SetStatus, SyncService},
 };
 
 fn service(db: &Db, limits: Limits) -> SyncService {
     let bus = Arc::new(LocalBus::new(Arc::new(Hub::new()), "test"));
+    let conflicts = syncstore::conflict::Settings::with_strategy(Strategy::FirstWriteWins);
     SyncService::new(
         db.clone(),
         limits,
         Arc::new(Metrics::new().expect("metrics")),
         bus,
+        conflicts,
     )
+}
+
+/// A set through the write path, as REST sees it: a write that lost its
+/// conflict (FIRST_WRITE_WINS here) is VERSION_CONFLICT with the current item.
+async fn put(
+    svc: &SyncService,
+    user: &str,
+    instance: &str,
+    key: &str,
+    req: &SetRequest,
+) -> Result<Item, ApiError> {
+    let reply = svc.set(user, instance, None, key, req).await?;
+    match reply.status {
+        SetStatus::Applied | SetStatus::Merged => Ok(reply.item),
+        status => Err(ApiError::VersionConflict {
+            expected: req.version,
+            current: Box::new(reply.item),
+            status,
+            conflict_id: reply.conflict_id,
+        }),
+    }
 }
 
 fn body(v: Value) -> SetRequest {
@@ -47,14 +71,14 @@ async fn sequence_is_monotonic_without_gaps_per_user(backend: &str) {
         tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..10 {
-                let item = svc
-                    .set(
-                        &alice,
-                        "dev",
-                        &format!("k{}", (w * 10 + i) % 13),
-                        &body(json!({"value": i})),
-                    )
-                    .await;
+                let item = put(
+                    &svc,
+                    &alice,
+                    "dev",
+                    &format!("k{}", (w * 10 + i) % 13),
+                    &body(json!({"value": i})),
+                )
+                .await;
                 seqs.push(item.expect("write succeeds").seq);
             }
             seqs
@@ -71,19 +95,22 @@ async fn sequence_is_monotonic_without_gaps_per_user(backend: &str) {
         "seqs are exactly 1..=80"
     );
     // Another user's sequence is independent.
-    let first = svc
-        .set(&bob, "dev", "k", &body(json!({"value": 1})))
+    let first = put(&svc, &bob, "dev", "k", &body(json!({"value": 1})))
         .await
         .unwrap();
     assert_eq!(first.seq, 1);
     // A rejected write consumes no sequence number.
-    let err = svc
-        .set(&bob, "dev", "k", &body(json!({"value": 2, "version": 9})))
-        .await
-        .unwrap_err();
+    let err = put(
+        &svc,
+        &bob,
+        "dev",
+        "k",
+        &body(json!({"value": 2, "version": 9})),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ApiError::VersionConflict { .. }));
-    let next = svc
-        .set(&bob, "dev", "k2", &body(json!({"value": 3})))
+    let next = put(&svc, &bob, "dev", "k2", &body(json!({"value": 3})))
         .await
         .unwrap();
     assert_eq!(next.seq, 2);
@@ -95,29 +122,28 @@ async fn stale_version_conflicts_and_returns_current(backend: &str) {
     let (db, _dir) = database(backend).await;
     let svc = service(&db, limits());
     let u = unique_user("conf");
-    let v1 = svc
-        .set(&u, "a", "doc", &body(json!({"value": {"n": 1}})))
+    let v1 = put(&svc, &u, "a", "doc", &body(json!({"value": {"n": 1}})))
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
-    let v2 = svc
-        .set(
-            &u,
-            "b",
-            "doc",
-            &body(json!({"value": {"n": 2}, "version": 1})),
-        )
-        .await
-        .unwrap();
+    let v2 = put(
+        &svc,
+        &u,
+        "b",
+        "doc",
+        &body(json!({"value": {"n": 2}, "version": 1})),
+    )
+    .await
+    .unwrap();
     assert_eq!(v2.version, 2);
-    match svc
-        .set(
-            &u,
-            "a",
-            "doc",
-            &body(json!({"value": {"n": 3}, "version": 1})),
-        )
-        .await
+    match put(
+        &svc,
+        &u,
+        "a",
+        "doc",
+        &body(json!({"value": {"n": 3}, "version": 1})),
+    )
+    .await
     {
         Err(ApiError::VersionConflict { current, .. }) => {
             assert_eq!(current.version, 2);
@@ -136,10 +162,10 @@ async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
     let (db, _dir) = database(backend).await;
     let svc = service(&db, limits());
     let u = unique_user("tomb");
-    svc.set(&u, "a", "x", &body(json!({"value": "hello"})))
+    put(&svc, &u, "a", "x", &body(json!({"value": "hello"})))
         .await
         .unwrap();
-    svc.set(&u, "a", "y", &body(json!({"value": "world"})))
+    put(&svc, &u, "a", "y", &body(json!({"value": "world"})))
         .await
         .unwrap();
     let removed = svc.remove(&u, "a", "x").await.unwrap();
@@ -161,8 +187,7 @@ async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
         .collect();
     assert_eq!(summary, vec![("y".into(), 2, false), ("x".into(), 3, true)]);
     // Writing again continues the version line.
-    let again = svc
-        .set(&u, "a", "x", &body(json!({"value": 1, "version": 2})))
+    let again = put(&svc, &u, "a", "x", &body(json!({"value": 1, "version": 2})))
         .await
         .unwrap();
     assert_eq!((again.version, again.seq), (3, 4));
@@ -173,7 +198,7 @@ async fn clear_removes_everything_with_one_seq_each(backend: &str) {
     let svc = service(&db, limits());
     let u = unique_user("clear");
     for k in ["a", "b", "c"] {
-        svc.set(&u, "d", k, &body(json!({"value": k})))
+        put(&svc, &u, "d", k, &body(json!({"value": k})))
             .await
             .unwrap();
     }
@@ -208,7 +233,7 @@ async fn prefix_queries_treat_like_wildcards_literally(backend: &str) {
         "ключ/1",
         "ключ/2",
     ] {
-        svc.set(&u, "d", k, &body(json!({"value": k})))
+        put(&svc, &u, "d", k, &body(json!({"value": k})))
             .await
             .unwrap();
     }
@@ -228,10 +253,10 @@ async fn prefix_queries_treat_like_wildcards_literally(backend: &str) {
     );
     assert_eq!(svc.keys(&u, "").await.unwrap().len(), 10);
     // "A" and "a" are different items.
-    svc.set(&u, "d", "K", &body(json!({"value": 1})))
+    put(&svc, &u, "d", "K", &body(json!({"value": 1})))
         .await
         .unwrap();
-    svc.set(&u, "d", "k", &body(json!({"value": 2})))
+    put(&svc, &u, "d", "k", &body(json!({"value": 2})))
         .await
         .unwrap();
     assert_eq!(value_of(&svc.get(&u, "K").await.unwrap()), json!(1));
@@ -247,19 +272,24 @@ async fn storage_quota_counts_live_bytes_only(backend: &str) {
     let svc = service(&db, small);
     let u = unique_user("quota");
     let v80 = json!({"value": "x".repeat(78)}); // 80 bytes with quotes
-    svc.set(&u, "d", "a", &body(v80.clone())).await.unwrap();
-    svc.set(&u, "d", "b", &body(v80.clone())).await.unwrap();
-    svc.set(&u, "d", "c", &body(v80.clone())).await.unwrap();
-    match svc.set(&u, "d", "d", &body(v80.clone())).await {
+    put(&svc, &u, "d", "a", &body(v80.clone())).await.unwrap();
+    put(&svc, &u, "d", "b", &body(v80.clone())).await.unwrap();
+    put(&svc, &u, "d", "c", &body(v80.clone())).await.unwrap();
+    match put(&svc, &u, "d", "d", &body(v80.clone())).await {
         Err(ApiError::StorageQuotaExceeded {
             would_use: 320,
             limit: 250,
         }) => {}
         other => panic!("expected STORAGE_QUOTA_EXCEEDED, got {other:?}"),
     }
-    match svc
-        .set(&u, "d", "big", &body(json!({"value": "y".repeat(120)})))
-        .await
+    match put(
+        &svc,
+        &u,
+        "d",
+        "big",
+        &body(json!({"value": "y".repeat(120)})),
+    )
+    .await
     {
         Err(ApiError::ItemTooLarge {
             size: 122,
@@ -268,8 +298,8 @@ async fn storage_quota_counts_live_bytes_only(backend: &str) {
         other => panic!("expected ITEM_TOO_LARGE, got {other:?}"),
     }
     svc.remove(&u, "d", "a").await.unwrap();
-    svc.set(&u, "d", "d", &body(v80)).await.unwrap();
-    svc.set(&u, "d", "b", &body(json!({"value": 1})))
+    put(&svc, &u, "d", "d", &body(v80)).await.unwrap();
+    put(&svc, &u, "d", "b", &body(json!({"value": 1})))
         .await
         .unwrap();
     let state = items::user_state(&db, &u).await.unwrap().unwrap();
@@ -280,13 +310,25 @@ async fn expired_items_vanish_at_once_and_are_purged_as_tombstones(backend: &str
     let (db, _dir) = database(backend).await;
     let svc = service(&db, limits());
     let u = unique_user("ttl");
-    svc.set(&u, "d", "short", &body(json!({"value": 1, "ttl": 0.2})))
-        .await
-        .unwrap();
-    svc.set(&u, "d", "long", &body(json!({"value": 2, "ttl": 3600})))
-        .await
-        .unwrap();
-    svc.set(&u, "d", "forever", &body(json!({"value": 3})))
+    put(
+        &svc,
+        &u,
+        "d",
+        "short",
+        &body(json!({"value": 1, "ttl": 0.2})),
+    )
+    .await
+    .unwrap();
+    put(
+        &svc,
+        &u,
+        "d",
+        "long",
+        &body(json!({"value": 2, "ttl": 3600})),
+    )
+    .await
+    .unwrap();
+    put(&svc, &u, "d", "forever", &body(json!({"value": 3})))
         .await
         .unwrap();
     assert!(svc.get(&u, "short").await.is_ok());
@@ -310,7 +352,7 @@ async fn history_keeps_the_last_ten_versions(backend: &str) {
     let svc = service(&db, limits());
     let u = unique_user("hist");
     for i in 0..15 {
-        svc.set(&u, "d", "doc", &body(json!({"value": i})))
+        put(&svc, &u, "d", "doc", &body(json!({"value": i})))
             .await
             .unwrap();
     }
@@ -336,7 +378,8 @@ async fn values_round_trip_exactly(backend: &str) {
     ];
     for (i, v) in cases.iter().enumerate() {
         let key = format!("v{i}");
-        svc.set(
+        put(
+            &svc,
             &u,
             "d",
             &key,
@@ -458,10 +501,10 @@ async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
     let (db, _dir) = database(backend).await;
     let svc = service(&db, limits());
     let u = unique_user("purge");
-    svc.set(&u, "d", "a", &body(json!({"value": 1})))
+    put(&svc, &u, "d", "a", &body(json!({"value": 1})))
         .await
         .unwrap();
-    svc.set(&u, "d", "b", &body(json!({"value": 2})))
+    put(&svc, &u, "d", "b", &body(json!({"value": 2})))
         .await
         .unwrap();
     svc.remove(&u, "d", "a").await.unwrap();

@@ -89,7 +89,7 @@ test('Redis restarted mid-stream: every device converges and sees no seq go miss
       for (let i = 0; i < 150; i++) {
         const r = await p1.rest('PUT', `/sync-storage/item/k${i % 12}`, key, { value: i });
         assert.equal(r.status, 200);
-        lastSeq = r.body.seq;
+        lastSeq = r.body.item.seq;
         await sleep(4);
       }
     })();

@@ -65,7 +65,7 @@ test('REST writes reach every instance, and get/getAll answer through acks', asy
   const put = await b.rest('PUT', '/sync-storage/item/profile', key, { value: { name: 'Ada' } });
   assert.equal(put.status, 200);
   await waitFor(() => d1.updates.length === 1 && d2.updates.length === 1, { what: 'REST write on both' });
-  assert.equal(d1.updates[0].seq, put.body.seq);
+  assert.equal(d1.updates[0].seq, put.body.item.seq);
   const got = await d1.call('sync:get', { key: 'profile' });
   assert.deepEqual(got.value, { name: 'Ada' });
   assert.equal(await d1.call('sync:get', { key: 'missing' }), null);
@@ -169,9 +169,8 @@ test('failures reply {error} through the ack, or as an error event without one',
   assert.equal(notJson.error.code, 'INVALID_BODY');
   await d.call('sync:set', { key: 'doc', value: 1 });
   await d.call('sync:set', { key: 'doc', value: 2 });
-  const conflict = await d.call('sync:set', { key: 'doc', value: 3, version: 1 });
-  assert.equal(conflict.error.code, 'VERSION_CONFLICT');
-  assert.equal(conflict.error.details.current.version, 2);
+  const conflict = await d.call('sync:set', { key: 'doc', value: 3, version: 1, metadata: { conflictStrategy: 'NOPE' } });
+  assert.equal(conflict.error.code, 'INVALID_BODY');
   d.socket.emit('sync:remove', { key: 'never-existed' });
   await waitFor(() => d.errors.length === 1, { what: 'error event' });
   assert.equal(d.errors[0].code, 'NOT_FOUND');
@@ -236,4 +235,31 @@ test('GET /sessions lists the caller\'s devices and whether each is online', asy
   assert.equal(byId.laptop.online, false);
   assert.equal(byId.laptop.pod, 'pod-b');
   d1.close();
+});
+
+test('concurrent writes are settled by strategy and the writer is told how', async () => {
+  const user = uid('u');
+  const key = a.createKey(user);
+  const phone = await device(a, user, key, 'phone');
+  const laptop = await device(b, user, key, 'laptop');
+  const v1 = await phone.call('sync:set', { key: 'doc', value: { title: 'A', body: 'x' } });
+  await phone.call('sync:set', { key: 'doc', value: { title: 'B', body: 'x' }, version: 1 });
+  // The laptop still thinks version 1 is current.
+  const stale = (value, strategy) => laptop.call('sync:set', { key: 'doc', value, version: 1, metadata: { conflictStrategy: strategy } });
+  const fww = await stale({ title: 'A', body: 'y' }, 'FIRST_WRITE_WINS');
+  assert.equal(fww.status, 'rejected');
+  assert.deepEqual(fww.item.value, { title: 'B', body: 'x' });
+  assert.ok(fww.conflictId);
+  const manual = await stale({ title: 'A', body: 'z' }, 'MANUAL');
+  assert.equal(manual.status, 'pending_review');
+  const merged = await stale({ title: 'A', body: 'merged' }, 'MERGE');
+  assert.equal(merged.status, 'merged');
+  assert.deepEqual(merged.item.value, { title: 'B', body: 'merged' });
+  await waitFor(() => phone.updates.some((u) => u.seq === merged.item.seq), { what: 'merge reaches the phone' });
+  const lww = await stale({ title: 'C', body: 'lww' }, 'LAST_WRITE_WINS');
+  assert.equal(lww.status, 'applied');
+  assert.deepEqual(lww.item.value, { title: 'C', body: 'lww' });
+  assert.equal(v1.item.version, 1);
+  phone.close();
+  laptop.close();
 });

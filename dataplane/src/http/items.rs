@@ -7,7 +7,7 @@ use crate::{
     app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
-    sync::{Cleared, Item, Removed, SetRequest},
+    sync::{Cleared, Item, Removed, SetReply, SetRequest, SetStatus},
 };
 
 pub async fn get_item(
@@ -25,11 +25,22 @@ pub async fn put_item(
     InstanceId(instance): InstanceId,
     ItemKey(key): ItemKey,
     JsonBody(body): JsonBody<SetRequest>,
-) -> Result<Json<Item>, ApiError> {
+) -> Result<Json<SetReply>, ApiError> {
     who.require(Scope::Write)?;
-    Ok(Json(
-        state.sync.set(&who.user_id, &instance, &key, &body).await?,
-    ))
+    let reply = state
+        .sync
+        .set(&who.user_id, &instance, None, &key, &body)
+        .await?;
+    match reply.status {
+        SetStatus::Applied | SetStatus::Merged => Ok(Json(reply)),
+        // The write lost (or waits for review): 409, with the current item.
+        SetStatus::Rejected | SetStatus::PendingReview => Err(ApiError::VersionConflict {
+            expected: body.version,
+            current: Box::new(reply.item),
+            status: reply.status,
+            conflict_id: reply.conflict_id,
+        }),
+    }
 }
 
 pub async fn delete_item(

@@ -123,17 +123,17 @@ async fn set(
             .key
             .clone()
             .ok_or_else(|| ApiError::InvalidBody("key is required".into()))?;
-        let command = Command::Set {
-            key,
-            request: Box::new(request),
-        };
         let d = &session.device;
-        let item = app
-            .sync
-            .execute(&d.user_id, &d.instance_id, Some(&session.sid), command)
-            .await?
-            .pop();
-        Ok(json!({ "status": "applied", "item": item }))
+        // A lost conflict is a reply (`rejected`/`pending_review`), not an error.
+        app.sync
+            .set(
+                &d.user_id,
+                &d.instance_id,
+                Some(&session.sid),
+                &key,
+                &request,
+            )
+            .await
     }
     .await;
     reply(&s, ack, wants, "sync:set", &app, result);
@@ -151,7 +151,7 @@ async fn remove(
         session.device.principal.require(Scope::Write)?;
         let KeyPayload { key } = payload(data)?;
         let d = &session.device;
-        let item = app.sync.execute(&d.user_id, &d.instance_id, Some(&session.sid), Command::Remove { key }).await?.pop();
+        let item = app.sync.execute(&d.user_id, &d.instance_id, Some(&session.sid), Command::Remove { key }).await?.changed.pop();
         let item = item.ok_or_else(|| ApiError::Internal("remove changed no row".into()))?;
         Ok(json!({ "status": "removed", "key": item.key, "seq": item.seq, "version": item.version }))
     }

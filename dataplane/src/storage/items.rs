@@ -420,3 +420,43 @@ pub async fn purge_tombstones(db: &Db, older_than: i64, limit: i64) -> Result<us
     }
     Ok(users.len())
 }
+
+/// The stored version `version` of a key, as an item (the base of a merge),
+/// if it is still kept.
+pub async fn version_at(
+    conn: &mut AnyConnection,
+    db: &Db,
+    user_id: &str,
+    key: &str,
+    version: i64,
+) -> Result<Option<Item>, sqlx::Error> {
+    let row = sqlx::query(&db.sql(
+        "SELECT value, metadata, seq, instance_id, is_deleted, timestamp, created_at FROM item_versions \
+         WHERE user_id = ? AND item_key = ? AND version = ?",
+    ))
+    .bind(user_id)
+    .bind(key)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(Item {
+        id: String::new(),
+        user_id: user_id.to_string(),
+        instance_id: r.str_at(3)?,
+        key: key.to_string(),
+        value: raw_json(r.opt_str(0)?)?,
+        metadata: raw_json(r.opt_str(1)?)?,
+        version,
+        timestamp: r.i64_at(5)?,
+        last_modified: r.i64_at(6)?,
+        is_deleted: r.bool_at(4)?,
+        size: 0,
+        compression_type: None,
+        encryption_type: None,
+        tags: None,
+        ttl: None,
+        priority: 0,
+        seq: r.i64_at(2)?,
+    }))
+}

@@ -8,6 +8,7 @@
 //! in one place instead of three copies that drift.
 
 pub mod audit;
+pub mod conflicts;
 pub mod instances;
 pub mod items;
 pub mod keys;
@@ -158,7 +159,33 @@ impl Db {
             Dialect::Mysql => &MYSQL_MIGRATIONS,
         };
         let applied_before = self.applied_migrations().await;
-        migrator.run(&self.pool).await?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(sqlx::migrate::MigrateError::from)?;
+        if self.dialect == Dialect::Mysql {
+            // sqlx locks with GET_LOCK(name, -1), which MariaDB answers with
+            // NULL at once instead of waiting, so pods (or tests) starting
+            // together raced on the same migration. Our own lock waits.
+            let got = sqlx::query("SELECT GET_LOCK('syncstore.migrate', 120)")
+                .fetch_one(&mut *conn)
+                .await
+                .and_then(|row| row.i64_at(0))
+                .map_err(sqlx::migrate::MigrateError::from)?;
+            if got != 1 {
+                return Err(DbError::Migrate(sqlx::migrate::MigrateError::Execute(
+                    sqlx::Error::Protocol("timed out waiting for the migration lock".into()),
+                )));
+            }
+        }
+        let result = migrator.run_direct(&mut *conn).await;
+        if self.dialect == Dialect::Mysql {
+            let _ = sqlx::query("SELECT RELEASE_LOCK('syncstore.migrate')")
+                .execute(&mut *conn)
+                .await;
+        }
+        result?;
         Ok(migrator.iter().count().saturating_sub(applied_before))
     }
 

@@ -161,6 +161,28 @@ impl SetRequest {
         Ok(())
     }
 
+    /// `metadata.conflictStrategy`, which overrides the store's default for
+    /// this one write.
+    pub fn strategy_override(&self) -> Result<Option<crate::conflict::Strategy>, ApiError> {
+        let Some(meta) = self.metadata_text() else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Meta {
+            #[serde(rename = "conflictStrategy")]
+            conflict_strategy: Option<String>,
+        }
+        let meta: Meta =
+            serde_json::from_str(meta).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        meta.conflict_strategy
+            .map(|s| {
+                s.parse().map_err(|e: String| {
+                    ApiError::InvalidBody(format!("metadata.conflictStrategy: {e}"))
+                })
+            })
+            .transpose()
+    }
+
     /// Metadata as stored: JSON `null` and absence are the same thing.
     pub fn metadata_text(&self) -> Option<&str> {
         self.metadata

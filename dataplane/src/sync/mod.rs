@@ -16,23 +16,48 @@ pub use item::{
     like_prefix_pattern, validate_instance_id, validate_key, validate_prefix, validate_user_id,
     Item, SetRequest, Ttl,
 };
-pub use plan::Command;
 use plan::WriteCtx;
+pub use plan::{Assist, Command, SetStatus};
 use serde::Serialize;
 
 use crate::{
     config::Limits,
+    conflict::{self, resolver::Resolver, Policy},
     error::ApiError,
     fanout::{Bus, Envelope},
     metrics::Metrics,
+    storage::conflicts,
     storage::{self, items, now_ms, Db},
 };
 
-/// How many versions of each item `item_versions` keeps.
-pub const HISTORY_VERSIONS: i64 = 10;
-
 /// How often a transaction that lost a deadlock or a busy lock is retried.
 const WRITE_ATTEMPTS: usize = 4;
+
+/// What a write transaction did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Rows written, in seq order.
+    pub changed: Vec<Item>,
+    /// For a set: how it ended.
+    pub set_status: Option<SetStatus>,
+    pub conflict_id: Option<String>,
+    /// The row as it was before (for a set or a remove).
+    pub current: Option<Item>,
+    /// For an ASSISTED set still to be resolved: its base version.
+    base: Option<Item>,
+    needs_assist: bool,
+}
+
+/// The writer's reply to a set.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetReply {
+    pub status: SetStatus,
+    /// The item as it now is (the current one when the write lost).
+    pub item: Item,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict_id: Option<String>,
+}
 
 /// The reply to a remove.
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +84,9 @@ pub struct SyncService {
     limits: Limits,
     metrics: Arc<Metrics>,
     bus: Arc<dyn Bus>,
+    policy: Policy,
+    resolver: Option<Resolver>,
+    history_versions: i64,
 }
 
 fn no_row() -> ApiError {
@@ -70,12 +98,21 @@ fn no_row() -> ApiError {
 type TxResult<T> = Result<Result<T, ApiError>, sqlx::Error>;
 
 impl SyncService {
-    pub fn new(db: Db, limits: Limits, metrics: Arc<Metrics>, bus: Arc<dyn Bus>) -> Self {
+    pub fn new(
+        db: Db,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        bus: Arc<dyn Bus>,
+        conflicts: conflict::Settings,
+    ) -> Self {
         Self {
             db,
             limits,
             metrics,
             bus,
+            policy: conflicts.policy,
+            resolver: conflicts.resolver,
+            history_versions: conflicts.history_versions,
         }
     }
 
@@ -120,7 +157,7 @@ impl SyncService {
         instance_id: &str,
         origin: Option<&str>,
         command: Command,
-    ) -> Result<Vec<Item>, ApiError> {
+    ) -> Result<Outcome, ApiError> {
         let this = self.clone();
         let (user, instance, origin) = (
             user_id.to_owned(),
@@ -128,12 +165,68 @@ impl SyncService {
             origin.map(str::to_owned),
         );
         tokio::spawn(async move {
-            let changed = this.run(&user, &instance, &command).await?;
-            this.after_commit(user, origin, &changed);
-            Ok(changed)
+            let mut outcome = this.run(&user, &instance, &command).await?;
+            if outcome.needs_assist {
+                outcome = this
+                    .run_assisted(&user, &instance, command, &outcome)
+                    .await?;
+            }
+            this.after_commit(user, origin, &outcome.changed);
+            Ok(outcome)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))?
+    }
+
+    /// ASSISTED: asks the resolver webhook outside any transaction (so no
+    /// lock waits on it), then runs the set again with its answer. Without
+    /// an answer the conflict goes to review.
+    async fn run_assisted(
+        &self,
+        user_id: &str,
+        instance_id: &str,
+        command: Command,
+        first: &Outcome,
+    ) -> Result<Outcome, ApiError> {
+        let Command::Set { key, request, .. } = command else {
+            return Err(ApiError::Internal("only a set asks the resolver".into()));
+        };
+        let current = first.current.as_ref().ok_or_else(no_row)?;
+        let parse = |raw: Option<&serde_json::value::RawValue>| {
+            raw.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+                .unwrap_or_default()
+        };
+        let base = first.base.as_ref().map(|b| parse(b.value.as_deref()));
+        let answer = match &self.resolver {
+            Some(r) => {
+                r.resolve(
+                    &key,
+                    user_id,
+                    base.as_ref(),
+                    &parse(current.value.as_deref()),
+                    &parse(Some(&request.value)),
+                )
+                .await
+            }
+            None => None,
+        };
+        let assist = match answer {
+            Some(value) => Assist::Answered {
+                value,
+                against_version: current.version,
+            },
+            None => Assist::Failed,
+        };
+        self.run(
+            user_id,
+            instance_id,
+            &Command::Set {
+                key,
+                request,
+                assist,
+            },
+        )
+        .await
     }
 
     /// Counts the change and hands it to fan-out. Only committed changes get
@@ -159,14 +252,15 @@ impl SyncService {
     }
 
     /// The write transaction: lock the user, read the rows the command
-    /// touches, plan, store every changed row and its version, store the
-    /// user's new state, commit.
+    /// touches (and, for a concurrent set, its base version), plan, store
+    /// every changed row and its version and any conflict, store the user's
+    /// new state, commit.
     async fn run(
         &self,
         user_id: &str,
         instance_id: &str,
         command: &Command,
-    ) -> Result<Vec<Item>, ApiError> {
+    ) -> Result<Outcome, ApiError> {
         if let Some(key) = command.key() {
             validate_key(key)?;
         }
@@ -178,45 +272,101 @@ impl SyncService {
             };
             let mut tx = self.db.pool().begin().await?;
             let state = items::lock_user(&mut tx, &self.db, user_id, ctx.now).await?;
-            let current = match command.key() {
+            let current: Vec<Item> = match command.key() {
                 Some(key) => items::fetch_for_write(&mut tx, &self.db, user_id, key)
                     .await?
                     .into_iter()
                     .collect(),
                 None => items::live_rows_for_write(&mut tx, &self.db, user_id).await?,
             };
-            let (changed, state) = match plan::plan(ctx, command, &current, state, &self.limits) {
-                Ok(planned) => planned,
+            let base = match (command, current.first()) {
+                (Command::Set { key, request, .. }, Some(cur))
+                    if crate::conflict::is_concurrent(
+                        cur,
+                        request.version,
+                        request.timestamp,
+                        instance_id,
+                    ) =>
+                {
+                    match request.version {
+                        Some(v) => items::version_at(&mut tx, &self.db, user_id, key, v).await?,
+                        None => None,
+                    }
+                }
+                _ => None,
+            };
+            let plan = match plan::plan(
+                ctx,
+                command,
+                &current,
+                base.as_ref(),
+                state,
+                &self.limits,
+                &self.policy,
+            ) {
+                Ok(plan) => plan,
                 Err(e) => return Ok(Err(e)),
             };
-            for item in &changed {
+            let mut outcome = Outcome {
+                changed: plan.changed,
+                set_status: plan.set_status,
+                conflict_id: plan.conflict.as_ref().map(|c| c.id.clone()),
+                current: current.first().cloned(),
+                base,
+                needs_assist: plan.needs_assist,
+            };
+            if plan.needs_assist {
+                return Ok(Ok(outcome)); // rolled back on drop: nothing was written
+            }
+            for item in &outcome.changed {
                 let exists = current.iter().any(|c| c.key == item.key);
                 items::store_item(&mut tx, &self.db, item, exists).await?;
-                items::append_version(&mut tx, &self.db, item, HISTORY_VERSIONS).await?;
+                items::append_version(&mut tx, &self.db, item, self.history_versions).await?;
             }
-            items::save_user(&mut tx, &self.db, user_id, state).await?;
+            if let Some(conflict) = &plan.conflict {
+                conflicts::insert(&mut tx, &self.db, conflict).await?;
+                self.metrics
+                    .conflicts
+                    .with_label_values(&[conflict.strategy.as_str(), conflict.outcome.as_str()])
+                    .inc();
+            }
+            if !outcome.changed.is_empty() {
+                items::save_user(&mut tx, &self.db, user_id, plan.state).await?;
+            }
             tx.commit().await?;
-            Ok(Ok(changed))
+            outcome.base = None;
+            Ok(Ok(outcome))
         })
         .await
     }
 
-    /// Stores `req` under `key` for the user.
+    /// Stores `req` under `key` for the user, settling a concurrent write
+    /// by the conflict strategy.
     pub async fn set(
         &self,
         user_id: &str,
         instance_id: &str,
+        origin: Option<&str>,
         key: &str,
         req: &SetRequest,
-    ) -> Result<Item, ApiError> {
+    ) -> Result<SetReply, ApiError> {
         let command = Command::Set {
             key: key.to_owned(),
             request: Box::new(req.clone()),
+            assist: Assist::NotAsked,
         };
-        self.execute(user_id, instance_id, None, command)
-            .await?
+        let mut outcome = self.execute(user_id, instance_id, origin, command).await?;
+        let status = outcome.set_status.ok_or_else(no_row)?;
+        let item = outcome
+            .changed
             .pop()
-            .ok_or_else(no_row)
+            .or(outcome.current)
+            .ok_or_else(no_row)?;
+        Ok(SetReply {
+            status,
+            item,
+            conflict_id: outcome.conflict_id,
+        })
     }
 
     /// Removes a visible item, leaving a tombstone.
@@ -236,6 +386,7 @@ impl SyncService {
                 },
             )
             .await?
+            .changed
             .pop()
             .ok_or_else(no_row)?;
         Ok(Removed {
@@ -251,7 +402,8 @@ impl SyncService {
     pub async fn clear(&self, user_id: &str, instance_id: &str) -> Result<Cleared, ApiError> {
         let changed = self
             .execute(user_id, instance_id, None, Command::Clear)
-            .await?;
+            .await?
+            .changed;
         let last_seq = match changed.last() {
             Some(item) => item.seq,
             None => items::user_state(&self.db, user_id)

@@ -5,7 +5,12 @@
 use serde_json::value::RawValue;
 
 use super::item::{Item, SetRequest};
-use crate::{config::Limits, conflict, error::ApiError, storage::items::UserState};
+use crate::{
+    config::Limits,
+    conflict::{self, Contender, Decision, Policy, Strategy},
+    error::ApiError,
+    storage::items::UserState,
+};
 
 /// A command on one user's items: everything that changes them.
 #[derive(Debug, Clone)]
@@ -13,6 +18,7 @@ pub enum Command {
     Set {
         key: String,
         request: Box<SetRequest>,
+        assist: Assist,
     },
     /// A client's remove: only a visible item can be removed.
     Remove { key: String },
@@ -35,20 +41,73 @@ impl Command {
     }
 }
 
+/// The result of planning a command.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Rows to store, in seq order.
+    pub changed: Vec<Item>,
+    /// The user's state after them.
+    pub state: UserState,
+    /// For a set: how it ended, and the conflict to record if there was one.
+    pub set_status: Option<SetStatus>,
+    pub conflict: Option<ConflictRecord>,
+    /// For an ASSISTED set: ask the webhook, then run the set again.
+    pub needs_assist: bool,
+}
+
+impl Plan {
+    fn rows(changed: Vec<Item>, state: UserState) -> Self {
+        Plan {
+            changed,
+            state,
+            set_status: None,
+            conflict: None,
+            needs_assist: false,
+        }
+    }
+}
+
 /// Plans `command` against the rows it touches (`current`: the key's row, or
-/// every non-tombstone row for a clear). Returns the changed rows in seq
-/// order and the user's new state.
+/// every non-tombstone row for a clear; `base`: for a concurrent set, the
+/// version it was based on, if still kept).
 pub fn plan(
     ctx: WriteCtx<'_>,
     command: &Command,
     current: &[Item],
+    base: Option<&Item>,
     state: UserState,
     limits: &Limits,
-) -> Result<(Vec<Item>, UserState), ApiError> {
-    let one = |p: Planned| (vec![p.item], p.state);
+    policy: &Policy,
+) -> Result<Plan, ApiError> {
+    let one = |p: Planned| Plan::rows(vec![p.item], p.state);
     match command {
-        Command::Set { key, request } => {
-            plan_set(ctx, key, request, current.first(), state, limits).map(one)
+        Command::Set {
+            key,
+            request,
+            assist,
+        } => {
+            let p = plan_set(
+                ctx,
+                key,
+                request,
+                current.first(),
+                base,
+                state,
+                limits,
+                policy,
+                assist,
+            )?;
+            let (changed, state) = match p.written {
+                Some(w) => (vec![w.item], w.state),
+                None => (Vec::new(), state),
+            };
+            Ok(Plan {
+                changed,
+                state,
+                set_status: Some(p.status),
+                conflict: p.conflict,
+                needs_assist: p.needs_assist,
+            })
         }
         Command::Remove { key } => plan_remove(ctx, key, current.first(), state).map(one),
         Command::Expire { key } => match current
@@ -66,7 +125,7 @@ pub fn plan(
                 state = p.state;
                 changed.push(p.item);
             }
-            Ok((changed, state))
+            Ok(Plan::rows(changed, state))
         }
     }
 }
@@ -95,31 +154,217 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Plans a set of `key`.
+/// How a set ended, for the writer's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetStatus {
+    Applied,
+    Merged,
+    Rejected,
+    PendingReview,
+}
+
+impl SetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Merged => "merged",
+            Self::Rejected => "rejected",
+            Self::PendingReview => "pending_review",
+        }
+    }
+}
+
+/// What the resolver webhook said, for a set being retried after asking it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Assist {
+    #[default]
+    NotAsked,
+    /// Its value, computed against this current version.
+    Answered {
+        value: serde_json::Value,
+        against_version: i64,
+    },
+    Failed,
+}
+
+/// A conflict to record, in the shape of the `conflicts` table.
+#[derive(Debug, Clone)]
+pub struct ConflictRecord {
+    pub id: String,
+    pub user_id: String,
+    pub key: String,
+    pub item_id: String,
+    pub strategy: Strategy,
+    pub outcome: SetStatus,
+    pub base_version: Option<i64>,
+    pub base_value: Option<String>,
+    pub current_version: i64,
+    pub current_value: Option<String>,
+    pub current_instance: String,
+    pub current_ts: i64,
+    pub incoming_value: String,
+    pub incoming_metadata: Option<String>,
+    pub incoming_instance: String,
+    pub incoming_ts: i64,
+    pub result_value: Option<String>,
+    pub result_seq: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A planned set: its status, the row written (if any), the conflict (if any).
+#[derive(Debug, Clone)]
+pub struct SetPlan {
+    pub status: SetStatus,
+    pub written: Option<Planned>,
+    pub conflict: Option<ConflictRecord>,
+    /// The strategy is ASSISTED and the webhook has not been asked yet.
+    pub needs_assist: bool,
+}
+
+fn parse(raw: Option<&RawValue>) -> serde_json::Value {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Plans a set of `key`: a plain write, or the settlement of a concurrent one.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_set(
     ctx: WriteCtx<'_>,
     key: &str,
     req: &SetRequest,
     current: Option<&Item>,
+    base: Option<&Item>,
+    state: UserState,
+    limits: &Limits,
+    policy: &Policy,
+    assist: &Assist,
+) -> Result<SetPlan, ApiError> {
+    req.validate()?;
+    let timestamp = req.timestamp.unwrap_or(ctx.now);
+    let Some(current) =
+        current.filter(|c| conflict::is_concurrent(c, req.version, req.timestamp, ctx.instance_id))
+    else {
+        let written = write_value(ctx, key, req, req.value.clone(), current, state, limits)?;
+        return Ok(SetPlan {
+            status: SetStatus::Applied,
+            written: Some(written),
+            conflict: None,
+            needs_assist: false,
+        });
+    };
+    let strategy = req.strategy_override()?.unwrap_or(policy.default_strategy);
+    let (cur_v, inc_v, base_v) = (
+        parse(current.value.as_deref()),
+        parse(Some(&req.value)),
+        base.map(|b| parse(b.value.as_deref())),
+    );
+    let cur = Contender {
+        value: &cur_v,
+        timestamp: current.timestamp,
+        instance_id: &current.instance_id,
+    };
+    let inc = Contender {
+        value: &inc_v,
+        timestamp,
+        instance_id: ctx.instance_id,
+    };
+    let decision = match assist {
+        Assist::Answered {
+            value,
+            against_version,
+        } if *against_version == current.version => Decision::Merged(value.clone()),
+        Assist::Answered { .. } | Assist::Failed => Decision::Review,
+        Assist::NotAsked => conflict::decide(strategy, policy, base_v.as_ref(), cur, inc),
+    };
+    let (status, written) = match decision {
+        Decision::Assist => {
+            return Ok(SetPlan {
+                status: SetStatus::PendingReview,
+                written: None,
+                conflict: None,
+                needs_assist: true,
+            })
+        }
+        Decision::Incoming => (
+            SetStatus::Applied,
+            Some(write_value(
+                ctx,
+                key,
+                req,
+                req.value.clone(),
+                Some(current),
+                state,
+                limits,
+            )?),
+        ),
+        Decision::Merged(v) => {
+            let raw = serde_json::value::to_raw_value(&v)
+                .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+            (
+                SetStatus::Merged,
+                Some(write_value(
+                    ctx,
+                    key,
+                    req,
+                    raw,
+                    Some(current),
+                    state,
+                    limits,
+                )?),
+            )
+        }
+        Decision::Current => (SetStatus::Rejected, None),
+        Decision::Review => (SetStatus::PendingReview, None),
+    };
+    let conflict = ConflictRecord {
+        id: new_id(),
+        user_id: ctx.user_id.to_string(),
+        key: key.to_string(),
+        item_id: current.id.clone(),
+        strategy,
+        outcome: status,
+        base_version: base.map(|b| b.version),
+        base_value: base.and_then(|b| b.value.as_ref().map(|v| v.get().to_string())),
+        current_version: current.version,
+        current_value: current.value.as_ref().map(|v| v.get().to_string()),
+        current_instance: current.instance_id.clone(),
+        current_ts: current.timestamp,
+        incoming_value: req.value.get().to_string(),
+        incoming_metadata: req.metadata_text().map(str::to_string),
+        incoming_instance: ctx.instance_id.to_string(),
+        incoming_ts: timestamp,
+        result_value: written
+            .as_ref()
+            .and_then(|w| w.item.value.as_ref().map(|v| v.get().to_string())),
+        result_seq: written.as_ref().map(|w| w.item.seq),
+        created_at: ctx.now,
+    };
+    Ok(SetPlan {
+        status,
+        written,
+        conflict: Some(conflict),
+        needs_assist: false,
+    })
+}
+
+/// The row a set writes, with `value` (the incoming one, or a merge), after
+/// the size and quota checks.
+fn write_value(
+    ctx: WriteCtx<'_>,
+    key: &str,
+    req: &SetRequest,
+    value: Box<RawValue>,
+    current: Option<&Item>,
     state: UserState,
     limits: &Limits,
 ) -> Result<Planned, ApiError> {
-    req.validate()?;
     let metadata = req.metadata_text();
-    let size =
-        i64::try_from(req.value.get().len() + metadata.map_or(0, str::len)).unwrap_or(i64::MAX);
+    let size = i64::try_from(value.get().len() + metadata.map_or(0, str::len)).unwrap_or(i64::MAX);
     if size > limits.max_item_bytes {
         return Err(ApiError::ItemTooLarge {
             size,
             limit: limits.max_item_bytes,
-        });
-    }
-    if let Some(current) = current.filter(|c| conflict::is_concurrent(c, req.version)) {
-        // The seam for the conflict strategies: today every concurrent write
-        // is refused with the current item, for the client to rebase on.
-        return Err(ApiError::VersionConflict {
-            expected: req.version.unwrap_or_default(),
-            current: Box::new(current.clone()),
         });
     }
     let old = live_size(current);
@@ -148,7 +393,7 @@ pub fn plan_set(
         user_id: ctx.user_id.to_string(),
         instance_id: ctx.instance_id.to_string(),
         key: key.to_string(),
-        value: Some(req.value.clone()),
+        value: Some(value),
         metadata: metadata
             .map(|m| RawValue::from_string(m.to_string()))
             .transpose()
@@ -240,8 +485,37 @@ mod tests {
         serde_json::from_str(json).expect("valid request")
     }
 
+    fn policy(strategy: Strategy) -> Policy {
+        Policy {
+            default_strategy: strategy,
+            merge_tiebreak_manual: false,
+        }
+    }
+
+    /// A set under MANUAL, returning the written row (none means refused).
     fn set(current: Option<&Item>, state: UserState, body: &str) -> Result<Planned, ApiError> {
-        plan_set(CTX, "k", &req(body), current, state, &limits())
+        set_at(CTX, current, state, body)
+    }
+
+    fn set_at(
+        ctx: WriteCtx<'_>,
+        current: Option<&Item>,
+        state: UserState,
+        body: &str,
+    ) -> Result<Planned, ApiError> {
+        let p = plan_set(
+            ctx,
+            "k",
+            &req(body),
+            current,
+            None,
+            state,
+            &limits(),
+            &policy(Strategy::Manual),
+            &Assist::NotAsked,
+        )?;
+        p.written
+            .ok_or(ApiError::Internal(format!("not written: {:?}", p.status)))
     }
 
     const EMPTY: UserState = UserState {
@@ -281,22 +555,99 @@ mod tests {
     }
 
     #[test]
-    fn stale_version_is_a_conflict_carrying_the_current_item() {
-        let first = set(None, EMPTY, r#"{"value":1}"#).unwrap();
-        let second = set(Some(&first.item), first.state, r#"{"value":2}"#).unwrap();
-        match set(
-            Some(&second.item),
-            second.state,
-            r#"{"value":3,"version":1}"#,
-        ) {
-            Err(ApiError::VersionConflict {
-                expected: 1,
-                current,
-            }) => assert_eq!(current.version, 2),
-            other => panic!("expected a conflict, got {other:?}"),
-        }
-        // A write that names no version is not checked.
+    fn stale_versions_are_settled_by_strategy_and_recorded() {
+        let first = set(None, EMPTY, r#"{"value":{"a":1,"b":1}}"#).unwrap();
+        let second = set(
+            Some(&first.item),
+            first.state,
+            r#"{"value":{"a":2,"b":1},"version":1}"#,
+        )
+        .unwrap();
+        let stale = req(r#"{"value":{"a":1,"b":3},"version":1}"#);
+        let run = |strategy, base: Option<&Item>| {
+            plan_set(
+                WriteCtx {
+                    instance_id: "tablet",
+                    ..CTX
+                },
+                "k",
+                &stale,
+                Some(&second.item),
+                base,
+                second.state,
+                &limits(),
+                &policy(strategy),
+                &Assist::NotAsked,
+            )
+            .unwrap()
+        };
+        let manual = run(Strategy::Manual, None);
+        assert_eq!(manual.status, SetStatus::PendingReview);
+        assert!(manual.written.is_none());
+        let c = manual.conflict.expect("recorded");
+        assert_eq!(
+            (
+                c.current_version,
+                c.current_value.as_deref(),
+                c.incoming_value.as_str()
+            ),
+            (2, Some(r#"{"a":2,"b":1}"#), r#"{"a":1,"b":3}"#)
+        );
+        let fww = run(Strategy::FirstWriteWins, None);
+        assert_eq!(
+            (fww.status, fww.written.is_none()),
+            (SetStatus::Rejected, true)
+        );
+        // LWW: the incoming write carries the server's clock, later than the stored one.
+        let lww = run(Strategy::LastWriteWins, None);
+        assert_eq!(lww.status, SetStatus::Applied);
+        assert_eq!(lww.written.unwrap().item.version, 3);
+        let merged = run(Strategy::Merge, Some(&first.item));
+        assert_eq!(merged.status, SetStatus::Merged);
+        assert_eq!(
+            merged.written.unwrap().item.value.unwrap().get(),
+            r#"{"a":2,"b":3}"#
+        );
+        assert!(run(Strategy::Assisted, None).needs_assist);
+        // A write that names no version is not checked by version.
         assert!(set(Some(&second.item), second.state, r#"{"value":3}"#).is_ok());
+    }
+
+    #[test]
+    fn an_older_timestamp_from_another_instance_is_concurrent() {
+        let first = set(None, EMPTY, r#"{"value":1}"#).unwrap();
+        let older = req(&format!(r#"{{"value":2,"timestamp":{}}}"#, CTX.now - 5));
+        let other = WriteCtx {
+            instance_id: "tablet",
+            ..CTX
+        };
+        let p = plan_set(
+            other,
+            "k",
+            &older,
+            Some(&first.item),
+            None,
+            first.state,
+            &limits(),
+            &policy(Strategy::LastWriteWins),
+            &Assist::NotAsked,
+        )
+        .unwrap();
+        assert_eq!(p.status, SetStatus::Rejected);
+        // The same instance rewriting its own value is not a conflict.
+        let p = plan_set(
+            CTX,
+            "k",
+            &older,
+            Some(&first.item),
+            None,
+            first.state,
+            &limits(),
+            &policy(Strategy::LastWriteWins),
+            &Assist::NotAsked,
+        )
+        .unwrap();
+        assert_eq!((p.status, p.conflict.is_none()), (SetStatus::Applied, true));
     }
 
     #[test]
@@ -357,15 +708,7 @@ mod tests {
             ..CTX
         };
         assert!(plan_remove(later, "k", Some(&p.item), p.state).is_err());
-        let o = plan_set(
-            later,
-            "k",
-            &req(r#"{"value":2}"#),
-            Some(&p.item),
-            p.state,
-            &limits(),
-        )
-        .unwrap();
+        let o = set_at(later, Some(&p.item), p.state, r#"{"value":2}"#).unwrap();
         assert_eq!((o.item.ttl, o.item.version), (None, 2));
     }
 }
