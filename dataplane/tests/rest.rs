@@ -699,3 +699,102 @@ async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
         );
     }
 }
+
+#[tokio::test]
+async fn review_queue_round_trip_resolves_through_the_write_path() {
+    let api = Api::start(&[("CONFLICT_DEFAULT_STRATEGY", "MANUAL")]).await;
+    api.put("doc", json!({"value": {"t": "A"}})).await;
+    api.put("doc", json!({"value": {"t": "B"}, "version": 1}))
+        .await;
+    let (s, b) = api
+        .put("doc", json!({"value": {"t": "C"}, "version": 1}))
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["status"].as_str()),
+        (409, Some("pending_review")),
+        "{b}"
+    );
+    let conflict_id = b["conflictId"].as_str().unwrap().to_string();
+    // The value is unchanged while the conflict waits.
+    let (_, item) = api.get("/api/v1/sync-storage/item/doc").await;
+    assert_eq!(item["value"], json!({"t": "B"}));
+
+    let (s, queue) = api
+        .get("/api/v1/sync-storage/conflicts?status=pending")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let items = queue["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], conflict_id.as_str());
+    assert_eq!(
+        (&items[0]["currentValue"], &items[0]["incomingValue"]),
+        (&json!({"t": "B"}), &json!({"t": "C"}))
+    );
+    // Another user cannot see or resolve it.
+    let other = api.server.create_key("someone-else", &[]);
+    let (_, theirs) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/conflicts",
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(theirs["items"], json!([]));
+    let path = format!("/api/v1/sync-storage/conflicts/resolve/{conflict_id}");
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(&other),
+            Some(json!({"strategy": "MANUAL", "resolvedValue": 1})),
+        )
+        .await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(&api.key),
+            Some(json!({"strategy": "MANUAL"})),
+        )
+        .await;
+    assert_error(s, &b, 400, "INVALID_BODY");
+    let (s, resolved) = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(&api.key),
+            Some(json!({"strategy": "MANUAL", "resolvedValue": {"t": "B+C"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{resolved}");
+    assert_eq!(
+        (
+            resolved["item"]["value"].clone(),
+            resolved["item"]["seq"].as_i64()
+        ),
+        (json!({"t": "B+C"}), Some(3))
+    );
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(&api.key),
+            Some(json!({"strategy": "MANUAL", "resolvedValue": 2})),
+        )
+        .await;
+    assert_error(s, &b, 400, "INVALID_BODY");
+
+    let (_, queue) = api.get("/api/v1/sync-storage/conflicts").await;
+    assert_eq!(queue["items"], json!([]));
+    let (_, history) = api.get("/api/v1/sync-storage/conflicts/history/doc").await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1));
+    assert_eq!(history[0]["status"], "resolved");
+    assert_eq!(history[0]["resultValue"], json!({"t": "B+C"}));
+    let (_, stats) = api.get("/api/v1/sync-storage/conflicts/stats").await;
+    assert_eq!(stats["24h"]["total"], 1);
+    assert_eq!(stats["24h"]["byStrategy"]["MANUAL"], 1);
+    assert_eq!(stats["24h"]["resolutionRate"], 1.0);
+}

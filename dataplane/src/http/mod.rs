@@ -1,6 +1,7 @@
 //! The REST router. A URL's handler lives in the file named for its area:
 //! `/api/v1/sync-storage/*` in `items.rs`, `/health|/ready|/metrics` in `ops.rs`.
 
+mod conflicts;
 pub mod extract;
 mod items;
 mod ops;
@@ -46,7 +47,17 @@ pub fn router(state: AppState) -> Router {
         .route("/sync-storage/items", get(items::list_items))
         .route("/sync-storage/keys", get(items::list_keys))
         .route("/sync-storage/clear", delete(items::clear))
-        .route("/sync-storage/sessions", get(sessions::list));
+        .route("/sync-storage/sessions", get(sessions::list))
+        .route("/sync-storage/conflicts", get(conflicts::list))
+        .route("/sync-storage/conflicts/stats", get(conflicts::stats))
+        .route(
+            "/sync-storage/conflicts/history/{*item}",
+            get(conflicts::history),
+        )
+        .route(
+            "/sync-storage/conflicts/resolve/{id}",
+            axum::routing::put(conflicts::resolve),
+        );
 
     Router::new()
         .nest("/api/v1", api)

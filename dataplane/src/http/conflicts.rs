@@ -1,0 +1,225 @@
+//! `/api/v1/sync-storage/conflicts/*`: history, the review queue, stats,
+//! and resolving a conflict through the normal write path.
+
+use axum::{
+    extract::{Path, Query, State},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::JsonBody;
+use crate::{
+    app::AppState,
+    auth::{Principal, Scope},
+    conflict::{merge3, Merged, Strategy},
+    error::ApiError,
+    storage::{conflicts, now_ms},
+    sync::{SetRequest, SetStatus},
+};
+
+/// Admin keys see every user's conflicts; others only their own.
+fn scope_of(who: &Principal) -> Option<&str> {
+    (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    #[serde(default = "pending")]
+    status: String,
+    #[serde(default = "fifty")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+fn pending() -> String {
+    "pending".into()
+}
+
+fn fifty() -> i64 {
+    50
+}
+
+/// `GET /conflicts?status=pending&limit=&offset=`: the review queue, oldest first.
+pub async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Scope::Read)?;
+    if !matches!(page.status.as_str(), "pending" | "resolved")
+        || !(1..=500).contains(&page.limit)
+        || page.offset < 0
+    {
+        return Err(ApiError::InvalidQuery(
+            "status is pending|resolved, limit 1..=500, offset >= 0".into(),
+        ));
+    }
+    let items = conflicts::list(
+        state.sync.db(),
+        scope_of(&who),
+        &page.status,
+        page.limit,
+        page.offset,
+    )
+    .await?;
+    Ok(Json(
+        json!({ "items": items, "limit": page.limit, "offset": page.offset }),
+    ))
+}
+
+/// `GET /conflicts/history/{itemId}`: by item id or key, newest first.
+pub async fn history(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(item): Path<String>,
+) -> Result<Json<Vec<conflicts::Conflict>>, ApiError> {
+    who.require(Scope::Read)?;
+    Ok(Json(
+        conflicts::history(state.sync.db(), scope_of(&who), &item, 200).await?,
+    ))
+}
+
+/// `GET /conflicts/stats`: counts by strategy and outcome in 1 h, 24 h and
+/// 7 d, and the share settled (automatically or by review).
+pub async fn stats(State(state): State<AppState>, who: Principal) -> Result<Json<Value>, ApiError> {
+    who.require(Scope::Read)?;
+    let now = now_ms();
+    let mut windows = serde_json::Map::new();
+    for (name, ms) in [
+        ("1h", 3_600_000i64),
+        ("24h", 86_400_000),
+        ("7d", 7 * 86_400_000),
+    ] {
+        let rows = conflicts::counts(state.sync.db(), scope_of(&who), now - ms).await?;
+        let total: i64 = rows.iter().map(|r| r.3).sum();
+        let resolved: i64 = rows.iter().filter(|r| r.2 == "resolved").map(|r| r.3).sum();
+        let mut by_strategy = serde_json::Map::new();
+        let mut by_outcome = serde_json::Map::new();
+        for (strategy, outcome, _, n) in &rows {
+            *by_strategy.entry(strategy.clone()).or_insert(json!(0)) = json!(
+                by_strategy
+                    .get(strategy)
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    + n
+            );
+            *by_outcome.entry(outcome.clone()).or_insert(json!(0)) =
+                json!(by_outcome.get(outcome).and_then(Value::as_i64).unwrap_or(0) + n);
+        }
+        let rate = if total == 0 {
+            1.0
+        } else {
+            resolved as f64 / total as f64
+        };
+        windows.insert(
+            name.into(),
+            json!({ "total": total, "pending": total - resolved, "byStrategy": by_strategy, "byOutcome": by_outcome, "resolutionRate": rate }),
+        );
+    }
+    Ok(Json(Value::Object(windows)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolve {
+    strategy: String,
+    #[serde(default)]
+    resolved_value: Option<Value>,
+}
+
+/// `PUT /conflicts/resolve/{conflictId}`: settles a conflict and writes the
+/// result through the normal write path (new seq, fan-out to devices).
+pub async fn resolve(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Resolve>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Scope::Write)?;
+    let db = state.sync.db();
+    let conflict = conflicts::get(db, &id, scope_of(&who))
+        .await?
+        .ok_or(ApiError::NotFound { key: id.clone() })?;
+    if conflict.status != "pending" {
+        return Err(ApiError::InvalidBody(
+            "the conflict is already resolved".into(),
+        ));
+    }
+    let strategy: Strategy = body.strategy.parse().map_err(ApiError::InvalidBody)?;
+    let parse = |v: &Option<Box<serde_json::value::RawValue>>| {
+        v.as_ref()
+            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+            .unwrap_or(Value::Null)
+    };
+    let (current, incoming) = (
+        parse(&conflict.current_value),
+        parse(&conflict.incoming_value),
+    );
+    let value = match (strategy, body.resolved_value) {
+        (_, Some(v)) => v,
+        (Strategy::FirstWriteWins, None) => current,
+        (Strategy::LastWriteWins, None) => {
+            if (conflict.incoming_timestamp, &conflict.incoming_instance)
+                > (conflict.current_timestamp, &conflict.current_instance)
+            {
+                incoming
+            } else {
+                current
+            }
+        }
+        (Strategy::Merge, None) => match merge3(
+            conflict
+                .base_value
+                .as_ref()
+                .map(|_| parse(&conflict.base_value))
+                .as_ref(),
+            &current,
+            &incoming,
+            None,
+        ) {
+            Merged::Value(v) => v,
+            Merged::Clash(paths) => {
+                return Err(ApiError::InvalidBody(format!(
+                    "the merge clashes at {}; give resolvedValue",
+                    paths.join(", ")
+                )))
+            }
+        },
+        (Strategy::Manual | Strategy::Assisted, None) => {
+            return Err(ApiError::InvalidBody(
+                "resolvedValue is required for this strategy".into(),
+            ))
+        }
+    };
+    let request: SetRequest = serde_json::from_value(json!({ "value": value }))
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let reply = state
+        .sync
+        .set(
+            &conflict.user_id,
+            "conflict-resolver",
+            None,
+            &conflict.key,
+            &request,
+        )
+        .await?;
+    if !matches!(reply.status, SetStatus::Applied | SetStatus::Merged) {
+        return Err(ApiError::Internal("a blind write lost a conflict".into()));
+    }
+    let result = reply.item.value.as_ref().map(|v| v.get().to_string());
+    conflicts::mark_resolved(
+        db,
+        &id,
+        &who.key.id,
+        "resolved",
+        result.as_deref(),
+        Some(reply.item.seq),
+        now_ms(),
+    )
+    .await?;
+    Ok(Json(
+        json!({ "status": "resolved", "conflictId": id, "item": reply.item }),
+    ))
+}
