@@ -798,3 +798,66 @@ async fn review_queue_round_trip_resolves_through_the_write_path() {
     assert_eq!(stats["24h"]["byStrategy"]["MANUAL"], 1);
     assert_eq!(stats["24h"]["resolutionRate"], 1.0);
 }
+
+/// A real resolver webhook for ASSISTED: `/good` merges, `/slow` answers too
+/// late, `/bad` answers something that is not `{value}`.
+async fn start_resolver() -> String {
+    use axum::{routing::post, Json as AxJson, Router};
+    let app = Router::new()
+        .route(
+            "/good",
+            post(|AxJson(body): AxJson<Value>| async move {
+                let mut merged = body["current"].clone();
+                merged["resolvedBy"] = json!("webhook");
+                merged["incoming"] = body["incoming"].clone();
+                AxJson(json!({ "value": merged }))
+            }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                AxJson(json!({ "value": "too late" }))
+            }),
+        )
+        .route(
+            "/bad",
+            post(|| async { AxJson(json!(["not", "an", "answer"])) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn assisted_conflicts_apply_the_webhook_answer_or_go_to_review() {
+    let resolver = start_resolver().await;
+    for (path, expect_status) in [("good", 200u16), ("slow", 409), ("bad", 409)] {
+        let url = format!("{resolver}/{path}");
+        let api = Api::start(&[
+            ("CONFLICT_DEFAULT_STRATEGY", "ASSISTED"),
+            ("CONFLICT_RESOLVER_URL", &url),
+            ("CONFLICT_RESOLVER_TIMEOUT_MS", "500"),
+        ])
+        .await;
+        api.put("doc", json!({"value": {"n": 1}})).await;
+        api.put("doc", json!({"value": {"n": 2}, "version": 1}))
+            .await;
+        let (s, b) = api
+            .put("doc", json!({"value": {"n": 3}, "version": 1}))
+            .await;
+        assert_eq!(s.as_u16(), expect_status, "{path}: {b}");
+        if path == "good" {
+            assert_eq!(
+                b["value"],
+                json!({"n": 2, "resolvedBy": "webhook", "incoming": {"n": 3}}),
+                "{b}"
+            );
+        } else {
+            assert_eq!(b["status"], "pending_review", "{path}: {b}");
+            let (_, queue) = api.get("/api/v1/sync-storage/conflicts").await;
+            assert_eq!(queue["items"][0]["strategy"], "ASSISTED");
+        }
+    }
+}
