@@ -16,7 +16,7 @@ use socketioxide::{
     ParserError,
 };
 
-use super::session::Session;
+use super::{session::Session, subscriptions::Subscriptions};
 use crate::{
     app::AppState,
     auth::Scope,
@@ -208,14 +208,7 @@ async fn subscribe(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
-    let result = payload(data).and_then(|KeysPayload { keys }| {
-        let mut subs = session
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        subs.subscribe(&keys)?;
-        Ok(subs.list())
-    });
+    let result = change_subscriptions(&session, data, Subscriptions::subscribe);
     reply(&s, ack, wants, "sync:subscribe", &app, result);
 }
 
@@ -227,15 +220,23 @@ async fn unsubscribe(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
-    let result = payload(data).and_then(|KeysPayload { keys }| {
-        let mut subs = session
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        subs.unsubscribe(&keys)?;
-        Ok(subs.list())
-    });
+    let result = change_subscriptions(&session, data, Subscriptions::unsubscribe);
     reply(&s, ack, wants, "sync:unsubscribe", &app, result);
+}
+
+/// Applies `change` to the device's subscriptions; replies with the new set.
+fn change_subscriptions(
+    session: &Session,
+    data: Result<KeysPayload, ParserError>,
+    change: fn(&mut Subscriptions, &[String]) -> Result<(), ApiError>,
+) -> Result<Vec<String>, ApiError> {
+    let KeysPayload { keys } = payload(data)?;
+    let mut subs = session
+        .subscriptions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    change(&mut subs, &keys)?;
+    Ok(subs.list())
 }
 
 /// `sync:ack {seq}`: the device has everything up to `seq`. The cursor never
