@@ -861,3 +861,83 @@ async fn assisted_conflicts_apply_the_webhook_answer_or_go_to_review() {
         }
     }
 }
+
+#[tokio::test]
+async fn merge_takes_both_sides_and_sends_clashes_to_review_and_analyze_explains() {
+    let api = Api::start(&[
+        ("CONFLICT_DEFAULT_STRATEGY", "MERGE"),
+        ("CONFLICT_MERGE_TIEBREAK", "MANUAL"),
+    ])
+    .await;
+    api.put(
+        "profile",
+        json!({"value": {"name": "Ada", "city": "Paris", "tags": ["a"]}}),
+    )
+    .await;
+    api.put(
+        "profile",
+        json!({"value": {"name": "Ada L.", "city": "Paris", "tags": ["a"]}, "version": 1}),
+    )
+    .await;
+    // Based on version 1: changes only the city, so it merges.
+    let (s, merged) = api
+        .put(
+            "profile",
+            json!({"value": {"name": "Ada", "city": "London", "tags": ["a"]}, "version": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        merged["value"],
+        json!({"name": "Ada L.", "city": "London", "tags": ["a"]})
+    );
+    assert_eq!(merged["version"], 3);
+    // Based on version 2: the tags array changed on both sides: review.
+    api.put(
+        "profile",
+        json!({"value": {"name": "Ada L.", "city": "London", "tags": ["a", "b"]}, "version": 3}),
+    )
+    .await;
+    let (s, b) = api
+        .put(
+            "profile",
+            json!({"value": {"name": "Ada L.", "city": "London", "tags": ["c"]}, "version": 3}),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["status"].as_str()),
+        (409, Some("pending_review")),
+        "{b}"
+    );
+
+    let id = merged["id"].as_str().unwrap().to_string();
+    let (s, report) = api
+        .call(
+            Method::POST,
+            "/api/v1/sync-storage/conflicts/analyze",
+            Some(&api.key),
+            Some(json!({"itemIds": [id.clone(), "nothing"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    let a = &report[&id]["analysis"];
+    assert_eq!(
+        (a["conflicts"].as_i64(), a["cleanMerges"].as_i64()),
+        (Some(2), Some(1)),
+        "{a}"
+    );
+    assert_eq!(report[&id]["key"], "profile");
+    assert!(
+        a["suggestedStrategy"].is_string() && a["reason"].as_str().is_some_and(|r| !r.is_empty())
+    );
+    assert_eq!(report["nothing"]["analysis"]["conflicts"], 0);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/api/v1/sync-storage/conflicts/analyze",
+            Some(&api.key),
+            Some(json!({"itemIds": []})),
+        )
+        .await;
+    assert_error(s, &b, 400, "INVALID_BODY");
+}

@@ -5,6 +5,7 @@
 //! (`ASSISTED`, a webhook) is run by the sync service outside the write
 //! transaction, in [`resolver`].
 
+pub mod analysis;
 pub mod merge;
 pub mod resolver;
 

@@ -12,7 +12,7 @@ use super::extract::JsonBody;
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
-    conflict::{merge3, Merged, Strategy},
+    conflict::{analysis, merge3, Merged, Strategy},
     error::ApiError,
     storage::{conflicts, now_ms},
     sync::{SetRequest, SetStatus},
@@ -222,4 +222,58 @@ pub async fn resolve(
     Ok(Json(
         json!({ "status": "resolved", "conflictId": id, "item": reply.item }),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Analyze {
+    item_ids: Vec<String>,
+}
+
+/// `POST /conflicts/analyze {itemIds}`: per item (id or key), the conflict
+/// rate, the instances involved, the median time between competing writes,
+/// and a suggested strategy with the reason.
+pub async fn analyze(
+    State(state): State<AppState>,
+    who: Principal,
+    JsonBody(body): JsonBody<Analyze>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Scope::Read)?;
+    if body.item_ids.is_empty() || body.item_ids.len() > 100 {
+        return Err(ApiError::InvalidBody(
+            "itemIds must hold 1 to 100 item ids or keys".into(),
+        ));
+    }
+    let parse = |v: &Option<Box<serde_json::value::RawValue>>| {
+        v.as_ref()
+            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+    };
+    let mut out = serde_json::Map::new();
+    for id in &body.item_ids {
+        let history = conflicts::history(state.sync.db(), scope_of(&who), id, 1000).await?;
+        let records: Vec<analysis::Record> = history
+            .iter()
+            .map(|c| analysis::Record {
+                base: parse(&c.base_value),
+                current: parse(&c.current_value).unwrap_or(Value::Null),
+                incoming: parse(&c.incoming_value).unwrap_or(Value::Null),
+                current_instance: c.current_instance.clone(),
+                incoming_instance: c.incoming_instance.clone(),
+                current_ts: c.current_timestamp,
+                incoming_ts: c.incoming_timestamp,
+            })
+            .collect();
+        // Each conflict's current version counts the writes before it.
+        let writes = history
+            .iter()
+            .map(|c| c.current_version + 1)
+            .max()
+            .unwrap_or(0);
+        let key = history.first().map_or(id.clone(), |c| c.key.clone());
+        out.insert(
+            id.clone(),
+            json!({ "key": key, "analysis": analysis::analyze(&records, writes) }),
+        );
+    }
+    Ok(Json(Value::Object(out)))
 }

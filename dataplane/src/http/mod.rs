@@ -51,6 +51,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sync-storage/conflicts", get(conflicts::list))
         .route("/sync-storage/conflicts/stats", get(conflicts::stats))
         .route(
+            "/sync-storage/conflicts/analyze",
+            axum::routing::post(conflicts::analyze),
+        )
+        .route(
             "/sync-storage/conflicts/history/{*item}",
             get(conflicts::history),
         )

@@ -711,4 +711,41 @@ mod tests {
         let o = set_at(later, Some(&p.item), p.state, r#"{"value":2}"#).unwrap();
         assert_eq!((o.item.ttl, o.item.version), (None, 2));
     }
+
+    proptest::proptest! {
+        /// Every losing write leaves exactly one conflict record holding the
+        /// losing value, and writes that did not race leave none.
+        #[test]
+        fn conflict_records_match_losing_writes(
+            writes in proptest::collection::vec((0i64..3, 0usize..3, 0i64..100), 1..30)
+        ) {
+            let strategies = [Strategy::LastWriteWins, Strategy::FirstWriteWins, Strategy::Manual];
+            let first = set(None, EMPTY, r#"{"value":0}"#).unwrap();
+            let (mut current, mut state) = (first.item, first.state);
+            let (mut records, mut losers) = (0, 0);
+            for (n, (lag, strategy, ts)) in writes.into_iter().enumerate() {
+                let based_on = (current.version - lag).max(1);
+                let body = format!(r#"{{"value":{},"version":{based_on},"timestamp":{ts}}}"#, n + 1);
+                let ctx = WriteCtx { instance_id: if n % 2 == 0 { "a" } else { "b" }, ..CTX };
+                let plan = plan_set(ctx, "k", &req(&body), Some(&current), None, state, &limits(), &policy(strategies[strategy]), &Assist::NotAsked).unwrap();
+                let raced = based_on != current.version;
+                if let Some(c) = &plan.conflict {
+                    records += 1;
+                    // The loser's value is in the record.
+                    match &plan.written {
+                        Some(_) => proptest::prop_assert_eq!(c.current_value.as_deref(), current.value.as_ref().map(|v| v.get())),
+                        None => proptest::prop_assert_eq!(c.incoming_value.clone(), (n + 1).to_string()),
+                    }
+                }
+                if raced {
+                    losers += 1;
+                }
+                if let Some(w) = plan.written {
+                    current = w.item;
+                    state = w.state;
+                }
+            }
+            proptest::prop_assert_eq!(records, losers);
+        }
+    }
 }
