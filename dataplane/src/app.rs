@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    auth::{Authenticator, KeyStore},
+    auth::{Authenticator, KeyStore, Tokens},
     config::Config,
     conflict,
     error::ApiError,
@@ -88,6 +88,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         ),
         None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
     };
+    let tokens = Tokens::new(&config.jwt, db.clone());
     Ok(AppState {
         sync: SyncService::new(
             db,
@@ -96,7 +97,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             bus,
             conflict::Settings::from_config(&config.conflict).map_err(StartError::Resolver)?,
         ),
-        auth: Authenticator::new(keys, config.api_keys.enabled),
+        auth: Authenticator::new(keys, config.api_keys.enabled, tokens),
         metrics,
         hub,
         config: Arc::new(config),

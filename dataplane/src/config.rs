@@ -428,6 +428,24 @@ impl Config {
                 .duration(Duration::from_secs(30 * 24 * 3600))?,
         };
 
+        if jwt.secret.is_some() != jwt.refresh_secret.is_some() {
+            let missing = if jwt.secret.is_some() {
+                "JWT_REFRESH_SECRET"
+            } else {
+                "JWT_SECRET"
+            };
+            return Err(ConfigError {
+                var: missing,
+                problem: "JWT_SECRET and JWT_REFRESH_SECRET are set together".into(),
+            });
+        }
+        if jwt.secret.is_some() && jwt.secret == jwt.refresh_secret {
+            return Err(ConfigError {
+                var: "JWT_REFRESH_SECRET",
+                problem: "must differ from JWT_SECRET".into(),
+            });
+        }
+
         let prefix = var!(raw, api_key_token_prefix, "API_KEY_TOKEN_PREFIX");
         let token_prefix = match prefix.raw {
             None => "sk_live_".to_string(),

@@ -52,6 +52,10 @@ pub enum ApiError {
     InvalidHandshake(String),
     #[error("the request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error(
+        "user tokens are not configured on this server (set JWT_SECRET and JWT_REFRESH_SECRET)"
+    )]
+    TokensDisabled,
     #[error("the database is unavailable")]
     ServiceUnavailable,
     #[error("internal error")]
@@ -77,6 +81,7 @@ impl ApiError {
             Self::InvalidHandshake(_) => "INVALID_HANDSHAKE",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::TokensDisabled => "TOKENS_DISABLED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -95,7 +100,7 @@ impl ApiError {
             | Self::InvalidBody(_)
             | Self::InvalidQuery(_)
             | Self::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
-            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ServiceUnavailable | Self::TokensDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -703,7 +703,11 @@ async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
 #[tokio::test]
 async fn review_queue_round_trip_resolves_through_the_write_path() {
     let admin = "sk_live_admin_for_conflict_tests_0123456789";
-    let api = Api::start(&[("CONFLICT_DEFAULT_STRATEGY", "MANUAL"), ("BOOTSTRAP_API_KEY", admin)]).await;
+    let api = Api::start(&[
+        ("CONFLICT_DEFAULT_STRATEGY", "MANUAL"),
+        ("BOOTSTRAP_API_KEY", admin),
+    ])
+    .await;
     api.put("doc", json!({"value": {"t": "A"}})).await;
     api.put("doc", json!({"value": {"t": "B"}, "version": 1}))
         .await;
@@ -733,8 +737,19 @@ async fn review_queue_round_trip_resolves_through_the_write_path() {
     );
     // An admin key sees every user's conflicts; another user cannot see or
     // resolve it.
-    let (_, all) = api.call(Method::GET, "/api/v1/sync-storage/conflicts", Some(admin), None).await;
-    assert!(all["items"].as_array().unwrap().iter().any(|c| c["id"] == conflict_id.as_str()));
+    let (_, all) = api
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/conflicts",
+            Some(admin),
+            None,
+        )
+        .await;
+    assert!(all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == conflict_id.as_str()));
     let other = api.server.create_key("someone-else", &[]);
     let (_, theirs) = api
         .call(

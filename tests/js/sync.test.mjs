@@ -10,7 +10,12 @@ let b;
 
 before(async () => {
   redis = await Redis.start();
-  const env = { DATABASE_URL: PG_URL, REDIS_URL: redis.url };
+  const env = {
+    DATABASE_URL: PG_URL,
+    REDIS_URL: redis.url,
+    JWT_SECRET: 'js-test-access-secret-0123456789abcdef',
+    JWT_REFRESH_SECRET: 'js-test-refresh-secret-0123456789abcdef',
+  };
   a = await Server.start({ ...env, POD_NAME: 'pod-a' });
   b = await Server.start({ ...env, POD_NAME: 'pod-b' });
 });
@@ -262,4 +267,21 @@ test('concurrent writes are settled by strategy and the writer is told how', asy
   assert.equal(v1.item.version, 1);
   phone.close();
   laptop.close();
+});
+
+test('a user token (auth.token) connects as its user and nobody else', async () => {
+  const user = uid('u');
+  const issuer = a.createKey(uid('backend'), ['--scopes', 'read,write,tokens:issue']);
+  const res = await fetch(`${a.base}/api/v1/auth/token`, {
+    method: 'POST',
+    headers: { 'X-API-Key': issuer, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ userId: user }),
+  });
+  const { accessToken } = await res.json();
+  const d = await new Device(b.url, { userId: user, instanceId: 'tok', auth: { token: accessToken } }).ready();
+  const reply = await d.call('sync:set', { key: 'k', value: 1 });
+  assert.equal(reply.item.userId, user);
+  d.close();
+  assert.equal((await refusal(a.url, { query: { userId: uid('other'), instanceId: 'x' }, auth: { token: accessToken } })).code, 'FORBIDDEN');
+  assert.equal((await refusal(a.url, { query: { userId: user, instanceId: 'x' }, auth: { token: 'not.a.token' } })).code, 'UNAUTHORIZED');
 });

@@ -1,9 +1,11 @@
 //! Who is calling, and what they may do.
 
 mod api_key;
+mod jwt;
 mod principal;
 
 pub use api_key::{generate_key, hash_key, ApiKey, KeyStore, NewKey};
+pub use jwt::{Issued, Tokens};
 pub use principal::{Authenticator, Principal};
 
 use std::{fmt, str::FromStr};

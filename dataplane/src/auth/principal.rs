@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 
-use super::{ApiKey, KeyStore, Scope};
+use super::{ApiKey, KeyStore, Scope, Tokens};
 use crate::{app::AppState, error::ApiError, storage::now_ms};
 
 /// The caller: the user it acts as, and the key that vouched for it.
@@ -33,14 +33,26 @@ impl Principal {
 pub struct Authenticator {
     keys: KeyStore,
     api_keys_enabled: bool,
+    tokens: Option<Tokens>,
 }
 
 impl Authenticator {
-    pub fn new(keys: KeyStore, api_keys_enabled: bool) -> Self {
+    pub fn new(keys: KeyStore, api_keys_enabled: bool, tokens: Option<Tokens>) -> Self {
         Self {
             keys,
             api_keys_enabled,
+            tokens,
         }
+    }
+
+    /// The token service, or TOKENS_DISABLED when `JWT_SECRET` is unset.
+    pub fn tokens(&self) -> Result<&Tokens, ApiError> {
+        self.tokens.as_ref().ok_or(ApiError::TokensDisabled)
+    }
+
+    /// Authenticates a user access token (a JWT).
+    pub fn bearer(&self, token: &str) -> Result<Principal, ApiError> {
+        self.tokens()?.verify_access(token.trim())
     }
 
     pub fn keys(&self) -> &KeyStore {
@@ -91,6 +103,19 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(auth) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+            let token = auth
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .ok_or(ApiError::Unauthorized {
+                    reason: "invalid_authorization_header",
+                })?;
+            return state.auth.bearer(token);
+        }
         let presented = parts
             .headers
             .get("x-api-key")

@@ -1,6 +1,7 @@
 //! The REST router. A URL's handler lives in the file named for its area:
 //! `/api/v1/sync-storage/*` in `items.rs`, `/health|/ready|/metrics` in `ops.rs`.
 
+mod auth;
 mod conflicts;
 pub mod extract;
 mod items;
@@ -48,6 +49,9 @@ pub fn router(state: AppState) -> Router {
         .route("/sync-storage/keys", get(items::list_keys))
         .route("/sync-storage/clear", delete(items::clear))
         .route("/sync-storage/sessions", get(sessions::list))
+        .route("/auth/token", axum::routing::post(auth::token))
+        .route("/auth/refresh", axum::routing::post(auth::refresh))
+        .route("/auth/logout", axum::routing::post(auth::logout))
         .route("/sync-storage/conflicts", get(conflicts::list))
         .route("/sync-storage/conflicts/stats", get(conflicts::stats))
         .route(

@@ -94,12 +94,9 @@ async fn identify(
     let api_key = auth_field(auth, "apiKey")
         .map(str::to_owned)
         .or_else(|| query_param(query, "apiKey"));
-    let principal = if auth_field(auth, "token").is_some() && api_key.is_none() {
-        return Err(ApiError::Unauthorized {
-            reason: "tokens_not_supported_yet",
-        });
-    } else {
-        app.auth.api_key(api_key.as_deref()).await?
+    let principal = match auth_field(auth, "token") {
+        Some(token) if api_key.is_none() => app.auth.bearer(token)?,
+        _ => app.auth.api_key(api_key.as_deref()).await?,
     };
     principal.require(Scope::Read)?;
     let user_id = query_param(query, "userId")

@@ -1,0 +1,262 @@
+//! User tokens: short-lived HS256 access tokens and rotating refresh tokens.
+//!
+//! Only HS256 is accepted, with the algorithm pinned in the validation, so a
+//! token claiming `alg: none` or an asymmetric algorithm (the HS/RS
+//! confusion) is refused before its signature is even considered. Refresh
+//! tokens are JWTs signed with a separate secret whose `jti` is tracked in
+//! `refresh_tokens`: each is good for one use, and presenting a used one
+//! revokes every token of its family (someone has a stolen copy).
+
+use std::{sync::Arc, time::Duration};
+
+use jsonwebtoken::{
+    decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiKey, Principal, Scope};
+use crate::{
+    config::JwtConfig,
+    error::ApiError,
+    storage::{audit, now_ms, refresh_tokens, Db},
+};
+
+/// Scopes a user token may carry: what an app's user does, never key or
+/// token administration.
+const TOKEN_SCOPES: [Scope; 3] = [Scope::Read, Scope::Write, Scope::AnalyticsRead];
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AccessClaims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+    typ: String,
+    scope: Vec<Scope>,
+    /// The API key that issued the token family.
+    kid: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RefreshClaims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+    typ: String,
+    fam: String,
+}
+
+/// A token pair, as `/auth/token` and `/auth/refresh` return it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Issued {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+    pub token_type: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Tokens {
+    access: (EncodingKey, DecodingKey),
+    refresh: (EncodingKey, DecodingKey),
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    db: Db,
+}
+
+fn validation() -> Validation {
+    let mut v = Validation::new(Algorithm::HS256);
+    v.leeway = 5;
+    v.set_required_spec_claims(&["exp", "sub"]);
+    v
+}
+
+fn invalid(e: jsonwebtoken::errors::Error) -> ApiError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => ApiError::Unauthorized {
+            reason: "token_expired",
+        },
+        _ => ApiError::Unauthorized {
+            reason: "invalid_token",
+        },
+    }
+}
+
+fn sign<T: Serialize>(claims: &T, key: &EncodingKey) -> Result<String, ApiError> {
+    encode(&Header::new(Algorithm::HS256), claims, key)
+        .map_err(|e| ApiError::Internal(format!("cannot sign a token: {e}")))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Tokens {
+    /// `None` when `JWT_SECRET` is not configured: tokens are then off.
+    pub fn new(cfg: &JwtConfig, db: Db) -> Option<Self> {
+        let access = cfg.secret.as_ref()?;
+        let refresh = cfg.refresh_secret.as_ref()?;
+        Some(Self {
+            access: (
+                EncodingKey::from_secret(access.expose().as_bytes()),
+                DecodingKey::from_secret(access.expose().as_bytes()),
+            ),
+            refresh: (
+                EncodingKey::from_secret(refresh.expose().as_bytes()),
+                DecodingKey::from_secret(refresh.expose().as_bytes()),
+            ),
+            access_ttl: cfg.expires_in,
+            refresh_ttl: cfg.refresh_expires_in,
+            db,
+        })
+    }
+
+    /// Starts a token family for `user_id` on behalf of the issuing key.
+    pub async fn issue(
+        &self,
+        user_id: &str,
+        scopes: &[Scope],
+        issued_by: &str,
+    ) -> Result<Issued, ApiError> {
+        let scopes: Vec<Scope> = scopes
+            .iter()
+            .copied()
+            .filter(|s| TOKEN_SCOPES.contains(s))
+            .collect();
+        self.mint(user_id, &scopes, issued_by, &new_id(), None)
+            .await
+    }
+
+    async fn mint(
+        &self,
+        user_id: &str,
+        scopes: &[Scope],
+        issued_by: &str,
+        family: &str,
+        parent: Option<&str>,
+    ) -> Result<Issued, ApiError> {
+        let now = now_ms() / 1000;
+        let access = AccessClaims {
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now + self.access_ttl.as_secs() as i64,
+            jti: new_id(),
+            typ: "access".into(),
+            scope: scopes.to_vec(),
+            kid: issued_by.to_string(),
+        };
+        let refresh = RefreshClaims {
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now + self.refresh_ttl.as_secs() as i64,
+            jti: new_id(),
+            typ: "refresh".into(),
+            fam: family.to_string(),
+        };
+        let row = refresh_tokens::Row {
+            jti: refresh.jti.clone(),
+            family_id: family.to_string(),
+            parent_jti: parent.map(str::to_string),
+            user_id: user_id.to_string(),
+            issued_by: issued_by.to_string(),
+            scopes: scopes.to_vec(),
+            expires_at: refresh.exp * 1000,
+        };
+        refresh_tokens::insert(&self.db, &row).await?;
+        Ok(Issued {
+            access_token: sign(&access, &self.access.0)?,
+            refresh_token: sign(&refresh, &self.refresh.0)?,
+            expires_in: self.access_ttl.as_secs(),
+            token_type: "Bearer",
+        })
+    }
+
+    /// Verifies an access token and returns who it acts as.
+    pub fn verify_access(&self, token: &str) -> Result<Principal, ApiError> {
+        let data = decode::<AccessClaims>(token, &self.access.1, &validation()).map_err(invalid)?;
+        let c = data.claims;
+        if c.typ != "access" {
+            return Err(ApiError::Unauthorized {
+                reason: "invalid_token",
+            });
+        }
+        let key = ApiKey {
+            id: c.kid,
+            name: "user token".into(),
+            key_hash: String::new(),
+            user_id: c.sub.clone(),
+            is_active: true,
+            expires_at: Some(c.exp * 1000),
+            can_read: true,
+            can_write: true,
+            scopes: c.scope,
+        };
+        Ok(Principal {
+            user_id: c.sub,
+            key: Arc::new(key),
+        })
+    }
+
+    fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, ApiError> {
+        let data =
+            decode::<RefreshClaims>(token, &self.refresh.1, &validation()).map_err(invalid)?;
+        if data.claims.typ != "refresh" {
+            return Err(ApiError::Unauthorized {
+                reason: "invalid_token",
+            });
+        }
+        Ok(data.claims)
+    }
+
+    /// Trades a refresh token for a new pair. A token already used revokes
+    /// its family: the legitimate holder and the thief both lose it.
+    pub async fn refresh(&self, token: &str) -> Result<Issued, ApiError> {
+        let claims = self.verify_refresh(token)?;
+        let row =
+            refresh_tokens::get(&self.db, &claims.jti)
+                .await?
+                .ok_or(ApiError::Unauthorized {
+                    reason: "invalid_token",
+                })?;
+        if row.revoked_at.is_some() {
+            return Err(ApiError::Unauthorized {
+                reason: "token_revoked",
+            });
+        }
+        if !refresh_tokens::mark_used(&self.db, &claims.jti, now_ms()).await? {
+            refresh_tokens::revoke_family(&self.db, &row.family_id, now_ms()).await?;
+            let entry = audit::AuditEntry {
+                actor: &row.user_id,
+                action: "token.reuse_detected",
+                target: Some(&row.family_id),
+                result: "family_revoked",
+                ..Default::default()
+            };
+            if let Err(e) = audit::record(&self.db, &entry).await {
+                tracing::warn!(error = %e, "audit entry not written");
+            }
+            tracing::warn!(family = %row.family_id, user_id = %row.user_id, "refresh token reused; family revoked");
+            return Err(ApiError::Unauthorized {
+                reason: "token_reused",
+            });
+        }
+        self.mint(
+            &row.user_id,
+            &row.scopes,
+            &row.issued_by,
+            &row.family_id,
+            Some(&claims.jti),
+        )
+        .await
+    }
+
+    /// Revokes the family of a refresh token.
+    pub async fn logout(&self, token: &str) -> Result<(), ApiError> {
+        let claims = self.verify_refresh(token)?;
+        refresh_tokens::revoke_family(&self.db, &claims.fam, now_ms()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! `/api/v1/auth/*`: user tokens for apps' backends to hand to their users.
+
+use axum::{extract::State, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::JsonBody;
+use crate::{
+    app::AppState,
+    auth::{Issued, Principal, Scope},
+    error::ApiError,
+    storage::audit,
+    sync::validate_user_id,
+};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRequest {
+    user_id: String,
+    /// Narrower scopes than the issuing key's; default read and write.
+    #[serde(default)]
+    scopes: Option<Vec<Scope>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// `POST /auth/token {userId, scopes?}` with a `tokens:issue` key.
+pub async fn token(
+    State(state): State<AppState>,
+    who: Principal,
+    JsonBody(body): JsonBody<TokenRequest>,
+) -> Result<Json<Issued>, ApiError> {
+    who.require(Scope::TokensIssue)?;
+    validate_user_id(&body.user_id).map_err(ApiError::InvalidBody)?;
+    let wanted = body
+        .scopes
+        .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);
+    // A token never carries more than its issuing key could do itself.
+    let scopes: Vec<Scope> = wanted.into_iter().filter(|s| who.key.allows(*s)).collect();
+    let issued = state
+        .auth
+        .tokens()?
+        .issue(&body.user_id, &scopes, &who.key.id)
+        .await?;
+    let entry = audit::AuditEntry {
+        actor: &who.key.id,
+        action: "token.issue",
+        target: Some(&body.user_id),
+        result: "ok",
+        ..Default::default()
+    };
+    if let Err(e) = audit::record(state.sync.db(), &entry).await {
+        tracing::warn!(error = %e, "audit entry not written");
+    }
+    Ok(Json(issued))
+}
+
+/// `POST /auth/refresh {refreshToken}`: a new pair; the old token is spent.
+pub async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Json<Issued>, ApiError> {
+    Ok(Json(
+        state.auth.tokens()?.refresh(&body.refresh_token).await?,
+    ))
+}
+
+/// `POST /auth/logout {refreshToken}`: revokes the token's whole family.
+pub async fn logout(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Json<Value>, ApiError> {
+    state.auth.tokens()?.logout(&body.refresh_token).await?;
+    Ok(Json(json!({ "revoked": true })))
+}

@@ -1,0 +1,293 @@
+//! User tokens over REST: issue, use, rotate, reuse detection, logout, and
+//! forgery attempts.
+
+mod common;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use common::{unique_user, Server};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-access-secret-0123456789abcdefghij";
+const REFRESH: &str = "test-refresh-secret-0123456789abcdefghij";
+
+async fn start() -> (Server, String) {
+    let server = Server::start(&[
+        ("JWT_SECRET", SECRET),
+        ("JWT_REFRESH_SECRET", REFRESH),
+        ("JWT_EXPIRES_IN", "10m"),
+    ])
+    .await;
+    let issuer = server.create_key("backend", &["--scopes", "read,write,tokens:issue"]);
+    (server, issuer)
+}
+
+async fn post(
+    http: &Client,
+    server: &Server,
+    path: &str,
+    key: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = http.post(server.url(path)).json(&body);
+    if let Some(k) = key {
+        req = req.header("X-API-Key", k);
+    }
+    let r = req.send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_with_bearer(http: &Client, server: &Server, token: &str) -> (StatusCode, Value) {
+    let r = http
+        .get(server.url("/api/v1/sync-storage/keys"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn tokens_act_as_their_user_and_refresh_tokens_rotate_once() {
+    let (server, issuer) = start().await;
+    let http = Client::new();
+    let user = unique_user("tok");
+    let (s, pair) = post(
+        &http,
+        &server,
+        "/api/v1/auth/token",
+        Some(&issuer),
+        json!({"userId": user}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{pair}");
+    assert_eq!(
+        (pair["tokenType"].as_str(), pair["expiresIn"].as_u64()),
+        (Some("Bearer"), Some(600))
+    );
+    let access = pair["accessToken"].as_str().unwrap().to_string();
+    // The token acts as the user it names, not as the issuing key's user.
+    let r = http
+        .put(server.url("/api/v1/sync-storage/item/k"))
+        .bearer_auth(&access)
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["item"]["userId"],
+        user.as_str()
+    );
+    assert_eq!(
+        get_with_bearer(&http, &server, &access).await.1,
+        json!(["k"])
+    );
+
+    // Rotation: each refresh token works once.
+    let first = pair["refreshToken"].as_str().unwrap().to_string();
+    let (s, second) = post(
+        &http,
+        &server,
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refreshToken": first}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let second_refresh = second["refreshToken"].as_str().unwrap().to_string();
+    assert_ne!(second_refresh, first);
+    // Reusing the first revokes the family: the second stops working too.
+    let (s, b) = post(
+        &http,
+        &server,
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refreshToken": first}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str(), b["details"]["reason"].as_str()),
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("UNAUTHORIZED"),
+            Some("token_reused")
+        )
+    );
+    let (s, b) = post(
+        &http,
+        &server,
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refreshToken": second_refresh}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["details"]["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
+
+    // Logout revokes a fresh family.
+    let (_, pair) = post(
+        &http,
+        &server,
+        "/api/v1/auth/token",
+        Some(&issuer),
+        json!({"userId": user}),
+    )
+    .await;
+    let refresh = pair["refreshToken"].as_str().unwrap();
+    let (s, _) = post(
+        &http,
+        &server,
+        "/api/v1/auth/logout",
+        None,
+        json!({"refreshToken": refresh}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = post(
+        &http,
+        &server,
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refreshToken": refresh}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // No secret, key or token reached the logs.
+    let log = server.log();
+    assert!(!log.contains(SECRET) && !log.contains(&issuer) && !log.contains(&access));
+}
+
+#[tokio::test]
+async fn only_tokens_issue_keys_mint_tokens_and_never_wider_than_themselves() {
+    let (server, _) = start().await;
+    let http = Client::new();
+    let plain = server.create_key("someone", &[]);
+    let (s, b) = post(
+        &http,
+        &server,
+        "/api/v1/auth/token",
+        Some(&plain),
+        json!({"userId": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("FORBIDDEN"))
+    );
+    let read_issuer = server.create_key("ro-backend", &["--scopes", "read,tokens:issue"]);
+    let (_, pair) = post(
+        &http,
+        &server,
+        "/api/v1/auth/token",
+        Some(&read_issuer),
+        json!({"userId": "y", "scopes": ["read", "write"]}),
+    )
+    .await;
+    let token = pair["accessToken"].as_str().unwrap();
+    let r = http
+        .put(server.url("/api/v1/sync-storage/item/k"))
+        .bearer_auth(token)
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Without JWT secrets the endpoints say so.
+    let bare = Server::start(&[]).await;
+    let key = bare.create_key("b", &["--scopes", "read,tokens:issue"]);
+    let (s, b) = post(
+        &http,
+        &bare,
+        "/api/v1/auth/token",
+        Some(&key),
+        json!({"userId": "z"}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("TOKENS_DISABLED"))
+    );
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn forged_tokens_are_refused() {
+    let (server, _) = start().await;
+    let http = Client::new();
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": "victim", "iat": now, "exp": now + 600, "jti": "j", "typ": "access", "scope": ["read", "write"], "kid": "k"});
+    // alg: none, no signature.
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    );
+    // HS/RS confusion: an RS256 header over an HMAC made with the secret.
+    let mut rs = Header::new(jsonwebtoken::Algorithm::HS256);
+    let hs_body = encode(&rs, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let sig = hs_body.rsplit('.').next().unwrap().to_string();
+    rs.alg = jsonwebtoken::Algorithm::RS256;
+    let confused = format!(
+        "{}.{}.{sig}",
+        b64(&json!({"alg": "RS256", "typ": "JWT"})),
+        b64(&claims)
+    );
+    // Signed with another secret.
+    let wrong = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(b"not-the-secret-not-the-secret-not"),
+    )
+    .unwrap();
+    // Expired, correctly signed.
+    let mut old = claims.clone();
+    old["exp"] = json!(now - 3600);
+    let expired = encode(
+        &Header::default(),
+        &old,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // A refresh token used as an access token.
+    let mut refresh = claims.clone();
+    refresh["typ"] = json!("refresh");
+    let wrong_kind = encode(
+        &Header::default(),
+        &refresh,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    for (name, token, reason) in [
+        ("alg none", none.as_str(), "invalid_token"),
+        ("RS256 confusion", confused.as_str(), "invalid_token"),
+        ("wrong secret", wrong.as_str(), "invalid_token"),
+        ("expired", expired.as_str(), "token_expired"),
+        ("refresh as access", wrong_kind.as_str(), "invalid_token"),
+        ("garbage", "a.b.c", "invalid_token"),
+    ] {
+        let (s, b) = get_with_bearer(&http, &server, token).await;
+        assert_eq!(
+            (s, b["details"]["reason"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some(reason)),
+            "{name}: {b}"
+        );
+    }
+    // The genuine article works, to show the refusals are not blanket.
+    let good = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        get_with_bearer(&http, &server, &good).await.0,
+        StatusCode::OK
+    );
+}
