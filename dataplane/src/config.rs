@@ -116,6 +116,10 @@ pub struct RawConfig {
     /// MaxMind-format country database for country restrictions.
     #[arg(long, global = true, env = "GEOIP_DB_PATH")]
     pub geoip_db_path: Option<String>,
+    /// A header carrying the client's ISO country, believed only from a
+    /// trusted proxy (e.g. CF-IPCountry).
+    #[arg(long, global = true, env = "GEOIP_COUNTRY_HEADER")]
+    pub geoip_country_header: Option<String>,
     /// Comma-separated IPs/CIDRs whose X-Forwarded-For is believed.
     #[arg(long, global = true, env = "TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
@@ -285,6 +289,7 @@ pub struct Config {
     pub conflict: ConflictConfig,
     pub geoip_db_path: Option<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
+    pub geoip_country_header: Option<String>,
     pub bootstrap: Option<Bootstrap>,
     pub store_name: String,
     pub pod_name: String,
@@ -721,6 +726,9 @@ impl Config {
             conflict,
             geoip_db_path,
             trusted_proxies,
+            geoip_country_header: var!(raw, geoip_country_header, "GEOIP_COUNTRY_HEADER")
+                .value()
+                .map(|h| h.to_ascii_lowercase()),
             bootstrap,
             store_name,
             pod_name,

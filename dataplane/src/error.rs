@@ -21,6 +21,11 @@ pub enum ApiError {
     Unauthorized { reason: &'static str },
     #[error("this credential may not {action}")]
     Forbidden { action: &'static str },
+    #[error("this API key may not be used from {what}")]
+    Restricted {
+        code: &'static str,
+        what: &'static str,
+    },
     #[error("this API key has been deactivated")]
     KeyInactive,
     #[error("this API key has expired")]
@@ -69,6 +74,7 @@ impl ApiError {
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::KeyInactive => "KEY_INACTIVE",
+            Self::Restricted { code, .. } => code,
             Self::KeyExpired => "KEY_EXPIRED",
             Self::NotFound { .. } | Self::RouteNotFound { .. } => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -89,7 +95,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } | Self::KeyInactive | Self::KeyExpired => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. }
+            | Self::KeyInactive
+            | Self::KeyExpired
+            | Self::Restricted { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::VersionConflict { .. } => StatusCode::CONFLICT,

@@ -54,6 +54,18 @@ enum KeysCommand {
         /// Lifetime in days (default API_KEY_EXPIRATION_DAYS; 0 = never).
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// Allowed client IPs or CIDRs (repeat or comma-separate).
+        #[arg(long = "ip", value_delimiter = ',')]
+        ips: Vec<String>,
+        /// Allowed ISO 3166 country codes.
+        #[arg(long = "country", value_delimiter = ',')]
+        countries: Vec<String>,
+        /// Allowed Origin/Referer hosts; `*.example.com` for subdomains.
+        #[arg(long = "domain", value_delimiter = ',')]
+        domains: Vec<String>,
+        /// Allowed User-Agent regexes (repeat the flag; not comma-separated).
+        #[arg(long = "user-agent")]
+        user_agents: Vec<String>,
     },
     /// Deactivate a key by id.
     Revoke {
@@ -119,6 +131,10 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             read_only,
             scopes,
             expires_in_days,
+            ips,
+            countries,
+            domains,
+            user_agents,
         } => {
             if let Err(e) = validate_user_id(&user) {
                 return fail("--user", e);
@@ -141,7 +157,14 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
                 user_id: user.clone(),
                 scopes,
                 expires_at,
+                ip_restrictions: ips,
+                country_restrictions: countries,
+                domain_restrictions: domains,
+                user_agent_patterns: user_agents,
             };
+            if let Err(e) = new.restrictions() {
+                return fail("restrictions", e);
+            }
             let keys = syncstore::auth::KeyStore::new(db.clone());
             match keys.create(&new, &config.api_keys.token_prefix).await {
                 Ok((record, key)) => {

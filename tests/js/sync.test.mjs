@@ -15,6 +15,8 @@ before(async () => {
     REDIS_URL: redis.url,
     JWT_SECRET: 'js-test-access-secret-0123456789abcdef',
     JWT_REFRESH_SECRET: 'js-test-refresh-secret-0123456789abcdef',
+    TRUSTED_PROXIES: '127.0.0.1/32',
+    GEOIP_COUNTRY_HEADER: 'X-Country',
   };
   a = await Server.start({ ...env, POD_NAME: 'pod-a' });
   b = await Server.start({ ...env, POD_NAME: 'pod-b' });
@@ -284,4 +286,21 @@ test('a user token (auth.token) connects as its user and nobody else', async () 
   d.close();
   assert.equal((await refusal(a.url, { query: { userId: uid('other'), instanceId: 'x' }, auth: { token: accessToken } })).code, 'FORBIDDEN');
   assert.equal((await refusal(a.url, { query: { userId: user, instanceId: 'x' }, auth: { token: 'not.a.token' } })).code, 'UNAUTHORIZED');
+});
+
+test('API key restrictions apply to the Socket.IO handshake too', async () => {
+  const user = uid('u');
+  const cases = [
+    [['--ip', '203.0.113.0/24'], { 'X-Forwarded-For': '203.0.113.9' }, { 'X-Forwarded-For': '198.51.100.1' }, 'IP_NOT_ALLOWED'],
+    [['--country', 'SE'], { 'X-Country': 'SE' }, { 'X-Country': 'GB' }, 'COUNTRY_NOT_ALLOWED'],
+    [['--domain', '*.example.com'], { Origin: 'https://app.example.com' }, { Origin: 'https://evil.test' }, 'DOMAIN_NOT_ALLOWED'],
+    [['--user-agent', '^MyApp/'], { 'User-Agent': 'MyApp/1' }, { 'User-Agent': 'curl/8' }, 'USER_AGENT_NOT_ALLOWED'],
+  ];
+  for (const [flags, allowed, denied, code] of cases) {
+    const key = a.createKey(user, flags);
+    const ok = await new Device(b.url, { userId: user, instanceId: 'r', apiKey: key, options: { extraHeaders: allowed } }).ready();
+    ok.close();
+    const refused = await refusal(b.url, { query: { userId: user, instanceId: 'r' }, auth: { apiKey: key }, extraHeaders: denied });
+    assert.equal(refused.code, code, JSON.stringify(flags));
+  }
 });

@@ -26,6 +26,8 @@ pub struct ApiKey {
     pub can_read: bool,
     pub can_write: bool,
     pub scopes: Vec<Scope>,
+    /// Compiled once, when the key is loaded (and then cached with it).
+    pub restrictions: Arc<super::restrictions::Restrictions>,
 }
 
 impl ApiKey {
@@ -42,12 +44,30 @@ impl ApiKey {
 }
 
 /// What `keys create` (or the bootstrap) asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewKey {
     pub name: String,
     pub user_id: String,
     pub scopes: Vec<Scope>,
     pub expires_at: Option<i64>,
+    pub ip_restrictions: Vec<String>,
+    pub country_restrictions: Vec<String>,
+    pub domain_restrictions: Vec<String>,
+    pub user_agent_patterns: Vec<String>,
+}
+
+impl NewKey {
+    /// The restrictions compiled, which also validates them.
+    pub fn restrictions(&self) -> Result<super::restrictions::Restrictions, String> {
+        let json =
+            |l: &Vec<String>| (!l.is_empty()).then(|| serde_json::to_string(l).unwrap_or_default());
+        super::restrictions::Restrictions::parse(
+            json(&self.ip_restrictions).as_deref(),
+            json(&self.country_restrictions).as_deref(),
+            json(&self.domain_restrictions).as_deref(),
+            json(&self.user_agent_patterns).as_deref(),
+        )
+    }
 }
 
 /// A fresh random key with the configured prefix.
@@ -127,7 +147,7 @@ impl KeyStore {
             name: "bootstrap".into(),
             user_id: user_id.into(),
             scopes: Scope::ALL.to_vec(),
-            expires_at: None,
+            ..NewKey::default()
         };
         crate::storage::keys::insert(&self.db, &new, &hash, &hint(key)).await?;
         Ok(true)
@@ -175,6 +195,7 @@ mod tests {
             can_read: true,
             can_write: false,
             scopes: vec![Scope::Read, Scope::Write],
+            restrictions: Default::default(),
         };
         assert!(key.allows(Scope::Read) && !key.allows(Scope::Write));
         key.scopes = vec![Scope::Admin];

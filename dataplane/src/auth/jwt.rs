@@ -193,6 +193,7 @@ impl Tokens {
             can_read: true,
             can_write: true,
             scopes: c.scope,
+            restrictions: Default::default(),
         };
         Ok(Principal {
             user_id: c.sub,

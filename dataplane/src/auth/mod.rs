@@ -3,6 +3,7 @@
 mod api_key;
 mod jwt;
 mod principal;
+pub mod restrictions;
 
 pub use api_key::{generate_key, hash_key, ApiKey, KeyStore, NewKey};
 pub use jwt::{Issued, Tokens};

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 
-use super::{ApiKey, KeyStore, Scope, Tokens};
+use super::{
+    restrictions::{caller_from, Caller},
+    ApiKey, KeyStore, Scope, Tokens,
+};
 use crate::{app::AppState, error::ApiError, storage::now_ms};
 
 /// The caller: the user it acts as, and the key that vouched for it.
@@ -34,15 +37,39 @@ pub struct Authenticator {
     keys: KeyStore,
     api_keys_enabled: bool,
     tokens: Option<Tokens>,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    country_header: Option<String>,
 }
 
 impl Authenticator {
-    pub fn new(keys: KeyStore, api_keys_enabled: bool, tokens: Option<Tokens>) -> Self {
+    pub fn new(
+        keys: KeyStore,
+        api_keys_enabled: bool,
+        tokens: Option<Tokens>,
+        trusted_proxies: Vec<ipnet::IpNet>,
+        country_header: Option<String>,
+    ) -> Self {
         Self {
             keys,
             api_keys_enabled,
             tokens,
+            trusted_proxies: Arc::new(trusted_proxies),
+            country_header,
         }
+    }
+
+    /// What is known about a caller from its headers and peer address.
+    pub fn caller(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Caller {
+        caller_from(
+            headers,
+            peer,
+            &self.trusted_proxies,
+            self.country_header.as_deref(),
+        )
     }
 
     /// The token service, or TOKENS_DISABLED when `JWT_SECRET` is unset.
@@ -59,8 +86,13 @@ impl Authenticator {
         &self.keys
     }
 
-    /// Authenticates a presented API key.
-    pub async fn api_key(&self, presented: Option<&str>) -> Result<Principal, ApiError> {
+    /// Authenticates a presented API key and applies its restrictions to
+    /// the caller: the one check REST and Socket.IO share.
+    pub async fn api_key(
+        &self,
+        presented: Option<&str>,
+        caller: &Caller,
+    ) -> Result<Principal, ApiError> {
         let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
             return Err(ApiError::Unauthorized {
                 reason: "missing_credentials",
@@ -88,6 +120,10 @@ impl Authenticator {
         }
         if key.expires_at.is_some_and(|t| t <= now_ms()) {
             return Err(ApiError::KeyExpired);
+        }
+        if let Err(denied) = key.restrictions.check(caller) {
+            tracing::info!(key_id = %key.id, code = denied.code(), ip = ?caller.ip, "API key restriction denied");
+            return Err(denied);
         }
         Ok(Principal {
             user_id: key.user_id.clone(),
@@ -120,6 +156,11 @@ impl FromRequestParts<AppState> for Principal {
             .headers
             .get("x-api-key")
             .map(|v| v.to_str().unwrap_or_default());
-        state.auth.api_key(presented).await
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let caller = state.auth.caller(&parts.headers, peer);
+        state.auth.api_key(presented, &caller).await
     }
 }

@@ -96,7 +96,15 @@ async fn identify(
         .or_else(|| query_param(query, "apiKey"));
     let principal = match auth_field(auth, "token") {
         Some(token) if api_key.is_none() => app.auth.bearer(token)?,
-        _ => app.auth.api_key(api_key.as_deref()).await?,
+        _ => {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            app.auth
+                .api_key(api_key.as_deref(), &app.auth.caller(&parts.headers, peer))
+                .await?
+        }
     };
     principal.require(Scope::Read)?;
     let user_id = query_param(query, "userId")

@@ -3,7 +3,14 @@
 use sqlx::any::AnyRow;
 
 use super::{now_ms, Db, RowExt};
-use crate::auth::{ApiKey, NewKey, Scope};
+use std::sync::Arc;
+
+use crate::auth::{restrictions::Restrictions, ApiKey, NewKey, Scope};
+
+/// A restriction list as stored: a JSON array, or NULL when empty.
+fn json_list(list: &[String]) -> Option<String> {
+    (!list.is_empty()).then(|| serde_json::to_string(list).unwrap_or_else(|_| "[]".into()))
+}
 
 fn key_from_row(row: &AnyRow) -> Result<ApiKey, sqlx::Error> {
     let scopes = row
@@ -19,12 +26,22 @@ fn key_from_row(row: &AnyRow) -> Result<ApiKey, sqlx::Error> {
         can_read: row.bool_at(6)?,
         can_write: row.bool_at(7)?,
         scopes: scopes.map_err(|e| sqlx::Error::Decode(e.into()))?,
+        restrictions: Arc::new(
+            Restrictions::parse(
+                row.opt_str(9)?.as_deref(),
+                row.opt_str(10)?.as_deref(),
+                row.opt_str(11)?.as_deref(),
+                row.opt_str(12)?.as_deref(),
+            )
+            .map_err(|e| sqlx::Error::Decode(e.into()))?,
+        ),
     })
 }
 
 pub async fn find_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
     let row = sqlx::query(&db.sql(
-        "SELECT id, name, key_hash, user_id, is_active, expires_at, can_read, can_write, scopes \
+        "SELECT id, name, key_hash, user_id, is_active, expires_at, can_read, can_write, scopes, \
+         ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns \
          FROM api_keys WHERE key_hash = ?",
     ))
     .bind(hash)
@@ -49,11 +66,16 @@ pub async fn insert(db: &Db, new: &NewKey, hash: &str, hint: &str) -> Result<Api
         can_read: has(Scope::Read),
         can_write: has(Scope::Write),
         scopes: new.scopes.clone(),
+        restrictions: Arc::new(
+            new.restrictions()
+                .map_err(|e| sqlx::Error::Decode(e.into()))?,
+        ),
     };
     sqlx::query(&db.sql(
         "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, is_active, expires_at, can_read, can_write, \
-         scopes, usage_today, usage_this_month, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+         scopes, ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
+         usage_today, usage_this_month, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
     ))
     .bind(key.id.as_str())
     .bind(key.name.as_str())
@@ -65,6 +87,10 @@ pub async fn insert(db: &Db, new: &NewKey, hash: &str, hint: &str) -> Result<Api
     .bind(key.can_read)
     .bind(key.can_write)
     .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
+    .bind(json_list(&new.ip_restrictions))
+    .bind(json_list(&new.country_restrictions))
+    .bind(json_list(&new.domain_restrictions))
+    .bind(json_list(&new.user_agent_patterns))
     .bind(now)
     .bind(now)
     .execute(db.pool())

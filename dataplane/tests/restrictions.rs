@@ -1,0 +1,182 @@
+//! API key restrictions over REST, each allowed and denied.
+
+mod common;
+
+use common::Server;
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+/// (name, key, request headers, expected (status, code)).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    (StatusCode, String),
+);
+
+async fn status(
+    http: &Client,
+    server: &Server,
+    key: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut req = http
+        .get(server.url("/api/v1/sync-storage/keys"))
+        .header("X-API-Key", key);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let s = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (s, body["code"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn every_restriction_allows_and_denies_with_its_own_code() {
+    let server = Server::start(&[
+        ("TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("GEOIP_COUNTRY_HEADER", "X-Country"),
+    ])
+    .await;
+    let http = Client::new();
+    let ip_key = server.create_key("r", &["--ip", "203.0.113.0/24,2001:db8::/32"]);
+    let country_key = server.create_key("r", &["--country", "GB,SE"]);
+    let domain_key = server.create_key("r", &["--domain", "*.example.com,example.org"]);
+    let ua_key = server.create_key("r", &["--user-agent", "^MyApp/[0-9]"]);
+    let ok = (StatusCode::OK, String::new());
+    let denied = |code: &str| (StatusCode::FORBIDDEN, code.to_string());
+    let cases: Vec<Case> = vec![
+        (
+            "ip v4 in range",
+            &ip_key,
+            vec![("X-Forwarded-For", "203.0.113.7")],
+            ok.clone(),
+        ),
+        (
+            "ip v6 in range",
+            &ip_key,
+            vec![("X-Forwarded-For", "2001:db8::1")],
+            ok.clone(),
+        ),
+        (
+            "ip out of range",
+            &ip_key,
+            vec![("X-Forwarded-For", "198.51.100.1")],
+            denied("IP_NOT_ALLOWED"),
+        ),
+        ("ip unknown", &ip_key, vec![], denied("IP_NOT_ALLOWED")),
+        (
+            "country allowed",
+            &country_key,
+            vec![("X-Country", "gb")],
+            ok.clone(),
+        ),
+        (
+            "country denied",
+            &country_key,
+            vec![("X-Country", "FR")],
+            denied("COUNTRY_NOT_ALLOWED"),
+        ),
+        (
+            "country unknown",
+            &country_key,
+            vec![],
+            denied("COUNTRY_NOT_ALLOWED"),
+        ),
+        (
+            "subdomain origin",
+            &domain_key,
+            vec![("Origin", "https://app.example.com")],
+            ok.clone(),
+        ),
+        (
+            "exact referer",
+            &domain_key,
+            vec![("Referer", "https://example.org/page")],
+            ok.clone(),
+        ),
+        (
+            "bare domain is not a subdomain",
+            &domain_key,
+            vec![("Origin", "https://example.com")],
+            denied("DOMAIN_NOT_ALLOWED"),
+        ),
+        (
+            "lookalike domain",
+            &domain_key,
+            vec![("Origin", "https://badexample.com")],
+            denied("DOMAIN_NOT_ALLOWED"),
+        ),
+        (
+            "no origin",
+            &domain_key,
+            vec![],
+            denied("DOMAIN_NOT_ALLOWED"),
+        ),
+        (
+            "user agent matches",
+            &ua_key,
+            vec![("User-Agent", "MyApp/3 (Android)")],
+            ok.clone(),
+        ),
+        (
+            "user agent does not",
+            &ua_key,
+            vec![("User-Agent", "curl/8")],
+            denied("USER_AGENT_NOT_ALLOWED"),
+        ),
+    ];
+    for (name, key, headers, want) in cases {
+        assert_eq!(status(&http, &server, key, &headers).await, want, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_untrusted_peers_are_ignored() {
+    let server = Server::start(&[("GEOIP_COUNTRY_HEADER", "X-Country")]).await;
+    let http = Client::new();
+    let ip_key = server.create_key("r", &["--ip", "203.0.113.0/24"]);
+    let country_key = server.create_key("r", &["--country", "GB"]);
+    assert_eq!(
+        status(
+            &http,
+            &server,
+            &ip_key,
+            &[("X-Forwarded-For", "203.0.113.7")]
+        )
+        .await
+        .1,
+        "IP_NOT_ALLOWED"
+    );
+    assert_eq!(
+        status(&http, &server, &country_key, &[("X-Country", "GB")])
+            .await
+            .1,
+        "COUNTRY_NOT_ALLOWED"
+    );
+    let loopback = server.create_key("r", &["--ip", "127.0.0.0/8"]);
+    assert_eq!(
+        status(&http, &server, &loopback, &[]).await.0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn invalid_restrictions_are_refused_when_the_key_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--ip", "10.0.0.0/33"],
+        ["--country", "GBR"],
+        ["--user-agent", "("],
+    ] {
+        let out = std::process::Command::new(common::binary())
+            .env_clear()
+            .env("SYNCSTORE_DATA_DIR", dir.path())
+            .args(["keys", "create", "--name", "n", "--user", "u"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+}
