@@ -405,7 +405,8 @@ async fn api_keys_are_stored_hashed_and_found(backend: &str) {
         name: "ci".into(),
         user_id: user.clone(),
         scopes: vec![Scope::Read],
-        expires_at: None,
+        ip_restrictions: vec!["10.0.0.0/8".into()],
+        ..NewKey::default()
     };
     let (record, key) = keys.create(&new, "sk_test_").await.unwrap();
     assert!(key.starts_with("sk_test_"));
@@ -414,6 +415,18 @@ async fn api_keys_are_stored_hashed_and_found(backend: &str) {
     assert_eq!(found.user_id, user);
     assert!(found.allows(Scope::Read) && !found.allows(Scope::Write));
     assert!(found.is_active && found.can_read && !found.can_write);
+    // Restrictions round-trip through the table, compiled.
+    let inside = syncstore::auth::restrictions::Caller {
+        ip: "10.1.1.1".parse().ok(),
+        ..Default::default()
+    };
+    let outside = syncstore::auth::restrictions::Caller {
+        ip: "11.1.1.1".parse().ok(),
+        ..Default::default()
+    };
+    assert!(
+        found.restrictions.check(&inside).is_ok() && found.restrictions.check(&outside).is_err()
+    );
     assert!(keys.find("sk_test_nope").await.unwrap().is_none());
     // Only the hash is stored.
     let q = db.sql("SELECT COUNT(*) FROM api_keys WHERE key_hash = ? OR key_hint = ?");
