@@ -545,6 +545,13 @@ async fn request_ids_are_echoed_and_logged() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-test-4242");
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(r.headers()[name], value, "{name}");
+    }
     let r = api
         .http
         .get(api.server.url("/health"))
