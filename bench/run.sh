@@ -103,7 +103,7 @@ run_backend() { # name, env...
   local port=3100
   make_keys "$@"
   write_scripts
-  env "$@" PORT=$port LOG_LEVEL=warn DB_CONNECTION_LIMIT="${DB_CONNECTION_LIMIT:-16}" "$BIN" serve & pids+=($!)
+  env "$@" PORT=$port LOG_LEVEL=warn RATE_LIMIT_MAX_REQUESTS=1000000000 DB_CONNECTION_LIMIT="${DB_CONNECTION_LIMIT:-16}" "$BIN" serve & pids+=($!)
   wait_up "http://127.0.0.1:$port/health"
   wrk -t1 -c8 -d"${SEED_DURATION:-8s}" -s "$work/seed.lua" "http://127.0.0.1:$port" >/dev/null
   echo "| $name PUT 1 KB (64 users × 100 keys) | $(measure "http://127.0.0.1:$port" "$work/put.lua") |"

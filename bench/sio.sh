@@ -32,7 +32,7 @@ wait_up() { for _ in $(seq 200); do curl -fs "$1/health" >/dev/null 2>&1 && retu
 
 start() { # port pod [env...]
   local port=$1 pod=$2; shift 2
-  env "$@" PORT="$port" POD_NAME="$pod" BOOTSTRAP_API_KEY=$KEY LOG_LEVEL=warn DATABASE_URL="$PG_URL" \
+  env "$@" PORT="$port" POD_NAME="$pod" BOOTSTRAP_API_KEY=$KEY LOG_LEVEL=warn RATE_LIMIT_MAX_REQUESTS=1000000000 DATABASE_URL="$PG_URL" \
     DB_CONNECTION_LIMIT=16 "$BIN" serve & pids+=($!)
   wait_up "http://127.0.0.1:$port"
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    auth::{Authenticator, KeyStore, Tokens},
+    auth::{limiter::Limiter, Authenticator, KeyStore, Tokens},
     config::Config,
     conflict,
     error::ApiError,
@@ -28,6 +28,7 @@ pub struct AppState {
     pub sync: SyncService,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
+    pub limiter: Limiter,
     /// This pod's connected devices.
     pub hub: Arc<Hub>,
     shutting_down: Arc<AtomicBool>,
@@ -89,6 +90,15 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
     };
     let tokens = Tokens::new(&config.jwt, db.clone());
+    let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
+    let limiter = match &config.redis_url {
+        Some(url) => {
+            let conn =
+                redis::aio::ConnectionManager::new(redis::Client::open(url.expose())?).await?;
+            Limiter::redis(conn, &config.store_name, window, max, metrics.clone())
+        }
+        None => Limiter::local(window, max, metrics.clone()),
+    };
     Ok(AppState {
         sync: SyncService::new(
             db,
@@ -105,6 +115,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             config.geoip_country_header.clone(),
         ),
         metrics,
+        limiter,
         hub,
         config: Arc::new(config),
         shutting_down: Arc::new(AtomicBool::new(false)),

@@ -61,6 +61,11 @@ pub enum ApiError {
         "user tokens are not configured on this server (set JWT_SECRET and JWT_REFRESH_SECRET)"
     )]
     TokensDisabled,
+    #[error("too many requests; retry in {} s", info.reset_secs)]
+    RateLimited {
+        quota: bool,
+        info: crate::auth::limiter::RateInfo,
+    },
     #[error("the database is unavailable")]
     ServiceUnavailable,
     #[error("internal error")]
@@ -88,6 +93,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::TokensDisabled => "TOKENS_DISABLED",
+            Self::RateLimited { quota: true, .. } => "QUOTA_EXCEEDED",
+            Self::RateLimited { quota: false, .. } => "RATE_LIMITED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -110,6 +117,7 @@ impl ApiError {
             | Self::InvalidQuery(_)
             | Self::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
             Self::ServiceUnavailable | Self::TokensDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -131,6 +139,9 @@ impl ApiError {
                 json!({ "wouldUse": would_use, "limit": limit })
             }
             Self::PayloadTooLarge { limit } => json!({ "limit": limit }),
+            Self::RateLimited { info, .. } => {
+                json!({ "limit": info.limit, "resetSeconds": info.reset_secs })
+            }
             _ => Value::Null,
         }
     }
@@ -174,6 +185,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::RateLimited { info, .. } = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(info.reset_secs.max(1)),
+            );
+            crate::http::rate_headers(response.headers_mut(), info);
         }
         response
     }

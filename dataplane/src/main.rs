@@ -66,6 +66,15 @@ enum KeysCommand {
         /// Allowed User-Agent regexes (repeat the flag; not comma-separated).
         #[arg(long = "user-agent")]
         user_agents: Vec<String>,
+        /// Requests allowed per minute (the seed's quotaPerMinute).
+        #[arg(long)]
+        quota_per_minute: Option<u32>,
+        #[arg(long)]
+        quota_per_hour: Option<u32>,
+        #[arg(long)]
+        quota_per_day: Option<u32>,
+        #[arg(long)]
+        quota_per_month: Option<u32>,
     },
     /// Deactivate a key by id.
     Revoke {
@@ -135,6 +144,10 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             countries,
             domains,
             user_agents,
+            quota_per_minute,
+            quota_per_hour,
+            quota_per_day,
+            quota_per_month,
         } => {
             if let Err(e) = validate_user_id(&user) {
                 return fail("--user", e);
@@ -161,6 +174,13 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
                 country_restrictions: countries,
                 domain_restrictions: domains,
                 user_agent_patterns: user_agents,
+                quotas: [
+                    quota_per_minute,
+                    quota_per_hour,
+                    quota_per_day,
+                    quota_per_month,
+                ]
+                .map(|q| q.map(i64::from)),
             };
             if let Err(e) = new.restrictions() {
                 return fail("restrictions", e);

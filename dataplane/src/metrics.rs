@@ -30,6 +30,8 @@ pub struct Metrics {
     pub catchups: IntCounterVec,
     pub conflations: IntCounter,
     pub conflicts: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_errors: IntCounter,
 }
 
 /// Registers a collector and hands it back, so construction reads as a list.
@@ -164,6 +166,20 @@ impl Metrics {
                         "Concurrent writes by strategy and outcome",
                     ),
                     &["strategy", "outcome"],
+                )?,
+            )?,
+            rate_limited: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("rate_limited_total", "Requests refused by a limit, by code"),
+                    &["code"],
+                )?,
+            )?,
+            rate_limit_errors: reg(
+                &r,
+                IntCounter::new(
+                    "rate_limit_errors_total",
+                    "Limit checks that could not reach Redis (allowed)",
                 )?,
             )?,
             registry: r,

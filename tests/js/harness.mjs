@@ -81,7 +81,14 @@ export class Server {
   async launch() {
     const log = openSync(join(this.dir, 'server.log'), 'a');
     this.proc = spawn(BIN, ['serve'], {
-      env: { PATH: process.env.PATH, PORT: String(this.port), SYNCSTORE_DATA_DIR: this.dir, LOG_LEVEL: 'warn', ...this.env },
+      env: {
+        PATH: process.env.PATH,
+        PORT: String(this.port),
+        SYNCSTORE_DATA_DIR: this.dir,
+        LOG_LEVEL: 'warn',
+        RATE_LIMIT_MAX_REQUESTS: '1000000',
+        ...this.env,
+      },
       stdio: ['ignore', 'ignore', log],
     });
     this.exited = new Promise((r) => this.proc.on('exit', r));

@@ -28,6 +28,8 @@ pub struct ApiKey {
     pub scopes: Vec<Scope>,
     /// Compiled once, when the key is loaded (and then cached with it).
     pub restrictions: Arc<super::restrictions::Restrictions>,
+    /// The seed's quotaPerMinute, quotaPerHour, quotaPerDay, quotaPerMonth.
+    pub quotas: [Option<i64>; 4],
 }
 
 impl ApiKey {
@@ -54,6 +56,8 @@ pub struct NewKey {
     pub country_restrictions: Vec<String>,
     pub domain_restrictions: Vec<String>,
     pub user_agent_patterns: Vec<String>,
+    /// Per minute, hour, day and month.
+    pub quotas: [Option<i64>; 4],
 }
 
 impl NewKey {
@@ -196,6 +200,7 @@ mod tests {
             can_write: false,
             scopes: vec![Scope::Read, Scope::Write],
             restrictions: Default::default(),
+            quotas: [None; 4],
         };
         assert!(key.allows(Scope::Read) && !key.allows(Scope::Write));
         key.scopes = vec![Scope::Admin];

@@ -194,6 +194,7 @@ impl Tokens {
             can_write: true,
             scopes: c.scope,
             restrictions: Default::default(),
+            quotas: [None; 4],
         };
         Ok(Principal {
             user_id: c.sub,

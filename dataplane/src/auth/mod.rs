@@ -2,6 +2,7 @@
 
 mod api_key;
 mod jwt;
+pub mod limiter;
 mod principal;
 pub mod restrictions;
 

@@ -150,7 +150,8 @@ impl FromRequestParts<AppState> for Principal {
                 .ok_or(ApiError::Unauthorized {
                     reason: "invalid_authorization_header",
                 })?;
-            return state.auth.bearer(token);
+            let principal = state.auth.bearer(token)?;
+            return admit(parts, state, principal).await;
         }
         let presented = parts
             .headers
@@ -161,6 +162,21 @@ impl FromRequestParts<AppState> for Principal {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         let caller = state.auth.caller(&parts.headers, peer);
-        state.auth.api_key(presented, &caller).await
+        let principal = state.auth.api_key(presented, &caller).await?;
+        admit(parts, state, principal).await
     }
+}
+
+/// Counts the request against the caller's limits and leaves its standing
+/// for the response headers.
+async fn admit(
+    parts: &Parts,
+    state: &AppState,
+    principal: Principal,
+) -> Result<Principal, ApiError> {
+    let info = state.limiter.admit(&principal).await?;
+    if let Some(slot) = parts.extensions.get::<crate::http::RateSlot>() {
+        slot.set(info);
+    }
+    Ok(principal)
 }

@@ -8,9 +8,12 @@ mod items;
 mod ops;
 mod sessions;
 
-use std::time::Instant;
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Method, Uri},
@@ -28,6 +31,7 @@ use tower_http::{
 
 use crate::{
     app::AppState,
+    auth::limiter::RateInfo,
     config::{CorsConfig, CorsOrigins},
     error::ApiError,
 };
@@ -97,6 +101,24 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Where the principal extractor leaves the caller's rate-limit standing,
+/// for `track` to turn into X-RateLimit-* headers on the response.
+#[derive(Clone, Default)]
+pub struct RateSlot(Arc<Mutex<Option<RateInfo>>>);
+
+impl RateSlot {
+    pub fn set(&self, info: RateInfo) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+    }
+}
+
+/// The X-RateLimit-* headers for `info`.
+pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(info.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(info.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(info.reset_secs));
+}
+
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
         method: method.to_string(),
@@ -110,14 +132,21 @@ async fn method_not_allowed() -> ApiError {
 
 /// Counts and times every request by its route template (never the raw
 /// path, which would make one time series per key).
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let slot = RateSlot::default();
+    req.extensions_mut().insert(slot.clone());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
     let started = Instant::now();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    if let Some(info) = slot.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if !response.headers().contains_key("x-ratelimit-limit") {
+            rate_headers(response.headers_mut(), info);
+        }
+    }
     let status = response.status();
     state
         .metrics

@@ -117,6 +117,7 @@ async fn set(
     WantsAck(wants): WantsAck,
 ) {
     let result = async {
+        app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Write)?;
         let request = payload(data)?;
         let key = request
@@ -148,6 +149,7 @@ async fn remove(
     WantsAck(wants): WantsAck,
 ) {
     let result = async {
+        app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Write)?;
         let KeyPayload { key } = payload(data)?;
         let d = &session.device;
@@ -168,6 +170,7 @@ async fn get(
     WantsAck(wants): WantsAck,
 ) {
     let result = async {
+        app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Read)?;
         let KeyPayload { key } = payload(data)?;
         match app.sync.get(&session.device.user_id, &key).await {
@@ -189,6 +192,7 @@ async fn get_all(
     WantsAck(wants): WantsAck,
 ) {
     let result = async {
+        app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Read)?;
         let prefix = payload(data)?
             .unwrap_or_default()
@@ -208,7 +212,10 @@ async fn subscribe(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
-    let result = change_subscriptions(&session, data, Subscriptions::subscribe);
+    let result = match app.limiter.admit(&session.device.principal).await {
+        Ok(_) => change_subscriptions(&session, data, Subscriptions::subscribe),
+        Err(e) => Err(e),
+    };
     reply(&s, ack, wants, "sync:subscribe", &app, result);
 }
 
@@ -220,7 +227,10 @@ async fn unsubscribe(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
-    let result = change_subscriptions(&session, data, Subscriptions::unsubscribe);
+    let result = match app.limiter.admit(&session.device.principal).await {
+        Ok(_) => change_subscriptions(&session, data, Subscriptions::unsubscribe),
+        Err(e) => Err(e),
+    };
     reply(&s, ack, wants, "sync:unsubscribe", &app, result);
 }
 
@@ -250,6 +260,7 @@ async fn ack_cursor(
     WantsAck(wants): WantsAck,
 ) {
     let result = async {
+        app.limiter.admit(&session.device.principal).await?;
         let AckPayload { seq } = payload(data)?;
         if seq < 0 {
             return Err(ApiError::InvalidBody("seq must not be negative".into()));

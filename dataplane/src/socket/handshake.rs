@@ -107,6 +107,7 @@ async fn identify(
         }
     };
     principal.require(Scope::Read)?;
+    app.limiter.admit(&principal).await?;
     let user_id = query_param(query, "userId")
         .ok_or_else(|| ApiError::InvalidHandshake("query.userId is required".into()))?;
     let instance_id = query_param(query, "instanceId")

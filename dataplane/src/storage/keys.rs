@@ -35,13 +35,20 @@ fn key_from_row(row: &AnyRow) -> Result<ApiKey, sqlx::Error> {
             )
             .map_err(|e| sqlx::Error::Decode(e.into()))?,
         ),
+        quotas: [
+            row.opt_i64(13)?,
+            row.opt_i64(14)?,
+            row.opt_i64(15)?,
+            row.opt_i64(16)?,
+        ],
     })
 }
 
 pub async fn find_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
     let row = sqlx::query(&db.sql(
         "SELECT id, name, key_hash, user_id, is_active, expires_at, can_read, can_write, scopes, \
-         ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns \
+         ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
+         quota_per_minute, quota_per_hour, quota_per_day, quota_per_month \
          FROM api_keys WHERE key_hash = ?",
     ))
     .bind(hash)
@@ -70,12 +77,14 @@ pub async fn insert(db: &Db, new: &NewKey, hash: &str, hint: &str) -> Result<Api
             new.restrictions()
                 .map_err(|e| sqlx::Error::Decode(e.into()))?,
         ),
+        quotas: new.quotas,
     };
     sqlx::query(&db.sql(
         "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, is_active, expires_at, can_read, can_write, \
          scopes, ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
+         quota_per_minute, quota_per_hour, quota_per_day, quota_per_month, \
          usage_today, usage_this_month, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
     ))
     .bind(key.id.as_str())
     .bind(key.name.as_str())
@@ -91,6 +100,10 @@ pub async fn insert(db: &Db, new: &NewKey, hash: &str, hint: &str) -> Result<Api
     .bind(json_list(&new.country_restrictions))
     .bind(json_list(&new.domain_restrictions))
     .bind(json_list(&new.user_agent_patterns))
+    .bind(new.quotas[0])
+    .bind(new.quotas[1])
+    .bind(new.quotas[2])
+    .bind(new.quotas[3])
     .bind(now)
     .bind(now)
     .execute(db.pool())

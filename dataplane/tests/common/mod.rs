@@ -97,6 +97,8 @@ impl Server {
             .env("PORT", port.to_string())
             .env("SYNCSTORE_DATA_DIR", data_dir.path())
             .env("LOG_LEVEL", "warn")
+            // Tests make many requests per user; the limit tests set their own.
+            .env("RATE_LIMIT_MAX_REQUESTS", "1000000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data_dir.path().join("server.log")).expect("log file"));

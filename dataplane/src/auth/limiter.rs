@@ -1,0 +1,234 @@
+//! Rate limits and quotas: fixed windows counted in Redis (one atomic script
+//! per request, shared by every pod) or in-process without Redis.
+//!
+//! Each request counts against the global `RATE_LIMIT_MAX_REQUESTS` per
+//! `RATE_LIMIT_WINDOW_MS` window, once for its key and once for its user,
+//! and against the key's own per-minute/hour/day/month quotas. Windows are
+//! aligned to the epoch, so every pod agrees on where one starts.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::Principal;
+use crate::{error::ApiError, metrics::Metrics, storage::now_ms};
+
+/// Which kind of limit a counter enforces (it decides the error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Rate,
+    Quota,
+}
+
+/// One counter to bump for a request.
+#[derive(Debug, Clone)]
+struct Counter {
+    id: String,
+    max: u64,
+    window_ms: u64,
+    kind: Kind,
+}
+
+/// The outcome for the tightest counter, for the X-RateLimit-* headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+}
+
+/// Windows of the four key quotas, in the order of `ApiKey::quotas`.
+const QUOTA_WINDOWS_MS: [u64; 4] = [60_000, 3_600_000, 86_400_000, 30 * 86_400_000];
+
+const SCRIPT: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, ARGV[i]) end
+  out[i] = n
+end
+return out
+"#;
+
+enum Store {
+    Local(Mutex<HashMap<String, u64>>),
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        script: redis::Script,
+    },
+}
+
+#[derive(Clone)]
+pub struct Limiter {
+    store: Arc<Store>,
+    prefix: String,
+    window: Duration,
+    max_requests: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Limiter {
+    pub fn local(window: Duration, max_requests: u64, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store: Arc::new(Store::Local(Mutex::new(HashMap::new()))),
+            prefix: String::new(),
+            window,
+            max_requests,
+            metrics,
+        }
+    }
+
+    pub fn redis(
+        conn: redis::aio::ConnectionManager,
+        store: &str,
+        window: Duration,
+        max_requests: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store: Arc::new(Store::Redis {
+                conn,
+                script: redis::Script::new(SCRIPT),
+            }),
+            prefix: format!("ss:{store}:rl:"),
+            window,
+            max_requests,
+            metrics,
+        }
+    }
+
+    fn counters(&self, who: &Principal, now: u64) -> Vec<Counter> {
+        let window_ms = u64::try_from(self.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut counters = vec![
+            Counter {
+                id: format!("k:{}", who.key.id),
+                max: self.max_requests,
+                window_ms,
+                kind: Kind::Rate,
+            },
+            Counter {
+                id: format!("u:{}", who.user_id),
+                max: self.max_requests,
+                window_ms,
+                kind: Kind::Rate,
+            },
+        ];
+        for (i, quota) in who.key.quotas.iter().enumerate() {
+            if let Some(max) = quota.and_then(|q| u64::try_from(q).ok()) {
+                counters.push(Counter {
+                    id: format!("q{i}:{}", who.key.id),
+                    max,
+                    window_ms: QUOTA_WINDOWS_MS[i],
+                    kind: Kind::Quota,
+                });
+            }
+        }
+        for c in &mut counters {
+            let start = now - now % c.window_ms;
+            c.id = format!("{}{}:{start}", self.prefix, c.id);
+        }
+        counters
+    }
+
+    /// Counts one request of `who`; refuses it when any limit is spent.
+    pub async fn admit(&self, who: &Principal) -> Result<RateInfo, ApiError> {
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let counters = self.counters(who, now);
+        let counts = match self.count(&counters).await {
+            Some(c) => c,
+            // Fail open: an unreachable Redis must not take the API down.
+            None => {
+                return Ok(RateInfo {
+                    limit: self.max_requests,
+                    remaining: self.max_requests,
+                    reset_secs: 0,
+                })
+            }
+        };
+        let mut tightest: Option<(RateInfo, Kind, bool)> = None;
+        for (c, n) in counters.iter().zip(counts) {
+            let reset_secs = (c.window_ms - now % c.window_ms).div_ceil(1000);
+            let info = RateInfo {
+                limit: c.max,
+                remaining: c.max.saturating_sub(n),
+                reset_secs,
+            };
+            let exceeded = n > c.max;
+            let tighter = match &tightest {
+                None => true,
+                Some((t, _, t_exceeded)) => {
+                    (exceeded && !t_exceeded)
+                        || (exceeded == *t_exceeded && info.remaining < t.remaining)
+                }
+            };
+            if tighter {
+                tightest = Some((info, c.kind, exceeded));
+            }
+        }
+        match tightest {
+            Some((info, kind, true)) => {
+                let code = if kind == Kind::Quota {
+                    "QUOTA_EXCEEDED"
+                } else {
+                    "RATE_LIMITED"
+                };
+                self.metrics.rate_limited.with_label_values(&[code]).inc();
+                Err(ApiError::RateLimited {
+                    quota: kind == Kind::Quota,
+                    info,
+                })
+            }
+            Some((info, _, false)) => Ok(info),
+            None => Ok(RateInfo {
+                limit: self.max_requests,
+                remaining: self.max_requests,
+                reset_secs: 0,
+            }),
+        }
+    }
+
+    async fn count(&self, counters: &[Counter]) -> Option<Vec<u64>> {
+        match self.store.as_ref() {
+            Store::Local(map) => {
+                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                if map.len() > 100_000 {
+                    // Old windows are never read again; drop them all now
+                    // and then rather than tracking expiry per counter.
+                    let live: std::collections::HashSet<&str> =
+                        counters.iter().map(|c| c.id.as_str()).collect();
+                    map.retain(|k, _| live.contains(k.as_str()));
+                }
+                Some(
+                    counters
+                        .iter()
+                        .map(|c| {
+                            let n = map.entry(c.id.clone()).or_insert(0);
+                            *n += 1;
+                            *n
+                        })
+                        .collect(),
+                )
+            }
+            Store::Redis { conn, script } => {
+                let mut invocation = script.prepare_invoke();
+                for c in counters {
+                    invocation.key(&c.id).arg(c.window_ms);
+                }
+                let mut conn = conn.clone();
+                match invocation.invoke_async::<Vec<u64>>(&mut conn).await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rate limiter cannot reach Redis; allowing");
+                        self.metrics.rate_limit_errors.inc();
+                        None
+                    }
+                }
+            }
+        }
+    }
+}

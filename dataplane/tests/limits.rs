@@ -1,0 +1,118 @@
+//! Rate limits and quotas: 429 with its code and headers, and a quota held
+//! exactly across two processes sharing Redis.
+
+mod common;
+
+use common::{unique_user, Server};
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+/// A private redis-server for this test binary.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Redis {
+        let port = common::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Redis(child, port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn get(http: &Client, server: &Server, key: &str) -> reqwest::Response {
+    http.get(server.url("/api/v1/sync-storage/keys"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_key_quota_holds_exactly_across_two_processes_sharing_redis() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let pg = common::postgres_url();
+    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url.as_str())];
+    let a = Server::start(&env).await;
+    let b = Server::start(&env).await;
+    let key = common::create_key(
+        a.data_dir.path(),
+        &env,
+        &unique_user("quota"),
+        &["--quota-per-hour", "7"],
+    );
+    let http = Client::new();
+    let mut ok = 0;
+    for i in 0..7 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let r = get(&http, server, &key).await;
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            (6 - i).to_string().as_str()
+        );
+        ok += 1;
+    }
+    assert_eq!(ok, 7);
+    for server in [&a, &b] {
+        let r = get(&http, server, &key).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(r.headers()["x-ratelimit-limit"], "7");
+        assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "QUOTA_EXCEEDED");
+    }
+}
+
+#[tokio::test]
+async fn the_global_rate_limit_counts_per_key_and_per_user_in_process() {
+    let server = Server::start(&[
+        ("RATE_LIMIT_MAX_REQUESTS", "3"),
+        ("RATE_LIMIT_WINDOW_MS", "3600000"),
+    ])
+    .await;
+    let http = Client::new();
+    let user = unique_user("rl");
+    let k1 = server.create_key(&user, &[]);
+    let k2 = server.create_key(&user, &[]);
+    for _ in 0..3 {
+        assert_eq!(get(&http, &server, &k1).await.status(), StatusCode::OK);
+    }
+    let r = get(&http, &server, &k1).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "RATE_LIMITED");
+    // Another key of the same user: the user's own counter is spent too.
+    assert_eq!(
+        get(&http, &server, &k2).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another user is unaffected.
+    let other = server.create_key(&unique_user("rl2"), &[]);
+    assert_eq!(get(&http, &server, &other).await.status(), StatusCode::OK);
+}
