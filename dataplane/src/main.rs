@@ -25,6 +25,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at startup; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve REST on PORT (the embedded SQLite store unless DATABASE_URL is set).
     Serve,
