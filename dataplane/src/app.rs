@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    audit::Auditor,
     auth::{limiter::Limiter, Authenticator, KeyStore, Tokens},
     config::Config,
     conflict,
@@ -29,6 +30,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     pub limiter: Limiter,
+    pub audit: Auditor,
     /// This pod's connected devices.
     pub hub: Arc<Hub>,
     shutting_down: Arc<AtomicBool>,
@@ -89,6 +91,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         ),
         None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
     };
+    let audit = Auditor::start(db.clone(), metrics.clone());
     let tokens = Tokens::new(&config.jwt, db.clone());
     let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
     let limiter = match &config.redis_url {
@@ -106,14 +109,17 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             metrics.clone(),
             bus,
             conflict::Settings::from_config(&config.conflict).map_err(StartError::Resolver)?,
-        ),
+        )
+        .with_audit(audit.clone()),
         auth: Authenticator::new(
             keys,
             config.api_keys.enabled,
             tokens,
             config.trusted_proxies.clone(),
             config.geoip_country_header.clone(),
-        ),
+        )
+        .with_audit(audit.clone()),
+        audit,
         metrics,
         limiter,
         hub,

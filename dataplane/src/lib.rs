@@ -5,6 +5,7 @@
 //! integration tests can reach the same pieces.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod conflict;

@@ -190,11 +190,12 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             let keys = syncstore::auth::KeyStore::new(db.clone());
             match keys.create(&new, &config.api_keys.token_prefix).await {
                 Ok((record, key)) => {
-                    let entry = storage::audit::AuditEntry {
-                        actor: "cli",
+                    let entry = syncstore::audit::Entry {
+                        actor: "cli".into(),
+                        key_id: Some(record.id.clone()),
                         action: "api_key.create",
-                        target: Some(&record.id),
-                        result: "ok",
+                        target: Some(record.id.clone()),
+                        result: "ok".into(),
                         details: Some(serde_json::json!({ "name": name, "userId": user })),
                         ..Default::default()
                     };
@@ -216,11 +217,12 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
         }
         KeysCommand::Revoke { id } => match storage::keys::set_active(&db, &id, false).await {
             Ok(true) => {
-                let entry = storage::audit::AuditEntry {
-                    actor: "cli",
+                let entry = syncstore::audit::Entry {
+                    actor: "cli".into(),
+                    key_id: Some(id.clone()),
                     action: "api_key.revoke",
-                    target: Some(&id),
-                    result: "ok",
+                    target: Some(id.clone()),
+                    result: "ok".into(),
                     ..Default::default()
                 };
                 if let Err(e) = storage::audit::record(&db, &entry).await {

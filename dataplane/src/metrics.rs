@@ -32,6 +32,7 @@ pub struct Metrics {
     pub conflicts: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_errors: IntCounter,
+    pub audit_dropped: IntCounter,
 }
 
 /// Registers a collector and hands it back, so construction reads as a list.
@@ -181,6 +182,10 @@ impl Metrics {
                     "rate_limit_errors_total",
                     "Limit checks that could not reach Redis (allowed)",
                 )?,
+            )?,
+            audit_dropped: reg(
+                &r,
+                IntCounter::new("audit_dropped_total", "Audit entries dropped (queue full)")?,
             )?,
             registry: r,
         })

@@ -230,11 +230,12 @@ impl Tokens {
         }
         if !refresh_tokens::mark_used(&self.db, &claims.jti, now_ms()).await? {
             refresh_tokens::revoke_family(&self.db, &row.family_id, now_ms()).await?;
-            let entry = audit::AuditEntry {
-                actor: &row.user_id,
+            let entry = crate::audit::Entry {
+                actor: row.user_id.clone(),
+                key_id: Some(row.issued_by.clone()),
                 action: "token.reuse_detected",
-                target: Some(&row.family_id),
-                result: "family_revoked",
+                target: Some(row.family_id.clone()),
+                result: "family_revoked".into(),
                 ..Default::default()
             };
             if let Err(e) = audit::record(&self.db, &entry).await {

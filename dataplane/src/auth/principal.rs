@@ -39,6 +39,7 @@ pub struct Authenticator {
     tokens: Option<Tokens>,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     country_header: Option<String>,
+    audit: Option<crate::audit::Auditor>,
 }
 
 impl Authenticator {
@@ -55,6 +56,7 @@ impl Authenticator {
             tokens,
             trusted_proxies: Arc::new(trusted_proxies),
             country_header,
+            audit: None,
         }
     }
 
@@ -93,42 +95,73 @@ impl Authenticator {
         presented: Option<&str>,
         caller: &Caller,
     ) -> Result<Principal, ApiError> {
+        let result = self.check_api_key(presented, caller).await;
+        if let Err((e, key_id)) = &result {
+            self.refused(e, key_id.as_deref(), caller);
+        }
+        result.map_err(|(e, _)| e)
+    }
+
+    /// The checks, in order; a refusal carries the key id once it is known.
+    async fn check_api_key(
+        &self,
+        presented: Option<&str>,
+        caller: &Caller,
+    ) -> Result<Principal, (ApiError, Option<String>)> {
+        let unknown = |reason| (ApiError::Unauthorized { reason }, None);
         let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
-            return Err(ApiError::Unauthorized {
-                reason: "missing_credentials",
-            });
+            return Err(unknown("missing_credentials"));
         };
         if !self.api_keys_enabled {
-            return Err(ApiError::Unauthorized {
-                reason: "api_keys_disabled",
-            });
+            return Err(unknown("api_keys_disabled"));
         }
         if presented.len() > 512 {
-            return Err(ApiError::Unauthorized {
-                reason: "unknown_key",
-            });
+            return Err(unknown("unknown_key"));
         }
         let key = self
             .keys
             .find(presented)
-            .await?
-            .ok_or(ApiError::Unauthorized {
-                reason: "unknown_key",
-            })?;
+            .await
+            .map_err(|e| (e, None))?
+            .ok_or_else(|| unknown("unknown_key"))?;
+        let denied = |e: ApiError| (e, Some(key.id.clone()));
         if !key.is_active {
-            return Err(ApiError::KeyInactive);
+            return Err(denied(ApiError::KeyInactive));
         }
         if key.expires_at.is_some_and(|t| t <= now_ms()) {
-            return Err(ApiError::KeyExpired);
+            return Err(denied(ApiError::KeyExpired));
         }
-        if let Err(denied) = key.restrictions.check(caller) {
-            tracing::info!(key_id = %key.id, code = denied.code(), ip = ?caller.ip, "API key restriction denied");
-            return Err(denied);
+        if let Err(e) = key.restrictions.check(caller) {
+            tracing::info!(key_id = %key.id, code = e.code(), ip = ?caller.ip, "API key restriction denied");
+            return Err(denied(e));
         }
         Ok(Principal {
             user_id: key.user_id.clone(),
             key,
         })
+    }
+
+    /// Audits a refused credential (never the credential itself).
+    fn refused(&self, error: &ApiError, key_id: Option<&str>, caller: &Caller) {
+        if matches!(error, ApiError::ServiceUnavailable | ApiError::Internal(_)) {
+            return;
+        }
+        if let Some(audit) = &self.audit {
+            audit.record(crate::audit::Entry {
+                actor: "anonymous".into(),
+                key_id: key_id.map(str::to_owned),
+                action: "auth.denied",
+                ip: caller.ip.map(|ip| ip.to_string()),
+                result: error.code().into(),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Records authentication failures and restriction denials.
+    pub fn with_audit(mut self, audit: crate::audit::Auditor) -> Self {
+        self.audit = Some(audit);
+        self
     }
 }
 

@@ -7,9 +7,9 @@ use serde_json::{json, Value};
 use super::extract::JsonBody;
 use crate::{
     app::AppState,
+    audit::Entry,
     auth::{Issued, Principal, Scope},
     error::ApiError,
-    storage::audit,
     sync::validate_user_id,
 };
 
@@ -46,16 +46,14 @@ pub async fn token(
         .tokens()?
         .issue(&body.user_id, &scopes, &who.key.id)
         .await?;
-    let entry = audit::AuditEntry {
-        actor: &who.key.id,
+    state.audit.record(Entry {
+        actor: who.user_id.clone(),
+        key_id: Some(who.key.id.clone()),
         action: "token.issue",
-        target: Some(&body.user_id),
-        result: "ok",
+        target: Some(body.user_id.clone()),
+        result: "ok".into(),
         ..Default::default()
-    };
-    if let Err(e) = audit::record(state.sync.db(), &entry).await {
-        tracing::warn!(error = %e, "audit entry not written");
-    }
+    });
     Ok(Json(issued))
 }
 

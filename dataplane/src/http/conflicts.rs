@@ -219,6 +219,15 @@ pub async fn resolve(
         now_ms(),
     )
     .await?;
+    state.audit.record(crate::audit::Entry {
+        actor: who.user_id.clone(),
+        key_id: Some(who.key.id.clone()),
+        action: "conflict.resolve",
+        target: Some(id.clone()),
+        result: strategy.as_str().into(),
+        details: Some(json!({ "key": conflict.key, "seq": reply.item.seq })),
+        ..Default::default()
+    });
     Ok(Json(
         json!({ "status": "resolved", "conflictId": id, "item": reply.item }),
     ))

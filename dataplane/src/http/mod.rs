@@ -1,6 +1,7 @@
 //! The REST router. A URL's handler lives in the file named for its area:
 //! `/api/v1/sync-storage/*` in `items.rs`, `/health|/ready|/metrics` in `ops.rs`.
 
+mod audit;
 mod auth;
 mod conflicts;
 pub mod extract;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sync-storage/keys", get(items::list_keys))
         .route("/sync-storage/clear", delete(items::clear))
         .route("/sync-storage/sessions", get(sessions::list))
+        .route("/audit", get(audit::list))
         .route("/auth/token", axum::routing::post(auth::token))
         .route("/auth/refresh", axum::routing::post(auth::refresh))
         .route("/auth/logout", axum::routing::post(auth::logout))

@@ -21,6 +21,7 @@ pub use plan::{Assist, Command, SetStatus};
 use serde::Serialize;
 
 use crate::{
+    audit::Auditor,
     config::Limits,
     conflict::{self, resolver::Resolver, Policy},
     error::ApiError,
@@ -87,6 +88,7 @@ pub struct SyncService {
     policy: Policy,
     resolver: Option<Resolver>,
     history_versions: i64,
+    audit: Option<Auditor>,
 }
 
 fn no_row() -> ApiError {
@@ -113,7 +115,14 @@ impl SyncService {
             policy: conflicts.policy,
             resolver: conflicts.resolver,
             history_versions: conflicts.history_versions,
+            audit: None,
         }
+    }
+
+    /// Records every committed write in the audit trail.
+    pub fn with_audit(mut self, audit: Auditor) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     pub fn bus(&self) -> &Arc<dyn Bus> {
@@ -240,6 +249,22 @@ impl SyncService {
                 self.metrics.items_removed.inc();
             } else {
                 self.metrics.items_written.inc();
+            }
+            if let Some(audit) = &self.audit {
+                audit.record(crate::audit::Entry {
+                    actor: user_id.clone(),
+                    action: if item.is_deleted {
+                        "item.remove"
+                    } else {
+                        "item.set"
+                    },
+                    target: Some(item.key.clone()),
+                    result: "ok".into(),
+                    details: Some(
+                        serde_json::json!({ "seq": item.seq, "instanceId": item.instance_id }),
+                    ),
+                    ..Default::default()
+                });
             }
         }
         self.bus.publish(Envelope {

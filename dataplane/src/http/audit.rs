@@ -1,0 +1,58 @@
+//! `GET /api/v1/audit`: the audit trail, newest first, for admin keys.
+
+use axum::{
+    extract::{Query, State},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    app::AppState,
+    auth::{Principal, Scope},
+    error::ApiError,
+    storage::audit,
+};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    /// The acting user.
+    user_id: Option<String>,
+    key_id: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    /// Unix milliseconds, inclusive.
+    from: Option<i64>,
+    to: Option<i64>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(p): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Scope::Admin)?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidQuery("limit is 1 to 1000".into()));
+    }
+    let filter = audit::Filter {
+        actor: p.user_id.as_deref(),
+        key_id: p.key_id.as_deref(),
+        action: p.action.as_deref(),
+        target: p.target.as_deref(),
+        from: p.from,
+        to: p.to,
+        before: p.cursor.as_deref(),
+        limit,
+    };
+    let entries = audit::query(state.sync.db(), &filter).await?;
+    let next = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "entries": entries, "nextCursor": next })))
+}
