@@ -59,6 +59,9 @@ pub struct RawConfig {
     /// Default lifetime of new keys in days (0 = never expires).
     #[arg(long, global = true, env = "API_KEY_EXPIRATION_DAYS")]
     pub api_key_expiration_days: Option<String>,
+    /// Seconds a rotated API key keeps working beside its replacement.
+    #[arg(long, global = true, env = "API_KEY_ROTATION_GRACE_SECONDS")]
+    pub api_key_rotation_grace_seconds: Option<String>,
     /// Rate-limit window in milliseconds.
     #[arg(long, global = true, env = "RATE_LIMIT_WINDOW_MS")]
     pub rate_limit_window_ms: Option<String>,
@@ -207,6 +210,7 @@ pub struct ApiKeyConfig {
     pub default_scopes: Vec<Scope>,
     /// `None` means new keys never expire.
     pub expiration_days: Option<u32>,
+    pub rotation_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -481,6 +485,14 @@ impl Config {
             token_prefix,
             default_scopes,
             expiration_days: (expiration_days > 0).then_some(expiration_days),
+            rotation_grace: Duration::from_secs(
+                var!(
+                    raw,
+                    api_key_rotation_grace_seconds,
+                    "API_KEY_ROTATION_GRACE_SECONDS"
+                )
+                .int(86_400u64, 0, 90 * 86_400, "seconds")?,
+            ),
         };
 
         let rate_limit = RateLimitConfig {

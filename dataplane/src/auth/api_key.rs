@@ -129,6 +129,12 @@ impl KeyStore {
         Ok(record.filter(|k| bool::from(k.key_hash.as_bytes().ct_eq(hash.as_bytes()))))
     }
 
+    /// Forgets a cached lookup (after a key changed), on this pod at once;
+    /// other pods notice within [`CACHE_TTL`].
+    pub fn forget(&self, key_hash: &str) {
+        self.cache.invalidate(key_hash);
+    }
+
     /// Stores a new key and returns it in clear text: the only time it exists.
     pub async fn create(&self, new: &NewKey, prefix: &str) -> Result<(ApiKey, String), ApiError> {
         let key = generate_key(prefix);

@@ -6,6 +6,7 @@ mod auth;
 mod conflicts;
 pub mod extract;
 mod items;
+mod keys;
 mod ops;
 mod sessions;
 
@@ -57,6 +58,12 @@ pub fn router(state: AppState) -> Router {
         .route("/sync-storage/clear", delete(items::clear))
         .route("/sync-storage/sessions", get(sessions::list))
         .route("/audit", get(audit::list))
+        .route("/api-keys", get(keys::list).post(keys::create))
+        .route(
+            "/api-keys/{id}",
+            get(keys::get).patch(keys::patch).delete(keys::delete),
+        )
+        .route("/api-keys/{id}/rotate", axum::routing::post(keys::rotate))
         .route("/auth/token", axum::routing::post(auth::token))
         .route("/auth/refresh", axum::routing::post(auth::refresh))
         .route("/auth/logout", axum::routing::post(auth::logout))

@@ -122,3 +122,136 @@ pub async fn set_active(db: &Db, id: &str, active: bool) -> Result<bool, sqlx::E
             .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// A key as the management API shows it: the seed's ApiKey fields.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    pub key_hint: String,
+    pub is_active: bool,
+    pub expires_at: Option<i64>,
+    pub can_read: bool,
+    pub can_write: bool,
+    pub scopes: Vec<Scope>,
+    pub ip_restrictions: Vec<String>,
+    pub country_restrictions: Vec<String>,
+    pub domain_restrictions: Vec<String>,
+    pub user_agent_patterns: Vec<String>,
+    pub quota_per_minute: Option<i64>,
+    pub quota_per_hour: Option<i64>,
+    pub quota_per_day: Option<i64>,
+    pub quota_per_month: Option<i64>,
+    pub usage_today: i64,
+    pub usage_this_month: i64,
+    pub last_used_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(skip)]
+    pub key_hash: String,
+}
+
+const VIEW_COLUMNS: &str = "id, name, user_id, key_hint, is_active, expires_at, can_read, can_write, scopes, \
+     ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, quota_per_minute, \
+     quota_per_hour, quota_per_day, quota_per_month, usage_today, usage_this_month, last_used_at, created_at, \
+     updated_at, key_hash";
+
+fn strings(text: Option<String>) -> Result<Vec<String>, sqlx::Error> {
+    text.map_or(Ok(Vec::new()), |t| {
+        serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    })
+}
+
+fn view_from_row(r: &AnyRow) -> Result<KeyView, sqlx::Error> {
+    Ok(KeyView {
+        id: r.str_at(0)?,
+        name: r.str_at(1)?,
+        user_id: r.str_at(2)?,
+        key_hint: r.str_at(3)?,
+        is_active: r.bool_at(4)?,
+        expires_at: r.opt_i64(5)?,
+        can_read: r.bool_at(6)?,
+        can_write: r.bool_at(7)?,
+        scopes: r
+            .opt_str(8)?
+            .map_or(Ok(Vec::new()), |s| Scope::parse_list(&s))
+            .map_err(|e| sqlx::Error::Decode(e.into()))?,
+        ip_restrictions: strings(r.opt_str(9)?)?,
+        country_restrictions: strings(r.opt_str(10)?)?,
+        domain_restrictions: strings(r.opt_str(11)?)?,
+        user_agent_patterns: strings(r.opt_str(12)?)?,
+        quota_per_minute: r.opt_i64(13)?,
+        quota_per_hour: r.opt_i64(14)?,
+        quota_per_day: r.opt_i64(15)?,
+        quota_per_month: r.opt_i64(16)?,
+        usage_today: r.i64_at(17)?,
+        usage_this_month: r.i64_at(18)?,
+        last_used_at: r.opt_i64(19)?,
+        created_at: r.i64_at(20)?,
+        updated_at: r.i64_at(21)?,
+        key_hash: r.str_at(22)?,
+    })
+}
+
+/// Keys of one user, or of everyone (`None`, for admins), newest first.
+pub async fn list(db: &Db, user: Option<&str>) -> Result<Vec<KeyView>, sqlx::Error> {
+    let q = format!("SELECT {VIEW_COLUMNS} FROM api_keys WHERE (? IS NULL OR user_id = ?) ORDER BY created_at DESC, id DESC");
+    let rows = sqlx::query(&db.sql(&q))
+        .bind(user)
+        .bind(user)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(view_from_row).collect()
+}
+
+/// One key, if it belongs to `user` (`None`: any user).
+pub async fn get(db: &Db, id: &str, user: Option<&str>) -> Result<Option<KeyView>, sqlx::Error> {
+    let q =
+        format!("SELECT {VIEW_COLUMNS} FROM api_keys WHERE id = ? AND (? IS NULL OR user_id = ?)");
+    let row = sqlx::query(&db.sql(&q))
+        .bind(id)
+        .bind(user)
+        .bind(user)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(view_from_row).transpose()
+}
+
+/// Stores every mutable field of `v`.
+pub async fn update(db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
+    let scopes: Vec<&str> = v.scopes.iter().map(|s| s.as_str()).collect();
+    sqlx::query(&db.sql(
+        "UPDATE api_keys SET name = ?, is_active = ?, expires_at = ?, can_read = ?, can_write = ?, scopes = ?, \
+         ip_restrictions = ?, country_restrictions = ?, domain_restrictions = ?, user_agent_patterns = ?, \
+         quota_per_minute = ?, quota_per_hour = ?, quota_per_day = ?, quota_per_month = ?, updated_at = ? WHERE id = ?",
+    ))
+    .bind(v.name.as_str())
+    .bind(v.is_active)
+    .bind(v.expires_at)
+    .bind(v.can_read)
+    .bind(v.can_write)
+    .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
+    .bind(json_list(&v.ip_restrictions))
+    .bind(json_list(&v.country_restrictions))
+    .bind(json_list(&v.domain_restrictions))
+    .bind(json_list(&v.user_agent_patterns))
+    .bind(v.quota_per_minute)
+    .bind(v.quota_per_hour)
+    .bind(v.quota_per_day)
+    .bind(v.quota_per_month)
+    .bind(now_ms())
+    .bind(v.id.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub async fn delete(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(&db.sql("DELETE FROM api_keys WHERE id = ?"))
+        .bind(id)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}

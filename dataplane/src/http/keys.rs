@@ -1,0 +1,309 @@
+//! `/api/v1/api-keys`: key management for keys with `keys:manage`. Such a
+//! key manages its own user's keys; an admin key manages everyone's.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::JsonBody;
+use crate::{
+    app::AppState,
+    audit::Entry,
+    auth::{restrictions::Restrictions, NewKey, Principal, Scope},
+    error::ApiError,
+    storage::{keys, keys::KeyView, now_ms},
+    sync::validate_user_id,
+};
+
+fn owner_scope(who: &Principal) -> Option<&str> {
+    (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
+}
+
+/// The body of create and patch, in the seed's field names. On a patch an
+/// absent field is left alone; `null` clears a nullable one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyFields {
+    name: Option<String>,
+    user_id: Option<String>,
+    is_active: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<i64>>,
+    can_read: Option<bool>,
+    can_write: Option<bool>,
+    scopes: Option<Vec<Scope>>,
+    ip_restrictions: Option<Vec<String>>,
+    country_restrictions: Option<Vec<String>>,
+    domain_restrictions: Option<Vec<String>>,
+    user_agent_patterns: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    quota_per_minute: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    quota_per_hour: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    quota_per_day: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    quota_per_month: Option<Option<i64>>,
+}
+
+/// Absent stays `None`; `null` becomes `Some(None)`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl KeyFields {
+    /// Applies the fields to `v`, then checks the result as a whole.
+    fn apply(self, v: &mut KeyView) -> Result<(), ApiError> {
+        let bad = ApiError::InvalidBody;
+        if let Some(name) = self.name {
+            if name.is_empty() || name.len() > 255 {
+                return Err(bad("name is 1 to 255 bytes".into()));
+            }
+            v.name = name;
+        }
+        if let Some(a) = self.is_active {
+            v.is_active = a;
+        }
+        if let Some(e) = self.expires_at {
+            v.expires_at = e;
+        }
+        if let Some(r) = self.can_read {
+            v.can_read = r;
+        }
+        if let Some(w) = self.can_write {
+            v.can_write = w;
+        }
+        if let Some(s) = self.scopes {
+            v.scopes = s;
+        }
+        if let Some(l) = self.ip_restrictions {
+            v.ip_restrictions = l;
+        }
+        if let Some(l) = self.country_restrictions {
+            v.country_restrictions = l;
+        }
+        if let Some(l) = self.domain_restrictions {
+            v.domain_restrictions = l;
+        }
+        if let Some(l) = self.user_agent_patterns {
+            v.user_agent_patterns = l;
+        }
+        for (slot, value) in [
+            (&mut v.quota_per_minute, self.quota_per_minute),
+            (&mut v.quota_per_hour, self.quota_per_hour),
+            (&mut v.quota_per_day, self.quota_per_day),
+            (&mut v.quota_per_month, self.quota_per_month),
+        ] {
+            if let Some(q) = value {
+                if q.is_some_and(|q| q < 0) {
+                    return Err(bad("quotas must not be negative".into()));
+                }
+                *slot = q;
+            }
+        }
+        let json =
+            |l: &Vec<String>| (!l.is_empty()).then(|| serde_json::to_string(l).unwrap_or_default());
+        Restrictions::parse(
+            json(&v.ip_restrictions).as_deref(),
+            json(&v.country_restrictions).as_deref(),
+            json(&v.domain_restrictions).as_deref(),
+            json(&v.user_agent_patterns).as_deref(),
+        )
+        .map_err(bad)?;
+        Ok(())
+    }
+}
+
+fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
+    state.audit.record(Entry {
+        actor: who.user_id.clone(),
+        key_id: Some(who.key.id.clone()),
+        action,
+        target: Some(id.to_string()),
+        result: "ok".into(),
+        ..Default::default()
+    });
+}
+
+async fn load(state: &AppState, who: &Principal, id: &str) -> Result<KeyView, ApiError> {
+    who.require(Scope::KeysManage)?;
+    keys::get(state.sync.db(), id, owner_scope(who))
+        .await?
+        .ok_or(ApiError::NotFound {
+            key: id.to_string(),
+        })
+}
+
+/// `POST /api-keys`: 201 with the key, shown this once, as `key`.
+pub async fn create(
+    State(state): State<AppState>,
+    who: Principal,
+    JsonBody(body): JsonBody<KeyFields>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    who.require(Scope::KeysManage)?;
+    let user_id = body.user_id.clone().unwrap_or_else(|| who.user_id.clone());
+    validate_user_id(&user_id).map_err(ApiError::InvalidBody)?;
+    if user_id != who.user_id && !who.key.allows(Scope::Admin) {
+        return Err(ApiError::Forbidden {
+            action: "manage another user's keys",
+        });
+    }
+    let new = NewKey {
+        name: body.name.clone().unwrap_or_else(|| "api key".into()),
+        user_id,
+        scopes: body
+            .scopes
+            .clone()
+            .unwrap_or_else(|| state.config.api_keys.default_scopes.clone()),
+        expires_at: body.expires_at.flatten().or_else(|| {
+            state
+                .config
+                .api_keys
+                .expiration_days
+                .map(|d| now_ms() + i64::from(d) * 86_400_000)
+        }),
+        ..NewKey::default()
+    };
+    // A key may not grant what its creator cannot do.
+    if new.scopes.iter().any(|s| !who.key.allows(*s)) {
+        return Err(ApiError::Forbidden {
+            action: "grant scopes it does not hold",
+        });
+    }
+    // Restrictions, quotas and flags go through the same path as a patch,
+    // checked before anything is stored.
+    let settings = KeyFields {
+        name: None,
+        user_id: None,
+        scopes: None,
+        expires_at: None,
+        ..body
+    };
+    settings.clone().apply(&mut KeyView::default())?;
+    let (record, key) = state
+        .auth
+        .keys()
+        .create(&new, &state.config.api_keys.token_prefix)
+        .await?;
+    let mut view = keys::get(state.sync.db(), &record.id, None)
+        .await?
+        .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
+    settings.apply(&mut view)?;
+    keys::update(state.sync.db(), &view).await?;
+    audit(&state, &who, "api_key.create", &record.id);
+    let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
+    out["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `GET /api-keys`.
+pub async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    who.require(Scope::KeysManage)?;
+    Ok(Json(keys::list(state.sync.db(), owner_scope(&who)).await?))
+}
+
+/// `GET /api-keys/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    Ok(Json(load(&state, &who, &id).await?))
+}
+
+/// `PATCH /api-keys/{id}`: restrictions, quotas, flags, scopes, expiry.
+pub async fn patch(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<KeyFields>,
+) -> Result<Json<KeyView>, ApiError> {
+    let mut view = load(&state, &who, &id).await?;
+    if body.user_id.is_some() {
+        return Err(ApiError::InvalidBody("userId cannot change".into()));
+    }
+    if body
+        .scopes
+        .as_ref()
+        .is_some_and(|s| s.iter().any(|s| !who.key.allows(*s)))
+    {
+        return Err(ApiError::Forbidden {
+            action: "grant scopes it does not hold",
+        });
+    }
+    body.apply(&mut view)?;
+    keys::update(state.sync.db(), &view).await?;
+    state.auth.keys().forget(&view.key_hash);
+    audit(&state, &who, "api_key.update", &id);
+    Ok(Json(view))
+}
+
+/// `DELETE /api-keys/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let view = load(&state, &who, &id).await?;
+    keys::delete(state.sync.db(), &id).await?;
+    state.auth.keys().forget(&view.key_hash);
+    audit(&state, &who, "api_key.delete", &id);
+    Ok(Json(json!({ "deleted": true, "id": id })))
+}
+
+/// `POST /api-keys/{id}/rotate`: a new key with the same settings; the old
+/// one keeps working for `API_KEY_ROTATION_GRACE_SECONDS`.
+pub async fn rotate(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut old = load(&state, &who, &id).await?;
+    let new = NewKey {
+        name: old.name.clone(),
+        user_id: old.user_id.clone(),
+        scopes: old.scopes.clone(),
+        expires_at: old.expires_at,
+        ..NewKey::default()
+    };
+    let (record, key) = state
+        .auth
+        .keys()
+        .create(&new, &state.config.api_keys.token_prefix)
+        .await?;
+    let fresh = keys::get(state.sync.db(), &record.id, None)
+        .await?
+        .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
+    // The new key takes every setting of the old one, but its own identity.
+    let view = KeyView {
+        id: fresh.id,
+        key_hash: fresh.key_hash,
+        key_hint: fresh.key_hint,
+        created_at: fresh.created_at,
+        updated_at: fresh.updated_at,
+        usage_today: 0,
+        usage_this_month: 0,
+        last_used_at: None,
+        ..old.clone()
+    };
+    keys::update(state.sync.db(), &view).await?;
+    let grace_end = now_ms()
+        + i64::try_from(state.config.api_keys.rotation_grace.as_millis()).unwrap_or(i64::MAX);
+    old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
+    keys::update(state.sync.db(), &old).await?;
+    state.auth.keys().forget(&old.key_hash);
+    audit(&state, &who, "api_key.rotate", &id);
+    let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
+    out["key"] = json!(key);
+    out["previousKeyExpiresAt"] = json!(old.expires_at);
+    Ok((StatusCode::CREATED, Json(out)))
+}
