@@ -141,6 +141,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let sweeper = tokio::spawn(ttl_sweeper(state.clone()));
     let heartbeat = tokio::spawn(socket::heartbeat(state.clone()));
+    let usage = tokio::spawn(
+        state
+            .limiter
+            .usage()
+            .clone()
+            .flush_forever(state.sync.db().clone()),
+    );
     let flag = state.shutting_down.clone();
     let (socket_layer, _io) = socket::layer(state.clone());
     let app = http::router(state.clone()).layer(socket_layer);
@@ -157,6 +164,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     .map_err(StartError::Serve)?;
     sweeper.abort();
     heartbeat.abort();
+    usage.abort();
+    state.limiter.usage().flush(state.sync.db()).await;
     state.sync.db().close().await;
     tracing::info!("syncstore stopped");
     Ok(())

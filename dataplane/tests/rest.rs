@@ -1237,3 +1237,54 @@ async fn keys_are_managed_over_rest_create_list_patch_rotate_delete() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn key_usage_is_flushed_within_seconds() {
+    let admin = "sk_live_admin_for_usage_tests_0123456789ab";
+    let api = Api::start(&[("BOOTSTRAP_API_KEY", admin)]).await;
+    let (_, created) = api
+        .call(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(admin),
+            Some(json!({"name": "counted", "userId": "counted"})),
+        )
+        .await;
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(
+        (
+            created["usageToday"].as_i64(),
+            created["lastUsedAt"].clone()
+        ),
+        (Some(0), Value::Null)
+    );
+    for _ in 0..3 {
+        api.call(Method::GET, "/api/v1/sync-storage/keys", Some(&key), None)
+            .await;
+    }
+    let mut seen = json!(null);
+    for _ in 0..60 {
+        seen = api
+            .call(
+                Method::GET,
+                &format!("/api/v1/api-keys/{id}"),
+                Some(admin),
+                None,
+            )
+            .await
+            .1;
+        if seen["usageToday"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (seen["usageToday"].as_i64(), seen["usageThisMonth"].as_i64()),
+        (Some(3), Some(3)),
+        "{seen}"
+    );
+    assert!(seen["lastUsedAt"].as_i64().is_some());
+}

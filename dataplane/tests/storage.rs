@@ -428,6 +428,27 @@ async fn api_keys_are_stored_hashed_and_found(backend: &str) {
         found.restrictions.check(&inside).is_ok() && found.restrictions.check(&outside).is_err()
     );
     assert!(keys.find("sk_test_nope").await.unwrap().is_none());
+    // Usage sums within a day and a month, and starts over after them.
+    use syncstore::storage::keys as key_rows;
+    key_rows::add_usage(&db, &record.id, 2, 1000, 20261124, 202611)
+        .await
+        .unwrap();
+    key_rows::add_usage(&db, &record.id, 3, 2000, 20261124, 202611)
+        .await
+        .unwrap();
+    let v = key_rows::get(&db, &record.id, None).await.unwrap().unwrap();
+    assert_eq!(
+        (v.usage_today, v.usage_this_month, v.last_used_at),
+        (5, 5, Some(2000))
+    );
+    key_rows::add_usage(&db, &record.id, 1, 3000, 20261125, 202611)
+        .await
+        .unwrap();
+    let v = key_rows::get(&db, &record.id, None).await.unwrap().unwrap();
+    assert_eq!(
+        (v.usage_today, v.usage_this_month, v.last_used_at),
+        (1, 6, Some(3000))
+    );
     // Only the hash is stored.
     let q = db.sql("SELECT COUNT(*) FROM api_keys WHERE key_hash = ? OR key_hint = ?");
     let row = sqlx::query(&q)

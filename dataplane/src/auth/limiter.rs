@@ -68,6 +68,7 @@ pub struct Limiter {
     window: Duration,
     max_requests: u64,
     metrics: Arc<Metrics>,
+    usage: super::usage::Usage,
 }
 
 impl Limiter {
@@ -78,6 +79,7 @@ impl Limiter {
             window,
             max_requests,
             metrics,
+            usage: Default::default(),
         }
     }
 
@@ -97,6 +99,7 @@ impl Limiter {
             window,
             max_requests,
             metrics,
+            usage: Default::default(),
         }
     }
 
@@ -135,8 +138,14 @@ impl Limiter {
         counters
     }
 
+    /// The per-key usage counters this limiter feeds.
+    pub fn usage(&self) -> &super::usage::Usage {
+        &self.usage
+    }
+
     /// Counts one request of `who`; refuses it when any limit is spent.
     pub async fn admit(&self, who: &Principal) -> Result<RateInfo, ApiError> {
+        self.usage.add(&who.key.id);
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let counters = self.counters(who, now);
         let counts = match self.count(&counters).await {

@@ -5,6 +5,7 @@ mod jwt;
 pub mod limiter;
 mod principal;
 pub mod restrictions;
+pub mod usage;
 
 pub use api_key::{generate_key, hash_key, ApiKey, KeyStore, NewKey};
 pub use jwt::{Issued, Tokens};

@@ -255,3 +255,36 @@ pub async fn delete(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
         .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// Adds `count` uses at `last_used`, starting the day's and month's counters
+/// over when the stored ones belong to an earlier day or month.
+pub async fn add_usage(
+    db: &Db,
+    id: &str,
+    count: i64,
+    last_used: i64,
+    day: i64,
+    month: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&db.sql(
+        "UPDATE api_keys SET \
+         usage_today = CASE WHEN usage_day = ? THEN usage_today + ? ELSE ? END, usage_day = ?, \
+         usage_this_month = CASE WHEN usage_month = ? THEN usage_this_month + ? ELSE ? END, usage_month = ?, \
+         last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ? THEN ? ELSE last_used_at END \
+         WHERE id = ?",
+    ))
+    .bind(day)
+    .bind(count)
+    .bind(count)
+    .bind(day)
+    .bind(month)
+    .bind(count)
+    .bind(count)
+    .bind(month)
+    .bind(last_used)
+    .bind(last_used)
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
