@@ -24,6 +24,9 @@ for component in rustfmt clippy; do
 done
 
 bash scripts/services.sh
+# The country-restriction tests read MaxMind's test database (from PyPI).
+TEST_GEOIP_DB="$(bash scripts/geoip-testdb.sh)"
+export TEST_GEOIP_DB
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

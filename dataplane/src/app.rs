@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     audit::Auditor,
-    auth::{limiter::Limiter, Authenticator, KeyStore, Tokens},
+    auth::{geoip::GeoIp, limiter::Limiter, Authenticator, KeyStore, Tokens},
     config::Config,
     conflict,
     error::ApiError,
@@ -55,6 +55,8 @@ pub enum StartError {
     Bootstrap(ApiError),
     #[error("cannot build the conflict resolver client: {0}")]
     Resolver(reqwest::Error),
+    #[error("cannot open GEOIP_DB_PATH: {0}")]
+    GeoIp(maxminddb::MaxMindDbError),
     #[error("cannot connect to Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("cannot listen on port {port}: {source}")]
@@ -92,6 +94,12 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
     };
     let audit = Auditor::start(db.clone(), metrics.clone());
+    let geoip = config
+        .geoip_db_path
+        .as_deref()
+        .map(GeoIp::open)
+        .transpose()
+        .map_err(StartError::GeoIp)?;
     let tokens = Tokens::new(&config.jwt, db.clone());
     let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
     let limiter = match &config.redis_url {
@@ -118,7 +126,8 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             config.trusted_proxies.clone(),
             config.geoip_country_header.clone(),
         )
-        .with_audit(audit.clone()),
+        .with_audit(audit.clone())
+        .with_geoip(geoip),
         audit,
         metrics,
         limiter,

@@ -180,3 +180,52 @@ fn invalid_restrictions_are_refused_when_the_key_is_created() {
         assert_eq!(out.status.code(), Some(1), "{args:?}");
     }
 }
+
+#[tokio::test]
+async fn countries_come_from_the_maxmind_database() {
+    let db = std::env::var("TEST_GEOIP_DB")
+        .unwrap_or_else(|_| "/var/cache/syncstore/geoip/GeoLite2-Country-Test.mmdb".into());
+    assert!(
+        std::path::Path::new(&db).is_file(),
+        "{db} missing: scripts/geoip-testdb.sh fetches it"
+    );
+    let server =
+        Server::start(&[("GEOIP_DB_PATH", &db), ("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let http = Client::new();
+    let gb_only = server.create_key("r", &["--country", "GB"]);
+    // 81.2.69.160/27 is GB and 89.160.20.112/28 is SE in the test database.
+    assert_eq!(
+        status(
+            &http,
+            &server,
+            &gb_only,
+            &[("X-Forwarded-For", "81.2.69.161")]
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(
+            &http,
+            &server,
+            &gb_only,
+            &[("X-Forwarded-For", "89.160.20.113")]
+        )
+        .await
+        .1,
+        "COUNTRY_NOT_ALLOWED"
+    );
+    // An address the database does not know is denied.
+    assert_eq!(
+        status(
+            &http,
+            &server,
+            &gb_only,
+            &[("X-Forwarded-For", "192.0.2.1")]
+        )
+        .await
+        .1,
+        "COUNTRY_NOT_ALLOWED"
+    );
+}

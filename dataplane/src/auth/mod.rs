@@ -1,6 +1,7 @@
 //! Who is calling, and what they may do.
 
 mod api_key;
+pub mod geoip;
 mod jwt;
 pub mod limiter;
 mod principal;

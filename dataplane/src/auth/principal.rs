@@ -40,6 +40,7 @@ pub struct Authenticator {
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     country_header: Option<String>,
     audit: Option<crate::audit::Auditor>,
+    geoip: Option<super::geoip::GeoIp>,
 }
 
 impl Authenticator {
@@ -57,7 +58,14 @@ impl Authenticator {
             trusted_proxies: Arc::new(trusted_proxies),
             country_header,
             audit: None,
+            geoip: None,
         }
+    }
+
+    /// Looks countries up in a MaxMind database when no trusted header says.
+    pub fn with_geoip(mut self, geoip: Option<super::geoip::GeoIp>) -> Self {
+        self.geoip = geoip;
+        self
     }
 
     /// What is known about a caller from its headers and peer address.
@@ -66,12 +74,19 @@ impl Authenticator {
         headers: &axum::http::HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> Caller {
-        caller_from(
+        let mut caller = caller_from(
             headers,
             peer,
             &self.trusted_proxies,
             self.country_header.as_deref(),
-        )
+        );
+        if caller.country.is_none() {
+            caller.country = caller
+                .ip
+                .zip(self.geoip.as_ref())
+                .and_then(|(ip, g)| g.country(ip));
+        }
+        caller
     }
 
     /// The token service, or TOKENS_DISABLED when `JWT_SECRET` is unset.
