@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Db, RowExt};
+use super::{raw_json, Db, RowExt};
 use crate::audit::Entry;
 
 const INSERT: &str = "INSERT INTO audit_log (id, ts, actor, key_id, action, target, ip, result, request_id, details) \
@@ -105,10 +105,7 @@ pub async fn query(db: &Db, f: &Filter<'_>) -> Result<Vec<Row>, sqlx::Error> {
                 ip: r.opt_str(6)?,
                 result: r.str_at(7)?,
                 request_id: r.opt_str(8)?,
-                details: r
-                    .opt_str(9)?
-                    .map(|d| RawValue::from_string(d).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-                    .transpose()?,
+                details: raw_json(r.opt_str(9)?)?,
             })
         })
         .collect()

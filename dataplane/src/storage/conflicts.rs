@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::{any::AnyRow, AnyConnection};
 
-use super::{Db, RowExt};
+use super::{raw_json, Db, RowExt};
 use crate::sync::plan::ConflictRecord;
 
 /// A conflict as the endpoints show it.
@@ -40,11 +40,6 @@ const COLUMNS: &str = "id, user_id, item_key, item_id, strategy, outcome, status
      current_version, current_value, current_instance, current_ts, incoming_value, incoming_metadata, \
      incoming_instance, incoming_ts, result_value, result_seq, resolver, resolved_at, created_at";
 
-fn raw(text: Option<String>) -> Result<Option<Box<RawValue>>, sqlx::Error> {
-    text.map(|t| RawValue::from_string(t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-        .transpose()
-}
-
 fn from_row(r: &AnyRow) -> Result<Conflict, sqlx::Error> {
     Ok(Conflict {
         id: r.str_at(0)?,
@@ -55,16 +50,16 @@ fn from_row(r: &AnyRow) -> Result<Conflict, sqlx::Error> {
         outcome: r.str_at(5)?,
         status: r.str_at(6)?,
         base_version: r.opt_i64(7)?,
-        base_value: raw(r.opt_str(8)?)?,
+        base_value: raw_json(r.opt_str(8)?)?,
         current_version: r.i64_at(9)?,
-        current_value: raw(r.opt_str(10)?)?,
+        current_value: raw_json(r.opt_str(10)?)?,
         current_instance: r.str_at(11)?,
         current_timestamp: r.i64_at(12)?,
-        incoming_value: raw(r.opt_str(13)?)?,
-        incoming_metadata: raw(r.opt_str(14)?)?,
+        incoming_value: raw_json(r.opt_str(13)?)?,
+        incoming_metadata: raw_json(r.opt_str(14)?)?,
         incoming_instance: r.str_at(15)?,
         incoming_timestamp: r.i64_at(16)?,
-        result_value: raw(r.opt_str(17)?)?,
+        result_value: raw_json(r.opt_str(17)?)?,
         result_seq: r.opt_i64(18)?,
         resolver: r.opt_str(19)?,
         resolved_at: r.opt_i64(20)?,

@@ -5,7 +5,7 @@
 use serde_json::value::RawValue;
 use sqlx::{any::AnyRow, AnyConnection};
 
-use super::{Db, Dialect, RowExt};
+use super::{raw_json, Db, Dialect, RowExt};
 use crate::sync::Item;
 
 const ITEM_COLUMNS: &str =
@@ -17,11 +17,6 @@ const ITEM_COLUMNS: &str =
 pub struct UserState {
     pub last_seq: i64,
     pub bytes_used: i64,
-}
-
-fn raw_json(text: Option<String>) -> Result<Option<Box<RawValue>>, sqlx::Error> {
-    text.map(|t| RawValue::from_string(t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-        .transpose()
 }
 
 fn item_from_row(row: &AnyRow) -> Result<Item, sqlx::Error> {

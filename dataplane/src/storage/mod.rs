@@ -349,6 +349,16 @@ impl RowExt for AnyRow {
     }
 }
 
+/// Stored JSON text as a raw value, checked but not re-serialised.
+pub(crate) fn raw_json(
+    text: Option<String>,
+) -> Result<Option<Box<serde_json::value::RawValue>>, sqlx::Error> {
+    text.map(|t| {
+        serde_json::value::RawValue::from_string(t).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    })
+    .transpose()
+}
+
 /// The current time as Unix milliseconds, the unit of every stored time.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
