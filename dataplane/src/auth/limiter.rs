@@ -54,7 +54,8 @@ return out
 "#;
 
 enum Store {
-    Local(Mutex<HashMap<String, u64>>),
+    /// Counter id → (count, when its window ends in Unix ms).
+    Local(Mutex<HashMap<String, (u64, u64)>>),
     Redis {
         conn: redis::aio::ConnectionManager,
         script: redis::Script,
@@ -204,19 +205,18 @@ impl Limiter {
     async fn count(&self, counters: &[Counter]) -> Option<Vec<u64>> {
         match self.store.as_ref() {
             Store::Local(map) => {
+                let now = u64::try_from(now_ms()).unwrap_or(0);
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
                 if map.len() > 100_000 {
-                    // Old windows are never read again; drop them all now
-                    // and then rather than tracking expiry per counter.
-                    let live: std::collections::HashSet<&str> =
-                        counters.iter().map(|c| c.id.as_str()).collect();
-                    map.retain(|k, _| live.contains(k.as_str()));
+                    // Windows that have ended are never read again.
+                    map.retain(|_, (_, ends)| *ends > now);
                 }
                 Some(
                     counters
                         .iter()
                         .map(|c| {
-                            let n = map.entry(c.id.clone()).or_insert(0);
+                            let ends = now - now % c.window_ms + c.window_ms;
+                            let (n, _) = map.entry(c.id.clone()).or_insert((0, ends));
                             *n += 1;
                             *n
                         })
@@ -239,5 +239,82 @@ impl Limiter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{ApiKey, Scope};
+
+    fn principal(user: &str, key: &str, quotas: [Option<i64>; 4]) -> Principal {
+        let key = ApiKey {
+            id: key.into(),
+            name: "k".into(),
+            key_hash: String::new(),
+            user_id: user.into(),
+            is_active: true,
+            expires_at: None,
+            can_read: true,
+            can_write: true,
+            scopes: vec![Scope::Read],
+            restrictions: Default::default(),
+            quotas,
+        };
+        Principal {
+            user_id: user.into(),
+            key: Arc::new(key),
+        }
+    }
+
+    fn limiter(max: u64) -> Limiter {
+        Limiter::local(
+            Duration::from_secs(3600),
+            max,
+            Arc::new(Metrics::new().unwrap()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_tightest_limit_decides_and_names_itself() {
+        let l = limiter(3);
+        let p = principal("u", "k", [None, Some(2), None, None]);
+        let first = l.admit(&p).await.unwrap();
+        assert_eq!(
+            (first.limit, first.remaining),
+            (2, 1),
+            "the hourly quota of 2 is tighter than 3"
+        );
+        l.admit(&p).await.unwrap();
+        match l.admit(&p).await {
+            Err(ApiError::RateLimited { quota: true, info }) => {
+                assert_eq!((info.limit, info.remaining), (2, 0))
+            }
+            other => panic!("expected QUOTA_EXCEEDED, got {other:?}"),
+        }
+        // The user counter is spent too (3 counted), whatever key comes next.
+        match l.admit(&principal("u", "other-key", [None; 4])).await {
+            Err(ApiError::RateLimited { quota: false, .. }) => {}
+            other => panic!("expected RATE_LIMITED, got {other:?}"),
+        }
+        assert!(l.admit(&principal("v", "third", [None; 4])).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn ended_windows_are_evicted_not_live_ones() {
+        let l = limiter(1_000_000);
+        let Store::Local(map) = l.store.as_ref() else {
+            unreachable!()
+        };
+        {
+            let mut m = map.lock().unwrap();
+            for i in 0..100_001 {
+                m.insert(format!("old-{i}"), (1, 1)); // ended long ago
+            }
+            m.insert("live".into(), (5, u64::MAX));
+        }
+        l.admit(&principal("u", "k", [None; 4])).await.unwrap();
+        let m = map.lock().unwrap();
+        assert!(m.contains_key("live") && !m.contains_key("old-0"));
     }
 }
