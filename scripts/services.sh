@@ -14,6 +14,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgre
 command -v mariadbd >/dev/null 2>&1 || need_pkgs+=(mariadb-server)
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if ((${#need_pkgs[@]})); then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

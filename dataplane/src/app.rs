@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     audit::Auditor,
-    auth::{geoip::GeoIp, limiter::Limiter, Authenticator, KeyStore, Tokens},
+    auth::{geoip::GeoIp, jwks::External, limiter::Limiter, Authenticator, KeyStore, Tokens},
     config::Config,
     conflict,
     error::ApiError,
@@ -55,6 +55,8 @@ pub enum StartError {
     Bootstrap(ApiError),
     #[error("cannot build the conflict resolver client: {0}")]
     Resolver(reqwest::Error),
+    #[error("JWT_JWKS_URL: {0}")]
+    Jwks(String),
     #[error("cannot open GEOIP_DB_PATH: {0}")]
     GeoIp(maxminddb::MaxMindDbError),
     #[error("cannot connect to Redis: {0}")]
@@ -101,6 +103,14 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         .transpose()
         .map_err(StartError::GeoIp)?;
     let tokens = Tokens::new(&config.jwt, db.clone());
+    let external = match &config.jwt.external {
+        Some((src, iss, aud)) => Some(
+            External::load(src, iss, aud)
+                .await
+                .map_err(StartError::Jwks)?,
+        ),
+        None => None,
+    };
     let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
     let limiter = match &config.redis_url {
         Some(url) => {
@@ -127,7 +137,8 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             config.geoip_country_header.clone(),
         )
         .with_audit(audit.clone())
-        .with_geoip(geoip),
+        .with_geoip(geoip)
+        .with_external(external),
         audit,
         metrics,
         limiter,

@@ -47,6 +47,15 @@ pub struct RawConfig {
     /// Refresh token lifetime, e.g. 30d, or seconds.
     #[arg(long, global = true, env = "JWT_REFRESH_EXPIRES_IN")]
     pub jwt_refresh_expires_in: Option<String>,
+    /// JWKS of an outside identity provider (file path or http(s) URL).
+    #[arg(long, global = true, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Required `iss` of identity-provider tokens.
+    #[arg(long, global = true, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of identity-provider tokens.
+    #[arg(long, global = true, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Accept X-API-Key credentials (true/false).
     #[arg(long, global = true, env = "API_KEYS_ENABLED")]
     pub api_keys_enabled: Option<String>,
@@ -197,6 +206,8 @@ pub struct DatabaseConfig {
 
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
+    /// (JWKS source, issuer, audience) of an outside identity provider.
+    pub external: Option<(String, String, String)>,
     pub secret: Option<Secret>,
     pub expires_in: Duration,
     pub refresh_secret: Option<Secret>,
@@ -428,7 +439,23 @@ impl Config {
             .url(&["redis", "rediss", "redis+unix"])?
             .map(Secret::new);
 
+        let jwks = var!(raw, jwt_jwks_url, "JWT_JWKS_URL");
+        let external = match jwks.value() {
+            None => None,
+            Some(src) => {
+                let iss = var!(raw, jwt_issuer, "JWT_ISSUER");
+                let aud = var!(raw, jwt_audience, "JWT_AUDIENCE");
+                let issuer = iss
+                    .value()
+                    .ok_or_else(|| iss.err("required with JWT_JWKS_URL"))?;
+                let audience = aud
+                    .value()
+                    .ok_or_else(|| aud.err("required with JWT_JWKS_URL"))?;
+                Some((src.to_string(), issuer.to_string(), audience.to_string()))
+            }
+        };
         let jwt = JwtConfig {
+            external,
             secret: var!(raw, jwt_secret, "JWT_SECRET").secret(32)?,
             expires_in: var!(raw, jwt_expires_in, "JWT_EXPIRES_IN")
                 .duration(Duration::from_secs(15 * 60))?,

@@ -2,6 +2,7 @@
 
 mod api_key;
 pub mod geoip;
+pub mod jwks;
 mod jwt;
 pub mod limiter;
 mod principal;

@@ -41,6 +41,7 @@ pub struct Authenticator {
     country_header: Option<String>,
     audit: Option<crate::audit::Auditor>,
     geoip: Option<super::geoip::GeoIp>,
+    external: Option<super::jwks::External>,
 }
 
 impl Authenticator {
@@ -59,7 +60,14 @@ impl Authenticator {
             country_header,
             audit: None,
             geoip: None,
+            external: None,
         }
+    }
+
+    /// Accepts tokens of an outside identity provider too.
+    pub fn with_external(mut self, external: Option<super::jwks::External>) -> Self {
+        self.external = external;
+        self
     }
 
     /// Looks countries up in a MaxMind database when no trusted header says.
@@ -94,9 +102,22 @@ impl Authenticator {
         self.tokens.as_ref().ok_or(ApiError::TokensDisabled)
     }
 
-    /// Authenticates a user access token (a JWT).
+    /// Authenticates a user token: ours (HS256) or, with a JWKS configured,
+    /// an identity provider's (RS256/ES256). The header only routes the
+    /// token; each path pins its own algorithm.
     pub fn bearer(&self, token: &str) -> Result<Principal, ApiError> {
-        self.tokens()?.verify_access(token.trim())
+        let token = token.trim();
+        let header = jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthorized {
+            reason: "invalid_token",
+        })?;
+        let invalid = ApiError::Unauthorized {
+            reason: "invalid_token",
+        };
+        match (header.alg, &self.tokens, &self.external) {
+            (jsonwebtoken::Algorithm::HS256, Some(tokens), _) => tokens.verify_access(token),
+            (jsonwebtoken::Algorithm::HS256, None, _) | (_, _, None) => Err(invalid),
+            (alg, _, Some(external)) => external.verify(token, alg, header.kid.as_deref()),
+        }
     }
 
     pub fn keys(&self) -> &KeyStore {
