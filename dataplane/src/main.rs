@@ -83,6 +83,36 @@ enum KeysCommand {
         #[arg(long)]
         id: String,
     },
+    /// List keys (one JSON object per line), of one user or all.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Replace a key; the old one works for API_KEY_ROTATION_GRACE_SECONDS.
+    Rotate {
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a key for good.
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// Records a key change made from the command line.
+async fn cli_audit(db: &Db, action: &'static str, id: &str) {
+    let entry = syncstore::audit::Entry {
+        actor: "cli".into(),
+        key_id: Some(id.to_string()),
+        action,
+        target: Some(id.to_string()),
+        result: "ok".into(),
+        ..Default::default()
+    };
+    if let Err(e) = storage::audit::record(db, &entry).await {
+        eprintln!("warning: audit entry not written: {e}");
+    }
 }
 
 /// A failure of a one-shot command, as one line on stderr and exit code 1.
@@ -215,19 +245,54 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
                 Err(e) => fail("keys create", e),
             }
         }
+        KeysCommand::List { user } => match storage::keys::list(&db, user.as_deref()).await {
+            Ok(list) => {
+                for key in list {
+                    println!("{}", serde_json::to_string(&key).unwrap_or_default());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("keys list", e),
+        },
+        KeysCommand::Rotate { id } => {
+            let old = match storage::keys::get(&db, &id, None).await {
+                Ok(Some(old)) => old,
+                Ok(None) => return fail("keys rotate", format!("no key with id {id}")),
+                Err(e) => return fail("keys rotate", e),
+            };
+            let store = syncstore::auth::KeyStore::new(db.clone());
+            match store
+                .rotate(
+                    old,
+                    &config.api_keys.token_prefix,
+                    config.api_keys.rotation_grace,
+                )
+                .await
+            {
+                Ok((view, key, old_expires)) => {
+                    cli_audit(&db, "api_key.rotate", &id).await;
+                    eprintln!(
+                        "rotated {id} -> {}; the old key expires at {old_expires:?} (Unix ms)",
+                        view.id
+                    );
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("keys rotate", e),
+            }
+        }
+        KeysCommand::Delete { id } => match storage::keys::delete(&db, &id).await {
+            Ok(true) => {
+                cli_audit(&db, "api_key.delete", &id).await;
+                eprintln!("deleted key {id}");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail("keys delete", format!("no key with id {id}")),
+            Err(e) => fail("keys delete", e),
+        },
         KeysCommand::Revoke { id } => match storage::keys::set_active(&db, &id, false).await {
             Ok(true) => {
-                let entry = syncstore::audit::Entry {
-                    actor: "cli".into(),
-                    key_id: Some(id.clone()),
-                    action: "api_key.revoke",
-                    target: Some(id.clone()),
-                    result: "ok".into(),
-                    ..Default::default()
-                };
-                if let Err(e) = storage::audit::record(&db, &entry).await {
-                    eprintln!("warning: audit entry not written: {e}");
-                }
+                cli_audit(&db, "api_key.revoke", &id).await;
                 eprintln!("revoked key {id}");
                 ExitCode::SUCCESS
             }

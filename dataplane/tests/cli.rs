@@ -105,3 +105,92 @@ fn keys_create_prints_only_a_prefixed_high_entropy_key() {
     let out = run(&[], &["keys", "create", "--name", "n", "--user", ""]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn keys_list_rotate_and_delete_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_in = |args: &[&str]| {
+        Command::new(binary())
+            .env_clear()
+            .env("SYNCSTORE_DATA_DIR", dir.path())
+            .args(args)
+            .output()
+            .expect("run syncstore")
+    };
+    let created = run_in(&[
+        "keys",
+        "create",
+        "--name",
+        "cli",
+        "--user",
+        "carol",
+        "--quota-per-day",
+        "50",
+    ]);
+    assert!(created.status.success());
+    let key = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let listed = run_in(&["keys", "list", "--user", "carol"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (
+            lines[0]["userId"].as_str(),
+            lines[0]["quotaPerDay"].as_i64()
+        ),
+        (Some("carol"), Some(50))
+    );
+    let text = lines[0].to_string();
+    assert!(
+        !text.contains(&key) && !text.contains("keyHash"),
+        "the key and its hash are never listed"
+    );
+    let id = lines[0]["id"].as_str().unwrap().to_string();
+
+    let rotated = run_in(&["keys", "rotate", "--id", &id]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let new_key = String::from_utf8(rotated.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(new_key.starts_with("sk_live_") && new_key != key);
+    let listed = run_in(&["keys", "list"]);
+    let all: Vec<serde_json::Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter().all(|k| k["quotaPerDay"] == 50),
+        "the new key keeps the settings"
+    );
+    assert!(
+        all.iter()
+            .any(|k| k["id"] == id.as_str() && k["expiresAt"].is_i64()),
+        "the old key now expires"
+    );
+
+    assert!(run_in(&["keys", "delete", "--id", &id]).status.success());
+    assert_eq!(
+        run_in(&["keys", "delete", "--id", &id]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        String::from_utf8(run_in(&["keys", "list"]).stdout)
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}

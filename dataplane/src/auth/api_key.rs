@@ -143,6 +143,46 @@ impl KeyStore {
         Ok((record, key))
     }
 
+    /// Replaces a key: a new key with every setting of `old` but its own
+    /// identity, while `old` keeps working for `grace`. Returns the new key's
+    /// record, the key (shown once) and when the old one now expires.
+    pub async fn rotate(
+        &self,
+        mut old: crate::storage::keys::KeyView,
+        prefix: &str,
+        grace: Duration,
+    ) -> Result<(crate::storage::keys::KeyView, String, Option<i64>), ApiError> {
+        use crate::storage::{keys, now_ms};
+        let new = NewKey {
+            name: old.name.clone(),
+            user_id: old.user_id.clone(),
+            scopes: old.scopes.clone(),
+            expires_at: old.expires_at,
+            ..NewKey::default()
+        };
+        let (record, key) = self.create(&new, prefix).await?;
+        let fresh = keys::get(&self.db, &record.id, None)
+            .await?
+            .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
+        let view = keys::KeyView {
+            id: fresh.id,
+            key_hash: fresh.key_hash,
+            key_hint: fresh.key_hint,
+            created_at: fresh.created_at,
+            updated_at: fresh.updated_at,
+            usage_today: 0,
+            usage_this_month: 0,
+            last_used_at: None,
+            ..old.clone()
+        };
+        keys::update(&self.db, &view).await?;
+        let grace_end = now_ms() + i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
+        keys::update(&self.db, &old).await?;
+        self.forget(&old.key_hash);
+        Ok((view, key, old.expires_at))
+    }
+
     /// Makes sure the bootstrap key exists with every scope for `user_id`.
     /// Returns true when it was created by this call.
     pub async fn ensure(&self, key: &str, user_id: &str) -> Result<bool, ApiError> {

@@ -267,43 +267,19 @@ pub async fn rotate(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut old = load(&state, &who, &id).await?;
-    let new = NewKey {
-        name: old.name.clone(),
-        user_id: old.user_id.clone(),
-        scopes: old.scopes.clone(),
-        expires_at: old.expires_at,
-        ..NewKey::default()
-    };
-    let (record, key) = state
+    let old = load(&state, &who, &id).await?;
+    let (view, key, old_expires_at) = state
         .auth
         .keys()
-        .create(&new, &state.config.api_keys.token_prefix)
+        .rotate(
+            old,
+            &state.config.api_keys.token_prefix,
+            state.config.api_keys.rotation_grace,
+        )
         .await?;
-    let fresh = keys::get(state.sync.db(), &record.id, None)
-        .await?
-        .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
-    // The new key takes every setting of the old one, but its own identity.
-    let view = KeyView {
-        id: fresh.id,
-        key_hash: fresh.key_hash,
-        key_hint: fresh.key_hint,
-        created_at: fresh.created_at,
-        updated_at: fresh.updated_at,
-        usage_today: 0,
-        usage_this_month: 0,
-        last_used_at: None,
-        ..old.clone()
-    };
-    keys::update(state.sync.db(), &view).await?;
-    let grace_end = now_ms()
-        + i64::try_from(state.config.api_keys.rotation_grace.as_millis()).unwrap_or(i64::MAX);
-    old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
-    keys::update(state.sync.db(), &old).await?;
-    state.auth.keys().forget(&old.key_hash);
     audit(&state, &who, "api_key.rotate", &id);
     let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     out["key"] = json!(key);
-    out["previousKeyExpiresAt"] = json!(old.expires_at);
+    out["previousKeyExpiresAt"] = json!(old_expires_at);
     Ok((StatusCode::CREATED, Json(out)))
 }
