@@ -181,6 +181,43 @@ fn keys_list_rotate_and_delete_from_the_command_line() {
         "the old key now expires"
     );
 
+    let updated = run_in(&[
+        "keys",
+        "update",
+        "--id",
+        &id,
+        "--ip",
+        "10.0.0.0/8,::1",
+        "--quota-per-day",
+        "0",
+        "--active",
+        "false",
+    ]);
+    assert!(
+        updated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&updated.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&updated.stdout).unwrap();
+    assert_eq!(
+        (
+            view["ipRestrictions"].clone(),
+            view["quotaPerDay"].clone(),
+            view["isActive"].clone()
+        ),
+        (
+            serde_json::json!(["10.0.0.0/8", "::1"]),
+            serde_json::Value::Null,
+            serde_json::json!(false)
+        )
+    );
+    assert_eq!(
+        run_in(&["keys", "update", "--id", &id, "--country", "GBR"])
+            .status
+            .code(),
+        Some(1)
+    );
+
     assert!(run_in(&["keys", "delete", "--id", &id]).status.success());
     assert_eq!(
         run_in(&["keys", "delete", "--id", &id]).status.code(),

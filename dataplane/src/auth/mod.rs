@@ -4,6 +4,7 @@ mod api_key;
 pub mod geoip;
 pub mod jwks;
 mod jwt;
+pub mod key_fields;
 pub mod limiter;
 mod principal;
 pub mod restrictions;

@@ -6,14 +6,13 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::JsonBody;
 use crate::{
     app::AppState,
     audit::Entry,
-    auth::{restrictions::Restrictions, NewKey, Principal, Scope},
+    auth::{key_fields::KeyFields, NewKey, Principal, Scope},
     error::ApiError,
     storage::{keys, keys::KeyView, now_ms},
     sync::validate_user_id,
@@ -21,103 +20,6 @@ use crate::{
 
 fn owner_scope(who: &Principal) -> Option<&str> {
     (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
-}
-
-/// The body of create and patch, in the seed's field names. On a patch an
-/// absent field is left alone; `null` clears a nullable one.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KeyFields {
-    name: Option<String>,
-    user_id: Option<String>,
-    is_active: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
-    expires_at: Option<Option<i64>>,
-    can_read: Option<bool>,
-    can_write: Option<bool>,
-    scopes: Option<Vec<Scope>>,
-    ip_restrictions: Option<Vec<String>>,
-    country_restrictions: Option<Vec<String>>,
-    domain_restrictions: Option<Vec<String>>,
-    user_agent_patterns: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    quota_per_minute: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
-    quota_per_hour: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
-    quota_per_day: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
-    quota_per_month: Option<Option<i64>>,
-}
-
-/// Absent stays `None`; `null` becomes `Some(None)`.
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-impl KeyFields {
-    /// Applies the fields to `v`, then checks the result as a whole.
-    fn apply(self, v: &mut KeyView) -> Result<(), ApiError> {
-        let bad = ApiError::InvalidBody;
-        if let Some(name) = self.name {
-            if name.is_empty() || name.len() > 255 {
-                return Err(bad("name is 1 to 255 bytes".into()));
-            }
-            v.name = name;
-        }
-        if let Some(a) = self.is_active {
-            v.is_active = a;
-        }
-        if let Some(e) = self.expires_at {
-            v.expires_at = e;
-        }
-        if let Some(r) = self.can_read {
-            v.can_read = r;
-        }
-        if let Some(w) = self.can_write {
-            v.can_write = w;
-        }
-        if let Some(s) = self.scopes {
-            v.scopes = s;
-        }
-        if let Some(l) = self.ip_restrictions {
-            v.ip_restrictions = l;
-        }
-        if let Some(l) = self.country_restrictions {
-            v.country_restrictions = l;
-        }
-        if let Some(l) = self.domain_restrictions {
-            v.domain_restrictions = l;
-        }
-        if let Some(l) = self.user_agent_patterns {
-            v.user_agent_patterns = l;
-        }
-        for (slot, value) in [
-            (&mut v.quota_per_minute, self.quota_per_minute),
-            (&mut v.quota_per_hour, self.quota_per_hour),
-            (&mut v.quota_per_day, self.quota_per_day),
-            (&mut v.quota_per_month, self.quota_per_month),
-        ] {
-            if let Some(q) = value {
-                if q.is_some_and(|q| q < 0) {
-                    return Err(bad("quotas must not be negative".into()));
-                }
-                *slot = q;
-            }
-        }
-        let json =
-            |l: &Vec<String>| (!l.is_empty()).then(|| serde_json::to_string(l).unwrap_or_default());
-        Restrictions::parse(
-            json(&v.ip_restrictions).as_deref(),
-            json(&v.country_restrictions).as_deref(),
-            json(&v.domain_restrictions).as_deref(),
-            json(&v.user_agent_patterns).as_deref(),
-        )
-        .map_err(bad)?;
-        Ok(())
-    }
 }
 
 fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {

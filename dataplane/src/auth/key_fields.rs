@@ -1,0 +1,104 @@
+//! A change to an API key's settings, in the seed's field names: the body of
+//! `POST`/`PATCH /api-keys` and of `syncstore keys update`.
+
+use serde::Deserialize;
+
+use super::{restrictions::Restrictions, Scope};
+use crate::{error::ApiError, storage::keys::KeyView};
+
+/// The body of create and patch, in the seed's field names. On a patch an
+/// absent field is left alone; `null` clears a nullable one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyFields {
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub is_active: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<i64>>,
+    pub can_read: Option<bool>,
+    pub can_write: Option<bool>,
+    pub scopes: Option<Vec<Scope>>,
+    pub ip_restrictions: Option<Vec<String>>,
+    pub country_restrictions: Option<Vec<String>>,
+    pub domain_restrictions: Option<Vec<String>>,
+    pub user_agent_patterns: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub quota_per_minute: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub quota_per_hour: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub quota_per_day: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub quota_per_month: Option<Option<i64>>,
+}
+
+/// Absent stays `None`; `null` becomes `Some(None)`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl KeyFields {
+    /// Applies the fields to `v`, then checks the result as a whole.
+    pub fn apply(self, v: &mut KeyView) -> Result<(), ApiError> {
+        let bad = ApiError::InvalidBody;
+        if let Some(name) = self.name {
+            if name.is_empty() || name.len() > 255 {
+                return Err(bad("name is 1 to 255 bytes".into()));
+            }
+            v.name = name;
+        }
+        if let Some(a) = self.is_active {
+            v.is_active = a;
+        }
+        if let Some(e) = self.expires_at {
+            v.expires_at = e;
+        }
+        if let Some(r) = self.can_read {
+            v.can_read = r;
+        }
+        if let Some(w) = self.can_write {
+            v.can_write = w;
+        }
+        if let Some(s) = self.scopes {
+            v.scopes = s;
+        }
+        if let Some(l) = self.ip_restrictions {
+            v.ip_restrictions = l;
+        }
+        if let Some(l) = self.country_restrictions {
+            v.country_restrictions = l;
+        }
+        if let Some(l) = self.domain_restrictions {
+            v.domain_restrictions = l;
+        }
+        if let Some(l) = self.user_agent_patterns {
+            v.user_agent_patterns = l;
+        }
+        for (slot, value) in [
+            (&mut v.quota_per_minute, self.quota_per_minute),
+            (&mut v.quota_per_hour, self.quota_per_hour),
+            (&mut v.quota_per_day, self.quota_per_day),
+            (&mut v.quota_per_month, self.quota_per_month),
+        ] {
+            if let Some(q) = value {
+                if q.is_some_and(|q| q < 0) {
+                    return Err(bad("quotas must not be negative".into()));
+                }
+                *slot = q;
+            }
+        }
+        let json =
+            |l: &Vec<String>| (!l.is_empty()).then(|| serde_json::to_string(l).unwrap_or_default());
+        Restrictions::parse(
+            json(&v.ip_restrictions).as_deref(),
+            json(&v.country_restrictions).as_deref(),
+            json(&v.domain_restrictions).as_deref(),
+            json(&v.user_agent_patterns).as_deref(),
+        )
+        .map_err(bad)?;
+        Ok(())
+    }
+}
