@@ -47,6 +47,11 @@ impl Auditor {
         Self { tx, metrics }
     }
 
+    /// Counts a refused credential in `syncstore_auth_denials_total{code}`.
+    pub fn denied(&self, code: &str) {
+        self.metrics.auth_denials.with_label_values(&[code]).inc();
+    }
+
     pub fn record(&self, mut entry: Entry) {
         entry.ts = now_ms();
         if self.tx.try_send(entry).is_err() {

@@ -26,6 +26,8 @@ pub enum ApiError {
         code: &'static str,
         what: &'static str,
     },
+    #[error("this credential lacks the '{scope}' scope")]
+    ScopeRequired { scope: &'static str },
     #[error("this API key has been deactivated")]
     KeyInactive,
     #[error("this API key has expired")]
@@ -79,6 +81,7 @@ impl ApiError {
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::KeyInactive => "KEY_INACTIVE",
+            Self::ScopeRequired { .. } => "SCOPE_REQUIRED",
             Self::Restricted { code, .. } => code,
             Self::KeyExpired => "KEY_EXPIRED",
             Self::NotFound { .. } | Self::RouteNotFound { .. } => "NOT_FOUND",
@@ -103,6 +106,7 @@ impl ApiError {
         match self {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. }
+            | Self::ScopeRequired { .. }
             | Self::KeyInactive
             | Self::KeyExpired
             | Self::Restricted { .. } => StatusCode::FORBIDDEN,
@@ -127,6 +131,7 @@ impl ApiError {
         match self {
             Self::Unauthorized { reason } => json!({ "reason": reason }),
             Self::Forbidden { action } => json!({ "required": action }),
+            Self::ScopeRequired { scope } => json!({ "required": scope }),
             Self::NotFound { key } => json!({ "key": key }),
             Self::RouteNotFound { method, path } => json!({ "method": method, "path": path }),
             Self::VersionConflict {

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_errors: IntCounter,
     pub audit_dropped: IntCounter,
+    pub auth_denials: IntCounterVec,
 }
 
 /// Registers a collector and hands it back, so construction reads as a list.
@@ -186,6 +187,16 @@ impl Metrics {
             audit_dropped: reg(
                 &r,
                 IntCounter::new("audit_dropped_total", "Audit entries dropped (queue full)")?,
+            )?,
+            auth_denials: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auth_denials_total",
+                        "Refused credentials and restrictions, by code",
+                    ),
+                    &["code"],
+                )?,
             )?,
             registry: r,
         })

@@ -139,7 +139,7 @@ async fn identity_provider_tokens_are_checked_for_key_issuer_and_audience() {
     let (s, b) = put(rs("k1", &read_only)).await;
     assert_eq!(
         (s, b["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("FORBIDDEN"))
+        (StatusCode::FORBIDDEN, Some("SCOPE_REQUIRED"))
     );
 }
 

@@ -1003,7 +1003,7 @@ async fn the_audit_trail_records_writes_and_refusals_for_admins_only() {
     .await;
 
     let (s, b) = api.get("/api/v1/audit").await;
-    assert_error(s, &b, 403, "FORBIDDEN");
+    assert_error(s, &b, 403, "SCOPE_REQUIRED");
     let audit = |query: &str| {
         let path = format!("/api/v1/audit{query}");
         let http = api.http.clone();

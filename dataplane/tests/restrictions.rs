@@ -130,6 +130,25 @@ async fn every_restriction_allows_and_denies_with_its_own_code() {
     for (name, key, headers, want) in cases {
         assert_eq!(status(&http, &server, key, &headers).await, want, "{name}");
     }
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for code in [
+        "IP_NOT_ALLOWED",
+        "COUNTRY_NOT_ALLOWED",
+        "DOMAIN_NOT_ALLOWED",
+        "USER_AGENT_NOT_ALLOWED",
+    ] {
+        assert!(
+            metrics.contains(&format!("syncstore_auth_denials_total{{code=\"{code}\"}}")),
+            "{code} is counted"
+        );
+    }
 }
 
 #[tokio::test]

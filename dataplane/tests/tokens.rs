@@ -176,7 +176,7 @@ async fn only_tokens_issue_keys_mint_tokens_and_never_wider_than_themselves() {
     .await;
     assert_eq!(
         (s, b["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("FORBIDDEN"))
+        (StatusCode::FORBIDDEN, Some("SCOPE_REQUIRED"))
     );
     let read_issuer = server.create_key("ro-backend", &["--scopes", "read,tokens:issue"]);
     let (_, pair) = post(

@@ -19,13 +19,24 @@ pub struct Principal {
 
 impl Principal {
     /// Refuses the request unless the credential grants `scope`.
+    /// The seed's `canRead`/`canWrite` flags answer FORBIDDEN; a missing
+    /// scope answers SCOPE_REQUIRED.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.key.allows(scope) {
-            Ok(())
-        } else {
+        let flag = match scope {
+            Scope::Read => self.key.can_read,
+            Scope::Write => self.key.can_write,
+            _ => true,
+        };
+        if !flag {
             Err(ApiError::Forbidden {
                 action: scope.as_str(),
             })
+        } else if !self.key.allows(scope) {
+            Err(ApiError::ScopeRequired {
+                scope: scope.as_str(),
+            })
+        } else {
+            Ok(())
         }
     }
 }
@@ -183,6 +194,7 @@ impl Authenticator {
             return;
         }
         if let Some(audit) = &self.audit {
+            audit.denied(error.code());
             audit.record(crate::audit::Entry {
                 actor: "anonymous".into(),
                 key_id: key_id.map(str::to_owned),
