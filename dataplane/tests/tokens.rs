@@ -291,3 +291,210 @@ async fn forged_tokens_are_refused() {
         StatusCode::OK
     );
 }
+
+/// User A's key or token reaches nothing of user B's, through any endpoint.
+#[tokio::test]
+async fn tenants_are_isolated_across_every_endpoint() {
+    let (server, issuer) = start().await;
+    let http = Client::new();
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let bob_key = server.create_key(&bob, &["--scopes", "read,write,keys:manage"]);
+    let (_, pair) = post(
+        &http,
+        &server,
+        "/api/v1/auth/token",
+        Some(&issuer),
+        json!({"userId": alice}),
+    )
+    .await;
+    let alice_token = pair["accessToken"].as_str().unwrap().to_string();
+    let alice_key = server.create_key(&alice, &["--scopes", "read,write,keys:manage"]);
+    // Bob's data: an item, a pending conflict, a key.
+    let bob_put = |v: Value| {
+        http.put(server.url("/api/v1/sync-storage/item/secret"))
+            .header("X-API-Key", &bob_key)
+            .json(&v)
+            .send()
+    };
+    bob_put(json!({"value": "bob's"})).await.unwrap();
+    bob_put(json!({"value": "bob's 2", "version": 1}))
+        .await
+        .unwrap();
+    let conflict: Value =
+        bob_put(json!({"value": "x", "version": 1, "metadata": {"conflictStrategy": "MANUAL"}}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let conflict_id = conflict["conflictId"].as_str().unwrap().to_string();
+    let bob_keys: Value = http
+        .get(server.url("/api/v1/api-keys"))
+        .header("X-API-Key", &bob_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bob_key_id = bob_keys[0]["id"].as_str().unwrap().to_string();
+
+    for (who, auth) in [
+        ("alice's key", ("X-API-Key", alice_key.clone())),
+        (
+            "alice's token",
+            ("Authorization", format!("Bearer {alice_token}")),
+        ),
+    ] {
+        let req = |m: reqwest::Method, path: &str| {
+            http.request(m, server.url(path))
+                .header(auth.0, auth.1.as_str())
+        };
+        let item = req(reqwest::Method::GET, "/api/v1/sync-storage/item/secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(item.status(), StatusCode::NOT_FOUND, "{who}");
+        let keys: Value = req(reqwest::Method::GET, "/api/v1/sync-storage/keys")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(keys, json!([]), "{who}");
+        let items: Value = req(reqwest::Method::GET, "/api/v1/sync-storage/items")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(items, json!([]), "{who}");
+        assert_eq!(
+            req(reqwest::Method::DELETE, "/api/v1/sync-storage/item/secret")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::NOT_FOUND,
+            "{who}"
+        );
+        let sessions: Value = req(reqwest::Method::GET, "/api/v1/sync-storage/sessions")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(sessions, json!([]), "{who}");
+        let queue: Value = req(reqwest::Method::GET, "/api/v1/sync-storage/conflicts")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(queue["items"], json!([]), "{who}");
+        let history: Value = req(
+            reqwest::Method::GET,
+            "/api/v1/sync-storage/conflicts/history/secret",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(history, json!([]), "{who}");
+        let resolve = req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sync-storage/conflicts/resolve/{conflict_id}"),
+        )
+        .json(&json!({"strategy": "MANUAL", "resolvedValue": "stolen"}))
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resolve.status(), StatusCode::NOT_FOUND, "{who}");
+        let clear: Value = req(reqwest::Method::DELETE, "/api/v1/sync-storage/clear")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(clear["cleared"], 0, "{who}");
+        assert_eq!(
+            req(reqwest::Method::GET, "/api/v1/audit")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::FORBIDDEN,
+            "{who}"
+        );
+    }
+    // Key management: alice's manager key sees and touches none of bob's keys.
+    let km = |m: reqwest::Method, path: String| {
+        http.request(m, server.url(&path))
+            .header("X-API-Key", &alice_key)
+    };
+    assert_eq!(
+        km(
+            reqwest::Method::GET,
+            format!("/api/v1/api-keys/{bob_key_id}")
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        km(
+            reqwest::Method::DELETE,
+            format!("/api/v1/api-keys/{bob_key_id}")
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        km(
+            reqwest::Method::POST,
+            format!("/api/v1/api-keys/{bob_key_id}/rotate")
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    // And bob still has everything.
+    let mine: Value = http
+        .get(server.url("/api/v1/sync-storage/item/secret"))
+        .header("X-API-Key", &bob_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["value"], "bob's 2");
+    // CORS preflights are answered for the API headers.
+    let pre = http
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/api/v1/sync-storage/keys"),
+        )
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "PUT")
+        .header("Access-Control-Request-Headers", "x-api-key,content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+}
