@@ -189,7 +189,7 @@ impl Authenticator {
     }
 
     /// Audits a refused credential (never the credential itself).
-    fn refused(&self, error: &ApiError, key_id: Option<&str>, caller: &Caller) {
+    pub fn refused(&self, error: &ApiError, key_id: Option<&str>, caller: &Caller) {
         if matches!(error, ApiError::ServiceUnavailable | ApiError::Internal(_)) {
             return;
         }
@@ -231,7 +231,15 @@ impl FromRequestParts<AppState> for Principal {
                 .ok_or(ApiError::Unauthorized {
                     reason: "invalid_authorization_header",
                 })?;
-            let principal = state.auth.bearer(token)?;
+            let principal = state.auth.bearer(token).inspect_err(|e| {
+                let peer = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip());
+                state
+                    .auth
+                    .refused(e, None, &state.auth.caller(&parts.headers, peer));
+            })?;
             return admit(parts, state, principal).await;
         }
         let presented = parts

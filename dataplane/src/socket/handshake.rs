@@ -95,7 +95,14 @@ async fn identify(
         .map(str::to_owned)
         .or_else(|| query_param(query, "apiKey"));
     let principal = match auth_field(auth, "token") {
-        Some(token) if api_key.is_none() => app.auth.bearer(token)?,
+        Some(token) if api_key.is_none() => app.auth.bearer(token).inspect_err(|e| {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            app.auth
+                .refused(e, None, &app.auth.caller(&parts.headers, peer));
+        })?,
         _ => {
             let peer = parts
                 .extensions
