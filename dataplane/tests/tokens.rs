@@ -279,8 +279,18 @@ async fn forged_tokens_are_refused() {
             "{name}: {b}"
         );
     }
-    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("syncstore_auth_denials_total{code=\"UNAUTHORIZED\"} 6"), "forgeries are counted");
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("syncstore_auth_denials_total{code=\"UNAUTHORIZED\"} 6"),
+        "forgeries are counted"
+    );
     // The genuine article works, to show the refusals are not blanket.
     let good = encode(
         &Header::default(),
