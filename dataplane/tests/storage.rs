@@ -15,7 +15,7 @@ use syncstore::{
     fanout::{Hub, LocalBus},
     metrics::Metrics,
     storage::{items, Db},
-    sync::{Item, SetRequest, SetStatus, SyncService},
+    sync::{Item, SetRequest, SyncService},
 };
 
 fn service(db: &Db, limits: Limits) -> SyncService {
@@ -39,16 +39,11 @@ async fn put(
     key: &str,
     req: &SetRequest,
 ) -> Result<Item, ApiError> {
-    let reply = svc.set(user, instance, None, key, req).await?;
-    match reply.status {
-        SetStatus::Applied | SetStatus::Merged => Ok(reply.item),
-        status => Err(ApiError::VersionConflict {
-            expected: req.version,
-            current: Box::new(reply.item),
-            status,
-            conflict_id: reply.conflict_id,
-        }),
-    }
+    Ok(svc
+        .set(user, instance, None, key, req)
+        .await?
+        .won(req.version)?
+        .item)
 }
 
 fn body(v: Value) -> SetRequest {

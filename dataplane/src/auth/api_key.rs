@@ -63,13 +63,11 @@ pub struct NewKey {
 impl NewKey {
     /// The restrictions compiled, which also validates them.
     pub fn restrictions(&self) -> Result<super::restrictions::Restrictions, String> {
-        let json =
-            |l: &Vec<String>| (!l.is_empty()).then(|| serde_json::to_string(l).unwrap_or_default());
-        super::restrictions::Restrictions::parse(
-            json(&self.ip_restrictions).as_deref(),
-            json(&self.country_restrictions).as_deref(),
-            json(&self.domain_restrictions).as_deref(),
-            json(&self.user_agent_patterns).as_deref(),
+        super::restrictions::Restrictions::from_lists(
+            &self.ip_restrictions,
+            &self.country_restrictions,
+            &self.domain_restrictions,
+            &self.user_agent_patterns,
         )
     }
 }

@@ -90,13 +90,11 @@ impl KeyFields {
                 *slot = q;
             }
         }
-        let json =
-            |l: &Vec<String>| (!l.is_empty()).then(|| serde_json::to_string(l).unwrap_or_default());
-        Restrictions::parse(
-            json(&v.ip_restrictions).as_deref(),
-            json(&v.country_restrictions).as_deref(),
-            json(&v.domain_restrictions).as_deref(),
-            json(&v.user_agent_patterns).as_deref(),
+        Restrictions::from_lists(
+            &v.ip_restrictions,
+            &v.country_restrictions,
+            &v.domain_restrictions,
+            &v.user_agent_patterns,
         )
         .map_err(bad)?;
         Ok(())

@@ -46,8 +46,23 @@ impl Restrictions {
         domains: Option<&str>,
         user_agents: Option<&str>,
     ) -> Result<Self, String> {
+        Self::from_lists(
+            &list(ips)?,
+            &list(countries)?,
+            &list(domains)?,
+            &list(user_agents)?,
+        )
+    }
+
+    /// Compiles (and so validates) restriction lists as written.
+    pub fn from_lists(
+        ips: &[String],
+        countries: &[String],
+        domains: &[String],
+        user_agents: &[String],
+    ) -> Result<Self, String> {
         Ok(Restrictions {
-            ips: list(ips)?
+            ips: ips
                 .iter()
                 .map(|p| {
                     p.parse::<IpNet>()
@@ -55,8 +70,8 @@ impl Restrictions {
                         .map_err(|_| format!("invalid IP or CIDR '{p}'"))
                 })
                 .collect::<Result<_, _>>()?,
-            countries: list(countries)?
-                .into_iter()
+            countries: countries
+                .iter()
                 .map(|c| {
                     let c = c.trim().to_ascii_uppercase();
                     if c.len() == 2 && c.chars().all(|ch| ch.is_ascii_alphabetic()) {
@@ -66,11 +81,11 @@ impl Restrictions {
                     }
                 })
                 .collect::<Result<_, _>>()?,
-            domains: list(domains)?
-                .into_iter()
+            domains: domains
+                .iter()
                 .map(|d| d.trim().to_ascii_lowercase())
                 .collect(),
-            user_agents: list(user_agents)?
+            user_agents: user_agents
                 .iter()
                 .map(|p| {
                     Regex::new(p).map_err(|e| format!("invalid user-agent pattern '{p}': {e}"))

@@ -15,7 +15,7 @@ use crate::{
     conflict::{analysis, merge3, Merged, Strategy},
     error::ApiError,
     storage::{conflicts, now_ms},
-    sync::{SetRequest, SetStatus},
+    sync::{json_value, SetRequest, SetStatus},
 };
 
 /// Admin keys see every user's conflicts; others only their own.
@@ -148,11 +148,8 @@ pub async fn resolve(
         ));
     }
     let strategy: Strategy = body.strategy.parse().map_err(ApiError::InvalidBody)?;
-    let parse = |v: &Option<Box<serde_json::value::RawValue>>| {
-        v.as_ref()
-            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-            .unwrap_or(Value::Null)
-    };
+    let parse =
+        |v: &Option<Box<serde_json::value::RawValue>>| json_value(v.as_deref()).unwrap_or_default();
     let (current, incoming) = (
         parse(&conflict.current_value),
         parse(&conflict.incoming_value),
@@ -253,10 +250,7 @@ pub async fn analyze(
             "itemIds must hold 1 to 100 item ids or keys".into(),
         ));
     }
-    let parse = |v: &Option<Box<serde_json::value::RawValue>>| {
-        v.as_ref()
-            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-    };
+    let parse = |v: &Option<Box<serde_json::value::RawValue>>| json_value(v.as_deref());
     let mut out = serde_json::Map::new();
     for id in &body.item_ids {
         let history = conflicts::history(state.sync.db(), scope_of(&who), id, 1000).await?;

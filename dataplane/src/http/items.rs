@@ -7,7 +7,7 @@ use crate::{
     app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
-    sync::{Cleared, Item, Removed, SetReply, SetRequest, SetStatus},
+    sync::{Cleared, Item, Removed, SetReply, SetRequest},
 };
 
 pub async fn get_item(
@@ -31,16 +31,7 @@ pub async fn put_item(
         .sync
         .set(&who.user_id, &instance, None, &key, &body)
         .await?;
-    match reply.status {
-        SetStatus::Applied | SetStatus::Merged => Ok(Json(reply)),
-        // The write lost (or waits for review): 409, with the current item.
-        SetStatus::Rejected | SetStatus::PendingReview => Err(ApiError::VersionConflict {
-            expected: body.version,
-            current: Box::new(reply.item),
-            status: reply.status,
-            conflict_id: reply.conflict_id,
-        }),
-    }
+    Ok(Json(reply.won(body.version)?))
 }
 
 pub async fn delete_item(

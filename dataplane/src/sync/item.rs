@@ -62,6 +62,12 @@ fn opt_ms_as_rfc3339<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::
     }
 }
 
+/// Stored JSON text as a value to compute with (merges, the resolver,
+/// analysis); `None` for no text or text that is not JSON.
+pub fn json_value(raw: Option<&RawValue>) -> Option<serde_json::Value> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
 /// A TTL as clients may give it: seconds from now, or an absolute RFC 3339 time.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]

@@ -13,8 +13,8 @@ use std::{future::Future, sync::Arc};
 
 pub use change::Change;
 pub use item::{
-    like_prefix_pattern, validate_instance_id, validate_key, validate_prefix, validate_user_id,
-    Item, SetRequest, Ttl,
+    json_value, like_prefix_pattern, validate_instance_id, validate_key, validate_prefix,
+    validate_user_id, Item, SetRequest, Ttl,
 };
 use plan::WriteCtx;
 pub use plan::{Assist, Command, SetStatus};
@@ -58,6 +58,22 @@ pub struct SetReply {
     pub item: Item,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict_id: Option<String>,
+}
+
+impl SetReply {
+    /// The reply if the write won; a write that lost or waits for review is
+    /// VERSION_CONFLICT carrying this reply (REST's 409).
+    pub fn won(self, expected: Option<i64>) -> Result<SetReply, ApiError> {
+        match self.status {
+            SetStatus::Applied | SetStatus::Merged => Ok(self),
+            status => Err(ApiError::VersionConflict {
+                expected,
+                current: Box::new(self.item),
+                status,
+                conflict_id: self.conflict_id,
+            }),
+        }
+    }
 }
 
 /// The reply to a remove.
@@ -201,10 +217,7 @@ impl SyncService {
             return Err(ApiError::Internal("only a set asks the resolver".into()));
         };
         let current = first.current.as_ref().ok_or_else(no_row)?;
-        let parse = |raw: Option<&serde_json::value::RawValue>| {
-            raw.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
-                .unwrap_or_default()
-        };
+        let parse = |raw| json_value(raw).unwrap_or_default();
         let base = first.base.as_ref().map(|b| parse(b.value.as_deref()));
         let answer = match &self.resolver {
             Some(r) => {

@@ -223,8 +223,7 @@ pub struct SetPlan {
 }
 
 fn parse(raw: Option<&RawValue>) -> serde_json::Value {
-    raw.and_then(|r| serde_json::from_str(r.get()).ok())
-        .unwrap_or(serde_json::Value::Null)
+    super::json_value(raw).unwrap_or_default()
 }
 
 /// Plans a set of `key`: a plain write, or the settlement of a concurrent one.
