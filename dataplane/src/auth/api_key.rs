@@ -203,7 +203,8 @@ impl KeyStore {
 }
 
 /// The first characters of a key, enough for a person to tell keys apart.
-fn hint(key: &str) -> String {
+/// What the management API shows of a key: its first 12 characters.
+pub fn hint(key: &str) -> String {
     let shown: String = key.chars().take(12).collect();
     format!("{shown}…")
 }

@@ -10,7 +10,7 @@ mod principal;
 pub mod restrictions;
 pub mod usage;
 
-pub use api_key::{generate_key, hash_key, ApiKey, KeyStore, NewKey};
+pub use api_key::{generate_key, hash_key, hint, ApiKey, KeyStore, NewKey};
 pub use jwt::{Issued, Tokens};
 pub use principal::{Authenticator, Principal};
 

@@ -48,9 +48,7 @@ impl Usage {
                 .timestamp_millis_opt(last_used)
                 .single()
                 .unwrap_or_else(Utc::now);
-            let day =
-                i64::from(at.year()) * 10_000 + i64::from(at.month()) * 100 + i64::from(at.day());
-            let month = i64::from(at.year()) * 100 + i64::from(at.month());
+            let (day, month) = day_and_month(at);
             if let Err(e) = keys::add_usage(db, &key_id, count, last_used, day, month).await {
                 tracing::warn!(error = %e, "key usage not stored; counting it again next flush");
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -60,4 +58,10 @@ impl Usage {
             }
         }
     }
+}
+
+/// The `usage_day` (YYYYMMDD) and `usage_month` (YYYYMM) buckets of `at`, UTC.
+pub fn day_and_month(at: chrono::DateTime<Utc>) -> (i64, i64) {
+    let day = i64::from(at.year()) * 10_000 + i64::from(at.month()) * 100 + i64::from(at.day());
+    (day, i64::from(at.year()) * 100 + i64::from(at.month()))
 }

@@ -288,3 +288,26 @@ pub async fn add_usage(
     .await?;
     Ok(())
 }
+
+/// Today's and this month's uses and the last use of key `id`, as of `now`:
+/// counters whose stored day or month has passed read as 0, which is what
+/// they will be reset to on the next use.
+pub async fn current_usage(
+    db: &Db,
+    id: &str,
+    day: i64,
+    month: i64,
+) -> Result<Option<(i64, i64, Option<i64>)>, sqlx::Error> {
+    let row = sqlx::query(&db.sql(
+        "SELECT CASE WHEN usage_day = ? THEN usage_today ELSE 0 END, \
+         CASE WHEN usage_month = ? THEN usage_this_month ELSE 0 END, last_used_at \
+         FROM api_keys WHERE id = ?",
+    ))
+    .bind(day)
+    .bind(month)
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| Ok((r.i64_at(0)?, r.i64_at(1)?, r.opt_i64(2)?)))
+        .transpose()
+}

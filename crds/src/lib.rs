@@ -1,0 +1,539 @@
+//! The `syncstore.dev/v1alpha1` custom resources: `SyncStore` (a data plane
+//! and its database schema) and `ApiKey` (a key in one store).
+//!
+//! Every field carries a doc comment because schemars turns them into the
+//! CRD's descriptions, which is what `kubectl explain` prints. Validation
+//! that can be checked at apply time (enums, ranges, CEL rules) lives here
+//! too, so a spec that can never work is refused before the operator sees it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of both kinds.
+pub const GROUP: &str = "syncstore.dev";
+/// The one served version.
+pub const VERSION: &str = "v1alpha1";
+/// Annotation whose change rotates an ApiKey.
+pub const ROTATE_ANNOTATION: &str = "syncstore.dev/rotate";
+
+/// A SyncStore: a real-time key/value sync service backed by a database
+/// schema of its own.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "syncstore.dev",
+    version = "v1alpha1",
+    kind = "SyncStore",
+    namespaced,
+    status = "SyncStoreStatus",
+    shortname = "ss",
+    category = "syncstore",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStoreSpec {
+    /// Container image of the data plane (`syncstore`), for example
+    /// `ghcr.io/syncstore/syncstore:0.1.0`.
+    #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
+    pub image: String,
+    /// Number of `syncstore serve` pods. Ignored while autoscaling is set.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Horizontal pod autoscaling of the data plane. When set, an HPA owns
+    /// the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// CPU and memory requests and limits of the data-plane containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// The database server that holds this store's schema.
+    pub database: DatabaseSpec,
+    /// Redis for fan-out between pods and shared rate limits. Without it,
+    /// pods do not see each other's writes live; set it when replicas > 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// Kafka for analytics events. Without it, each pod aggregates its own
+    /// events in-process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSpec>,
+    /// Analytics events and the aggregating consumer.
+    #[serde(default)]
+    pub analytics: AnalyticsSpec,
+    /// Size, storage and TTL limits (the seed's MAX_* and TTL settings).
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Request rate limits per API key and per user.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+    /// Allowed browser origins (CORS_ORIGIN). Empty means same-origin only;
+    /// `*` allows any origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_origins: Vec<String>,
+    /// Conflict handling defaults.
+    #[serde(default)]
+    pub conflicts: ConflictSpec,
+    /// The Service in front of the data plane.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// An optional Ingress for the data plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// HPA bounds and target.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct Autoscaling {
+    /// Lowest number of data-plane pods.
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Highest number of data-plane pods.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) the HPA aims for.
+    #[serde(default = "default_cpu_target", rename = "targetCPUUtilization")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// Database engine of a store.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// PostgreSQL: the store gets a schema and a role.
+    #[default]
+    Postgres,
+    /// MariaDB or MySQL: the store gets a database and a user.
+    Mysql,
+}
+
+/// What happens to the store's schema when the SyncStore is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Keep the schema, its data and the role.
+    #[default]
+    Retain,
+    /// Drop the schema (or database) and the role.
+    Delete,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_url_key")]
+    pub key: String,
+}
+
+fn default_url_key() -> String {
+    "url".into()
+}
+
+/// The database server and how the store's schema is kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Server engine: `postgres` or `mysql` (MariaDB and MySQL).
+    pub engine: Engine,
+    /// Secret key holding an admin URL (`postgres://…` or `mysql://…`) with
+    /// the right to create schemas (databases) and roles. The operator never
+    /// gives this URL to the data plane.
+    pub admin_secret_ref: SecretKeyRef,
+    /// Schema (PostgreSQL) or database (MariaDB) of this store. Defaults to
+    /// `ss_<namespace>_<name>`. Immutable: changing it would orphan the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[a-z_][a-z0-9_]{0,62}$')").message("schemaName must be lower-case letters, digits and _ (at most 63)"),
+        validation = Rule::new("self == oldSelf").message("schemaName is immutable")
+    )]
+    pub schema_name: Option<String>,
+    /// `Retain` (default) keeps the schema when the store is deleted;
+    /// `Delete` drops it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Connections per data-plane pod (DATABASE_CONNECTION_LIMIT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub connection_limit: Option<u32>,
+}
+
+/// Redis settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Secret key holding the Redis URL (`redis://…`).
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Kafka settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Bootstrap brokers, `host:port`.
+    #[schemars(length(min = 1))]
+    pub brokers: Vec<String>,
+    /// Topic of analytics events.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+}
+
+fn default_topic() -> String {
+    "syncstore.analytics".into()
+}
+
+/// Analytics settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsSpec {
+    /// Whether requests and socket events produce analytics events.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Pods of the `syncstore analytics` consumer. Used only with Kafka.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub consumer_replicas: i32,
+}
+
+impl Default for AnalyticsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consumer_replicas: 1,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// The seed's size, storage and TTL limits. Unset fields keep the data
+/// plane's defaults.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest value of one item, KiB (MAX_ITEM_SIZE_KB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub max_item_size_kb: Option<u32>,
+    /// Most storage one user may use, MiB (MAX_STORAGE_PER_USER_MB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_storage_per_user_mb: Option<u32>,
+    /// How often expired items are swept, hours (TTL_CLEANUP_INTERVAL_HOURS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ttl_cleanup_interval_hours: Option<u32>,
+    /// How long deletions are remembered for offline devices, days
+    /// (SYNC_TOMBSTONE_RETENTION_DAYS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tombstone_retention_days: Option<u32>,
+}
+
+/// Rate limits (RATE_LIMIT_*).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Length of one window, milliseconds (RATE_LIMIT_WINDOW_MS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000))]
+    pub window_ms: Option<u64>,
+    /// Requests per window per key and per user (RATE_LIMIT_MAX_REQUESTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_requests: Option<u64>,
+}
+
+/// Conflict strategies.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConflictStrategy {
+    /// Last writer wins; a tie goes to the larger instance id.
+    #[default]
+    Lww,
+    /// First writer wins.
+    Fww,
+    /// Three-way JSON merge.
+    Merge,
+    /// Conflicts wait for review.
+    Manual,
+    /// A resolver webhook decides.
+    Assisted,
+}
+
+/// Conflict handling.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictSpec {
+    /// Strategy used when a write does not name one (CONFLICT_STRATEGY).
+    #[serde(default)]
+    pub default_strategy: ConflictStrategy,
+    /// Webhook URL that decides ASSISTED conflicts (CONFLICT_RESOLVER_URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver_url: Option<String>,
+}
+
+/// Service exposure.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default = "default_service_type")]
+    #[schemars(extend("enum" = ["ClusterIP", "NodePort", "LoadBalancer"]))]
+    pub r#type: String,
+    /// Service port (the pods listen on 3000).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Extra annotations on the Service (for load balancers).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            r#type: default_service_type(),
+            port: default_port(),
+            annotations: Default::default(),
+        }
+    }
+}
+
+fn default_service_type() -> String {
+    "ClusterIP".into()
+}
+
+fn default_port() -> i32 {
+    80
+}
+
+/// Ingress exposure. Socket.IO needs WebSocket support from the controller.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name served.
+    pub host: String,
+    /// IngressClass to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Secret with the TLS certificate for `host`; no TLS when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations on the Ingress.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// What the operator last saw of a SyncStore.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStoreStatus {
+    /// Generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Provisioning, Running, Degraded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Ready, DatabaseReady, SchemaMigrated and Available.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Data-plane pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// In-cluster URL of the data plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Highest migration applied to the store's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+    /// Reconcile failures in a row; drives the retry backoff.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+/// An API key of one SyncStore. The key itself lives only in the Secret
+/// named by `secretName`; the store keeps its hash.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "syncstore.dev",
+    version = "v1alpha1",
+    kind = "ApiKey",
+    namespaced,
+    status = "ApiKeyStatus",
+    shortname = "ssk",
+    category = "syncstore",
+    printcolumn = r#"{"name":"Store","type":"string","jsonPath":".spec.storeRef"}"#,
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.userId"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".status.keyPrefix","priority":1}"#,
+    printcolumn = r#"{"name":"Today","type":"integer","jsonPath":".status.usageToday"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    /// Name of the SyncStore (same namespace) this key belongs to.
+    #[x_kube(validation = Rule::new("self != ''").message("storeRef must name a SyncStore"))]
+    pub store_ref: String,
+    /// User the key acts for.
+    #[x_kube(validation = Rule::new("self != ''").message("userId must not be empty"))]
+    pub user_id: String,
+    /// Human-readable name of the key (the seed's `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Whether the key may read items.
+    #[serde(default = "yes")]
+    pub can_read: bool,
+    /// Whether the key may write items.
+    #[serde(default = "yes")]
+    pub can_write: bool,
+    /// Extra scopes: `admin`, `keys:manage`, `analytics:read`, `audit:read`.
+    /// `read` and `write` follow canRead and canWrite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<Scope>,
+    /// Client IPs or CIDR ranges allowed; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_restrictions: Vec<String>,
+    /// ISO 3166 country codes allowed; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub country_restrictions: Vec<String>,
+    /// Origin domains allowed (`example.com`, `*.example.com`); empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain_restrictions: Vec<String>,
+    /// User-agent regular expressions, one of which must match; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_agent_patterns: Vec<String>,
+    /// Request quotas; unset means unlimited.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// When the key stops working (RFC 3339). Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Secret the key is written to (key `apiKey`). Defaults to
+    /// `<name>-apikey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+/// Scopes an ApiKey can carry beyond read and write.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything, including every user's data.
+    #[serde(rename = "admin")]
+    Admin,
+    /// Managing keys through the REST API.
+    #[serde(rename = "keys:manage")]
+    KeysManage,
+    /// Reading every user's analytics.
+    #[serde(rename = "analytics:read")]
+    AnalyticsRead,
+    /// Reading the audit trail.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::KeysManage => "keys:manage",
+            Scope::AnalyticsRead => "analytics:read",
+            Scope::AuditRead => "audit:read",
+        }
+    }
+}
+
+/// Request quotas of a key.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub per_minute: Option<i64>,
+    /// Requests per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub per_hour: Option<i64>,
+    /// Requests per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub per_day: Option<i64>,
+    /// Requests per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub per_month: Option<i64>,
+}
+
+/// What the operator last saw of an ApiKey. Never the key itself.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// Generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Active, Expired or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Ready.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Id of the key's row in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Secret holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// First 8 characters of the key, to recognise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// The rotate annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
+    /// Last request made with the key (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+    /// Requests today (UTC).
+    #[serde(default)]
+    pub usage_today: i64,
+    /// Requests this month (UTC).
+    #[serde(default)]
+    pub usage_this_month: i64,
+    /// Reconcile failures in a row; drives the retry backoff.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+/// Both CRDs as one multi-document YAML, as `syncstore-operator crds`
+/// prints it and `crds/syncstore.dev.yaml` holds it.
+pub fn crds_yaml() -> String {
+    let mut out = String::from("# Generated by `syncstore-operator crds`; do not edit.\n");
+    for crd in [SyncStore::crd(), ApiKey::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).unwrap_or_default());
+    }
+    out
+}

@@ -1,0 +1,621 @@
+//! ApiKey reconcile. The key's Secret is the source of truth: a key is
+//! generated only when the Secret is missing or a rotation is asked for,
+//! and the store's row is found by the key's hash. So a reconcile that dies
+//! halfway and runs again finds what the first one did instead of
+//! generating a second key.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::{
+    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp,
+    ByteString,
+};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{finalizer, Event},
+    },
+    Api, Resource, ResourceExt,
+};
+use syncstore::{
+    auth::{generate_key, hash_key, hint, NewKey, Scope},
+    storage::{keys, now_ms, Db},
+};
+use syncstore_crds::{ApiKey, ApiKeyStatus, SyncStore, ROTATE_ANNOTATION};
+
+use crate::{
+    apply::secret_value,
+    children::MANAGER,
+    conditions::{is_true, merge, Verdict},
+    context::{backoff, Context, Error, Result},
+    events::publish,
+    store::{self, GIVE_UP_AFTER},
+};
+
+pub const KIND: &str = "ApiKey";
+/// Finalizer that revokes the key's row before the ApiKey goes.
+pub const FINALIZER: &str = "syncstore.dev/revoke";
+/// On the key Secret: the rotate-annotation value its key was made for.
+const ROTATION_MARK: &str = "syncstore.dev/rotation";
+const KEY: &str = "apiKey";
+const PREVIOUS: &str = "previousApiKey";
+
+pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start(KIND);
+    let api: Api<ApiKey> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, key.clone(), |event| async {
+        match event {
+            Event::Apply(k) => apply_key(&k, &ctx).await,
+            Event::Cleanup(k) => revoke(&k, &ctx).await,
+        }
+    })
+    .await
+    .map_err(crate::events::unwrap_finalizer);
+    match result {
+        Ok(action) => {
+            ctx.succeeded(&key.uid().unwrap_or_default());
+            Ok(action)
+        }
+        Err(err) => {
+            let failures = crate::events::failed(&ctx, KIND, key.as_ref(), &err).await;
+            if key.meta().deletion_timestamp.is_none() {
+                let current = key.status.clone().unwrap_or_default();
+                let status = ApiKeyStatus {
+                    observed_generation: key.metadata.generation,
+                    phase: Some("Failed".into()),
+                    conditions: merge(
+                        &current.conditions,
+                        &[Verdict::fail("Ready", err.reason(), err.to_string())],
+                        key.metadata.generation,
+                        Timestamp::now(),
+                    ),
+                    failures,
+                    ..current.clone()
+                };
+                if let Err(e) = write_status(&api, &key, &status).await {
+                    tracing::warn!(error = %e, "status not written");
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+pub fn error_policy(key: Arc<ApiKey>, _err: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(backoff(ctx.failures(&key.uid().unwrap_or_default())))
+}
+
+fn secret_name(key: &ApiKey) -> String {
+    key.spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-apikey", key.name_any()))
+}
+
+/// The row this spec asks for (`read`/`write` follow canRead/canWrite).
+pub fn desired(key: &ApiKey) -> Result<NewKey> {
+    let s = &key.spec;
+    let mut scopes = Vec::new();
+    if s.can_read {
+        scopes.push(Scope::Read);
+    }
+    if s.can_write {
+        scopes.push(Scope::Write);
+    }
+    for extra in &s.scopes {
+        let parsed = Scope::parse_list(extra.as_str()).map_err(Error::InvalidSpec)?;
+        scopes.extend(
+            parsed
+                .into_iter()
+                .filter(|p| !scopes.contains(p))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let new = NewKey {
+        name: s.display_name.clone().unwrap_or_else(|| key.name_any()),
+        user_id: s.user_id.clone(),
+        scopes,
+        expires_at: s.expires_at.as_ref().map(|t| t.0.as_millisecond()),
+        ip_restrictions: s.ip_restrictions.clone(),
+        country_restrictions: s.country_restrictions.clone(),
+        domain_restrictions: s.domain_restrictions.clone(),
+        user_agent_patterns: s.user_agent_patterns.clone(),
+        quotas: [
+            s.quotas.per_minute,
+            s.quotas.per_hour,
+            s.quotas.per_day,
+            s.quotas.per_month,
+        ],
+    };
+    new.restrictions().map_err(Error::InvalidSpec)?;
+    Ok(new)
+}
+
+/// `view` with every field the spec controls set from `new`.
+fn with_spec(
+    mut view: keys::KeyView,
+    new: &NewKey,
+    can_read: bool,
+    can_write: bool,
+) -> keys::KeyView {
+    view.name = new.name.clone();
+    view.is_active = true;
+    view.expires_at = new.expires_at;
+    view.can_read = can_read;
+    view.can_write = can_write;
+    view.scopes = new.scopes.clone();
+    view.ip_restrictions = new.ip_restrictions.clone();
+    view.country_restrictions = new.country_restrictions.clone();
+    view.domain_restrictions = new.domain_restrictions.clone();
+    view.user_agent_patterns = new.user_agent_patterns.clone();
+    [
+        view.quota_per_minute,
+        view.quota_per_hour,
+        view.quota_per_day,
+        view.quota_per_month,
+    ] = new.quotas;
+    view
+}
+
+/// The store and its database, once the store is migrated.
+async fn store_db(key: &ApiKey, ctx: &Context) -> Result<(SyncStore, Db)> {
+    let stores: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let store = stores
+        .get_opt(&key.spec.store_ref)
+        .await?
+        .ok_or_else(|| Error::StoreNotFound(key.spec.store_ref.clone()))?;
+    let migrated = store
+        .status
+        .as_ref()
+        .is_some_and(|s| is_true(&s.conditions, "SchemaMigrated"));
+    if !migrated || store.meta().deletion_timestamp.is_some() {
+        return Err(Error::StoreNotReady(store.name_any()));
+    }
+    let url = store::database_url(ctx, &store).await?;
+    let db = ctx.store_db(&store::store_key(&store), &url).await?;
+    Ok((store, db))
+}
+
+fn db_err(e: sqlx::Error) -> Error {
+    Error::KeyStore(match &e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        other => other.to_string(),
+    })
+}
+
+async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
+    let new = desired(key)?;
+    let (_store, db) = store_db(key, ctx).await?;
+    let (current, previous) = key_material(key, ctx, &db).await?;
+
+    let hash = hash_key(&current);
+    let id = match keys::find_by_hash(&db, &hash).await.map_err(db_err)? {
+        None => {
+            let row = keys::insert(&db, &new, &hash, &hint(&current))
+                .await
+                .map_err(db_err)?;
+            publish(
+                ctx,
+                key,
+                EventType::Normal,
+                "KeyStored",
+                &format!("Stored key {} for user {}", row.id, new.user_id),
+                "Store",
+            )
+            .await;
+            row.id
+        }
+        Some(row) => {
+            let view = keys::get(&db, &row.id, None)
+                .await
+                .map_err(db_err)?
+                .ok_or_else(|| Error::KeyStore("row vanished".into()))?;
+            let wanted = with_spec(view.clone(), &new, key.spec.can_read, key.spec.can_write);
+            if !same_settings(&view, &wanted) {
+                keys::update(&db, &wanted).await.map_err(db_err)?;
+                publish(
+                    ctx,
+                    key,
+                    EventType::Normal,
+                    "KeyUpdated",
+                    &format!("Updated key {} from the spec", row.id),
+                    "Update",
+                )
+                .await;
+            }
+            row.id
+        }
+    };
+    if let Some(previous) = previous {
+        expire_previous(&db, &previous, ctx).await?;
+    }
+
+    let (day, month) = syncstore::auth::usage::day_and_month(chrono::Utc::now());
+    let (today, this_month, last_used) = keys::current_usage(&db, &id, day, month)
+        .await
+        .map_err(db_err)?
+        .unwrap_or((0, 0, None));
+    let expired = new.expires_at.is_some_and(|e| e <= now_ms());
+    let current_status = key.status.clone().unwrap_or_default();
+    let ready = if expired {
+        Verdict::fail("Ready", "Expired", "the key's expiresAt has passed")
+    } else {
+        Verdict::ok(
+            "Ready",
+            "Active",
+            format!("key {id} is active in store {}", key.spec.store_ref),
+        )
+    };
+    let status = ApiKeyStatus {
+        observed_generation: key.metadata.generation,
+        phase: Some(if expired { "Expired" } else { "Active" }.into()),
+        conditions: merge(
+            &current_status.conditions,
+            &[ready],
+            key.metadata.generation,
+            Timestamp::now(),
+        ),
+        key_id: Some(id),
+        secret_name: Some(secret_name(key)),
+        key_prefix: Some(recognisable(&current, &ctx.settings.key_prefix)),
+        rotation: key.annotations().get(ROTATE_ANNOTATION).cloned(),
+        last_used_at: last_used
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string()),
+        usage_today: today,
+        usage_this_month: this_month,
+        failures: 0,
+    };
+    let api: Api<ApiKey> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    write_status(&api, key, &status).await?;
+    Ok(Action::requeue(ctx.settings.usage_interval))
+}
+
+/// The 8 characters after the common token prefix: enough to tell keys
+/// apart at a glance, far too few to guess the rest.
+pub fn recognisable(key: &str, prefix: &str) -> String {
+    key.strip_prefix(prefix)
+        .unwrap_or(key)
+        .chars()
+        .take(8)
+        .collect()
+}
+
+fn same_settings(a: &keys::KeyView, b: &keys::KeyView) -> bool {
+    (
+        &a.name,
+        a.is_active,
+        a.expires_at,
+        a.can_read,
+        a.can_write,
+        &a.scopes,
+        &a.ip_restrictions,
+        &a.country_restrictions,
+        &a.domain_restrictions,
+        &a.user_agent_patterns,
+        [
+            a.quota_per_minute,
+            a.quota_per_hour,
+            a.quota_per_day,
+            a.quota_per_month,
+        ],
+    ) == (
+        &b.name,
+        b.is_active,
+        b.expires_at,
+        b.can_read,
+        b.can_write,
+        &b.scopes,
+        &b.ip_restrictions,
+        &b.country_restrictions,
+        &b.domain_restrictions,
+        &b.user_agent_patterns,
+        [
+            b.quota_per_minute,
+            b.quota_per_hour,
+            b.quota_per_day,
+            b.quota_per_month,
+        ],
+    )
+}
+
+/// The current key (and the rotated-out one) from the key Secret, creating
+/// or rotating it first when needed.
+async fn key_material(key: &ApiKey, ctx: &Context, db: &Db) -> Result<(String, Option<String>)> {
+    let ns = key.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = secret_name(key);
+    let wanted = key
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let uid = key.uid().unwrap_or_default();
+    match secrets.get_opt(&name).await? {
+        None => {
+            let fresh = generate_key(&ctx.settings.key_prefix);
+            let secret = key_secret(key, &name, &wanted, &fresh, None);
+            secrets
+                .create(
+                    &PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &secret,
+                )
+                .await?;
+            publish(
+                ctx,
+                key,
+                EventType::Normal,
+                "KeyGenerated",
+                &format!("Generated a key into Secret {name}"),
+                "Generate",
+            )
+            .await;
+            // A Secret deleted by hand took the only copy of the old key:
+            // its row can never be used again, so it is revoked.
+            if let Some(old) = key.status.as_ref().and_then(|s| s.key_id.clone()) {
+                keys::set_active(db, &old, false).await.map_err(db_err)?;
+            }
+            Ok((fresh, None))
+        }
+        Some(existing) => {
+            let owned = existing.owner_references().iter().any(|o| o.uid == uid);
+            if !owned {
+                return Err(Error::SecretConflict(name));
+            }
+            let current = secret_value(&existing, KEY).ok_or_else(|| Error::SecretMissing {
+                name: name.clone(),
+                key: KEY.into(),
+            })?;
+            let made_for = existing
+                .annotations()
+                .get(ROTATION_MARK)
+                .cloned()
+                .unwrap_or_default();
+            if made_for == wanted {
+                return Ok((current, secret_value(&existing, PREVIOUS)));
+            }
+            let fresh = generate_key(&ctx.settings.key_prefix);
+            let mut secret = key_secret(key, &name, &wanted, &fresh, Some(&current));
+            secret.metadata.resource_version = existing.resource_version();
+            // The resourceVersion makes this a compare-and-swap: a racing
+            // reconcile fails here instead of rotating twice.
+            secrets
+                .replace(
+                    &name,
+                    &PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &secret,
+                )
+                .await?;
+            publish(
+                ctx,
+                key,
+                EventType::Normal,
+                "KeyRotated",
+                &format!(
+                    "Rotated the key in Secret {name}; the previous key stays valid for {}s",
+                    ctx.settings.rotation_grace.as_secs()
+                ),
+                "Rotate",
+            )
+            .await;
+            Ok((fresh, Some(current)))
+        }
+    }
+}
+
+fn key_secret(
+    key: &ApiKey,
+    name: &str,
+    rotation: &str,
+    current: &str,
+    previous: Option<&str>,
+) -> Secret {
+    let mut data = BTreeMap::from([(KEY.to_string(), ByteString(current.as_bytes().to_vec()))]);
+    if let Some(p) = previous {
+        data.insert(PREVIOUS.into(), ByteString(p.as_bytes().to_vec()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: key.namespace(),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".into(), "syncstore".into()),
+                (
+                    "app.kubernetes.io/instance".into(),
+                    key.spec.store_ref.clone(),
+                ),
+                ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+                ("app.kubernetes.io/component".into(), "apikey".into()),
+            ])),
+            annotations: Some(BTreeMap::from([(ROTATION_MARK.into(), rotation.into())])),
+            owner_references: key.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Gives the rotated-out key the grace period (once: a later reconcile
+/// never extends it).
+async fn expire_previous(db: &Db, previous: &str, ctx: &Context) -> Result<()> {
+    let Some(old) = keys::find_by_hash(db, &hash_key(previous))
+        .await
+        .map_err(db_err)?
+    else {
+        return Ok(());
+    };
+    let grace_end =
+        now_ms() + i64::try_from(ctx.settings.rotation_grace.as_millis()).unwrap_or(i64::MAX);
+    if old.expires_at.is_some_and(|e| e <= grace_end) {
+        return Ok(());
+    }
+    let mut view = keys::get(db, &old.id, None)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| Error::KeyStore("row vanished".into()))?;
+    view.expires_at = Some(grace_end);
+    keys::update(db, &view).await.map_err(db_err)
+}
+
+async fn write_status(api: &Api<ApiKey>, key: &ApiKey, new: &ApiKeyStatus) -> Result<()> {
+    if key.status.as_ref() == Some(new) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": new });
+    api.patch_status(
+        &key.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Revokes the key's rows, then deletes its Secret. When the store or its
+/// database is gone there is nothing left to revoke, and deletion goes on.
+async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let name = secret_name(key);
+    let secret = secrets.get_opt(&name).await?;
+    match store_db(key, ctx).await {
+        Ok((_, db)) => {
+            let mut ids: Vec<String> = key
+                .status
+                .as_ref()
+                .and_then(|s| s.key_id.clone())
+                .into_iter()
+                .collect();
+            for k in [KEY, PREVIOUS] {
+                if let Some(value) = secret.as_ref().and_then(|s| secret_value(s, k)) {
+                    if let Some(row) = keys::find_by_hash(&db, &hash_key(&value))
+                        .await
+                        .map_err(db_err)?
+                    {
+                        ids.push(row.id);
+                    }
+                }
+            }
+            for id in &ids {
+                keys::set_active(&db, id, false).await.map_err(db_err)?;
+            }
+            publish(
+                ctx,
+                key,
+                EventType::Normal,
+                "KeyRevoked",
+                "Revoked the key in its store",
+                "Revoke",
+            )
+            .await;
+        }
+        Err(e @ (Error::StoreNotFound(_) | Error::StoreNotReady(_))) => {
+            publish(
+                ctx,
+                key,
+                EventType::Normal,
+                "RevokeSkipped",
+                &format!("Nothing to revoke: {e}"),
+                "Revoke",
+            )
+            .await;
+        }
+        Err(e) if ctx.failures(&key.uid().unwrap_or_default()) >= GIVE_UP_AFTER => {
+            publish(
+                ctx,
+                key,
+                EventType::Warning,
+                "RevokeSkipped",
+                &format!("Gave up revoking: {e}"),
+                "Revoke",
+            )
+            .await;
+        }
+        Err(e) => return Err(e),
+    }
+    if secret.is_some_and(|s| {
+        s.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == key.meta().uid.as_ref())
+    }) {
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncstore_crds::ApiKeySpec;
+
+    fn key(yaml: &str) -> ApiKey {
+        let spec: ApiKeySpec = serde_yaml::from_str(yaml).expect("spec parses");
+        let mut k = ApiKey::new("mobile", spec);
+        k.metadata.namespace = Some("team-a".into());
+        k.metadata.uid = Some("uid-k".into());
+        k
+    }
+
+    #[test]
+    fn the_spec_becomes_the_row() {
+        let k = key("storeRef: chat\nuserId: alice\ncanWrite: false\nscopes: [analytics:read]\nipRestrictions: [10.0.0.0/8]\nquotas: {perDay: 1000}\nexpiresAt: '2030-01-01T00:00:00Z'\n");
+        let new = desired(&k).expect("valid");
+        assert_eq!(new.scopes, vec![Scope::Read, Scope::AnalyticsRead]);
+        assert_eq!(new.name, "mobile");
+        assert_eq!(new.quotas, [None, None, Some(1000), None]);
+        assert_eq!(new.expires_at, Some(1_893_456_000_000));
+        assert_eq!(new.ip_restrictions, ["10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn bad_restrictions_are_an_invalid_spec() {
+        let k = key("storeRef: chat\nuserId: alice\nipRestrictions: [not-an-ip]\n");
+        assert!(matches!(desired(&k), Err(Error::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn the_key_secret_is_owned_and_marked() {
+        let k = key("storeRef: chat\nuserId: alice\n");
+        let s = key_secret(
+            &k,
+            "mobile-apikey",
+            "r1",
+            "sk_live_new",
+            Some("sk_live_old"),
+        );
+        assert_eq!(
+            s.metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].uid.as_str()),
+            Some("uid-k")
+        );
+        assert_eq!(
+            s.metadata
+                .annotations
+                .as_ref()
+                .map(|a| a[ROTATION_MARK].as_str()),
+            Some("r1")
+        );
+        assert_eq!(secret_value(&s, KEY).as_deref(), Some("sk_live_new"));
+        assert_eq!(secret_value(&s, PREVIOUS).as_deref(), Some("sk_live_old"));
+        assert_eq!(recognisable("sk_live_AbCdEfGhIjK", "sk_live_"), "AbCdEfGh");
+    }
+}

@@ -1,0 +1,723 @@
+//! The objects a SyncStore owns, built by pure functions of the store (and
+//! of what was generated for it), so they are unit-tested without a cluster
+//! and re-applied unchanged on every reconcile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+            MetricSpec, MetricTarget, ResourceMetricSource,
+        },
+        core::v1::{
+            Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
+            EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+            SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+            SleepAction,
+        },
+        networking::v1::{
+            HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+            IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::LabelSelector, apis::meta::v1::ObjectMeta, util::intstr::IntOrString,
+    },
+    ByteString,
+};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use syncstore_crds::SyncStore;
+
+/// The field manager of every apply, and the `managed-by` label value.
+pub const MANAGER: &str = "syncstore-operator";
+/// Pod-template annotation whose change rolls the pods.
+pub const CONFIG_HASH: &str = "syncstore.dev/config-hash";
+/// The container port of the data plane.
+pub const HTTP_PORT: i32 = 3000;
+
+/// Names of the children of store `name`.
+pub struct Names {
+    pub deployment: String,
+    pub analytics: String,
+    pub config: String,
+    /// Generated once: JWT secrets and the database password.
+    pub generated: String,
+    /// Derived each reconcile: the store's database URL.
+    pub database: String,
+}
+
+pub fn names(store: &SyncStore) -> Names {
+    let n = store.name_any();
+    Names {
+        deployment: n.clone(),
+        analytics: format!("{n}-analytics"),
+        config: format!("{n}-config"),
+        generated: format!("{n}-secrets"),
+        database: format!("{n}-db"),
+    }
+}
+
+/// `app.kubernetes.io/{name,instance,managed-by}`, plus the component.
+pub fn labels(store: &SyncStore, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "syncstore".into()),
+        ("app.kubernetes.io/instance".into(), store.name_any()),
+        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+        ("app.kubernetes.io/component".into(), component.into()),
+    ])
+}
+
+/// Selects the pods of one component; a subset of [`labels`] that never
+/// changes, because a Deployment's selector is immutable.
+fn selector(store: &SyncStore, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".into(), store.name_any()),
+        ("app.kubernetes.io/component".into(), component.into()),
+    ])
+}
+
+fn meta(store: &SyncStore, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: store.namespace(),
+        labels: Some(labels(store, component)),
+        owner_references: store.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The schema (and role) name of a store.
+pub fn schema_name(store: &SyncStore) -> String {
+    store.spec.database.schema_name.clone().unwrap_or_else(|| {
+        crate::database::derive_name(
+            &store.namespace().unwrap_or_default(),
+            &store.name_any(),
+            63,
+        )
+    })
+}
+
+/// The store role: the schema name, shortened to MySQL's 32-character
+/// user-name limit there.
+pub fn role_name(store: &SyncStore) -> String {
+    let schema = schema_name(store);
+    match store.spec.database.engine {
+        syncstore_crds::Engine::Mysql if schema.len() > 32 => crate::database::derive_name(
+            &store.namespace().unwrap_or_default(),
+            &store.name_any(),
+            32,
+        ),
+        _ => schema,
+    }
+}
+
+/// The in-cluster URL of the data plane.
+pub fn endpoint(store: &SyncStore) -> String {
+    format!(
+        "http://{}.{}.svc:{}",
+        store.name_any(),
+        store.namespace().unwrap_or_default(),
+        store.spec.service.port
+    )
+}
+
+/// Non-secret settings, as the data plane's environment variables.
+pub fn config_map(store: &SyncStore) -> ConfigMap {
+    let s = &store.spec;
+    let mut data = BTreeMap::from([
+        ("PORT".to_string(), HTTP_PORT.to_string()),
+        ("LOG_FORMAT".into(), "json".into()),
+        (
+            "SYNCSTORE_STORE".into(),
+            format!(
+                "{}.{}",
+                store.namespace().unwrap_or_default(),
+                store.name_any()
+            ),
+        ),
+        (
+            "CONFLICT_DEFAULT_STRATEGY".into(),
+            serde_plain(&s.conflicts.default_strategy),
+        ),
+        ("ENABLE_ANALYTICS".into(), s.analytics.enabled.to_string()),
+    ]);
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            data.insert(k.to_string(), v);
+        }
+    };
+    put(
+        "DB_CONNECTION_LIMIT",
+        s.database.connection_limit.map(|v| v.to_string()),
+    );
+    put(
+        "MAX_ITEM_SIZE_KB",
+        s.limits.max_item_size_kb.map(|v| v.to_string()),
+    );
+    put(
+        "MAX_STORAGE_PER_USER_MB",
+        s.limits.max_storage_per_user_mb.map(|v| v.to_string()),
+    );
+    put(
+        "TTL_CLEANUP_INTERVAL_HOURS",
+        s.limits.ttl_cleanup_interval_hours.map(|v| v.to_string()),
+    );
+    put(
+        "SYNC_TOMBSTONE_RETENTION_DAYS",
+        s.limits.tombstone_retention_days.map(|v| v.to_string()),
+    );
+    put(
+        "RATE_LIMIT_WINDOW_MS",
+        s.rate_limit.window_ms.map(|v| v.to_string()),
+    );
+    put(
+        "RATE_LIMIT_MAX_REQUESTS",
+        s.rate_limit.max_requests.map(|v| v.to_string()),
+    );
+    put("CONFLICT_RESOLVER_URL", s.conflicts.resolver_url.clone());
+    put(
+        "CORS_ORIGIN",
+        (!s.cors_origins.is_empty()).then(|| s.cors_origins.join(",")),
+    );
+    if let Some(kafka) = &s.kafka {
+        put("KAFKA_BROKERS", Some(kafka.brokers.join(",")));
+        put("KAFKA_TOPIC", Some(kafka.topic.clone()));
+    }
+    ConfigMap {
+        metadata: meta(store, names(store).config, "config"),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// An enum's serde name (`LWW`, …).
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// The generated secrets, created once and never regenerated: rotating the
+/// JWT secret would sign every user out, and a new database password would
+/// lock out running pods.
+pub fn generated_secret(store: &SyncStore, random: &mut impl FnMut() -> String) -> Secret {
+    Secret {
+        metadata: meta(store, names(store).generated, "secrets"),
+        string_data: Some(BTreeMap::from([
+            ("JWT_SECRET".into(), random()),
+            ("JWT_REFRESH_SECRET".into(), random()),
+            ("DB_PASSWORD".into(), random()),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// The store's database URL, derived from the admin URL's host and the
+/// store's own credentials.
+pub fn database_secret(store: &SyncStore, url: &str) -> Secret {
+    Secret {
+        metadata: meta(store, names(store).database, "database"),
+        data: Some(BTreeMap::from([(
+            "DATABASE_URL".into(),
+            ByteString(url.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// A hash of everything the pods read at start, so that a change to any of
+/// it rolls them.
+pub fn config_hash(config: &ConfigMap, database_url: &str) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in config.data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.update(database_url.as_bytes());
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The environment every data-plane container shares.
+fn env(store: &SyncStore) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
+    let n = names(store);
+    let mut env = vec![EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..EnvVar::default()
+    }];
+    if let Some(redis) = &store.spec.redis {
+        env.push(EnvVar {
+            name: "REDIS_URL".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: redis.url_secret_ref.name.clone(),
+                    key: redis.url_secret_ref.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    let from = vec![
+        EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: n.config,
+                optional: Some(false),
+            }),
+            ..Default::default()
+        },
+        EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: n.generated,
+                optional: Some(false),
+            }),
+            ..Default::default()
+        },
+        EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: n.database,
+                optional: Some(false),
+            }),
+            ..Default::default()
+        },
+    ];
+    (env, from)
+}
+
+fn container(store: &SyncStore, command: &str) -> Container {
+    let (env, env_from) = env(store);
+    Container {
+        name: "syncstore".into(),
+        image: Some(store.spec.image.clone()),
+        args: Some(vec![command.into()]),
+        env: Some(env),
+        env_from: Some(env_from),
+        resources: store.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn pod_spec(containers: Vec<Container>) -> PodSpec {
+    PodSpec {
+        containers,
+        termination_grace_period_seconds: Some(30),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
+    }
+}
+
+fn template(store: &SyncStore, component: &str, hash: &str, spec: PodSpec) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(store, component)),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.into(), hash.into())])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(spec),
+    }
+}
+
+/// The `syncstore serve` Deployment. With autoscaling set, `replicas` is
+/// left out of the applied object so that the HPA, not the operator, owns it.
+pub fn deployment(store: &SyncStore, hash: &str) -> Deployment {
+    let mut main = container(store, "serve");
+    main.ports = Some(vec![ContainerPort {
+        name: Some("http".into()),
+        container_port: HTTP_PORT,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }]);
+    main.readiness_probe = Some(probe("/ready", 5, 3));
+    main.liveness_probe = Some(probe("/health", 10, 3));
+    main.startup_probe = Some(probe("/health", 2, 30));
+    // The Service stops sending new connections while the pod sleeps, then
+    // SIGTERM makes the server drain what is still open.
+    main.lifecycle = Some(Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction { seconds: 5 }),
+            ..Default::default()
+        }),
+        ..Lifecycle::default()
+    });
+    Deployment {
+        metadata: meta(store, names(store).deployment, "server"),
+        spec: Some(DeploymentSpec {
+            replicas: store
+                .spec
+                .autoscaling
+                .is_none()
+                .then_some(store.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(store, "server")),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".into())),
+                }),
+            }),
+            template: template(store, "server", hash, pod_spec(vec![main])),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The `syncstore analytics` consumer, when analytics flow through Kafka.
+pub fn analytics_deployment(store: &SyncStore, hash: &str) -> Option<Deployment> {
+    let a = &store.spec.analytics;
+    if !a.enabled || store.spec.kafka.is_none() || a.consumer_replicas == 0 {
+        return None;
+    }
+    Some(Deployment {
+        metadata: meta(store, names(store).analytics, "analytics"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(a.consumer_replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(store, "analytics")),
+                ..Default::default()
+            },
+            template: template(
+                store,
+                "analytics",
+                hash,
+                pod_spec(vec![container(store, "analytics")]),
+            ),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+pub fn service(store: &SyncStore) -> Service {
+    let s = &store.spec.service;
+    let mut metadata = meta(store, store.name_any(), "server");
+    if !s.annotations.is_empty() {
+        metadata.annotations = Some(s.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(s.r#type.clone()),
+            selector: Some(selector(store, "server")),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: s.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+pub fn hpa(store: &SyncStore) -> Option<HorizontalPodAutoscaler> {
+    let a = store.spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: meta(store, store.name_any(), "server"),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: names(store).deployment,
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    })
+}
+
+/// At most one pod down at a time for voluntary disruptions, so a drain
+/// never takes the whole store offline.
+pub fn pdb(store: &SyncStore) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(store, store.name_any(), "server"),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(store, "server")),
+                ..Default::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+pub fn ingress(store: &SyncStore) -> Option<Ingress> {
+    let i = store.spec.ingress.as_ref()?;
+    let mut metadata = meta(store, store.name_any(), "server");
+    if !i.annotations.is_empty() {
+        metadata.annotations = Some(i.annotations.clone());
+    }
+    Some(Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: i.class_name.clone(),
+            tls: i.tls_secret_name.as_ref().map(|s| {
+                vec![IngressTLS {
+                    hosts: Some(vec![i.host.clone()]),
+                    secret_name: Some(s.clone()),
+                }]
+            }),
+            rules: Some(vec![IngressRule {
+                host: Some(i.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: store.name_any(),
+                                port: Some(ServiceBackendPort {
+                                    name: Some("http".into()),
+                                    ..Default::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncstore_crds::{Autoscaling, SyncStoreSpec};
+
+    fn store(yaml: &str) -> SyncStore {
+        let spec: SyncStoreSpec = serde_yaml::from_str(yaml).expect("spec parses");
+        let mut s = SyncStore::new("chat", spec);
+        s.metadata.namespace = Some("team-a".into());
+        s.metadata.uid = Some("uid-1".into());
+        s
+    }
+
+    const BASE: &str =
+        "image: syncstore:1\ndatabase: {engine: postgres, adminSecretRef: {name: pg-admin}}\n";
+
+    #[test]
+    fn every_child_is_owned_and_labelled() {
+        let s = store(BASE);
+        let owner = s.controller_owner_ref(&()).expect("owner ref");
+        let metas = [
+            config_map(&s).metadata,
+            deployment(&s, "h").metadata,
+            service(&s).metadata,
+            pdb(&s).metadata,
+            database_secret(&s, "u").metadata,
+            generated_secret(&s, &mut || "x".into()).metadata,
+        ];
+        for m in metas {
+            assert_eq!(
+                m.owner_references.as_deref(),
+                Some(std::slice::from_ref(&owner))
+            );
+            assert_eq!(m.namespace.as_deref(), Some("team-a"));
+            let l = m.labels.expect("labels");
+            assert_eq!(l["app.kubernetes.io/managed-by"], MANAGER);
+            assert_eq!(l["app.kubernetes.io/instance"], "chat");
+        }
+        assert!(owner.controller == Some(true));
+    }
+
+    #[test]
+    fn the_deployment_serves_with_probes_env_and_drain() {
+        let s = store(&format!(
+            "{BASE}replicas: 3\nredis: {{urlSecretRef: {{name: redis}}}}\n"
+        ));
+        let d = deployment(&s, "abc");
+        let spec = d.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.args.as_deref(), Some(&["serve".to_string()][..]));
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/ready"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/health"));
+        assert!(c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|p| p.sleep.as_ref())
+            .is_some());
+        let env = c.env.as_ref().expect("env");
+        let redis = env
+            .iter()
+            .find(|e| e.name == "REDIS_URL")
+            .expect("REDIS_URL");
+        assert_eq!(
+            redis
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|r| r.name.as_str()),
+            Some("redis")
+        );
+        let from: Vec<String> = c
+            .env_from
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                e.config_map_ref
+                    .as_ref()
+                    .map(|r| r.name.clone())
+                    .or(e.secret_ref.as_ref().map(|r| r.name.clone()))
+            })
+            .collect();
+        assert_eq!(from, ["chat-config", "chat-secrets", "chat-db"]);
+        let annotations = spec
+            .template
+            .metadata
+            .and_then(|m| m.annotations)
+            .expect("annotations");
+        assert_eq!(annotations[CONFIG_HASH], "abc");
+        assert_eq!(
+            spec.strategy
+                .and_then(|s| s.rolling_update)
+                .and_then(|r| r.max_unavailable),
+            Some(IntOrString::Int(0))
+        );
+    }
+
+    #[test]
+    fn autoscaling_hands_replicas_to_the_hpa() {
+        let mut s = store(BASE);
+        assert!(hpa(&s).is_none());
+        s.spec.autoscaling = Some(Autoscaling {
+            min_replicas: 2,
+            max_replicas: 5,
+            target_cpu_utilization: 60,
+        });
+        assert_eq!(deployment(&s, "h").spec.and_then(|d| d.replicas), None);
+        let h = hpa(&s).and_then(|h| h.spec).expect("hpa");
+        assert_eq!((h.min_replicas, h.max_replicas), (Some(2), 5));
+        assert_eq!(h.scale_target_ref.name, "chat");
+    }
+
+    #[test]
+    fn config_carries_limits_and_changes_the_hash() {
+        let s = store(&format!(
+            "{BASE}limits: {{maxItemSizeKb: 64}}\nrateLimit: {{maxRequests: 500}}\ncorsOrigins: [https://a.example, https://b.example]\nconflicts: {{defaultStrategy: MERGE}}\n"
+        ));
+        let cm = config_map(&s);
+        let data = cm.data.clone().expect("data");
+        assert_eq!(data["MAX_ITEM_SIZE_KB"], "64");
+        assert_eq!(data["RATE_LIMIT_MAX_REQUESTS"], "500");
+        assert_eq!(data["CORS_ORIGIN"], "https://a.example,https://b.example");
+        assert_eq!(data["CONFLICT_DEFAULT_STRATEGY"], "MERGE");
+        assert!(!data.contains_key("KAFKA_BROKERS"));
+        let before = config_hash(&cm, "u");
+        let mut other = s.clone();
+        other.spec.limits.max_item_size_kb = Some(65);
+        assert_ne!(before, config_hash(&config_map(&other), "u"));
+        assert_ne!(before, config_hash(&cm, "u2"));
+        assert_eq!(before, config_hash(&config_map(&s), "u"));
+    }
+
+    #[test]
+    fn analytics_consumer_only_with_kafka() {
+        let s = store(BASE);
+        assert!(analytics_deployment(&s, "h").is_none());
+        let s = store(&format!(
+            "{BASE}kafka: {{brokers: [k:9092]}}\nanalytics: {{consumerReplicas: 2}}\n"
+        ));
+        let d = analytics_deployment(&s, "h").expect("consumer");
+        assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
+        let args = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].args.clone());
+        assert_eq!(args, Some(Some(vec!["analytics".to_string()])));
+        assert_eq!(
+            config_map(&s).data.expect("data")["KAFKA_TOPIC"],
+            "syncstore.analytics"
+        );
+    }
+
+    #[test]
+    fn schema_and_role_names() {
+        let s = store(BASE);
+        assert_eq!(schema_name(&s), "ss_team_a_chat");
+        assert_eq!(role_name(&s), "ss_team_a_chat");
+        assert_eq!(endpoint(&s), "http://chat.team-a.svc:80");
+    }
+}

@@ -1,0 +1,191 @@
+//! What every reconcile shares, and the one error type they return.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kube::{
+    runtime::events::{Recorder, Reporter},
+    Client,
+};
+use syncstore::storage::Db;
+
+use crate::metrics::Metrics;
+
+/// Why a reconcile failed. Each variant has a stable `reason`, which is
+/// what the `Ready` condition and the failure metric carry. Messages never
+/// contain a URL or a password.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Secret {name} has no key {key}")]
+    SecretMissing { name: String, key: String },
+    #[error("{0}")]
+    InvalidDatabaseUrl(String),
+    #[error("database unreachable: {0}")]
+    DatabaseUnreachable(String),
+    #[error("provisioning the database failed: {0}")]
+    Provisioning(String),
+    #[error("migrating the schema failed: {0}")]
+    Migration(String),
+    #[error("SyncStore {0} does not exist in this namespace")]
+    StoreNotFound(String),
+    #[error("SyncStore {0} is not ready yet")]
+    StoreNotReady(String),
+    #[error("Secret {0} exists and is not owned by this ApiKey")]
+    SecretConflict(String),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("key store: {0}")]
+    KeyStore(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// The CamelCase reason shown in conditions, events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesError",
+            Error::SecretMissing { .. } => "SecretMissing",
+            Error::InvalidDatabaseUrl(_) => "InvalidDatabaseUrl",
+            Error::DatabaseUnreachable(_) => "DatabaseUnreachable",
+            Error::Provisioning(_) => "ProvisioningFailed",
+            Error::Migration(_) => "MigrationFailed",
+            Error::StoreNotFound(_) => "StoreNotFound",
+            Error::StoreNotReady(_) => "StoreNotReady",
+            Error::SecretConflict(_) => "SecretConflict",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::KeyStore(_) => "KeyStoreError",
+            Error::Finalizer(_) => "FinalizerFailed",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Operator-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a rotated-out key keeps working.
+    pub rotation_grace: Duration,
+    /// How often ApiKey usage is copied from the database into status.
+    pub usage_interval: Duration,
+    /// How often a healthy SyncStore is re-checked for drift.
+    pub resync_interval: Duration,
+    /// Prefix of generated keys (the data plane's API_KEY_TOKEN_PREFIX).
+    pub key_prefix: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            rotation_grace: Duration::from_secs(24 * 3600),
+            usage_interval: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(300),
+            key_prefix: "sk_live_".into(),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// Failures in a row per object uid: the exponent of its backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// One small pool per store database, reused across ApiKey reconciles.
+    pools: tokio::sync::Mutex<HashMap<String, (String, Db)>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        settings: Settings,
+        instance: String,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "syncstore-operator".into(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            failures: Mutex::default(),
+            pools: Default::default(),
+        })
+    }
+
+    /// Records one more failure of `uid` and returns the count.
+    pub fn failed(&self, uid: &str) -> u32 {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(uid.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn failures(&self, uid: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn succeeded(&self, uid: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    /// A pool on the store database at `url`, opened on first use and
+    /// reopened when the URL changes (new credentials).
+    pub async fn store_db(&self, store: &str, url: &str) -> Result<Db> {
+        let mut pools = self.pools.lock().await;
+        if let Some((known, db)) = pools.get(store) {
+            if known == url {
+                return Ok(db.clone());
+            }
+        }
+        let db = crate::database::open_store(url, 2).await?;
+        if let Some((_, old)) = pools.insert(store.to_string(), (url.to_string(), db.clone())) {
+            old.close().await;
+        }
+        Ok(db)
+    }
+
+    /// Forgets the pool of a deleted store.
+    pub async fn forget_store(&self, store: &str) {
+        if let Some((_, db)) = self.pools.lock().await.remove(store) {
+            db.close().await;
+        }
+    }
+}
+
+/// Exponential backoff from a failure count: 2 s, 4 s, … capped at 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(8);
+    Duration::from_secs((2u64 << exp).min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,15 @@
+//! The SyncStore operator: reconciles `SyncStore` and `ApiKey` resources
+//! into Deployments, Services, Secrets, a migrated database schema and key
+//! rows. The binary (`main.rs`) adds leader election and the HTTP server.
+
+pub mod apikey;
+pub mod apply;
+pub mod children;
+pub mod conditions;
+pub mod context;
+pub mod controller;
+pub mod database;
+pub mod events;
+pub mod metrics;
+pub mod server;
+pub mod store;

@@ -1,0 +1,200 @@
+//! `syncstore-operator`: `run` (the default) reconciles SyncStore and
+//! ApiKey resources; `crds` prints their CustomResourceDefinitions.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use futures_util::FutureExt;
+use kube_lease_manager::LeaseManagerBuilder;
+use syncstore_operator::{
+    context::{Context, Settings},
+    controller,
+    metrics::Metrics,
+    server,
+};
+
+#[derive(Parser)]
+#[command(name = "syncstore-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile SyncStore and ApiKey resources (the default).
+    Run,
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /metrics and /health.
+    #[arg(long, env = "OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "syncstore-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a rotated-out API key stays valid.
+    #[arg(long, env = "KEY_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
+    key_rotation_grace: Duration,
+    /// How often ApiKey usage is copied into status.
+    #[arg(long, env = "USAGE_SYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    usage_sync_interval: Duration,
+    /// Prefix of generated API keys; must match the data plane's API_KEY_TOKEN_PREFIX.
+    #[arg(long, env = "API_KEY_TOKEN_PREFIX", default_value = "sk_live_")]
+    key_prefix: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Crds => {
+            print!("{}", syncstore_crds::crds_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(cli.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+                .unwrap_or_else(|_| "info,kube=warn,sqlx=warn".into()),
+        )
+        .init();
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let metrics = Metrics::default();
+
+    // Served by standby replicas too, so their liveness probe passes.
+    let listener = match tokio::net::TcpListener::bind(args.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, addr = %args.http_addr, "cannot listen");
+            return ExitCode::from(2);
+        }
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, server::router(metrics_for_server())).await;
+    });
+    fn metrics_for_server() -> Metrics {
+        METRICS.get().cloned().unwrap_or_default()
+    }
+    let _ = METRICS.set(metrics.clone());
+
+    let (terminate_tx, terminate_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = terminate_tx.send(true);
+    });
+
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await;
+    let lease = match lease {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "leader election unavailable");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut leader, lease_task) = lease.watch().await;
+    tracing::info!(identity = %identity, lease = %args.lease_name, "waiting for leadership");
+    let mut stop = terminate_rx.clone();
+    tokio::select! {
+        got = leader.wait_for(|held| *held) => if got.is_err() { return ExitCode::FAILURE },
+        _ = stop.wait_for(|t| *t) => return ExitCode::SUCCESS,
+    }
+    tracing::info!(identity = %identity, "leading");
+
+    // Stops the controllers on a signal, or when leadership is lost (then
+    // the process exits non-zero and restarts as a standby).
+    let mut lost = leader.clone();
+    let mut term = terminate_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = lost.wait_for(|held| !*held) => tracing::error!("lost leadership"),
+            _ = term.wait_for(|t| *t) => {}
+        }
+    }
+    .boxed()
+    .shared();
+
+    let settings = Settings {
+        rotation_grace: args.key_rotation_grace,
+        usage_interval: args.usage_sync_interval,
+        key_prefix: args.key_prefix.clone(),
+        ..Settings::default()
+    };
+    let ctx = Context::new(client, metrics, settings, identity);
+    controller::run(ctx, args.watch_namespace.clone(), shutdown).await;
+
+    let still_leader = *leader.borrow();
+    drop(leader);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    if still_leader || *terminate_rx.borrow() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "operator".into())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,381 @@
+//! SyncStore reconcile: generated secrets, the database schema and role,
+//! the migrations, the children, and the status that `kubectl get` shows.
+
+use std::sync::Arc;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Secret,
+        networking::v1::Ingress,
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{finalizer, Event},
+    },
+    Api, Resource, ResourceExt,
+};
+use syncstore_crds::{DeletionPolicy, SyncStore, SyncStoreStatus};
+
+use crate::{
+    apply::{apply, delete_orphans, ensure_secret, random_token, read_secret_key, secret_value},
+    children::{self, names},
+    conditions::{merge, Verdict},
+    context::{backoff, Context, Error, Result},
+    database::{self, Target},
+    events::publish,
+};
+
+pub const KIND: &str = "SyncStore";
+/// Finalizer that drops the schema under `deletionPolicy: Delete`.
+pub const FINALIZER: &str = "syncstore.dev/cleanup";
+
+/// What one successful pass found, for the status.
+struct Observed {
+    schema_version: i64,
+    ready_replicas: i32,
+    available: Verdict,
+}
+
+pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start(KIND);
+    let ns = store.namespace().unwrap_or_default();
+    let api: Api<SyncStore> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = store.uid().unwrap_or_default();
+    let result = finalizer(&api, FINALIZER, store.clone(), |event| async {
+        match event {
+            Event::Apply(s) => apply_store(&s, &ctx).await,
+            Event::Cleanup(s) => cleanup(&s, &ctx).await,
+        }
+    })
+    .await
+    .map_err(crate::events::unwrap_finalizer);
+    match result {
+        Ok(action) => {
+            ctx.succeeded(&uid);
+            Ok(action)
+        }
+        Err(err) => {
+            let failures = crate::events::failed(&ctx, KIND, store.as_ref(), &err).await;
+            if store.meta().deletion_timestamp.is_none() {
+                if let Err(e) = write_failure(&api, &store, &err, failures).await {
+                    tracing::warn!(error = %e, "status not written");
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+pub fn error_policy(store: Arc<SyncStore>, _err: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(backoff(ctx.failures(&store.uid().unwrap_or_default())))
+}
+
+fn target(store: &SyncStore) -> Target {
+    Target {
+        engine: store.spec.database.engine,
+        schema: children::schema_name(store),
+        role: children::role_name(store),
+    }
+}
+
+async fn admin_url(store: &SyncStore, ctx: &Context) -> Result<String> {
+    let r = &store.spec.database.admin_secret_ref;
+    let url = read_secret_key(
+        &ctx.client,
+        &store.namespace().unwrap_or_default(),
+        &r.name,
+        &r.key,
+    )
+    .await?;
+    let engine = database::engine_of(&url)?;
+    if engine != store.spec.database.engine {
+        return Err(Error::InvalidSpec(format!(
+            "spec.database.engine is {:?} but the admin URL in Secret {} is for {:?}",
+            store.spec.database.engine, r.name, engine
+        )));
+    }
+    Ok(url)
+}
+
+async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
+    let client = &ctx.client;
+    let n = names(store);
+
+    let (generated, created) = ensure_secret(
+        client,
+        &children::generated_secret(store, &mut random_token),
+    )
+    .await?;
+    if created {
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "SecretsGenerated",
+            &format!(
+                "Generated JWT secrets and the database password in Secret {}",
+                n.generated
+            ),
+            "Provision",
+        )
+        .await;
+    }
+    let password = secret_value(&generated, "DB_PASSWORD").ok_or_else(|| Error::SecretMissing {
+        name: n.generated.clone(),
+        key: "DB_PASSWORD".into(),
+    })?;
+
+    let admin = admin_url(store, ctx).await?;
+    let target = target(store);
+    database::provision(&admin, &target, &password).await?;
+    let url = database::store_url(&admin, &target, &password)?;
+    let (applied, schema_version) = database::migrate(&url).await?;
+    if applied > 0 {
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "SchemaMigrated",
+            &format!(
+                "Applied {applied} migrations to {} (now at {schema_version})",
+                target.schema
+            ),
+            "Migrate",
+        )
+        .await;
+    }
+
+    apply(client, &children::database_secret(store, &url)).await?;
+    let config = children::config_map(store);
+    apply(client, &config).await?;
+    let hash = children::config_hash(&config, &url);
+    let deployment = apply(client, &children::deployment(store, &hash)).await?;
+    apply(client, &children::service(store)).await?;
+    apply(client, &children::pdb(store)).await?;
+
+    let mut deployments = vec![n.deployment.clone()];
+    if let Some(consumer) = children::analytics_deployment(store, &hash) {
+        apply(client, &consumer).await?;
+        deployments.push(n.analytics.clone());
+    }
+    let mut scalers = Vec::new();
+    if let Some(hpa) = children::hpa(store) {
+        apply(client, &hpa).await?;
+        scalers.push(store.name_any());
+    }
+    let mut ingresses = Vec::new();
+    if let Some(ingress) = children::ingress(store) {
+        apply(client, &ingress).await?;
+        ingresses.push(store.name_any());
+    }
+    let ns = store.namespace().unwrap_or_default();
+    let instance = store.name_any();
+    let mut removed = delete_orphans::<Deployment>(client, &ns, &instance, &deployments).await?;
+    removed
+        .extend(delete_orphans::<HorizontalPodAutoscaler>(client, &ns, &instance, &scalers).await?);
+    removed.extend(delete_orphans::<Ingress>(client, &ns, &instance, &ingresses).await?);
+    if !removed.is_empty() {
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "OrphansDeleted",
+            &format!("Deleted children no longer wanted: {}", removed.join(", ")),
+            "Reconcile",
+        )
+        .await;
+    }
+
+    let status = deployment.status.unwrap_or_default();
+    let ready_replicas = status.ready_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(0);
+    let available = if available > 0 {
+        Verdict::ok(
+            "Available",
+            "ReplicasAvailable",
+            format!("{available} of {wanted} replicas available"),
+        )
+    } else {
+        Verdict::fail(
+            "Available",
+            "NoReplicasAvailable",
+            format!("0 of {wanted} replicas available"),
+        )
+    };
+    let observed = Observed {
+        schema_version,
+        ready_replicas,
+        available,
+    };
+    write_success(ctx, store, observed).await?;
+    Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+async fn write_success(ctx: &Context, store: &SyncStore, o: Observed) -> Result<()> {
+    let current = store.status.clone().unwrap_or_default();
+    let running = o.available.ok;
+    let verdicts = [
+        Verdict::ok(
+            "DatabaseReady",
+            "Provisioned",
+            format!(
+                "schema {} and its role are in place",
+                children::schema_name(store)
+            ),
+        ),
+        Verdict::ok(
+            "SchemaMigrated",
+            "Migrated",
+            format!("schema version {}", o.schema_version),
+        ),
+        o.available,
+        Verdict::ok("Ready", "Reconciled", "every child object is applied"),
+    ];
+    let status = SyncStoreStatus {
+        observed_generation: store.metadata.generation,
+        phase: Some(if running { "Running" } else { "Provisioning" }.into()),
+        conditions: merge(
+            &current.conditions,
+            &verdicts,
+            store.metadata.generation,
+            Timestamp::now(),
+        ),
+        ready_replicas: o.ready_replicas,
+        endpoint: Some(children::endpoint(store)),
+        schema_version: Some(o.schema_version),
+        failures: 0,
+    };
+    let api: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    write_status(&api, store, &current, &status).await
+}
+
+async fn write_failure(
+    api: &Api<SyncStore>,
+    store: &SyncStore,
+    err: &Error,
+    failures: u32,
+) -> Result<()> {
+    let current = store.status.clone().unwrap_or_default();
+    let message = err.to_string();
+    let mut verdicts = vec![Verdict::fail("Ready", err.reason(), message.clone())];
+    match err {
+        Error::SecretMissing { .. }
+        | Error::InvalidDatabaseUrl(_)
+        | Error::DatabaseUnreachable(_)
+        | Error::Provisioning(_) => {
+            verdicts.push(Verdict::fail("DatabaseReady", err.reason(), message))
+        }
+        Error::Migration(_) => {
+            verdicts.push(Verdict::fail("SchemaMigrated", err.reason(), message))
+        }
+        _ => {}
+    }
+    let status = SyncStoreStatus {
+        observed_generation: store.metadata.generation,
+        phase: Some("Failed".into()),
+        conditions: merge(
+            &current.conditions,
+            &verdicts,
+            store.metadata.generation,
+            Timestamp::now(),
+        ),
+        failures,
+        ..current.clone()
+    };
+    write_status(api, store, &current, &status).await
+}
+
+/// Patches the status only when it changed, so a steady state writes
+/// nothing (and triggers nothing).
+async fn write_status(
+    api: &Api<SyncStore>,
+    store: &SyncStore,
+    current: &SyncStoreStatus,
+    new: &SyncStoreStatus,
+) -> Result<()> {
+    if current == new && store.status.is_some() {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": new });
+    api.patch_status(
+        &store.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs before the store disappears. Under `Retain` nothing is touched.
+/// Under `Delete` the schema and role are dropped; if the database or its
+/// admin Secret is already gone, the drop is given up after a few tries so
+/// that the store can still be deleted.
+async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
+    ctx.forget_store(&store_key(store)).await;
+    if store.spec.database.deletion_policy == DeletionPolicy::Retain {
+        return Ok(Action::await_change());
+    }
+    let target = target(store);
+    let result = match admin_url(store, ctx).await {
+        Ok(admin) => database::drop_store(&admin, &target).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            publish(
+                ctx,
+                store,
+                EventType::Normal,
+                "SchemaDropped",
+                &format!("Dropped {} and its role", target.schema),
+                "Cleanup",
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) if ctx.failures(&store.uid().unwrap_or_default()) >= GIVE_UP_AFTER => {
+            publish(
+                ctx,
+                store,
+                EventType::Warning,
+                "DropSkipped",
+                &format!("Gave up dropping {}: {e}", target.schema),
+                "Cleanup",
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Failed cleanups in a row after which a finalizer lets go anyway.
+pub const GIVE_UP_AFTER: u32 = 5;
+
+/// The key under which the context caches a store's pool.
+pub fn store_key(store: &SyncStore) -> String {
+    format!(
+        "{}/{}",
+        store.namespace().unwrap_or_default(),
+        store.name_any()
+    )
+}
+
+/// The store's database URL, from the Secret the reconcile derived, once
+/// the schema is migrated.
+pub async fn database_url(ctx: &Context, store: &SyncStore) -> Result<String> {
+    let n = names(store);
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    api.get_opt(&n.database)
+        .await?
+        .and_then(|s| secret_value(&s, "DATABASE_URL"))
+        .ok_or_else(|| Error::StoreNotReady(store.name_any()))
+}
