@@ -28,6 +28,12 @@ bash scripts/services.sh
 TEST_GEOIP_DB="$(bash scripts/geoip-testdb.sh)"
 export TEST_GEOIP_DB
 
+# The operator's integration tests run against a real kube-apiserver and
+# etcd, built once from their Go modules and started envtest-style.
+TEST_KUBECONFIG="$(bash scripts/kube-up.sh)"
+TEST_KUBECTL="$(bash scripts/k8s-bins.sh)/kubectl"
+export TEST_KUBECONFIG TEST_KUBECTL
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

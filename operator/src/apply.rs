@@ -131,3 +131,137 @@ pub fn random_token() -> String {
         .map(char::from)
         .collect()
 }
+
+/// The exact requests, against a tower-test mock API server, as kube-rs's
+/// controller-rs tests them.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use std::collections::BTreeMap;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn client() -> (Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), handle)
+    }
+
+    fn secret() -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("chat-secrets".into()),
+                namespace: Some("team-a".into()),
+                ..Default::default()
+            },
+            string_data: Some(BTreeMap::from([("JWT_SECRET".into(), "fresh".into())])),
+            ..Default::default()
+        }
+    }
+
+    async fn body_json(req: Request<Body>) -> serde_json::Value {
+        let bytes = req.into_body().collect_bytes().await.expect("body");
+        serde_json::from_slice(&bytes).expect("json body")
+    }
+
+    fn respond(
+        send: tower_test::mock::SendResponse<Response<Body>>,
+        code: u16,
+        json: serde_json::Value,
+    ) {
+        let body = Body::from(serde_json::to_vec(&json).expect("json"));
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(body)
+                .expect("response"),
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_is_a_forced_server_side_apply_under_our_manager() {
+        let (client, mut handle) = client();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one request");
+            assert_eq!(req.method(), Method::PATCH);
+            assert_eq!(
+                req.uri().path(),
+                "/api/v1/namespaces/team-a/secrets/chat-secrets"
+            );
+            let query = req.uri().query().unwrap_or_default().to_string();
+            assert!(
+                query.contains("fieldManager=syncstore-operator") && query.contains("force=true"),
+                "{query}"
+            );
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+            let sent = body_json(req).await;
+            assert_eq!(sent["metadata"]["name"], "chat-secrets");
+            respond(send, 200, sent);
+        });
+        apply(&client, &secret()).await.expect("applied");
+        server.await.expect("server assertions");
+    }
+
+    #[tokio::test]
+    async fn ensure_secret_never_overwrites_an_existing_one() {
+        let (client, mut handle) = client();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(req.method(), Method::GET);
+            assert_eq!(
+                req.uri().path(),
+                "/api/v1/namespaces/team-a/secrets/chat-secrets"
+            );
+            respond(
+                send,
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "chat-secrets", "namespace": "team-a"},
+                    "data": {"JWT_SECRET": "b2xk"}}),
+            );
+            // No second request: the existing secret is kept as it is.
+            assert!(tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                handle.next_request()
+            )
+            .await
+            .is_err());
+        });
+        let (found, created) = ensure_secret(&client, &secret()).await.expect("ensured");
+        assert!(!created);
+        assert_eq!(secret_value(&found, "JWT_SECRET").as_deref(), Some("old"));
+        server.await.expect("server assertions");
+    }
+
+    #[tokio::test]
+    async fn ensure_secret_creates_a_missing_one() {
+        let (client, mut handle) = client();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(req.method(), Method::GET);
+            respond(
+                send,
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            );
+            let (req, send) = handle.next_request().await.expect("a POST");
+            assert_eq!(req.method(), Method::POST);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/team-a/secrets");
+            assert!(req
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .contains("fieldManager=syncstore-operator"));
+            let sent = body_json(req).await;
+            assert_eq!(sent["stringData"]["JWT_SECRET"], "fresh");
+            respond(send, 201, sent);
+        });
+        let (_, created) = ensure_secret(&client, &secret()).await.expect("ensured");
+        assert!(created);
+        server.await.expect("server assertions");
+    }
+}

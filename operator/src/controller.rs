@@ -33,7 +33,8 @@ where
 }
 
 /// What makes a resource worth reconciling: a spec change (generation), the
-/// rotate annotation, or the start of deletion. Status writes, ours
+/// rotate annotation, a finalizer change (the finalizer helper adds ours and
+/// waits for the resulting event), or the start of deletion. Status writes, ours
 /// included, change none of these, so they cause no reconcile storm.
 fn changed<K: Resource>(obj: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -44,6 +45,7 @@ fn changed<K: Resource>(obj: &K) -> Option<u64> {
         .as_ref()
         .and_then(|a| a.get(ROTATE_ANNOTATION))
         .hash(&mut h);
+    obj.meta().finalizers.hash(&mut h);
     obj.meta().deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
