@@ -100,13 +100,10 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let router = server::router(metrics.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(listener, server::router(metrics_for_server())).await;
+        let _ = axum::serve(listener, router).await;
     });
-    fn metrics_for_server() -> Metrics {
-        METRICS.get().cloned().unwrap_or_default()
-    }
-    let _ = METRICS.set(metrics.clone());
 
     let (terminate_tx, terminate_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -169,8 +166,6 @@ async fn run(args: RunArgs) -> ExitCode {
         ExitCode::FAILURE
     }
 }
-
-static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -821,3 +821,47 @@ fn a_second_replica_waits_for_the_lease() {
         (c.must_get("deployment", "chat")["spec"]["replicas"] == 4).then_some(())
     });
 }
+
+#[test]
+fn least_privilege_rbac_is_enough() {
+    let mut c = Cluster::new("rbac");
+    pg_secrets(&c);
+    let rbac = std::fs::read_to_string(common::repo().join("operator/deploy/rbac.yaml"))
+        .expect("rbac.yaml")
+        .replace("NAMESPACE", &c.ns)
+        .replace(
+            "name: syncstore-operator",
+            &format!("name: syncstore-operator-{}", c.ns),
+        );
+    let path = std::env::temp_dir().join(format!("rbac-{}.yaml", c.ns));
+    std::fs::write(&path, rbac).expect("write");
+    c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+    let sa = format!("syncstore-operator-{}", c.ns);
+    let config = c.service_account_kubeconfig(&sa);
+    // The service account may not do what the role leaves out.
+    let denied = c.try_kubectl(&["--kubeconfig", &config, "get", "pods"]);
+    assert!(denied.is_err(), "pods are not in the role");
+
+    c.start_operator_as("limited", &config);
+    c.apply_example("syncstore-postgres.yaml");
+    c.apply_example("apikeys.yaml");
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    c.wait_condition("apikey/mobile-alice", "Ready", 60);
+    c.kubectl(&["delete", "apikey", "mobile-alice", "--timeout=30s"]);
+    let logs = c.operator_logs();
+    assert!(
+        !logs.contains("forbidden"),
+        "the operator hit a missing permission:\n{}",
+        common::tail(&logs, 20)
+    );
+    let _ = run_cleanup(&c);
+}
+
+/// Cluster-scoped RBAC objects outlive the namespace; remove them.
+fn run_cleanup(c: &Cluster) -> Result<String, String> {
+    c.try_kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        &format!("syncstore-operator-{}", c.ns),
+    ])
+}

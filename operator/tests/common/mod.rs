@@ -97,11 +97,31 @@ impl Cluster {
 
     /// Starts an operator watching this namespace, with its Lease here too.
     pub fn start_operator(&mut self, identity: &str) -> usize {
+        self.start_operator_as(identity, &kubeconfig())
+    }
+
+    /// A kubeconfig that authenticates as service account `sa` of this
+    /// namespace, with a token from the TokenRequest API.
+    pub fn service_account_kubeconfig(&self, sa: &str) -> String {
+        let token = self
+            .kubectl(&["create", "token", sa, "--duration=1h"])
+            .trim()
+            .to_string();
+        let admin = std::fs::read_to_string(kubeconfig()).expect("kubeconfig");
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("yaml");
+        config["users"][0]["user"] =
+            serde_yaml::from_str(&format!("token: {token}")).expect("yaml");
+        let path = std::env::temp_dir().join(format!("kubeconfig-{}-{sa}", self.ns));
+        std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write");
+        path.to_string_lossy().into_owned()
+    }
+
+    pub fn start_operator_as(&mut self, identity: &str, kubeconfig: &str) -> usize {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("operator-{}-{identity}.log", self.ns));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_syncstore-operator"))
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("WATCH_NAMESPACE", &self.ns)
             .env("POD_NAMESPACE", &self.ns)
             .env("POD_NAME", identity)
