@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    analytics::{Analytics, Live},
     audit::Auditor,
     auth::{geoip::GeoIp, jwks::External, limiter::Limiter, Authenticator, KeyStore, Tokens},
     config::Config,
@@ -33,6 +34,9 @@ pub struct AppState {
     pub audit: Auditor,
     /// This pod's connected devices.
     pub hub: Arc<Hub>,
+    pub analytics: Analytics,
+    /// Where every pod's live figures meet, when Redis is configured.
+    pub live_redis: Option<redis::aio::ConnectionManager>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -61,6 +65,8 @@ pub enum StartError {
     GeoIp(maxminddb::MaxMindDbError),
     #[error("cannot connect to Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("analytics: {0}")]
+    Analytics(String),
     #[error("cannot listen on port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
     #[error("server error: {0}")]
@@ -112,13 +118,38 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         None => None,
     };
     let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
-    let limiter = match &config.redis_url {
+    let live = Arc::new(Live::default());
+    let analytics = Analytics::start(
+        &config.analytics,
+        db.clone(),
+        &config.store_name,
+        &config.pod_name,
+        metrics.clone(),
+        live.clone(),
+    )
+    .map_err(StartError::Analytics)?;
+    let (limiter, live_redis) = match &config.redis_url {
         Some(url) => {
             let conn =
                 redis::aio::ConnectionManager::new(redis::Client::open(url.expose())?).await?;
-            Limiter::redis(conn, &config.store_name, window, max, metrics.clone())
+            tokio::spawn(crate::analytics::live::shared::publish_forever(
+                conn.clone(),
+                config.store_name.clone(),
+                config.pod_name.clone(),
+                live,
+            ));
+            (
+                Limiter::redis(
+                    conn.clone(),
+                    &config.store_name,
+                    window,
+                    max,
+                    metrics.clone(),
+                ),
+                Some(conn),
+            )
         }
-        None => Limiter::local(window, max, metrics.clone()),
+        None => (Limiter::local(window, max, metrics.clone()), None),
     };
     Ok(AppState {
         sync: SyncService::new(
@@ -143,6 +174,8 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         metrics,
         limiter,
         hub,
+        analytics,
+        live_redis,
         config: Arc::new(config),
         shutting_down: Arc::new(AtomicBool::new(false)),
     })
@@ -186,6 +219,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     heartbeat.abort();
     usage.abort();
     state.limiter.usage().flush(state.sync.db()).await;
+    state.analytics.flush().await;
     state.sync.db().close().await;
     tracing::info!("syncstore stopped");
     Ok(())
@@ -233,4 +267,52 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `syncstore analytics`: consumes analytics events from Kafka into the
+/// aggregate tables until SIGTERM, serving `/health` and `/metrics` on PORT.
+pub async fn analytics(config: Config) -> Result<(), StartError> {
+    let Some(brokers) = config.analytics.kafka_brokers.clone() else {
+        return Err(StartError::Analytics(
+            "KAFKA_BROKERS is required: without Kafka each serve process aggregates its own events"
+                .into(),
+        ));
+    };
+    let db = Db::connect(&config.database, &config.data_dir).await?;
+    db.migrate().await?;
+    let metrics = Arc::new(Metrics::new()?);
+    let port = config.port;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .map_err(|source| StartError::Bind { port, source })?;
+    let served = metrics.clone();
+    let router = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = served.clone();
+                async move { m.render() }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let group = format!("syncstore-analytics.{}", config.store_name);
+    crate::analytics::kafka::consume(
+        &brokers,
+        &config.analytics.kafka_topic,
+        &group,
+        config.analytics.batch_size,
+        db.clone(),
+        metrics,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(StartError::Analytics)?;
+    db.close().await;
+    Ok(())
 }

@@ -177,6 +177,10 @@ impl ApiError {
     }
 }
 
+/// The stable code of an error response, left in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -186,6 +190,8 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(code = self.code(), "request rejected"),
         }
         let mut response = (status, Json(self.body())).into_response();
+        // For the analytics event of this request (denials by reason).
+        response.extensions_mut().insert(ErrorCode(self.code()));
         if matches!(self, Self::ServiceUnavailable) {
             response
                 .headers_mut()

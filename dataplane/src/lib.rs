@@ -4,6 +4,7 @@
 //! The binary (`main.rs`) is a thin CLI over this library so that the
 //! integration tests can reach the same pieces.
 
+pub mod analytics;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -32,6 +32,8 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit (a no-op when up to date).
     Migrate,
+    /// Consume analytics events from Kafka into the aggregates (needs KAFKA_BROKERS).
+    Analytics,
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -181,6 +183,10 @@ async fn main() -> ExitCode {
             }
         }
         Command::Keys(cmd) => keys(cmd, &config).await,
+        Command::Analytics => match app::analytics(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("analytics", e),
+        },
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_errors: IntCounter,
     pub audit_dropped: IntCounter,
+    /// Analytics events by outcome: `queued`, `produced`, `dropped` (buffer
+    /// full), `failed` (Kafka did not take them in time), `aggregated`.
+    pub analytics_events: IntCounterVec,
     pub auth_denials: IntCounterVec,
 }
 
@@ -187,6 +190,13 @@ impl Metrics {
             audit_dropped: reg(
                 &r,
                 IntCounter::new("audit_dropped_total", "Audit entries dropped (queue full)")?,
+            )?,
+            analytics_events: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("analytics_events_total", "Analytics events by outcome"),
+                    &["outcome"],
+                )?,
             )?,
             auth_denials: reg(
                 &r,

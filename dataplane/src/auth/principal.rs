@@ -142,11 +142,23 @@ impl Authenticator {
         presented: Option<&str>,
         caller: &Caller,
     ) -> Result<Principal, ApiError> {
+        self.api_key_traced(presented, caller)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Self::api_key`], with the refused key's id once it is known (for
+    /// analytics of denials per key).
+    pub async fn api_key_traced(
+        &self,
+        presented: Option<&str>,
+        caller: &Caller,
+    ) -> Result<Principal, (ApiError, Option<String>)> {
         let result = self.check_api_key(presented, caller).await;
         if let Err((e, key_id)) = &result {
             self.refused(e, key_id.as_deref(), caller);
         }
-        result.map_err(|(e, _)| e)
+        result
     }
 
     /// The checks, in order; a refusal carries the key id once it is known.
@@ -251,7 +263,15 @@ impl FromRequestParts<AppState> for Principal {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         let caller = state.auth.caller(&parts.headers, peer);
-        let principal = state.auth.api_key(presented, &caller).await?;
+        let principal = match state.auth.api_key_traced(presented, &caller).await {
+            Ok(p) => p,
+            Err((e, key_id)) => {
+                if let Some(slot) = parts.extensions.get::<crate::http::CallerSlot>() {
+                    slot.set(None, key_id);
+                }
+                return Err(e);
+            }
+        };
         admit(parts, state, principal).await
     }
 }
@@ -263,6 +283,12 @@ async fn admit(
     state: &AppState,
     principal: Principal,
 ) -> Result<Principal, ApiError> {
+    if let Some(slot) = parts.extensions.get::<crate::http::CallerSlot>() {
+        slot.set(
+            Some(principal.user_id.clone()),
+            Some(principal.key.id.clone()),
+        );
+    }
     let info = state.limiter.admit(&principal).await?;
     if let Some(slot) = parts.extensions.get::<crate::http::RateSlot>() {
         slot.set(info);

@@ -1,9 +1,11 @@
 //! The REST router. A URL's handler lives in the file named for its area:
 //! `/api/v1/sync-storage/*` in `items.rs`, `/health|/ready|/metrics` in `ops.rs`.
 
+mod analytics;
 mod audit;
 mod auth;
 mod conflicts;
+mod dashboard;
 pub mod extract;
 mod items;
 mod keys;
@@ -80,10 +82,39 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/sync-storage/conflicts/resolve/{id}",
             axum::routing::put(conflicts::resolve),
+        )
+        .route("/analytics/dashboard", get(analytics::dashboard))
+        .route("/analytics/realtime", get(analytics::realtime))
+        .route("/analytics/users/{user}", get(analytics::user))
+        .route(
+            "/analytics/users/{user}/engagement",
+            get(analytics::engagement),
+        )
+        .route("/analytics/users/{user}/behavior", get(analytics::behavior))
+        .route("/analytics/api-keys/{id}", get(analytics::api_key))
+        .route(
+            "/analytics/api-keys/{id}/security",
+            get(analytics::api_key_security),
+        )
+        .route(
+            "/analytics/api-keys/{id}/trends",
+            get(analytics::api_key_trends),
+        )
+        .route("/analytics/instances/{id}", get(analytics::instance))
+        .route(
+            "/analytics/instances/{id}/performance",
+            get(analytics::instance_performance),
+        )
+        .route(
+            "/analytics/instances/{id}/health",
+            get(analytics::instance_health),
         );
 
     Router::new()
         .nest("/api/v1", api)
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -108,6 +139,21 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Where the principal extractor leaves who called (user and key id, or
+/// only the key id of a refused key), for the request's analytics event.
+#[derive(Clone, Default)]
+pub struct CallerSlot(Arc<Mutex<(Option<String>, Option<String>)>>);
+
+impl CallerSlot {
+    pub fn set(&self, user: Option<String>, key_id: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (user, key_id);
+    }
+
+    fn take(&self) -> (Option<String>, Option<String>) {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Where the principal extractor leaves the caller's rate-limit standing,
@@ -144,11 +190,14 @@ async fn method_not_allowed() -> ApiError {
 async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let slot = RateSlot::default();
     req.extensions_mut().insert(slot.clone());
+    let caller_slot = CallerSlot::default();
+    req.extensions_mut().insert(caller_slot.clone());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
+    let facts = analytics_facts(&state, &req);
     let started = Instant::now();
     let mut response = next.run(req).await;
     if let Some(info) = slot.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
@@ -172,7 +221,60 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     } else {
         tracing::debug!(status = status.as_u16(), %route, "request done");
     }
+    if let Some(mut event) = facts {
+        let (user, key) = caller_slot.take();
+        event.route_or_event = format!("{method} {route}");
+        event.user_id = user;
+        event.api_key_id = key;
+        event.status = status.as_u16();
+        event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        event.bytes_out = axum::body::HttpBody::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        event.error_code = response
+            .extensions()
+            .get::<crate::error::ErrorCode>()
+            .map(|c| c.0.to_string());
+        state.analytics.record(event);
+    }
     response
+}
+
+/// What the request itself says for its analytics event; None for the
+/// operational endpoints, which probes call every few seconds.
+fn analytics_facts(state: &AppState, req: &Request) -> Option<crate::analytics::Event> {
+    let path = req.uri().path();
+    if matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/dashboard") {
+        return None;
+    }
+    let headers = req.headers();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = state.auth.caller(headers, peer);
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let item_key = path
+        .strip_prefix("/api/v1/sync-storage/item/")
+        .map(percent_decode);
+    Some(crate::analytics::Event {
+        kind: "rest".into(),
+        instance_id: Some(text("x-instance-id").unwrap_or("rest").to_string()),
+        bytes_in: text("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        country: caller.country.clone(),
+        ua_family: text("user-agent").map(|ua| crate::analytics::event::ua_family(ua).to_string()),
+        ip: caller.ip.map(|ip| ip.to_string()),
+        item_key,
+        ..Default::default()
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("k={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
 }
 
 fn cors(cfg: &CorsConfig) -> CorsLayer {

@@ -4,7 +4,7 @@
 //! callback; otherwise a failure is emitted as `error`. Writes go through
 //! the same write path as REST.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -40,16 +40,52 @@ impl<A: Adapter> FromMessageParts<A> for WantsAck {
     }
 }
 
+/// One handled event, for its analytics record.
+struct Call<'a> {
+    event: &'static str,
+    session: &'a Session,
+    started: Instant,
+    item_key: Option<String>,
+}
+
+impl<'a> Call<'a> {
+    fn new(event: &'static str, session: &'a Session) -> Self {
+        Self {
+            event,
+            session,
+            started: Instant::now(),
+            item_key: None,
+        }
+    }
+
+    fn record(self, app: &AppState, error: Option<&ApiError>) {
+        let latency = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut e = super::device_event(
+            &self.session.device,
+            format!("socket:{}", self.event),
+            latency,
+        );
+        if let Some(err) = error {
+            e.status = err.status().as_u16();
+            e.error_code = Some(err.code().to_string());
+        }
+        e.item_key = self.item_key;
+        app.analytics.record(e);
+    }
+}
+
 /// Replies to one event: success through the ack, failure through the ack
 /// as `{error}` or, with no callback, as an `error` event.
 fn reply<T: Serialize>(
     s: &SocketRef,
     ack: AckSender,
     wants: bool,
-    event: &str,
+    call: Call<'_>,
     app: &AppState,
     result: Result<T, ApiError>,
 ) {
+    let event = call.event;
+    call.record(app, result.as_ref().err());
     app.metrics
         .socket_events
         .with_label_values(&[event, "in"])
@@ -116,6 +152,8 @@ async fn set(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let mut call = Call::new("sync:set", &session);
+    call.item_key = data.as_ref().ok().and_then(|r| r.key.clone());
     let result = async {
         app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Write)?;
@@ -137,7 +175,7 @@ async fn set(
             .await
     }
     .await;
-    reply(&s, ack, wants, "sync:set", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }
 
 async fn remove(
@@ -148,6 +186,8 @@ async fn remove(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let mut call = Call::new("sync:remove", &session);
+    call.item_key = data.as_ref().ok().map(|p| p.key.clone());
     let result = async {
         app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Write)?;
@@ -158,7 +198,7 @@ async fn remove(
         Ok(json!({ "status": "removed", "key": item.key, "seq": item.seq, "version": item.version }))
     }
     .await;
-    reply(&s, ack, wants, "sync:remove", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }
 
 async fn get(
@@ -169,6 +209,8 @@ async fn get(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let mut call = Call::new("sync:get", &session);
+    call.item_key = data.as_ref().ok().map(|p| p.key.clone());
     let result = async {
         app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Read)?;
@@ -180,7 +222,7 @@ async fn get(
         }
     }
     .await;
-    reply(&s, ack, wants, "sync:get", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }
 
 async fn get_all(
@@ -191,6 +233,7 @@ async fn get_all(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let call = Call::new("sync:getAll", &session);
     let result = async {
         app.limiter.admit(&session.device.principal).await?;
         session.device.principal.require(Scope::Read)?;
@@ -201,7 +244,7 @@ async fn get_all(
         app.sync.list(&session.device.user_id, &prefix).await
     }
     .await;
-    reply(&s, ack, wants, "sync:getAll", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }
 
 async fn subscribe(
@@ -212,11 +255,12 @@ async fn subscribe(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let call = Call::new("sync:subscribe", &session);
     let result = match app.limiter.admit(&session.device.principal).await {
         Ok(_) => change_subscriptions(&session, data, Subscriptions::subscribe),
         Err(e) => Err(e),
     };
-    reply(&s, ack, wants, "sync:subscribe", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }
 
 async fn unsubscribe(
@@ -227,11 +271,12 @@ async fn unsubscribe(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let call = Call::new("sync:unsubscribe", &session);
     let result = match app.limiter.admit(&session.device.principal).await {
         Ok(_) => change_subscriptions(&session, data, Subscriptions::unsubscribe),
         Err(e) => Err(e),
     };
-    reply(&s, ack, wants, "sync:unsubscribe", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }
 
 /// Applies `change` to the device's subscriptions; replies with the new set.
@@ -259,6 +304,7 @@ async fn ack_cursor(
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
+    let call = Call::new("sync:ack", &session);
     let result = async {
         app.limiter.admit(&session.device.principal).await?;
         let AckPayload { seq } = payload(data)?;
@@ -271,5 +317,5 @@ async fn ack_cursor(
         Ok(json!({ "cursor": cursor }))
     }
     .await;
-    reply(&s, ack, wants, "sync:ack", &app, result);
+    reply(&s, ack, wants, call, &app, result);
 }

@@ -70,6 +70,8 @@ async fn on_connect(
     events::register(&s);
     s.on_disconnect(on_disconnect);
     app.metrics.sockets_connected.inc();
+    app.analytics.live().socket_connected();
+    session_event(&app, &session, "socket:connect", 0);
 
     let user = session.device.user_id.clone();
     app.hub.add(&user, session.clone() as Arc<dyn Sink>);
@@ -101,10 +103,43 @@ async fn on_disconnect(
     tracing::debug!(sid = %session.sid, %reason, "device disconnected");
     session.close();
     app.metrics.sockets_connected.dec();
+    app.analytics.live().socket_disconnected();
+    let length = u64::try_from(session.connected_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+    session_event(&app, &session, "socket:disconnect", length);
     let d = &session.device;
     app.hub.remove(&d.user_id, &session.sid);
     app.sync.bus().unhost(&d.user_id);
     if let Err(e) = instances::leave(app.sync.db(), &d.user_id, &d.instance_id, now_ms()).await {
         tracing::debug!(error = %e, "cannot record disconnect");
+    }
+}
+
+/// The analytics event of a session's start or end. A disconnect carries
+/// the session's length where other events carry their latency.
+fn session_event(app: &AppState, session: &Session, event: &str, latency_us: u64) {
+    app.analytics
+        .record(device_event(&session.device, event.into(), latency_us));
+}
+
+/// An analytics event of a device, with what its handshake told.
+pub(crate) fn device_event(
+    d: &handshake::Device,
+    route: String,
+    latency_us: u64,
+) -> crate::analytics::Event {
+    crate::analytics::Event {
+        kind: "socket".into(),
+        route_or_event: route,
+        user_id: Some(d.user_id.clone()),
+        instance_id: Some(d.instance_id.clone()),
+        api_key_id: Some(d.principal.key.id.clone()),
+        status: 200,
+        latency_us,
+        ua_family: d
+            .user_agent
+            .as_deref()
+            .map(|ua| crate::analytics::event::ua_family(ua).to_string()),
+        ip: d.ip.clone(),
+        ..Default::default()
     }
 }

@@ -64,6 +64,8 @@ enum Step {
 
 pub struct Session {
     pub sid: String,
+    /// When the device connected: the start of its session.
+    pub connected_at: std::time::Instant,
     pub device: Device,
     socket: SocketRef,
     app: AppState,
@@ -81,6 +83,7 @@ impl Session {
     pub fn new(socket: SocketRef, device: Device, app: AppState) -> Self {
         Self {
             sid: socket.id.to_string(),
+            connected_at: std::time::Instant::now(),
             device,
             socket,
             app,

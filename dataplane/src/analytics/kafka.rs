@@ -1,0 +1,207 @@
+//! Kafka transport: an idempotent producer keyed by user id (so one user's
+//! events stay in order on one partition), and the consumer behind
+//! `syncstore analytics`, which stores its offsets in the same transaction
+//! as the aggregates.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use rdkafka::{
+    config::ClientConfig,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
+    message::{BorrowedMessage, Message},
+    producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer},
+    ClientContext, Offset, TopicPartitionList,
+};
+
+use super::{aggregate, event::Event};
+use crate::{metrics::Metrics, storage::Db};
+
+/// Counts what Kafka did with each event.
+struct Outcomes(Arc<Metrics>);
+
+impl ClientContext for Outcomes {}
+
+impl ProducerContext for Outcomes {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let outcome = if result.is_ok() { "produced" } else { "failed" };
+        self.0.analytics_events.with_label_values(&[outcome]).inc();
+    }
+}
+
+pub struct Producer {
+    inner: ThreadedProducer<Outcomes>,
+    topic: String,
+    metrics: Arc<Metrics>,
+}
+
+/// How long librdkafka keeps an undeliverable event (Kafka down) before
+/// giving it up and counting it as failed. ANALYTICS_KAFKA_TIMEOUT_MS.
+fn message_timeout_ms() -> String {
+    std::env::var("ANALYTICS_KAFKA_TIMEOUT_MS").unwrap_or_else(|_| "60000".into())
+}
+
+impl Producer {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", batch.max(1).to_string())
+            // The bounded buffer: past this, send fails at once (QueueFull)
+            // and the event is dropped, never waited for.
+            .set("queue.buffering.max.messages", "200000")
+            .set("message.timeout.ms", message_timeout_ms())
+            .set("compression.type", "lz4")
+            .set("log_level", "3")
+            .create_with_context(Outcomes(metrics.clone()))
+            .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        Ok(Self {
+            inner,
+            topic: topic.into(),
+            metrics,
+        })
+    }
+
+    pub fn send(&self, e: &Event) {
+        let payload = match serde_json::to_vec(e) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let key = e.user_id.as_deref().unwrap_or_default();
+        let outcome = match self
+            .inner
+            .send(BaseRecord::to(&self.topic).key(key).payload(&payload))
+        {
+            Ok(()) => "queued",
+            Err((KafkaError::MessageProduction(_), _)) | Err(_) => "dropped",
+        };
+        self.metrics
+            .analytics_events
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.inner.flush(timeout);
+    }
+}
+
+/// Consumes analytics events and aggregates them until `shutdown`.
+pub async fn consume(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    batch: usize,
+    db: Db,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "true")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
+    tracing::info!(topic, group, "consuming analytics events");
+    tokio::pin!(shutdown);
+    let batch = batch.max(1);
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            () = &mut shutdown => return Ok(()),
+        };
+        let mut messages = match first {
+            Ok(m) => vec![m],
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        while messages.len() < batch {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => messages.push(m),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        // The batch is written once, whatever it takes: a database error
+        // is retried with the same messages, never skipped.
+        let mut attempt = 0u32;
+        let applied = loop {
+            match apply(&db, topic, &messages).await {
+                Ok(n) => break n,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "analytics batch not stored; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(50))))
+                        .await;
+                }
+            }
+        };
+        metrics
+            .analytics_events
+            .with_label_values(&["aggregated"])
+            .inc_by(applied as u64);
+        // Kafka's own committed offsets only say where to resume; the
+        // database's decide what counts.
+        let mut tpl = TopicPartitionList::new();
+        for (part, next) in next_offsets(&messages) {
+            let _ = tpl.add_partition_offset(topic, part, Offset::Offset(next));
+        }
+        let _ = consumer.commit(&tpl, CommitMode::Async);
+    }
+}
+
+fn next_offsets(messages: &[BorrowedMessage<'_>]) -> BTreeMap<i32, i64> {
+    let mut next = BTreeMap::new();
+    for m in messages {
+        let e = next.entry(m.partition()).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    next
+}
+
+/// Aggregates the messages not yet counted and moves the stored offsets,
+/// in one transaction. Returns how many events it counted.
+async fn apply(
+    db: &Db,
+    topic: &str,
+    messages: &[BorrowedMessage<'_>],
+) -> Result<usize, sqlx::Error> {
+    let next = next_offsets(messages);
+    let parts: Vec<i32> = next.keys().copied().collect();
+    let mut tx = db.pool().begin().await?;
+    let stored = aggregate::offsets(&mut tx, db.dialect(), topic, &parts).await?;
+    let mut delta = aggregate::Delta::default();
+    for m in messages {
+        if m.offset() < stored.get(&m.partition()).copied().unwrap_or(0) {
+            continue; // counted before a crash or a rebalance
+        }
+        match m.payload().map(serde_json::from_slice::<Event>) {
+            Some(Ok(e)) => delta.add(&e),
+            _ => tracing::debug!(
+                partition = m.partition(),
+                offset = m.offset(),
+                "undecodable analytics event skipped"
+            ),
+        }
+    }
+    aggregate::write(&mut tx, db.dialect(), &delta).await?;
+    aggregate::advance(&mut tx, db.dialect(), topic, &next).await?;
+    tx.commit().await?;
+    Ok(delta.events)
+}

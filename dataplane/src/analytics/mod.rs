@@ -1,0 +1,169 @@
+//! Analytics (DESIGN §8): one event per REST request and socket event,
+//! sent to Kafka or, embedded, through a bounded channel into the same
+//! aggregator the Kafka consumer uses. Recording never waits and never
+//! fails a request: a full buffer drops the event and counts it.
+
+pub mod aggregate;
+pub mod event;
+pub mod histogram;
+pub mod kafka;
+pub mod live;
+pub mod query;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+
+pub use event::Event;
+pub use live::Live;
+
+use crate::{config::AnalyticsConfig, metrics::Metrics, storage::Db};
+
+/// Events buffered in embedded mode before new ones are dropped.
+const LOCAL_BUFFER: usize = 50_000;
+/// How long an embedded batch waits to fill before it is written anyway.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+pub struct Analytics {
+    sink: Option<Arc<Sink>>,
+    live: Arc<Live>,
+}
+
+struct Sink {
+    transport: Transport,
+    metrics: Arc<Metrics>,
+    store: String,
+    pod: String,
+}
+
+enum Transport {
+    Kafka(kafka::Producer),
+    Local(mpsc::Sender<Event>),
+}
+
+impl Analytics {
+    /// Starts the configured sink: Kafka with `KAFKA_BROKERS`, else the
+    /// in-process aggregator; nothing with `ENABLE_ANALYTICS=false`.
+    pub fn start(
+        cfg: &AnalyticsConfig,
+        db: Db,
+        store: &str,
+        pod: &str,
+        metrics: Arc<Metrics>,
+        live: Arc<Live>,
+    ) -> Result<Self, String> {
+        if !cfg.enabled {
+            return Ok(Self { sink: None, live });
+        }
+        let transport = match &cfg.kafka_brokers {
+            Some(brokers) => Transport::Kafka(kafka::Producer::new(
+                brokers,
+                &cfg.kafka_topic,
+                cfg.batch_size,
+                metrics.clone(),
+            )?),
+            None => {
+                let (tx, rx) = mpsc::channel(LOCAL_BUFFER);
+                tokio::spawn(aggregate_locally(
+                    rx,
+                    db,
+                    cfg.batch_size.max(1),
+                    metrics.clone(),
+                ));
+                Transport::Local(tx)
+            }
+        };
+        Ok(Self {
+            sink: Some(Arc::new(Sink {
+                transport,
+                metrics,
+                store: store.into(),
+                pod: pod.into(),
+            })),
+            live,
+        })
+    }
+
+    /// Analytics switched off (tests, tools).
+    pub fn disabled(live: Arc<Live>) -> Self {
+        Self { sink: None, live }
+    }
+
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Records one event. Never blocks.
+    pub fn record(&self, mut e: Event) {
+        self.live.op();
+        let Some(sink) = &self.sink else { return };
+        if e.id.is_empty() {
+            e.id = uuid::Uuid::now_v7().to_string();
+        }
+        if e.ts == 0 {
+            e.ts = crate::storage::now_ms();
+        }
+        e.store.clone_from(&sink.store);
+        e.pod.clone_from(&sink.pod);
+        let outcome = &sink.metrics.analytics_events;
+        match &sink.transport {
+            Transport::Kafka(p) => p.send(&e),
+            Transport::Local(tx) => match tx.try_send(e) {
+                Ok(()) => outcome.with_label_values(&["queued"]).inc(),
+                Err(_) => outcome.with_label_values(&["dropped"]).inc(),
+            },
+        }
+    }
+
+    /// Waits (briefly) for buffered events to leave, at shutdown.
+    pub async fn flush(&self) {
+        if let Some(Transport::Kafka(p)) = self.sink.as_ref().map(|s| &s.transport) {
+            p.flush(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Embedded mode: batches from the channel into the aggregate tables.
+async fn aggregate_locally(
+    mut rx: mpsc::Receiver<Event>,
+    db: Db,
+    batch: usize,
+    metrics: Arc<Metrics>,
+) {
+    let mut events = Vec::with_capacity(batch);
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        events.push(first);
+        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+        while events.len() < batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => events.push(e),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut delta = aggregate::Delta::default();
+        events.iter().for_each(|e| delta.add(e));
+        // A failed write is retried a few times, then the batch is counted
+        // as lost: the buffer must keep moving.
+        let mut written = false;
+        for attempt in 0..3 {
+            match aggregate::write_alone(&db, &delta).await {
+                Ok(()) => {
+                    written = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "analytics batch not written");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        let outcome = if written { "aggregated" } else { "failed" };
+        metrics
+            .analytics_events
+            .with_label_values(&[outcome])
+            .inc_by(events.len() as u64);
+        events.clear();
+    }
+}
