@@ -15,6 +15,14 @@ command -v mariadbd >/dev/null 2>&1 || need_pkgs+=(mariadb-server)
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# rdkafka's bundled librdkafka build needs make and zlib headers.
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+[ -f /usr/include/zlib.h ] || need_pkgs+=(zlib1g-dev)
+# Kafka runs on Java 17; its jars come from Maven Central through Maven.
+command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_pkgs+=(maven)
+# The dashboard test drives Debian's Chromium.
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if ((${#need_pkgs[@]})); then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

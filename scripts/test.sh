@@ -33,6 +33,9 @@ export TEST_GEOIP_DB
 TEST_KUBECONFIG="$(bash scripts/kube-up.sh)"
 TEST_KUBECTL="$(bash scripts/k8s-bins.sh)/kubectl"
 export TEST_KUBECONFIG TEST_KUBECTL
+# Analytics tests run against a real Kafka broker (KRaft, Maven Central jars).
+TEST_KAFKA_BROKERS="$(bash scripts/kafka-up.sh)"
+export TEST_KAFKA_BROKERS
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -109,6 +109,9 @@ pub async fn consume(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("allow.auto.create.topics", "true")
+        // Rejoin quickly after a broker restart.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
         .set("log_level", "3")
         .create()
         .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;

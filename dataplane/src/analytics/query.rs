@@ -313,7 +313,7 @@ pub const WEEK_MS: i64 = 7 * DAY_MS;
 
 /// Start of the (Monday-based) UTC week of `ts`. The epoch was a Thursday.
 pub fn week_of(ts: i64) -> i64 {
-    let monday_offset = 4 * DAY_MS;
+    let monday_offset = 3 * DAY_MS;
     ts - (ts + monday_offset).rem_euclid(WEEK_MS)
 }
 

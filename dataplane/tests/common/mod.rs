@@ -90,9 +90,19 @@ impl Server {
     }
 
     pub async fn start_in(data_dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        Self::start_command("serve", data_dir, env).await
+    }
+
+    /// Starts `syncstore <command>` (`serve` or `analytics`, which both
+    /// answer `/health` on PORT).
+    pub async fn start_command(
+        command: &str,
+        data_dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Server {
         let port = free_port();
         let mut cmd = Command::new(binary());
-        cmd.arg("serve")
+        cmd.arg(command)
             .env_clear()
             .env("PORT", port.to_string())
             .env("SYNCSTORE_DATA_DIR", data_dir.path())
