@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 CACHE="${SYNCSTORE_CACHE:-/var/cache/syncstore}/kafka"
 LIBS="$CACHE/libs-4.3.1"
 RUN="$CACHE/run"
-PORT="${KAFKA_PORT:-19092}"
+PORT="${KAFKA_PORT:-9092}"
 BOOTSTRAP="127.0.0.1:$PORT"
 
 pid_alive() { [ -f "$RUN/kafka.pid" ] && kill -0 "$(cat "$RUN/kafka.pid")" 2>/dev/null; }
@@ -32,6 +32,9 @@ case "${1:-}" in
 esac
 
 if pid_alive && up; then echo "$BOOTSTRAP"; exit 0; fi
+# A broker that runs but does not answer on this port (an old setting, a
+# hang) is replaced.
+stop
 
 if ! command -v java >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null

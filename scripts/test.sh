@@ -32,7 +32,8 @@ export TEST_GEOIP_DB
 # etcd, built once from their Go modules and started envtest-style.
 TEST_KUBECONFIG="$(bash scripts/kube-up.sh)"
 TEST_KUBECTL="$(bash scripts/k8s-bins.sh)/kubectl"
-export TEST_KUBECONFIG TEST_KUBECTL
+TEST_HELM="$(bash scripts/helm-bin.sh)"
+export TEST_KUBECONFIG TEST_KUBECTL TEST_HELM
 # Analytics tests run against a real Kafka broker (KRaft, Maven Central jars).
 TEST_KAFKA_BROKERS="$(bash scripts/kafka-up.sh)"
 export TEST_KAFKA_BROKERS
@@ -63,9 +64,23 @@ js_status=${PIPESTATUS[0]}
 set -e
 [ "$status" -ne 0 ] || status=$js_status
 
+echo "== Helm chart (lint, template, dry-run on the apiserver)"
+set +e
+bash scripts/chart-check.sh 2>&1 | tee -a "$log"
+chart_status=${PIPESTATUS[0]}
+echo "== end-to-end scenario (e2e/run.sh)"
+bash e2e/run.sh 2>&1 | tee -a "$log"
+e2e_status=${PIPESTATUS[0]}
+set -e
+[ "$status" -ne 0 ] || status=$chart_status
+[ "$status" -ne 0 ] || status=$e2e_status
+
 # One closing line over every runner: cargo prints one line per test binary
-# (the last is often the doc-tests' "0 passed"), node prints "# pass N".
+# (the last is often the doc-tests' "0 passed"), node prints "# pass N",
+# the chart check one "chart: ok|FAIL" line per check, e2e a summary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
+     /^chart: ok / { p += 1 } /^chart: FAIL / { f += 1 }
+     /^e2e: [0-9]+ passed/ { p += $2; f += $4 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -265,15 +265,15 @@ pub struct RateLimitSpec {
     pub max_requests: Option<u64>,
 }
 
-/// Conflict strategies.
+/// Conflict strategies, named as the data plane's CONFLICT_DEFAULT_STRATEGY.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConflictStrategy {
     /// Last writer wins; a tie goes to the larger instance id.
     #[default]
-    Lww,
+    LastWriteWins,
     /// First writer wins.
-    Fww,
+    FirstWriteWins,
     /// Three-way JSON merge.
     Merge,
     /// Conflicts wait for review.

@@ -306,7 +306,7 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
         &brokers,
         &config.analytics.kafka_topic,
         &group,
-        config.analytics.batch_size,
+        config.analytics.consumer_batch,
         db.clone(),
         metrics,
         shutdown_signal(),

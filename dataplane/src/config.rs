@@ -104,6 +104,12 @@ pub struct RawConfig {
     /// How often expired items are purged, in hours (fractions allowed).
     #[arg(long, global = true, env = "TTL_CLEANUP_INTERVAL_HOURS")]
     pub ttl_cleanup_interval_hours: Option<String>,
+    /// Events per aggregation transaction of `syncstore analytics`.
+    #[arg(long, global = true, env = "ANALYTICS_CONSUMER_BATCH")]
+    pub analytics_consumer_batch: Option<String>,
+    /// How long an event waits for an unreachable Kafka before it counts as failed.
+    #[arg(long, global = true, env = "ANALYTICS_KAFKA_TIMEOUT_MS")]
+    pub analytics_kafka_timeout_ms: Option<String>,
     /// Kafka bootstrap servers for analytics events; unset means in-process.
     #[arg(long, global = true, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -245,7 +251,12 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct AnalyticsConfig {
     pub enabled: bool,
+    /// Producer batch (ANALYTICS_BATCH_SIZE, the seed's).
     pub batch_size: usize,
+    /// Events per aggregation transaction of the consumer: large batches
+    /// fold many events into each row they touch.
+    pub consumer_batch: usize,
+    pub kafka_timeout_ms: u64,
     pub kafka_brokers: Option<String>,
     pub kafka_topic: String,
 }
@@ -599,19 +610,28 @@ impl Config {
                 "invalid topic name: up to 249 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
             ));
         }
-        let analytics = AnalyticsConfig {
-            enabled: var!(raw, enable_analytics, "ENABLE_ANALYTICS").boolean(true)?,
-            batch_size: var!(raw, analytics_batch_size, "ANALYTICS_BATCH_SIZE").int(
-                100usize,
-                1,
-                100_000,
-                "a batch size",
-            )?,
-            kafka_brokers: var!(raw, kafka_brokers, "KAFKA_BROKERS")
-                .value()
-                .map(String::from),
-            kafka_topic,
-        };
+        let analytics =
+            AnalyticsConfig {
+                enabled: var!(raw, enable_analytics, "ENABLE_ANALYTICS").boolean(true)?,
+                batch_size: var!(raw, analytics_batch_size, "ANALYTICS_BATCH_SIZE").int(
+                    100usize,
+                    1,
+                    100_000,
+                    "a batch size",
+                )?,
+                consumer_batch: var!(raw, analytics_consumer_batch, "ANALYTICS_CONSUMER_BATCH")
+                    .int(20_000usize, 1, 1_000_000, "a batch size")?,
+                kafka_timeout_ms: var!(
+                    raw,
+                    analytics_kafka_timeout_ms,
+                    "ANALYTICS_KAFKA_TIMEOUT_MS"
+                )
+                .int(60_000u64, 1_000, 3_600_000, "milliseconds")?,
+                kafka_brokers: var!(raw, kafka_brokers, "KAFKA_BROKERS")
+                    .value()
+                    .map(String::from),
+                kafka_topic,
+            };
 
         let ttl_var = var!(
             raw,

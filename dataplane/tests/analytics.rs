@@ -84,6 +84,7 @@ async fn kafka_counts_are_exact_across_a_consumer_crash() {
         ("KAFKA_TOPIC", topic.as_str()),
         ("SYNCSTORE_STORE", store.as_str()),
         ("ANALYTICS_BATCH_SIZE", "25"),
+        ("ANALYTICS_CONSUMER_BATCH", "25"),
     ];
     let serve = Server::start(&env).await;
     let dir = serve.data_dir.path();

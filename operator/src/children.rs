@@ -133,11 +133,13 @@ pub fn config_map(store: &SyncStore) -> ConfigMap {
         ("PORT".to_string(), HTTP_PORT.to_string()),
         ("LOG_FORMAT".into(), "json".into()),
         (
+            // Names the store's Redis channels and Kafka consumer group:
+            // unique in the cluster, in the data plane's charset.
             "SYNCSTORE_STORE".into(),
-            format!(
-                "{}.{}",
-                store.namespace().unwrap_or_default(),
-                store.name_any()
+            crate::database::derive_name(
+                &store.namespace().unwrap_or_default(),
+                &store.name_any(),
+                63,
             ),
         ),
         (
@@ -195,7 +197,7 @@ pub fn config_map(store: &SyncStore) -> ConfigMap {
     }
 }
 
-/// An enum's serde name (`LWW`, …).
+/// An enum's serde name (`LAST_WRITE_WINS`, …).
 fn serde_plain<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()

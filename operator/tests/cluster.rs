@@ -74,8 +74,8 @@ async fn postgres_store_gets_children_schema_role_and_status() {
     assert_eq!(cm["data"]["MAX_ITEM_SIZE_KB"], "256");
     assert_eq!(cm["data"]["RATE_LIMIT_MAX_REQUESTS"], "6000");
     assert_eq!(cm["data"]["CORS_ORIGIN"], "https://app.example.com");
-    assert_eq!(cm["data"]["CONFLICT_DEFAULT_STRATEGY"], "LWW");
-    assert_eq!(cm["data"]["SYNCSTORE_STORE"], format!("{}.chat", c.ns));
+    assert_eq!(cm["data"]["CONFLICT_DEFAULT_STRATEGY"], "LAST_WRITE_WINS");
+    assert_eq!(cm["data"]["SYNCSTORE_STORE"], schema(&c, "chat"));
 
     // The Deployment: owned, applied server-side by our manager, probes,
     // env from the ConfigMap and Secrets, drain, config hash.
@@ -128,9 +128,14 @@ async fn postgres_store_gets_children_schema_role_and_status() {
     assert_eq!(controller_owner(&svc).0, "SyncStore");
     assert_eq!(c.must_get("pdb", "chat")["spec"]["maxUnavailable"], 1);
     assert!(c.get("hpa", "chat").is_none(), "no HPA without autoscaling");
-    assert!(
-        c.get("deployment", "chat-analytics").is_none(),
-        "no consumer without Kafka"
+    let consumer = c.must_get("deployment", "chat-analytics");
+    assert_eq!(
+        consumer["spec"]["template"]["spec"]["containers"][0]["args"][0],
+        "analytics"
+    );
+    assert_eq!(
+        c.must_get("configmap", "chat-config")["data"]["KAFKA_BROKERS"],
+        "kafka.kafka.svc.cluster.local:9092"
     );
 
     // Status as kubectl sees it.
@@ -767,7 +772,11 @@ async fn a_killed_operator_duplicates_nothing() {
         assert_eq!(rows, 1, "exactly one key row for {user}");
     }
     let deployments = c.kubectl(&["get", "deployments", "-o", "name"]);
-    assert_eq!(deployments.lines().count(), 1, "{deployments}");
+    assert_eq!(
+        deployments.lines().count(),
+        2,
+        "serve and analytics: {deployments}"
+    );
     let secrets = c.kubectl(&[
         "get",
         "secrets",
@@ -822,21 +831,49 @@ fn a_second_replica_waits_for_the_lease() {
     });
 }
 
+/// The chart's RBAC and ServiceAccount, rendered by helm for release
+/// `release` in namespace `ns`.
+fn chart_rbac(release: &str, ns: &str) -> String {
+    let helm = std::env::var("TEST_HELM").unwrap_or_else(|_| {
+        panic!(
+            "TEST_HELM is not set: scripts/helm-bin.sh builds helm (the test command exports it)"
+        )
+    });
+    let out = std::process::Command::new(helm)
+        .args([
+            "template",
+            release,
+            &common::repo()
+                .join("charts/syncstore-operator")
+                .to_string_lossy(),
+            "-n",
+            ns,
+        ])
+        .args([
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
 #[test]
 fn least_privilege_rbac_is_enough() {
     let mut c = Cluster::new("rbac");
     pg_secrets(&c);
-    let rbac = std::fs::read_to_string(common::repo().join("operator/deploy/rbac.yaml"))
-        .expect("rbac.yaml")
-        .replace("NAMESPACE", &c.ns)
-        .replace(
-            "name: syncstore-operator",
-            &format!("name: syncstore-operator-{}", c.ns),
-        );
+    let release = format!("r-{}", c.ns);
     let path = std::env::temp_dir().join(format!("rbac-{}.yaml", c.ns));
-    std::fs::write(&path, rbac).expect("write");
+    std::fs::write(&path, chart_rbac(&release, &c.ns)).expect("write");
     c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
-    let sa = format!("syncstore-operator-{}", c.ns);
+    let sa = format!("{release}-syncstore-operator");
     let config = c.service_account_kubeconfig(&sa);
     // The service account may not do what the role leaves out.
     let denied = c.try_kubectl(&["--kubeconfig", &config, "get", "pods"]);
@@ -854,14 +891,6 @@ fn least_privilege_rbac_is_enough() {
         "the operator hit a missing permission:\n{}",
         common::tail(&logs, 20)
     );
-    let _ = run_cleanup(&c);
-}
-
-/// Cluster-scoped RBAC objects outlive the namespace; remove them.
-fn run_cleanup(c: &Cluster) -> Result<String, String> {
-    c.try_kubectl(&[
-        "delete",
-        "clusterrole,clusterrolebinding",
-        &format!("syncstore-operator-{}", c.ns),
-    ])
+    // Cluster-scoped RBAC outlives the namespace; remove it.
+    let _ = c.try_kubectl(&["delete", "clusterrole,clusterrolebinding", &sa]);
 }

@@ -36,17 +36,14 @@ pub struct Producer {
     metrics: Arc<Metrics>,
 }
 
-/// How long librdkafka keeps an undeliverable event (Kafka down) before
-/// giving it up and counting it as failed. ANALYTICS_KAFKA_TIMEOUT_MS.
-fn message_timeout_ms() -> String {
-    std::env::var("ANALYTICS_KAFKA_TIMEOUT_MS").unwrap_or_else(|_| "60000".into())
-}
-
 impl Producer {
+    /// `timeout_ms`: how long librdkafka keeps an undeliverable event
+    /// (Kafka down) before giving it up and counting it as failed.
     pub fn new(
         brokers: &str,
         topic: &str,
         batch: usize,
+        timeout_ms: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let inner = ClientConfig::new()
@@ -57,7 +54,7 @@ impl Producer {
             // The bounded buffer: past this, send fails at once (QueueFull)
             // and the event is dropped, never waited for.
             .set("queue.buffering.max.messages", "200000")
-            .set("message.timeout.ms", message_timeout_ms())
+            .set("message.timeout.ms", timeout_ms.to_string())
             .set("compression.type", "lz4")
             .set("log_level", "3")
             .create_with_context(Outcomes(metrics.clone()))

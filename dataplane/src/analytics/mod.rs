@@ -61,6 +61,7 @@ impl Analytics {
                 brokers,
                 &cfg.kafka_topic,
                 cfg.batch_size,
+                cfg.kafka_timeout_ms,
                 metrics.clone(),
             )?),
             None => {

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The end-to-end scenario: YAML in, synced devices and analytics out.
+#
+# Brings up a real kube-apiserver and etcd, PostgreSQL, Redis and Kafka
+# (idempotently), installs the CRDs and RBAC from the rendered Helm chart,
+# runs the operator as a process under the chart's ServiceAccount, applies
+# examples/ with kubectl, waits for Ready, then runs e2e/scenario.mjs, which
+# plays the kubelet for the Deployments the operator made and drives the
+# official socket.io-client and REST against them. Prints a pass/fail
+# summary; exits non-zero on any failure.
+#
+#   bash e2e/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/syncstore/target}"
+say() { printf '== e2e: %s\n' "$*"; }
+
+bash scripts/services.sh >/dev/null
+KUBECONFIG_ADMIN="$(bash scripts/kube-up.sh)"
+BIN_DIR="$(bash scripts/k8s-bins.sh)"
+KUBECTL="$BIN_DIR/kubectl"
+HELM="$(bash scripts/helm-bin.sh)"
+bash scripts/kafka-up.sh >/dev/null
+cargo build -q -p syncstore -p syncstore-operator
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+
+# Cluster DNS for the one in-cluster name the example uses: the Kafka
+# Service. PostgreSQL and Redis come in through Secrets, as they would.
+grep -q 'kafka.kafka.svc.cluster.local' /etc/hosts \
+  || echo '127.0.0.1 kafka.kafka.svc.cluster.local # syncstore e2e' >> /etc/hosts
+
+k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+SYSTEM=syncstore-system
+NS="e2e-$(date +%s)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  k delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+say "installing the CRDs and RBAC from the rendered chart"
+k create namespace "$SYSTEM" --dry-run=client -o yaml | k apply -f - >/dev/null
+"$HELM" template syncstore charts/syncstore-operator -n "$SYSTEM" --include-crds \
+  --show-only templates/rbac.yaml --show-only templates/serviceaccount.yaml > "$CARGO_TARGET_DIR/e2e-rbac.yaml"
+# --show-only leaves the CRDs out; they come from the chart's crds/ folder.
+k apply --server-side --force-conflicts -f charts/syncstore-operator/crds/ >/dev/null
+k wait --for=condition=Established --timeout=30s crd/syncstores.syncstore.dev crd/apikeys.syncstore.dev >/dev/null
+k apply -f "$CARGO_TARGET_DIR/e2e-rbac.yaml" >/dev/null
+
+say "starting the operator as ServiceAccount $SYSTEM/syncstore-syncstore-operator"
+token=$(k -n "$SYSTEM" create token syncstore-syncstore-operator --duration=2h)
+OPERATOR_KUBECONFIG="$CARGO_TARGET_DIR/e2e-operator.kubeconfig"
+python3 - "$KUBECONFIG_ADMIN" "$token" > "$OPERATOR_KUBECONFIG" <<'PY'
+import sys, re
+text = open(sys.argv[1]).read()
+print(re.sub(r"token: .*", "token: " + sys.argv[2], text))
+PY
+# It watches only the scenario's namespace: without a namespace controller,
+# namespaces the test suite deleted linger here with their objects.
+KUBECONFIG="$OPERATOR_KUBECONFIG" POD_NAMESPACE="$SYSTEM" POD_NAME=operator-e2e WATCH_NAMESPACE="$NS" \
+  OPERATOR_HTTP_ADDR=127.0.0.1:18090 USAGE_SYNC_INTERVAL=3s LOG_LEVEL=info,kube=warn,sqlx=warn \
+  "$CARGO_TARGET_DIR/debug/syncstore-operator" run > "$CARGO_TARGET_DIR/e2e-operator.log" 2>&1 &
+pids+=($!)
+
+say "applying examples/ into namespace $NS"
+k create namespace "$NS" >/dev/null
+k -n "$NS" create secret generic pg-admin \
+  --from-literal=url="${E2E_POSTGRES_ADMIN_URL:-postgres://syncstore:syncstore@127.0.0.1:5432/syncstore}" >/dev/null
+k -n "$NS" create secret generic redis --from-literal=url="${E2E_REDIS_URL:-redis://127.0.0.1:6379}" >/dev/null
+k -n "$NS" apply -f examples/syncstore-postgres.yaml -f examples/apikeys.yaml
+k -n "$NS" wait --for=condition=Ready --timeout=120s syncstore/chat apikey/mobile-alice apikey/dashboard
+k -n "$NS" get syncstores,apikeys
+
+say "running the scenario"
+set +e
+KUBECTL="$KUBECTL" KUBECONFIG="$KUBECONFIG_ADMIN" NS="$NS" SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" \
+  node e2e/scenario.mjs
+status=$?
+set -e
+if [ "$status" -ne 0 ]; then
+  say "operator log (last 30 lines)"
+  tail -30 "$CARGO_TARGET_DIR/e2e-operator.log"
+fi
+exit "$status"
