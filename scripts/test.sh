@@ -71,9 +71,14 @@ chart_status=${PIPESTATUS[0]}
 echo "== end-to-end scenario (e2e/run.sh)"
 bash e2e/run.sh 2>&1 | tee -a "$log"
 e2e_status=${PIPESTATUS[0]}
+echo "== chaos test, short run (e2e/chaos)"
+SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" CHAOS_SECONDS="${CHAOS_SECONDS:-20}" \
+  node e2e/chaos/chaos.mjs 2>&1 | tee -a "$log"
+chaos_status=${PIPESTATUS[0]}
 set -e
 [ "$status" -ne 0 ] || status=$chart_status
 [ "$status" -ne 0 ] || status=$e2e_status
+[ "$status" -ne 0 ] || status=$chaos_status
 
 # One closing line over every runner: cargo prints one line per test binary
 # (the last is often the doc-tests' "0 passed"), node prints "# pass N",
@@ -82,5 +87,6 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^# pass / { p += $3 } /^# fail / { f += $3 }
      /^chart: ok / { p += 1 } /^chart: FAIL / { f += 1 }
      /^e2e: [0-9]+ passed/ { p += $2; f += $4 }
+     /^chaos: PASS/ { p += 1 } /^chaos: FAIL/ { f += 1 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         let e = Event {
             id: format!("bench-{i}"),
             ts: now - ((i % args.spread_secs.max(1)) * 1000) as i64,
-            store: "bench".into(),
+            store: args.topic.clone(),
             pod: "bench".into(),
             kind: "rest".into(),
             route_or_event: routes[(i % routes.len() as u64) as usize].into(),

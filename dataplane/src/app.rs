@@ -305,6 +305,7 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
     crate::analytics::kafka::consume(
         &brokers,
         &config.analytics.kafka_topic,
+        &config.store_name,
         &group,
         config.analytics.consumer_batch,
         db.clone(),

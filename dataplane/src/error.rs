@@ -36,6 +36,8 @@ pub enum ApiError {
     NotFound { key: String },
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
+    #[error("unknown event {event}")]
+    UnknownEvent { event: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("the item changed concurrently ({status:?}); see details.current")]
@@ -85,6 +87,7 @@ impl ApiError {
             Self::Restricted { code, .. } => code,
             Self::KeyExpired => "KEY_EXPIRED",
             Self::NotFound { .. } | Self::RouteNotFound { .. } => "NOT_FOUND",
+            Self::UnknownEvent { .. } => "UNKNOWN_EVENT",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::VersionConflict { .. } => "VERSION_CONFLICT",
             Self::ItemTooLarge { .. } => "ITEM_TOO_LARGE",
@@ -110,7 +113,9 @@ impl ApiError {
             | Self::KeyInactive
             | Self::KeyExpired
             | Self::Restricted { .. } => StatusCode::FORBIDDEN,
-            Self::NotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::RouteNotFound { .. } | Self::UnknownEvent { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::VersionConflict { .. } => StatusCode::CONFLICT,
             Self::ItemTooLarge { .. }
@@ -134,6 +139,7 @@ impl ApiError {
             Self::ScopeRequired { scope } => json!({ "required": scope }),
             Self::NotFound { key } => json!({ "key": key }),
             Self::RouteNotFound { method, path } => json!({ "method": method, "path": path }),
+            Self::UnknownEvent { event } => json!({ "event": event }),
             Self::VersionConflict {
                 expected, current, ..
             } => {

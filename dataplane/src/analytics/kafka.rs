@@ -90,10 +90,13 @@ impl Producer {
     }
 }
 
-/// Consumes analytics events and aggregates them until `shutdown`.
+/// Consumes analytics events of store `store` and aggregates them until
+/// `shutdown`. Stores may share a topic; other stores' events are skipped.
+#[allow(clippy::too_many_arguments)]
 pub async fn consume(
     brokers: &str,
     topic: &str,
+    store: &str,
     group: &str,
     batch: usize,
     db: Db,
@@ -142,7 +145,7 @@ pub async fn consume(
         // is retried with the same messages, never skipped.
         let mut attempt = 0u32;
         let applied = loop {
-            match apply(&db, topic, &messages).await {
+            match apply(&db, topic, store, &messages).await {
                 Ok(n) => break n,
                 Err(e) => {
                     attempt += 1;
@@ -180,6 +183,7 @@ fn next_offsets(messages: &[BorrowedMessage<'_>]) -> BTreeMap<i32, i64> {
 async fn apply(
     db: &Db,
     topic: &str,
+    store: &str,
     messages: &[BorrowedMessage<'_>],
 ) -> Result<usize, sqlx::Error> {
     let next = next_offsets(messages);
@@ -192,7 +196,8 @@ async fn apply(
             continue; // counted before a crash or a rebalance
         }
         match m.payload().map(serde_json::from_slice::<Event>) {
-            Some(Ok(e)) => delta.add(&e),
+            Some(Ok(e)) if e.store == store => delta.add(&e),
+            Some(Ok(_)) => {} // another store's event on a shared topic
             _ => tracing::debug!(
                 partition = m.partition(),
                 offset = m.offset(),

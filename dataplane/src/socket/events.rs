@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use socketioxide::{
     adapter::Adapter,
-    extract::{AckSender, Extension, SocketRef, State, TryData},
+    extract::{AckSender, Event, Extension, SocketRef, State, TryData},
     handler::{FromMessageParts, Value},
     socket::Socket,
     ParserError,
@@ -142,6 +142,24 @@ pub fn register(s: &SocketRef) {
     s.on("sync:subscribe", subscribe);
     s.on("sync:unsubscribe", unsubscribe);
     s.on("sync:ack", ack_cursor);
+    s.on_fallback(unknown);
+}
+
+/// Any other event: an UNKNOWN_EVENT error rather than silence, so a client
+/// with a typo in an event name learns it at once.
+async fn unknown(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    Event(name): Event,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let call = Call::new("unknown", &session);
+    let result: Result<(), ApiError> = Err(ApiError::UnknownEvent {
+        event: name.chars().take(64).collect(),
+    });
+    reply(&s, ack, wants, call, &app, result);
 }
 
 async fn set(

@@ -80,7 +80,7 @@ pub async fn authenticate(
             .inc();
         Refusal(e)
     })?;
-    s.extensions.insert(device);
+    super::admit(&s, &app, device);
     Ok(())
 }
 

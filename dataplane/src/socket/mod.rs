@@ -56,19 +56,19 @@ pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
     (layer, io)
 }
 
-async fn on_connect(
-    s: SocketRef,
-    State(app): State<AppState>,
-    Extension(device): Extension<Device>,
-) {
-    // Handlers first, synchronously: the client may emit as soon as it sees
-    // the connect, and an event with no handler yet would be dropped.
+/// Called by the handshake middleware once the device is admitted, before
+/// socketioxide answers the connect: the client may emit as soon as it sees
+/// the connect, and an event that arrives before its handler is registered
+/// is dropped without a reply (the protocol fuzz test caught that, when the
+/// registration still ran in the connect handler, which is spawned).
+fn admit(s: &SocketRef, app: &AppState, device: Device) {
     let session = Arc::new(Session::new(s.clone(), device, app.clone()));
-    s.extensions.insert(session.clone());
-    // The session owns the device now; one copy per socket is enough.
-    s.extensions.remove::<Device>();
-    events::register(&s);
+    s.extensions.insert(session);
+    events::register(s);
     s.on_disconnect(on_disconnect);
+}
+
+async fn on_connect(State(app): State<AppState>, Extension(session): Extension<Arc<Session>>) {
     app.metrics.sockets_connected.inc();
     app.analytics.live().socket_connected();
     session_event(&app, &session, "socket:connect", 0);

@@ -97,6 +97,39 @@ impl Ttl {
 }
 
 /// The body of a set (REST PUT, socket `sync:set`).
+/// Deepest nesting of arrays and objects accepted in a value or metadata.
+/// Values are kept verbatim, so nothing here would recurse on them, but the
+/// merge strategy and every client parser would: serde_json stops at 128,
+/// browsers at a few thousand.
+pub const MAX_NESTING: usize = 64;
+
+/// How deeply arrays and objects nest in a JSON text (brackets inside
+/// strings do not count). A linear scan: it never recurses.
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SetRequest {
@@ -129,6 +162,16 @@ impl SetRequest {
     /// Checks what serde's types cannot: metadata is an object, the small
     /// string fields are bounded.
     pub fn validate(&self) -> Result<(), ApiError> {
+        for (name, raw) in [
+            ("value", Some(&self.value)),
+            ("metadata", self.metadata.as_ref()),
+        ] {
+            if raw.is_some_and(|r| nesting_depth(r.get()) > MAX_NESTING) {
+                return Err(ApiError::InvalidBody(format!(
+                    "{name} nests deeper than {MAX_NESTING} levels"
+                )));
+            }
+        }
         if let Some(m) = &self.metadata {
             let text = m.get().trim_start();
             if !(text.starts_with('{') || text == "null") {
@@ -249,6 +292,28 @@ pub fn like_prefix_pattern(prefix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nesting_depth_ignores_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(nesting_depth(r#"{"a":"[[[[{{{\"]]]"}"#), 1);
+        assert_eq!(
+            nesting_depth(&format!("{}{}", "[".repeat(100), "]".repeat(100))),
+            100
+        );
+    }
+
+    proptest::proptest! {
+        /// The scan agrees with serde_json's own parse on any nesting it can parse.
+        #[test]
+        fn nesting_depth_matches_the_parse(depth in 0usize..100, wrap in proptest::bool::ANY) {
+            let (open, close) = if wrap { ("[", "]") } else { ("{\"k\":", "}") };
+            let text = format!("{}\"x\"{}", open.repeat(depth), close.repeat(depth));
+            proptest::prop_assert_eq!(nesting_depth(&text), depth);
+            proptest::prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), depth <= 127);
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
