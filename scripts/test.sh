@@ -64,8 +64,11 @@ js_status=${PIPESTATUS[0]}
 set -e
 [ "$status" -ne 0 ] || status=$js_status
 
-echo "== Helm chart (lint, template, dry-run on the apiserver)"
 set +e
+echo "== schemathesis against the OpenAPI spec"
+bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
+st_status=${PIPESTATUS[0]}
+echo "== Helm chart (lint, template, dry-run on the apiserver)"
 bash scripts/chart-check.sh 2>&1 | tee -a "$log"
 chart_status=${PIPESTATUS[0]}
 echo "== end-to-end scenario (e2e/run.sh)"
@@ -76,6 +79,7 @@ SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" CHAOS_SECONDS="${CHAOS_SECONDS
   node e2e/chaos/chaos.mjs 2>&1 | tee -a "$log"
 chaos_status=${PIPESTATUS[0]}
 set -e
+[ "$status" -ne 0 ] || status=$st_status
 [ "$status" -ne 0 ] || status=$chart_status
 [ "$status" -ne 0 ] || status=$e2e_status
 [ "$status" -ne 0 ] || status=$chaos_status
@@ -88,5 +92,6 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^chart: ok / { p += 1 } /^chart: FAIL / { f += 1 }
      /^e2e: [0-9]+ passed/ { p += $2; f += $4 }
      /^chaos: PASS/ { p += 1 } /^chaos: FAIL/ { f += 1 }
+     /^schemathesis: PASS/ { p += 1 } /^schemathesis: FAIL/ { f += 1 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

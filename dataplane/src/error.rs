@@ -153,7 +153,7 @@ impl ApiError {
             Self::RateLimited { info, .. } => {
                 json!({ "limit": info.limit, "resetSeconds": info.reset_secs })
             }
-            _ => Value::Null,
+            _ => json!({}),
         }
     }
 

@@ -263,3 +263,75 @@ impl Tokens {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DatabaseConfig, Secret};
+    use proptest::prelude::*;
+
+    /// Tokens over a throwaway SQLite file (verification never touches it).
+    fn tokens() -> Tokens {
+        let dir = std::env::temp_dir().join(format!("syncstore-jwt-{}", std::process::id()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let db = rt
+            .block_on(Db::connect(
+                &DatabaseConfig {
+                    url: None,
+                    connection_limit: 1,
+                    ssl: false,
+                },
+                &dir,
+            ))
+            .expect("sqlite");
+        let cfg = JwtConfig {
+            external: None,
+            secret: Some(Secret::new("a-test-secret-of-at-least-32-characters")),
+            expires_in: Duration::from_secs(900),
+            refresh_secret: Some(Secret::new("another-test-secret-of-32-characters!")),
+            refresh_expires_in: Duration::from_secs(86400),
+        };
+        Tokens::new(&cfg, db).expect("tokens on")
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any string is refused as UNAUTHORIZED, never a panic or another error.
+        #[test]
+        fn arbitrary_text_is_unauthorized(token in ".{0,300}") {
+            let t = tokens();
+            let refused = matches!(t.verify_access(&token), Err(ApiError::Unauthorized { .. }));
+            prop_assert!(refused, "{:?}", token);
+        }
+
+        /// Well-formed JWTs with arbitrary headers, claims and signatures:
+        /// still refused cleanly, unless signed with our key.
+        #[test]
+        fn forged_structures_are_unauthorized(
+            header in prop::collection::vec(any::<u8>(), 0..80),
+            claims in prop::collection::vec(any::<u8>(), 0..200),
+            sig in prop::collection::vec(any::<u8>(), 0..64),
+            alg in prop::sample::select(vec!["HS256", "none", "RS256", "HS512", ""]),
+        ) {
+            let t = tokens();
+            let h = format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#);
+            for token in [
+                format!("{}.{}.{}", b64(&header), b64(&claims), b64(&sig)),
+                format!("{}.{}.{}", b64(h.as_bytes()), b64(&claims), b64(&sig)),
+                format!("{}.{}.", b64(h.as_bytes()), b64(br#"{"sub":"u","exp":99999999999,"typ":"access","kid":"k","scope":[]}"#)),
+            ] {
+                let refused = matches!(t.verify_access(&token), Err(ApiError::Unauthorized { .. }));
+                prop_assert!(refused, "{}", token);
+            }
+        }
+    }
+}

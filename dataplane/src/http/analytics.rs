@@ -113,6 +113,7 @@ fn range_json(w: &Window) -> Value {
     json!({ "from": w.from, "to": w.to, "granularity": name })
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/dashboard", tag = "analytics", params(("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Object)))]
 pub async fn dashboard(
     State(state): State<AppState>,
     who: Principal,
@@ -184,6 +185,7 @@ async fn realtime_figures(state: &AppState) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/realtime", tag = "analytics", responses((status = 200, description = "Sockets now and operations per second, all pods", body = Object)))]
 pub async fn realtime(
     State(state): State<AppState>,
     who: Principal,
@@ -202,6 +204,7 @@ fn may_see_user(who: &Principal, user: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "The user's totals and series", body = Object)))]
 pub async fn user(
     State(state): State<AppState>,
     who: Principal,
@@ -239,6 +242,7 @@ async fn routes_of(
         .collect())
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Sessions and operations", body = Object)))]
 pub async fn engagement(
     State(state): State<AppState>,
     who: Principal,
@@ -277,6 +281,7 @@ pub async fn engagement(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Top keys, prefixes, hours, devices", body = Object)))]
 pub async fn behavior(
     State(state): State<AppState>,
     who: Principal,
@@ -330,6 +335,7 @@ async fn visible_key(
         .ok_or_else(|| ApiError::NotFound { key: id.into() })
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Usage", body = Object)))]
 pub async fn api_key(
     State(state): State<AppState>,
     who: Principal,
@@ -355,6 +361,7 @@ pub async fn api_key(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Denials by reason, IP and country", body = Object)))]
 pub async fn api_key_security(
     State(state): State<AppState>,
     who: Principal,
@@ -382,6 +389,7 @@ pub async fn api_key_security(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Series and change", body = Object)))]
 pub async fn api_key_trends(
     State(state): State<AppState>,
     who: Principal,
@@ -424,6 +432,7 @@ async fn may_see_instance(state: &AppState, who: &Principal, id: &str) -> Result
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Totals and series", body = Object)))]
 pub async fn instance(
     State(state): State<AppState>,
     who: Principal,
@@ -447,6 +456,7 @@ pub async fn instance(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Latency percentiles", body = Object)))]
 pub async fn instance_performance(
     State(state): State<AppState>,
     who: Principal,
@@ -479,6 +489,7 @@ pub async fn instance_performance(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = Object)))]
 pub async fn instance_health(
     State(state): State<AppState>,
     who: Principal,

@@ -1,12 +1,10 @@
 //! `GET /api/v1/audit`: the audit trail, newest first, for admin keys.
 
-use axum::{
-    extract::{Query, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::QueryParams;
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -30,10 +28,11 @@ pub struct Params {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("from" = Option<i64>, Query, description = "ms, inclusive"), ("to" = Option<i64>, Query, description = "ms"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "{entries, nextCursor}", body = Object)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
-    Query(p): Query<Params>,
+    QueryParams(p): QueryParams<Params>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::Admin)?;
     let limit = p.limit.unwrap_or(100);

@@ -29,6 +29,7 @@ pub struct RefreshRequest {
 }
 
 /// `POST /auth/token {userId, scopes?}` with a `tokens:issue` key.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body(content = Object, description = "{userId?, scopes?}"), responses((status = 200, description = "{accessToken, refreshToken, expiresIn}", body = Object)))]
 pub async fn token(
     State(state): State<AppState>,
     who: Principal,
@@ -58,6 +59,7 @@ pub async fn token(
 }
 
 /// `POST /auth/refresh {refreshToken}`: a new pair; the old token is spent.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body(content = Object, description = "{refreshToken}"), responses((status = 200, description = "A new token pair", body = Object)))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
@@ -68,6 +70,7 @@ pub async fn refresh(
 }
 
 /// `POST /auth/logout {refreshToken}`: revokes the token's whole family.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Object, description = "{refreshToken}"), responses((status = 200, description = "The token family is revoked", body = Object)))]
 pub async fn logout(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,

@@ -2,13 +2,13 @@
 //! and resolving a conflict through the normal write path.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     Json,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, QueryParams};
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -42,10 +42,11 @@ fn fifty() -> i64 {
 }
 
 /// `GET /conflicts?status=pending&limit=&offset=`: the review queue, oldest first.
+#[utoipa::path(get, path = "/api/v1/sync-storage/conflicts", tag = "conflicts", params(("status" = Option<String>, Query, description = "pending or resolved"), ("limit" = Option<i64>, Query, description = "1 to 1000"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")), responses((status = 200, description = "Conflicts, newest first", body = Object)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
-    Query(page): Query<Page>,
+    QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::Read)?;
     if !matches!(page.status.as_str(), "pending" | "resolved")
@@ -70,6 +71,7 @@ pub async fn list(
 }
 
 /// `GET /conflicts/history/{itemId}`: by item id or key, newest first.
+#[utoipa::path(get, path = "/api/v1/sync-storage/conflicts/history/{item}", tag = "conflicts", params(("item" = String, Path, description = "Item id or key")), responses((status = 200, description = "The item's conflicts, newest first", body = Vec<Object>)))]
 pub async fn history(
     State(state): State<AppState>,
     who: Principal,
@@ -83,6 +85,7 @@ pub async fn history(
 
 /// `GET /conflicts/stats`: counts by strategy and outcome in 1 h, 24 h and
 /// 7 d, and the share settled (automatically or by review).
+#[utoipa::path(get, path = "/api/v1/sync-storage/conflicts/stats", tag = "conflicts", responses((status = 200, description = "Counts by strategy and outcome over 1 h, 24 h and 7 d", body = Object)))]
 pub async fn stats(State(state): State<AppState>, who: Principal) -> Result<Json<Value>, ApiError> {
     who.require(Scope::Read)?;
     let now = now_ms();
@@ -131,6 +134,7 @@ pub struct Resolve {
 
 /// `PUT /conflicts/resolve/{conflictId}`: settles a conflict and writes the
 /// result through the normal write path (new seq, fan-out to devices).
+#[utoipa::path(put, path = "/api/v1/sync-storage/conflicts/resolve/{id}", tag = "conflicts", params(("id" = String, Path, description = "Conflict id")), request_body(content = Object, description = "{resolution: local|remote|merged|custom, value?}"), responses((status = 200, description = "The resolved item", body = Object)))]
 pub async fn resolve(
     State(state): State<AppState>,
     who: Principal,
@@ -239,6 +243,7 @@ pub struct Analyze {
 /// `POST /conflicts/analyze {itemIds}`: per item (id or key), the conflict
 /// rate, the instances involved, the median time between competing writes,
 /// and a suggested strategy with the reason.
+#[utoipa::path(post, path = "/api/v1/sync-storage/conflicts/analyze", tag = "conflicts", request_body(content = Object, description = "{itemIds: [...]}"), responses((status = 200, description = "Analysis per item", body = Object)))]
 pub async fn analyze(
     State(state): State<AppState>,
     who: Principal,

@@ -85,3 +85,18 @@ impl FromRequestParts<AppState> for InstanceId {
         Ok(InstanceId(id.to_string()))
     }
 }
+
+/// Query parameters; a malformed query is INVALID_QUERY, not axum's plain
+/// text (schemathesis found that one).
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| QueryParams(q))
+            .map_err(|e| ApiError::InvalidQuery(e.body_text()))
+    }
+}

@@ -10,6 +10,7 @@ use crate::{
     sync::{Cleared, Item, Removed, SetReply, SetRequest},
 };
 
+#[utoipa::path(get, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key (percent-encoded; may contain /)")), responses((status = 200, description = "The item", body = Object)))]
 pub async fn get_item(
     State(state): State<AppState>,
     who: Principal,
@@ -19,6 +20,7 @@ pub async fn get_item(
     Ok(Json(state.sync.get(&who.user_id, &key).await?))
 }
 
+#[utoipa::path(put, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)")), request_body(content = crate::http::openapi::SetBody, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = Object), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
 pub async fn put_item(
     State(state): State<AppState>,
     who: Principal,
@@ -34,6 +36,7 @@ pub async fn put_item(
     Ok(Json(reply.won(body.version)?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device")), responses((status = 200, description = "{status, key, seq}", body = Object)))]
 pub async fn delete_item(
     State(state): State<AppState>,
     who: Principal,
@@ -51,6 +54,7 @@ pub async fn missing_key(_who: Principal) -> ApiError {
     ApiError::InvalidKey("key must not be empty".into())
 }
 
+#[utoipa::path(get, path = "/api/v1/sync-storage/items", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Items", body = Vec<Object>)))]
 pub async fn list_items(
     State(state): State<AppState>,
     who: Principal,
@@ -60,6 +64,7 @@ pub async fn list_items(
     Ok(Json(state.sync.list(&who.user_id, &prefix).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/sync-storage/keys", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Keys", body = Vec<String>)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     who: Principal,
@@ -69,6 +74,7 @@ pub async fn list_keys(
     Ok(Json(state.sync.keys(&who.user_id, &prefix).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/sync-storage/clear", tag = "items", responses((status = 200, description = "How many items were removed", body = Object)))]
 pub async fn clear(
     State(state): State<AppState>,
     who: Principal,

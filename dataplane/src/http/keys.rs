@@ -43,6 +43,7 @@ async fn load(state: &AppState, who: &Principal, id: &str) -> Result<KeyView, Ap
 }
 
 /// `POST /api-keys`: 201 with the key, shown this once, as `key`.
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body(content = Object, description = "The seed's ApiKey fields"), responses((status = 201, description = "The key, shown once, and its record", body = Object)))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
@@ -105,6 +106,7 @@ pub async fn create(
 }
 
 /// `GET /api-keys`.
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", responses((status = 200, description = "Keys", body = Vec<Object>)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
@@ -114,6 +116,7 @@ pub async fn list(
 }
 
 /// `GET /api-keys/{id}`.
+#[utoipa::path(get, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 200, description = "The key record", body = Object)))]
 pub async fn get(
     State(state): State<AppState>,
     who: Principal,
@@ -123,6 +126,7 @@ pub async fn get(
 }
 
 /// `PATCH /api-keys/{id}`: restrictions, quotas, flags, scopes, expiry.
+#[utoipa::path(patch, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), request_body(content = Object, description = "Fields to change"), responses((status = 200, description = "The key record", body = Object)))]
 pub async fn patch(
     State(state): State<AppState>,
     who: Principal,
@@ -150,6 +154,7 @@ pub async fn patch(
 }
 
 /// `DELETE /api-keys/{id}`.
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 200, description = "Deleted", body = Object)))]
 pub async fn delete(
     State(state): State<AppState>,
     who: Principal,
@@ -164,6 +169,7 @@ pub async fn delete(
 
 /// `POST /api-keys/{id}/rotate`: a new key with the same settings; the old
 /// one keeps working for `API_KEY_ROTATION_GRACE_SECONDS`.
+#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 201, description = "The new key, shown once", body = Object)))]
 pub async fn rotate(
     State(state): State<AppState>,
     who: Principal,

@@ -9,6 +9,7 @@ mod dashboard;
 pub mod extract;
 mod items;
 mod keys;
+pub mod openapi;
 mod ops;
 mod sessions;
 
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
             "/sync-storage/conflicts/resolve/{id}",
             axum::routing::put(conflicts::resolve),
         )
+        .route("/openapi.json", get(openapi::spec))
         .route("/analytics/dashboard", get(analytics::dashboard))
         .route("/analytics/realtime", get(analytics::realtime))
         .route("/analytics/users/{user}", get(analytics::user))

@@ -7,11 +7,13 @@ use crate::{app::AppState, error::ApiError};
 
 /// Alive: the process answers. Never touches the database, so a database
 /// outage does not get healthy pods restarted.
+#[utoipa::path(get, path = "/health", tag = "ops", security(()), responses((status = 200, description = "The process is alive", body = Object)))]
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready: the database answers, so this pod can serve traffic.
+#[utoipa::path(get, path = "/ready", tag = "ops", security(()), responses((status = 200, description = "The database answers and the process is not draining", body = Object)))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.shutting_down() {
         return Err(ApiError::ServiceUnavailable);
@@ -25,6 +27,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let (size, idle) = state.sync.db().pool_stats();
     state.metrics.db_pool_size.set(i64::from(size));

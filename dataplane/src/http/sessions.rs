@@ -22,6 +22,7 @@ pub struct SessionView {
     online: bool,
 }
 
+#[utoipa::path(get, path = "/api/v1/sync-storage/sessions", tag = "items", responses((status = 200, description = "The user's devices and connected sessions", body = Vec<Object>)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
