@@ -4,7 +4,9 @@
 // strategies, while faults are injected at random: kill -9 and restart of a
 // server, Redis restart, PostgreSQL restart, SIGSTOP/SIGCONT, forced client
 // disconnects. Then a checker verifies, against the database:
-//   - every device of a user converges to the database's state;
+//   - every device of a user converges to the database's state, each live
+//     key at the database's seq (so no device is left with a gap it did not
+//     repair);
 //   - every acknowledged write is in the final state or superseded by a
 //     later one (its key's final seq is at least the write's), and every
 //     acknowledged conflict loser is recorded as a conflict: none is lost;
@@ -114,9 +116,11 @@ class ChaosDevice {
       return null; // not acknowledged: no claim is made about it
     }
   }
+  /** Live keys with the seq and value this device holds: equal to the
+   * database's only if it has no gap left unrepaired. */
   state() {
     const out = {};
-    for (const [k, v] of this.items) if (!v.deleted) out[k] = canonical(v.value);
+    for (const [k, v] of this.items) if (!v.deleted) out[k] = `${v.seq}:${canonical(v.value)}`;
     return out;
   }
   stop() {
@@ -227,7 +231,7 @@ function truth(user) {
   for (const line of rows ? rows.split('\n') : []) {
     const [key, value, seq, deleted] = line.split('|');
     seqs[key] = Number(seq);
-    if (deleted === 'f') items[key] = canonical(JSON.parse(value));
+    if (deleted === 'f') items[key] = `${seq}:${canonical(JSON.parse(value))}`;
   }
   return { items, seqs };
 }
