@@ -48,7 +48,7 @@ if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked -- "${extra[@]}" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast -- "${extra[@]}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 

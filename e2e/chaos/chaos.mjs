@@ -26,16 +26,22 @@ const DEVICES_PER_USER = 6;
 const KEYS = 8;
 const STRATEGIES = ['LAST_WRITE_WINS', 'FIRST_WRITE_WINS', 'MERGE'];
 
-// mulberry32: a small seeded PRNG, so a seed replays the same schedule.
-let state = SEED >>> 0;
-function rand() {
-  state = (state + 0x6d2b79f5) >>> 0;
-  let t = state;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+// mulberry32: a small seeded PRNG. Each actor draws from a stream of its
+// own (the faults one, every device one), so a seed replays the same fault
+// schedule and the same operations per device whatever the timing.
+function mulberry32(seed) {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
-const pick = (xs) => xs[Math.floor(rand() * xs.length)];
+const faultRand = mulberry32(SEED);
+const reconnectRand = mulberry32(SEED ^ 0x5bd1e995);
+const pickWith = (rand) => (xs) => xs[Math.floor(rand() * xs.length)];
 
 const stats = { ops: 0, acked: 0, unacked: 0, conflicts: 0, faults: {}, duplicates: 0, replays: 0, resyncs: 0 };
 const acked = []; // { user, key, seq, kind, status, conflictId }
@@ -64,7 +70,7 @@ class ChaosDevice {
     return this.servers.filter((s) => s.up);
   }
   connect() {
-    const server = pick(this.live().length ? this.live() : this.servers);
+    const server = pickWith(reconnectRand)(this.live().length ? this.live() : this.servers);
     this.socket?.removeAllListeners();
     this.socket?.disconnect();
     this.ready = false;
@@ -93,7 +99,7 @@ class ChaosDevice {
     const retry = () => {
       if (this.stopped) return;
       this.ready = false;
-      setTimeout(() => this.connect(), 100 + rand() * 400);
+      setTimeout(() => this.connect(), 100 + reconnectRand() * 400);
     };
     s.on('disconnect', retry);
     s.on('connect_error', retry);
@@ -144,6 +150,8 @@ function record(user, key, kind, reply) {
 
 async function operate(devices, users, servers, until) {
   const workers = devices.map(async (d, i) => {
+    const rand = mulberry32(SEED * 7919 + i + 1);
+    const pick = pickWith(rand);
     let n = 0;
     while (Date.now() < until) {
       await sleep(20 + rand() * 80);
@@ -186,6 +194,8 @@ async function operate(devices, users, servers, until) {
 }
 
 async function faults(servers, redis, devices, until) {
+  const rand = faultRand;
+  const pick = pickWith(rand);
   const fault = (name) => { stats.faults[name] = (stats.faults[name] ?? 0) + 1; log('fault:', name); };
   let last = Date.now();
   while (Date.now() < until - 3000) {
