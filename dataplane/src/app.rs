@@ -302,18 +302,16 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
         let _ = axum::serve(listener, router).await;
     });
     let group = format!("syncstore-analytics.{}", config.store_name);
-    crate::analytics::kafka::consume(
-        &brokers,
-        &config.analytics.kafka_topic,
-        &config.store_name,
-        &group,
-        config.analytics.consumer_batch,
-        db.clone(),
-        metrics,
-        shutdown_signal(),
-    )
-    .await
-    .map_err(StartError::Analytics)?;
+    let source = crate::analytics::kafka::Source {
+        brokers: &brokers,
+        topic: &config.analytics.kafka_topic,
+        store: &config.store_name,
+        group: &group,
+        batch: config.analytics.consumer_batch,
+    };
+    crate::analytics::kafka::consume(source, db.clone(), metrics, shutdown_signal())
+        .await
+        .map_err(StartError::Analytics)?;
     db.close().await;
     Ok(())
 }

@@ -90,19 +90,32 @@ impl Producer {
     }
 }
 
-/// Consumes analytics events of store `store` and aggregates them until
-/// `shutdown`. Stores may share a topic; other stores' events are skipped.
-#[allow(clippy::too_many_arguments)]
+/// Where `syncstore analytics` reads from.
+pub struct Source<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    /// Stores may share a topic; other stores' events are skipped.
+    pub store: &'a str,
+    pub group: &'a str,
+    /// Events per aggregation transaction.
+    pub batch: usize,
+}
+
+/// Consumes the analytics events of `source` and aggregates them into `db`
+/// until `shutdown`.
 pub async fn consume(
-    brokers: &str,
-    topic: &str,
-    store: &str,
-    group: &str,
-    batch: usize,
+    source: Source<'_>,
     db: Db,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    let Source {
+        brokers,
+        topic,
+        store,
+        group,
+        batch,
+    } = source;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
