@@ -28,6 +28,20 @@ pub struct Target {
     pub role: String,
 }
 
+impl Target {
+    /// Refuses names that could not be spliced into DDL safely.
+    fn check(&self) -> Result<()> {
+        if valid_identifier(&self.schema) && valid_identifier(&self.role) {
+            Ok(())
+        } else {
+            Err(Error::InvalidSpec(format!(
+                "invalid schema or role name {:?}",
+                self.schema
+            )))
+        }
+    }
+}
+
 /// Whether `name` is safe as an unquoted-looking identifier in DDL.
 pub fn valid_identifier(name: &str) -> bool {
     let mut chars = name.chars();
@@ -91,15 +105,29 @@ async fn timed<T>(fut: impl std::future::Future<Output = Result<T, sqlx::Error>>
         .map_err(unreachable)
 }
 
+async fn role_exists(conn: &mut sqlx::PgConnection, role: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(conn)
+        .await
+        .map_err(provisioning)?
+        .is_some())
+}
+
+/// The connection's database name, with `"` doubled for a quoted identifier.
+async fn quoted_database(conn: &mut sqlx::PgConnection) -> Result<String> {
+    let name: String = sqlx::query("SELECT current_database()")
+        .fetch_one(conn)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(provisioning)?;
+    Ok(name.replace('"', "\"\""))
+}
+
 /// Creates (or re-asserts) the schema and the role. Idempotent: running it
 /// on a provisioned store only re-sets the role's password and grants.
 pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Result<()> {
-    if !valid_identifier(&target.schema) || !valid_identifier(&target.role) {
-        return Err(Error::InvalidSpec(format!(
-            "invalid schema or role name {:?}",
-            target.schema
-        )));
-    }
+    target.check()?;
     if !valid_password(password) {
         return Err(Error::InvalidSpec(
             "the generated database password is malformed".into(),
@@ -109,12 +137,7 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
         Engine::Postgres => {
             let mut conn = timed(sqlx::PgConnection::connect(admin_url)).await?;
             let (r, s) = (&target.role, &target.schema);
-            let exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-                .bind(r)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(provisioning)?
-                .is_some();
+            let exists = role_exists(&mut conn, r).await?;
             let verb = if exists { "ALTER" } else { "CREATE" };
             conn.execute(format!("{verb} ROLE \"{r}\" WITH LOGIN PASSWORD '{password}'").as_str())
                 .await
@@ -131,17 +154,10 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
                     .await
                     .map_err(provisioning)?;
             }
-            let database: String = sqlx::query("SELECT current_database()")
-                .fetch_one(&mut conn)
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(provisioning)?;
+            let database = quoted_database(&mut conn).await?;
             for ddl in [
                 format!("CREATE SCHEMA IF NOT EXISTS \"{s}\" AUTHORIZATION \"{r}\""),
-                format!(
-                    "GRANT CONNECT ON DATABASE \"{}\" TO \"{r}\"",
-                    database.replace('"', "\"\"")
-                ),
+                format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{r}\""),
                 format!("ALTER ROLE \"{r}\" SET search_path = \"{s}\""),
             ] {
                 conn.execute(ddl.as_str()).await.map_err(provisioning)?;
@@ -169,36 +185,19 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
 
 /// Drops the schema (or database) and the role, for `deletionPolicy: Delete`.
 pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
-    if !valid_identifier(&target.schema) || !valid_identifier(&target.role) {
-        return Err(Error::InvalidSpec(format!(
-            "invalid schema or role name {:?}",
-            target.schema
-        )));
-    }
+    target.check()?;
     let (r, s) = (&target.role, &target.schema);
     match target.engine {
         Engine::Postgres => {
             let mut conn = timed(sqlx::PgConnection::connect(admin_url)).await?;
-            let exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-                .bind(r)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(provisioning)?
-                .is_some();
+            let exists = role_exists(&mut conn, r).await?;
             conn.execute(format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE").as_str())
                 .await
                 .map_err(provisioning)?;
             if exists {
-                let database: String = sqlx::query("SELECT current_database()")
-                    .fetch_one(&mut conn)
-                    .await
-                    .and_then(|row| row.try_get(0))
-                    .map_err(provisioning)?;
+                let database = quoted_database(&mut conn).await?;
                 for ddl in [
-                    format!(
-                        "REVOKE ALL ON DATABASE \"{}\" FROM \"{r}\"",
-                        database.replace('"', "\"\"")
-                    ),
+                    format!("REVOKE ALL ON DATABASE \"{database}\" FROM \"{r}\""),
                     format!("DROP ROLE IF EXISTS \"{r}\""),
                 ] {
                     conn.execute(ddl.as_str()).await.map_err(provisioning)?;
