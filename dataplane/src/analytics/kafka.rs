@@ -8,7 +8,6 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use rdkafka::{
     config::ClientConfig,
     consumer::{CommitMode, Consumer, StreamConsumer},
-    error::KafkaError,
     message::{BorrowedMessage, Message},
     producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer},
     ClientContext, Offset, TopicPartitionList,
@@ -77,7 +76,8 @@ impl Producer {
             .send(BaseRecord::to(&self.topic).key(key).payload(&payload))
         {
             Ok(()) => "queued",
-            Err((KafkaError::MessageProduction(_), _)) | Err(_) => "dropped",
+            // Queue full, or the producer unusable: the event is dropped.
+            Err(_) => "dropped",
         };
         self.metrics
             .analytics_events

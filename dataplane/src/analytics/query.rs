@@ -209,17 +209,57 @@ pub async fn percentiles(
         .await?;
     let mut counts = vec![0i64; histogram::BUCKETS];
     for r in &rows {
-        let le = usize::try_from(r.i64_at(0)?)
-            .unwrap_or(0)
-            .min(histogram::BUCKETS - 1);
-        counts[le] += r.i64_at(1)?;
+        counts[le_index(r.i64_at(0)?)] += r.i64_at(1)?;
     }
-    let ms = |q: f64| histogram::quantile(&counts, q).map(|us| us as f64 / 1000.0);
-    Ok(Percentiles {
-        p50: ms(0.5),
-        p95: ms(0.95),
-        p99: ms(0.99),
-    })
+    Ok(Percentiles::of(&counts))
+}
+
+/// A stored histogram bucket index, clamped to the known buckets.
+fn le_index(le: i64) -> usize {
+    usize::try_from(le).unwrap_or(0).min(histogram::BUCKETS - 1)
+}
+
+impl Percentiles {
+    fn of(counts: &[i64]) -> Self {
+        let ms = |q: f64| histogram::quantile(counts, q).map(|us| us as f64 / 1000.0);
+        Self {
+            p50: ms(0.5),
+            p95: ms(0.95),
+            p99: ms(0.99),
+        }
+    }
+}
+
+/// The percentiles of each bucket of the window, in one query (rather than
+/// one per bucket).
+pub async fn percentiles_by_bucket(
+    db: &Db,
+    w: Window,
+    dim: &str,
+    subject: &str,
+) -> Result<std::collections::BTreeMap<i64, Percentiles>, sqlx::Error> {
+    let rows = sqlx::query(&db.sql(
+        "SELECT bucket, le, n FROM analytics_latency WHERE granularity = ? AND dim = ? AND subject = ? \
+         AND bucket >= ? AND bucket < ?",
+    ))
+    .bind(w.granularity)
+    .bind(dim)
+    .bind(subject)
+    .bind(w.first_bucket())
+    .bind(w.to)
+    .fetch_all(db.pool())
+    .await?;
+    let mut counts: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for r in &rows {
+        counts
+            .entry(r.i64_at(0)?)
+            .or_insert_with(|| vec![0; histogram::BUCKETS])[le_index(r.i64_at(1)?)] +=
+            r.i64_at(2)?;
+    }
+    Ok(counts
+        .into_iter()
+        .map(|(bucket, c)| (bucket, Percentiles::of(&c)))
+        .collect())
 }
 
 /// Values of a facet over the window's days, most frequent first.

@@ -24,6 +24,20 @@ use crate::{
 
 const DAY_MS: i64 = 86_400_000;
 
+/// The query parameters every analytics endpoint takes, for the OpenAPI
+/// spec; [`window`] parses them (with its own error messages).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct WindowParams {
+    /// Start: ms since the epoch or RFC 3339 (default: 24 h ago).
+    from: Option<String>,
+    /// End (default: now).
+    to: Option<String>,
+    /// `minute`, `hour` or `day` (default: by span).
+    granularity: Option<String>,
+}
+
 fn privileged(who: &Principal) -> bool {
     who.key.allows(Scope::AnalyticsRead)
 }
@@ -104,6 +118,13 @@ pub fn window(raw: Option<&str>, now: i64) -> Result<Window, ApiError> {
     })
 }
 
+/// `[(value, n)]` as `[{<name>: value, "count": n}]`.
+fn counted(v: Vec<(String, i64)>, name: &str) -> Vec<Value> {
+    v.into_iter()
+        .map(|(k, n)| json!({ name: k, "count": n }))
+        .collect()
+}
+
 fn range_json(w: &Window) -> Value {
     let name = match w.granularity {
         "m" => "minute",
@@ -113,7 +134,7 @@ fn range_json(w: &Window) -> Value {
     json!({ "from": w.from, "to": w.to, "granularity": name })
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/dashboard", tag = "analytics", params(("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/dashboard", tag = "analytics", params(WindowParams), responses((status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Object)))]
 pub async fn dashboard(
     State(state): State<AppState>,
     who: Principal,
@@ -153,7 +174,7 @@ pub async fn dashboard(
         "cohorts": cohorts,
         "series": series,
         "topRoutes": routes.into_iter().map(|(r, t)| json!({ "route": r, "requests": t.requests, "errors": t.errors })).collect::<Vec<_>>(),
-        "denials": denials.into_iter().map(|(code, n)| json!({ "code": code, "count": n })).collect::<Vec<_>>(),
+        "denials": counted(denials, "code"),
         "conflicts": conflicts,
         "connectedSockets": live["connectedSockets"],
     })))
@@ -204,7 +225,7 @@ fn may_see_user(who: &Principal, user: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "The user's totals and series", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "The user's totals and series", body = Object)))]
 pub async fn user(
     State(state): State<AppState>,
     who: Principal,
@@ -242,7 +263,7 @@ async fn routes_of(
         .collect())
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Sessions and operations", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Sessions and operations", body = Object)))]
 pub async fn engagement(
     State(state): State<AppState>,
     who: Principal,
@@ -281,7 +302,7 @@ pub async fn engagement(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Top keys, prefixes, hours, devices", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Top keys, prefixes, hours, devices", body = Object)))]
 pub async fn behavior(
     State(state): State<AppState>,
     who: Principal,
@@ -306,18 +327,13 @@ pub async fn behavior(
         }
     }
     let devices = query::facet(db, w, "user", &user, "ua", 20).await?;
-    let pairs = |v: Vec<(String, i64)>, name: &str| -> Vec<Value> {
-        v.into_iter()
-            .map(|(k, n)| json!({ name: k, "count": n }))
-            .collect()
-    };
     Ok(Json(json!({
         "userId": user,
         "range": range_json(&w),
-        "topKeys": pairs(keys.into_iter().take(20).collect(), "key"),
-        "topPrefixes": pairs(prefixes.into_iter().take(20).collect(), "prefix"),
+        "topKeys": counted(keys.into_iter().take(20).collect(), "key"),
+        "topPrefixes": counted(prefixes.into_iter().take(20).collect(), "prefix"),
         "activeHoursUtc": hours,
-        "devices": pairs(devices, "family"),
+        "devices": counted(devices, "family"),
         "topRoutes": routes_of(db, w, "user_route", &user).await?,
     })))
 }
@@ -335,7 +351,7 @@ async fn visible_key(
         .ok_or_else(|| ApiError::NotFound { key: id.into() })
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Usage", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Usage", body = Object)))]
 pub async fn api_key(
     State(state): State<AppState>,
     who: Principal,
@@ -361,7 +377,7 @@ pub async fn api_key(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Denials by reason, IP and country", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Denials by reason, IP and country", body = Object)))]
 pub async fn api_key_security(
     State(state): State<AppState>,
     who: Principal,
@@ -372,24 +388,19 @@ pub async fn api_key_security(
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
     let totals = query::totals(db, w, "key", &id).await?;
-    let list = |v: Vec<(String, i64)>, name: &str| -> Vec<Value> {
-        v.into_iter()
-            .map(|(k, n)| json!({ name: k, "count": n }))
-            .collect()
-    };
     Ok(Json(json!({
         "keyId": id,
         "range": range_json(&w),
         "requests": totals.requests,
         "denials": totals.denials,
         "denialRate": if totals.requests > 0 { totals.denials as f64 / totals.requests as f64 } else { 0.0 },
-        "byReason": list(query::facet(db, w, "key", &id, "denial", 50).await?, "reason"),
-        "byIp": list(query::facet(db, w, "key", &id, "ip", 50).await?, "ip"),
-        "byCountry": list(query::facet(db, w, "key", &id, "country", 50).await?, "country"),
+        "byReason": counted(query::facet(db, w, "key", &id, "denial", 50).await?, "reason"),
+        "byIp": counted(query::facet(db, w, "key", &id, "ip", 50).await?, "ip"),
+        "byCountry": counted(query::facet(db, w, "key", &id, "country", 50).await?, "country"),
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Series and change", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Series and change", body = Object)))]
 pub async fn api_key_trends(
     State(state): State<AppState>,
     who: Principal,
@@ -432,7 +443,7 @@ async fn may_see_instance(state: &AppState, who: &Principal, id: &str) -> Result
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Totals and series", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), WindowParams), responses((status = 200, description = "Totals and series", body = Object)))]
 pub async fn instance(
     State(state): State<AppState>,
     who: Principal,
@@ -456,7 +467,7 @@ pub async fn instance(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Latency percentiles", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), WindowParams), responses((status = 200, description = "Latency percentiles", body = Object)))]
 pub async fn instance_performance(
     State(state): State<AppState>,
     who: Principal,
@@ -468,15 +479,14 @@ pub async fn instance_performance(
     let db = state.sync.db();
     let totals = query::totals(db, w, "instance", &id).await?;
     let series = query::series(db, w, "instance", &id).await?;
-    let mut points = Vec::with_capacity(series.len());
-    for p in &series {
-        let one = Window {
-            from: p.bucket,
-            to: p.bucket + 1,
-            granularity: w.granularity,
-        };
-        points.push(json!({ "bucket": p.bucket, "requests": p.totals.requests, "latencyMs": query::percentiles(db, one, "instance", &id).await? }));
-    }
+    let mut latency = query::percentiles_by_bucket(db, w, "instance", &id).await?;
+    let points: Vec<Value> = series
+        .iter()
+        .map(|p| {
+            let ms = latency.remove(&p.bucket).unwrap_or_default();
+            json!({ "bucket": p.bucket, "requests": p.totals.requests, "latencyMs": ms })
+        })
+        .collect();
     Ok(Json(json!({
         "instanceId": id,
         "range": range_json(&w),
@@ -489,7 +499,7 @@ pub async fn instance_performance(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("from" = Option<String>, Query, description = "Start: ms since the epoch or RFC 3339 (default: 24 h ago)"), ("to" = Option<String>, Query, description = "End (default: now)"), ("granularity" = Option<String>, Query, description = "minute, hour or day")), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), WindowParams), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = Object)))]
 pub async fn instance_health(
     State(state): State<AppState>,
     who: Principal,
