@@ -91,6 +91,7 @@ impl Producer {
 }
 
 /// Where `syncstore analytics` reads from.
+#[derive(Clone, Copy)]
 pub struct Source<'a> {
     pub brokers: &'a str,
     pub topic: &'a str,
@@ -101,6 +102,19 @@ pub struct Source<'a> {
     pub batch: usize,
 }
 
+/// How long a consumer may go without partitions before it is replaced.
+/// After a broker restart librdkafka sometimes never gets its group
+/// coordinator back (its requests time out every minute, for good); a new
+/// consumer rejoins at once, and the offsets in the database make the
+/// switch safe.
+const REJOIN_AFTER: Duration = Duration::from_secs(30);
+
+/// Why one consumer stopped.
+enum Ended {
+    Shutdown,
+    Stuck,
+}
+
 /// Consumes the analytics events of `source` and aggregates them into `db`
 /// until `shutdown`.
 pub async fn consume(
@@ -109,35 +123,66 @@ pub async fn consume(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    loop {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", source.brokers)
+            .set("group.id", source.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "true")
+            // Rejoin quickly after a broker restart.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+        consumer
+            .subscribe(&[source.topic])
+            .map_err(|e| format!("cannot subscribe to {}: {e}", source.topic))?;
+        tracing::info!(
+            topic = source.topic,
+            group = source.group,
+            "consuming analytics events"
+        );
+        match drain(&consumer, source, &db, &metrics, &mut shutdown).await {
+            Ended::Shutdown => return Ok(()),
+            Ended::Stuck => {
+                tracing::warn!(after = ?REJOIN_AFTER, "no partitions assigned; replacing the Kafka consumer")
+            }
+        }
+    }
+}
+
+/// Runs one consumer until shutdown, or until it has been without
+/// partitions for [`REJOIN_AFTER`].
+async fn drain(
+    consumer: &StreamConsumer,
+    source: Source<'_>,
+    db: &Db,
+    metrics: &Metrics,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Ended {
     let Source {
-        brokers,
         topic,
         store,
-        group,
         batch,
+        ..
     } = source;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("allow.auto.create.topics", "true")
-        // Rejoin quickly after a broker restart.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("log_level", "3")
-        .create()
-        .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
-    consumer
-        .subscribe(&[topic])
-        .map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
-    tracing::info!(topic, group, "consuming analytics events");
-    tokio::pin!(shutdown);
     let batch = batch.max(1);
+    let mut assigned_at = tokio::time::Instant::now();
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
-            () = &mut shutdown => return Ok(()),
+            () = shutdown.as_mut() => return Ended::Shutdown,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {
+                if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    assigned_at = tokio::time::Instant::now();
+                } else if assigned_at.elapsed() > REJOIN_AFTER {
+                    return Ended::Stuck;
+                }
+                continue;
+            }
         };
         let mut messages = match first {
             Ok(m) => vec![m],
@@ -158,7 +203,7 @@ pub async fn consume(
         // is retried with the same messages, never skipped.
         let mut attempt = 0u32;
         let applied = loop {
-            match apply(&db, topic, store, &messages).await {
+            match apply(db, topic, store, &messages).await {
                 Ok(n) => break n,
                 Err(e) => {
                     attempt += 1;
