@@ -29,6 +29,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub sync: SyncService,
     pub auth: Authenticator,
+    /// Key management (REST and CLI alike).
+    pub keys: crate::keys::Keys,
     pub metrics: Arc<Metrics>,
     pub limiter: Limiter,
     pub audit: Auditor,
@@ -130,8 +132,17 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
     .map_err(StartError::Analytics)?;
     let (limiter, live_redis) = match &config.redis_url {
         Some(url) => {
-            let conn =
-                redis::aio::ConnectionManager::new(redis::Client::open(url.expose())?).await?;
+            // Connected (and the limiter's script loaded) before serving, so
+            // a cold burst is not answered by timeouts that fail open.
+            let timeout = config.rate_limit.redis_timeout;
+            let manager = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(timeout));
+            let conn = redis::aio::ConnectionManager::new_with_config(
+                redis::Client::open(url.expose())?,
+                manager,
+            )
+            .await?;
             tokio::spawn(crate::analytics::live::shared::publish_forever(
                 conn.clone(),
                 config.store_name.clone(),
@@ -144,13 +155,21 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
                     &config.store_name,
                     window,
                     max,
+                    timeout,
                     metrics.clone(),
-                ),
+                )
+                .await?,
                 Some(conn),
             )
         }
         None => (Limiter::local(window, max, metrics.clone()), None),
     };
+    let key_service = crate::keys::Keys::new(
+        db.clone(),
+        keys.clone(),
+        config.api_keys.token_prefix.clone(),
+        config.api_keys.rotation_grace,
+    );
     Ok(AppState {
         sync: SyncService::new(
             db,
@@ -160,6 +179,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
             conflict::Settings::from_config(&config.conflict).map_err(StartError::Resolver)?,
         )
         .with_audit(audit.clone()),
+        keys: key_service,
         auth: Authenticator::new(
             keys,
             config.api_keys.enabled,

@@ -77,6 +77,10 @@ pub struct RawConfig {
     /// Requests allowed per window, per key and per user.
     #[arg(long, global = true, env = "RATE_LIMIT_MAX_REQUESTS")]
     pub rate_limit_max_requests: Option<String>,
+    /// How long a limit check waits for Redis before allowing the request,
+    /// in milliseconds (default 2000).
+    #[arg(long, global = true, env = "RATE_LIMIT_REDIS_TIMEOUT_MS")]
+    pub rate_limit_redis_timeout_ms: Option<String>,
     /// Allowed CORS origins: `*` or a comma-separated list.
     #[arg(long, global = true, env = "CORS_ORIGIN")]
     pub cors_origin: Option<String>,
@@ -234,6 +238,9 @@ pub struct ApiKeyConfig {
 pub struct RateLimitConfig {
     pub window: Duration,
     pub max_requests: u64,
+    /// A limit check that waits longer for Redis allows the request and is
+    /// counted as a timeout.
+    pub redis_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -548,6 +555,14 @@ impl Config {
                 1_000_000_000,
                 "a request count",
             )?,
+            redis_timeout: Duration::from_millis(
+                var!(
+                    raw,
+                    rate_limit_redis_timeout_ms,
+                    "RATE_LIMIT_REDIS_TIMEOUT_MS"
+                )
+                .int(2_000u64, 10, 60_000, "milliseconds")?,
+            ),
         };
 
         let cors_credentials = var!(raw, cors_credentials, "CORS_CREDENTIALS").boolean(false)?;

@@ -21,6 +21,10 @@ pub enum ApiError {
     Unauthorized { reason: &'static str },
     #[error("this credential may not {action}")]
     Forbidden { action: &'static str },
+    /// A key-management action would leave a key holding more than the
+    /// acting credential (see `auth::policy`).
+    #[error("a key may not be left holding more than the credential that manages it: {}", exceeds.join(", "))]
+    ExceedsCaller { exceeds: Vec<&'static str> },
     #[error("this API key may not be used from {what}")]
     Restricted {
         code: &'static str,
@@ -81,7 +85,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized { .. } => "UNAUTHORIZED",
-            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::Forbidden { .. } | Self::ExceedsCaller { .. } => "FORBIDDEN",
             Self::KeyInactive => "KEY_INACTIVE",
             Self::ScopeRequired { .. } => "SCOPE_REQUIRED",
             Self::Restricted { code, .. } => code,
@@ -109,6 +113,7 @@ impl ApiError {
         match self {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. }
+            | Self::ExceedsCaller { .. }
             | Self::ScopeRequired { .. }
             | Self::KeyInactive
             | Self::KeyExpired
@@ -136,6 +141,9 @@ impl ApiError {
         match self {
             Self::Unauthorized { reason } => json!({ "reason": reason }),
             Self::Forbidden { action } => json!({ "required": action }),
+            Self::ExceedsCaller { exceeds } => {
+                json!({ "required": "hold every right it grants", "exceeds": exceeds })
+            }
             Self::ScopeRequired { scope } => json!({ "required": scope }),
             Self::NotFound { key } => json!({ "key": key }),
             Self::RouteNotFound { method, path } => json!({ "method": method, "path": path }),

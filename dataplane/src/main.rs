@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use syncstore::{
     app,
-    auth::{NewKey, Scope},
+    auth::{key_fields::KeyFields, policy::Authority, NewKey, Scope},
     config::{Config, RawConfig},
+    keys::{Created, Keys},
     storage::{self, Db},
     sync::validate_user_id,
 };
@@ -190,6 +191,17 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The key service with the owner's authority: whoever runs the CLI holds
+/// the database credentials.
+fn key_service(db: &Db, config: &Config) -> Keys {
+    Keys::new(
+        db.clone(),
+        syncstore::auth::KeyStore::new(db.clone()),
+        config.api_keys.token_prefix.clone(),
+        config.api_keys.rotation_grace,
+    )
+}
+
 async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
     let db = match Db::connect(&config.database, &config.data_dir).await {
         Ok(db) => db,
@@ -250,9 +262,12 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             if let Err(e) = new.restrictions() {
                 return fail("restrictions", e);
             }
-            let keys = syncstore::auth::KeyStore::new(db.clone());
-            match keys.create(&new, &config.api_keys.token_prefix).await {
-                Ok((record, key)) => {
+            let service = key_service(&db, config);
+            match service
+                .create(Authority::Owner, &new, KeyFields::default())
+                .await
+            {
+                Ok(Created { view: record, key }) => {
                     let entry = syncstore::audit::Entry {
                         actor: "cli".into(),
                         key_id: Some(record.id.clone()),
@@ -288,27 +303,17 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             Err(e) => fail("keys list", e),
         },
         KeysCommand::Rotate { id } => {
-            let old = match storage::keys::get(&db, &id, None).await {
-                Ok(Some(old)) => old,
-                Ok(None) => return fail("keys rotate", format!("no key with id {id}")),
-                Err(e) => return fail("keys rotate", e),
-            };
-            let store = syncstore::auth::KeyStore::new(db.clone());
-            match store
-                .rotate(
-                    old,
-                    &config.api_keys.token_prefix,
-                    config.api_keys.rotation_grace,
-                )
+            match key_service(&db, config)
+                .rotate(Authority::Owner, &id, None)
                 .await
             {
-                Ok((view, key, old_expires)) => {
+                Ok((created, old_expires)) => {
                     cli_audit(&db, "api_key.rotate", &id).await;
                     eprintln!(
                         "rotated {id} -> {}; the old key expires at {old_expires:?} (Unix ms)",
-                        view.id
+                        created.view.id
                     );
-                    println!("{key}");
+                    println!("{}", created.key);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("keys rotate", e),
@@ -327,48 +332,27 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             quota_per_day,
             quota_per_month,
         } => {
-            let mut view = match storage::keys::get(&db, &id, None).await {
-                Ok(Some(v)) => v,
-                Ok(None) => return fail("keys update", format!("no key with id {id}")),
-                Err(e) => return fail("keys update", e),
+            // The same change, in the same field names, as PATCH /api-keys/{id};
+            // a quota of 0 clears it.
+            let quota = |q: Option<u32>| q.map(|q| (q > 0).then_some(i64::from(q)));
+            let change = KeyFields {
+                name,
+                is_active: active,
+                ip_restrictions: ips,
+                country_restrictions: countries,
+                domain_restrictions: domains,
+                user_agent_patterns: user_agents,
+                quota_per_minute: quota(quota_per_minute),
+                quota_per_hour: quota(quota_per_hour),
+                quota_per_day: quota(quota_per_day),
+                quota_per_month: quota(quota_per_month),
+                ..KeyFields::default()
             };
-            // The same change, in the same field names, as PATCH /api-keys/{id}.
-            let quota = |q: Option<u32>| {
-                q.map(|q| {
-                    if q == 0 {
-                        serde_json::Value::Null
-                    } else {
-                        q.into()
-                    }
-                })
-            };
-            let mut change = serde_json::Map::new();
-            let fields = [
-                ("name", name.map(Into::into)),
-                ("isActive", active.map(Into::into)),
-                ("ipRestrictions", ips.map(Into::into)),
-                ("countryRestrictions", countries.map(Into::into)),
-                ("domainRestrictions", domains.map(Into::into)),
-                ("userAgentPatterns", user_agents.map(Into::into)),
-                ("quotaPerMinute", quota(quota_per_minute)),
-                ("quotaPerHour", quota(quota_per_hour)),
-                ("quotaPerDay", quota(quota_per_day)),
-                ("quotaPerMonth", quota(quota_per_month)),
-            ];
-            for (field, value) in fields {
-                if let Some(v) = value {
-                    change.insert(field.into(), v);
-                }
-            }
-            let applied =
-                serde_json::from_value::<syncstore::auth::key_fields::KeyFields>(change.into())
-                    .map_err(|e| e.to_string())
-                    .and_then(|f| f.apply(&mut view).map_err(|e| e.to_string()));
-            if let Err(e) = applied {
-                return fail("keys update", e);
-            }
-            match storage::keys::update(&db, &view).await {
-                Ok(()) => {
+            match key_service(&db, config)
+                .update(Authority::Owner, &id, None, change)
+                .await
+            {
+                Ok(view) => {
                     cli_audit(&db, "api_key.update", &id).await;
                     println!("{}", serde_json::to_string(&view).unwrap_or_default());
                     ExitCode::SUCCESS

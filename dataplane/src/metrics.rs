@@ -31,7 +31,7 @@ pub struct Metrics {
     pub conflations: IntCounter,
     pub conflicts: IntCounterVec,
     pub rate_limited: IntCounterVec,
-    pub rate_limit_errors: IntCounter,
+    pub rate_limit_errors: IntCounterVec,
     pub audit_dropped: IntCounter,
     /// Analytics events by outcome: `queued`, `produced`, `dropped` (buffer
     /// full), `failed` (Kafka did not take them in time), `aggregated`.
@@ -182,9 +182,12 @@ impl Metrics {
             )?,
             rate_limit_errors: reg(
                 &r,
-                IntCounter::new(
-                    "rate_limit_errors_total",
-                    "Limit checks that could not reach Redis (allowed)",
+                IntCounterVec::new(
+                    Opts::new(
+                        "rate_limit_errors_total",
+                        "Limit checks Redis did not answer (allowed), by reason: timeout or unreachable",
+                    ),
+                    &["reason"],
                 )?,
             )?,
             audit_dropped: reg(

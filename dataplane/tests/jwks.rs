@@ -106,6 +106,16 @@ async fn identity_provider_tokens_are_checked_for_key_issuer_and_audience() {
             "token_expired",
         ),
         (
+            // Not valid for another hour (RFC 7519 nbf): refused beyond the 5 s leeway.
+            "not yet valid",
+            rs("k1", &{
+                let mut c = claims(ISS, AUD, now + 7200);
+                c["nbf"] = json!(now + 3600);
+                c
+            }),
+            "token_not_yet_valid",
+        ),
+        (
             "unknown kid",
             rs("k2", &claims(ISS, AUD, now + 300)),
             "invalid_token",

@@ -116,3 +116,56 @@ async fn the_global_rate_limit_counts_per_key_and_per_user_in_process() {
     let other = server.create_key(&unique_user("rl2"), &[]);
     assert_eq!(get(&http, &server, &other).await.status(), StatusCode::OK);
 }
+
+/// A cold burst (fresh Redis, fresh processes, 100 concurrent requests over
+/// two of them) admits exactly the quota: the limiter is connected and its
+/// script loaded before serving, and a slow first reply is waited for
+/// (`RATE_LIMIT_REDIS_TIMEOUT_MS`) rather than failing open.
+#[tokio::test]
+async fn a_cold_burst_over_two_processes_admits_exactly_the_quota() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let pg = common::postgres_url();
+    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url.as_str())];
+    let a = Server::start(&env).await;
+    let b = Server::start(&env).await;
+    let key = common::create_key(
+        a.data_dir.path(),
+        &env,
+        &unique_user("burst"),
+        &["--quota-per-hour", "12"],
+    );
+    let http = Client::new();
+    let requests = (0..100).map(|i| {
+        let server = if i % 2 == 0 { &a } else { &b };
+        get(&http, server, &key)
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.status())
+        .collect();
+    let admitted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((admitted, refused), (12, 88));
+    // Nothing was allowed for want of an answer.
+    for server in [&a, &b] {
+        let metrics = http
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("syncstore_rate_limit_errors_total{") && !l.ends_with(" 0")),
+            "{metrics}"
+        );
+    }
+}

@@ -403,7 +403,17 @@ async fn api_keys_are_stored_hashed_and_found(backend: &str) {
         ip_restrictions: vec!["10.0.0.0/8".into()],
         ..NewKey::default()
     };
-    let (record, key) = keys.create(&new, "sk_test_").await.unwrap();
+    let service = syncstore::keys::Keys::new(
+        db.clone(),
+        keys.clone(),
+        "sk_test_".into(),
+        std::time::Duration::from_secs(60),
+    );
+    let owner = syncstore::auth::policy::Authority::Owner;
+    let syncstore::keys::Created { view: record, key } = service
+        .create(owner, &new, Default::default())
+        .await
+        .unwrap();
     assert!(key.starts_with("sk_test_"));
     let found = keys.find(&key).await.unwrap().expect("key is found");
     assert_eq!(found.id, record.id);
@@ -454,6 +464,25 @@ async fn api_keys_are_stored_hashed_and_found(backend: &str) {
         .unwrap();
     let stored = syncstore::storage::RowExt::i64_at(&row, 0).unwrap();
     assert_eq!(stored, 0);
+    // Rotation, in one transaction on every database: a new key with the
+    // same settings, the old one expiring after the grace period.
+    let (rotated, old_expires) = service.rotate(owner, &record.id, None).await.unwrap();
+    let fresh = keys
+        .find(&rotated.key)
+        .await
+        .unwrap()
+        .expect("rotated key is found");
+    assert_ne!(fresh.id, record.id);
+    assert_eq!(
+        (fresh.user_id.as_str(), fresh.scopes.clone()),
+        (user.as_str(), vec![Scope::Read])
+    );
+    assert!(
+        fresh.restrictions.check(&inside).is_ok() && fresh.restrictions.check(&outside).is_err()
+    );
+    let old = key_rows::get(&db, &record.id, None).await.unwrap().unwrap();
+    assert_eq!(old.expires_at, old_expires);
+    assert!(old_expires.is_some_and(|e| e > syncstore::storage::now_ms()));
     // The bootstrap key holds every scope and is created once.
     let boot = format!("sk_boot_{}", uuid::Uuid::new_v4().simple());
     assert!(keys.ensure(&boot, &user).await.unwrap());

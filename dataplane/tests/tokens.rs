@@ -219,10 +219,27 @@ fn b64(v: &Value) -> String {
 
 #[tokio::test]
 async fn forged_tokens_are_refused() {
-    let (server, _) = start().await;
+    let (server, issuer) = start().await;
     let http = Client::new();
     let now = chrono::Utc::now().timestamp();
-    let claims = json!({"sub": "victim", "iat": now, "exp": now + 600, "jti": "j", "typ": "access", "scope": ["read", "write"], "kid": "k"});
+    // A genuine token names its issuing key (`kid`), which must still be
+    // valid: take the real one from a minted token.
+    let (_, pair) = post(
+        &http,
+        &server,
+        "/api/v1/auth/token",
+        Some(&issuer),
+        json!({"userId": "victim"}),
+    )
+    .await;
+    let payload = pair["accessToken"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let minted: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let claims = json!({"sub": "victim", "iat": now, "exp": now + 600, "jti": "j", "typ": "access", "scope": ["read", "write"], "kid": minted["kid"]});
     // alg: none, no signature.
     let none = format!(
         "{}.{}.",

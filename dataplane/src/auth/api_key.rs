@@ -95,7 +95,10 @@ pub fn hash_key(key: &str) -> String {
 #[derive(Clone)]
 pub struct KeyStore {
     db: Db,
+    /// By key hash.
     cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
+    /// By key id (issuing keys of user tokens).
+    by_id: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
 }
 
 /// How long a looked-up key (or a miss) is trusted without asking the database.
@@ -107,13 +110,23 @@ impl KeyStore {
             .max_capacity(100_000)
             .time_to_live(CACHE_TTL)
             .build();
-        Self { db, cache }
+        let by_id = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(CACHE_TTL)
+            .build();
+        Self { db, cache, by_id }
     }
 
     /// The active record for a presented key, if any. The stored hash is
     /// compared with the presented key's hash in constant time.
     pub async fn find(&self, presented: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
-        let hash = hash_key(presented);
+        self.find_hash(&hash_key(presented)).await
+    }
+
+    /// The active record for a key's hash (a socket re-checking the key it
+    /// presented keeps only the hash, never the key).
+    pub async fn find_hash(&self, hash: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let hash = hash.to_string();
         let record = match self.cache.get(&hash) {
             Some(hit) => hit,
             None => {
@@ -127,58 +140,24 @@ impl KeyStore {
         Ok(record.filter(|k| bool::from(k.key_hash.as_bytes().ct_eq(hash.as_bytes()))))
     }
 
+    /// The record of key `id`, cached like [`Self::find`]: how a user token
+    /// finds its issuing key on every use.
+    pub async fn by_id(&self, id: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        if let Some(hit) = self.by_id.get(id) {
+            return Ok(hit);
+        }
+        let found = crate::storage::keys::find_by_id(&self.db, id)
+            .await?
+            .map(Arc::new);
+        self.by_id.insert(id.to_string(), found.clone());
+        Ok(found)
+    }
+
     /// Forgets a cached lookup (after a key changed), on this pod at once;
     /// other pods notice within [`CACHE_TTL`].
-    pub fn forget(&self, key_hash: &str) {
+    pub fn forget(&self, key_hash: &str, id: &str) {
         self.cache.invalidate(key_hash);
-    }
-
-    /// Stores a new key and returns it in clear text: the only time it exists.
-    pub async fn create(&self, new: &NewKey, prefix: &str) -> Result<(ApiKey, String), ApiError> {
-        let key = generate_key(prefix);
-        let record =
-            crate::storage::keys::insert(&self.db, new, &hash_key(&key), &hint(&key)).await?;
-        Ok((record, key))
-    }
-
-    /// Replaces a key: a new key with every setting of `old` but its own
-    /// identity, while `old` keeps working for `grace`. Returns the new key's
-    /// record, the key (shown once) and when the old one now expires.
-    pub async fn rotate(
-        &self,
-        mut old: crate::storage::keys::KeyView,
-        prefix: &str,
-        grace: Duration,
-    ) -> Result<(crate::storage::keys::KeyView, String, Option<i64>), ApiError> {
-        use crate::storage::{keys, now_ms};
-        let new = NewKey {
-            name: old.name.clone(),
-            user_id: old.user_id.clone(),
-            scopes: old.scopes.clone(),
-            expires_at: old.expires_at,
-            ..NewKey::default()
-        };
-        let (record, key) = self.create(&new, prefix).await?;
-        let fresh = keys::get(&self.db, &record.id, None)
-            .await?
-            .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
-        let view = keys::KeyView {
-            id: fresh.id,
-            key_hash: fresh.key_hash,
-            key_hint: fresh.key_hint,
-            created_at: fresh.created_at,
-            updated_at: fresh.updated_at,
-            usage_today: 0,
-            usage_this_month: 0,
-            last_used_at: None,
-            ..old.clone()
-        };
-        keys::update(&self.db, &view).await?;
-        let grace_end = now_ms() + i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
-        keys::update(&self.db, &old).await?;
-        self.forget(&old.key_hash);
-        Ok((view, key, old.expires_at))
+        self.by_id.invalidate(id);
     }
 
     /// Makes sure the bootstrap key exists with every scope for `user_id`.

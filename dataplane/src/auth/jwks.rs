@@ -93,16 +93,10 @@ impl External {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        v.leeway = 5;
+        v.leeway = super::jwt::LEEWAY_SECS;
+        v.validate_nbf = true;
         let claims = decode::<Claims>(token, key, &v)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized {
-                    reason: "token_expired",
-                },
-                _ => ApiError::Unauthorized {
-                    reason: "invalid_token",
-                },
-            })?
+            .map_err(super::jwt::invalid)?
             .claims;
         let scopes: Vec<Scope> = match &claims.scope {
             Some(s) => s
@@ -131,6 +125,7 @@ impl External {
         Ok(Principal {
             user_id: claims.sub,
             key: Arc::new(key),
+            credential: super::principal::Credential::External,
         })
     }
 }

@@ -67,21 +67,80 @@ pub struct Tokens {
     db: Db,
 }
 
+/// Clock skew tolerated on `exp` and `nbf`, in seconds, for our tokens and
+/// identity providers' alike (RFC 7519 §4.1.4–5 allow "some small leeway").
+pub const LEEWAY_SECS: u64 = 5;
+
 fn validation() -> Validation {
     let mut v = Validation::new(Algorithm::HS256);
-    v.leeway = 5;
+    v.leeway = LEEWAY_SECS;
+    v.validate_nbf = true;
     v.set_required_spec_claims(&["exp", "sub"]);
     v
 }
 
-fn invalid(e: jsonwebtoken::errors::Error) -> ApiError {
-    match e.kind() {
-        ErrorKind::ExpiredSignature => ApiError::Unauthorized {
-            reason: "token_expired",
-        },
-        _ => ApiError::Unauthorized {
-            reason: "invalid_token",
-        },
+/// A refused token's reason: `token_expired`, `token_not_yet_valid` (its
+/// `nbf` is ahead) or `invalid_token`.
+pub fn invalid(e: jsonwebtoken::errors::Error) -> ApiError {
+    let reason = match e.kind() {
+        ErrorKind::ExpiredSignature => "token_expired",
+        ErrorKind::ImmatureSignature => "token_not_yet_valid",
+        _ => "invalid_token",
+    };
+    ApiError::Unauthorized { reason }
+}
+
+/// A verified access token, before its issuing key is consulted.
+#[derive(Debug)]
+pub struct Access {
+    pub user_id: String,
+    pub issued_by: String,
+    scopes: Vec<Scope>,
+    expires_at: i64,
+}
+
+impl Access {
+    /// The rights a token principal carried when it was admitted, to be
+    /// narrowed again by its issuing key as it stands now.
+    pub fn held(p: &Principal) -> Self {
+        Access {
+            user_id: p.user_id.clone(),
+            issued_by: p.key.id.clone(),
+            scopes: p.key.scopes.clone(),
+            expires_at: p.key.expires_at.unwrap_or(i64::MAX),
+        }
+    }
+
+    /// What the token may do now: its scopes, narrowed to what the issuing
+    /// key still holds, and never past the key's own expiry.
+    pub fn principal(self, issuer: &ApiKey) -> Principal {
+        let scopes: Vec<Scope> = self
+            .scopes
+            .into_iter()
+            .filter(|s| issuer.allows(*s))
+            .collect();
+        let key = ApiKey {
+            id: self.issued_by,
+            name: "user token".into(),
+            key_hash: String::new(),
+            user_id: self.user_id.clone(),
+            is_active: true,
+            expires_at: Some(
+                issuer
+                    .expires_at
+                    .map_or(self.expires_at, |e| e.min(self.expires_at)),
+            ),
+            can_read: issuer.allows(Scope::Read),
+            can_write: issuer.allows(Scope::Write),
+            scopes,
+            restrictions: Default::default(),
+            quotas: [None; 4],
+        };
+        Principal {
+            user_id: self.user_id,
+            key: Arc::new(key),
+            credential: super::principal::Credential::UserToken,
+        }
     }
 }
 
@@ -138,6 +197,21 @@ impl Tokens {
         family: &str,
         parent: Option<&str>,
     ) -> Result<Issued, ApiError> {
+        let (issued, row) = self.pair(user_id, scopes, issued_by, family, parent)?;
+        let mut conn = self.db.pool().acquire().await?;
+        refresh_tokens::insert(&mut conn, &self.db, &row).await?;
+        Ok(issued)
+    }
+
+    /// A signed pair and the refresh token's row, not yet stored.
+    fn pair(
+        &self,
+        user_id: &str,
+        scopes: &[Scope],
+        issued_by: &str,
+        family: &str,
+        parent: Option<&str>,
+    ) -> Result<(Issued, refresh_tokens::Row), ApiError> {
         let now = now_ms() / 1000;
         let access = AccessClaims {
             sub: user_id.to_string(),
@@ -165,17 +239,17 @@ impl Tokens {
             scopes: scopes.to_vec(),
             expires_at: refresh.exp * 1000,
         };
-        refresh_tokens::insert(&self.db, &row).await?;
-        Ok(Issued {
+        let issued = Issued {
             access_token: sign(&access, &self.access.0)?,
             refresh_token: sign(&refresh, &self.refresh.0)?,
             expires_in: self.access_ttl.as_secs(),
             token_type: "Bearer",
-        })
+        };
+        Ok((issued, row))
     }
 
-    /// Verifies an access token and returns who it acts as.
-    pub fn verify_access(&self, token: &str) -> Result<Principal, ApiError> {
+    /// Verifies an access token's signature, type and times.
+    pub fn verify_access(&self, token: &str) -> Result<Access, ApiError> {
         let data = decode::<AccessClaims>(token, &self.access.1, &validation()).map_err(invalid)?;
         let c = data.claims;
         if c.typ != "access" {
@@ -183,22 +257,11 @@ impl Tokens {
                 reason: "invalid_token",
             });
         }
-        let key = ApiKey {
-            id: c.kid,
-            name: "user token".into(),
-            key_hash: String::new(),
-            user_id: c.sub.clone(),
-            is_active: true,
-            expires_at: Some(c.exp * 1000),
-            can_read: true,
-            can_write: true,
-            scopes: c.scope,
-            restrictions: Default::default(),
-            quotas: [None; 4],
-        };
-        Ok(Principal {
+        Ok(Access {
             user_id: c.sub,
-            key: Arc::new(key),
+            issued_by: c.kid,
+            scopes: c.scope,
+            expires_at: c.exp.saturating_mul(1000),
         })
     }
 
@@ -213,9 +276,10 @@ impl Tokens {
         Ok(data.claims)
     }
 
-    /// Trades a refresh token for a new pair. A token already used revokes
-    /// its family: the legitimate holder and the thief both lose it.
-    pub async fn refresh(&self, token: &str) -> Result<Issued, ApiError> {
+    /// The stored row of a refresh token that may still be redeemed (its
+    /// signature, type and times verified, not revoked). Redeeming it is
+    /// [`Self::rotate`], once its issuing key has been checked.
+    pub async fn redeemable(&self, token: &str) -> Result<refresh_tokens::Stored, ApiError> {
         let claims = self.verify_refresh(token)?;
         let row =
             refresh_tokens::get(&self.db, &claims.jti)
@@ -228,32 +292,70 @@ impl Tokens {
                 reason: "token_revoked",
             });
         }
-        if !refresh_tokens::mark_used(&self.db, &claims.jti, now_ms()).await? {
-            refresh_tokens::revoke_family(&self.db, &row.family_id, now_ms()).await?;
-            let entry = crate::audit::Entry {
-                actor: row.user_id.clone(),
-                key_id: Some(row.issued_by.clone()),
-                action: "token.reuse_detected",
-                target: Some(row.family_id.clone()),
-                result: "family_revoked".into(),
-                ..Default::default()
-            };
-            if let Err(e) = audit::record(&self.db, &entry).await {
-                tracing::warn!(error = %e, "audit entry not written");
-            }
-            tracing::warn!(family = %row.family_id, user_id = %row.user_id, "refresh token reused; family revoked");
+        Ok(row)
+    }
+
+    /// Spends `spent` and mints its successor in one transaction. The token
+    /// is refused when any token of its family was revoked (a logout that
+    /// raced an earlier rotation still ends the family) and when it was
+    /// already used: then the whole family is revoked, since someone holds
+    /// a stolen copy. The new pair carries no scope `issuer` lacks now.
+    pub async fn rotate(
+        &self,
+        spent: &refresh_tokens::Stored,
+        issuer: &ApiKey,
+    ) -> Result<Issued, ApiError> {
+        let scopes: Vec<Scope> = spent
+            .scopes
+            .iter()
+            .copied()
+            .filter(|s| issuer.allows(*s))
+            .collect();
+        let (issued, row) = self.pair(
+            &spent.user_id,
+            &scopes,
+            &spent.issued_by,
+            &spent.family_id,
+            Some(&spent.jti),
+        )?;
+        let now = now_ms();
+        let turn = self.db.write_turn().await;
+        let mut tx = self.db.pool().begin().await?;
+        if refresh_tokens::family_revoked(&mut tx, &self.db, &spent.family_id).await? {
             return Err(ApiError::Unauthorized {
-                reason: "token_reused",
+                reason: "token_revoked",
             });
         }
-        self.mint(
-            &row.user_id,
-            &row.scopes,
-            &row.issued_by,
-            &row.family_id,
-            Some(&claims.jti),
-        )
-        .await
+        if !refresh_tokens::mark_used(&mut tx, &self.db, &spent.jti, now).await? {
+            drop(tx);
+            drop(turn);
+            return Err(self.reused(spent).await);
+        }
+        refresh_tokens::insert(&mut tx, &self.db, &row).await?;
+        tx.commit().await?;
+        Ok(issued)
+    }
+
+    /// A spent refresh token came back: revoke its family and say so.
+    async fn reused(&self, row: &refresh_tokens::Stored) -> ApiError {
+        if let Err(e) = refresh_tokens::revoke_family(&self.db, &row.family_id, now_ms()).await {
+            return e.into();
+        }
+        let entry = crate::audit::Entry {
+            actor: row.user_id.clone(),
+            key_id: Some(row.issued_by.clone()),
+            action: "token.reuse_detected",
+            target: Some(row.family_id.clone()),
+            result: "family_revoked".into(),
+            ..Default::default()
+        };
+        if let Err(e) = audit::record(&self.db, &entry).await {
+            tracing::warn!(error = %e, "audit entry not written");
+        }
+        tracing::warn!(family = %row.family_id, user_id = %row.user_id, "refresh token reused; family revoked");
+        ApiError::Unauthorized {
+            reason: "token_reused",
+        }
     }
 
     /// Revokes the family of a refresh token.

@@ -59,6 +59,7 @@ enum Store {
     Redis {
         conn: redis::aio::ConnectionManager,
         script: redis::Script,
+        timeout: Duration,
     },
 }
 
@@ -84,44 +85,55 @@ impl Limiter {
         }
     }
 
-    pub fn redis(
-        conn: redis::aio::ConnectionManager,
+    /// Counters in Redis, shared by every pod. The script is loaded here,
+    /// so the first requests do not each pay `NOSCRIPT` and a reload; a
+    /// check that waits longer than `timeout` allows the request (the API
+    /// stays up when Redis does not) and is counted as a timeout.
+    pub async fn redis(
+        mut conn: redis::aio::ConnectionManager,
         store: &str,
         window: Duration,
         max_requests: u64,
+        timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, redis::RedisError> {
+        let script = redis::Script::new(SCRIPT);
+        script.prepare_invoke().load_async(&mut conn).await?;
+        Ok(Self {
             store: Arc::new(Store::Redis {
                 conn,
-                script: redis::Script::new(SCRIPT),
+                script,
+                timeout,
             }),
             prefix: format!("ss:{store}:rl:"),
             window,
             max_requests,
             metrics,
             usage: Default::default(),
-        }
+        })
     }
 
     fn counters(&self, who: &Principal, now: u64) -> Vec<Counter> {
         let window_ms = u64::try_from(self.window.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut counters = vec![
-            Counter {
+        let mut counters = vec![Counter {
+            id: format!("u:{}", who.user_id),
+            max: self.max_requests,
+            window_ms,
+            kind: Kind::Rate,
+        }];
+        // A key's own counter counts its direct use only: the users of the
+        // tokens it issued each have theirs (the user counter), so one
+        // user's traffic never locks out the others.
+        if who.credential == super::Credential::ApiKey {
+            counters.push(Counter {
                 id: format!("k:{}", who.key.id),
                 max: self.max_requests,
                 window_ms,
                 kind: Kind::Rate,
-            },
-            Counter {
-                id: format!("u:{}", who.user_id),
-                max: self.max_requests,
-                window_ms,
-                kind: Kind::Rate,
-            },
-        ];
+            });
+        }
         for (i, quota) in who.key.quotas.iter().enumerate() {
             if let Some(max) = quota.and_then(|q| u64::try_from(q).ok()) {
                 counters.push(Counter {
@@ -223,20 +235,33 @@ impl Limiter {
                         .collect(),
                 )
             }
-            Store::Redis { conn, script } => {
+            Store::Redis {
+                conn,
+                script,
+                timeout,
+            } => {
                 let mut invocation = script.prepare_invoke();
                 for c in counters {
                     invocation.key(&c.id).arg(c.window_ms);
                 }
                 let mut conn = conn.clone();
-                match invocation.invoke_async::<Vec<u64>>(&mut conn).await {
-                    Ok(v) => Some(v),
-                    Err(e) => {
+                let reply =
+                    tokio::time::timeout(*timeout, invocation.invoke_async::<Vec<u64>>(&mut conn))
+                        .await;
+                let reason = match reply {
+                    Ok(Ok(v)) => return Some(v),
+                    Ok(Err(e)) if e.is_timeout() => "timeout",
+                    Err(_) => "timeout",
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "rate limiter cannot reach Redis; allowing");
-                        self.metrics.rate_limit_errors.inc();
-                        None
+                        "unreachable"
                     }
-                }
+                };
+                self.metrics
+                    .rate_limit_errors
+                    .with_label_values(&[reason])
+                    .inc();
+                None
             }
         }
     }
@@ -264,6 +289,7 @@ mod tests {
         Principal {
             user_id: user.into(),
             key: Arc::new(key),
+            credential: crate::auth::Credential::ApiKey,
         }
     }
 

@@ -6,13 +6,14 @@ pub mod jwks;
 mod jwt;
 pub mod key_fields;
 pub mod limiter;
+pub mod policy;
 mod principal;
 pub mod restrictions;
 pub mod usage;
 
 pub use api_key::{generate_key, hash_key, hint, ApiKey, KeyStore, NewKey};
 pub use jwt::{Issued, Tokens};
-pub use principal::{Authenticator, Principal};
+pub use principal::{Authenticator, Credential, Principal};
 
 use std::{fmt, str::FromStr};
 

@@ -14,7 +14,20 @@ use crate::{app::AppState, error::ApiError, storage::now_ms};
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user_id: String,
+    /// The API key presented, or for a user token the rights it carries now
+    /// (its issuing key's id, scopes narrowed to what that key holds).
     pub key: Arc<ApiKey>,
+    pub credential: Credential,
+}
+
+/// What was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    /// One of our user tokens (`key` is the issuing key).
+    UserToken,
+    /// An identity provider's token (JWKS).
+    External,
 }
 
 impl Principal {
@@ -116,7 +129,7 @@ impl Authenticator {
     /// Authenticates a user token: ours (HS256) or, with a JWKS configured,
     /// an identity provider's (RS256/ES256). The header only routes the
     /// token; each path pins its own algorithm.
-    pub fn bearer(&self, token: &str) -> Result<Principal, ApiError> {
+    pub async fn bearer(&self, token: &str) -> Result<Principal, ApiError> {
         let token = token.trim();
         let header = jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthorized {
             reason: "invalid_token",
@@ -125,10 +138,42 @@ impl Authenticator {
             reason: "invalid_token",
         };
         match (header.alg, &self.tokens, &self.external) {
-            (jsonwebtoken::Algorithm::HS256, Some(tokens), _) => tokens.verify_access(token),
+            (jsonwebtoken::Algorithm::HS256, Some(tokens), _) => {
+                let access = tokens.verify_access(token)?;
+                let issuer = self.issuer(&access.issued_by).await?;
+                Ok(access.principal(&issuer))
+            }
             (jsonwebtoken::Algorithm::HS256, None, _) | (_, _, None) => Err(invalid),
             (alg, _, Some(external)) => external.verify(token, alg, header.kid.as_deref()),
         }
+    }
+
+    /// The key that issued a token family, if it may still vouch for it:
+    /// active, unexpired and holding `tokens:issue`. Otherwise every token
+    /// of its families is refused (401, `issuer_revoked`), within the key
+    /// cache's lifetime.
+    pub async fn issuer(&self, key_id: &str) -> Result<Arc<ApiKey>, ApiError> {
+        let revoked = || ApiError::Unauthorized {
+            reason: "issuer_revoked",
+        };
+        let key = self.keys.by_id(key_id).await?.ok_or_else(revoked)?;
+        let valid = key.is_active
+            && key.expires_at.is_none_or(|t| t > now_ms())
+            && key.allows(Scope::TokensIssue);
+        if valid {
+            Ok(key)
+        } else {
+            Err(revoked())
+        }
+    }
+
+    /// Trades a refresh token for a new pair, if its issuing key is still
+    /// valid; the pair carries no more than that key holds now.
+    pub async fn refresh(&self, token: &str) -> Result<super::Issued, ApiError> {
+        let tokens = self.tokens()?;
+        let spent = tokens.redeemable(token).await?;
+        let issuer = self.issuer(&spent.issued_by).await?;
+        tokens.rotate(&spent, &issuer).await
     }
 
     pub fn keys(&self) -> &KeyStore {
@@ -183,21 +228,54 @@ impl Authenticator {
             .await
             .map_err(|e| (e, None))?
             .ok_or_else(|| unknown("unknown_key"))?;
-        let denied = |e: ApiError| (e, Some(key.id.clone()));
+        let id = key.id.clone();
+        Self::admit_key(key, caller).map_err(|e| (e, Some(id)))
+    }
+
+    /// A found key's own checks: active, unexpired, restrictions met.
+    fn admit_key(key: Arc<ApiKey>, caller: &Caller) -> Result<Principal, ApiError> {
         if !key.is_active {
-            return Err(denied(ApiError::KeyInactive));
+            return Err(ApiError::KeyInactive);
         }
         if key.expires_at.is_some_and(|t| t <= now_ms()) {
-            return Err(denied(ApiError::KeyExpired));
+            return Err(ApiError::KeyExpired);
         }
         if let Err(e) = key.restrictions.check(caller) {
             tracing::info!(key_id = %key.id, code = e.code(), ip = ?caller.ip, "API key restriction denied");
-            return Err(denied(e));
+            return Err(e);
         }
         Ok(Principal {
             user_id: key.user_id.clone(),
             key,
+            credential: Credential::ApiKey,
         })
+    }
+
+    /// Re-checks a credential that a socket presented at its handshake (or
+    /// renewed since), as it stands now: the key deactivated, deleted,
+    /// expired, rotated past its grace period or restricted anew; the token
+    /// expired or its issuing key no longer valid. The answer is the error
+    /// REST would give for the same credential.
+    pub async fn recheck(&self, held: &Principal, caller: &Caller) -> Result<Principal, ApiError> {
+        match held.credential {
+            Credential::ApiKey => {
+                let key = self.keys.find_hash(&held.key.key_hash).await?.ok_or(
+                    ApiError::Unauthorized {
+                        reason: "unknown_key",
+                    },
+                )?;
+                Self::admit_key(key, caller)
+            }
+            Credential::UserToken => {
+                let issuer = self.issuer(&held.key.id).await?;
+                expiry(held)?;
+                Ok(super::jwt::Access::held(held).principal(&issuer))
+            }
+            Credential::External => {
+                expiry(held)?;
+                Ok(held.clone())
+            }
+        }
     }
 
     /// Audits a refused credential (never the credential itself).
@@ -243,7 +321,7 @@ impl FromRequestParts<AppState> for Principal {
                 .ok_or(ApiError::Unauthorized {
                     reason: "invalid_authorization_header",
                 })?;
-            let principal = state.auth.bearer(token).inspect_err(|e| {
+            let principal = state.auth.bearer(token).await.inspect_err(|e| {
                 let peer = parts
                     .extensions
                     .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -273,6 +351,17 @@ impl FromRequestParts<AppState> for Principal {
             }
         };
         admit(parts, state, principal).await
+    }
+}
+
+/// A token past its `exp` (beyond the leeway) is refused as REST would.
+fn expiry(held: &Principal) -> Result<(), ApiError> {
+    let leeway_ms = i64::try_from(super::jwt::LEEWAY_SECS * 1000).unwrap_or(0);
+    match held.key.expires_at {
+        Some(exp) if exp + leeway_ms <= now_ms() => Err(ApiError::Unauthorized {
+            reason: "token_expired",
+        }),
+        _ => Ok(()),
     }
 }
 

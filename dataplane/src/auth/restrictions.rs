@@ -94,6 +94,11 @@ impl Restrictions {
         })
     }
 
+    /// The compiled lists: IPs, countries, domains, User-Agent patterns.
+    pub(super) fn lists(&self) -> (&[IpNet], &[String], &[String], &[Regex]) {
+        (&self.ips, &self.countries, &self.domains, &self.user_agents)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ips.is_empty()
             && self.countries.is_empty()

@@ -64,9 +64,7 @@ pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> Result<Json<Issued>, ApiError> {
-    Ok(Json(
-        state.auth.tokens()?.refresh(&body.refresh_token).await?,
-    ))
+    Ok(Json(state.auth.refresh(&body.refresh_token).await?))
 }
 
 /// `POST /auth/logout {refreshToken}`: revokes the token's whole family.

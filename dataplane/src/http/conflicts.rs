@@ -18,10 +18,7 @@ use crate::{
     sync::{json_value, SetRequest, SetStatus},
 };
 
-/// Admin keys see every user's conflicts; others only their own.
-fn scope_of(who: &Principal) -> Option<&str> {
-    (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
-}
+use crate::auth::policy::tenant as scope_of;
 
 #[derive(Deserialize)]
 pub struct Page {

@@ -1,5 +1,6 @@
 //! `/api/v1/api-keys`: key management for keys with `keys:manage`. Such a
-//! key manages its own user's keys; an admin key manages everyone's.
+//! key manages its own user's keys; an admin key manages everyone's. The
+//! rules live in the `keys` service and `auth::policy`.
 
 use axum::{
     extract::{Path, State},
@@ -12,15 +13,16 @@ use super::extract::JsonBody;
 use crate::{
     app::AppState,
     audit::Entry,
-    auth::{key_fields::KeyFields, NewKey, Principal, Scope},
+    auth::{
+        key_fields::KeyFields,
+        policy::{tenant, Authority},
+        NewKey, Principal, Scope,
+    },
     error::ApiError,
-    storage::{keys, keys::KeyView, now_ms},
+    keys::Created,
+    storage::{keys::KeyView, now_ms},
     sync::validate_user_id,
 };
-
-fn owner_scope(who: &Principal) -> Option<&str> {
-    (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
-}
 
 fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
     state.audit.record(Entry {
@@ -33,17 +35,15 @@ fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
     });
 }
 
-async fn load(state: &AppState, who: &Principal, id: &str) -> Result<KeyView, ApiError> {
-    who.require(Scope::KeysManage)?;
-    keys::get(state.sync.db(), id, owner_scope(who))
-        .await?
-        .ok_or(ApiError::NotFound {
-            key: id.to_string(),
-        })
+fn shown_once(created: Created) -> Result<Value, ApiError> {
+    let mut out =
+        serde_json::to_value(&created.view).map_err(|e| ApiError::Internal(e.to_string()))?;
+    out["key"] = json!(created.key);
+    Ok(out)
 }
 
 /// `POST /api-keys`: 201 with the key, shown this once, as `key`.
-#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body(content = Object, description = "The seed's ApiKey fields"), responses((status = 201, description = "The key, shown once, and its record", body = Object)))]
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body(content = Object, description = "The seed's ApiKey fields"), responses((status = 201, description = "The key, shown once, and its record", body = Object), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
@@ -52,35 +52,32 @@ pub async fn create(
     who.require(Scope::KeysManage)?;
     let user_id = body.user_id.clone().unwrap_or_else(|| who.user_id.clone());
     validate_user_id(&user_id).map_err(ApiError::InvalidBody)?;
-    if user_id != who.user_id && !who.key.allows(Scope::Admin) {
+    if tenant(&who).is_some_and(|own| own != user_id) {
         return Err(ApiError::Forbidden {
             action: "manage another user's keys",
         });
     }
+    let defaults = &state.config.api_keys;
     let new = NewKey {
         name: body.name.clone().unwrap_or_else(|| "api key".into()),
         user_id,
         scopes: body
             .scopes
             .clone()
-            .unwrap_or_else(|| state.config.api_keys.default_scopes.clone()),
+            .unwrap_or_else(|| defaults.default_scopes.clone()),
+        // Unless the body says, a key expires after the default lifetime,
+        // and never after the key that creates it.
         expires_at: body.expires_at.flatten().or_else(|| {
-            state
-                .config
-                .api_keys
+            let default = defaults
                 .expiration_days
-                .map(|d| now_ms() + i64::from(d) * 86_400_000)
+                .map(|d| now_ms() + i64::from(d) * 86_400_000);
+            match (default, who.key.expires_at) {
+                (Some(d), Some(bound)) => Some(d.min(bound)),
+                (d, bound) => d.or(bound),
+            }
         }),
         ..NewKey::default()
     };
-    // A key may not grant what its creator cannot do.
-    if new.scopes.iter().any(|s| !who.key.allows(*s)) {
-        return Err(ApiError::Forbidden {
-            action: "grant scopes it does not hold",
-        });
-    }
-    // Restrictions, quotas and flags go through the same path as a patch,
-    // checked before anything is stored.
     let settings = KeyFields {
         name: None,
         user_id: None,
@@ -88,21 +85,12 @@ pub async fn create(
         expires_at: None,
         ..body
     };
-    settings.clone().apply(&mut KeyView::default())?;
-    let (record, key) = state
-        .auth
-        .keys()
-        .create(&new, &state.config.api_keys.token_prefix)
+    let created = state
+        .keys
+        .create(Authority::Key(&who.key), &new, settings)
         .await?;
-    let mut view = keys::get(state.sync.db(), &record.id, None)
-        .await?
-        .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
-    settings.apply(&mut view)?;
-    keys::update(state.sync.db(), &view).await?;
-    audit(&state, &who, "api_key.create", &record.id);
-    let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
-    out["key"] = json!(key);
-    Ok((StatusCode::CREATED, Json(out)))
+    audit(&state, &who, "api_key.create", &created.view.id);
+    Ok((StatusCode::CREATED, Json(shown_once(created)?)))
 }
 
 /// `GET /api-keys`.
@@ -112,7 +100,7 @@ pub async fn list(
     who: Principal,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     who.require(Scope::KeysManage)?;
-    Ok(Json(keys::list(state.sync.db(), owner_scope(&who)).await?))
+    Ok(Json(state.keys.list(tenant(&who)).await?))
 }
 
 /// `GET /api-keys/{id}`.
@@ -122,33 +110,23 @@ pub async fn get(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(load(&state, &who, &id).await?))
+    who.require(Scope::KeysManage)?;
+    Ok(Json(state.keys.get(&id, tenant(&who)).await?))
 }
 
 /// `PATCH /api-keys/{id}`: restrictions, quotas, flags, scopes, expiry.
-#[utoipa::path(patch, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), request_body(content = Object, description = "Fields to change"), responses((status = 200, description = "The key record", body = Object)))]
+#[utoipa::path(patch, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), request_body(content = Object, description = "Fields to change"), responses((status = 200, description = "The key record", body = Object), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
 pub async fn patch(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<KeyFields>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let mut view = load(&state, &who, &id).await?;
-    if body.user_id.is_some() {
-        return Err(ApiError::InvalidBody("userId cannot change".into()));
-    }
-    if body
-        .scopes
-        .as_ref()
-        .is_some_and(|s| s.iter().any(|s| !who.key.allows(*s)))
-    {
-        return Err(ApiError::Forbidden {
-            action: "grant scopes it does not hold",
-        });
-    }
-    body.apply(&mut view)?;
-    keys::update(state.sync.db(), &view).await?;
-    state.auth.keys().forget(&view.key_hash);
+    who.require(Scope::KeysManage)?;
+    let view = state
+        .keys
+        .update(Authority::Key(&who.key), &id, tenant(&who), body)
+        .await?;
     audit(&state, &who, "api_key.update", &id);
     Ok(Json(view))
 }
@@ -160,34 +138,27 @@ pub async fn delete(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let view = load(&state, &who, &id).await?;
-    keys::delete(state.sync.db(), &id).await?;
-    state.auth.keys().forget(&view.key_hash);
+    who.require(Scope::KeysManage)?;
+    state.keys.delete(&id, tenant(&who)).await?;
     audit(&state, &who, "api_key.delete", &id);
     Ok(Json(json!({ "deleted": true, "id": id })))
 }
 
 /// `POST /api-keys/{id}/rotate`: a new key with the same settings; the old
 /// one keeps working for `API_KEY_ROTATION_GRACE_SECONDS`.
-#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 201, description = "The new key, shown once", body = Object)))]
+#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 201, description = "The new key, shown once", body = Object), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
 pub async fn rotate(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let old = load(&state, &who, &id).await?;
-    let (view, key, old_expires_at) = state
-        .auth
-        .keys()
-        .rotate(
-            old,
-            &state.config.api_keys.token_prefix,
-            state.config.api_keys.rotation_grace,
-        )
+    who.require(Scope::KeysManage)?;
+    let (created, old_expires_at) = state
+        .keys
+        .rotate(Authority::Key(&who.key), &id, tenant(&who))
         .await?;
     audit(&state, &who, "api_key.rotate", &id);
-    let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
-    out["key"] = json!(key);
+    let mut out = shown_once(created)?;
     out["previousKeyExpiresAt"] = json!(old_expires_at);
     Ok((StatusCode::CREATED, Json(out)))
 }

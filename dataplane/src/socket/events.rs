@@ -74,8 +74,16 @@ impl<'a> Call<'a> {
     }
 }
 
+/// The device's credential, re-checked, counted against its limits.
+async fn admitted(app: &AppState, session: &Session) -> Result<crate::auth::Principal, ApiError> {
+    let who = session.authorize().await?;
+    app.limiter.admit(&who).await?;
+    Ok(who)
+}
+
 /// Replies to one event: success through the ack, failure through the ack
-/// as `{error}` or, with no callback, as an `error` event.
+/// as `{error}` or, with no callback, as an `error` event. A session whose
+/// credential was found revoked is disconnected once the reply is out.
 fn reply<T: Serialize>(
     s: &SocketRef,
     ack: AckSender,
@@ -85,6 +93,7 @@ fn reply<T: Serialize>(
     result: Result<T, ApiError>,
 ) {
     let event = call.event;
+    let session = call.session;
     call.record(app, result.as_ref().err());
     app.metrics
         .socket_events
@@ -107,6 +116,7 @@ fn reply<T: Serialize>(
     if let Err(e) = sent {
         tracing::debug!(event, error = %e, "reply not sent");
     }
+    session.end_if_revoked();
 }
 
 fn payload<T: DeserializeOwned>(data: Result<T, ParserError>) -> Result<T, ApiError> {
@@ -142,6 +152,7 @@ pub fn register(s: &SocketRef) {
     s.on("sync:subscribe", subscribe);
     s.on("sync:unsubscribe", unsubscribe);
     s.on("sync:ack", ack_cursor);
+    s.on("sync:auth", renew);
     s.on_fallback(unknown);
 }
 
@@ -173,8 +184,8 @@ async fn set(
     let mut call = Call::new("sync:set", &session);
     call.item_key = data.as_ref().ok().and_then(|r| r.key.clone());
     let result = async {
-        app.limiter.admit(&session.device.principal).await?;
-        session.device.principal.require(Scope::Write)?;
+        let who = admitted(&app, &session).await?;
+        who.require(Scope::Write)?;
         let request = payload(data)?;
         let key = request
             .key
@@ -207,8 +218,8 @@ async fn remove(
     let mut call = Call::new("sync:remove", &session);
     call.item_key = data.as_ref().ok().map(|p| p.key.clone());
     let result = async {
-        app.limiter.admit(&session.device.principal).await?;
-        session.device.principal.require(Scope::Write)?;
+        let who = admitted(&app, &session).await?;
+        who.require(Scope::Write)?;
         let KeyPayload { key } = payload(data)?;
         let d = &session.device;
         let item = app.sync.execute(&d.user_id, &d.instance_id, Some(&session.sid), Command::Remove { key }).await?.changed.pop();
@@ -230,8 +241,8 @@ async fn get(
     let mut call = Call::new("sync:get", &session);
     call.item_key = data.as_ref().ok().map(|p| p.key.clone());
     let result = async {
-        app.limiter.admit(&session.device.principal).await?;
-        session.device.principal.require(Scope::Read)?;
+        let who = admitted(&app, &session).await?;
+        who.require(Scope::Read)?;
         let KeyPayload { key } = payload(data)?;
         match app.sync.get(&session.device.user_id, &key).await {
             Ok(item) => Ok(serde_json::to_value(item).unwrap_or(Json::Null)),
@@ -253,8 +264,8 @@ async fn get_all(
 ) {
     let call = Call::new("sync:getAll", &session);
     let result = async {
-        app.limiter.admit(&session.device.principal).await?;
-        session.device.principal.require(Scope::Read)?;
+        let who = admitted(&app, &session).await?;
+        who.require(Scope::Read)?;
         let prefix = payload(data)?
             .unwrap_or_default()
             .prefix
@@ -274,7 +285,7 @@ async fn subscribe(
     WantsAck(wants): WantsAck,
 ) {
     let call = Call::new("sync:subscribe", &session);
-    let result = match app.limiter.admit(&session.device.principal).await {
+    let result = match admitted(&app, &session).await {
         Ok(_) => change_subscriptions(&session, data, Subscriptions::subscribe),
         Err(e) => Err(e),
     };
@@ -290,7 +301,7 @@ async fn unsubscribe(
     WantsAck(wants): WantsAck,
 ) {
     let call = Call::new("sync:unsubscribe", &session);
-    let result = match app.limiter.admit(&session.device.principal).await {
+    let result = match admitted(&app, &session).await {
         Ok(_) => change_subscriptions(&session, data, Subscriptions::unsubscribe),
         Err(e) => Err(e),
     };
@@ -324,7 +335,7 @@ async fn ack_cursor(
 ) {
     let call = Call::new("sync:ack", &session);
     let result = async {
-        app.limiter.admit(&session.device.principal).await?;
+        admitted(&app, &session).await?;
         let AckPayload { seq } = payload(data)?;
         if seq < 0 {
             return Err(ApiError::InvalidBody("seq must not be negative".into()));
@@ -333,6 +344,46 @@ async fn ack_cursor(
         let d = &session.device;
         instances::advance_cursor(app.sync.db(), &d.user_id, &d.instance_id, cursor).await?;
         Ok(json!({ "cursor": cursor }))
+    }
+    .await;
+    reply(&s, ack, wants, call, &app, result);
+}
+
+#[derive(Deserialize)]
+struct AuthPayload {
+    token: String,
+}
+
+/// `sync:auth {token}`: replaces a token-authenticated socket's token with
+/// a fresh one of the same user (after `/auth/refresh`), so it can outlive
+/// its first access token without reconnecting. Replies `{expiresAt}` (Unix
+/// ms). A socket opened with an API key has nothing to renew.
+async fn renew(
+    s: SocketRef,
+    State(app): State<AppState>,
+    Extension(session): Extension<Arc<Session>>,
+    TryData(data): TryData<AuthPayload>,
+    ack: AckSender,
+    WantsAck(wants): WantsAck,
+) {
+    let call = Call::new("sync:auth", &session);
+    let result = async {
+        let AuthPayload { token } = payload(data)?;
+        if session.device.principal.credential == crate::auth::Credential::ApiKey {
+            return Err(ApiError::InvalidBody(
+                "this socket authenticated with an API key; only tokens are renewed".into(),
+            ));
+        }
+        let fresh = app.auth.bearer(&token).await?;
+        if fresh.user_id != session.device.principal.user_id {
+            return Err(ApiError::Forbidden {
+                action: "renew another user's socket",
+            });
+        }
+        app.limiter.admit(&fresh).await?;
+        let expires_at = fresh.key.expires_at;
+        session.renew(fresh);
+        Ok(json!({ "expiresAt": expires_at }))
     }
     .await;
     reply(&s, ack, wants, call, &app, result);

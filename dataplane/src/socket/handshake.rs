@@ -17,7 +17,7 @@ use socketioxide::{
 
 use crate::{
     app::AppState,
-    auth::{Principal, Scope},
+    auth::{restrictions::Caller, Principal, Scope},
     error::ApiError,
     sync::{validate_instance_id, validate_user_id},
 };
@@ -25,7 +25,12 @@ use crate::{
 /// The authenticated device behind a socket.
 #[derive(Debug, Clone)]
 pub struct Device {
+    /// The credential as admitted at the handshake; the session re-checks
+    /// it (and holds a renewed one) while the socket stays open.
     pub principal: Principal,
+    /// What the handshake told about the client, for re-checking the
+    /// key's restrictions.
+    pub caller: Caller,
     pub user_id: String,
     pub instance_id: String,
     pub ip: Option<String>,
@@ -94,24 +99,18 @@ async fn identify(
     let api_key = auth_field(auth, "apiKey")
         .map(str::to_owned)
         .or_else(|| query_param(query, "apiKey"));
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = app.auth.caller(&parts.headers, peer);
     let principal = match auth_field(auth, "token") {
-        Some(token) if api_key.is_none() => app.auth.bearer(token).inspect_err(|e| {
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            app.auth
-                .refused(e, None, &app.auth.caller(&parts.headers, peer));
-        })?,
-        _ => {
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            app.auth
-                .api_key(api_key.as_deref(), &app.auth.caller(&parts.headers, peer))
-                .await?
-        }
+        Some(token) if api_key.is_none() => app
+            .auth
+            .bearer(token)
+            .await
+            .inspect_err(|e| app.auth.refused(e, None, &caller))?,
+        _ => app.auth.api_key(api_key.as_deref(), &caller).await?,
     };
     principal.require(Scope::Read)?;
     app.limiter.admit(&principal).await?;
@@ -127,10 +126,7 @@ async fn identify(
             action: "act for this user",
         });
     }
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let ip = caller.ip.map(|ip| ip.to_string());
     let user_agent = parts
         .headers
         .get(axum::http::header::USER_AGENT)
@@ -138,6 +134,7 @@ async fn identify(
         .map(str::to_owned);
     Ok(Device {
         principal,
+        caller,
         user_id,
         instance_id,
         ip,

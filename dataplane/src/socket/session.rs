@@ -26,6 +26,8 @@ use tokio::sync::Notify;
 use super::{handshake::Device, subscriptions::Subscriptions};
 use crate::{
     app::AppState,
+    auth::Principal,
+    error::ApiError,
     fanout::Sink,
     storage::{instances, items},
     sync::Change,
@@ -38,6 +40,10 @@ pub const GAP_WAIT: Duration = Duration::from_millis(50);
 pub const MAX_WAITING: usize = 256;
 /// Pause before retrying when the socket's send buffer is full.
 const FULL_BACKOFF: Duration = Duration::from_millis(25);
+/// How often an open socket's credential is re-checked even when the
+/// device sends nothing. The check reads the key cache, so a revocation
+/// reaches the socket within this plus the cache's lifetime.
+pub const RECHECK: Duration = Duration::from_secs(2);
 
 struct Waiting {
     change: Change,
@@ -73,6 +79,25 @@ pub struct Session {
     delivery: Mutex<Delivery>,
     wake: Notify,
     closed: AtomicBool,
+    /// The credential the device holds now: the handshake's, or a token
+    /// it renewed with `sync:auth`.
+    held: Mutex<Principal>,
+    /// Set once the credential stopped being valid; the socket is then
+    /// told why and disconnected, and gets nothing more.
+    revoked: AtomicBool,
+    checked: Mutex<Instant>,
+}
+
+/// Whether an error means the credential itself is no longer good (as
+/// opposed to a passing failure such as the database being unavailable).
+fn revokes(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Unauthorized { .. }
+            | ApiError::KeyInactive
+            | ApiError::KeyExpired
+            | ApiError::Restricted { .. }
+    )
 }
 
 fn now_us() -> i64 {
@@ -84,13 +109,78 @@ impl Session {
         Self {
             sid: socket.id.to_string(),
             connected_at: std::time::Instant::now(),
-            device,
             socket,
             app,
             subscriptions: Mutex::new(Subscriptions::default()),
             delivery: Mutex::new(Delivery::default()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            held: Mutex::new(device.principal.clone()),
+            revoked: AtomicBool::new(false),
+            checked: Mutex::new(Instant::now()),
+            device,
+        }
+    }
+
+    /// The device's credential as it stands now (see
+    /// `Authenticator::recheck`). A credential that is no longer valid
+    /// marks the session revoked: the caller replies with the error, then
+    /// [`Self::end_if_revoked`] disconnects it.
+    pub async fn authorize(&self) -> Result<Principal, ApiError> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = self.app.auth.recheck(&held, &self.device.caller).await;
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        if let Err(e) = &result {
+            if revokes(e) {
+                self.revoked.store(true, Ordering::Release);
+                self.wake.notify_one();
+            }
+        }
+        result
+    }
+
+    /// Replaces the held credential with a renewed token of the same user.
+    pub fn renew(&self, principal: Principal) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = principal;
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Disconnects a revoked session (after its reply went out: packets
+    /// leave in order).
+    pub fn end_if_revoked(&self) {
+        if self.is_revoked() {
+            self.close();
+            if let Err(e) = self.socket.clone().disconnect() {
+                tracing::debug!(sid = %self.sid, error = %e, "revoked socket already gone");
+            }
+        }
+    }
+
+    /// The periodic re-check of an idle socket: tells it why, then ends it.
+    async fn recheck(&self) {
+        let due = self
+            .checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= RECHECK;
+        if due {
+            if let Err(e) = self.authorize().await {
+                if self.is_revoked() {
+                    self.app
+                        .metrics
+                        .socket_errors
+                        .with_label_values(&["revoked", e.code()])
+                        .inc();
+                    if let Err(err) = self.socket.emit("error", &e.body()) {
+                        tracing::debug!(sid = %self.sid, error = %err, "revocation not told");
+                    }
+                    self.end_if_revoked();
+                }
+            }
         }
     }
 
@@ -326,13 +416,17 @@ impl Session {
             tokio::time::sleep(Duration::from_millis(500 * tries.min(10))).await;
         }
         while !self.closed.load(Ordering::Acquire) {
+            // Boxed so that an idle session's task stays small: the lookup
+            // future only exists while a re-check runs.
+            Box::pin(self.recheck()).await;
+            if self.is_revoked() {
+                return;
+            }
             match self.next_step() {
                 Step::Emit(run) => self.emit_run(run).await,
-                // Boxed so that an idle session's task stays small: the
-                // database future only exists while a catch-up runs.
                 Step::CatchUp(from) => Box::pin(self.catch_up(from)).await,
-                Step::Wait(None) => self.wake.notified().await,
-                Step::Wait(Some(limit)) => {
+                Step::Wait(limit) => {
+                    let limit = limit.map_or(RECHECK, |l| l.min(RECHECK));
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(limit) => {}

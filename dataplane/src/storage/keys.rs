@@ -1,6 +1,6 @@
 //! Queries on `api_keys`.
 
-use sqlx::any::AnyRow;
+use sqlx::{any::AnyRow, AnyConnection};
 
 use super::{now_ms, Db, RowExt};
 use std::sync::Arc;
@@ -44,16 +44,26 @@ fn key_from_row(row: &AnyRow) -> Result<ApiKey, sqlx::Error> {
     })
 }
 
+const KEY_COLUMNS: &str =
+    "id, name, key_hash, user_id, is_active, expires_at, can_read, can_write, scopes, \
+     ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
+     quota_per_minute, quota_per_hour, quota_per_day, quota_per_month";
+
 pub async fn find_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
-    let row = sqlx::query(&db.sql(
-        "SELECT id, name, key_hash, user_id, is_active, expires_at, can_read, can_write, scopes, \
-         ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
-         quota_per_minute, quota_per_hour, quota_per_day, quota_per_month \
-         FROM api_keys WHERE key_hash = ?",
-    ))
-    .bind(hash)
-    .fetch_optional(db.pool())
-    .await?;
+    let q = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?");
+    let row = sqlx::query(&db.sql(&q))
+        .bind(hash)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<ApiKey>, sqlx::Error> {
+    let q = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
+    let row = sqlx::query(&db.sql(&q))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(key_from_row).transpose()
 }
 
@@ -221,6 +231,12 @@ pub async fn get(db: &Db, id: &str, user: Option<&str>) -> Result<Option<KeyView
 
 /// Stores every mutable field of `v`.
 pub async fn update(db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
+    let mut conn = db.pool().acquire().await?;
+    update_in(&mut conn, db, v).await
+}
+
+/// [`update`] on a connection (or inside a transaction).
+pub async fn update_in(conn: &mut AnyConnection, db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
     let scopes: Vec<&str> = v.scopes.iter().map(|s| s.as_str()).collect();
     sqlx::query(&db.sql(
         "UPDATE api_keys SET name = ?, is_active = ?, expires_at = ?, can_read = ?, can_write = ?, scopes = ?, \
@@ -243,9 +259,66 @@ pub async fn update(db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
     .bind(v.quota_per_month)
     .bind(now_ms())
     .bind(v.id.as_str())
-    .execute(db.pool())
+    .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Inserts a whole key row as `v` describes it (id, hash and hint included).
+pub async fn insert_in(conn: &mut AnyConnection, db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
+    let scopes: Vec<&str> = v.scopes.iter().map(|s| s.as_str()).collect();
+    sqlx::query(&db.sql(
+        "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, is_active, expires_at, can_read, can_write, \
+         scopes, ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
+         quota_per_minute, quota_per_hour, quota_per_day, quota_per_month, \
+         usage_today, usage_this_month, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+    ))
+    .bind(v.id.as_str())
+    .bind(v.name.as_str())
+    .bind(v.key_hash.as_str())
+    .bind(v.key_hint.as_str())
+    .bind(v.user_id.as_str())
+    .bind(v.is_active)
+    .bind(v.expires_at)
+    .bind(v.can_read)
+    .bind(v.can_write)
+    .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
+    .bind(json_list(&v.ip_restrictions))
+    .bind(json_list(&v.country_restrictions))
+    .bind(json_list(&v.domain_restrictions))
+    .bind(json_list(&v.user_agent_patterns))
+    .bind(v.quota_per_minute)
+    .bind(v.quota_per_hour)
+    .bind(v.quota_per_day)
+    .bind(v.quota_per_month)
+    .bind(v.created_at)
+    .bind(v.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// [`get`] on a connection (or inside a transaction); `lock` takes the
+/// row's write lock where the dialect has one.
+pub async fn get_in(
+    conn: &mut AnyConnection,
+    db: &Db,
+    id: &str,
+    user: Option<&str>,
+    lock: bool,
+) -> Result<Option<KeyView>, sqlx::Error> {
+    let suffix = if lock { db.dialect().for_update() } else { "" };
+    let q = format!(
+        "SELECT {VIEW_COLUMNS} FROM api_keys WHERE id = ? AND (? IS NULL OR user_id = ?){suffix}"
+    );
+    let row = sqlx::query(&db.sql(&q))
+        .bind(id)
+        .bind(user)
+        .bind(user)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(view_from_row).transpose()
 }
 
 pub async fn delete(db: &Db, id: &str) -> Result<bool, sqlx::Error> {

@@ -1,0 +1,207 @@
+//! Key management: the one service behind `/api/v1/api-keys` and
+//! `syncstore keys`. Every action is one transaction, and every result is
+//! judged by [`policy::check`] before it is stored, so no caller can leave a
+//! key holding more than it holds itself (see `auth::policy`).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    auth::{
+        generate_key, hash_key, hint,
+        key_fields::KeyFields,
+        policy::{self, Authority},
+        restrictions::Restrictions,
+        ApiKey, KeyStore, NewKey, Scope,
+    },
+    error::ApiError,
+    storage::{keys, keys::KeyView, now_ms, Db},
+};
+
+/// A key as stored, and the key itself: shown once, never stored.
+pub struct Created {
+    pub view: KeyView,
+    pub key: String,
+}
+
+/// Key management with the rules of `auth::policy`.
+#[derive(Clone)]
+pub struct Keys {
+    db: Db,
+    store: KeyStore,
+    prefix: String,
+    rotation_grace: Duration,
+}
+
+/// The key record as the policy sees it (restrictions compiled).
+pub fn as_key(v: &KeyView) -> Result<ApiKey, ApiError> {
+    Ok(ApiKey {
+        id: v.id.clone(),
+        name: v.name.clone(),
+        key_hash: v.key_hash.clone(),
+        user_id: v.user_id.clone(),
+        is_active: v.is_active,
+        expires_at: v.expires_at,
+        can_read: v.can_read,
+        can_write: v.can_write,
+        scopes: v.scopes.clone(),
+        restrictions: Arc::new(
+            Restrictions::from_lists(
+                &v.ip_restrictions,
+                &v.country_restrictions,
+                &v.domain_restrictions,
+                &v.user_agent_patterns,
+            )
+            .map_err(ApiError::InvalidBody)?,
+        ),
+        quotas: [
+            v.quota_per_minute,
+            v.quota_per_hour,
+            v.quota_per_day,
+            v.quota_per_month,
+        ],
+    })
+}
+
+impl Keys {
+    pub fn new(db: Db, store: KeyStore, prefix: String, rotation_grace: Duration) -> Self {
+        Self {
+            db,
+            store,
+            prefix,
+            rotation_grace,
+        }
+    }
+
+    /// A new key as `new` and then `settings` describe it. `canRead` and
+    /// `canWrite` follow the scopes unless `settings` says otherwise.
+    pub async fn create(
+        &self,
+        by: Authority<'_>,
+        new: &NewKey,
+        settings: KeyFields,
+    ) -> Result<Created, ApiError> {
+        let has = |s: Scope| new.scopes.contains(&s) || new.scopes.contains(&Scope::Admin);
+        let key = generate_key(&self.prefix);
+        let now = now_ms();
+        let mut view = KeyView {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: new.name.clone(),
+            user_id: new.user_id.clone(),
+            key_hint: hint(&key),
+            is_active: true,
+            expires_at: new.expires_at,
+            can_read: has(Scope::Read),
+            can_write: has(Scope::Write),
+            scopes: new.scopes.clone(),
+            ip_restrictions: new.ip_restrictions.clone(),
+            country_restrictions: new.country_restrictions.clone(),
+            domain_restrictions: new.domain_restrictions.clone(),
+            user_agent_patterns: new.user_agent_patterns.clone(),
+            quota_per_minute: new.quotas[0],
+            quota_per_hour: new.quotas[1],
+            quota_per_day: new.quotas[2],
+            quota_per_month: new.quotas[3],
+            created_at: now,
+            updated_at: now,
+            key_hash: hash_key(&key),
+            ..KeyView::default()
+        };
+        settings.apply(&mut view)?;
+        policy::check(by, None, &as_key(&view)?)?;
+        let mut conn = self.db.pool().acquire().await?;
+        keys::insert_in(&mut conn, &self.db, &view).await?;
+        Ok(Created { view, key })
+    }
+
+    /// One key, if `owner` (when given) owns it.
+    pub async fn get(&self, id: &str, owner: Option<&str>) -> Result<KeyView, ApiError> {
+        keys::get(&self.db, id, owner)
+            .await?
+            .ok_or(ApiError::NotFound {
+                key: id.to_string(),
+            })
+    }
+
+    /// Keys of `owner`, or of everyone.
+    pub async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyView>, ApiError> {
+        Ok(keys::list(&self.db, owner).await?)
+    }
+
+    /// Applies `change` to key `id` (of `owner`, when given) in one
+    /// transaction, refusing a result that exceeds `by`.
+    pub async fn update(
+        &self,
+        by: Authority<'_>,
+        id: &str,
+        owner: Option<&str>,
+        change: KeyFields,
+    ) -> Result<KeyView, ApiError> {
+        if change.user_id.is_some() {
+            return Err(ApiError::InvalidBody("userId cannot change".into()));
+        }
+        let _turn = self.db.write_turn().await;
+        let mut tx = self.db.pool().begin().await?;
+        let mut view = keys::get_in(&mut tx, &self.db, id, owner, true)
+            .await?
+            .ok_or(ApiError::NotFound { key: id.into() })?;
+        let before = as_key(&view)?;
+        change.apply(&mut view)?;
+        policy::check(by, Some(&before), &as_key(&view)?)?;
+        keys::update_in(&mut tx, &self.db, &view).await?;
+        tx.commit().await?;
+        self.store.forget(&view.key_hash, &view.id);
+        Ok(view)
+    }
+
+    /// A new key with every setting of key `id` but its own identity, while
+    /// the old one keeps working for the rotation grace period; one
+    /// transaction. Returns the new key and when the old one now expires.
+    pub async fn rotate(
+        &self,
+        by: Authority<'_>,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<(Created, Option<i64>), ApiError> {
+        let _turn = self.db.write_turn().await;
+        let mut tx = self.db.pool().begin().await?;
+        let mut old = keys::get_in(&mut tx, &self.db, id, owner, true)
+            .await?
+            .ok_or(ApiError::NotFound { key: id.into() })?;
+        // The new key holds what the old one holds: a caller may only
+        // rotate a key it could have made, so rotation cannot mint a
+        // stronger one (its expiry stays, and is not judged anew).
+        let old_key = as_key(&old)?;
+        policy::check(by, Some(&old_key), &old_key)?;
+        let key = generate_key(&self.prefix);
+        let now = now_ms();
+        let view = KeyView {
+            id: uuid::Uuid::now_v7().to_string(),
+            key_hash: hash_key(&key),
+            key_hint: hint(&key),
+            created_at: now,
+            updated_at: now,
+            usage_today: 0,
+            usage_this_month: 0,
+            last_used_at: None,
+            ..old.clone()
+        };
+        keys::insert_in(&mut tx, &self.db, &view).await?;
+        let grace = i64::try_from(self.rotation_grace.as_millis()).unwrap_or(i64::MAX);
+        let grace_end = now.saturating_add(grace);
+        old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
+        keys::update_in(&mut tx, &self.db, &old).await?;
+        tx.commit().await?;
+        self.store.forget(&old.key_hash, &old.id);
+        Ok((Created { view, key }, old.expires_at))
+    }
+
+    /// Deletes key `id` (of `owner`, when given). Deleting never grants.
+    pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<KeyView, ApiError> {
+        let view = self.get(id, owner).await?;
+        if !keys::delete(&self.db, id).await? {
+            return Err(ApiError::NotFound { key: id.into() });
+        }
+        self.store.forget(&view.key_hash, &view.id);
+        Ok(view)
+    }
+}
