@@ -5,9 +5,8 @@
 //! `{message}` in a connect_error, so the message is itself the JSON text
 //! `{"message": …, "code": …}`: clients `JSON.parse(err.message)`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
-use axum::extract::ConnectInfo;
 use socketioxide::{
     adapter::Adapter,
     extract::{Data, SocketRef, State},
@@ -94,24 +93,13 @@ async fn identify(
     let api_key = auth_field(auth, "apiKey")
         .map(str::to_owned)
         .or_else(|| query_param(query, "apiKey"));
+    let caller = app.auth.caller(&parts.headers, &parts.extensions);
     let principal = match auth_field(auth, "token") {
-        Some(token) if api_key.is_none() => app.auth.bearer(token).inspect_err(|e| {
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            app.auth
-                .refused(e, None, &app.auth.caller(&parts.headers, peer));
-        })?,
-        _ => {
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            app.auth
-                .api_key(api_key.as_deref(), &app.auth.caller(&parts.headers, peer))
-                .await?
-        }
+        Some(token) if api_key.is_none() => app
+            .auth
+            .bearer(token)
+            .inspect_err(|e| app.auth.refused(e, None, &caller))?,
+        _ => app.auth.api_key(api_key.as_deref(), &caller).await?,
     };
     principal.require(Scope::Read)?;
     app.limiter.admit(&principal).await?;
@@ -127,10 +115,9 @@ async fn identify(
             action: "act for this user",
         });
     }
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    // The device record and the session's analytics carry the resolved
+    // client, as REST does, not the proxy that connected.
+    let ip = caller.ip.map(|ip| ip.to_string());
     let user_agent = parts
         .headers
         .get(axum::http::header::USER_AGENT)
