@@ -1,8 +1,11 @@
 // Issue 13 over the official socket.io-client: the handshake resolves the
-// client address exactly as REST does (item 5). One embedded (SQLite)
-// process: it needs neither PostgreSQL nor Redis.
+// client address exactly as REST does (item 5), and nothing secret reaches
+// the logs even at LOG_LEVEL=trace (item 11). One embedded (SQLite)
+// process each: neither needs PostgreSQL or Redis.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Server, Device, refusal, uid } from './harness.mjs';
 
 test('the handshake resolves forwarded clients as REST does, and sessions record them', async () => {
@@ -45,6 +48,71 @@ test('the handshake resolves forwarded clients as REST does, and sessions record
     assert.equal(res.status, 200);
     const byId = Object.fromEntries((await res.json()).map((s) => [s.instanceId, s.ip]));
     assert.deepEqual(byId, { 'ok-0': '198.51.100.5', 'ok-1': '198.51.100.7', 'ok-2': '198.51.100.7', 'ok-3': '198.51.100.8' });
+  } finally {
+    await server.stop();
+  }
+});
+
+test('at LOG_LEVEL=trace no API key, token or refresh token reaches the log', async () => {
+  const jwt = {
+    JWT_SECRET: 'security-test-access-secret-0123456789abcdef',
+    JWT_REFRESH_SECRET: 'security-test-refresh-secret-0123456789abcdef',
+  };
+  const server = await Server.start({ LOG_LEVEL: 'trace', ...jwt });
+  try {
+    const user = uid('u');
+    const key = server.createKey(user);
+    const issuer = server.createKey(uid('backend'), ['--scopes', 'read,write,tokens:issue']);
+    const post = (path, headers, body) => fetch(`${server.base}/api/v1${path}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...headers },
+      body: JSON.stringify(body),
+    });
+
+    // REST with X-API-Key, a token minted, used as Bearer, and refreshed.
+    assert.equal((await server.rest('PUT', '/sync-storage/item/k', key, { value: 1 })).status, 200);
+    const minted = await post('/auth/token', { 'X-API-Key': issuer }, { userId: user });
+    assert.equal(minted.status, 200);
+    const pair = await minted.json();
+    const bearer = await fetch(`${server.base}/api/v1/sync-storage/item/k`, {
+      headers: { Authorization: `Bearer ${pair.accessToken}` },
+    });
+    assert.equal(bearer.status, 200);
+    const refreshed = await post('/auth/refresh', {}, { refreshToken: pair.refreshToken });
+    assert.equal(refreshed.status, 200);
+    const pair2 = await refreshed.json();
+
+    // Sockets: auth.apiKey, auth.token, and the key as a query parameter.
+    const byKey = await new Device(server.url, { userId: user, instanceId: 'a', apiKey: key }).ready();
+    assert.equal((await byKey.call('sync:set', { key: 'k2', value: 'v' })).status, 'applied');
+    byKey.close();
+    const byToken = await new Device(server.url, { userId: user, instanceId: 'b', auth: { token: pair2.accessToken } }).ready();
+    byToken.close();
+    const byQuery = await new Device(server.url, { userId: user, instanceId: 'c', query: { apiKey: key } }).ready();
+    byQuery.close();
+    // A refused credential is not logged either.
+    const wrong = 'sk_live_refusedrefusedrefusedrefused0123';
+    assert.equal((await refusal(server.url, { query: { userId: user, instanceId: 'x' }, auth: { apiKey: wrong } })).code, 'UNAUTHORIZED');
+    await new Promise((r) => setTimeout(r, 300));
+
+    const log = readFileSync(join(server.dir, 'server.log'), 'utf8');
+    assert.ok(log.includes('DEBUG') && log.includes('TRACE'), 'the log is at trace');
+    const secrets = {
+      key,
+      issuer,
+      wrong,
+      accessToken: pair.accessToken,
+      refreshToken: pair.refreshToken,
+      accessToken2: pair2.accessToken,
+      refreshToken2: pair2.refreshToken,
+      ...jwt,
+    };
+    for (const [name, secret] of Object.entries(secrets)) {
+      // The whole value, and its random tail (key body, JWT signature).
+      const tail = secret.startsWith('sk_live_') ? secret.slice('sk_live_'.length) : secret.split('.').pop();
+      assert.ok(!log.includes(secret), `${name} is in the log`);
+      assert.ok(!log.includes(tail), `${name}'s tail is in the log`);
+    }
   } finally {
     await server.stop();
   }
