@@ -14,6 +14,7 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+pub mod server;
 pub mod socket;
 pub mod storage;
 pub mod sync;
