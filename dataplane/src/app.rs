@@ -206,11 +206,13 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let port = config.port;
     let state = build(config).await?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+    let tcp = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
         .await
         .map_err(|source| StartError::Bind { port, source })?;
-    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    let addr = tcp.local_addr().map_err(StartError::Serve)?;
     tracing::info!(%addr, "syncstore listening");
+    // Capped connections with header, body and idle deadlines (slowloris).
+    let listener = crate::server::Listener::new(tcp, &state.config.http);
 
     let sweeper = tokio::spawn(ttl_sweeper(state.clone()));
     let heartbeat = tokio::spawn(socket::heartbeat(state.clone()));
@@ -223,10 +225,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     );
     let flag = state.shutting_down.clone();
     let (socket_layer, _io) = socket::layer(state.clone());
-    let app = http::router(state.clone()).layer(socket_layer);
+    let app = crate::server::track(
+        http::router(state.clone()).layer(socket_layer),
+        &state.config.http,
+    );
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<crate::server::Peer>(),
     )
     .with_graceful_shutdown(async move {
         shutdown_signal().await;

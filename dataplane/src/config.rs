@@ -164,6 +164,18 @@ pub struct RawConfig {
     /// Directory of the embedded SQLite database.
     #[arg(long, global = true, env = "SYNCSTORE_DATA_DIR")]
     pub syncstore_data_dir: Option<String>,
+    /// Milliseconds a connection may take to send a request's headers.
+    #[arg(long, global = true, env = "HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<String>,
+    /// Milliseconds a request may take to send its body.
+    #[arg(long, global = true, env = "HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<String>,
+    /// Milliseconds a kept-alive connection may sit idle between requests.
+    #[arg(long, global = true, env = "HTTP_IDLE_TIMEOUT_MS")]
+    pub http_idle_timeout_ms: Option<String>,
+    /// Open connections (HTTP and Socket.IO) per process.
+    #[arg(long, global = true, env = "HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<String>,
 }
 
 /// A configuration value that cannot be used. Displays as one line naming
@@ -299,6 +311,17 @@ pub struct ConflictConfig {
     pub history_versions: i64,
 }
 
+/// Limits of the listening socket against slow and idle clients.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request;
+    /// upgraded (WebSocket) connections are exempt.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
     pub api_key: Secret,
@@ -326,6 +349,7 @@ pub struct Config {
     pub bootstrap: Option<Bootstrap>,
     pub store_name: String,
     pub pod_name: String,
+    pub http: HttpConfig,
 }
 
 /// One variable being parsed: its names for error messages and its raw value.
@@ -785,6 +809,31 @@ impl Config {
             None => format!("syncstore-{}", std::process::id()),
         };
 
+        let ms = Duration::from_millis;
+        let http =
+            HttpConfig {
+                header_timeout: ms(var!(raw, http_header_timeout_ms, "HTTP_HEADER_TIMEOUT_MS")
+                    .int(10_000u64, 100, 3_600_000, "milliseconds")?),
+                body_timeout: ms(var!(raw, http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS").int(
+                    30_000u64,
+                    100,
+                    3_600_000,
+                    "milliseconds",
+                )?),
+                idle_timeout: ms(var!(raw, http_idle_timeout_ms, "HTTP_IDLE_TIMEOUT_MS").int(
+                    75_000u64,
+                    100,
+                    3_600_000,
+                    "milliseconds",
+                )?),
+                max_connections: var!(raw, http_max_connections, "HTTP_MAX_CONNECTIONS").int(
+                    10_000usize,
+                    1,
+                    1_000_000,
+                    "a connection count",
+                )?,
+            };
+
         Ok(Config {
             port,
             database,
@@ -806,6 +855,7 @@ impl Config {
             bootstrap,
             store_name,
             pod_name,
+            http,
         })
     }
 }
@@ -830,6 +880,25 @@ mod tests {
         assert_eq!(c.api_keys.token_prefix, "sk_live_");
         assert_eq!(c.api_keys.default_scopes, vec![Scope::Read, Scope::Write]);
         assert_eq!(c.conflict.default_strategy, Strategy::LastWriteWins);
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.http.max_connections, 10_000);
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let c = parse(|r| {
+            r.http_header_timeout_ms = Some("500".into());
+            r.http_max_connections = Some("64".into());
+        })
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_millis(500));
+        assert_eq!(c.http.max_connections, 64);
+        let e = parse(|r| r.http_idle_timeout_ms = Some("0".into())).unwrap_err();
+        assert_eq!(e.var, "HTTP_IDLE_TIMEOUT_MS");
+        let e = parse(|r| r.http_max_connections = Some("many".into())).unwrap_err();
+        assert_eq!(e.var, "HTTP_MAX_CONNECTIONS");
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum ApiError {
     InvalidHandshake(String),
     #[error("the request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    RequestTimeout { limit_ms: u128 },
     #[error(
         "user tokens are not configured on this server (set JWT_SECRET and JWT_REFRESH_SECRET)"
     )]
@@ -101,6 +103,7 @@ impl ApiError {
             Self::InvalidQuery(_) => "INVALID_QUERY",
             Self::InvalidHandshake(_) => "INVALID_HANDSHAKE",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::TokensDisabled => "TOKENS_DISABLED",
             Self::RateLimited { quota: true, .. } => "QUOTA_EXCEEDED",
@@ -122,6 +125,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::VersionConflict { .. } => StatusCode::CONFLICT,
             Self::ItemTooLarge { .. }
             | Self::StorageQuotaExceeded { .. }
@@ -158,6 +162,7 @@ impl ApiError {
                 json!({ "wouldUse": would_use, "limit": limit })
             }
             Self::PayloadTooLarge { limit } => json!({ "limit": limit }),
+            Self::RequestTimeout { limit_ms } => json!({ "limitMs": limit_ms }),
             Self::RateLimited { info, .. } => {
                 json!({ "limit": info.limit, "resetSeconds": info.reset_secs })
             }
@@ -206,6 +211,13 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(self.body())).into_response();
         // For the analytics event of this request (denials by reason).
         response.extensions_mut().insert(ErrorCode(self.code()));
+        if matches!(self, Self::RequestTimeout { .. }) {
+            // The rest of the body may still be trickling in; the connection
+            // is not reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, Self::ServiceUnavailable) {
             response
                 .headers_mut()

@@ -15,6 +15,7 @@ pub mod fanout;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod server;
 pub mod socket;
 pub mod storage;
 pub mod sync;

@@ -161,7 +161,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    syncstore::telemetry::init(&config.log);
+    // Secrets that have no recognisable shape are masked by their value.
+    let known = [
+        config.bootstrap.as_ref().map(|b| b.api_key.expose()),
+        config.jwt.secret.as_ref().map(|s| s.expose()),
+        config.jwt.refresh_secret.as_ref().map(|s| s.expose()),
+    ];
+    let redactor = syncstore::telemetry::Redactor::new(
+        &config.api_keys.token_prefix,
+        known.into_iter().flatten().map(str::to_owned),
+    );
+    syncstore::telemetry::init(&config.log, redactor);
     match cli.command {
         Command::Serve => match app::serve(config).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -248,3 +248,140 @@ async fn countries_come_from_the_maxmind_database() {
         "COUNTRY_NOT_ALLOWED"
     );
 }
+
+/// Issue 13, item 5: behind `TRUSTED_PROXIES=127.0.0.1/32`, a key allowed
+/// only from 198.51.100.0/24, and forwarding headers as real proxies (and
+/// attackers) write them. Each case names what it proves.
+#[tokio::test]
+async fn forwarding_headers_are_read_as_real_proxies_write_them() {
+    let server = Server::start(&[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let http = Client::new();
+    let key = server.create_key("r", &["--ip", "198.51.100.0/24"]);
+    let ok = (StatusCode::OK, String::new());
+    let denied = (StatusCode::FORBIDDEN, "IP_NOT_ALLOWED".to_string());
+    let xff = "X-Forwarded-For";
+    let cases: Vec<Case> = vec![
+        // The bypasses of the report: the proxy's right-most entry decides.
+        (
+            "ip:port hop",
+            &key,
+            vec![(xff, "198.51.100.7, 203.0.113.9:4711")],
+            denied.clone(),
+        ),
+        (
+            "[v6]:port hop",
+            &key,
+            vec![(xff, "198.51.100.7, [2001:db8::9]:4711")],
+            denied.clone(),
+        ),
+        (
+            "unknown hop",
+            &key,
+            vec![(xff, "198.51.100.7, unknown")],
+            denied.clone(),
+        ),
+        (
+            "garbage hop",
+            &key,
+            vec![(xff, "198.51.100.7, not-an-ip")],
+            denied.clone(),
+        ),
+        (
+            "two lines are one list",
+            &key,
+            vec![(xff, "198.51.100.7"), (xff, "203.0.113.9")],
+            denied.clone(),
+        ),
+        (
+            "two lines, the allowed one last",
+            &key,
+            vec![(xff, "203.0.113.9"), (xff, "198.51.100.7:4711")],
+            ok.clone(),
+        ),
+        (
+            "IPv4-mapped IPv6 is IPv4",
+            &key,
+            vec![(xff, "::ffff:198.51.100.5")],
+            ok.clone(),
+        ),
+        // RFC 7239 Forwarded.
+        (
+            "Forwarded",
+            &key,
+            vec![("Forwarded", "for=198.51.100.7;proto=https")],
+            ok.clone(),
+        ),
+        (
+            "Forwarded, quoted with a port",
+            &key,
+            vec![("Forwarded", "for=203.0.113.1, for=\"198.51.100.7:4711\"")],
+            ok.clone(),
+        ),
+        (
+            "Forwarded, client element first",
+            &key,
+            vec![("Forwarded", "for=198.51.100.7, for=\"[2001:db8::9]:4711\"")],
+            denied.clone(),
+        ),
+        (
+            "Forwarded, two lines",
+            &key,
+            vec![
+                ("Forwarded", "for=198.51.100.7"),
+                ("Forwarded", "for=203.0.113.9"),
+            ],
+            denied.clone(),
+        ),
+        (
+            "Forwarded, obfuscated client",
+            &key,
+            vec![("Forwarded", "for=198.51.100.7, for=_hidden")],
+            denied.clone(),
+        ),
+        // Both headers: known only when they agree.
+        (
+            "both headers agree",
+            &key,
+            vec![(xff, "198.51.100.7"), ("Forwarded", "for=198.51.100.7")],
+            ok.clone(),
+        ),
+        (
+            "a client-written Forwarded beside the proxy's X-Forwarded-For",
+            &key,
+            vec![(xff, "203.0.113.9"), ("Forwarded", "for=198.51.100.7")],
+            denied.clone(),
+        ),
+    ];
+    for (name, key, headers, want) in cases {
+        assert_eq!(status(&http, &server, key, &headers).await, want, "{name}");
+    }
+
+    // The audit trail records the resolved client, not the proxy. Entries
+    // are written in batches, so wait for them.
+    let admin = server.create_key("admin", &["--scopes", "read,admin"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ips = loop {
+        let entries = http
+            .get(server.url("/api/v1/audit?action=auth.denied&limit=100"))
+            .header("X-API-Key", &admin)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        let ips: Vec<String> = entries["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["ip"].as_str().map(str::to_owned))
+            .collect();
+        if ips.iter().any(|ip| ip == "2001:db8::9") || std::time::Instant::now() > deadline {
+            break ips;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(ips.iter().any(|ip| ip == "203.0.113.9"), "{ips:?}");
+    assert!(ips.iter().any(|ip| ip == "2001:db8::9"), "{ips:?}");
+    assert!(!ips.iter().any(|ip| ip == "127.0.0.1"), "{ips:?}");
+}

@@ -7,7 +7,7 @@
 
 use std::{path::Path, time::Duration};
 
-use sqlx::{Connection, Executor, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 use syncstore::{
     config::{DatabaseConfig, Secret},
     storage::Db,
@@ -105,6 +105,20 @@ async fn timed<T>(fut: impl std::future::Future<Output = Result<T, sqlx::Error>>
         .map_err(unreachable)
 }
 
+/// An admin connection with statement logging off. Provisioning splices
+/// the store role's password into DDL (which takes no bind parameters), and
+/// sqlx logs every statement at debug and slow ones at warn: with logging
+/// on, `LOG_LEVEL=debug` printed `ALTER ROLE … PASSWORD '…'`. The log
+/// writer masks such literals too, as a second defence.
+async fn admin_connection<C>(admin_url: &str) -> Result<C>
+where
+    C: Connection,
+    C::Options: std::str::FromStr<Err = sqlx::Error>,
+{
+    let options: C::Options = admin_url.parse().map_err(unreachable)?;
+    timed(C::connect_with(&options.disable_statement_logging())).await
+}
+
 async fn role_exists(conn: &mut sqlx::PgConnection, role: &str) -> Result<bool> {
     Ok(sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
         .bind(role)
@@ -135,7 +149,7 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
     }
     match target.engine {
         Engine::Postgres => {
-            let mut conn = timed(sqlx::PgConnection::connect(admin_url)).await?;
+            let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
             let (r, s) = (&target.role, &target.schema);
             let exists = role_exists(&mut conn, r).await?;
             let verb = if exists { "ALTER" } else { "CREATE" };
@@ -165,7 +179,7 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
             let _ = conn.close().await;
         }
         Engine::Mysql => {
-            let mut conn = timed(sqlx::MySqlConnection::connect(admin_url)).await?;
+            let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
             let (r, s) = (&target.role, &target.schema);
             for ddl in [
                 format!(
@@ -189,7 +203,7 @@ pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
     let (r, s) = (&target.role, &target.schema);
     match target.engine {
         Engine::Postgres => {
-            let mut conn = timed(sqlx::PgConnection::connect(admin_url)).await?;
+            let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
             let exists = role_exists(&mut conn, r).await?;
             conn.execute(format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE").as_str())
                 .await
@@ -206,7 +220,7 @@ pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
             let _ = conn.close().await;
         }
         Engine::Mysql => {
-            let mut conn = timed(sqlx::MySqlConnection::connect(admin_url)).await?;
+            let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
             for ddl in [
                 format!("DROP DATABASE IF EXISTS `{s}`"),
                 format!("DROP USER IF EXISTS '{r}'@'%'"),

@@ -71,9 +71,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    // Credentials are masked in every line (API keys by the prefix the
+    // operator generates them with, passwords in SQL and URLs, tokens).
+    let redactor = syncstore::telemetry::Redactor::new(&args.key_prefix, []);
     tracing_subscriber::fmt()
         .json()
-        .with_writer(std::io::stderr)
+        .with_writer(syncstore::telemetry::Redacting::new(
+            std::io::stderr,
+            redactor,
+        ))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
                 .unwrap_or_else(|_| "info,kube=warn,sqlx=warn".into()),

@@ -89,7 +89,8 @@ export class Server {
         RATE_LIMIT_MAX_REQUESTS: '1000000',
         ...this.env,
       },
-      stdio: ['ignore', 'ignore', log],
+      // stdout and stderr both: tests read the log for what must not be there.
+      stdio: ['ignore', log, log],
     });
     this.exited = new Promise((r) => this.proc.on('exit', r));
     await waitFor(async () => {

@@ -1,6 +1,7 @@
 //! Who is calling, and what they may do.
 
 mod api_key;
+pub mod client_addr;
 pub mod geoip;
 pub mod jwks;
 mod jwt;

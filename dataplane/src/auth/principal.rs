@@ -100,12 +100,24 @@ impl Authenticator {
         self
     }
 
-    /// What is known about a caller from its headers and peer address.
+    /// What is known about the caller of a request (REST) or handshake
+    /// (Socket.IO): its client address, country, origin and user agent.
+    ///
+    /// The one place the TCP peer (`ConnectInfo`) is read, so that
+    /// restrictions, sessions, the audit trail and analytics all see the
+    /// same client. A REST request's caller is resolved once by the router's
+    /// middleware and left in the extensions; it is taken from there.
     pub fn caller(
         &self,
         headers: &axum::http::HeaderMap,
-        peer: Option<std::net::IpAddr>,
+        extensions: &axum::http::Extensions,
     ) -> Caller {
+        if let Some(caller) = extensions.get::<Caller>() {
+            return caller.clone();
+        }
+        let peer = extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
         let mut caller = caller_from(
             headers,
             peer,
@@ -322,13 +334,8 @@ impl FromRequestParts<AppState> for Principal {
                     reason: "invalid_authorization_header",
                 })?;
             let principal = state.auth.bearer(token).await.inspect_err(|e| {
-                let peer = parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip());
-                state
-                    .auth
-                    .refused(e, None, &state.auth.caller(&parts.headers, peer));
+                let caller = state.auth.caller(&parts.headers, &parts.extensions);
+                state.auth.refused(e, None, &caller);
             })?;
             return admit(parts, state, principal).await;
         }
@@ -336,11 +343,7 @@ impl FromRequestParts<AppState> for Principal {
             .headers
             .get("x-api-key")
             .map(|v| v.to_str().unwrap_or_default());
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-        let caller = state.auth.caller(&parts.headers, peer);
+        let caller = state.auth.caller(&parts.headers, &parts.extensions);
         let principal = match state.auth.api_key_traced(presented, &caller).await {
             Ok(p) => p,
             Err((e, key_id)) => {

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use regex::Regex;
 
+use super::client_addr;
 use crate::error::ApiError;
 
 /// A key's compiled restrictions. Empty lists restrict nothing.
@@ -67,6 +68,9 @@ impl Restrictions {
                 .map(|p| {
                     p.parse::<IpNet>()
                         .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                        // Client addresses are canonical (IPv4-mapped IPv6
+                        // is IPv4), so the networks they are matched to are too.
+                        .map(client_addr::canonical_net)
                         .map_err(|_| format!("invalid IP or CIDR '{p}'"))
                 })
                 .collect::<Result<_, _>>()?,
@@ -183,33 +187,9 @@ pub fn host_of(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-/// The client IP: the peer, unless the peer is a trusted proxy, in which case
-/// the right-most address of X-Forwarded-For that is not itself trusted.
-pub fn client_ip(
-    peer: Option<IpAddr>,
-    forwarded_for: Option<&str>,
-    trusted: &[IpNet],
-) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted.iter().any(|t| t.contains(&peer)) {
-        return Some(peer);
-    }
-    let Some(xff) = forwarded_for else {
-        return Some(peer);
-    };
-    let hops: Vec<IpAddr> = xff
-        .split(',')
-        .filter_map(|h| h.trim().parse().ok())
-        .collect();
-    hops.iter()
-        .rev()
-        .find(|ip| !trusted.iter().any(|t| t.contains(*ip)))
-        .copied()
-        .or(Some(peer))
-}
-
-/// What a request's headers and peer say about its caller. The country
-/// header is believed only from a trusted proxy, like X-Forwarded-For.
+/// What a request's headers and peer say about its caller. The client
+/// address follows [`client_addr::resolve`]; the country header is believed
+/// only from a trusted proxy, like the forwarding headers.
 pub fn caller_from(
     headers: &axum::http::HeaderMap,
     peer: Option<IpAddr>,
@@ -217,11 +197,11 @@ pub fn caller_from(
     country_header: Option<&str>,
 ) -> Caller {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let from_proxy = peer.is_some_and(|p| trusted.iter().any(|t| t.contains(&p)));
+    let client = client_addr::resolve(peer, headers, trusted);
     Caller {
-        ip: client_ip(peer, header("x-forwarded-for"), trusted),
+        ip: client.ip,
         country: country_header
-            .filter(|_| from_proxy)
+            .filter(|_| client.via_trusted_proxy)
             .and_then(header)
             .map(|c| c.trim().to_ascii_uppercase())
             .filter(|c| !c.is_empty()),
@@ -341,17 +321,28 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    fn the_country_header_is_believed_only_from_a_trusted_proxy() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let peer = "10.0.0.5".parse().ok();
-        let outside = "203.0.113.9".parse().ok();
-        assert_eq!(client_ip(outside, Some("1.2.3.4"), &trusted), outside);
-        assert_eq!(
-            client_ip(peer, Some("1.2.3.4, 10.0.0.7"), &trusted),
-            "1.2.3.4".parse().ok()
-        );
-        assert_eq!(client_ip(peer, None, &trusted), peer);
-        assert_eq!(client_ip(peer, Some("garbage"), &trusted), peer);
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-country", "gb".parse().unwrap());
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        let proxied = caller_from(&h, "10.0.0.5".parse().ok(), &trusted, Some("x-country"));
+        assert_eq!(proxied.country.as_deref(), Some("GB"));
+        assert_eq!(proxied.ip, "203.0.113.9".parse().ok());
+        let direct = caller_from(&h, "198.51.100.1".parse().ok(), &trusted, Some("x-country"));
+        assert_eq!(direct.country, None);
+        assert_eq!(direct.ip, "198.51.100.1".parse().ok());
+    }
+
+    #[test]
+    fn mapped_restrictions_match_canonical_callers() {
+        let caller = Caller {
+            ip: "203.0.113.5".parse().ok(),
+            ..Caller::default()
+        };
+        assert!(r(r#"["::ffff:203.0.113.0/120"]"#, "", "", "")
+            .check(&caller)
+            .is_ok());
     }
 
     proptest! {

@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{app::AppState, error::ApiError, sync::validate_instance_id};
+use crate::{app::AppState, error::ApiError, server::BodyDeadline, sync::validate_instance_id};
 
 /// A JSON body, limited in size by the router's body limit.
 pub struct JsonBody<T>(pub T);
@@ -17,8 +17,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if deadline.is_some_and(|d| d.passed()) {
+                ApiError::RequestTimeout {
+                    limit_ms: state.config.http.body_timeout.as_millis(),
+                }
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge {
                     limit: state.config.limits.max_body_bytes(),
                 }

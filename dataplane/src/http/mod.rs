@@ -194,6 +194,10 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     req.extensions_mut().insert(slot.clone());
     let caller_slot = CallerSlot::default();
     req.extensions_mut().insert(caller_slot.clone());
+    // Who is calling, resolved once for the request: the principal
+    // extractor, the audit trail and the analytics event all take it from here.
+    let caller = state.auth.caller(req.headers(), req.extensions());
+    req.extensions_mut().insert(caller);
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -250,11 +254,7 @@ fn analytics_facts(state: &AppState, req: &Request) -> Option<crate::analytics::
         return None;
     }
     let headers = req.headers();
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let caller = state.auth.caller(headers, peer);
+    let caller = state.auth.caller(headers, req.extensions());
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let item_key = path
         .strip_prefix("/api/v1/sync-storage/item/")

@@ -5,9 +5,8 @@
 //! `{message}` in a connect_error, so the message is itself the JSON text
 //! `{"message": …, "code": …}`: clients `JSON.parse(err.message)`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
-use axum::extract::ConnectInfo;
 use socketioxide::{
     adapter::Adapter,
     extract::{Data, SocketRef, State},
@@ -99,11 +98,7 @@ async fn identify(
     let api_key = auth_field(auth, "apiKey")
         .map(str::to_owned)
         .or_else(|| query_param(query, "apiKey"));
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let caller = app.auth.caller(&parts.headers, peer);
+    let caller = app.auth.caller(&parts.headers, &parts.extensions);
     let principal = match auth_field(auth, "token") {
         Some(token) if api_key.is_none() => app
             .auth
@@ -126,6 +121,8 @@ async fn identify(
             action: "act for this user",
         });
     }
+    // The device record and the session's analytics carry the resolved
+    // client, as REST does, not the proxy that connected.
     let ip = caller.ip.map(|ip| ip.to_string());
     let user_agent = parts
         .headers
