@@ -6,8 +6,10 @@
 // A token socket renews with `sync:auth` without reconnecting.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Server, Redis, Device, uid, waitFor, sleep, PG_URL } from './harness.mjs';
+import { createHmac } from 'node:crypto';
+import { Server, Redis, Device, refusal, uid, waitFor, sleep, PG_URL } from './harness.mjs';
 
+const SECRET = 'js-revocation-access-secret-0123456789ab';
 let redis;
 let a;
 let b;
@@ -18,7 +20,7 @@ before(async () => {
   const env = {
     DATABASE_URL: PG_URL,
     REDIS_URL: redis.url,
-    JWT_SECRET: 'js-revocation-access-secret-0123456789ab',
+    JWT_SECRET: SECRET,
     JWT_REFRESH_SECRET: 'js-revocation-refresh-secret-0123456789',
     JWT_EXPIRES_IN: '3s',
     API_KEY_ROTATION_GRACE_SECONDS: '1',
@@ -152,4 +154,23 @@ test('a token socket ends when its issuing key is deactivated, with issuer_revok
   const reply = await d.call('sync:get', { key: 'k' });
   assert.equal(reply.error?.details?.reason, 'issuer_revoked', JSON.stringify(reply));
   assert.equal(await gone, 'io server disconnect');
+});
+
+/** An HS256 token signed with the server's secret. */
+function hs256(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+}
+
+test('a token whose nbf is ahead is refused at the handshake with token_not_yet_valid', async () => {
+  const user = uid('u');
+  const issuer = a.createKey(uid('backend'), ['--scopes', 'read,write,tokens:issue']);
+  const kid = await keyId(issuer);
+  const now = Math.floor(Date.now() / 1000);
+  const claims = (nbf) => ({ sub: user, iat: now, nbf, exp: now + 3600, jti: uid('j'), typ: 'access', scope: ['read', 'write'], kid });
+  const refused = await refusal(b.url, { query: { userId: user, instanceId: 'nbf' }, auth: { token: hs256(claims(now + 3600)) } });
+  assert.deepEqual([refused.code, refused.details?.reason], ['UNAUTHORIZED', 'token_not_yet_valid']);
+  const ok = await new Device(b.url, { userId: user, instanceId: 'nbf', auth: { token: hs256(claims(now - 60)) } }).ready();
+  ok.close();
 });

@@ -3,7 +3,7 @@
 //! Runs as a socketioxide connect middleware, so a refusal is a
 //! `connect_error` before the namespace is joined. socketioxide sends only
 //! `{message}` in a connect_error, so the message is itself the JSON text
-//! `{"message": …, "code": …}`: clients `JSON.parse(err.message)`.
+//! `{"message": …, "code": …, "details": …}`: clients `JSON.parse(err.message)`.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -41,7 +41,7 @@ pub struct Refusal(ApiError);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let body = serde_json::json!({ "message": self.0.to_string(), "code": self.0.code() });
+        let body = serde_json::json!({ "message": self.0.to_string(), "code": self.0.code(), "details": self.0.details() });
         write!(f, "{body}")
     }
 }

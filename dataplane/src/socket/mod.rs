@@ -96,11 +96,15 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
 }
 
 async fn on_disconnect(
+    s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
     reason: socketioxide::socket::DisconnectReason,
 ) {
     tracing::debug!(sid = %session.sid, %reason, "device disconnected");
+    // The session holds the socket and the socket's extensions hold the
+    // session: a cycle that kept every disconnected device in memory.
+    s.extensions.remove::<Arc<Session>>();
     session.close();
     app.metrics.sockets_connected.dec();
     app.analytics.live().socket_disconnected();
