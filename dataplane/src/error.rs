@@ -59,6 +59,14 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("invalid handshake: {0}")]
     InvalidHandshake(String),
+    /// A text field the database could not store or compare as sent; `code`
+    /// is the edge's own (`INVALID_KEY`, `INVALID_BODY`, …), see `text`.
+    #[error("invalid {field}: {reason}")]
+    InvalidText {
+        code: &'static str,
+        field: String,
+        reason: String,
+    },
     #[error("the request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error(
@@ -84,7 +92,7 @@ impl ApiError {
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::KeyInactive => "KEY_INACTIVE",
             Self::ScopeRequired { .. } => "SCOPE_REQUIRED",
-            Self::Restricted { code, .. } => code,
+            Self::Restricted { code, .. } | Self::InvalidText { code, .. } => code,
             Self::KeyExpired => "KEY_EXPIRED",
             Self::NotFound { .. } | Self::RouteNotFound { .. } => "NOT_FOUND",
             Self::UnknownEvent { .. } => "UNKNOWN_EVENT",
@@ -124,7 +132,8 @@ impl ApiError {
             Self::InvalidKey(_)
             | Self::InvalidBody(_)
             | Self::InvalidQuery(_)
-            | Self::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidHandshake(_)
+            | Self::InvalidText { .. } => StatusCode::BAD_REQUEST,
             Self::ServiceUnavailable | Self::TokensDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,6 +159,7 @@ impl ApiError {
                 json!({ "wouldUse": would_use, "limit": limit })
             }
             Self::PayloadTooLarge { limit } => json!({ "limit": limit }),
+            Self::InvalidText { field, .. } => json!({ "field": field }),
             Self::RateLimited { info, .. } => {
                 json!({ "limit": info.limit, "resetSeconds": info.reset_secs })
             }

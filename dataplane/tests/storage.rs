@@ -551,6 +551,136 @@ async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
     assert_eq!(left, vec![("b".to_string(), 4)]);
 }
 
+/// MariaDB's old `utf8mb4_bin` padded spaces: `alice` and `alice ` were one
+/// tenant, and the keys `a` and `a ` collided (a 500). Every backend now
+/// compares ids and keys byte by byte.
+async fn ids_and_keys_compare_byte_exactly(backend: &str) {
+    use syncstore::storage::{instances, keys as key_rows};
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let alice = unique_user("alice");
+    let padded = format!("{alice} ");
+    for k in ["a", "b", "c"] {
+        put(&svc, &alice, "d", k, &body(json!({"value": k})))
+            .await
+            .unwrap();
+    }
+    put(&svc, &padded, "d", "a", &body(json!({"value": "padded"})))
+        .await
+        .unwrap();
+    assert_eq!(svc.keys(&alice, "").await.unwrap(), vec!["a", "b", "c"]);
+    assert_eq!(svc.keys(&padded, "").await.unwrap(), vec!["a"]);
+    assert_eq!(value_of(&svc.get(&alice, "a").await.unwrap()), json!("a"));
+    assert_eq!(
+        value_of(&svc.get(&padded, "a").await.unwrap()),
+        json!("padded")
+    );
+    // Two sequences, each from 1.
+    assert_eq!(items::heads(&db, &alice).await.unwrap().0, 3);
+    assert_eq!(items::heads(&db, &padded).await.unwrap().0, 1);
+    // Clearing one tenant leaves the other alone.
+    let cleared = svc.clear(&padded, "d").await.unwrap();
+    assert_eq!((cleared.cleared, cleared.last_seq), (1, 2));
+    assert_eq!(svc.keys(&alice, "").await.unwrap().len(), 3);
+    // `a` and `a ` (and ` a`) are three keys.
+    for (k, v) in [("a ", 2), (" a", 3)] {
+        let item = put(&svc, &alice, "d", k, &body(json!({"value": v})))
+            .await
+            .unwrap();
+        assert_eq!((item.key.as_str(), item.version), (k, 1));
+    }
+    assert_eq!(svc.keys(&alice, "a").await.unwrap(), vec!["a", "a "]);
+    assert_eq!(svc.keys(&alice, "a ").await.unwrap(), vec!["a "]);
+    assert_eq!(svc.list(&alice, "").await.unwrap().len(), 5);
+    assert_eq!(value_of(&svc.get(&alice, "a ").await.unwrap()), json!(2));
+    assert_eq!(value_of(&svc.get(&alice, "a").await.unwrap()), json!("a"));
+    // Devices `phone` and `phone ` are two devices.
+    for instance in ["phone", "phone "] {
+        let arrival = instances::Arrival {
+            user_id: &alice,
+            instance_id: instance,
+            pod: "pod-1",
+            ip: None,
+            user_agent: Some("ua\0with NUL"),
+            now: 1000,
+        };
+        instances::arrive(&db, &arrival).await.unwrap();
+    }
+    let devices = instances::list(&db, &alice).await.unwrap();
+    assert_eq!(devices.len(), 2);
+    // A header is recorded, made storable, rather than refused.
+    assert!(devices
+        .iter()
+        .all(|d| d.user_agent.as_deref() == Some("ua\u{fffd}with NUL")));
+    // Keys of one tenant are not the other's.
+    let store = KeyStore::new(db.clone());
+    let new = |user: &str| NewKey {
+        name: "k".into(),
+        user_id: user.into(),
+        scopes: vec![Scope::Read],
+        ..NewKey::default()
+    };
+    store.create(&new(&alice), "sk_").await.unwrap();
+    store.create(&new(&padded), "sk_").await.unwrap();
+    for user in [&alice, &padded] {
+        let listed = key_rows::list(&db, Some(user)).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(&listed[0].user_id, user);
+    }
+}
+
+/// PostgreSQL cannot store NUL in text (the query failed: a 500). Every
+/// text field is refused before any query, naming the field.
+async fn text_the_database_cannot_store_is_refused_naming_the_field(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("nul");
+    for (field, extra) in [
+        ("compressionType", json!({"compressionType": "gz\0ip"})),
+        ("encryptionType", json!({"encryptionType": "\0"})),
+        ("tags", json!({"tags": ["ok", "b\0d"]})),
+    ] {
+        let mut req = json!({"value": 1});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        match put(&svc, &u, "d", "k", &body(req)).await {
+            Err(e) => {
+                assert_eq!((e.code(), e.status().as_u16()), ("INVALID_BODY", 400));
+                assert_eq!(e.details()["field"], field);
+            }
+            Ok(item) => panic!("{field} with NUL was stored: {item:?}"),
+        }
+    }
+    let e = put(&svc, &u, "d", "a\0b", &body(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.details()["field"].as_str()),
+        ("INVALID_KEY", Some("key"))
+    );
+    let e = put(&svc, "u\0", "d", "k", &body(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.details()["field"].as_str()),
+        ("INVALID_BODY", Some("userId"))
+    );
+    let e = put(&svc, &u, "d\0", "k", &body(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.details()["field"], "instanceId");
+    let e = svc.get(&u, "\0").await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_KEY");
+    let e = svc.keys(&u, "p\0").await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.details()["field"].as_str()),
+        ("INVALID_QUERY", Some("prefix"))
+    );
+    // Nothing was written.
+    assert_eq!(items::heads(&db, &u).await.unwrap(), (0, 0));
+}
+
 async fn migrating_twice_is_a_no_op(backend: &str) {
     let (db, _dir) = database(backend).await;
     assert_eq!(db.migrate().await.unwrap(), 0);
@@ -578,5 +708,7 @@ suite!(
     api_keys_are_stored_hashed_and_found,
     device_cursors_and_sessions_are_recorded,
     old_tombstones_are_purged_and_raise_purged_seq,
+    ids_and_keys_compare_byte_exactly,
+    text_the_database_cannot_store_is_refused_naming_the_field,
     migrating_twice_is_a_no_op,
 );

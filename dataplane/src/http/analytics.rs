@@ -9,11 +9,12 @@
 //! default: minute up to 2 hours, hour up to 7 days, day beyond).
 
 use axum::{
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
     Json,
 };
 use serde_json::{json, Value};
 
+use super::extract::PathId;
 use crate::{
     analytics::query::{self, Seen, Window},
     app::AppState,
@@ -229,7 +230,7 @@ fn may_see_user(who: &Principal, user: &str) -> Result<(), ApiError> {
 pub async fn user(
     State(state): State<AppState>,
     who: Principal,
-    Path(user): Path<String>,
+    PathId(user): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_user(&who, &user)?;
@@ -267,7 +268,7 @@ async fn routes_of(
 pub async fn engagement(
     State(state): State<AppState>,
     who: Principal,
-    Path(user): Path<String>,
+    PathId(user): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_user(&who, &user)?;
@@ -306,7 +307,7 @@ pub async fn engagement(
 pub async fn behavior(
     State(state): State<AppState>,
     who: Principal,
-    Path(user): Path<String>,
+    PathId(user): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_user(&who, &user)?;
@@ -355,7 +356,7 @@ async fn visible_key(
 pub async fn api_key(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let key = visible_key(&state, &who, &id).await?;
@@ -381,7 +382,7 @@ pub async fn api_key(
 pub async fn api_key_security(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     visible_key(&state, &who, &id).await?;
@@ -404,7 +405,7 @@ pub async fn api_key_security(
 pub async fn api_key_trends(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     visible_key(&state, &who, &id).await?;
@@ -447,7 +448,7 @@ async fn may_see_instance(state: &AppState, who: &Principal, id: &str) -> Result
 pub async fn instance(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_instance(&state, &who, &id).await?;
@@ -471,7 +472,7 @@ pub async fn instance(
 pub async fn instance_performance(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_instance(&state, &who, &id).await?;
@@ -503,7 +504,7 @@ pub async fn instance_performance(
 pub async fn instance_health(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_instance(&state, &who, &id).await?;

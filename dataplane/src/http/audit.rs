@@ -10,6 +10,7 @@ use crate::{
     auth::{Principal, Scope},
     error::ApiError,
     storage::audit,
+    text,
 };
 
 #[derive(Deserialize)]
@@ -38,6 +39,17 @@ pub async fn list(
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::InvalidQuery("limit is 1 to 1000".into()));
+    }
+    for (field, value) in [
+        ("userId", &p.user_id),
+        ("keyId", &p.key_id),
+        ("action", &p.action),
+        ("target", &p.target),
+        ("cursor", &p.cursor),
+    ] {
+        if let Some(v) = value {
+            text::check(field, v, text::KEY).map_err(text::Invalid::query)?;
+        }
     }
     let filter = audit::Filter {
         actor: p.user_id.as_deref(),

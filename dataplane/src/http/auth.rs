@@ -36,7 +36,7 @@ pub async fn token(
     JsonBody(body): JsonBody<TokenRequest>,
 ) -> Result<Json<Issued>, ApiError> {
     who.require(Scope::TokensIssue)?;
-    validate_user_id(&body.user_id).map_err(ApiError::InvalidBody)?;
+    validate_user_id(&body.user_id).map_err(crate::text::Invalid::body)?;
     let wanted = body
         .scopes
         .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);

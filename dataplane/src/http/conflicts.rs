@@ -1,14 +1,11 @@
 //! `/api/v1/sync-storage/conflicts/*`: history, the review queue, stats,
 //! and resolving a conflict through the normal write path.
 
-use axum::{
-    extract::{Path, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{ItemKey, JsonBody, PathId, QueryParams};
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -16,6 +13,7 @@ use crate::{
     error::ApiError,
     storage::{conflicts, now_ms},
     sync::{json_value, SetRequest, SetStatus},
+    text,
 };
 
 /// Admin keys see every user's conflicts; others only their own.
@@ -75,7 +73,7 @@ pub async fn list(
 pub async fn history(
     State(state): State<AppState>,
     who: Principal,
-    Path(item): Path<String>,
+    ItemKey(item): ItemKey,
 ) -> Result<Json<Vec<conflicts::Conflict>>, ApiError> {
     who.require(Scope::Read)?;
     Ok(Json(
@@ -138,7 +136,7 @@ pub struct Resolve {
 pub async fn resolve(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<Resolve>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::Write)?;
@@ -255,6 +253,7 @@ pub async fn analyze(
             "itemIds must hold 1 to 100 item ids or keys".into(),
         ));
     }
+    text::check_all("itemIds", &body.item_ids, text::KEY).map_err(text::Invalid::body)?;
     let parse = |v: &Option<Box<serde_json::value::RawValue>>| json_value(v.as_deref());
     let mut out = serde_json::Map::new();
     for id in &body.item_ids {

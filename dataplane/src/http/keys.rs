@@ -1,14 +1,10 @@
 //! `/api/v1/api-keys`: key management for keys with `keys:manage`. Such a
 //! key manages its own user's keys; an admin key manages everyone's.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-    Json,
-};
+use axum::{extract::State, http::StatusCode, Json};
 use serde_json::{json, Value};
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathId};
 use crate::{
     app::AppState,
     audit::Entry,
@@ -50,8 +46,9 @@ pub async fn create(
     JsonBody(body): JsonBody<KeyFields>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     who.require(Scope::KeysManage)?;
+    body.check_text()?;
     let user_id = body.user_id.clone().unwrap_or_else(|| who.user_id.clone());
-    validate_user_id(&user_id).map_err(ApiError::InvalidBody)?;
+    validate_user_id(&user_id).map_err(crate::text::Invalid::body)?;
     if user_id != who.user_id && !who.key.allows(Scope::Admin) {
         return Err(ApiError::Forbidden {
             action: "manage another user's keys",
@@ -120,7 +117,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(load(&state, &who, &id).await?))
 }
@@ -130,7 +127,7 @@ pub async fn get(
 pub async fn patch(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<KeyFields>,
 ) -> Result<Json<KeyView>, ApiError> {
     let mut view = load(&state, &who, &id).await?;
@@ -158,7 +155,7 @@ pub async fn patch(
 pub async fn delete(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     let view = load(&state, &who, &id).await?;
     keys::delete(state.sync.db(), &id).await?;
@@ -173,7 +170,7 @@ pub async fn delete(
 pub async fn rotate(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let old = load(&state, &who, &id).await?;
     let (view, key, old_expires_at) = state

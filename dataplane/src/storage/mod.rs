@@ -331,8 +331,8 @@ impl RowExt for AnyRow {
             .ok_or_else(|| sqlx::Error::Decode("unexpected NULL in a text column".into()))
     }
 
-    /// MySQL reports text in a binary collation (our `utf8mb4_bin`, chosen
-    /// for case-sensitive keys) as BLOB, so bytes are accepted as UTF-8.
+    /// MySQL reports text in a binary collation (ours, `utf8mb4_nopad_bin`, chosen
+    /// for byte-exact keys and ids) as BLOB, so bytes are accepted as UTF-8.
     fn opt_str<I: sqlx::ColumnIndex<AnyRow> + Copy>(
         &self,
         col: I,

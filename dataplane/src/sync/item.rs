@@ -3,12 +3,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
-
-/// Longest key, in bytes of UTF-8.
-pub const MAX_KEY_BYTES: usize = 256;
-/// Longest user or instance id, in bytes of UTF-8.
-pub const MAX_ID_BYTES: usize = 255;
+use crate::{error::ApiError, text};
 
 /// A stored item, in the seed's SyncStorageItem shape plus `seq`.
 ///
@@ -193,18 +188,17 @@ impl SetRequest {
             }
         }
         if let Some(tags) = &self.tags {
-            if tags.len() > 64 || tags.iter().any(|t| t.len() > 128) {
-                return Err(ApiError::InvalidBody(
-                    "at most 64 tags of at most 128 bytes".into(),
-                ));
+            if tags.len() > 64 {
+                return Err(text::Invalid::new("tags", "holds at most 64 tags").body());
             }
+            text::check_all("tags", tags, text::TAG).map_err(text::Invalid::body)?;
         }
         for (name, v) in [
             ("compressionType", &self.compression_type),
             ("encryptionType", &self.encryption_type),
         ] {
-            if v.as_ref().is_some_and(|v| v.len() > 64) {
-                return Err(ApiError::InvalidBody(format!("{name} is at most 64 bytes")));
+            if let Some(v) = v {
+                text::check(name, v, text::LABEL).map_err(text::Invalid::body)?;
             }
         }
         Ok(())
@@ -241,39 +235,24 @@ impl SetRequest {
     }
 }
 
-fn check_text(what: &str, s: &str, max: usize, allow_empty: bool) -> Result<(), String> {
-    if s.is_empty() && !allow_empty {
-        return Err(format!("{what} must not be empty"));
-    }
-    if s.len() > max {
-        return Err(format!(
-            "{what} is {} bytes, over the limit of {max}",
-            s.len()
-        ));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(format!("{what} must not contain control characters"));
-    }
-    Ok(())
-}
-
 /// A key is 1–256 bytes of UTF-8 with no control characters.
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
-    check_text("key", key, MAX_KEY_BYTES, false).map_err(ApiError::InvalidKey)
+    text::check("key", key, text::KEY).map_err(text::Invalid::key)
 }
 
 /// A prefix obeys the key rules but may be empty.
 pub fn validate_prefix(prefix: &str) -> Result<(), ApiError> {
-    check_text("prefix", prefix, MAX_KEY_BYTES, true).map_err(ApiError::InvalidQuery)
+    text::check("prefix", prefix, text::PREFIX).map_err(text::Invalid::query)
 }
 
-/// User and instance ids: 1–255 bytes, no control characters.
-pub fn validate_user_id(id: &str) -> Result<(), String> {
-    check_text("user id", id, MAX_ID_BYTES, false)
+/// User ids: 1–255 bytes, no control characters, compared byte-exactly.
+pub fn validate_user_id(id: &str) -> Result<(), text::Invalid> {
+    text::check("userId", id, text::ID)
 }
 
-pub fn validate_instance_id(id: &str) -> Result<(), String> {
-    check_text("instance id", id, MAX_ID_BYTES, false)
+/// Instance (device) ids: as user ids.
+pub fn validate_instance_id(id: &str) -> Result<(), text::Invalid> {
+    text::check("instanceId", id, text::ID)
 }
 
 /// `prefix` as a LIKE pattern that matches only itself, then anything:

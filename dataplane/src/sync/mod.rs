@@ -299,6 +299,10 @@ impl SyncService {
         instance_id: &str,
         command: &Command,
     ) -> Result<Outcome, ApiError> {
+        // Every caller validated these already; the one write path checks
+        // again so that no text a database cannot store reaches a query.
+        validate_user_id(user_id).map_err(crate::text::Invalid::body)?;
+        validate_instance_id(instance_id).map_err(crate::text::Invalid::body)?;
         if let Some(key) = command.key() {
             validate_key(key)?;
         }
