@@ -222,6 +222,11 @@ async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String
         ("/api/v1/audit?userId=u%00", "INVALID_QUERY", "userId"),
         ("/api/v1/analytics/users/u%00", "INVALID_QUERY", "user"),
         ("/api/v1/analytics/instances/i%00", "INVALID_QUERY", "id"),
+        (
+            "/api/v1/analytics/instances/i?userId=u%00",
+            "INVALID_QUERY",
+            "userId",
+        ),
     ] {
         let got = api.call(Method::GET, path, &key, None).await;
         assert_refused(&got, code, field);

@@ -255,20 +255,6 @@ pub fn validate_instance_id(id: &str) -> Result<(), text::Invalid> {
     text::check("instanceId", id, text::ID)
 }
 
-/// `prefix` as a LIKE pattern that matches only itself, then anything:
-/// `!` escapes `%`, `_` and itself (a backslash would need doubling on MySQL).
-pub fn like_prefix_pattern(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + 2);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '!') {
-            out.push('!');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -294,7 +280,6 @@ mod tests {
     }
 
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn keys_are_bounded_and_printable() {
@@ -308,13 +293,6 @@ mod tests {
         // 128 two-byte characters are 256 bytes; 129 are too many.
         assert!(validate_key(&"é".repeat(128)).is_ok());
         assert!(validate_key(&"é".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn like_wildcards_in_a_prefix_are_literal() {
-        assert_eq!(like_prefix_pattern("a%"), "a!%%");
-        assert_eq!(like_prefix_pattern("a_b!"), "a!_b!!%");
-        assert_eq!(like_prefix_pattern(""), "%");
     }
 
     #[test]
@@ -338,23 +316,5 @@ mod tests {
             2000
         );
         assert!(Ttl::At("tomorrow".into()).expires_at(0).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn escaped_pattern_round_trips(prefix in "[a-z%_!]{0,12}") {
-            // Unescaping the pattern (minus the final %) gives the prefix back.
-            let pat = like_prefix_pattern(&prefix);
-            let body = &pat[..pat.len() - 1];
-            let mut out = String::new();
-            let mut esc = false;
-            for c in body.chars() {
-                if !esc && c == '!' { esc = true; continue; }
-                prop_assert!(esc || !matches!(c, '%' | '_'));
-                esc = false;
-                out.push(c);
-            }
-            prop_assert_eq!(out, prefix);
-        }
     }
 }

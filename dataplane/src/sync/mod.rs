@@ -13,8 +13,8 @@ use std::{future::Future, sync::Arc};
 
 pub use change::Change;
 pub use item::{
-    json_value, like_prefix_pattern, validate_instance_id, validate_key, validate_prefix,
-    validate_user_id, Item, SetRequest, Ttl,
+    json_value, validate_instance_id, validate_key, validate_prefix, validate_user_id, Item,
+    SetRequest, Ttl,
 };
 use plan::WriteCtx;
 pub use plan::{Assist, Command, SetStatus};
