@@ -229,24 +229,7 @@ impl From<sqlx::Error> for ApiError {
     /// mean the database is down or overloaded (503, retryable); anything
     /// else is our bug (500, logged).
     fn from(err: sqlx::Error) -> Self {
-        let unavailable = match &err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
-            // PostgreSQL admin_shutdown, crash_shutdown, cannot_connect_now,
-            // too_many_connections.
-            sqlx::Error::Database(db) => {
-                crate::storage::is_retryable(&err)
-                    || matches!(
-                        db.code().as_deref(),
-                        Some("57P01" | "57P02" | "57P03" | "53300")
-                    )
-            }
-            _ => false,
-        };
-        if unavailable {
+        if crate::storage::is_unavailable(&err) {
             Self::ServiceUnavailable
         } else {
             Self::Internal(err.to_string())

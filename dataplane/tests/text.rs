@@ -220,6 +220,7 @@ async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String
             "item",
         ),
         ("/api/v1/audit?userId=u%00", "INVALID_QUERY", "userId"),
+        ("/api/v1/audit?requestId=r%00", "INVALID_QUERY", "requestId"),
         ("/api/v1/analytics/users/u%00", "INVALID_QUERY", "user"),
         ("/api/v1/analytics/instances/i%00", "INVALID_QUERY", "id"),
         (

@@ -47,14 +47,17 @@ pub async fn token(
         .tokens()?
         .issue(&body.user_id, &scopes, &who.key.id)
         .await?;
-    state.audit.record(Entry {
-        actor: who.user_id.clone(),
-        key_id: Some(who.key.id.clone()),
-        action: "token.issue",
-        target: Some(body.user_id.clone()),
-        result: "ok".into(),
-        ..Default::default()
-    });
+    state
+        .audit
+        .record(Entry {
+            actor: who.user_id.clone(),
+            key_id: Some(who.key.id.clone()),
+            action: "token.issue",
+            target: Some(body.user_id.clone()),
+            result: "ok".into(),
+            ..Default::default()
+        })
+        .await;
     Ok(Json(issued))
 }
 

@@ -5,7 +5,7 @@ use axum::{extract::State, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{ItemKey, JsonBody, PathId, QueryParams};
+use super::extract::{ItemKey, JsonBody, PathId, QueryParams, Requester};
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -136,6 +136,7 @@ pub struct Resolve {
 pub async fn resolve(
     State(state): State<AppState>,
     who: Principal,
+    from: Requester,
     PathId(id): PathId,
     JsonBody(body): JsonBody<Resolve>,
 ) -> Result<Json<Value>, ApiError> {
@@ -194,12 +195,13 @@ pub async fn resolve(
     };
     let request: SetRequest = serde_json::from_value(json!({ "value": value }))
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let source = from.source(&who);
     let reply = state
         .sync
         .set(
             &conflict.user_id,
             "conflict-resolver",
-            None,
+            &source,
             &conflict.key,
             &request,
         )
@@ -218,15 +220,20 @@ pub async fn resolve(
         now_ms(),
     )
     .await?;
-    state.audit.record(crate::audit::Entry {
-        actor: who.user_id.clone(),
-        key_id: Some(who.key.id.clone()),
-        action: "conflict.resolve",
-        target: Some(id.clone()),
-        result: strategy.as_str().into(),
-        details: Some(json!({ "key": conflict.key, "seq": reply.item.seq })),
-        ..Default::default()
-    });
+    state
+        .audit
+        .record(crate::audit::Entry {
+            actor: who.user_id.clone(),
+            key_id: source.key_id.clone(),
+            action: "conflict.resolve",
+            target: Some(id.clone()),
+            ip: source.ip.clone(),
+            result: strategy.as_str().into(),
+            request_id: source.request_id.clone(),
+            details: Some(json!({ "key": conflict.key, "seq": reply.item.seq })),
+            ..Default::default()
+        })
+        .await;
     Ok(Json(
         json!({ "status": "resolved", "conflictId": id, "item": reply.item }),
     ))

@@ -151,3 +151,44 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
             .map_err(|e| ApiError::InvalidQuery(e.body_text()))
     }
 }
+
+/// Where a REST request comes from, for the audit entries of what it
+/// changes: the client address as the authenticator resolves it (the same
+/// resolver that key restrictions use) and the request's `X-Request-Id`.
+pub struct Requester {
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Requester {
+    /// The audit source of a write made by `who` in this request.
+    pub fn source(self, who: &crate::auth::Principal) -> crate::audit::Source {
+        crate::audit::Source {
+            key_id: Some(who.key.id.clone()),
+            ip: self.ip,
+            request_id: self.request_id,
+            socket: None,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Requester {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = state.auth.caller(&parts.headers, peer).ip;
+        let request_id = parts
+            .headers
+            .get(crate::http::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Requester {
+            ip: ip.map(|ip| ip.to_string()),
+            request_id,
+        })
+    }
+}

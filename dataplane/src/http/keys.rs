@@ -18,15 +18,20 @@ fn owner_scope(who: &Principal) -> Option<&str> {
     (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
 }
 
-fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
-    state.audit.record(Entry {
-        actor: who.user_id.clone(),
-        key_id: Some(who.key.id.clone()),
-        action,
-        target: Some(id.to_string()),
-        result: "ok".into(),
-        ..Default::default()
-    });
+/// Waits for the trail's queue if it is full: key management is never
+/// dropped from the audit trail.
+async fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
+    state
+        .audit
+        .record(Entry {
+            actor: who.user_id.clone(),
+            key_id: Some(who.key.id.clone()),
+            action,
+            target: Some(id.to_string()),
+            result: "ok".into(),
+            ..Default::default()
+        })
+        .await;
 }
 
 async fn load(state: &AppState, who: &Principal, id: &str) -> Result<KeyView, ApiError> {
@@ -96,7 +101,7 @@ pub async fn create(
         .ok_or_else(|| ApiError::Internal("key vanished".into()))?;
     settings.apply(&mut view)?;
     keys::update(state.sync.db(), &view).await?;
-    audit(&state, &who, "api_key.create", &record.id);
+    audit(&state, &who, "api_key.create", &record.id).await;
     let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     out["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(out)))
@@ -146,7 +151,7 @@ pub async fn patch(
     body.apply(&mut view)?;
     keys::update(state.sync.db(), &view).await?;
     state.auth.keys().forget(&view.key_hash);
-    audit(&state, &who, "api_key.update", &id);
+    audit(&state, &who, "api_key.update", &id).await;
     Ok(Json(view))
 }
 
@@ -160,7 +165,7 @@ pub async fn delete(
     let view = load(&state, &who, &id).await?;
     keys::delete(state.sync.db(), &id).await?;
     state.auth.keys().forget(&view.key_hash);
-    audit(&state, &who, "api_key.delete", &id);
+    audit(&state, &who, "api_key.delete", &id).await;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }
 
@@ -182,7 +187,7 @@ pub async fn rotate(
             state.config.api_keys.rotation_grace,
         )
         .await?;
-    audit(&state, &who, "api_key.rotate", &id);
+    audit(&state, &who, "api_key.rotate", &id).await;
     let mut out = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     out["key"] = json!(key);
     out["previousKeyExpiresAt"] = json!(old_expires_at);

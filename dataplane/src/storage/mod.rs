@@ -392,6 +392,28 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Whether the database is down, overloaded or lost a lock race, rather
+/// than refusing what was asked: worth answering 503 (and retrying).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL admin_shutdown, crash_shutdown, cannot_connect_now,
+        // too_many_connections.
+        sqlx::Error::Database(db) => {
+            is_retryable(err)
+                || matches!(
+                    db.code().as_deref(),
+                    Some("57P01" | "57P02" | "57P03" | "53300")
+                )
+        }
+        _ => false,
+    }
+}
+
 /// Whether a failed transaction is worth running again: it lost a deadlock,
 /// a serialization check or a busy lock, and nothing it did was kept.
 pub fn is_retryable(err: &sqlx::Error) -> bool {
