@@ -245,6 +245,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     usage.abort();
     state.limiter.usage().flush(state.sync.db()).await;
     state.analytics.flush().await;
+    state.audit.flush(std::time::Duration::from_secs(5)).await;
     state.sync.db().close().await;
     tracing::info!("syncstore stopped");
     Ok(())

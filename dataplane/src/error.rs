@@ -63,6 +63,14 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("invalid handshake: {0}")]
     InvalidHandshake(String),
+    /// A text field the database could not store or compare as sent; `code`
+    /// is the edge's own (`INVALID_KEY`, `INVALID_BODY`, …), see `text`.
+    #[error("invalid {field}: {reason}")]
+    InvalidText {
+        code: &'static str,
+        field: String,
+        reason: String,
+    },
     #[error("the request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive within {limit_ms} ms")]
@@ -90,7 +98,7 @@ impl ApiError {
             Self::Forbidden { .. } | Self::ExceedsCaller { .. } => "FORBIDDEN",
             Self::KeyInactive => "KEY_INACTIVE",
             Self::ScopeRequired { .. } => "SCOPE_REQUIRED",
-            Self::Restricted { code, .. } => code,
+            Self::Restricted { code, .. } | Self::InvalidText { code, .. } => code,
             Self::KeyExpired => "KEY_EXPIRED",
             Self::NotFound { .. } | Self::RouteNotFound { .. } => "NOT_FOUND",
             Self::UnknownEvent { .. } => "UNKNOWN_EVENT",
@@ -133,7 +141,8 @@ impl ApiError {
             Self::InvalidKey(_)
             | Self::InvalidBody(_)
             | Self::InvalidQuery(_)
-            | Self::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidHandshake(_)
+            | Self::InvalidText { .. } => StatusCode::BAD_REQUEST,
             Self::ServiceUnavailable | Self::TokensDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -163,6 +172,7 @@ impl ApiError {
             }
             Self::PayloadTooLarge { limit } => json!({ "limit": limit }),
             Self::RequestTimeout { limit_ms } => json!({ "limitMs": limit_ms }),
+            Self::InvalidText { field, .. } => json!({ "field": field }),
             Self::RateLimited { info, .. } => {
                 json!({ "limit": info.limit, "resetSeconds": info.reset_secs })
             }
@@ -239,24 +249,7 @@ impl From<sqlx::Error> for ApiError {
     /// mean the database is down or overloaded (503, retryable); anything
     /// else is our bug (500, logged).
     fn from(err: sqlx::Error) -> Self {
-        let unavailable = match &err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
-            // PostgreSQL admin_shutdown, crash_shutdown, cannot_connect_now,
-            // too_many_connections.
-            sqlx::Error::Database(db) => {
-                crate::storage::is_retryable(&err)
-                    || matches!(
-                        db.code().as_deref(),
-                        Some("57P01" | "57P02" | "57P03" | "53300")
-                    )
-            }
-            _ => false,
-        };
-        if unavailable {
+        if crate::storage::is_unavailable(&err) {
             Self::ServiceUnavailable
         } else {
             Self::Internal(err.to_string())

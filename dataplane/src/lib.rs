@@ -20,3 +20,4 @@ pub mod socket;
 pub mod storage;
 pub mod sync;
 pub mod telemetry;
+pub mod text;

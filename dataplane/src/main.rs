@@ -269,6 +269,9 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
                 ]
                 .map(|q| q.map(i64::from)),
             };
+            if let Err(e) = new.check_text() {
+                return fail("key", e);
+            }
             if let Err(e) = new.restrictions() {
                 return fail("restrictions", e);
             }

@@ -192,7 +192,10 @@ impl Metrics {
             )?,
             audit_dropped: reg(
                 &r,
-                IntCounter::new("audit_dropped_total", "Audit entries dropped (queue full)")?,
+                IntCounter::new(
+                    "audit_dropped_total",
+                    "Audit entries the database refused for good",
+                )?,
             )?,
             analytics_events: reg(
                 &r,

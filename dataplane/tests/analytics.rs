@@ -303,7 +303,13 @@ async fn embedded_analytics_are_exact_and_scoped() {
         get(&format!("{base}/api-keys/{bob_id}"), &admin).await.0,
         200
     );
-    assert_eq!(get(&format!("{base}/instances/laptop"), &bob).await.0, 404);
+    // Devices are per user: bob's `laptop` is his own, never alice's.
+    let laptop = until(&format!("{base}/instances/laptop"), &bob, 10, |b| {
+        b["totals"]["requests"] == 1
+    })
+    .await;
+    assert_eq!(laptop["userId"], "bob");
+    assert_eq!(get(&format!("{base}/instances/desktop"), &bob).await.0, 404);
 
     // Bad parameters are clear errors, never 500s.
     let (status, body) = get(&format!("{base}/users/alice?granularity=fortnight"), &admin).await;

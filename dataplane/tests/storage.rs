@@ -8,6 +8,7 @@ use std::sync::Arc;
 use common::{database, limits, unique_user};
 use serde_json::{json, Value};
 use syncstore::{
+    audit::Source,
     auth::{KeyStore, NewKey, Scope},
     config::Limits,
     conflict::Strategy,
@@ -40,7 +41,7 @@ async fn put(
     req: &SetRequest,
 ) -> Result<Item, ApiError> {
     Ok(svc
-        .set(user, instance, None, key, req)
+        .set(user, instance, &Source::default(), key, req)
         .await?
         .won(req.version)?
         .item)
@@ -163,7 +164,7 @@ async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
     put(&svc, &u, "a", "y", &body(json!({"value": "world"})))
         .await
         .unwrap();
-    let removed = svc.remove(&u, "a", "x").await.unwrap();
+    let removed = svc.remove(&u, "a", &Source::default(), "x").await.unwrap();
     assert_eq!((removed.seq, removed.version), (3, 2));
     assert!(matches!(
         svc.get(&u, "x").await,
@@ -171,7 +172,7 @@ async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
     ));
     assert_eq!(svc.keys(&u, "").await.unwrap(), vec!["y".to_string()]);
     assert!(matches!(
-        svc.remove(&u, "a", "x").await,
+        svc.remove(&u, "a", &Source::default(), "x").await,
         Err(ApiError::NotFound { .. })
     ));
     // The change stream still carries the removal, in seq order.
@@ -197,8 +198,8 @@ async fn clear_removes_everything_with_one_seq_each(backend: &str) {
             .await
             .unwrap();
     }
-    svc.remove(&u, "d", "b").await.unwrap();
-    let cleared = svc.clear(&u, "d").await.unwrap();
+    svc.remove(&u, "d", &Source::default(), "b").await.unwrap();
+    let cleared = svc.clear(&u, "d", &Source::default()).await.unwrap();
     assert_eq!((cleared.cleared, cleared.last_seq), (2, 6));
     assert!(svc.list(&u, "").await.unwrap().is_empty());
     let state = items::user_state(&db, &u).await.unwrap().unwrap();
@@ -292,7 +293,7 @@ async fn storage_quota_counts_live_bytes_only(backend: &str) {
         }) => {}
         other => panic!("expected ITEM_TOO_LARGE, got {other:?}"),
     }
-    svc.remove(&u, "d", "a").await.unwrap();
+    svc.remove(&u, "d", &Source::default(), "a").await.unwrap();
     put(&svc, &u, "d", "d", &body(v80)).await.unwrap();
     put(&svc, &u, "d", "b", &body(json!({"value": 1})))
         .await
@@ -565,10 +566,10 @@ async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
     put(&svc, &u, "d", "b", &body(json!({"value": 2})))
         .await
         .unwrap();
-    svc.remove(&u, "d", "a").await.unwrap();
+    svc.remove(&u, "d", &Source::default(), "a").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let cutoff = syncstore::storage::now_ms();
-    svc.remove(&u, "d", "b").await.unwrap(); // newer than the cutoff: kept
+    svc.remove(&u, "d", &Source::default(), "b").await.unwrap(); // newer than the cutoff: kept
     items::purge_tombstones(&db, cutoff, 1000).await.unwrap();
     assert_eq!(items::heads(&db, &u).await.unwrap(), (4, 3));
     let left: Vec<(String, i64)> = items::changes_since(&db, &u, 0)
@@ -578,6 +579,147 @@ async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
         .map(|i| (i.key, i.seq))
         .collect();
     assert_eq!(left, vec![("b".to_string(), 4)]);
+}
+
+/// MariaDB's old `utf8mb4_bin` padded spaces: `alice` and `alice ` were one
+/// tenant, and the keys `a` and `a ` collided (a 500). Every backend now
+/// compares ids and keys byte by byte.
+async fn ids_and_keys_compare_byte_exactly(backend: &str) {
+    use syncstore::storage::{instances, keys as key_rows};
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let alice = unique_user("alice");
+    let padded = format!("{alice} ");
+    for k in ["a", "b", "c"] {
+        put(&svc, &alice, "d", k, &body(json!({"value": k})))
+            .await
+            .unwrap();
+    }
+    put(&svc, &padded, "d", "a", &body(json!({"value": "padded"})))
+        .await
+        .unwrap();
+    assert_eq!(svc.keys(&alice, "").await.unwrap(), vec!["a", "b", "c"]);
+    assert_eq!(svc.keys(&padded, "").await.unwrap(), vec!["a"]);
+    assert_eq!(value_of(&svc.get(&alice, "a").await.unwrap()), json!("a"));
+    assert_eq!(
+        value_of(&svc.get(&padded, "a").await.unwrap()),
+        json!("padded")
+    );
+    // Two sequences, each from 1.
+    assert_eq!(items::heads(&db, &alice).await.unwrap().0, 3);
+    assert_eq!(items::heads(&db, &padded).await.unwrap().0, 1);
+    // Clearing one tenant leaves the other alone.
+    let cleared = svc.clear(&padded, "d", &Source::default()).await.unwrap();
+    assert_eq!((cleared.cleared, cleared.last_seq), (1, 2));
+    assert_eq!(svc.keys(&alice, "").await.unwrap().len(), 3);
+    // `a` and `a ` (and ` a`) are three keys.
+    for (k, v) in [("a ", 2), (" a", 3)] {
+        let item = put(&svc, &alice, "d", k, &body(json!({"value": v})))
+            .await
+            .unwrap();
+        assert_eq!((item.key.as_str(), item.version), (k, 1));
+    }
+    assert_eq!(svc.keys(&alice, "a").await.unwrap(), vec!["a", "a "]);
+    assert_eq!(svc.keys(&alice, "a ").await.unwrap(), vec!["a "]);
+    assert_eq!(svc.list(&alice, "").await.unwrap().len(), 5);
+    assert_eq!(value_of(&svc.get(&alice, "a ").await.unwrap()), json!(2));
+    assert_eq!(value_of(&svc.get(&alice, "a").await.unwrap()), json!("a"));
+    // Devices `phone` and `phone ` are two devices.
+    for instance in ["phone", "phone "] {
+        let arrival = instances::Arrival {
+            user_id: &alice,
+            instance_id: instance,
+            pod: "pod-1",
+            ip: None,
+            user_agent: Some("ua\0with NUL"),
+            now: 1000,
+        };
+        instances::arrive(&db, &arrival).await.unwrap();
+    }
+    let devices = instances::list(&db, &alice).await.unwrap();
+    assert_eq!(devices.len(), 2);
+    // A header is recorded, made storable, rather than refused.
+    assert!(devices
+        .iter()
+        .all(|d| d.user_agent.as_deref() == Some("ua\u{fffd}with NUL")));
+    // Keys of one tenant are not the other's.
+    let store = KeyStore::new(db.clone());
+    let new = |user: &str| NewKey {
+        name: "k".into(),
+        user_id: user.into(),
+        scopes: vec![Scope::Read],
+        ..NewKey::default()
+    };
+    let service = syncstore::keys::Keys::new(
+        db.clone(),
+        store,
+        "sk_".into(),
+        std::time::Duration::from_secs(60),
+    );
+    let owner = syncstore::auth::policy::Authority::Owner;
+    for user in [&alice, &padded] {
+        service
+            .create(owner, &new(user), Default::default())
+            .await
+            .unwrap();
+    }
+    for user in [&alice, &padded] {
+        let listed = key_rows::list(&db, Some(user)).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(&listed[0].user_id, user);
+    }
+}
+
+/// PostgreSQL cannot store NUL in text (the query failed: a 500). Every
+/// text field is refused before any query, naming the field.
+async fn text_the_database_cannot_store_is_refused_naming_the_field(backend: &str) {
+    let (db, _dir) = database(backend).await;
+    let svc = service(&db, limits());
+    let u = unique_user("nul");
+    for (field, extra) in [
+        ("compressionType", json!({"compressionType": "gz\0ip"})),
+        ("encryptionType", json!({"encryptionType": "\0"})),
+        ("tags", json!({"tags": ["ok", "b\0d"]})),
+    ] {
+        let mut req = json!({"value": 1});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        match put(&svc, &u, "d", "k", &body(req)).await {
+            Err(e) => {
+                assert_eq!((e.code(), e.status().as_u16()), ("INVALID_BODY", 400));
+                assert_eq!(e.details()["field"], field);
+            }
+            Ok(item) => panic!("{field} with NUL was stored: {item:?}"),
+        }
+    }
+    let e = put(&svc, &u, "d", "a\0b", &body(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.details()["field"].as_str()),
+        ("INVALID_KEY", Some("key"))
+    );
+    let e = put(&svc, "u\0", "d", "k", &body(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.details()["field"].as_str()),
+        ("INVALID_BODY", Some("userId"))
+    );
+    let e = put(&svc, &u, "d\0", "k", &body(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.details()["field"], "instanceId");
+    let e = svc.get(&u, "\0").await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_KEY");
+    let e = svc.keys(&u, "p\0").await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.details()["field"].as_str()),
+        ("INVALID_QUERY", Some("prefix"))
+    );
+    // Nothing was written.
+    assert_eq!(items::heads(&db, &u).await.unwrap(), (0, 0));
 }
 
 async fn migrating_twice_is_a_no_op(backend: &str) {
@@ -607,5 +749,7 @@ suite!(
     api_keys_are_stored_hashed_and_found,
     device_cursors_and_sessions_are_recorded,
     old_tombstones_are_purged_and_raise_purged_seq,
+    ids_and_keys_compare_byte_exactly,
+    text_the_database_cannot_store_is_refused_naming_the_field,
     migrating_twice_is_a_no_op,
 );

@@ -130,6 +130,8 @@ pub fn desired(key: &ApiKey) -> Result<NewKey> {
             s.quotas.per_month,
         ],
     };
+    new.check_text()
+        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
     new.restrictions().map_err(Error::InvalidSpec)?;
     Ok(new)
 }

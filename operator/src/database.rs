@@ -183,7 +183,7 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
             let (r, s) = (&target.role, &target.schema);
             for ddl in [
                 format!(
-                    "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                    "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
                 ),
                 format!("CREATE USER IF NOT EXISTS '{r}'@'%' IDENTIFIED BY '{password}'"),
                 format!("ALTER USER '{r}'@'%' IDENTIFIED BY '{password}'"),

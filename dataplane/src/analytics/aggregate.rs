@@ -22,6 +22,12 @@ pub struct RollKey {
     pub granularity: &'static str,
     pub dim: &'static str,
     pub subject: String,
+    /// The user the subject belongs to (`user_id`): set for the per-user
+    /// dimensions (user, user_route, instance, instance_route), empty for
+    /// those that span users (all, route, key). Devices are per user: two
+    /// users' devices named alike (say `rest`, every REST call's default)
+    /// are two subjects, and a user is only ever shown its own.
+    pub owner: String,
     pub bucket: i64,
 }
 
@@ -45,17 +51,28 @@ pub struct Delta {
     pub user_days: BTreeSet<(String, i64)>,
     /// user → (first seen, last seen).
     pub users: BTreeMap<String, (i64, i64)>,
-    pub instances: BTreeMap<String, (i64, i64)>,
+    /// (instance, user) → (first seen, last seen).
+    pub instances: BTreeMap<(String, String), (i64, i64)>,
     pub events: usize,
 }
 
 /// Longest subject or value stored (the columns are VARCHAR(255)).
+const MAX_CHARS: usize = 255;
+
+/// One value of an event as stored: storable text (events carry what
+/// clients sent, e.g. a refused request's raw key or `X-Instance-Id`, and
+/// one NUL used to fail the whole batch on PostgreSQL), within the column.
 fn clip(s: &str) -> String {
-    s.chars().take(255).collect()
+    crate::text::sanitize(s, MAX_CHARS)
 }
 
-fn see(map: &mut BTreeMap<String, (i64, i64)>, who: &str, ts: i64) {
-    let e = map.entry(clip(who)).or_insert((ts, ts));
+/// A compound subject of two clipped parts, within the column.
+fn compound(a: &str, b: &str) -> String {
+    format!("{a}{SEP}{b}").chars().take(MAX_CHARS).collect()
+}
+
+fn see<K: Ord>(map: &mut BTreeMap<K, (i64, i64)>, who: K, ts: i64) {
+    let e = map.entry(who).or_insert((ts, ts));
     e.0 = e.0.min(ts);
     e.1 = e.1.max(ts);
 }
@@ -71,18 +88,23 @@ impl Delta {
         let user = e.user_id.as_deref().map(clip);
         let key = e.api_key_id.as_deref().map(clip);
         let instance = e.instance_id.as_deref().map(clip);
-        let mut dims: Vec<(&'static str, String, bool)> =
-            vec![("all", String::new(), true), ("route", route.clone(), true)];
+        // An event without a user (a refused request) owns nothing.
+        let owner = user.clone().unwrap_or_default();
+        // (dimension, subject, owner, with a latency histogram)
+        let mut dims: Vec<(&'static str, String, String, bool)> = vec![
+            ("all", String::new(), String::new(), true),
+            ("route", route.clone(), String::new(), true),
+        ];
         if let Some(u) = &user {
-            dims.push(("user", u.clone(), false));
-            dims.push(("user_route", clip(&format!("{u}{SEP}{route}")), false));
+            dims.push(("user", u.clone(), u.clone(), false));
+            dims.push(("user_route", compound(u, &route), u.clone(), false));
         }
         if let Some(k) = &key {
-            dims.push(("key", k.clone(), true));
+            dims.push(("key", k.clone(), String::new(), true));
         }
         if let Some(i) = &instance {
-            dims.push(("instance", i.clone(), true));
-            dims.push(("instance_route", clip(&format!("{i}{SEP}{route}")), false));
+            dims.push(("instance", i.clone(), owner.clone(), true));
+            dims.push(("instance_route", compound(i, &route), owner.clone(), false));
         }
         // A disconnect's "latency" is the session's length: summed for
         // engagement, kept out of the latency percentiles.
@@ -91,11 +113,12 @@ impl Delta {
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for (granularity, width) in GRANULARITIES {
             let bucket = e.ts - e.ts.rem_euclid(width);
-            for (dim, subject, histogram) in &dims {
+            for (dim, subject, owner, histogram) in &dims {
                 let k = RollKey {
                     granularity,
                     dim,
                     subject: subject.clone(),
+                    owner: owner.clone(),
                     bucket,
                 };
                 let r = self.rollups.entry(k.clone()).or_default();
@@ -142,10 +165,10 @@ impl Delta {
         }
         if let Some(u) = &user {
             self.user_days.insert((u.clone(), day));
-            see(&mut self.users, u, e.ts);
+            see(&mut self.users, u.clone(), e.ts);
         }
         if let Some(i) = &instance {
-            see(&mut self.instances, i, e.ts);
+            see(&mut self.instances, (i.clone(), owner), e.ts);
         }
     }
 }
@@ -279,7 +302,7 @@ impl Upsert {
 
 const ROLLUPS: Upsert = Upsert {
     table: "analytics_rollups",
-    keys: &["granularity", "dim", "subject", "bucket"],
+    keys: &["granularity", "dim", "subject", "user_id", "bucket"],
     adds: &[
         "requests",
         "errors",
@@ -293,7 +316,7 @@ const ROLLUPS: Upsert = Upsert {
 };
 const LATENCY: Upsert = Upsert {
     table: "analytics_latency",
-    keys: &["granularity", "dim", "subject", "bucket", "le"],
+    keys: &["granularity", "dim", "subject", "user_id", "bucket", "le"],
     adds: &["n"],
     mins: &[],
     maxs: &[],
@@ -321,7 +344,7 @@ const USERS: Upsert = Upsert {
 };
 const INSTANCES: Upsert = Upsert {
     table: "analytics_instances",
-    keys: &["instance_id"],
+    keys: &["instance_id", "user_id"],
     adds: &[],
     mins: &["first_seen"],
     maxs: &["last_seen"],
@@ -345,6 +368,7 @@ pub async fn write(
             V::S(k.granularity.into()),
             V::S(k.dim.into()),
             V::S(k.subject.clone()),
+            V::S(k.owner.clone()),
             V::I(k.bucket),
         ]
     };
@@ -399,13 +423,18 @@ pub async fn write(
         .map(|(u, d)| vec![V::S(u.clone()), V::I(*d)])
         .collect();
     USER_DAYS.run(conn, dialect, rows).await?;
-    let seen = |m: &BTreeMap<String, (i64, i64)>| {
-        m.iter()
-            .map(|(k, (f, l))| vec![V::S(k.clone()), V::I(*f), V::I(*l)])
-            .collect()
-    };
-    USERS.run(conn, dialect, seen(&delta.users)).await?;
-    INSTANCES.run(conn, dialect, seen(&delta.instances)).await?;
+    let users = delta
+        .users
+        .iter()
+        .map(|(u, (f, l))| vec![V::S(u.clone()), V::I(*f), V::I(*l)])
+        .collect();
+    USERS.run(conn, dialect, users).await?;
+    let instances = delta
+        .instances
+        .iter()
+        .map(|((i, u), (f, l))| vec![V::S(i.clone()), V::S(u.clone()), V::I(*f), V::I(*l)])
+        .collect();
+    INSTANCES.run(conn, dialect, instances).await?;
     Ok(())
 }
 
@@ -509,6 +538,54 @@ mod tests {
         // Histograms for all, route, key and instance.
         assert_eq!(d.latency.len(), 4 * 3);
         assert_eq!(d.users["alice"], (90_000_000, 90_000_000));
+        // The device is alice's, the route and key dimensions nobody's.
+        let owners: BTreeSet<(&str, &str)> = d
+            .rollups
+            .keys()
+            .map(|k| (k.dim, k.owner.as_str()))
+            .collect();
+        assert!(
+            owners.contains(&("instance", "alice"))
+                && owners.contains(&("instance_route", "alice"))
+        );
+        assert!(owners.contains(&("route", "")) && owners.contains(&("key", "")));
+        assert_eq!(
+            d.instances[&("phone".to_string(), "alice".to_string())],
+            (90_000_000, 90_000_000)
+        );
+    }
+
+    #[test]
+    fn devices_named_alike_stay_apart_per_user() {
+        let mut d = Delta::default();
+        d.add(&event("alice", "PUT /x", 200, 0));
+        d.add(&event("bob", "PUT /x", 200, 0));
+        let phones: Vec<(&str, i64)> = d
+            .rollups
+            .iter()
+            .filter(|(k, _)| k.dim == "instance" && k.granularity == "d")
+            .map(|(k, r)| (k.owner.as_str(), r.requests))
+            .collect();
+        assert_eq!(phones, vec![("alice", 1), ("bob", 1)]);
+    }
+
+    #[test]
+    fn text_a_database_cannot_store_is_made_storable() {
+        let mut e = event("alice", "PUT /x", 400, 0);
+        e.item_key = Some("a\0b".into());
+        e.instance_id = Some("dev\u{7}".into());
+        let mut d = Delta::default();
+        d.add(&e);
+        assert!(d
+            .facets
+            .keys()
+            .any(|k| k.2 == "item_key" && k.3 == "a\u{fffd}b"));
+        assert!(d.instances.keys().all(|(i, _)| i == "dev\u{fffd}"));
+        // The separator of compound subjects survives.
+        assert!(d
+            .rollups
+            .keys()
+            .any(|k| k.subject == format!("alice{SEP}PUT /x")));
     }
 
     #[test]
@@ -545,8 +622,8 @@ mod tests {
     #[test]
     fn upsert_sql_per_dialect() {
         let pg = ROLLUPS.sql(Dialect::Postgres, 2);
-        assert!(pg.contains("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), ($11,"));
-        assert!(pg.contains("ON CONFLICT (granularity, dim, subject, bucket) DO UPDATE SET requests = analytics_rollups.requests + excluded.requests"));
+        assert!(pg.contains("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), ($12,"));
+        assert!(pg.contains("ON CONFLICT (granularity, dim, subject, user_id, bucket) DO UPDATE SET requests = analytics_rollups.requests + excluded.requests"));
         let my = USERS.sql(Dialect::Mysql, 1);
         assert!(my.contains("ON DUPLICATE KEY UPDATE first_seen = LEAST(first_seen, VALUES(first_seen)), last_seen = GREATEST(last_seen, VALUES(last_seen))"));
         assert!(USER_DAYS

@@ -97,22 +97,61 @@ fn totals_from(row: &sqlx::any::AnyRow, offset: usize) -> Result<Totals, sqlx::E
     })
 }
 
+/// Whose rows of a dimension to read. Per-user dimensions (user, devices)
+/// are stored per owner; a caller reads its own (`User`), and only the
+/// cross-user views of `analytics:read` sum every owner's (`Anyone`), as do
+/// the dimensions that span users (all, route, key), whose owner is ''.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    User(&'a str),
+    Anyone,
+}
+
+impl<'a> Owner<'a> {
+    /// The condition to splice after the subject's, bound by [`Self::bind`].
+    fn clause(self) -> &'static str {
+        match self {
+            Owner::User(_) => " AND user_id = ?",
+            Owner::Anyone => "",
+        }
+    }
+
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>
+    where
+        'a: 'q,
+    {
+        match self {
+            Owner::User(u) => q.bind(u),
+            Owner::Anyone => q,
+        }
+    }
+}
+
 /// The window's buckets for one dimension and subject.
 pub async fn series(
     db: &Db,
     w: Window,
     dim: &str,
+    owner: Owner<'_>,
     subject: &str,
 ) -> Result<Vec<Point>, sqlx::Error> {
+    let cols: Vec<String> = TOTAL_COLS.iter().map(|c| sum(db.dialect(), c)).collect();
     let q = format!(
-        "SELECT bucket, {} FROM analytics_rollups WHERE granularity = ? AND dim = ? AND subject = ? \
-         AND bucket >= ? AND bucket < ? ORDER BY bucket",
-        TOTAL_COLS.join(", ")
+        "SELECT bucket, {} FROM analytics_rollups WHERE granularity = ? AND dim = ? AND subject = ?{} \
+         AND bucket >= ? AND bucket < ? GROUP BY bucket ORDER BY bucket",
+        cols.join(", "),
+        owner.clause()
     );
-    let rows = sqlx::query(&db.sql(&q))
+    let sql = db.sql(&q);
+    let q = sqlx::query(&sql)
         .bind(w.granularity)
         .bind(dim)
-        .bind(subject)
+        .bind(subject);
+    let rows = owner
+        .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
         .fetch_all(db.pool())
@@ -128,16 +167,27 @@ pub async fn series(
 }
 
 /// The sum over the window.
-pub async fn totals(db: &Db, w: Window, dim: &str, subject: &str) -> Result<Totals, sqlx::Error> {
+pub async fn totals(
+    db: &Db,
+    w: Window,
+    dim: &str,
+    owner: Owner<'_>,
+    subject: &str,
+) -> Result<Totals, sqlx::Error> {
     let cols: Vec<String> = TOTAL_COLS.iter().map(|c| sum(db.dialect(), c)).collect();
     let q = format!(
-        "SELECT {} FROM analytics_rollups WHERE granularity = ? AND dim = ? AND subject = ? AND bucket >= ? AND bucket < ?",
-        cols.join(", ")
+        "SELECT {} FROM analytics_rollups WHERE granularity = ? AND dim = ? AND subject = ?{} \
+         AND bucket >= ? AND bucket < ?",
+        cols.join(", "),
+        owner.clause()
     );
-    let row = sqlx::query(&db.sql(&q))
+    let sql = db.sql(&q);
+    let q = sqlx::query(&sql)
         .bind(w.granularity)
         .bind(dim)
-        .bind(subject)
+        .bind(subject);
+    let row = owner
+        .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
         .fetch_one(db.pool())
@@ -145,39 +195,45 @@ pub async fn totals(db: &Db, w: Window, dim: &str, subject: &str) -> Result<Tota
     totals_from(&row, 0)
 }
 
-/// Subjects of `dim` ranked by requests over the window.
+/// Subjects of `dim` starting with `prefix`, ranked by requests over the
+/// window. The prefix is literal (one escape for every dialect, see
+/// `storage::like`), and the result is checked against it once more.
 pub async fn top_subjects(
     db: &Db,
     w: Window,
     dim: &str,
+    owner: Owner<'_>,
     prefix: &str,
     limit: i64,
 ) -> Result<Vec<(String, Totals)>, sqlx::Error> {
     let cols: Vec<String> = TOTAL_COLS.iter().map(|c| sum(db.dialect(), c)).collect();
     let q = format!(
-        "SELECT subject, {} FROM analytics_rollups WHERE granularity = ? AND dim = ? AND subject LIKE ? \
+        "SELECT subject, {} FROM analytics_rollups WHERE granularity = ? AND dim = ? AND {}{} \
          AND bucket >= ? AND bucket < ? GROUP BY subject ORDER BY 2 DESC, subject LIMIT ?",
-        cols.join(", ")
+        cols.join(", "),
+        crate::storage::like("subject"),
+        owner.clause()
     );
-    let pattern = format!(
-        "{}%",
-        prefix
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
-    let rows = sqlx::query(&db.sql(&q))
+    let sql = db.sql(&q);
+    let q = sqlx::query(&sql)
         .bind(w.granularity)
         .bind(dim)
-        .bind(pattern)
+        .bind(crate::storage::like_prefix(prefix));
+    let rows = owner
+        .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
         .bind(limit)
         .fetch_all(db.pool())
         .await?;
-    rows.iter()
-        .map(|r| Ok((r.str_at(0)?, totals_from(r, 1)?)))
-        .collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let subject = r.str_at(0)?;
+        if subject.starts_with(prefix) {
+            out.push((subject, totals_from(r, 1)?));
+        }
+    }
+    Ok(out)
 }
 
 /// p50, p95 and p99 in milliseconds over the window, from the histograms.
@@ -192,17 +248,22 @@ pub async fn percentiles(
     db: &Db,
     w: Window,
     dim: &str,
+    owner: Owner<'_>,
     subject: &str,
 ) -> Result<Percentiles, sqlx::Error> {
     let q = format!(
-        "SELECT le, {} FROM analytics_latency WHERE granularity = ? AND dim = ? AND subject = ? \
+        "SELECT le, {} FROM analytics_latency WHERE granularity = ? AND dim = ? AND subject = ?{} \
          AND bucket >= ? AND bucket < ? GROUP BY le",
-        sum(db.dialect(), "n")
+        sum(db.dialect(), "n"),
+        owner.clause()
     );
-    let rows = sqlx::query(&db.sql(&q))
+    let sql = db.sql(&q);
+    let q = sqlx::query(&sql)
         .bind(w.granularity)
         .bind(dim)
-        .bind(subject)
+        .bind(subject);
+    let rows = owner
+        .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
         .fetch_all(db.pool())
@@ -236,19 +297,25 @@ pub async fn percentiles_by_bucket(
     db: &Db,
     w: Window,
     dim: &str,
+    owner: Owner<'_>,
     subject: &str,
 ) -> Result<std::collections::BTreeMap<i64, Percentiles>, sqlx::Error> {
-    let rows = sqlx::query(&db.sql(
-        "SELECT bucket, le, n FROM analytics_latency WHERE granularity = ? AND dim = ? AND subject = ? \
+    let q = format!(
+        "SELECT bucket, le, n FROM analytics_latency WHERE granularity = ? AND dim = ? AND subject = ?{} \
          AND bucket >= ? AND bucket < ?",
-    ))
-    .bind(w.granularity)
-    .bind(dim)
-    .bind(subject)
-    .bind(w.first_bucket())
-    .bind(w.to)
-    .fetch_all(db.pool())
-    .await?;
+        owner.clause()
+    );
+    let sql = db.sql(&q);
+    let q = sqlx::query(&sql)
+        .bind(w.granularity)
+        .bind(dim)
+        .bind(subject);
+    let rows = owner
+        .bind(q)
+        .bind(w.first_bucket())
+        .bind(w.to)
+        .fetch_all(db.pool())
+        .await?;
     let mut counts: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
     for r in &rows {
         counts
@@ -316,19 +383,30 @@ pub async fn active_days(db: &Db, user: &str, from: i64, to: i64) -> Result<i64,
     row.i64_at(0)
 }
 
-/// First and last time a user (or an instance) was seen.
-pub async fn seen(db: &Db, table: Seen, id: &str) -> Result<Option<(i64, i64)>, sqlx::Error> {
+/// First and last time a user, or an owner's instance, was seen.
+pub async fn seen(
+    db: &Db,
+    table: Seen,
+    owner: Owner<'_>,
+    id: &str,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let q = match table {
-        Seen::User => "SELECT first_seen, last_seen FROM analytics_users WHERE user_id = ?",
-        Seen::Instance => {
-            "SELECT first_seen, last_seen FROM analytics_instances WHERE instance_id = ?"
+        Seen::User => {
+            "SELECT MIN(first_seen), MAX(last_seen) FROM analytics_users WHERE user_id = ?".to_string()
         }
+        Seen::Instance => format!(
+            "SELECT MIN(first_seen), MAX(last_seen) FROM analytics_instances WHERE instance_id = ?{}",
+            owner.clause()
+        ),
     };
-    let row = sqlx::query(&db.sql(q))
-        .bind(id)
-        .fetch_optional(db.pool())
-        .await?;
-    row.map(|r| Ok((r.i64_at(0)?, r.i64_at(1)?))).transpose()
+    let sql = db.sql(&q);
+    let q = sqlx::query(&sql).bind(id);
+    let q = match table {
+        Seen::User => q,
+        Seen::Instance => owner.bind(q),
+    };
+    let row = q.fetch_one(db.pool()).await?;
+    Ok(row.opt_i64(0)?.zip(row.opt_i64(1)?))
 }
 
 #[derive(Debug, Clone, Copy)]

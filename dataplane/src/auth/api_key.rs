@@ -61,6 +61,29 @@ pub struct NewKey {
 }
 
 impl NewKey {
+    /// Checks the text fields by the one text rule (see `text`).
+    pub fn check_text(&self) -> Result<(), crate::text::Invalid> {
+        super::key_fields::check_text(
+            Some(&self.name),
+            Some(&self.user_id),
+            [
+                ("ipRestrictions", Some(self.ip_restrictions.as_slice())),
+                (
+                    "countryRestrictions",
+                    Some(self.country_restrictions.as_slice()),
+                ),
+                (
+                    "domainRestrictions",
+                    Some(self.domain_restrictions.as_slice()),
+                ),
+                (
+                    "userAgentPatterns",
+                    Some(self.user_agent_patterns.as_slice()),
+                ),
+            ],
+        )
+    }
+
     /// The restrictions compiled, which also validates them.
     pub fn restrictions(&self) -> Result<super::restrictions::Restrictions, String> {
         super::restrictions::Restrictions::from_lists(

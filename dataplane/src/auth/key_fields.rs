@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::{restrictions::Restrictions, Scope};
-use crate::{error::ApiError, storage::keys::KeyView};
+use crate::{error::ApiError, storage::keys::KeyView, text};
 
 /// The body of create and patch, in the seed's field names. On a patch an
 /// absent field is left alone; `null` clears a nullable one.
@@ -41,13 +41,27 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 impl KeyFields {
+    /// Checks every text field of the body by the one text rule, before
+    /// anything is stored (`details.field` names the field).
+    pub fn check_text(&self) -> Result<(), ApiError> {
+        check_text(
+            self.name.as_deref(),
+            self.user_id.as_deref(),
+            [
+                ("ipRestrictions", self.ip_restrictions.as_deref()),
+                ("countryRestrictions", self.country_restrictions.as_deref()),
+                ("domainRestrictions", self.domain_restrictions.as_deref()),
+                ("userAgentPatterns", self.user_agent_patterns.as_deref()),
+            ],
+        )
+        .map_err(text::Invalid::body)
+    }
+
     /// Applies the fields to `v`, then checks the result as a whole.
     pub fn apply(self, v: &mut KeyView) -> Result<(), ApiError> {
+        self.check_text()?;
         let bad = ApiError::InvalidBody;
         if let Some(name) = self.name {
-            if name.is_empty() || name.len() > 255 {
-                return Err(bad("name is 1 to 255 bytes".into()));
-            }
             v.name = name;
         }
         if let Some(a) = self.is_active {
@@ -99,4 +113,24 @@ impl KeyFields {
         .map_err(bad)?;
         Ok(())
     }
+}
+
+/// The text of a key's settings (from REST, the CLI or an `ApiKey`
+/// resource), by the one text rule: a name and a user id as ids, each
+/// restriction as a bounded entry.
+pub fn check_text(
+    name: Option<&str>,
+    user_id: Option<&str>,
+    lists: [(&str, Option<&[String]>); 4],
+) -> Result<(), text::Invalid> {
+    if let Some(name) = name {
+        text::check("name", name, text::ID)?;
+    }
+    if let Some(user) = user_id {
+        crate::sync::validate_user_id(user)?;
+    }
+    for (field, list) in lists {
+        text::check_all(field, list.unwrap_or_default(), text::RESTRICTION)?;
+    }
+    Ok(())
 }

@@ -290,21 +290,18 @@ impl Authenticator {
         }
     }
 
-    /// Audits a refused credential (never the credential itself).
+    /// Audits a refused credential (never the credential itself): counted
+    /// per client IP, code and key, so that a flood costs bounded rows.
     pub fn refused(&self, error: &ApiError, key_id: Option<&str>, caller: &Caller) {
         if matches!(error, ApiError::ServiceUnavailable | ApiError::Internal(_)) {
             return;
         }
         if let Some(audit) = &self.audit {
-            audit.denied(error.code());
-            audit.record(crate::audit::Entry {
-                actor: "anonymous".into(),
-                key_id: key_id.map(str::to_owned),
-                action: "auth.denied",
-                ip: caller.ip.map(|ip| ip.to_string()),
-                result: error.code().into(),
-                ..Default::default()
-            });
+            audit.denied(
+                error.code(),
+                caller.ip.map(|ip| ip.to_string()),
+                key_id.map(str::to_owned),
+            );
         }
     }
 

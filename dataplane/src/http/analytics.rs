@@ -9,13 +9,14 @@
 //! default: minute up to 2 hours, hour up to 7 days, day beyond).
 
 use axum::{
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
     Json,
 };
 use serde_json::{json, Value};
 
+use super::extract::PathId;
 use crate::{
-    analytics::query::{self, Seen, Window},
+    analytics::query::{self, Owner, Seen, Window},
     app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
@@ -144,10 +145,10 @@ pub async fn dashboard(
     let now = now_ms();
     let w = window(q.as_deref(), now)?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "all", "").await?;
-    let series = query::series(db, w, "all", "").await?;
-    let latency = query::percentiles(db, w, "all", "").await?;
-    let routes = query::top_subjects(db, w, "route", "", 10).await?;
+    let totals = query::totals(db, w, "all", Owner::Anyone, "").await?;
+    let series = query::series(db, w, "all", Owner::Anyone, "").await?;
+    let latency = query::percentiles(db, w, "all", Owner::Anyone, "").await?;
+    let routes = query::top_subjects(db, w, "route", Owner::Anyone, "", 10).await?;
     let denials = query::facet(db, w, "all", "", "denial", 20).await?;
     let dau = query::active_users(db, now - DAY_MS, now + 1).await?;
     let wau = query::active_users(db, now - 7 * DAY_MS, now + 1).await?;
@@ -229,14 +230,14 @@ fn may_see_user(who: &Principal, user: &str) -> Result<(), ApiError> {
 pub async fn user(
     State(state): State<AppState>,
     who: Principal,
-    Path(user): Path<String>,
+    PathId(user): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_user(&who, &user)?;
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "user", &user).await?;
-    let seen = query::seen(db, Seen::User, &user).await?;
+    let totals = query::totals(db, w, "user", Owner::User(&user), &user).await?;
+    let seen = query::seen(db, Seen::User, Owner::User(&user), &user).await?;
     Ok(Json(json!({
         "userId": user,
         "range": range_json(&w),
@@ -245,18 +246,21 @@ pub async fn user(
         "activeDays": query::active_days(db, &user, w.from, w.to).await?,
         "totals": totals,
         "errorRate": totals.error_rate(),
-        "series": query::series(db, w, "user", &user).await?,
-        "topRoutes": routes_of(db, w, "user_route", &user).await?,
+        "series": query::series(db, w, "user", Owner::User(&user), &user).await?,
+        "topRoutes": routes_of(db, w, "user_route", Owner::User(&user), &user).await?,
     })))
 }
 
+/// The top routes of a user (`user_route`) or a device (`instance_route`):
+/// the owner's rows whose subject starts with `who` and the separator.
 async fn routes_of(
     db: &crate::storage::Db,
     w: Window,
     dim: &str,
+    owner: Owner<'_>,
     who: &str,
 ) -> Result<Vec<Value>, ApiError> {
-    let rows = query::top_subjects(db, w, dim, &query::pair(who, ""), 20).await?;
+    let rows = query::top_subjects(db, w, dim, owner, &query::pair(who, ""), 20).await?;
     Ok(rows
         .into_iter()
         .map(|(s, t)| json!({ "route": query::second(&s), "requests": t.requests, "errors": t.errors }))
@@ -267,26 +271,34 @@ async fn routes_of(
 pub async fn engagement(
     State(state): State<AppState>,
     who: Principal,
-    Path(user): Path<String>,
+    PathId(user): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_user(&who, &user)?;
     let now = now_ms();
     let w = window(q.as_deref(), now)?;
     let db = state.sync.db();
-    let all = query::totals(db, w, "user", &user).await?;
-    let connects =
-        query::totals(db, w, "user_route", &query::pair(&user, "socket:connect")).await?;
+    let mine = Owner::User(&user);
+    let all = query::totals(db, w, "user", mine, &user).await?;
+    let connects = query::totals(
+        db,
+        w,
+        "user_route",
+        mine,
+        &query::pair(&user, "socket:connect"),
+    )
+    .await?;
     let ends = query::totals(
         db,
         w,
         "user_route",
+        mine,
         &query::pair(&user, "socket:disconnect"),
     )
     .await?;
     let sessions = connects.requests;
     let operations = all.requests - connects.requests - ends.requests;
-    let seen = query::seen(db, Seen::User, &user).await?;
+    let seen = query::seen(db, Seen::User, mine, &user).await?;
     Ok(Json(json!({
         "userId": user,
         "range": range_json(&w),
@@ -306,7 +318,7 @@ pub async fn engagement(
 pub async fn behavior(
     State(state): State<AppState>,
     who: Principal,
-    Path(user): Path<String>,
+    PathId(user): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     may_see_user(&who, &user)?;
@@ -334,7 +346,7 @@ pub async fn behavior(
         "topPrefixes": counted(prefixes.into_iter().take(20).collect(), "prefix"),
         "activeHoursUtc": hours,
         "devices": counted(devices, "family"),
-        "topRoutes": routes_of(db, w, "user_route", &user).await?,
+        "topRoutes": routes_of(db, w, "user_route", Owner::User(&user), &user).await?,
     })))
 }
 
@@ -355,13 +367,13 @@ async fn visible_key(
 pub async fn api_key(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let key = visible_key(&state, &who, &id).await?;
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "key", &id).await?;
+    let totals = query::totals(db, w, "key", Owner::Anyone, &id).await?;
     Ok(Json(json!({
         "keyId": id,
         "name": key.name,
@@ -369,7 +381,7 @@ pub async fn api_key(
         "range": range_json(&w),
         "totals": totals,
         "errorRate": totals.error_rate(),
-        "latencyMs": query::percentiles(db, w, "key", &id).await?,
+        "latencyMs": query::percentiles(db, w, "key", Owner::Anyone, &id).await?,
         "usageToday": key.usage_today,
         "usageThisMonth": key.usage_this_month,
         "lastUsedAt": key.last_used_at,
@@ -381,13 +393,13 @@ pub async fn api_key(
 pub async fn api_key_security(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     visible_key(&state, &who, &id).await?;
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "key", &id).await?;
+    let totals = query::totals(db, w, "key", Owner::Anyone, &id).await?;
     Ok(Json(json!({
         "keyId": id,
         "range": range_json(&w),
@@ -404,13 +416,13 @@ pub async fn api_key_security(
 pub async fn api_key_trends(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     visible_key(&state, &who, &id).await?;
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
-    let series = query::series(db, w, "key", &id).await?;
+    let series = query::series(db, w, "key", Owner::Anyone, &id).await?;
     // Change between the first and second half of the window.
     let mid = w.from + (w.to - w.from) / 2;
     let (early, late): (i64, i64) = series.iter().fold((0, 0), |(e, l), p| {
@@ -430,56 +442,98 @@ pub async fn api_key_trends(
     })))
 }
 
-/// Instances are devices: a caller without the scope sees only its own.
-async fn may_see_instance(state: &AppState, who: &Principal, id: &str) -> Result<(), ApiError> {
+/// Whose device `id` a request asks about. Devices are per user: a caller
+/// without the scope sees only its own devices' figures (and 404 for a name
+/// none of its devices had); with the scope, `?userId=` picks the user,
+/// and without it the figures of every user's device of that name are
+/// summed.
+async fn device_owner(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    raw: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let asked = user_param(raw)?;
     if privileged(who) {
-        return Ok(());
+        return Ok(asked);
     }
-    let mine = instances::list(state.sync.db(), &who.user_id).await?;
-    if mine.iter().any(|i| i.instance_id == id) {
-        Ok(())
+    if asked.as_ref().is_some_and(|u| *u != who.user_id) {
+        return Err(ApiError::ScopeRequired {
+            scope: Scope::AnalyticsRead.as_str(),
+        });
+    }
+    let db = state.sync.db();
+    let connected = instances::list(db, &who.user_id)
+        .await?
+        .iter()
+        .any(|i| i.instance_id == id);
+    let seen = query::seen(db, Seen::Instance, Owner::User(&who.user_id), id)
+        .await?
+        .is_some();
+    if connected || seen {
+        Ok(Some(who.user_id.clone()))
     } else {
         Err(ApiError::NotFound { key: id.into() })
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), WindowParams), responses((status = 200, description = "Totals and series", body = Object)))]
+/// `?userId=` of the instance endpoints, checked as any user id.
+fn user_param(raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    crate::text::well_encoded(raw)
+        .map_err(|reason| crate::text::Invalid::new("query", reason).query())?;
+    let Some((_, user)) = form_urlencoded::parse(raw.as_bytes()).find(|(k, _)| k == "userId")
+    else {
+        return Ok(None);
+    };
+    crate::sync::validate_user_id(&user).map_err(crate::text::Invalid::query)?;
+    Ok(Some(user.into_owned()))
+}
+
+fn owner_of(user: &Option<String>) -> Owner<'_> {
+    user.as_deref().map_or(Owner::Anyone, Owner::User)
+}
+
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Totals and series", body = Object)))]
 pub async fn instance(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    may_see_instance(&state, &who, &id).await?;
+    let user = device_owner(&state, &who, &id, q.as_deref()).await?;
+    let owner = owner_of(&user);
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "instance", &id).await?;
-    let seen = query::seen(db, Seen::Instance, &id).await?;
+    let totals = query::totals(db, w, "instance", owner, &id).await?;
+    let seen = query::seen(db, Seen::Instance, owner, &id).await?;
     Ok(Json(json!({
         "instanceId": id,
+        "userId": user,
         "range": range_json(&w),
         "firstSeen": seen.map(|s| s.0),
         "lastSeen": seen.map(|s| s.1),
         "totals": totals,
         "errorRate": totals.error_rate(),
-        "series": query::series(db, w, "instance", &id).await?,
-        "topRoutes": routes_of(db, w, "instance_route", &id).await?,
+        "series": query::series(db, w, "instance", owner, &id).await?,
+        "topRoutes": routes_of(db, w, "instance_route", owner, &id).await?,
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), WindowParams), responses((status = 200, description = "Latency percentiles", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Latency percentiles", body = Object)))]
 pub async fn instance_performance(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    may_see_instance(&state, &who, &id).await?;
+    let user = device_owner(&state, &who, &id, q.as_deref()).await?;
+    let owner = owner_of(&user);
     let w = window(q.as_deref(), now_ms())?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "instance", &id).await?;
-    let series = query::series(db, w, "instance", &id).await?;
-    let mut latency = query::percentiles_by_bucket(db, w, "instance", &id).await?;
+    let totals = query::totals(db, w, "instance", owner, &id).await?;
+    let series = query::series(db, w, "instance", owner, &id).await?;
+    let mut latency = query::percentiles_by_bucket(db, w, "instance", owner, &id).await?;
     let points: Vec<Value> = series
         .iter()
         .map(|p| {
@@ -489,32 +543,40 @@ pub async fn instance_performance(
         .collect();
     Ok(Json(json!({
         "instanceId": id,
+        "userId": user,
         "range": range_json(&w),
         "requests": totals.requests,
         "avgLatencyMs": if totals.requests > 0 { totals.latency_sum_us as f64 / totals.requests as f64 / 1000.0 } else { 0.0 },
-        "latencyMs": query::percentiles(db, w, "instance", &id).await?,
+        "latencyMs": query::percentiles(db, w, "instance", owner, &id).await?,
         "bytesIn": totals.bytes_in,
         "bytesOut": totals.bytes_out,
         "series": points,
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), WindowParams), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = Object)))]
 pub async fn instance_health(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    may_see_instance(&state, &who, &id).await?;
+    let user = device_owner(&state, &who, &id, q.as_deref()).await?;
+    let owner = owner_of(&user);
     let now = now_ms();
     let w = window(q.as_deref(), now)?;
     let db = state.sync.db();
-    let totals = query::totals(db, w, "instance", &id).await?;
-    let reconnects = query::totals(db, w, "instance_route", &query::pair(&id, "socket:connect"))
-        .await?
-        .requests;
-    let seen = query::seen(db, Seen::Instance, &id).await?;
+    let totals = query::totals(db, w, "instance", owner, &id).await?;
+    let reconnects = query::totals(
+        db,
+        w,
+        "instance_route",
+        owner,
+        &query::pair(&id, "socket:connect"),
+    )
+    .await?
+    .requests;
+    let seen = query::seen(db, Seen::Instance, owner, &id).await?;
     let last_seen = seen.map(|s| s.1);
     let quiet_ms = last_seen.map(|l| now - l);
     let status = match (quiet_ms, totals.error_rate()) {
@@ -525,6 +587,7 @@ pub async fn instance_health(
     };
     Ok(Json(json!({
         "instanceId": id,
+        "userId": user,
         "range": range_json(&w),
         "status": status,
         "lastSeen": last_seen,

@@ -10,6 +10,7 @@ use crate::{
     auth::{Principal, Scope},
     error::ApiError,
     storage::audit,
+    text,
 };
 
 #[derive(Deserialize)]
@@ -20,6 +21,8 @@ pub struct Params {
     key_id: Option<String>,
     action: Option<String>,
     target: Option<String>,
+    /// The `X-Request-Id` of the request that wrote the entry.
+    request_id: Option<String>,
     /// Unix milliseconds, inclusive.
     from: Option<i64>,
     to: Option<i64>,
@@ -28,7 +31,7 @@ pub struct Params {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("from" = Option<i64>, Query, description = "ms, inclusive"), ("to" = Option<i64>, Query, description = "ms"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "{entries, nextCursor}", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("target" = Option<String>, Query, description = "Target (item key, key id, …)"), ("requestId" = Option<String>, Query, description = "X-Request-Id of the request that wrote it"), ("from" = Option<i64>, Query, description = "ms, inclusive"), ("to" = Option<i64>, Query, description = "ms"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "{entries, nextCursor}", body = Object)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
@@ -39,11 +42,24 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::InvalidQuery("limit is 1 to 1000".into()));
     }
+    for (field, value) in [
+        ("userId", &p.user_id),
+        ("keyId", &p.key_id),
+        ("action", &p.action),
+        ("target", &p.target),
+        ("requestId", &p.request_id),
+        ("cursor", &p.cursor),
+    ] {
+        if let Some(v) = value {
+            text::check(field, v, text::KEY).map_err(text::Invalid::query)?;
+        }
+    }
     let filter = audit::Filter {
         actor: p.user_id.as_deref(),
         key_id: p.key_id.as_deref(),
         action: p.action.as_deref(),
         target: p.target.as_deref(),
+        request_id: p.request_id.as_deref(),
         from: p.from,
         to: p.to,
         before: p.cursor.as_deref(),

@@ -36,7 +36,7 @@ pub async fn token(
     JsonBody(body): JsonBody<TokenRequest>,
 ) -> Result<Json<Issued>, ApiError> {
     who.require(Scope::TokensIssue)?;
-    validate_user_id(&body.user_id).map_err(ApiError::InvalidBody)?;
+    validate_user_id(&body.user_id).map_err(crate::text::Invalid::body)?;
     let wanted = body
         .scopes
         .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);
@@ -47,14 +47,17 @@ pub async fn token(
         .tokens()?
         .issue(&body.user_id, &scopes, &who.key.id)
         .await?;
-    state.audit.record(Entry {
-        actor: who.user_id.clone(),
-        key_id: Some(who.key.id.clone()),
-        action: "token.issue",
-        target: Some(body.user_id.clone()),
-        result: "ok".into(),
-        ..Default::default()
-    });
+    state
+        .audit
+        .record(Entry {
+            actor: who.user_id.clone(),
+            key_id: Some(who.key.id.clone()),
+            action: "token.issue",
+            target: Some(body.user_id.clone()),
+            result: "ok".into(),
+            ..Default::default()
+        })
+        .await;
     Ok(Json(issued))
 }
 

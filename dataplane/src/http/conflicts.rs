@@ -1,14 +1,11 @@
 //! `/api/v1/sync-storage/conflicts/*`: history, the review queue, stats,
 //! and resolving a conflict through the normal write path.
 
-use axum::{
-    extract::{Path, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{ItemKey, JsonBody, PathId, QueryParams, Requester};
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -16,6 +13,7 @@ use crate::{
     error::ApiError,
     storage::{conflicts, now_ms},
     sync::{json_value, SetRequest, SetStatus},
+    text,
 };
 
 use crate::auth::policy::tenant as scope_of;
@@ -72,7 +70,7 @@ pub async fn list(
 pub async fn history(
     State(state): State<AppState>,
     who: Principal,
-    Path(item): Path<String>,
+    ItemKey(item): ItemKey,
 ) -> Result<Json<Vec<conflicts::Conflict>>, ApiError> {
     who.require(Scope::Read)?;
     Ok(Json(
@@ -135,7 +133,8 @@ pub struct Resolve {
 pub async fn resolve(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    from: Requester,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<Resolve>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::Write)?;
@@ -193,12 +192,13 @@ pub async fn resolve(
     };
     let request: SetRequest = serde_json::from_value(json!({ "value": value }))
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let source = from.source(&who);
     let reply = state
         .sync
         .set(
             &conflict.user_id,
             "conflict-resolver",
-            None,
+            &source,
             &conflict.key,
             &request,
         )
@@ -217,15 +217,20 @@ pub async fn resolve(
         now_ms(),
     )
     .await?;
-    state.audit.record(crate::audit::Entry {
-        actor: who.user_id.clone(),
-        key_id: Some(who.key.id.clone()),
-        action: "conflict.resolve",
-        target: Some(id.clone()),
-        result: strategy.as_str().into(),
-        details: Some(json!({ "key": conflict.key, "seq": reply.item.seq })),
-        ..Default::default()
-    });
+    state
+        .audit
+        .record(crate::audit::Entry {
+            actor: who.user_id.clone(),
+            key_id: source.key_id.clone(),
+            action: "conflict.resolve",
+            target: Some(id.clone()),
+            ip: source.ip.clone(),
+            result: strategy.as_str().into(),
+            request_id: source.request_id.clone(),
+            details: Some(json!({ "key": conflict.key, "seq": reply.item.seq })),
+            ..Default::default()
+        })
+        .await;
     Ok(Json(
         json!({ "status": "resolved", "conflictId": id, "item": reply.item }),
     ))
@@ -252,6 +257,7 @@ pub async fn analyze(
             "itemIds must hold 1 to 100 item ids or keys".into(),
         ));
     }
+    text::check_all("itemIds", &body.item_ids, text::KEY).map_err(text::Invalid::body)?;
     let parse = |v: &Option<Box<serde_json::value::RawValue>>| json_value(v.as_deref());
     let mut out = serde_json::Map::new();
     for id in &body.item_ids {

@@ -3,12 +3,12 @@
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+    extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request},
     http::{request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
 
-use crate::{app::AppState, error::ApiError, server::BodyDeadline, sync::validate_instance_id};
+use crate::{app::AppState, error::ApiError, server::BodyDeadline, text};
 
 /// A JSON body, limited in size by the router's body limit.
 pub struct JsonBody<T>(pub T);
@@ -37,20 +37,69 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The `{*key}` path segment, percent-decoded.
+/// The one parameter of the matched route, percent-decoded strictly and
+/// checked by `rule`; a refusal names the parameter and answers `code`.
+///
+/// axum decodes `%ZZ` as the text `%ZZ`; the raw path is checked first so
+/// that a malformed escape is refused instead of becoming part of the value
+/// (the route's fixed segments hold no `%`, so any bad escape is the
+/// parameter's).
+async fn path_text(
+    parts: &mut Parts,
+    state: &AppState,
+    rule: text::Rule,
+    refuse: fn(text::Invalid) -> ApiError,
+) -> Result<String, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| {
+            refuse(text::Invalid::new(
+                "path",
+                "is not UTF-8 once percent-decoded",
+            ))
+        })?;
+    let (name, value) = params
+        .iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("route without a path parameter".into()))?;
+    text::well_encoded(parts.uri.path())
+        .map_err(|reason| refuse(text::Invalid::new(name, reason)))?;
+    text::check(name, value, rule).map_err(refuse)?;
+    Ok(value.to_string())
+}
+
+/// The `{*key}` path segment (an item key, or an item id or key),
+/// percent-decoded: `INVALID_KEY` when malformed.
 pub struct ItemKey(pub String);
 
 impl FromRequestParts<AppState> for ItemKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Path(key) = Path::<String>::from_request_parts(parts, state)
+        path_text(parts, state, text::KEY, text::Invalid::key)
             .await
-            .map_err(|_| {
-                ApiError::InvalidKey("the key must be valid percent-encoded UTF-8".into())
-            })?;
-        Ok(ItemKey(key))
+            .map(ItemKey)
     }
+}
+
+/// An id in the path (`{id}`, `{user}`): `INVALID_QUERY` when malformed,
+/// so that an id no row can have never reaches a query.
+pub struct PathId(pub String);
+
+impl FromRequestParts<AppState> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        path_text(parts, state, text::ID, text::Invalid::query)
+            .await
+            .map(PathId)
+    }
+}
+
+/// A raw query string whose every `%` starts a valid escape.
+fn well_encoded_query(parts: &Parts) -> Result<(), ApiError> {
+    text::well_encoded(parts.uri.query().unwrap_or_default())
+        .map_err(|reason| text::Invalid::new("query", reason).query())
 }
 
 /// `?prefix=`; absent means every key.
@@ -66,6 +115,7 @@ impl FromRequestParts<AppState> for Prefix {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        well_encoded_query(parts)?;
         let Query(p) = Query::<PrefixParams>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
@@ -86,7 +136,7 @@ impl FromRequestParts<AppState> for InstanceId {
         let id = value
             .to_str()
             .map_err(|_| ApiError::InvalidBody("X-Instance-Id must be visible ASCII".into()))?;
-        validate_instance_id(id).map_err(ApiError::InvalidBody)?;
+        text::check("X-Instance-Id", id, text::ID).map_err(text::Invalid::body)?;
         Ok(InstanceId(id.to_string()))
     }
 }
@@ -99,9 +149,47 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        well_encoded_query(parts)?;
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| QueryParams(q))
             .map_err(|e| ApiError::InvalidQuery(e.body_text()))
+    }
+}
+
+/// Where a REST request comes from, for the audit entries of what it
+/// changes: the client address as the authenticator resolves it (the same
+/// resolver that key restrictions use) and the request's `X-Request-Id`.
+pub struct Requester {
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Requester {
+    /// The audit source of a write made by `who` in this request.
+    pub fn source(self, who: &crate::auth::Principal) -> crate::audit::Source {
+        crate::audit::Source {
+            key_id: Some(who.key.id.clone()),
+            ip: self.ip,
+            request_id: self.request_id,
+            socket: None,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Requester {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = state.auth.caller(&parts.headers, &parts.extensions).ip;
+        let request_id = parts
+            .headers
+            .get(crate::http::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Requester {
+            ip: ip.map(|ip| ip.to_string()),
+            request_id,
+        })
     }
 }

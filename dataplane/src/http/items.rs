@@ -2,7 +2,7 @@
 
 use axum::{extract::State, Json};
 
-use super::extract::{InstanceId, ItemKey, JsonBody, Prefix};
+use super::extract::{InstanceId, ItemKey, JsonBody, Prefix, Requester};
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -24,14 +24,16 @@ pub async fn get_item(
 pub async fn put_item(
     State(state): State<AppState>,
     who: Principal,
+    from: Requester,
     InstanceId(instance): InstanceId,
     ItemKey(key): ItemKey,
     JsonBody(body): JsonBody<SetRequest>,
 ) -> Result<Json<SetReply>, ApiError> {
     who.require(Scope::Write)?;
+    let source = from.source(&who);
     let reply = state
         .sync
-        .set(&who.user_id, &instance, None, &key, &body)
+        .set(&who.user_id, &instance, &source, &key, &body)
         .await?;
     Ok(Json(reply.won(body.version)?))
 }
@@ -40,12 +42,17 @@ pub async fn put_item(
 pub async fn delete_item(
     State(state): State<AppState>,
     who: Principal,
+    from: Requester,
     InstanceId(instance): InstanceId,
     ItemKey(key): ItemKey,
 ) -> Result<Json<Removed>, ApiError> {
     who.require(Scope::Write)?;
+    let source = from.source(&who);
     Ok(Json(
-        state.sync.remove(&who.user_id, &instance, &key).await?,
+        state
+            .sync
+            .remove(&who.user_id, &instance, &source, &key)
+            .await?,
     ))
 }
 
@@ -78,8 +85,12 @@ pub async fn list_keys(
 pub async fn clear(
     State(state): State<AppState>,
     who: Principal,
+    from: Requester,
     InstanceId(instance): InstanceId,
 ) -> Result<Json<Cleared>, ApiError> {
     who.require(Scope::Write)?;
-    Ok(Json(state.sync.clear(&who.user_id, &instance).await?))
+    let source = from.source(&who);
+    Ok(Json(
+        state.sync.clear(&who.user_id, &instance, &source).await?,
+    ))
 }

@@ -2,14 +2,10 @@
 //! key manages its own user's keys; an admin key manages everyone's. The
 //! rules live in the `keys` service and `auth::policy`.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-    Json,
-};
+use axum::{extract::State, http::StatusCode, Json};
 use serde_json::{json, Value};
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathId};
 use crate::{
     app::AppState,
     audit::Entry,
@@ -24,15 +20,20 @@ use crate::{
     sync::validate_user_id,
 };
 
-fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
-    state.audit.record(Entry {
-        actor: who.user_id.clone(),
-        key_id: Some(who.key.id.clone()),
-        action,
-        target: Some(id.to_string()),
-        result: "ok".into(),
-        ..Default::default()
-    });
+/// Waits for the trail's queue if it is full: key management is never
+/// dropped from the audit trail.
+async fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str) {
+    state
+        .audit
+        .record(Entry {
+            actor: who.user_id.clone(),
+            key_id: Some(who.key.id.clone()),
+            action,
+            target: Some(id.to_string()),
+            result: "ok".into(),
+            ..Default::default()
+        })
+        .await;
 }
 
 fn shown_once(created: Created) -> Result<Value, ApiError> {
@@ -50,8 +51,9 @@ pub async fn create(
     JsonBody(body): JsonBody<KeyFields>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     who.require(Scope::KeysManage)?;
+    body.check_text()?;
     let user_id = body.user_id.clone().unwrap_or_else(|| who.user_id.clone());
-    validate_user_id(&user_id).map_err(ApiError::InvalidBody)?;
+    validate_user_id(&user_id).map_err(crate::text::Invalid::body)?;
     if tenant(&who).is_some_and(|own| own != user_id) {
         return Err(ApiError::Forbidden {
             action: "manage another user's keys",
@@ -89,7 +91,7 @@ pub async fn create(
         .keys
         .create(Authority::Key(&who.key), &new, settings)
         .await?;
-    audit(&state, &who, "api_key.create", &created.view.id);
+    audit(&state, &who, "api_key.create", &created.view.id).await;
     Ok((StatusCode::CREATED, Json(shown_once(created)?)))
 }
 
@@ -108,7 +110,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<KeyView>, ApiError> {
     who.require(Scope::KeysManage)?;
     Ok(Json(state.keys.get(&id, tenant(&who)).await?))
@@ -119,7 +121,7 @@ pub async fn get(
 pub async fn patch(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<KeyFields>,
 ) -> Result<Json<KeyView>, ApiError> {
     who.require(Scope::KeysManage)?;
@@ -127,7 +129,7 @@ pub async fn patch(
         .keys
         .update(Authority::Key(&who.key), &id, tenant(&who), body)
         .await?;
-    audit(&state, &who, "api_key.update", &id);
+    audit(&state, &who, "api_key.update", &id).await;
     Ok(Json(view))
 }
 
@@ -136,11 +138,11 @@ pub async fn patch(
 pub async fn delete(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::KeysManage)?;
     state.keys.delete(&id, tenant(&who)).await?;
-    audit(&state, &who, "api_key.delete", &id);
+    audit(&state, &who, "api_key.delete", &id).await;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }
 
@@ -150,14 +152,14 @@ pub async fn delete(
 pub async fn rotate(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     who.require(Scope::KeysManage)?;
     let (created, old_expires_at) = state
         .keys
         .rotate(Authority::Key(&who.key), &id, tenant(&who))
         .await?;
-    audit(&state, &who, "api_key.rotate", &id);
+    audit(&state, &who, "api_key.rotate", &id).await;
     let mut out = shown_once(created)?;
     out["previousKeyExpiresAt"] = json!(old_expires_at);
     Ok((StatusCode::CREATED, Json(out)))

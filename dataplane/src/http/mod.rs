@@ -41,7 +41,7 @@ use crate::{
     error::ApiError,
 };
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -140,7 +140,31 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(usable_request_id))
         .with_state(state)
+}
+
+/// A client's `X-Request-Id` that the audit trail could not store as sent
+/// (empty, over 128 bytes, control characters) is replaced by a fresh one,
+/// so the id a client sees is always the id recorded.
+async fn usable_request_id(mut req: Request, next: Next) -> Response {
+    let unusable = req.headers().get(&REQUEST_ID).is_some_and(|v| {
+        v.to_str().map_or(true, |s| {
+            crate::text::check(
+                "X-Request-Id",
+                s,
+                crate::text::Rule {
+                    max_bytes: 128,
+                    may_be_empty: false,
+                },
+            )
+            .is_err()
+        })
+    });
+    if unusable {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(req).await
 }
 
 /// Where the principal extractor leaves who called (user and key id, or

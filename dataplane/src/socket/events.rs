@@ -119,6 +119,17 @@ fn reply<T: Serialize>(
     session.end_if_revoked();
 }
 
+/// The audit source of this socket's writes: its key, its address, and the
+/// session itself (whose own changes are not echoed back to it).
+fn source(session: &Session) -> crate::audit::Source {
+    crate::audit::Source {
+        key_id: Some(session.device.principal.key.id.clone()),
+        ip: session.device.ip.clone(),
+        request_id: None,
+        socket: Some(session.sid.clone()),
+    }
+}
+
 fn payload<T: DeserializeOwned>(data: Result<T, ParserError>) -> Result<T, ApiError> {
     data.map_err(|e| ApiError::InvalidBody(e.to_string()))
 }
@@ -197,7 +208,7 @@ async fn set(
             .set(
                 &d.user_id,
                 &d.instance_id,
-                Some(&session.sid),
+                &source(&session),
                 &key,
                 &request,
             )
@@ -222,7 +233,7 @@ async fn remove(
         who.require(Scope::Write)?;
         let KeyPayload { key } = payload(data)?;
         let d = &session.device;
-        let item = app.sync.execute(&d.user_id, &d.instance_id, Some(&session.sid), Command::Remove { key }).await?.changed.pop();
+        let item = app.sync.execute(&d.user_id, &d.instance_id, &source(&session), Command::Remove { key }).await?.changed.pop();
         let item = item.ok_or_else(|| ApiError::Internal("remove changed no row".into()))?;
         Ok(json!({ "status": "removed", "key": item.key, "seq": item.seq, "version": item.version }))
     }

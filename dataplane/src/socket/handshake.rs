@@ -113,8 +113,8 @@ async fn identify(
         .ok_or_else(|| ApiError::InvalidHandshake("query.userId is required".into()))?;
     let instance_id = query_param(query, "instanceId")
         .ok_or_else(|| ApiError::InvalidHandshake("query.instanceId is required".into()))?;
-    validate_user_id(&user_id).map_err(ApiError::InvalidHandshake)?;
-    validate_instance_id(&instance_id).map_err(ApiError::InvalidHandshake)?;
+    validate_user_id(&user_id).map_err(crate::text::Invalid::handshake)?;
+    validate_instance_id(&instance_id).map_err(crate::text::Invalid::handshake)?;
     // A credential acts for its own user; only an admin key may act for others.
     if user_id != principal.user_id && !principal.key.allows(Scope::Admin) {
         return Err(ApiError::Forbidden {

@@ -44,7 +44,8 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<i64, sqlx::Error> {
              connections = instances.connections + 1, pod = excluded.pod, ip = excluded.ip, user_agent = excluded.user_agent"
         }
     };
-    let ua = a.user_agent.map(|u| truncate(u, 512));
+    // A header, recorded rather than checked: made storable, not refused.
+    let ua = a.user_agent.map(|u| crate::text::sanitize(u, 512));
     sqlx::query(&db.sql(upsert))
         .bind(a.user_id)
         .bind(a.instance_id)
@@ -64,14 +65,6 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<i64, sqlx::Error> {
     .fetch_one(db.pool())
     .await?;
     row.i64_at(0)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Records a disconnection.

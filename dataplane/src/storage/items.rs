@@ -239,13 +239,14 @@ pub async fn list_visible(
 ) -> Result<Vec<Item>, sqlx::Error> {
     let q = format!(
         "SELECT {ITEM_COLUMNS} FROM sync_items WHERE user_id = ? AND is_deleted = ? \
-         AND (ttl IS NULL OR ttl > ?) AND item_key LIKE ? ESCAPE '!' ORDER BY item_key"
+         AND (ttl IS NULL OR ttl > ?) AND {} ORDER BY item_key",
+        super::like("item_key")
     );
     let rows = sqlx::query(&db.sql(&q))
         .bind(user_id)
         .bind(false)
         .bind(now)
-        .bind(crate::sync::like_prefix_pattern(prefix))
+        .bind(super::like_prefix(prefix))
         .fetch_all(db.pool())
         .await?;
     let mut items = Vec::with_capacity(rows.len());
@@ -265,16 +266,18 @@ pub async fn list_keys(
     prefix: &str,
     now: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let rows = sqlx::query(&db.sql(
+    let q = format!(
         "SELECT item_key FROM sync_items WHERE user_id = ? AND is_deleted = ? \
-         AND (ttl IS NULL OR ttl > ?) AND item_key LIKE ? ESCAPE '!' ORDER BY item_key",
-    ))
-    .bind(user_id)
-    .bind(false)
-    .bind(now)
-    .bind(crate::sync::like_prefix_pattern(prefix))
-    .fetch_all(db.pool())
-    .await?;
+         AND (ttl IS NULL OR ttl > ?) AND {} ORDER BY item_key",
+        super::like("item_key")
+    );
+    let rows = sqlx::query(&db.sql(&q))
+        .bind(user_id)
+        .bind(false)
+        .bind(now)
+        .bind(super::like_prefix(prefix))
+        .fetch_all(db.pool())
+        .await?;
     let mut keys = Vec::with_capacity(rows.len());
     for row in &rows {
         let key = row.str_at(0)?;

@@ -331,8 +331,8 @@ impl RowExt for AnyRow {
             .ok_or_else(|| sqlx::Error::Decode("unexpected NULL in a text column".into()))
     }
 
-    /// MySQL reports text in a binary collation (our `utf8mb4_bin`, chosen
-    /// for case-sensitive keys) as BLOB, so bytes are accepted as UTF-8.
+    /// MySQL reports text in a binary collation (ours, `utf8mb4_nopad_bin`, chosen
+    /// for byte-exact keys and ids) as BLOB, so bytes are accepted as UTF-8.
     fn opt_str<I: sqlx::ColumnIndex<AnyRow> + Copy>(
         &self,
         col: I,
@@ -359,9 +359,59 @@ pub(crate) fn raw_json(
     .transpose()
 }
 
+/// The escape character of every `LIKE`, stated in each query through
+/// [`like`]: SQLite has no default escape and PostgreSQL and MariaDB
+/// default to a backslash (which MariaDB's string literals unescape once
+/// more), so a pattern escaped for one dialect matched more in another:
+/// `u\_1` (meaning `u_1`) matched `u\x1` on SQLite. `!` means the same in
+/// all three and needs no doubling anywhere.
+pub const LIKE_ESCAPE: char = '!';
+
+/// `column LIKE ? ESCAPE '!'`: the only way a query here says LIKE. Bind
+/// a pattern from [`like_prefix`].
+pub fn like(column: &str) -> String {
+    format!("{column} LIKE ? ESCAPE '{LIKE_ESCAPE}'")
+}
+
+/// The [`like`] pattern that matches exactly the values starting with
+/// `prefix`: `%`, `_` and the escape itself are escaped.
+pub fn like_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_') || c == LIKE_ESCAPE {
+            out.push(LIKE_ESCAPE);
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
 /// The current time as Unix milliseconds, the unit of every stored time.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Whether the database is down, overloaded or lost a lock race, rather
+/// than refusing what was asked: worth answering 503 (and retrying).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL admin_shutdown, crash_shutdown, cannot_connect_now,
+        // too_many_connections.
+        sqlx::Error::Database(db) => {
+            is_retryable(err)
+                || matches!(
+                    db.code().as_deref(),
+                    Some("57P01" | "57P02" | "57P03" | "53300")
+                )
+        }
+        _ => false,
+    }
 }
 
 /// Whether a failed transaction is worth running again: it lost a deadlock,
@@ -387,6 +437,38 @@ mod tests {
             numbered_placeholders("SELECT a FROM t WHERE x = ? AND y IN (?, ?)"),
             "SELECT a FROM t WHERE x = $1 AND y IN ($2, $3)"
         );
+    }
+
+    #[test]
+    fn like_wildcards_in_a_prefix_are_literal() {
+        assert_eq!(like_prefix("a%"), "a!%%");
+        assert_eq!(like_prefix("a_b!"), "a!_b!!%");
+        assert_eq!(
+            like_prefix("u\\x"),
+            "u\\x%",
+            "a backslash is an ordinary character"
+        );
+        assert_eq!(like_prefix(""), "%");
+        assert_eq!(like("item_key"), "item_key LIKE ? ESCAPE '!'");
+    }
+
+    proptest::proptest! {
+        /// Unescaping the pattern (minus the final %) gives the prefix back,
+        /// and no wildcard is left unescaped.
+        #[test]
+        fn escaped_pattern_round_trips(prefix in "[a-z%_!\\\\]{0,12}") {
+            let pat = like_prefix(&prefix);
+            let body = &pat[..pat.len() - 1];
+            let mut out = String::new();
+            let mut esc = false;
+            for c in body.chars() {
+                if !esc && c == LIKE_ESCAPE { esc = true; continue; }
+                proptest::prop_assert!(esc || !matches!(c, '%' | '_'));
+                esc = false;
+                out.push(c);
+            }
+            proptest::prop_assert_eq!(out, prefix);
+        }
     }
 
     #[test]

@@ -3,12 +3,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
-
-/// Longest key, in bytes of UTF-8.
-pub const MAX_KEY_BYTES: usize = 256;
-/// Longest user or instance id, in bytes of UTF-8.
-pub const MAX_ID_BYTES: usize = 255;
+use crate::{error::ApiError, text};
 
 /// A stored item, in the seed's SyncStorageItem shape plus `seq`.
 ///
@@ -193,18 +188,17 @@ impl SetRequest {
             }
         }
         if let Some(tags) = &self.tags {
-            if tags.len() > 64 || tags.iter().any(|t| t.len() > 128) {
-                return Err(ApiError::InvalidBody(
-                    "at most 64 tags of at most 128 bytes".into(),
-                ));
+            if tags.len() > 64 {
+                return Err(text::Invalid::new("tags", "holds at most 64 tags").body());
             }
+            text::check_all("tags", tags, text::TAG).map_err(text::Invalid::body)?;
         }
         for (name, v) in [
             ("compressionType", &self.compression_type),
             ("encryptionType", &self.encryption_type),
         ] {
-            if v.as_ref().is_some_and(|v| v.len() > 64) {
-                return Err(ApiError::InvalidBody(format!("{name} is at most 64 bytes")));
+            if let Some(v) = v {
+                text::check(name, v, text::LABEL).map_err(text::Invalid::body)?;
             }
         }
         Ok(())
@@ -241,53 +235,24 @@ impl SetRequest {
     }
 }
 
-fn check_text(what: &str, s: &str, max: usize, allow_empty: bool) -> Result<(), String> {
-    if s.is_empty() && !allow_empty {
-        return Err(format!("{what} must not be empty"));
-    }
-    if s.len() > max {
-        return Err(format!(
-            "{what} is {} bytes, over the limit of {max}",
-            s.len()
-        ));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(format!("{what} must not contain control characters"));
-    }
-    Ok(())
-}
-
 /// A key is 1–256 bytes of UTF-8 with no control characters.
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
-    check_text("key", key, MAX_KEY_BYTES, false).map_err(ApiError::InvalidKey)
+    text::check("key", key, text::KEY).map_err(text::Invalid::key)
 }
 
 /// A prefix obeys the key rules but may be empty.
 pub fn validate_prefix(prefix: &str) -> Result<(), ApiError> {
-    check_text("prefix", prefix, MAX_KEY_BYTES, true).map_err(ApiError::InvalidQuery)
+    text::check("prefix", prefix, text::PREFIX).map_err(text::Invalid::query)
 }
 
-/// User and instance ids: 1–255 bytes, no control characters.
-pub fn validate_user_id(id: &str) -> Result<(), String> {
-    check_text("user id", id, MAX_ID_BYTES, false)
+/// User ids: 1–255 bytes, no control characters, compared byte-exactly.
+pub fn validate_user_id(id: &str) -> Result<(), text::Invalid> {
+    text::check("userId", id, text::ID)
 }
 
-pub fn validate_instance_id(id: &str) -> Result<(), String> {
-    check_text("instance id", id, MAX_ID_BYTES, false)
-}
-
-/// `prefix` as a LIKE pattern that matches only itself, then anything:
-/// `!` escapes `%`, `_` and itself (a backslash would need doubling on MySQL).
-pub fn like_prefix_pattern(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + 2);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '!') {
-            out.push('!');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
+/// Instance (device) ids: as user ids.
+pub fn validate_instance_id(id: &str) -> Result<(), text::Invalid> {
+    text::check("instanceId", id, text::ID)
 }
 
 #[cfg(test)]
@@ -315,7 +280,6 @@ mod tests {
     }
 
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn keys_are_bounded_and_printable() {
@@ -329,13 +293,6 @@ mod tests {
         // 128 two-byte characters are 256 bytes; 129 are too many.
         assert!(validate_key(&"é".repeat(128)).is_ok());
         assert!(validate_key(&"é".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn like_wildcards_in_a_prefix_are_literal() {
-        assert_eq!(like_prefix_pattern("a%"), "a!%%");
-        assert_eq!(like_prefix_pattern("a_b!"), "a!_b!!%");
-        assert_eq!(like_prefix_pattern(""), "%");
     }
 
     #[test]
@@ -359,23 +316,5 @@ mod tests {
             2000
         );
         assert!(Ttl::At("tomorrow".into()).expires_at(0).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn escaped_pattern_round_trips(prefix in "[a-z%_!]{0,12}") {
-            // Unescaping the pattern (minus the final %) gives the prefix back.
-            let pat = like_prefix_pattern(&prefix);
-            let body = &pat[..pat.len() - 1];
-            let mut out = String::new();
-            let mut esc = false;
-            for c in body.chars() {
-                if !esc && c == '!' { esc = true; continue; }
-                prop_assert!(esc || !matches!(c, '%' | '_'));
-                esc = false;
-                out.push(c);
-            }
-            prop_assert_eq!(out, prefix);
-        }
     }
 }

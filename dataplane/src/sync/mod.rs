@@ -13,15 +13,15 @@ use std::{future::Future, sync::Arc};
 
 pub use change::Change;
 pub use item::{
-    json_value, like_prefix_pattern, validate_instance_id, validate_key, validate_prefix,
-    validate_user_id, Item, SetRequest, Ttl,
+    json_value, validate_instance_id, validate_key, validate_prefix, validate_user_id, Item,
+    SetRequest, Ttl,
 };
 use plan::WriteCtx;
 pub use plan::{Assist, Command, SetStatus};
 use serde::Serialize;
 
 use crate::{
-    audit::Auditor,
+    audit::{self, Auditor, Source},
     config::Limits,
     conflict::{self, resolver::Resolver, Policy},
     error::ApiError,
@@ -104,7 +104,8 @@ pub struct SyncService {
     policy: Policy,
     resolver: Option<Resolver>,
     history_versions: i64,
-    audit: Option<Auditor>,
+    /// Whether committed writes are audited (in their own transaction).
+    audited: bool,
 }
 
 fn no_row() -> ApiError {
@@ -131,13 +132,15 @@ impl SyncService {
             policy: conflicts.policy,
             resolver: conflicts.resolver,
             history_versions: conflicts.history_versions,
-            audit: None,
+            audited: false,
         }
     }
 
-    /// Records every committed write in the audit trail.
-    pub fn with_audit(mut self, audit: Auditor) -> Self {
-        self.audit = Some(audit);
+    /// Records every committed write in the audit trail, in the write's
+    /// own transaction: a write that committed always has its entry, however
+    /// busy the trail's queue (which these entries never go through).
+    pub fn with_audit(mut self, _trail: Auditor) -> Self {
+        self.audited = true;
         self
     }
 
@@ -180,23 +183,19 @@ impl SyncService {
         &self,
         user_id: &str,
         instance_id: &str,
-        origin: Option<&str>,
+        source: &Source,
         command: Command,
     ) -> Result<Outcome, ApiError> {
         let this = self.clone();
-        let (user, instance, origin) = (
-            user_id.to_owned(),
-            instance_id.to_owned(),
-            origin.map(str::to_owned),
-        );
+        let (user, instance, source) = (user_id.to_owned(), instance_id.to_owned(), source.clone());
         tokio::spawn(async move {
-            let mut outcome = this.run(&user, &instance, &command).await?;
+            let mut outcome = this.run(&user, &instance, &source, &command).await?;
             if outcome.needs_assist {
                 outcome = this
-                    .run_assisted(&user, &instance, command, &outcome)
+                    .run_assisted(&user, &instance, &source, command, &outcome)
                     .await?;
             }
-            this.after_commit(user, origin, &outcome.changed);
+            this.after_commit(user, source.socket, &outcome.changed);
             Ok(outcome)
         })
         .await
@@ -210,6 +209,7 @@ impl SyncService {
         &self,
         user_id: &str,
         instance_id: &str,
+        source: &Source,
         command: Command,
         first: &Outcome,
     ) -> Result<Outcome, ApiError> {
@@ -242,6 +242,7 @@ impl SyncService {
         self.run(
             user_id,
             instance_id,
+            source,
             &Command::Set {
                 key,
                 request,
@@ -263,22 +264,6 @@ impl SyncService {
             } else {
                 self.metrics.items_written.inc();
             }
-            if let Some(audit) = &self.audit {
-                audit.record(crate::audit::Entry {
-                    actor: user_id.clone(),
-                    action: if item.is_deleted {
-                        "item.remove"
-                    } else {
-                        "item.set"
-                    },
-                    target: Some(item.key.clone()),
-                    result: "ok".into(),
-                    details: Some(
-                        serde_json::json!({ "seq": item.seq, "instanceId": item.instance_id }),
-                    ),
-                    ..Default::default()
-                });
-            }
         }
         self.bus.publish(Envelope {
             user_id,
@@ -297,8 +282,13 @@ impl SyncService {
         &self,
         user_id: &str,
         instance_id: &str,
+        source: &Source,
         command: &Command,
     ) -> Result<Outcome, ApiError> {
+        // Every caller validated these already; the one write path checks
+        // again so that no text a database cannot store reaches a query.
+        validate_user_id(user_id).map_err(crate::text::Invalid::body)?;
+        validate_instance_id(instance_id).map_err(crate::text::Invalid::body)?;
         if let Some(key) = command.key() {
             validate_key(key)?;
         }
@@ -371,6 +361,24 @@ impl SyncService {
             if !outcome.changed.is_empty() {
                 items::save_user(&mut tx, &self.db, user_id, plan.state).await?;
             }
+            if self.audited {
+                let entries: Vec<audit::Entry> = outcome
+                    .changed
+                    .iter()
+                    .map(|i| {
+                        audit::change_entry(
+                            user_id,
+                            source,
+                            &i.key,
+                            i.is_deleted,
+                            i.seq,
+                            &i.instance_id,
+                            ctx.now,
+                        )
+                    })
+                    .collect();
+                storage::audit::insert(&mut tx, &self.db, &entries).await?;
+            }
             tx.commit().await?;
             outcome.base = None;
             Ok(Ok(outcome))
@@ -384,7 +392,7 @@ impl SyncService {
         &self,
         user_id: &str,
         instance_id: &str,
-        origin: Option<&str>,
+        source: &Source,
         key: &str,
         req: &SetRequest,
     ) -> Result<SetReply, ApiError> {
@@ -393,7 +401,7 @@ impl SyncService {
             request: Box::new(req.clone()),
             assist: Assist::NotAsked,
         };
-        let mut outcome = self.execute(user_id, instance_id, origin, command).await?;
+        let mut outcome = self.execute(user_id, instance_id, source, command).await?;
         let status = outcome.set_status.ok_or_else(no_row)?;
         let item = outcome
             .changed
@@ -412,13 +420,14 @@ impl SyncService {
         &self,
         user_id: &str,
         instance_id: &str,
+        source: &Source,
         key: &str,
     ) -> Result<Removed, ApiError> {
         let item = self
             .execute(
                 user_id,
                 instance_id,
-                None,
+                source,
                 Command::Remove {
                     key: key.to_owned(),
                 },
@@ -437,9 +446,14 @@ impl SyncService {
 
     /// Removes every item of the user. Each removal takes its own sequence
     /// number, so offline devices replay a clear as ordinary removals.
-    pub async fn clear(&self, user_id: &str, instance_id: &str) -> Result<Cleared, ApiError> {
+    pub async fn clear(
+        &self,
+        user_id: &str,
+        instance_id: &str,
+        source: &Source,
+    ) -> Result<Cleared, ApiError> {
         let changed = self
-            .execute(user_id, instance_id, None, Command::Clear)
+            .execute(user_id, instance_id, source, Command::Clear)
             .await?
             .changed;
         let last_seq = match changed.last() {
@@ -486,7 +500,12 @@ impl SyncService {
             let full = batch.len() as i64 == BATCH;
             for (user_id, key) in batch {
                 match self
-                    .execute(&user_id, "ttl-cleanup", None, Command::Expire { key })
+                    .execute(
+                        &user_id,
+                        "ttl-cleanup",
+                        &Source::default(),
+                        Command::Expire { key },
+                    )
                     .await
                 {
                     Ok(_) => purged += 1,
