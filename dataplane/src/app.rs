@@ -215,6 +215,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let listener = crate::server::Listener::new(tcp, &state.config.http);
 
     let sweeper = tokio::spawn(ttl_sweeper(state.clone()));
+    let expiry = tokio::spawn(expiry_sweeper(state.clone()));
     let heartbeat = tokio::spawn(socket::heartbeat(state.clone()));
     let usage = tokio::spawn(
         state
@@ -226,7 +227,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let flag = state.shutting_down.clone();
     let (socket_layer, _io) = socket::layer(state.clone());
     let app = crate::server::track(
-        http::router(state.clone()).layer(socket_layer),
+        http::router(state.clone())
+            .layer(socket_layer)
+            .layer(http::cors(&state.config.cors)),
         &state.config.http,
     );
     axum::serve(
@@ -241,6 +244,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     .await
     .map_err(StartError::Serve)?;
     sweeper.abort();
+    expiry.abort();
     heartbeat.abort();
     usage.abort();
     state.limiter.usage().flush(state.sync.db()).await;
@@ -253,17 +257,30 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
 /// Purges expired items, and tombstones past their retention, every
 /// `TTL_CLEANUP_INTERVAL_HOURS`.
+/// Turns items past their TTL into removals in their user's sequence, so
+/// that connected devices drop them (`sync:remove`) within about
+/// `TTL_EXPIRY_INTERVAL_MS`. Every pod runs it; a key another pod expired
+/// first is skipped.
+async fn expiry_sweeper(state: AppState) {
+    let mut every = tokio::time::interval(state.config.limits.ttl_expiry_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match state.sync.purge_expired().await {
+            Ok(0) => {}
+            Ok(expired) => tracing::debug!(expired, "expired items removed"),
+            Err(e) => tracing::warn!(error = %e, "TTL expiry failed; will retry"),
+        }
+    }
+}
+
+/// Purges tombstones past their retention, every `TTL_CLEANUP_INTERVAL_HOURS`.
 async fn ttl_sweeper(state: AppState) {
     let mut every = tokio::time::interval(state.config.limits.ttl_cleanup_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await; // the first tick is immediate; start one interval in
     loop {
         every.tick().await;
-        match state.sync.purge_expired().await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "expired items purged"),
-            Err(e) => tracing::warn!(error = %e, "TTL cleanup failed; will retry next interval"),
-        }
         let retention =
             chrono::Duration::from_std(state.config.limits.tombstone_retention).unwrap_or_default();
         let older_than = (chrono::Utc::now() - retention).timestamp_millis();

@@ -108,6 +108,10 @@ pub struct RawConfig {
     /// How often expired items are purged, in hours (fractions allowed).
     #[arg(long, global = true, env = "TTL_CLEANUP_INTERVAL_HOURS")]
     pub ttl_cleanup_interval_hours: Option<String>,
+    /// How often items past their TTL become removals in their user's
+    /// sequence, in milliseconds (default 1000).
+    #[arg(long, global = true, env = "TTL_EXPIRY_INTERVAL_MS")]
+    pub ttl_expiry_interval_ms: Option<String>,
     /// Events per aggregation transaction of `syncstore analytics`.
     #[arg(long, global = true, env = "ANALYTICS_CONSUMER_BATCH")]
     pub analytics_consumer_batch: Option<String>,
@@ -286,6 +290,8 @@ pub struct Limits {
     pub max_item_bytes: i64,
     pub max_storage_bytes_per_user: i64,
     pub ttl_cleanup_interval: Duration,
+    /// How often expired items are turned into removals (and fanned out).
+    pub ttl_expiry_interval: Duration,
     /// How long tombstones are kept for offline devices.
     pub tombstone_retention: Duration,
 }
@@ -720,6 +726,14 @@ impl Config {
                 * 1024
                 * 1024,
             ttl_cleanup_interval: Duration::from_secs_f64(ttl_hours * 3600.0),
+            ttl_expiry_interval: Duration::from_millis(
+                var!(raw, ttl_expiry_interval_ms, "TTL_EXPIRY_INTERVAL_MS").int(
+                    1_000u64,
+                    50,
+                    3_600_000,
+                    "milliseconds",
+                )?,
+            ),
             tombstone_retention: Duration::from_secs_f64(retention_days * 86_400.0),
         };
 

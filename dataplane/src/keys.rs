@@ -167,14 +167,9 @@ impl Keys {
         let mut old = keys::get_in(&mut tx, &self.db, id, owner, true)
             .await?
             .ok_or(ApiError::NotFound { key: id.into() })?;
-        // The new key holds what the old one holds: a caller may only
-        // rotate a key it could have made, so rotation cannot mint a
-        // stronger one (its expiry stays, and is not judged anew).
-        let old_key = as_key(&old)?;
-        policy::check(by, Some(&old_key), &old_key)?;
         let key = generate_key(&self.prefix);
         let now = now_ms();
-        let view = KeyView {
+        let mut view = KeyView {
             id: uuid::Uuid::now_v7().to_string(),
             key_hash: hash_key(&key),
             key_hint: hint(&key),
@@ -185,6 +180,16 @@ impl Keys {
             last_used_at: None,
             ..old.clone()
         };
+        // The new key holds what the old one holds, and is judged like a
+        // new key: a caller may only rotate a key it could have made. Its
+        // expiry is capped at the caller's, so that rotation never mints a
+        // credential that outlives the one that asked for it.
+        if let Authority::Key(actor) = by {
+            if let Some(bound) = actor.expires_at {
+                view.expires_at = Some(view.expires_at.map_or(bound, |e| e.min(bound)));
+            }
+        }
+        policy::check(by, None, &as_key(&view)?)?;
         keys::insert_in(&mut tx, &self.db, &view).await?;
         let grace = i64::try_from(self.rotation_grace.as_millis()).unwrap_or(i64::MAX);
         let grace_end = now.saturating_add(grace);

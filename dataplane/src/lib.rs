@@ -13,6 +13,7 @@ pub mod conflict;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod instant;
 pub mod keys;
 pub mod metrics;
 pub mod server;

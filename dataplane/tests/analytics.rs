@@ -320,3 +320,45 @@ async fn embedded_analytics_are_exact_and_scoped() {
     let (status, _) = get(&format!("{base}/users/alice?from=9&to=3"), &admin).await;
     assert_eq!(status, 400);
 }
+
+/// Rate-limit and quota refusals are denials by reason (issue 14 §7), in the
+/// key's security view and the dashboard, not successes.
+#[tokio::test]
+async fn rate_limit_and_quota_refusals_are_denials_by_reason() {
+    let serve = Server::start(&[]).await;
+    let dir = serve.data_dir.path();
+    let admin = create_key(dir, &[], "ops", &["--scopes", "admin"]);
+    let user = common::unique_user("quota");
+    // Per hour rather than per minute: 12 requests never straddle the window.
+    let limited = create_key(dir, &[], &user, &["--quota-per-hour", "5"]);
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        statuses.push(put(&serve, &limited, &format!("k{i}")).await);
+    }
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 200).count(),
+            statuses.iter().filter(|s| **s == 429).count()
+        ),
+        (5, 7)
+    );
+    let list = get(
+        &serve.url(&format!("/api/v1/api-keys?userId={user}")),
+        &admin,
+    )
+    .await
+    .1;
+    let id = list
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["userId"] == user.as_str()))
+        .and_then(|k| k["id"].as_str())
+        .expect("the key is listed")
+        .to_string();
+    let url = serve.url(&format!("/api/v1/analytics/api-keys/{id}/security"));
+    let security = until(&url, &admin, 30, |b| b["denials"] == 7).await;
+    assert_eq!(
+        security["byReason"],
+        serde_json::json!([{"reason": "QUOTA_EXCEEDED", "count": 7}]),
+        "{security}"
+    );
+}

@@ -90,7 +90,7 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     let http = Client::new();
     let user = unique_user("esc");
     let (admin, admin_id) = key(&server, backend, &user, &["--scopes", "admin"]);
-    let (manager, _) = key(&server, backend, &user, &["--scopes", "read,keys:manage"]);
+    let (manager, manager_id) = key(&server, backend, &user, &["--scopes", "read,keys:manage"]);
     let (_, writer_id) = key(&server, backend, &user, &["--scopes", "read,write"]);
     let (_, reader_id) = key(&server, backend, &user, &["--scopes", "read"]);
     let m = ("X-API-Key", manager.as_str());
@@ -161,7 +161,13 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
         (s, exceeds(&b)),
         (
             StatusCode::FORBIDDEN,
-            vec!["write".to_string(), "canWrite".to_string()]
+            // Re-activation is judged like creation: the writer was made
+            // after the manager, so its default lifetime outlives it too.
+            vec![
+                "write".to_string(),
+                "canWrite".to_string(),
+                "expiresAt".to_string()
+            ]
         ),
         "{b}"
     );
@@ -179,6 +185,18 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
         (StatusCode::FORBIDDEN, vec!["tokens:issue".to_string()]),
         "{b}"
     );
+    // An inactive key is judged as if active: no stronger key waits for a
+    // re-activation, and no longer-lived one.
+    let (s, b) = call(
+        &http,
+        M::POST,
+        url(""),
+        m,
+        Some(json!({"scopes": ["admin"], "isActive": false, "expiresAt": 4_611_686_018_427_387_904_i64})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(exceeds(&b).contains(&"expiresAt".to_string()) && exceeds(&b).contains(&"admin".to_string()), "{b}");
     // What the manager holds itself it may grant, rotate and take away.
     let (s, b) = call(
         &http,
@@ -202,6 +220,9 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
+    // The rotated key never outlives the manager that rotated it.
+    let (_, me) = call(&http, M::GET, url(&format!("/{manager_id}")), a, None).await;
+    assert!(b["expiresAt"].as_i64().is_some() && b["expiresAt"].as_i64() <= me["expiresAt"].as_i64(), "{b} {me}");
     let (s, b) = call(
         &http,
         M::PATCH,
@@ -364,7 +385,11 @@ async fn tokens_die_with_their_issuing_key(backend: &str) {
 
     // Deactivated, losing tokens:issue, or expired: access and refresh are refused.
     for (change, undo) in [
-        (json!({"isActive": false}), json!({"isActive": true})),
+        (
+            json!({"isActive": false}),
+            // Re-activation is judged like creation: within the admin's own lifetime.
+            json!({"isActive": true, "expiresAt": chrono::Utc::now().timestamp_millis() + 86_400_000}),
+        ),
         (
             json!({"scopes": ["read"]}),
             json!({"scopes": ["read", "tokens:issue"]}),
@@ -524,6 +549,9 @@ async fn token_users_have_their_own_rate_limit_and_minting_counts_quotas() {
         assert_eq!(get(&ta).await, StatusCode::OK, "request {i} of user a");
     }
     assert_eq!(get(&ta).await, StatusCode::TOO_MANY_REQUESTS, "a's 31st");
+    // Refreshing counts against the user too: a's refresh is refused now.
+    let (s, b) = refresh(&http, &server, pa["refreshToken"].as_str().unwrap()).await;
+    assert_eq!((s, b["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("RATE_LIMITED")), "{b}");
     assert_eq!(
         get(pb["accessToken"].as_str().unwrap()).await,
         StatusCode::OK,

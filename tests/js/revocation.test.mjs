@@ -53,6 +53,7 @@ const REVOCATIONS = [
   ['expired', async (id) => a.rest('PATCH', `/api-keys/${id}`, admin, { expiresAt: Date.now() + 500 }), 'KEY_EXPIRED'],
   ['rotated past its grace period', async (id) => a.rest('POST', `/api-keys/${id}/rotate`, admin), 'KEY_EXPIRED'],
   ['restricted to another network', async (id) => a.rest('PATCH', `/api-keys/${id}`, admin, { ipRestrictions: ['198.51.100.0/24'] }), 'IP_NOT_ALLOWED'],
+  ['denied read', async (id) => a.rest('PATCH', `/api-keys/${id}`, admin, { canRead: false }), 'FORBIDDEN'],
 ];
 
 for (const [what, revoke, code] of REVOCATIONS) {
@@ -173,4 +174,15 @@ test('a token whose nbf is ahead is refused at the handshake with token_not_yet_
   assert.deepEqual([refused.code, refused.details?.reason], ['UNAUTHORIZED', 'token_not_yet_valid']);
   const ok = await new Device(b.url, { userId: user, instanceId: 'nbf', auth: { token: hs256(claims(now - 60)) } }).ready();
   ok.close();
+});
+
+test('a transport that never joins /sync is closed after the connect timeout', async () => {
+  const { default: WebSocket } = await import('ws');
+  const ws = new WebSocket(`ws://127.0.0.1:${a.port}/socket.io/?EIO=4&transport=websocket`);
+  // Answer engine.io pings, but never send the namespace CONNECT.
+  ws.on('message', (m) => { if (m.toString() === '2') ws.send('3'); });
+  const opened = Date.now();
+  const closed = await new Promise((resolve) => ws.on('close', () => resolve(Date.now())));
+  const held = closed - opened;
+  assert.ok(held >= 4000 && held < 9000, `held ${held} ms`);
 });

@@ -43,9 +43,11 @@ pub struct Event {
 }
 
 impl Event {
-    /// Whether the request was refused by authentication or restrictions.
+    /// Whether the request was refused by authentication, restrictions,
+    /// a rate limit or a quota (by reason in `error_code`: `RATE_LIMITED`,
+    /// `QUOTA_EXCEEDED`, `IP_NOT_ALLOWED`, …).
     pub fn is_denial(&self) -> bool {
-        matches!(self.status, 401 | 403)
+        matches!(self.status, 401 | 403 | 429)
     }
 
     pub fn is_error(&self) -> bool {
@@ -113,5 +115,11 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(back, e);
         assert!(e.is_denial() && !e.is_error());
+        let limited = Event {
+            status: 429,
+            error_code: Some("QUOTA_EXCEEDED".into()),
+            ..e
+        };
+        assert!(limited.is_denial() && !limited.is_error());
     }
 }

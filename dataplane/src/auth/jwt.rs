@@ -100,6 +100,17 @@ pub struct Access {
 }
 
 impl Access {
+    /// The user a refresh token acts for, to count its refreshes against
+    /// that user's limit.
+    pub fn of_refresh(row: &refresh_tokens::Stored) -> Self {
+        Access {
+            user_id: row.user_id.clone(),
+            issued_by: row.issued_by.clone(),
+            scopes: row.scopes.clone(),
+            expires_at: i64::MAX,
+        }
+    }
+
     /// The rights a token principal carried when it was admitted, to be
     /// narrowed again by its issuing key as it stands now.
     pub fn held(p: &Principal) -> Self {
@@ -257,10 +268,19 @@ impl Tokens {
                 reason: "invalid_token",
             });
         }
+        // Even a token signed with our secret carries only what user tokens
+        // may carry, for a user id the API would accept.
+        crate::sync::validate_user_id(&c.sub).map_err(|_| ApiError::Unauthorized {
+            reason: "invalid_token",
+        })?;
         Ok(Access {
             user_id: c.sub,
             issued_by: c.kid,
-            scopes: c.scope,
+            scopes: c
+                .scope
+                .into_iter()
+                .filter(|s| TOKEN_SCOPES.contains(s))
+                .collect(),
             expires_at: c.exp.saturating_mul(1000),
         })
     }

@@ -14,7 +14,8 @@ pub struct KeyFields {
     pub name: Option<String>,
     pub user_id: Option<String>,
     pub is_active: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
+    /// Unix ms or RFC 3339 (the seed's DateTime); `null` never expires.
+    #[serde(default, deserialize_with = "crate::instant::present")]
     pub expires_at: Option<Option<i64>>,
     pub can_read: Option<bool>,
     pub can_write: Option<bool>,

@@ -8,12 +8,13 @@
 //! |---|---|
 //! | each scope | the result allows it and the actor does not (`admin` allows all) |
 //! | `canRead` / `canWrite` | the flag is on and the actor's is off |
-//! | `expiresAt` | the actor expires and the result expires later or never (judged when the action sets the expiry: creation, a changed `expiresAt`) |
+//! | `expiresAt` | the actor expires and the result expires later or never (judged when the action sets the expiry or brings the key to life: creation, rotation, a changed `expiresAt`, re-activation) |
 //! | IP, country, domain, User-Agent restrictions | the result admits a caller the actor's list does not |
 //! | each quota | the actor has one and the result has none or a larger one |
 //!
-//! A key that is inactive holds nothing, so deactivating (or deleting) a key
-//! is never an escalation; re-activating it is judged like creating it. The
+//! A key that an action leaves inactive holds nothing, so deactivating (or
+//! deleting) a key is never an escalation; re-activating it is judged like
+//! creating it, and a new key is judged as if active. The
 //! rule looks only at the result, not at what the key held before: a
 //! `keys:manage` key cannot rename, rotate or re-activate a key of its user
 //! that holds `admin`, because the result would still hold `admin`.
@@ -44,7 +45,10 @@ pub fn exceeds(
     let Authority::Key(actor) = authority else {
         return Vec::new();
     };
-    if !result.is_active {
+    // A key deactivated by this action holds nothing. A new key is judged
+    // as if active, whatever its `isActive`: it would otherwise wait,
+    // stronger than its maker, for a re-activation.
+    if !result.is_active && before.is_some() {
         return Vec::new();
     }
     let mut out: Vec<&'static str> = Scope::ALL
@@ -58,10 +62,11 @@ pub fn exceeds(
     if result.can_write && !actor.can_write {
         out.push("canWrite");
     }
-    // An expiry is judged when the action sets it (a new key, a changed
-    // `expiresAt`): keys made a moment after their manager with the same
-    // default lifetime would otherwise be out of its reach for good.
-    let kept = before.is_some_and(|b| b.expires_at == result.expires_at);
+    // An expiry is judged when the action sets it or brings the key to
+    // life (a new key, a changed `expiresAt`, a re-activation); an active
+    // key's unchanged expiry is not, or keys made a moment after their
+    // manager with the same default lifetime would be out of its reach.
+    let kept = before.is_some_and(|b| b.is_active && b.expires_at == result.expires_at);
     if let (Some(bound), false) = (actor.expires_at, kept) {
         if result.expires_at.is_none_or(|e| e > bound) {
             out.push("expiresAt");
@@ -189,9 +194,11 @@ mod tests {
             exceeds(Authority::Key(&actor), None, &admin),
             vec!["admin", "analytics:read", "tokens:issue"]
         );
-        // Deactivated, it holds nothing.
+        // Deactivated by the action, it holds nothing; made inactive, it is
+        // judged as if active.
         admin.is_active = false;
-        assert!(exceeds(Authority::Key(&actor), None, &admin).is_empty());
+        assert!(exceeds(Authority::Key(&actor), Some(&admin), &admin).is_empty());
+        assert_eq!(exceeds(Authority::Key(&actor), None, &admin).len(), 3);
         // The owner (CLI, operator) may do anything.
         admin.is_active = true;
         assert!(exceeds(Authority::Owner, None, &admin).is_empty());
@@ -235,11 +242,10 @@ mod tests {
         assert!(exceeds(Authority::Key(&actor), Some(&target), &target).is_empty());
         let mut asleep = target.clone();
         asleep.is_active = false;
-        asleep.expires_at = Some(5);
         assert_eq!(
             exceeds(Authority::Key(&actor), Some(&asleep), &target),
             vec!["expiresAt"],
-            "a later expiry set by the action is judged"
+            "re-activation is judged like creation"
         );
     }
 
@@ -330,7 +336,7 @@ mod tests {
             actor in any_key(), result in any_key(), caller in any_caller(), now in 0i64..12,
         ) {
             prop_assume!(actor.is_active);
-            if exceeds(Authority::Key(&actor), None, &result).is_empty() && result.is_active {
+            if exceeds(Authority::Key(&actor), None, &result).is_empty() {
                 for s in Scope::ALL {
                     prop_assert!(!result.allows(s) || actor.allows(s), "scope {s}");
                 }

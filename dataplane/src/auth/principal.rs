@@ -20,6 +20,19 @@ pub struct Principal {
     pub credential: Credential,
 }
 
+/// A refresh token about to be traded, and the key that issued its family.
+pub struct Refresh {
+    pub spent: crate::storage::refresh_tokens::Stored,
+    pub issuer: Arc<ApiKey>,
+}
+
+impl Refresh {
+    /// The token's user, as the limiter counts it (the user's own counter).
+    pub fn user(&self) -> Principal {
+        super::jwt::Access::of_refresh(&self.spent).principal(&self.issuer)
+    }
+}
+
 /// What was presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
@@ -179,13 +192,13 @@ impl Authenticator {
         }
     }
 
-    /// Trades a refresh token for a new pair, if its issuing key is still
-    /// valid; the pair carries no more than that key holds now.
-    pub async fn refresh(&self, token: &str) -> Result<super::Issued, ApiError> {
-        let tokens = self.tokens()?;
-        let spent = tokens.redeemable(token).await?;
+    /// A refresh token that may be traded for a new pair: verified, not
+    /// revoked, and its issuing key still valid. [`Refresh::user`] is who
+    /// to count it against; [`super::Tokens::rotate`] trades it.
+    pub async fn refreshable(&self, token: &str) -> Result<Refresh, ApiError> {
+        let spent = self.tokens()?.redeemable(token).await?;
         let issuer = self.issuer(&spent.issued_by).await?;
-        tokens.rotate(&spent, &issuer).await
+        Ok(Refresh { spent, issuer })
     }
 
     pub fn keys(&self) -> &KeyStore {

@@ -54,16 +54,7 @@ fn require_scope(who: &Principal) -> Result<(), ApiError> {
 }
 
 fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(v)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::InvalidQuery(format!(
-                "{name} must be milliseconds since the epoch or an RFC 3339 time"
-            ))
-        })
+    crate::instant::parse(v).map_err(|e| ApiError::InvalidQuery(format!("{name}: {e}")))
 }
 
 /// The window the query asks for, with the defaults above.

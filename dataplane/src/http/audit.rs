@@ -23,15 +23,17 @@ pub struct Params {
     target: Option<String>,
     /// The `X-Request-Id` of the request that wrote the entry.
     request_id: Option<String>,
-    /// Unix milliseconds, inclusive.
+    /// Unix milliseconds or RFC 3339, inclusive.
+    #[serde(default, deserialize_with = "crate::instant::option")]
     from: Option<i64>,
+    #[serde(default, deserialize_with = "crate::instant::option")]
     to: Option<i64>,
     /// `nextCursor` of the previous page.
     cursor: Option<String>,
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("target" = Option<String>, Query, description = "Target (item key, key id, …)"), ("requestId" = Option<String>, Query, description = "X-Request-Id of the request that wrote it"), ("from" = Option<i64>, Query, description = "ms, inclusive"), ("to" = Option<i64>, Query, description = "ms"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "{entries, nextCursor}", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("target" = Option<String>, Query, description = "Target (item key, key id, …)"), ("requestId" = Option<String>, Query, description = "X-Request-Id of the request that wrote it"), ("from" = Option<String>, Query, description = "Unix ms or RFC 3339, inclusive"), ("to" = Option<String>, Query, description = "Unix ms or RFC 3339"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "{entries, nextCursor}", body = Object)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,

@@ -67,7 +67,11 @@ pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> Result<Json<Issued>, ApiError> {
-    Ok(Json(state.auth.refresh(&body.refresh_token).await?))
+    // A refresh counts against its user's limit, like the user's requests.
+    let refresh = state.auth.refreshable(&body.refresh_token).await?;
+    state.limiter.admit(&refresh.user()).await?;
+    let tokens = state.auth.tokens()?;
+    Ok(Json(tokens.rotate(&refresh.spent, &refresh.issuer).await?))
 }
 
 /// `POST /auth/logout {refreshToken}`: revokes the token's whole family.

@@ -124,7 +124,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes()))
-        .layer(cors(&state.config.cors))
         // The usual hardening for an API that never serves HTML.
         .layer(SetResponseHeaderLayer::if_not_present(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
@@ -303,7 +302,11 @@ fn percent_decode(s: &str) -> String {
         .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
 }
 
-fn cors(cfg: &CorsConfig) -> CorsLayer {
+/// The CORS policy (`CORS_ORIGIN`, `CORS_CREDENTIALS`). `app` applies it
+/// outside the Socket.IO layer, so REST and the engine.io endpoints
+/// (`/socket.io/`, whose polling transport a browser on another origin
+/// starts with) answer preflights and carry the same headers.
+pub fn cors(cfg: &CorsConfig) -> CorsLayer {
     let origins = match &cfg.origins {
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok())),
@@ -314,6 +317,7 @@ fn cors(cfg: &CorsConfig) -> CorsLayer {
         .allow_methods([
             Method::GET,
             Method::PUT,
+            Method::PATCH,
             Method::POST,
             Method::DELETE,
             Method::OPTIONS,

@@ -106,10 +106,16 @@ fn reply<T: Serialize>(
                 .socket_errors
                 .with_label_values(&[event, e.code()])
                 .inc();
+            let body = e.body();
+            // A revoked socket is always told with an `error` event, as an
+            // idle one is, besides the ack.
+            if wants && session.is_revoked() {
+                let _ = s.emit("error", &body);
+            }
             if wants {
-                ack.send(&json!({ "error": e.body() }))
+                ack.send(&json!({ "error": body }))
             } else {
-                s.emit("error", &e.body())
+                s.emit("error", &body)
             }
         }
     };

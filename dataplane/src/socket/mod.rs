@@ -26,6 +26,9 @@ use crate::{app::AppState, fanout::Sink, storage::instances, storage::now_ms};
 /// database instead of being queued.
 const SOCKET_BUFFER: usize = 16;
 
+/// How long a transport may stay open without a `/sync` handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often connected devices' `last_seen` is refreshed, in batches: one
 /// statement per device would be a burst of thousands of writes.
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -51,6 +54,10 @@ pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
         .ws_read_buffer_size(1024)
         .max_payload(4 * 1024 * 1024)
         .ack_timeout(Duration::from_secs(30))
+        // An engine.io connection that joins no namespace is closed after
+        // this (socketioxide's default is 45 s): unauthenticated clients
+        // cannot sit on connection slots (`HTTP_MAX_CONNECTIONS`).
+        .connect_timeout(CONNECT_TIMEOUT)
         .build_layer();
     io.ns("/sync", on_connect.with(handshake::authenticate));
     (layer, io)

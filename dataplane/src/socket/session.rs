@@ -97,6 +97,8 @@ fn revokes(e: &ApiError) -> bool {
             | ApiError::KeyInactive
             | ApiError::KeyExpired
             | ApiError::Restricted { .. }
+            | ApiError::Forbidden { .. }
+            | ApiError::ScopeRequired { .. }
     )
 }
 
@@ -128,7 +130,14 @@ impl Session {
     /// [`Self::end_if_revoked`] disconnects it.
     pub async fn authorize(&self) -> Result<Principal, ApiError> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let result = self.app.auth.recheck(&held, &self.device.caller).await;
+        // A socket reads by nature (its handshake required `read`): losing
+        // it ends the socket, or updates would keep flowing to it.
+        let result = self
+            .app
+            .auth
+            .recheck(&held, &self.device.caller)
+            .await
+            .and_then(|p| p.require(crate::auth::Scope::Read).map(|()| p));
         *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         if let Err(e) = &result {
             if revokes(e) {
@@ -318,8 +327,9 @@ impl Session {
         };
         let mut delivered = from;
         let mut stalled = false;
+        let now = crate::storage::now_ms();
         for item in &rows {
-            let change = Change::from(item);
+            let change = Change::as_of(item, now);
             // Its own writes are no news to the device.
             if change.instance_id != self.device.instance_id
                 && self.wants(&change.key)
@@ -364,11 +374,13 @@ impl Session {
         }
         let rows = items::changes_since(db, &self.device.user_id, cursor).await?;
         let upto = rows.last().map_or(last_seq, |r| r.seq.max(last_seq));
+        let now = crate::storage::now_ms();
         let changes: Vec<Change> = rows
             .iter()
-            // A new device needs the current state, not what was removed.
-            .filter(|r| cursor > 0 || !r.is_deleted)
-            .map(Change::from)
+            .map(|r| Change::as_of(r, now))
+            // A new device needs the current state, not what was removed
+            // (or expired).
+            .filter(|c| cursor > 0 || !c.deleted)
             .collect();
         let events: Vec<_> = changes.iter().map(Change::sync_event).collect();
         match self

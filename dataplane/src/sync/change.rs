@@ -35,6 +35,21 @@ impl From<&Item> for Change {
     }
 }
 
+impl Change {
+    /// The row as a device should learn it at `now_ms`: an item past its
+    /// TTL is a removal, even before the expiry sweep has written one into
+    /// the sequence (issue 14 §3: no read path returns an expired item).
+    pub fn as_of(item: &Item, now_ms: i64) -> Self {
+        let mut change = Change::from(item);
+        if !item.is_deleted && !item.is_visible(now_ms) {
+            change.deleted = true;
+            change.value = None;
+            change.metadata = None;
+        }
+        change
+    }
+}
+
 /// `sync:update` payload.
 #[derive(Serialize)]
 pub struct UpdatePayload<'a> {

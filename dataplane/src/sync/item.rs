@@ -138,8 +138,9 @@ pub struct SetRequest {
     /// The version this write was based on.
     #[serde(default)]
     pub version: Option<i64>,
-    /// The client's clock in Unix milliseconds; the server's when absent.
-    #[serde(default)]
+    /// The client's clock in Unix milliseconds (or RFC 3339); the server's
+    /// when absent.
+    #[serde(default, deserialize_with = "crate::instant::option")]
     pub timestamp: Option<i64>,
     #[serde(default)]
     pub ttl: Option<Ttl>,

@@ -476,6 +476,7 @@ mod tests {
             max_item_bytes: 100,
             max_storage_bytes_per_user: 250,
             ttl_cleanup_interval: Duration::from_secs(3600),
+            ttl_expiry_interval: Duration::from_secs(1),
             tombstone_retention: Duration::from_secs(86400),
         }
     }

@@ -53,6 +53,7 @@ pub fn limits() -> Limits {
         max_item_bytes: 100 * 1024,
         max_storage_bytes_per_user: 1024 * 1024,
         ttl_cleanup_interval: Duration::from_secs(3600),
+        ttl_expiry_interval: Duration::from_secs(1),
         tombstone_retention: Duration::from_secs(86400),
     }
 }
