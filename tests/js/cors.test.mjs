@@ -7,12 +7,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { Server, freePort, uid } from './harness.mjs';
 
-const require = createRequire(import.meta.url);
-const CLIENT = readFileSync(require.resolve('socket.io-client/dist/socket.io.min.js'));
+// The browser bundle the package ships (not in its `exports`, so by path).
+const CLIENT = readFileSync(fileURLToPath(new URL('./node_modules/socket.io-client/dist/socket.io.min.js', import.meta.url)));
 
 let server;
 let allowedPage;
