@@ -196,7 +196,11 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
-    assert!(exceeds(&b).contains(&"expiresAt".to_string()) && exceeds(&b).contains(&"admin".to_string()), "{b}");
+    assert!(
+        exceeds(&b).contains(&"expiresAt".to_string())
+            && exceeds(&b).contains(&"admin".to_string()),
+        "{b}"
+    );
     // What the manager holds itself it may grant, rotate and take away.
     let (s, b) = call(
         &http,
@@ -222,7 +226,10 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     assert_eq!(s, StatusCode::CREATED, "{b}");
     // The rotated key never outlives the manager that rotated it.
     let (_, me) = call(&http, M::GET, url(&format!("/{manager_id}")), a, None).await;
-    assert!(b["expiresAt"].as_i64().is_some() && b["expiresAt"].as_i64() <= me["expiresAt"].as_i64(), "{b} {me}");
+    assert!(
+        b["expiresAt"].as_i64().is_some() && b["expiresAt"].as_i64() <= me["expiresAt"].as_i64(),
+        "{b} {me}"
+    );
     let (s, b) = call(
         &http,
         M::PATCH,
@@ -551,7 +558,11 @@ async fn token_users_have_their_own_rate_limit_and_minting_counts_quotas() {
     assert_eq!(get(&ta).await, StatusCode::TOO_MANY_REQUESTS, "a's 31st");
     // Refreshing counts against the user too: a's refresh is refused now.
     let (s, b) = refresh(&http, &server, pa["refreshToken"].as_str().unwrap()).await;
-    assert_eq!((s, b["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("RATE_LIMITED")), "{b}");
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("RATE_LIMITED")),
+        "{b}"
+    );
     assert_eq!(
         get(pb["accessToken"].as_str().unwrap()).await,
         StatusCode::OK,
