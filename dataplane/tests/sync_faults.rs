@@ -100,3 +100,55 @@ async fn an_older_blind_write_does_not_undo_a_newer_removal_sqlite() {
 async fn an_older_blind_write_does_not_undo_a_newer_removal_postgres() {
     an_older_blind_write_does_not_undo_a_newer_removal("postgres").await;
 }
+
+/// §9: every request served before SIGTERM is counted in analytics: the
+/// server stops accepting, drains, flushes the embedded aggregator and the
+/// audit trail, and only then closes the database.
+#[tokio::test]
+async fn analytics_of_requests_served_before_sigterm_are_all_counted() {
+    let mut server = Server::start(&[]).await;
+    let http = Client::new();
+    let user = unique_user("term");
+    let key = create_key(&server, "sqlite", &user);
+    for i in 0..40 {
+        let r = http
+            .put(server.url(&format!("/api/v1/sync-storage/item/k{i}")))
+            .header("X-API-Key", &key)
+            .json(&json!({"value": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (server, status)
+    });
+    let (mut server, status) = exit.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = server.log();
+    assert!(!log.contains("analytics batch not written"), "{log}");
+    assert!(!log.contains("were not written"), "{log}");
+    let dir = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
+    let restarted = Server::start_in(dir, &[]).await;
+    let admin = common::create_key(
+        restarted.data_dir.path(),
+        &[],
+        "ops",
+        &["--scopes", "read,analytics:read"],
+    );
+    let r = http
+        .get(restarted.url(&format!("/api/v1/analytics/users/{user}")))
+        .header("X-API-Key", &admin)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["totals"]["requests"], 40, "{body}");
+}
