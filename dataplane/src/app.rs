@@ -255,8 +255,6 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Purges expired items, and tombstones past their retention, every
-/// `TTL_CLEANUP_INTERVAL_HOURS`.
 /// Turns items past their TTL into removals in their user's sequence, so
 /// that connected devices drop them (`sync:remove`) within about
 /// `TTL_EXPIRY_INTERVAL_MS`. Every pod runs it; a key another pod expired

@@ -141,7 +141,8 @@ impl Keys {
         }
         let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
-        let mut view = keys::get_in(&mut tx, &self.db, id, owner, true)
+        keys::lock_in(&mut tx, &self.db, id).await?;
+        let mut view = keys::get_in(&mut tx, &self.db, id, owner)
             .await?
             .ok_or(ApiError::NotFound { key: id.into() })?;
         let before = as_key(&view)?;
@@ -164,7 +165,8 @@ impl Keys {
     ) -> Result<(Created, Option<i64>), ApiError> {
         let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
-        let mut old = keys::get_in(&mut tx, &self.db, id, owner, true)
+        keys::lock_in(&mut tx, &self.db, id).await?;
+        let mut old = keys::get_in(&mut tx, &self.db, id, owner)
             .await?
             .ok_or(ApiError::NotFound { key: id.into() })?;
         let key = generate_key(&self.prefix);

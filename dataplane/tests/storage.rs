@@ -508,9 +508,10 @@ async fn device_cursors_and_sessions_are_recorded(backend: &str) {
         user_id: &user,
         ..arrival("phone", 1000)
     };
+    let new = instances::arrive(&db, &first).await.unwrap();
     assert_eq!(
-        instances::arrive(&db, &first).await.unwrap(),
-        0,
+        (new.acked, new.acks, new.delivered, new.resume_from()),
+        (0, false, 0, 0),
         "a new device starts at cursor 0"
     );
     instances::advance_cursor(&db, &user, "phone", 7)
@@ -523,13 +524,34 @@ async fn device_cursors_and_sessions_are_recorded(backend: &str) {
         user_id: &user,
         ..arrival("phone", 2000)
     };
-    assert_eq!(instances::arrive(&db, &again).await.unwrap(), 7);
+    let again = instances::arrive(&db, &again).await.unwrap();
+    assert_eq!((again.acked, again.acks, again.resume_from()), (7, true, 7));
     let laptop = Arrival {
         user_id: &user,
         ..arrival("laptop", 2500)
     };
     instances::arrive(&db, &laptop).await.unwrap();
-    instances::leave(&db, &user, "phone", 3000).await.unwrap();
+    instances::leave(&db, &user, "phone", 9, 3000)
+        .await
+        .unwrap();
+    // The delivered cursor never moves back either.
+    instances::arrive(&db, &laptop).await.unwrap();
+    instances::leave(&db, &user, "laptop", 5, 3000)
+        .await
+        .unwrap();
+    instances::leave(&db, &user, "laptop", 4, 3000)
+        .await
+        .unwrap();
+    let laptop_cursors = instances::arrive(&db, &laptop).await.unwrap();
+    assert_eq!(
+        (
+            laptop_cursors.acks,
+            laptop_cursors.delivered,
+            laptop_cursors.resume_from()
+        ),
+        (false, 5, 5),
+        "a device that never acks resumes after what it was sent"
+    );
     instances::touch(
         &db,
         &[

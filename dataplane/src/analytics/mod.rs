@@ -39,7 +39,17 @@ struct Sink {
 
 enum Transport {
     Kafka(kafka::Producer),
-    Local(mpsc::Sender<Event>),
+    Local(mpsc::Sender<Msg>),
+}
+
+/// What the embedded aggregator receives: events, and at shutdown a flush
+/// marker. The channel is FIFO, so when the marker is answered every event
+/// recorded before it has been written. Nearly every message is an event:
+/// boxing it to shrink the rare marker would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Event),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Analytics {
@@ -110,7 +120,7 @@ impl Analytics {
         let outcome = &sink.metrics.analytics_events;
         match &sink.transport {
             Transport::Kafka(p) => p.send(&e),
-            Transport::Local(tx) => match tx.try_send(e) {
+            Transport::Local(tx) => match tx.try_send(Msg::Event(e)) {
                 Ok(()) => outcome.with_label_values(&["queued"]).inc(),
                 Err(_) => outcome.with_label_values(&["dropped"]).inc(),
             },
@@ -119,52 +129,84 @@ impl Analytics {
 
     /// Waits (briefly) for buffered events to leave, at shutdown.
     pub async fn flush(&self) {
-        if let Some(Transport::Kafka(p)) = self.sink.as_ref().map(|s| &s.transport) {
-            p.flush(Duration::from_secs(5));
+        const WAIT: Duration = Duration::from_secs(5);
+        match self.sink.as_ref().map(|s| &s.transport) {
+            Some(Transport::Kafka(p)) => p.flush(WAIT),
+            Some(Transport::Local(tx)) => {
+                let (done, written) = tokio::sync::oneshot::channel();
+                let flushed = async {
+                    tx.send(Msg::Flush(done)).await.ok()?;
+                    written.await.ok()
+                };
+                if tokio::time::timeout(WAIT, flushed)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    tracing::warn!("analytics events still buffered at shutdown were not written");
+                }
+            }
+            None => {}
         }
     }
 }
 
 /// Embedded mode: batches from the channel into the aggregate tables.
 async fn aggregate_locally(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Msg>,
     db: Db,
     batch: usize,
     metrics: Arc<Metrics>,
 ) {
     let mut events = Vec::with_capacity(batch);
     loop {
-        let Some(first) = rx.recv().await else { return };
-        events.push(first);
+        let mut flushed = None;
+        match rx.recv().await {
+            None => return,
+            Some(Msg::Event(e)) => events.push(e),
+            Some(Msg::Flush(done)) => flushed = Some(done),
+        }
         let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while events.len() < batch {
+        while events.len() < batch && flushed.is_none() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(e)) => events.push(e),
+                Ok(Some(Msg::Event(e))) => events.push(e),
+                Ok(Some(Msg::Flush(done))) => flushed = Some(done),
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut delta = aggregate::Delta::default();
-        events.iter().for_each(|e| delta.add(e));
-        // A failed write is retried a few times, then the batch is counted
-        // as lost: the buffer must keep moving.
-        let mut written = false;
-        for attempt in 0..3 {
-            match aggregate::write_alone(&db, &delta).await {
-                Ok(()) => {
-                    written = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "analytics batch not written");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
+        if !events.is_empty() {
+            write_batch(&db, &mut events, &metrics).await;
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Aggregates `events` in one transaction (retried a few times) and empties it.
+async fn write_batch(db: &Db, events: &mut Vec<Event>, metrics: &Metrics) {
+    let mut delta = aggregate::Delta::default();
+    events.iter().for_each(|e| delta.add(e));
+    // A failed write is retried a few times, then the batch is counted
+    // as lost: the buffer must keep moving.
+    let mut written = false;
+    for attempt in 0..3 {
+        match aggregate::write_alone(db, &delta).await {
+            Ok(()) => {
+                written = true;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "analytics batch not written");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
         }
-        let outcome = if written { "aggregated" } else { "failed" };
-        metrics
-            .analytics_events
-            .with_label_values(&[outcome])
-            .inc_by(events.len() as u64);
-        events.clear();
     }
+    let outcome = if written { "aggregated" } else { "failed" };
+    metrics
+        .analytics_events
+        .with_label_values(&[outcome])
+        .inc_by(events.len() as u64);
+    events.clear();
 }

@@ -341,15 +341,18 @@ impl Tokens {
         let now = now_ms();
         let turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
-        if refresh_tokens::family_revoked(&mut tx, &self.db, &spent.family_id).await? {
-            return Err(ApiError::Unauthorized {
-                reason: "token_revoked",
-            });
-        }
+        // The write comes first: on SQLite it takes the writer lock before
+        // anything is read (a read-then-write transaction can fail busy).
         if !refresh_tokens::mark_used(&mut tx, &self.db, &spent.jti, now).await? {
             drop(tx);
             drop(turn);
             return Err(self.reused(spent).await);
+        }
+        if refresh_tokens::family_revoked(&mut tx, &self.db, &spent.family_id).await? {
+            // Rolled back with the transaction: the token stays unspent.
+            return Err(ApiError::Unauthorized {
+                reason: "token_revoked",
+            });
         }
         refresh_tokens::insert(&mut tx, &self.db, &row).await?;
         tx.commit().await?;

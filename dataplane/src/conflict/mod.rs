@@ -126,7 +126,11 @@ pub enum Decision {
 
 /// Whether a write is concurrent with the stored row: it names a version
 /// that is not the current one, or, naming none, it carries a timestamp
-/// older than the stored item's and comes from another instance.
+/// older than the stored item's and comes from another instance. A removal
+/// (tombstone) is a state like any other: an offline device's older blind
+/// write is concurrent with a newer removal, and its strategy settles it
+/// (under LAST_WRITE_WINS the removal stands), instead of resurrecting the
+/// key.
 pub fn is_concurrent(
     current: &Item,
     based_on: Option<i64>,
@@ -136,9 +140,7 @@ pub fn is_concurrent(
     match based_on {
         Some(v) => v != current.version,
         None => {
-            !current.is_deleted
-                && timestamp.is_some_and(|t| t < current.timestamp)
-                && instance_id != current.instance_id
+            timestamp.is_some_and(|t| t < current.timestamp) && instance_id != current.instance_id
         }
     }
 }

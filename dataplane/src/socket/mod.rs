@@ -93,7 +93,7 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
         now: now_ms(),
     };
     let cursor = match instances::arrive(app.sync.db(), &arrival).await {
-        Ok(c) => c,
+        Ok(cursors) => cursors.resume_from(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot record device; starting from its full state");
             0
@@ -120,7 +120,16 @@ async fn on_disconnect(
     let d = &session.device;
     app.hub.remove(&d.user_id, &session.sid);
     app.sync.bus().unhost(&d.user_id);
-    if let Err(e) = instances::leave(app.sync.db(), &d.user_id, &d.instance_id, now_ms()).await {
+    let delivered = session.delivered();
+    if let Err(e) = instances::leave(
+        app.sync.db(),
+        &d.user_id,
+        &d.instance_id,
+        delivered,
+        now_ms(),
+    )
+    .await
+    {
         tracing::debug!(error = %e, "cannot record disconnect");
     }
 }

@@ -28,8 +28,33 @@ pub struct Instance {
     pub user_agent: Option<String>,
 }
 
-/// Records a connection and returns the device's cursor.
-pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<i64, sqlx::Error> {
+/// A device's cursors as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursors {
+    /// The last seq it acknowledged.
+    pub acked: i64,
+    /// Whether it has ever acknowledged.
+    pub acks: bool,
+    /// The highest seq it was sent, as of its last disconnect.
+    pub delivered: i64,
+}
+
+impl Cursors {
+    /// Where the device resumes: after its acknowledged cursor if it
+    /// acknowledges (at-least-once), else after what it was last sent (a
+    /// client written from the seed's README, which never acknowledges); 0
+    /// for a new device.
+    pub fn resume_from(self) -> i64 {
+        if self.acks {
+            self.acked
+        } else {
+            self.delivered
+        }
+    }
+}
+
+/// Records a connection and returns the device's cursors.
+pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
     let upsert = match db.dialect() {
         Dialect::Mysql => {
             "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent) \
@@ -57,22 +82,35 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<i64, sqlx::Error> {
         .bind(ua)
         .execute(db.pool())
         .await?;
-    let row = sqlx::query(
-        &db.sql("SELECT cursor_seq FROM instances WHERE user_id = ? AND instance_id = ?"),
-    )
+    let row = sqlx::query(&db.sql(
+        "SELECT cursor_seq, has_acked, delivered_seq FROM instances WHERE user_id = ? AND instance_id = ?",
+    ))
     .bind(a.user_id)
     .bind(a.instance_id)
     .fetch_one(db.pool())
     .await?;
-    row.i64_at(0)
+    Ok(Cursors {
+        acked: row.i64_at(0)?,
+        acks: row.bool_at(1)?,
+        delivered: row.i64_at(2)?,
+    })
 }
 
-/// Records a disconnection.
-pub async fn leave(db: &Db, user_id: &str, instance_id: &str, now: i64) -> Result<(), sqlx::Error> {
+/// Records a disconnection, and the highest seq the device was sent.
+pub async fn leave(
+    db: &Db,
+    user_id: &str,
+    instance_id: &str,
+    delivered: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(&db.sql(
         "UPDATE instances SET connections = CASE WHEN connections > 0 THEN connections - 1 ELSE 0 END, \
+         delivered_seq = CASE WHEN delivered_seq < ? THEN ? ELSE delivered_seq END, \
          last_seen = ? WHERE user_id = ? AND instance_id = ?",
     ))
+    .bind(delivered)
+    .bind(delivered)
     .bind(now)
     .bind(user_id)
     .bind(instance_id)
@@ -81,7 +119,8 @@ pub async fn leave(db: &Db, user_id: &str, instance_id: &str, now: i64) -> Resul
     Ok(())
 }
 
-/// Moves the cursor forward (never back).
+/// Moves the acknowledged cursor forward (never back), and marks the device
+/// as one that acknowledges.
 pub async fn advance_cursor(
     db: &Db,
     user_id: &str,
@@ -89,12 +128,14 @@ pub async fn advance_cursor(
     seq: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&db.sql(
-        "UPDATE instances SET cursor_seq = ? WHERE user_id = ? AND instance_id = ? AND cursor_seq < ?",
+        "UPDATE instances SET cursor_seq = CASE WHEN cursor_seq < ? THEN ? ELSE cursor_seq END, \
+         has_acked = ? WHERE user_id = ? AND instance_id = ?",
     ))
     .bind(seq)
+    .bind(seq)
+    .bind(true)
     .bind(user_id)
     .bind(instance_id)
-    .bind(seq)
     .execute(db.pool())
     .await?;
     Ok(())

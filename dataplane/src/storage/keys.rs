@@ -218,15 +218,8 @@ pub async fn list(db: &Db, user: Option<&str>) -> Result<Vec<KeyView>, sqlx::Err
 
 /// One key, if it belongs to `user` (`None`: any user).
 pub async fn get(db: &Db, id: &str, user: Option<&str>) -> Result<Option<KeyView>, sqlx::Error> {
-    let q =
-        format!("SELECT {VIEW_COLUMNS} FROM api_keys WHERE id = ? AND (? IS NULL OR user_id = ?)");
-    let row = sqlx::query(&db.sql(&q))
-        .bind(id)
-        .bind(user)
-        .bind(user)
-        .fetch_optional(db.pool())
-        .await?;
-    row.as_ref().map(view_from_row).transpose()
+    let mut conn = db.pool().acquire().await?;
+    get_in(&mut conn, db, id, user).await
 }
 
 /// Stores every mutable field of `v`.
@@ -299,19 +292,27 @@ pub async fn insert_in(conn: &mut AnyConnection, db: &Db, v: &KeyView) -> Result
     Ok(())
 }
 
-/// [`get`] on a connection (or inside a transaction); `lock` takes the
-/// row's write lock where the dialect has one.
+/// Takes key `id`'s write lock inside a transaction, before anything is
+/// read: a no-op write locks the row on PostgreSQL and MySQL, and takes the
+/// writer lock on SQLite, where a transaction that reads first and writes
+/// later can fail busy.
+pub async fn lock_in(conn: &mut AnyConnection, db: &Db, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&db.sql("UPDATE api_keys SET updated_at = updated_at WHERE id = ?"))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// [`get`] on a connection (or inside a transaction, after [`lock_in`]).
 pub async fn get_in(
     conn: &mut AnyConnection,
     db: &Db,
     id: &str,
     user: Option<&str>,
-    lock: bool,
 ) -> Result<Option<KeyView>, sqlx::Error> {
-    let suffix = if lock { db.dialect().for_update() } else { "" };
-    let q = format!(
-        "SELECT {VIEW_COLUMNS} FROM api_keys WHERE id = ? AND (? IS NULL OR user_id = ?){suffix}"
-    );
+    let q =
+        format!("SELECT {VIEW_COLUMNS} FROM api_keys WHERE id = ? AND (? IS NULL OR user_id = ?)");
     let row = sqlx::query(&db.sql(&q))
         .bind(id)
         .bind(user)

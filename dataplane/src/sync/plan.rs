@@ -651,6 +651,64 @@ mod tests {
     }
 
     #[test]
+    fn an_older_blind_write_does_not_undo_a_newer_removal() {
+        let first = set(None, EMPTY, r#"{"value":1}"#).unwrap();
+        let later = WriteCtx {
+            now: CTX.now + 20_000,
+            ..CTX
+        };
+        let removed = tombstone(later, &first.item, first.state);
+        // An offline tablet's write from between the two, naming no version.
+        let older = req(&format!(
+            r#"{{"value":2,"timestamp":{}}}"#,
+            CTX.now + 10_000
+        ));
+        let tablet = WriteCtx {
+            instance_id: "tablet",
+            now: CTX.now + 30_000,
+            ..CTX
+        };
+        let plan = |strategy| {
+            plan_set(
+                tablet,
+                "k",
+                &older,
+                Some(&removed.item),
+                None,
+                removed.state,
+                &limits(),
+                &policy(strategy),
+                &Assist::NotAsked,
+            )
+            .unwrap()
+        };
+        let lww = plan(Strategy::LastWriteWins);
+        assert_eq!(
+            (lww.status, lww.written.is_none(), lww.conflict.is_some()),
+            (SetStatus::Rejected, true, true),
+            "the removal stands, and the conflict is recorded"
+        );
+        // A write newer than the removal re-creates the key.
+        let newer = req(&format!(
+            r#"{{"value":2,"timestamp":{}}}"#,
+            CTX.now + 25_000
+        ));
+        let p = plan_set(
+            tablet,
+            "k",
+            &newer,
+            Some(&removed.item),
+            None,
+            removed.state,
+            &limits(),
+            &policy(Strategy::LastWriteWins),
+            &Assist::NotAsked,
+        )
+        .unwrap();
+        assert_eq!(p.status, SetStatus::Applied);
+    }
+
+    #[test]
     fn item_and_storage_limits_are_enforced() {
         let big = format!(r#"{{"value":"{}"}}"#, "x".repeat(99));
         assert!(matches!(

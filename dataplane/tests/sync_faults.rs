@@ -1,0 +1,154 @@
+//! Sync faults from the field (issue 14), against the real binary on SQLite
+//! and PostgreSQL.
+
+mod common;
+
+use common::{postgres_url, unique_user, Server};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+async fn start(backend: &str) -> Server {
+    let pg = postgres_url();
+    match backend {
+        "postgres" => Server::start(&[("DATABASE_URL", pg.as_str())]).await,
+        _ => Server::start(&[]).await,
+    }
+}
+
+fn create_key(server: &Server, backend: &str, user: &str) -> String {
+    let pg = postgres_url();
+    let env: Vec<(&str, &str)> = match backend {
+        "postgres" => vec![("DATABASE_URL", pg.as_str())],
+        _ => vec![],
+    };
+    common::create_key(
+        server.data_dir.path(),
+        &env,
+        user,
+        &["--scopes", "read,write"],
+    )
+}
+
+/// §4: phone writes `x` at T-20 s and removes it; the tablet, offline, later
+/// sends a blind write stamped T-10 s. The removal stands, and the outcome
+/// is recorded as a conflict.
+async fn an_older_blind_write_does_not_undo_a_newer_removal(backend: &str) {
+    let server = start(backend).await;
+    let http = Client::new();
+    let user = unique_user("tomb");
+    let key = create_key(&server, backend, &user);
+    let url = server.url("/api/v1/sync-storage/item/x");
+    let now = chrono::Utc::now().timestamp_millis();
+    let send = |req: reqwest::RequestBuilder, instance: &str| {
+        let req = req
+            .header("X-API-Key", &key)
+            .header("X-Instance-Id", instance);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, _) = send(
+        http.put(&url)
+            .json(&json!({"value": 1, "timestamp": now - 20_000})),
+        "phone",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = send(http.delete(&url), "phone").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = send(
+        http.put(&url)
+            .json(&json!({"value": 2, "timestamp": now - 10_000})),
+        "tablet",
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str(), b["status"].as_str()),
+        (
+            StatusCode::CONFLICT,
+            Some("VERSION_CONFLICT"),
+            Some("rejected")
+        ),
+        "{b}"
+    );
+    assert!(b["conflictId"].is_string(), "{b}");
+    let (s, _) = send(http.get(&url), "phone").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the key stays removed");
+    let (s, history) = send(
+        http.get(server.url("/api/v1/sync-storage/conflicts/history/x")),
+        "phone",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    // A write made after the removal re-creates the key.
+    let (s, b) = send(http.put(&url).json(&json!({"value": 3})), "tablet").await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::OK, Some("applied")),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn an_older_blind_write_does_not_undo_a_newer_removal_sqlite() {
+    an_older_blind_write_does_not_undo_a_newer_removal("sqlite").await;
+}
+
+#[tokio::test]
+async fn an_older_blind_write_does_not_undo_a_newer_removal_postgres() {
+    an_older_blind_write_does_not_undo_a_newer_removal("postgres").await;
+}
+
+/// §9: every request served before SIGTERM is counted in analytics: the
+/// server stops accepting, drains, flushes the embedded aggregator and the
+/// audit trail, and only then closes the database.
+#[tokio::test]
+async fn analytics_of_requests_served_before_sigterm_are_all_counted() {
+    let mut server = Server::start(&[]).await;
+    let http = Client::new();
+    let user = unique_user("term");
+    let key = create_key(&server, "sqlite", &user);
+    for i in 0..40 {
+        let r = http
+            .put(server.url(&format!("/api/v1/sync-storage/item/k{i}")))
+            .header("X-API-Key", &key)
+            .json(&json!({"value": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (server, status)
+    });
+    let (mut server, status) = exit.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = server.log();
+    assert!(!log.contains("analytics batch not written"), "{log}");
+    assert!(!log.contains("were not written"), "{log}");
+    let dir = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
+    let restarted = Server::start_in(dir, &[]).await;
+    let admin = common::create_key(
+        restarted.data_dir.path(),
+        &[],
+        "ops",
+        &["--scopes", "read,analytics:read"],
+    );
+    let r = http
+        .get(restarted.url(&format!("/api/v1/analytics/users/{user}")))
+        .header("X-API-Key", &admin)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["totals"]["requests"], 40, "{body}");
+}
