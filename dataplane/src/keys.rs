@@ -3,15 +3,14 @@
 //! judged by [`policy::check`] before it is stored, so no caller can leave a
 //! key holding more than it holds itself (see `auth::policy`).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use crate::{
     auth::{
         generate_key, hash_key, hint,
         key_fields::KeyFields,
         policy::{self, Authority},
-        restrictions::Restrictions,
-        ApiKey, KeyStore, NewKey, Scope,
+        ApiKey, KeyStore, NewKey,
     },
     error::ApiError,
     storage::{keys, keys::KeyView, now_ms, Db},
@@ -32,34 +31,10 @@ pub struct Keys {
     rotation_grace: Duration,
 }
 
-/// The key record as the policy sees it (restrictions compiled).
+/// The key record as the policy sees it; a restriction that does not
+/// compile is a bad body.
 pub fn as_key(v: &KeyView) -> Result<ApiKey, ApiError> {
-    Ok(ApiKey {
-        id: v.id.clone(),
-        name: v.name.clone(),
-        key_hash: v.key_hash.clone(),
-        user_id: v.user_id.clone(),
-        is_active: v.is_active,
-        expires_at: v.expires_at,
-        can_read: v.can_read,
-        can_write: v.can_write,
-        scopes: v.scopes.clone(),
-        restrictions: Arc::new(
-            Restrictions::from_lists(
-                &v.ip_restrictions,
-                &v.country_restrictions,
-                &v.domain_restrictions,
-                &v.user_agent_patterns,
-            )
-            .map_err(ApiError::InvalidBody)?,
-        ),
-        quotas: [
-            v.quota_per_minute,
-            v.quota_per_hour,
-            v.quota_per_day,
-            v.quota_per_month,
-        ],
-    })
+    v.as_key().map_err(ApiError::InvalidBody)
 }
 
 impl Keys {
@@ -80,32 +55,8 @@ impl Keys {
         new: &NewKey,
         settings: KeyFields,
     ) -> Result<Created, ApiError> {
-        let has = |s: Scope| new.scopes.contains(&s) || new.scopes.contains(&Scope::Admin);
         let key = generate_key(&self.prefix);
-        let now = now_ms();
-        let mut view = KeyView {
-            id: uuid::Uuid::now_v7().to_string(),
-            name: new.name.clone(),
-            user_id: new.user_id.clone(),
-            key_hint: hint(&key),
-            is_active: true,
-            expires_at: new.expires_at,
-            can_read: has(Scope::Read),
-            can_write: has(Scope::Write),
-            scopes: new.scopes.clone(),
-            ip_restrictions: new.ip_restrictions.clone(),
-            country_restrictions: new.country_restrictions.clone(),
-            domain_restrictions: new.domain_restrictions.clone(),
-            user_agent_patterns: new.user_agent_patterns.clone(),
-            quota_per_minute: new.quotas[0],
-            quota_per_hour: new.quotas[1],
-            quota_per_day: new.quotas[2],
-            quota_per_month: new.quotas[3],
-            created_at: now,
-            updated_at: now,
-            key_hash: hash_key(&key),
-            ..KeyView::default()
-        };
+        let mut view = KeyView::new_row(new, &hash_key(&key), &hint(&key), now_ms());
         settings.apply(&mut view)?;
         policy::check(by, None, &as_key(&view)?)?;
         let mut conn = self.db.pool().acquire().await?;

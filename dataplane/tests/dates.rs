@@ -87,6 +87,19 @@ async fn dates_are_accepted_as_iso_8601_or_unix_ms() {
         "{b}"
     );
 
+    // A ttl already past is refused, like a ttl of 0 seconds.
+    let (s, b) = send(
+        M::PUT,
+        "/api/v1/sync-storage/item/old",
+        Some(json!({"value": 1, "ttl": "2020-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_BODY")),
+        "{b}"
+    );
+
     // Audit filters.
     for from in ["2000-01-01T00:00:00Z", "946684800000"] {
         let (s, b) = send(

@@ -334,8 +334,10 @@ async fn expired_items_vanish_at_once_and_are_purged_as_tombstones(backend: &str
         Err(ApiError::NotFound { .. })
     ));
     assert_eq!(svc.keys(&u, "").await.unwrap(), vec!["forever", "long"]);
-    let purged = svc.purge_expired().await.unwrap();
-    assert!(purged >= 1);
+    // The count is over every user of a shared server database, where
+    // another process's expiry sweep may have written this one first: the
+    // tombstone below is what must hold.
+    svc.purge_expired().await.unwrap();
     let changes = items::changes_since(&db, &u, 3).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert!(changes[0].is_deleted && changes[0].key == "short" && changes[0].seq == 4);

@@ -54,12 +54,12 @@ after(async () => {
 });
 
 /** Opens `origin`'s page and connects with default transports; resolves with what happened. */
-async function connectFrom(origin, key, user) {
+async function connectFrom(origin, key, user, transports) {
   const page = await browser.newPage();
   try {
     await page.goto(`${origin}/`);
-    return await page.evaluate(({ base, key, user }) => new Promise((resolve) => {
-      const socket = io(`${base}/sync`, { query: { userId: user, instanceId: 'browser' }, auth: { apiKey: key }, reconnection: false });
+    return await page.evaluate(({ base, key, user, transports }) => new Promise((resolve) => {
+      const socket = io(`${base}/sync`, { query: { userId: user, instanceId: 'browser' }, auth: { apiKey: key }, reconnection: false, ...(transports ? { transports } : {}) });
       const first = [];
       socket.io.engine.on('open', () => first.push(socket.io.engine.transport.name));
       socket.on('connect_error', (e) => resolve({ error: e.message }));
@@ -73,7 +73,7 @@ async function connectFrom(origin, key, user) {
         socket.disconnect();
         resolve({ first: first[0], upgraded, status: reply.status });
       });
-    }), { base: server.base, key, user });
+    }), { base: server.base, key, user, transports });
   } finally {
     await page.close();
   }
@@ -93,6 +93,16 @@ test('a page on another origin is refused by the browser', async () => {
   const key = server.createKey(user, ['--scopes', 'read,write']);
   const got = await connectFrom(otherPage.origin, key, user);
   assert.match(got.error ?? '', /xhr poll error/, JSON.stringify(got));
+});
+
+test('a WebSocket from another origin is refused at the handshake', async () => {
+  // Browsers apply no CORS to WebSockets: the server checks the Origin.
+  const user = uid('web');
+  const key = server.createKey(user, ['--scopes', 'read,write']);
+  const got = await connectFrom(otherPage.origin, key, user, ['websocket']);
+  assert.equal(JSON.parse(got.error ?? '{}').code, 'FORBIDDEN', JSON.stringify(got));
+  const ok = await connectFrom(allowedPage.origin, key, user, ['websocket']);
+  assert.equal(ok.status, 'applied', JSON.stringify(ok));
 });
 
 test('the engine.io endpoint answers preflights and requests with the CORS headers', async () => {

@@ -34,6 +34,22 @@ test('a device that never acks learns removals and is not re-sent what it has', 
   third.close();
 });
 
+test('the README example (acks pending-updates, never sync:ack) learns removals too', async () => {
+  const user = uid('readme');
+  const key = server.createKey(user, ['--scopes', 'read,write']);
+  const connect = () => new Device(server.url, { userId: user, instanceId: 'phone', apiKey: key }).ready();
+  const first = await connect();
+  assert.deepEqual(first.pending[0], []);
+  await server.rest('PUT', '/sync-storage/item/x', key, { value: 'v' });
+  await waitFor(() => first.updates.some((u) => u.key === 'x'), { what: 'x live' });
+  first.close();
+  await sleep(300);
+  await server.rest('DELETE', '/sync-storage/item/x', key);
+  const again = await connect();
+  assert.deepEqual(again.pending[0].map((e) => [e.type, e.key]), [['remove', 'x']], JSON.stringify(again.pending));
+  again.close();
+});
+
 test('a device that acks resumes from its acknowledged cursor', async () => {
   const user = uid('acker');
   const key = server.createKey(user, ['--scopes', 'read,write']);

@@ -13,8 +13,9 @@
 //! | each quota | the actor has one and the result has none or a larger one |
 //!
 //! A key that an action leaves inactive holds nothing, so deactivating (or
-//! deleting) a key is never an escalation; re-activating it is judged like
-//! creating it, and a new key is judged as if active. The
+//! deleting, or tightening) a key is never an escalation; re-activating it
+//! is judged like creating it, and a new key, or an inactive one the action
+//! loosens, is judged as if active. The
 //! rule looks only at the result, not at what the key held before: a
 //! `keys:manage` key cannot rename, rotate or re-activate a key of its user
 //! that holds `admin`, because the result would still hold `admin`.
@@ -45,11 +46,24 @@ pub fn exceeds(
     let Authority::Key(actor) = authority else {
         return Vec::new();
     };
-    // A key deactivated by this action holds nothing. A new key is judged
-    // as if active, whatever its `isActive`: it would otherwise wait,
-    // stronger than its maker, for a re-activation.
-    if !result.is_active && before.is_some() {
-        return Vec::new();
+    // A key left inactive holds nothing, so deactivating or tightening one
+    // is always allowed. But an inactive key that this action makes looser
+    // than it was (or a new one) is judged as if active: it would otherwise
+    // wait, stronger than its maker, for someone to re-activate it.
+    if !result.is_active {
+        if let Some(b) = before {
+            let was = ApiKey {
+                is_active: true,
+                ..b.clone()
+            };
+            let now = ApiKey {
+                is_active: true,
+                ..result.clone()
+            };
+            if exceeds(Authority::Key(&was), None, &now).is_empty() {
+                return Vec::new();
+            }
+        }
     }
     let mut out: Vec<&'static str> = Scope::ALL
         .into_iter()
@@ -199,6 +213,14 @@ mod tests {
         admin.is_active = false;
         assert!(exceeds(Authority::Key(&actor), Some(&admin), &admin).is_empty());
         assert_eq!(exceeds(Authority::Key(&actor), None, &admin).len(), 3);
+        // Nor may scopes be planted on an inactive key for a later
+        // re-activation.
+        let mut reader = key(&[Scope::Read]);
+        reader.is_active = false;
+        assert_eq!(
+            exceeds(Authority::Key(&actor), Some(&reader), &admin),
+            vec!["admin", "analytics:read", "tokens:issue"]
+        );
         // The owner (CLI, operator) may do anything.
         admin.is_active = true;
         assert!(exceeds(Authority::Owner, None, &admin).is_empty());

@@ -98,6 +98,20 @@ async fn identify(
     let api_key = auth_field(auth, "apiKey")
         .map(str::to_owned)
         .or_else(|| query_param(query, "apiKey"));
+    // Browsers apply CORS to polling but not to WebSockets: the handshake
+    // checks the page's Origin against CORS_ORIGIN itself. Clients that are
+    // not browsers send no Origin and are not affected.
+    if let crate::config::CorsOrigins::List(allowed) = &app.config.cors.origins {
+        let origin = parts
+            .headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if origin.is_some_and(|o| !allowed.iter().any(|a| a == o)) {
+            return Err(ApiError::Forbidden {
+                action: "connect from this origin (CORS_ORIGIN)",
+            });
+        }
+    }
     let caller = app.auth.caller(&parts.headers, &parts.extensions);
     let principal = match auth_field(auth, "token") {
         Some(token) if api_key.is_none() => app

@@ -92,14 +92,14 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
         user_agent: d.user_agent.as_deref(),
         now: now_ms(),
     };
-    let cursor = match instances::arrive(app.sync.db(), &arrival).await {
-        Ok(cursors) => cursors.resume_from(),
+    let cursors = match instances::arrive(app.sync.db(), &arrival).await {
+        Ok(cursors) => cursors,
         Err(e) => {
             tracing::warn!(error = %e, "cannot record device; starting from its full state");
-            0
+            instances::Cursors::default()
         }
     };
-    tokio::spawn(session.run(cursor));
+    tokio::spawn(session.run(cursors));
 }
 
 async fn on_disconnect(

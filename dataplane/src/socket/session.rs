@@ -356,10 +356,11 @@ impl Session {
 
     /// Sends `pending-updates` (or `sync:resync`) from the device's cursor,
     /// then marks the session live.
-    async fn start(&self, cursor: i64) -> Result<(), sqlx::Error> {
+    async fn start(&self, cursors: instances::Cursors) -> Result<(), sqlx::Error> {
+        let (cursor, returning) = (cursors.resume_from(), cursors.returning());
         let db = self.app.sync.db();
         let (last_seq, purged_seq) = items::heads(db, &self.device.user_id).await?;
-        if cursor > 0 && cursor < purged_seq {
+        if returning && cursor < purged_seq {
             let _ = self.socket.emit(
                 "sync:resync",
                 &json!({ "reason": "cursor_before_retention", "cursor": cursor }),
@@ -380,7 +381,7 @@ impl Session {
             .map(|r| Change::as_of(r, now))
             // A new device needs the current state, not what was removed
             // (or expired).
-            .filter(|c| cursor > 0 || !c.deleted)
+            .filter(|c| returning || !c.deleted)
             .collect();
         let events: Vec<_> = changes.iter().map(Change::sync_event).collect();
         match self
@@ -417,9 +418,9 @@ impl Session {
     }
 
     /// The delivery loop, for the life of the socket.
-    pub async fn run(self: Arc<Self>, cursor: i64) {
+    pub async fn run(self: Arc<Self>, cursors: instances::Cursors) {
         let mut tries = 0;
-        while let Err(e) = Box::pin(self.start(cursor)).await {
+        while let Err(e) = Box::pin(self.start(cursors)).await {
             tries += 1;
             tracing::warn!(sid = %self.sid, error = %e, tries, "cannot send pending updates; retrying");
             if self.closed.load(Ordering::Acquire) {

@@ -28,8 +28,8 @@ pub struct Instance {
     pub user_agent: Option<String>,
 }
 
-/// A device's cursors as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A device's cursors as stored (all zero for a new device).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursors {
     /// The last seq it acknowledged.
     pub acked: i64,
@@ -50,6 +50,13 @@ impl Cursors {
         } else {
             self.delivered
         }
+    }
+
+    /// Whether the device has been here before (it acknowledged or was
+    /// sent something): it may hold keys since removed, so it is sent
+    /// removals too, even from a resume point of 0.
+    pub fn returning(self) -> bool {
+        self.acks || self.delivered > 0
     }
 }
 

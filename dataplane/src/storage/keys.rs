@@ -67,57 +67,13 @@ pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<ApiKey>, sqlx::Error
     row.as_ref().map(key_from_row).transpose()
 }
 
-/// Inserts a key record. `canRead`/`canWrite` follow the scopes, so the
-/// seed's flags and our scopes never disagree for keys we create.
+/// Inserts a key record from `new` (the operator's and the bootstrap's
+/// path; the key service stores through [`insert_in`]).
 pub async fn insert(db: &Db, new: &NewKey, hash: &str, hint: &str) -> Result<ApiKey, sqlx::Error> {
-    let now = now_ms();
-    let has = |s: Scope| new.scopes.contains(&s) || new.scopes.contains(&Scope::Admin);
-    let scopes: Vec<&str> = new.scopes.iter().map(|s| s.as_str()).collect();
-    let key = ApiKey {
-        id: uuid::Uuid::now_v7().to_string(),
-        name: new.name.clone(),
-        key_hash: hash.to_string(),
-        user_id: new.user_id.clone(),
-        is_active: true,
-        expires_at: new.expires_at,
-        can_read: has(Scope::Read),
-        can_write: has(Scope::Write),
-        scopes: new.scopes.clone(),
-        restrictions: Arc::new(
-            new.restrictions()
-                .map_err(|e| sqlx::Error::Decode(e.into()))?,
-        ),
-        quotas: new.quotas,
-    };
-    sqlx::query(&db.sql(
-        "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, is_active, expires_at, can_read, can_write, \
-         scopes, ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
-         quota_per_minute, quota_per_hour, quota_per_day, quota_per_month, \
-         usage_today, usage_this_month, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
-    ))
-    .bind(key.id.as_str())
-    .bind(key.name.as_str())
-    .bind(hash)
-    .bind(hint)
-    .bind(key.user_id.as_str())
-    .bind(true)
-    .bind(key.expires_at)
-    .bind(key.can_read)
-    .bind(key.can_write)
-    .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
-    .bind(json_list(&new.ip_restrictions))
-    .bind(json_list(&new.country_restrictions))
-    .bind(json_list(&new.domain_restrictions))
-    .bind(json_list(&new.user_agent_patterns))
-    .bind(new.quotas[0])
-    .bind(new.quotas[1])
-    .bind(new.quotas[2])
-    .bind(new.quotas[3])
-    .bind(now)
-    .bind(now)
-    .execute(db.pool())
-    .await?;
+    let view = KeyView::new_row(new, hash, hint, now_ms());
+    let key = view.as_key().map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let mut conn = db.pool().acquire().await?;
+    insert_in(&mut conn, db, &view).await?;
     Ok(key)
 }
 
@@ -162,6 +118,94 @@ pub struct KeyView {
     #[serde(skip)]
     pub key_hash: String,
 }
+
+impl KeyView {
+    /// The row of a new key as `new` asks for it. `canRead`/`canWrite`
+    /// follow the scopes, so the seed's flags and our scopes agree for keys
+    /// we create.
+    pub fn new_row(new: &NewKey, hash: &str, hint: &str, now: i64) -> Self {
+        let has = |s: Scope| new.scopes.contains(&s) || new.scopes.contains(&Scope::Admin);
+        KeyView {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: new.name.clone(),
+            user_id: new.user_id.clone(),
+            key_hint: hint.to_string(),
+            is_active: true,
+            expires_at: new.expires_at,
+            can_read: has(Scope::Read),
+            can_write: has(Scope::Write),
+            scopes: new.scopes.clone(),
+            ip_restrictions: new.ip_restrictions.clone(),
+            country_restrictions: new.country_restrictions.clone(),
+            domain_restrictions: new.domain_restrictions.clone(),
+            user_agent_patterns: new.user_agent_patterns.clone(),
+            quota_per_minute: new.quotas[0],
+            quota_per_hour: new.quotas[1],
+            quota_per_day: new.quotas[2],
+            quota_per_month: new.quotas[3],
+            created_at: now,
+            updated_at: now,
+            key_hash: hash.to_string(),
+            ..KeyView::default()
+        }
+    }
+
+    /// The record as authentication and the key policy see it, restrictions
+    /// compiled (which also validates them).
+    pub fn as_key(&self) -> Result<ApiKey, String> {
+        Ok(ApiKey {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            key_hash: self.key_hash.clone(),
+            user_id: self.user_id.clone(),
+            is_active: self.is_active,
+            expires_at: self.expires_at,
+            can_read: self.can_read,
+            can_write: self.can_write,
+            scopes: self.scopes.clone(),
+            restrictions: Arc::new(Restrictions::from_lists(
+                &self.ip_restrictions,
+                &self.country_restrictions,
+                &self.domain_restrictions,
+                &self.user_agent_patterns,
+            )?),
+            quotas: [
+                self.quota_per_minute,
+                self.quota_per_hour,
+                self.quota_per_day,
+                self.quota_per_month,
+            ],
+        })
+    }
+}
+
+/// Binds the settings a key row shares between insert and update, in the
+/// order of [`SETTINGS`].
+fn bind_settings<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    v: &'q KeyView,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let scopes: Vec<&str> = v.scopes.iter().map(|s| s.as_str()).collect();
+    q.bind(v.name.as_str())
+        .bind(v.is_active)
+        .bind(v.expires_at)
+        .bind(v.can_read)
+        .bind(v.can_write)
+        .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
+        .bind(json_list(&v.ip_restrictions))
+        .bind(json_list(&v.country_restrictions))
+        .bind(json_list(&v.domain_restrictions))
+        .bind(json_list(&v.user_agent_patterns))
+        .bind(v.quota_per_minute)
+        .bind(v.quota_per_hour)
+        .bind(v.quota_per_day)
+        .bind(v.quota_per_month)
+}
+
+/// The settings columns [`bind_settings`] binds, in its order.
+const SETTINGS: &str = "name, is_active, expires_at, can_read, can_write, scopes, ip_restrictions, \
+     country_restrictions, domain_restrictions, user_agent_patterns, quota_per_minute, quota_per_hour, \
+     quota_per_day, quota_per_month";
 
 const VIEW_COLUMNS: &str = "id, name, user_id, key_hint, is_active, expires_at, can_read, can_write, scopes, \
      ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, quota_per_minute, \
@@ -230,65 +274,35 @@ pub async fn update(db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
 
 /// [`update`] on a connection (or inside a transaction).
 pub async fn update_in(conn: &mut AnyConnection, db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
-    let scopes: Vec<&str> = v.scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query(&db.sql(
-        "UPDATE api_keys SET name = ?, is_active = ?, expires_at = ?, can_read = ?, can_write = ?, scopes = ?, \
-         ip_restrictions = ?, country_restrictions = ?, domain_restrictions = ?, user_agent_patterns = ?, \
-         quota_per_minute = ?, quota_per_hour = ?, quota_per_day = ?, quota_per_month = ?, updated_at = ? WHERE id = ?",
-    ))
-    .bind(v.name.as_str())
-    .bind(v.is_active)
-    .bind(v.expires_at)
-    .bind(v.can_read)
-    .bind(v.can_write)
-    .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
-    .bind(json_list(&v.ip_restrictions))
-    .bind(json_list(&v.country_restrictions))
-    .bind(json_list(&v.domain_restrictions))
-    .bind(json_list(&v.user_agent_patterns))
-    .bind(v.quota_per_minute)
-    .bind(v.quota_per_hour)
-    .bind(v.quota_per_day)
-    .bind(v.quota_per_month)
-    .bind(now_ms())
-    .bind(v.id.as_str())
-    .execute(&mut *conn)
-    .await?;
+    let assignments = SETTINGS
+        .split(',')
+        .map(|c| format!("{} = ?", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let q = format!("UPDATE api_keys SET {assignments}, updated_at = ? WHERE id = ?");
+    bind_settings(sqlx::query(&db.sql(&q)), v)
+        .bind(now_ms())
+        .bind(v.id.as_str())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Inserts a whole key row as `v` describes it (id, hash and hint included).
 pub async fn insert_in(conn: &mut AnyConnection, db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
-    let scopes: Vec<&str> = v.scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query(&db.sql(
-        "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, is_active, expires_at, can_read, can_write, \
-         scopes, ip_restrictions, country_restrictions, domain_restrictions, user_agent_patterns, \
-         quota_per_minute, quota_per_hour, quota_per_day, quota_per_month, \
-         usage_today, usage_this_month, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
-    ))
-    .bind(v.id.as_str())
-    .bind(v.name.as_str())
-    .bind(v.key_hash.as_str())
-    .bind(v.key_hint.as_str())
-    .bind(v.user_id.as_str())
-    .bind(v.is_active)
-    .bind(v.expires_at)
-    .bind(v.can_read)
-    .bind(v.can_write)
-    .bind(serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into()))
-    .bind(json_list(&v.ip_restrictions))
-    .bind(json_list(&v.country_restrictions))
-    .bind(json_list(&v.domain_restrictions))
-    .bind(json_list(&v.user_agent_patterns))
-    .bind(v.quota_per_minute)
-    .bind(v.quota_per_hour)
-    .bind(v.quota_per_day)
-    .bind(v.quota_per_month)
-    .bind(v.created_at)
-    .bind(v.updated_at)
-    .execute(&mut *conn)
-    .await?;
+    let q = format!(
+        "INSERT INTO api_keys ({SETTINGS}, id, key_hash, key_hint, user_id, usage_today, usage_this_month, \
+         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)"
+    );
+    bind_settings(sqlx::query(&db.sql(&q)), v)
+        .bind(v.id.as_str())
+        .bind(v.key_hash.as_str())
+        .bind(v.key_hint.as_str())
+        .bind(v.user_id.as_str())
+        .bind(v.created_at)
+        .bind(v.updated_at)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -82,11 +82,21 @@ impl Ttl {
             Ttl::Seconds(_) => Err(ApiError::InvalidBody(
                 "ttl in seconds must be more than 0 and at most 100 years".into(),
             )),
-            Ttl::At(text) => chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    ApiError::InvalidBody("ttl must be seconds or an RFC 3339 time".into())
-                }),
+            Ttl::At(text) => {
+                let at = chrono::DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|_| {
+                        ApiError::InvalidBody("ttl must be seconds or an RFC 3339 time".into())
+                    })?;
+                // Like a ttl of 0 seconds: an item born expired would reach
+                // live devices and then be removed at once.
+                if at <= now_ms {
+                    return Err(ApiError::InvalidBody(
+                        "ttl must be a time in the future".into(),
+                    ));
+                }
+                Ok(at)
+            }
         }
     }
 }
