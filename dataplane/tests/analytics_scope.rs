@@ -8,32 +8,25 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{create_key, mysql_url, postgres_url, Server};
+use common::{mysql_url, postgres_url, Server};
 use reqwest::Client;
 use serde_json::Value;
 
 struct Api {
     server: Server,
-    env: Vec<(&'static str, String)>,
     http: Client,
 }
 
 impl Api {
     async fn start(database_url: Option<String>) -> Api {
-        let env: Vec<(&'static str, String)> = database_url
-            .map(|url| vec![("DATABASE_URL", url)])
-            .unwrap_or_default();
-        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Api {
-            server: Server::start(&pairs).await,
-            env,
+            server: Server::with_database(database_url, &[]).await,
             http: Client::new(),
         }
     }
 
     fn key(&self, user: &str, extra: &[&str]) -> String {
-        let pairs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        create_key(self.server.data_dir.path(), &pairs, user, extra)
+        self.server.create_key(user, extra)
     }
 
     /// A write as device `instance` (REST's default `rest` when None).

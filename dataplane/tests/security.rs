@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{postgres_url, unique_user, Server};
+use common::{unique_user, Server};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -16,38 +16,24 @@ const REFRESH: &str = "security-refresh-secret-0123456789abcdefg";
 
 /// A server on `backend` with user tokens on, plus `extra` variables.
 async fn start(backend: &str, extra: &[(&str, &str)]) -> Server {
-    let pg = postgres_url();
     let mut env = vec![("JWT_SECRET", SECRET), ("JWT_REFRESH_SECRET", REFRESH)];
-    if backend == "postgres" {
-        env.push(("DATABASE_URL", pg.as_str()));
-    }
     env.extend_from_slice(extra);
-    Server::start(&env).await
-}
-
-/// The database variables the CLI needs to reach the server's database.
-fn db_env(backend: &str) -> Vec<(&'static str, String)> {
-    match backend {
-        "postgres" => vec![("DATABASE_URL", postgres_url())],
-        _ => vec![],
-    }
+    Server::with_database(common::database_url(backend), &env).await
 }
 
 /// `syncstore keys create` on the server's database; returns (key, id).
-fn key(server: &Server, backend: &str, user: &str, extra: &[&str]) -> (String, String) {
-    let env = db_env(backend);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let key = common::create_key(server.data_dir.path(), &env, user, extra);
-    (key.clone(), id_of(server, backend, user, &key))
+fn key(server: &Server, user: &str, extra: &[&str]) -> (String, String) {
+    let key = server.create_key(user, extra);
+    (key.clone(), id_of(server, user, &key))
 }
 
 /// The id of a key: `keys list` shows its hint (the CLI prints only the key).
-fn id_of(server: &Server, backend: &str, user: &str, key: &str) -> String {
+fn id_of(server: &Server, user: &str, key: &str) -> String {
     let hint: String = key.chars().take(12).collect();
     let out = std::process::Command::new(common::binary())
         .env_clear()
         .env("SYNCSTORE_DATA_DIR", server.data_dir.path())
-        .envs(db_env(backend))
+        .envs(server.cli_env())
         .args(["keys", "list", "--user", user])
         .output()
         .expect("keys list");
@@ -89,10 +75,10 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     let server = start(backend, &[]).await;
     let http = Client::new();
     let user = unique_user("esc");
-    let (admin, admin_id) = key(&server, backend, &user, &["--scopes", "admin"]);
-    let (manager, manager_id) = key(&server, backend, &user, &["--scopes", "read,keys:manage"]);
-    let (_, writer_id) = key(&server, backend, &user, &["--scopes", "read,write"]);
-    let (_, reader_id) = key(&server, backend, &user, &["--scopes", "read"]);
+    let (admin, admin_id) = key(&server, &user, &["--scopes", "admin"]);
+    let (manager, manager_id) = key(&server, &user, &["--scopes", "read,keys:manage"]);
+    let (_, writer_id) = key(&server, &user, &["--scopes", "read,write"]);
+    let (_, reader_id) = key(&server, &user, &["--scopes", "read"]);
     let m = ("X-API-Key", manager.as_str());
     let a = ("X-API-Key", admin.as_str());
     let url = |p: &str| server.url(&format!("/api/v1/api-keys{p}"));
@@ -263,7 +249,6 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     // Restrictions, expiry and quotas: a restricted manager may only tighten.
     let (limited, _) = key(
         &server,
-        backend,
         &user,
         &[
             "--scopes",
@@ -352,13 +337,8 @@ async fn tokens_die_with_their_issuing_key(backend: &str) {
     let server = start(backend, &[]).await;
     let http = Client::new();
     let owner = unique_user("iss");
-    let (admin, _) = key(&server, backend, &owner, &["--scopes", "admin"]);
-    let (issuer, issuer_id) = key(
-        &server,
-        backend,
-        &owner,
-        &["--scopes", "read,write,tokens:issue"],
-    );
+    let (admin, _) = key(&server, &owner, &["--scopes", "admin"]);
+    let (issuer, issuer_id) = key(&server, &owner, &["--scopes", "read,write,tokens:issue"]);
     let patch = |body: Value| {
         call(
             &http,
@@ -464,7 +444,6 @@ async fn refresh_racing_logout_never_survives(backend: &str) {
     let http = Client::new();
     let (issuer, _) = key(
         &server,
-        backend,
         &unique_user("race"),
         &["--scopes", "read,write,tokens:issue"],
     );
@@ -533,7 +512,6 @@ async fn token_users_have_their_own_rate_limit_and_minting_counts_quotas() {
     let http = Client::new();
     let (issuer, _) = key(
         &server,
-        "sqlite",
         &unique_user("app"),
         &[
             "--scopes",
@@ -594,7 +572,6 @@ async fn tokens_not_yet_valid_are_refused() {
     let http = Client::new();
     let (issuer, issuer_id) = key(
         &server,
-        "sqlite",
         &unique_user("nbf"),
         &["--scopes", "read,write,tokens:issue"],
     );

@@ -3,30 +3,16 @@
 
 mod common;
 
-use common::{postgres_url, unique_user, Server};
+use common::{unique_user, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
 async fn start(backend: &str) -> Server {
-    let pg = postgres_url();
-    match backend {
-        "postgres" => Server::start(&[("DATABASE_URL", pg.as_str())]).await,
-        _ => Server::start(&[]).await,
-    }
+    Server::with_database(common::database_url(backend), &[]).await
 }
 
-fn create_key(server: &Server, backend: &str, user: &str) -> String {
-    let pg = postgres_url();
-    let env: Vec<(&str, &str)> = match backend {
-        "postgres" => vec![("DATABASE_URL", pg.as_str())],
-        _ => vec![],
-    };
-    common::create_key(
-        server.data_dir.path(),
-        &env,
-        user,
-        &["--scopes", "read,write"],
-    )
+fn create_key(server: &Server, user: &str) -> String {
+    server.create_key(user, &["--scopes", "read,write"])
 }
 
 /// §4: phone writes `x` at T-20 s and removes it; the tablet, offline, later
@@ -36,7 +22,7 @@ async fn an_older_blind_write_does_not_undo_a_newer_removal(backend: &str) {
     let server = start(backend).await;
     let http = Client::new();
     let user = unique_user("tomb");
-    let key = create_key(&server, backend, &user);
+    let key = create_key(&server, &user);
     let url = server.url("/api/v1/sync-storage/item/x");
     let now = chrono::Utc::now().timestamp_millis();
     let send = |req: reqwest::RequestBuilder, instance: &str| {
@@ -109,7 +95,7 @@ async fn analytics_of_requests_served_before_sigterm_are_all_counted() {
     let mut server = Server::start(&[]).await;
     let http = Client::new();
     let user = unique_user("term");
-    let key = create_key(&server, "sqlite", &user);
+    let key = create_key(&server, &user);
     for i in 0..40 {
         let r = http
             .put(server.url(&format!("/api/v1/sync-storage/item/k{i}")))

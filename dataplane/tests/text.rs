@@ -5,32 +5,25 @@
 
 mod common;
 
-use common::{create_key, mysql_url, postgres_url, unique_user, Server};
+use common::{mysql_url, postgres_url, unique_user, Server};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
 struct Api {
     server: Server,
-    env: Vec<(&'static str, String)>,
     http: Client,
 }
 
 impl Api {
     async fn start(database_url: Option<String>) -> Api {
-        let env: Vec<(&'static str, String)> = database_url
-            .map(|url| vec![("DATABASE_URL", url)])
-            .unwrap_or_default();
-        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Api {
-            server: Server::start(&pairs).await,
-            env,
+            server: Server::with_database(database_url, &[]).await,
             http: Client::new(),
         }
     }
 
     fn key(&self, user: &str, extra: &[&str]) -> String {
-        let pairs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        create_key(self.server.data_dir.path(), &pairs, user, extra)
+        self.server.create_key(user, extra)
     }
 
     async fn call(

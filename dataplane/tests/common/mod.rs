@@ -80,9 +80,40 @@ pub struct Server {
     pub base: String,
     pub data_dir: tempfile::TempDir,
     pub port: u16,
+    /// `DATABASE_URL`, when the server is on a database server: the CLI
+    /// (`create_key`, `cli`) reaches the same database with it.
+    pub db_env: Vec<(&'static str, String)>,
+}
+
+/// The database URL of a backend: `None` for the embedded SQLite.
+pub fn database_url(backend: &str) -> Option<String> {
+    match backend {
+        "sqlite" => None,
+        "postgres" => Some(postgres_url()),
+        "mysql" => Some(mysql_url()),
+        other => panic!("unknown backend {other}"),
+    }
 }
 
 impl Server {
+    /// Starts the real binary on the database at `url` (the embedded SQLite
+    /// when `None`) with `extra` variables; keys made with
+    /// [`Server::create_key`] land in the same database.
+    pub async fn with_database(url: Option<String>, extra: &[(&str, &str)]) -> Server {
+        let db_env: Vec<(&'static str, String)> =
+            url.map(|u| vec![("DATABASE_URL", u)]).unwrap_or_default();
+        let mut env: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(extra);
+        let mut server = Self::start(&env).await;
+        server.db_env = db_env;
+        server
+    }
+
+    /// The CLI's environment for this server's database.
+    pub fn cli_env(&self) -> Vec<(&str, &str)> {
+        self.db_env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
     /// Starts the real binary with `env` on a free port and waits until
     /// `/health` answers.
     pub async fn start(env: &[(&str, &str)]) -> Server {
@@ -122,6 +153,7 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             data_dir,
             port,
+            db_env: Vec::new(),
         };
         server.wait_healthy().await;
         server
@@ -150,9 +182,9 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    /// Creates an API key with the same binary and data directory.
+    /// Creates an API key with the same binary, data directory and database.
     pub fn create_key(&self, user: &str, extra: &[&str]) -> String {
-        create_key(self.data_dir.path(), &[], user, extra)
+        create_key(self.data_dir.path(), &self.cli_env(), user, extra)
     }
 }
 
