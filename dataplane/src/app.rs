@@ -19,7 +19,7 @@ use crate::{
     http,
     metrics::Metrics,
     socket,
-    storage::{items, Db, DbError},
+    storage::{idempotency, items, Db, DbError},
     sync::SyncService,
 };
 
@@ -272,7 +272,8 @@ async fn expiry_sweeper(state: AppState) {
     }
 }
 
-/// Purges tombstones past their retention, every `TTL_CLEANUP_INTERVAL_HOURS`.
+/// Purges tombstones past their retention, and idempotency records past
+/// their window, every `TTL_CLEANUP_INTERVAL_HOURS`.
 async fn ttl_sweeper(state: AppState) {
     let mut every = tokio::time::interval(state.config.limits.ttl_cleanup_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,6 +288,17 @@ async fn ttl_sweeper(state: AppState) {
             Ok(users) => tracing::info!(users, "tombstones past retention purged"),
             Err(e) => {
                 tracing::warn!(error = %e, "tombstone purge failed; will retry next interval")
+            }
+        }
+        // Records past the window are already ignored; this only frees them.
+        let window =
+            chrono::Duration::from_std(state.config.limits.idempotency_window).unwrap_or_default();
+        let before = (chrono::Utc::now() - window).timestamp_millis();
+        match idempotency::sweep(state.sync.db(), before).await {
+            Ok(0) => {}
+            Ok(records) => tracing::info!(records, "idempotency records past the window purged"),
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency sweep failed; will retry next interval")
             }
         }
     }

@@ -112,6 +112,10 @@ pub struct RawConfig {
     /// sequence, in milliseconds (default 1000).
     #[arg(long, global = true, env = "TTL_EXPIRY_INTERVAL_MS")]
     pub ttl_expiry_interval_ms: Option<String>,
+    /// How long a write's operation id (`Idempotency-Key`, `opId`) is
+    /// remembered, in milliseconds (default 86400000, a day).
+    #[arg(long, global = true, env = "IDEMPOTENCY_WINDOW_MS")]
+    pub idempotency_window_ms: Option<String>,
     /// Events per aggregation transaction of `syncstore analytics`.
     #[arg(long, global = true, env = "ANALYTICS_CONSUMER_BATCH")]
     pub analytics_consumer_batch: Option<String>,
@@ -294,6 +298,9 @@ pub struct Limits {
     pub ttl_expiry_interval: Duration,
     /// How long tombstones are kept for offline devices.
     pub tombstone_retention: Duration,
+    /// How long a write's operation id is remembered: a retry within it gets
+    /// the first reply.
+    pub idempotency_window: Duration,
 }
 
 impl Limits {
@@ -735,6 +742,14 @@ impl Config {
                 )?,
             ),
             tombstone_retention: Duration::from_secs_f64(retention_days * 86_400.0),
+            idempotency_window: Duration::from_millis(
+                var!(raw, idempotency_window_ms, "IDEMPOTENCY_WINDOW_MS").int(
+                    86_400_000u64,
+                    1_000,
+                    30 * 86_400_000,
+                    "milliseconds",
+                )?,
+            ),
         };
 
         let strategy_var = var!(raw, conflict_default_strategy, "CONFLICT_DEFAULT_STRATEGY");

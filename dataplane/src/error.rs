@@ -51,6 +51,11 @@ pub enum ApiError {
         status: SetStatus,
         conflict_id: Option<String>,
     },
+    /// The draft's 422: an operation id sent again with another request.
+    #[error(
+        "this operation id (Idempotency-Key or opId) was already used for a different request"
+    )]
+    IdempotencyKeyReused,
     #[error("the item is {size} bytes, over the limit of {limit} bytes")]
     ItemTooLarge { size: i64, limit: i64 },
     #[error("this write would use {would_use} bytes, over the user's quota of {limit} bytes")]
@@ -104,6 +109,7 @@ impl ApiError {
             Self::UnknownEvent { .. } => "UNKNOWN_EVENT",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::VersionConflict { .. } => "VERSION_CONFLICT",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::ItemTooLarge { .. } => "ITEM_TOO_LARGE",
             Self::StorageQuotaExceeded { .. } => "STORAGE_QUOTA_EXCEEDED",
             Self::InvalidKey(_) => "INVALID_KEY",
@@ -135,6 +141,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::VersionConflict { .. } => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ItemTooLarge { .. }
             | Self::StorageQuotaExceeded { .. }
             | Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

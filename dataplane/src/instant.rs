@@ -44,6 +44,11 @@ pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> 
         .transpose()
 }
 
+/// `#[serde(deserialize_with = "instant::required")]` for a time that must be there.
+pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Written::deserialize(d)?.millis()
+}
+
 /// For a field where absent, `null` and a time differ (a patch): absent is
 /// `None` (with `#[serde(default)]`), `null` is `Some(None)`.
 pub fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {

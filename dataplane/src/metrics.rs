@@ -30,6 +30,9 @@ pub struct Metrics {
     pub catchups: IntCounterVec,
     pub conflations: IntCounter,
     pub conflicts: IntCounterVec,
+    /// Retried writes answered with their first reply instead of applied
+    /// again, by how they were recognised: `operation_id` or `identical`.
+    pub write_replays: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_errors: IntCounterVec,
     pub audit_dropped: IntCounter,
@@ -171,6 +174,16 @@ impl Metrics {
                         "Concurrent writes by strategy and outcome",
                     ),
                     &["strategy", "outcome"],
+                )?,
+            )?,
+            write_replays: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "write_replays_total",
+                        "Retried writes answered with their first reply, by how they were recognised",
+                    ),
+                    &["kind"],
                 )?,
             )?,
             rate_limited: reg(

@@ -41,7 +41,7 @@ async fn put(
     req: &SetRequest,
 ) -> Result<Item, ApiError> {
     Ok(svc
-        .set(user, instance, &Source::default(), key, req)
+        .set(user, instance, &Source::default(), key, req, None)
         .await?
         .won(req.version)?
         .item)
@@ -164,7 +164,10 @@ async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
     put(&svc, &u, "a", "y", &body(json!({"value": "world"})))
         .await
         .unwrap();
-    let removed = svc.remove(&u, "a", &Source::default(), "x").await.unwrap();
+    let removed = svc
+        .remove(&u, "a", &Source::default(), "x", None)
+        .await
+        .unwrap();
     assert_eq!((removed.seq, removed.version), (3, 2));
     assert!(matches!(
         svc.get(&u, "x").await,
@@ -172,7 +175,7 @@ async fn remove_leaves_a_tombstone_that_keeps_its_seq(backend: &str) {
     ));
     assert_eq!(svc.keys(&u, "").await.unwrap(), vec!["y".to_string()]);
     assert!(matches!(
-        svc.remove(&u, "a", &Source::default(), "x").await,
+        svc.remove(&u, "a", &Source::default(), "x", None).await,
         Err(ApiError::NotFound { .. })
     ));
     // The change stream still carries the removal, in seq order.
@@ -198,8 +201,10 @@ async fn clear_removes_everything_with_one_seq_each(backend: &str) {
             .await
             .unwrap();
     }
-    svc.remove(&u, "d", &Source::default(), "b").await.unwrap();
-    let cleared = svc.clear(&u, "d", &Source::default()).await.unwrap();
+    svc.remove(&u, "d", &Source::default(), "b", None)
+        .await
+        .unwrap();
+    let cleared = svc.clear(&u, "d", &Source::default(), None).await.unwrap();
     assert_eq!((cleared.cleared, cleared.last_seq), (2, 6));
     assert!(svc.list(&u, "").await.unwrap().is_empty());
     let state = items::user_state(&db, &u).await.unwrap().unwrap();
@@ -293,7 +298,9 @@ async fn storage_quota_counts_live_bytes_only(backend: &str) {
         }) => {}
         other => panic!("expected ITEM_TOO_LARGE, got {other:?}"),
     }
-    svc.remove(&u, "d", &Source::default(), "a").await.unwrap();
+    svc.remove(&u, "d", &Source::default(), "a", None)
+        .await
+        .unwrap();
     put(&svc, &u, "d", "d", &body(v80)).await.unwrap();
     put(&svc, &u, "d", "b", &body(json!({"value": 1})))
         .await
@@ -590,10 +597,14 @@ async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
     put(&svc, &u, "d", "b", &body(json!({"value": 2})))
         .await
         .unwrap();
-    svc.remove(&u, "d", &Source::default(), "a").await.unwrap();
+    svc.remove(&u, "d", &Source::default(), "a", None)
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let cutoff = syncstore::storage::now_ms();
-    svc.remove(&u, "d", &Source::default(), "b").await.unwrap(); // newer than the cutoff: kept
+    svc.remove(&u, "d", &Source::default(), "b", None)
+        .await
+        .unwrap(); // newer than the cutoff: kept
     items::purge_tombstones(&db, cutoff, 1000).await.unwrap();
     assert_eq!(items::heads(&db, &u).await.unwrap(), (4, 3));
     let left: Vec<(String, i64)> = items::changes_since(&db, &u, 0)
@@ -633,7 +644,10 @@ async fn ids_and_keys_compare_byte_exactly(backend: &str) {
     assert_eq!(items::heads(&db, &alice).await.unwrap().0, 3);
     assert_eq!(items::heads(&db, &padded).await.unwrap().0, 1);
     // Clearing one tenant leaves the other alone.
-    let cleared = svc.clear(&padded, "d", &Source::default()).await.unwrap();
+    let cleared = svc
+        .clear(&padded, "d", &Source::default(), None)
+        .await
+        .unwrap();
     assert_eq!((cleared.cleared, cleared.last_seq), (1, 2));
     assert_eq!(svc.keys(&alice, "").await.unwrap().len(), 3);
     // `a` and `a ` (and ` a`) are three keys.

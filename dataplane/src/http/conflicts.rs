@@ -201,6 +201,7 @@ pub async fn resolve(
             &source,
             &conflict.key,
             &request,
+            None,
         )
         .await?;
     if !matches!(reply.status, SetStatus::Applied | SetStatus::Merged) {

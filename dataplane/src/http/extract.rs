@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{app::AppState, error::ApiError, server::BodyDeadline, text};
+use crate::{app::AppState, error::ApiError, server::BodyDeadline, sync::OperationId, text};
 
 /// A JSON body, limited in size by the router's body limit.
 pub struct JsonBody<T>(pub T);
@@ -138,6 +138,24 @@ impl FromRequestParts<AppState> for InstanceId {
             .map_err(|_| ApiError::InvalidBody("X-Instance-Id must be visible ASCII".into()))?;
         text::check("X-Instance-Id", id, text::ID).map_err(text::Invalid::body)?;
         Ok(InstanceId(id.to_string()))
+    }
+}
+
+/// A write's `Idempotency-Key` header (draft-ietf-httpapi-idempotency-key-
+/// header), if any: a retry with the same key gets the first reply (see
+/// `sync::OperationId`). A malformed one is INVALID_BODY naming the header.
+pub struct IdempotencyKey(pub Option<OperationId>);
+
+impl FromRequestParts<AppState> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
+        parts
+            .headers
+            .get("idempotency-key")
+            .map(|v| OperationId::from_header(v.as_bytes()).map_err(text::Invalid::body))
+            .transpose()
+            .map(IdempotencyKey)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use axum::{extract::State, Json};
 
-use super::extract::{InstanceId, ItemKey, JsonBody, Prefix, Requester};
+use super::extract::{IdempotencyKey, InstanceId, ItemKey, JsonBody, Prefix, Requester};
 use crate::{
     app::AppState,
     auth::{Principal, Scope},
@@ -20,40 +20,42 @@ pub async fn get_item(
     Ok(Json(state.sync.get(&who.user_id, &key).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)")), request_body(content = crate::http::openapi::SetBody, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = Object), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id (draft-ietf-httpapi-idempotency-key-header; a quoted sf-string or a bare token, 1-255 bytes): a retry within IDEMPOTENCY_WINDOW_MS gets the first reply and changes nothing; reused on another request: 422 IDEMPOTENCY_KEY_REUSED")), request_body(content = crate::http::openapi::SetBody, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = Object), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
 pub async fn put_item(
     State(state): State<AppState>,
     who: Principal,
     from: Requester,
     InstanceId(instance): InstanceId,
+    IdempotencyKey(op): IdempotencyKey,
     ItemKey(key): ItemKey,
     JsonBody(body): JsonBody<SetRequest>,
 ) -> Result<Json<SetReply>, ApiError> {
     who.require(Scope::Write)?;
     let source = from.source(&who);
+    let op = op.or(body.operation()?);
     let reply = state
         .sync
-        .set(&who.user_id, &instance, &source, &key, &body)
+        .set(&who.user_id, &instance, &source, &key, &body, op.as_ref())
         .await?;
     Ok(Json(reply.won(body.version)?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device")), responses((status = 200, description = "{status, key, seq}", body = Object)))]
+#[utoipa::path(delete, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "{status, key, seq, version}", body = Object)))]
 pub async fn delete_item(
     State(state): State<AppState>,
     who: Principal,
     from: Requester,
     InstanceId(instance): InstanceId,
+    IdempotencyKey(op): IdempotencyKey,
     ItemKey(key): ItemKey,
 ) -> Result<Json<Removed>, ApiError> {
     who.require(Scope::Write)?;
     let source = from.source(&who);
-    Ok(Json(
-        state
-            .sync
-            .remove(&who.user_id, &instance, &source, &key)
-            .await?,
-    ))
+    let removed = state
+        .sync
+        .remove(&who.user_id, &instance, &source, &key, op.as_ref())
+        .await?;
+    Ok(Json(removed))
 }
 
 /// `/sync-storage/item/` with no key at all.
@@ -81,16 +83,19 @@ pub async fn list_keys(
     Ok(Json(state.sync.keys(&who.user_id, &prefix).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/sync-storage/clear", tag = "items", responses((status = 200, description = "How many items were removed", body = Object)))]
+#[utoipa::path(delete, path = "/api/v1/sync-storage/clear", tag = "items", params(("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "How many items were removed", body = Object)))]
 pub async fn clear(
     State(state): State<AppState>,
     who: Principal,
     from: Requester,
     InstanceId(instance): InstanceId,
+    IdempotencyKey(op): IdempotencyKey,
 ) -> Result<Json<Cleared>, ApiError> {
     who.require(Scope::Write)?;
     let source = from.source(&who);
-    Ok(Json(
-        state.sync.clear(&who.user_id, &instance, &source).await?,
-    ))
+    let cleared = state
+        .sync
+        .clear(&who.user_id, &instance, &source, op.as_ref())
+        .await?;
+    Ok(Json(cleared))
 }

@@ -22,7 +22,7 @@ use crate::{
     auth::Scope,
     error::ApiError,
     storage::instances,
-    sync::{Command, SetRequest},
+    sync::{OperationId, SetRequest},
 };
 
 /// Whether the client passed an ack callback (socketioxide's `AckSender`
@@ -145,6 +145,15 @@ struct KeyPayload {
     key: String,
 }
 
+/// `sync:remove`: the key, and an optional operation id (see `sync:set`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RemovePayload {
+    key: String,
+    #[serde(default)]
+    op_id: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 struct PrefixPayload {
     #[serde(default)]
@@ -208,6 +217,7 @@ async fn set(
             .key
             .clone()
             .ok_or_else(|| ApiError::InvalidBody("key is required".into()))?;
+        let op = request.operation()?;
         let d = &session.device;
         // A lost conflict is a reply (`rejected`/`pending_review`), not an error.
         app.sync
@@ -217,6 +227,7 @@ async fn set(
                 &source(&session),
                 &key,
                 &request,
+                op.as_ref(),
             )
             .await
     }
@@ -228,7 +239,7 @@ async fn remove(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<KeyPayload>,
+    TryData(data): TryData<RemovePayload>,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
@@ -237,11 +248,18 @@ async fn remove(
     let result = async {
         let who = admitted(&app, &session).await?;
         who.require(Scope::Write)?;
-        let KeyPayload { key } = payload(data)?;
+        let RemovePayload { key, op_id } = payload(data)?;
+        let op = OperationId::from_op_id(op_id.as_deref())?;
         let d = &session.device;
-        let item = app.sync.execute(&d.user_id, &d.instance_id, &source(&session), Command::Remove { key }).await?.changed.pop();
-        let item = item.ok_or_else(|| ApiError::Internal("remove changed no row".into()))?;
-        Ok(json!({ "status": "removed", "key": item.key, "seq": item.seq, "version": item.version }))
+        app.sync
+            .remove(
+                &d.user_id,
+                &d.instance_id,
+                &source(&session),
+                &key,
+                op.as_ref(),
+            )
+            .await
     }
     .await;
     reply(&s, ack, wants, call, &app, result);

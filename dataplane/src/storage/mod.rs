@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod conflicts;
+pub mod idempotency;
 pub mod instances;
 pub mod items;
 pub mod keys;

@@ -9,7 +9,7 @@ use crate::{error::ApiError, text};
 ///
 /// `value` and `metadata` stay as the JSON text that was stored, so a read
 /// never parses and re-serialises them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Item {
     pub id: String,
@@ -21,7 +21,10 @@ pub struct Item {
     pub version: i64,
     /// The client's clock, in Unix milliseconds.
     pub timestamp: i64,
-    #[serde(serialize_with = "ms_as_rfc3339")]
+    #[serde(
+        serialize_with = "ms_as_rfc3339",
+        deserialize_with = "crate::instant::required"
+    )]
     pub last_modified: i64,
     pub is_deleted: bool,
     /// Bytes of `value` plus `metadata` as stored.
@@ -30,7 +33,11 @@ pub struct Item {
     pub encryption_type: Option<String>,
     pub tags: Option<Box<RawValue>>,
     /// Expiry time, if any.
-    #[serde(serialize_with = "opt_ms_as_rfc3339")]
+    #[serde(
+        serialize_with = "opt_ms_as_rfc3339",
+        deserialize_with = "crate::instant::option",
+        default
+    )]
     pub ttl: Option<i64>,
     pub priority: i64,
     pub seq: i64,
@@ -64,7 +71,7 @@ pub fn json_value(raw: Option<&RawValue>) -> Option<serde_json::Value> {
 }
 
 /// A TTL as clients may give it: seconds from now, or an absolute RFC 3339 time.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum Ttl {
     Seconds(f64),
@@ -135,7 +142,9 @@ pub fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A set as a client sends it. Serialised only for its fingerprint (see
+/// `operation`), so the operation id is left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SetRequest {
     /// The key, for `sync:set` (REST takes it from the path).
@@ -162,6 +171,9 @@ pub struct SetRequest {
     pub compression_type: Option<String>,
     #[serde(default)]
     pub encryption_type: Option<String>,
+    /// A socket write's operation id (REST sends `Idempotency-Key`).
+    #[serde(default, skip_serializing)]
+    pub op_id: Option<String>,
 }
 
 impl SetRequest {
@@ -238,6 +250,11 @@ impl SetRequest {
     }
 
     /// Metadata as stored: JSON `null` and absence are the same thing.
+    /// The operation id sent in the body (`opId`), checked.
+    pub fn operation(&self) -> Result<Option<super::OperationId>, ApiError> {
+        super::OperationId::from_op_id(self.op_id.as_deref())
+    }
+
     pub fn metadata_text(&self) -> Option<&str> {
         self.metadata
             .as_deref()

@@ -7,6 +7,7 @@
 
 mod change;
 mod item;
+mod operation;
 pub mod plan;
 
 use std::{future::Future, sync::Arc};
@@ -16,9 +17,11 @@ pub use item::{
     json_value, validate_instance_id, validate_key, validate_prefix, validate_user_id, Item,
     SetRequest, Ttl,
 };
+use operation::Op;
+pub use operation::{OperationId, Reply};
 use plan::WriteCtx;
 pub use plan::{Assist, Command, SetStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::{self, Auditor, Source},
@@ -27,8 +30,7 @@ use crate::{
     error::ApiError,
     fanout::{Bus, Envelope},
     metrics::Metrics,
-    storage::conflicts,
-    storage::{self, items, now_ms, Db},
+    storage::{self, conflicts, idempotency, items, now_ms, Db},
 };
 
 /// How often a transaction that lost a deadlock or a busy lock is retried.
@@ -47,10 +49,13 @@ pub struct Outcome {
     /// For an ASSISTED set still to be resolved: its base version.
     base: Option<Item>,
     needs_assist: bool,
+    /// The writer's reply (for the TTL sweeper's commands, none). A retry of
+    /// an operation gets its first reply here, and nothing else is set.
+    pub reply: Option<Reply>,
 }
 
 /// The writer's reply to a set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SetReply {
     pub status: SetStatus,
@@ -77,17 +82,22 @@ impl SetReply {
 }
 
 /// The reply to a remove.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Removed {
+    #[serde(skip_deserializing, default = "removed")]
     pub status: &'static str,
     pub key: String,
     pub seq: i64,
     pub version: i64,
 }
 
+fn removed() -> &'static str {
+    "removed"
+}
+
 /// The reply to a clear: how many items went, and the seq range they took.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Cleared {
     pub cleared: usize,
@@ -179,20 +189,30 @@ impl SyncService {
     /// Runs one command as one transaction in a task of its own, so that a
     /// client going away mid-write neither cancels it half-way nor skips
     /// what follows the commit. Returns the rows it changed, in seq order.
+    ///
+    /// With an operation id, a retry of a write already done (same id, same
+    /// request) changes nothing and gets the first reply; the same id on
+    /// another request is `IDEMPOTENCY_KEY_REUSED`.
     pub async fn execute(
         &self,
         user_id: &str,
         instance_id: &str,
         source: &Source,
         command: Command,
+        op: Option<&OperationId>,
     ) -> Result<Outcome, ApiError> {
         let this = self.clone();
         let (user, instance, source) = (user_id.to_owned(), instance_id.to_owned(), source.clone());
+        let op = op.map(|id| Op {
+            fingerprint: operation::fingerprint(instance_id, &command),
+            id: id.clone(),
+        });
         tokio::spawn(async move {
-            let mut outcome = this.run(&user, &instance, &source, &command).await?;
+            let op = op.as_ref();
+            let mut outcome = this.run(&user, &instance, &source, &command, op).await?;
             if outcome.needs_assist {
                 outcome = this
-                    .run_assisted(&user, &instance, &source, command, &outcome)
+                    .run_assisted(&user, &instance, &source, command, &outcome, op)
                     .await?;
             }
             this.after_commit(user, source.socket, &outcome.changed);
@@ -212,6 +232,7 @@ impl SyncService {
         source: &Source,
         command: Command,
         first: &Outcome,
+        op: Option<&Op>,
     ) -> Result<Outcome, ApiError> {
         let Command::Set { key, request, .. } = command else {
             return Err(ApiError::Internal("only a set asks the resolver".into()));
@@ -248,6 +269,7 @@ impl SyncService {
                 request,
                 assist,
             },
+            op,
         )
         .await
     }
@@ -284,6 +306,7 @@ impl SyncService {
         instance_id: &str,
         source: &Source,
         command: &Command,
+        op: Option<&Op>,
     ) -> Result<Outcome, ApiError> {
         // Every caller validated these already; the one write path checks
         // again so that no text a database cannot store reaches a query.
@@ -300,6 +323,25 @@ impl SyncService {
             };
             let mut tx = self.db.pool().begin().await?;
             let state = items::lock_user(&mut tx, &self.db, user_id, ctx.now).await?;
+            if let Some(op) = op {
+                let window =
+                    i64::try_from(self.limits.idempotency_window.as_millis()).unwrap_or(i64::MAX);
+                let since = ctx.now.saturating_sub(window);
+                if let Some(done) =
+                    idempotency::find(&mut tx, &self.db, user_id, op.id.as_str(), since).await?
+                {
+                    return Ok(op.replay(&done).map(|reply| {
+                        self.metrics
+                            .write_replays
+                            .with_label_values(&["operation_id"])
+                            .inc();
+                        Outcome {
+                            reply: Some(reply),
+                            ..Outcome::default()
+                        }
+                    }));
+                }
+            }
             let current: Vec<Item> = match command.key() {
                 Some(key) => items::fetch_for_write(&mut tx, &self.db, user_id, key)
                     .await?
@@ -342,6 +384,7 @@ impl SyncService {
                 current: current.first().cloned(),
                 base,
                 needs_assist: plan.needs_assist,
+                reply: None,
             };
             if plan.needs_assist {
                 return Ok(Ok(outcome)); // rolled back on drop: nothing was written
@@ -379,6 +422,24 @@ impl SyncService {
                     .collect();
                 storage::audit::insert(&mut tx, &self.db, &entries).await?;
             }
+            outcome.reply = match Reply::of(command, &outcome, plan.state.last_seq) {
+                Ok(reply) => reply,
+                Err(e) => return Ok(Err(e)),
+            };
+            if plan.replayed {
+                self.metrics
+                    .write_replays
+                    .with_label_values(&["identical"])
+                    .inc();
+            }
+            if let (Some(op), Some(reply)) = (op, &outcome.reply) {
+                let done = match op.record(reply) {
+                    Ok(done) => done,
+                    Err(e) => return Ok(Err(e)),
+                };
+                idempotency::record(&mut tx, &self.db, user_id, op.id.as_str(), &done, ctx.now)
+                    .await?;
+            }
             tx.commit().await?;
             outcome.base = None;
             Ok(Ok(outcome))
@@ -395,24 +456,21 @@ impl SyncService {
         source: &Source,
         key: &str,
         req: &SetRequest,
+        op: Option<&OperationId>,
     ) -> Result<SetReply, ApiError> {
         let command = Command::Set {
             key: key.to_owned(),
             request: Box::new(req.clone()),
             assist: Assist::NotAsked,
         };
-        let mut outcome = self.execute(user_id, instance_id, source, command).await?;
-        let status = outcome.set_status.ok_or_else(no_row)?;
-        let item = outcome
-            .changed
-            .pop()
-            .or(outcome.current)
-            .ok_or_else(no_row)?;
-        Ok(SetReply {
-            status,
-            item,
-            conflict_id: outcome.conflict_id,
-        })
+        match self
+            .execute(user_id, instance_id, source, command, op)
+            .await?
+            .reply
+        {
+            Some(Reply::Set(reply)) => Ok(*reply),
+            _ => Err(no_row()),
+        }
     }
 
     /// Removes a visible item, leaving a tombstone.
@@ -422,26 +480,19 @@ impl SyncService {
         instance_id: &str,
         source: &Source,
         key: &str,
+        op: Option<&OperationId>,
     ) -> Result<Removed, ApiError> {
-        let item = self
-            .execute(
-                user_id,
-                instance_id,
-                source,
-                Command::Remove {
-                    key: key.to_owned(),
-                },
-            )
+        let command = Command::Remove {
+            key: key.to_owned(),
+        };
+        match self
+            .execute(user_id, instance_id, source, command, op)
             .await?
-            .changed
-            .pop()
-            .ok_or_else(no_row)?;
-        Ok(Removed {
-            status: "removed",
-            key: item.key,
-            seq: item.seq,
-            version: item.version,
-        })
+            .reply
+        {
+            Some(Reply::Remove(removed)) => Ok(removed),
+            _ => Err(no_row()),
+        }
     }
 
     /// Removes every item of the user. Each removal takes its own sequence
@@ -451,21 +502,16 @@ impl SyncService {
         user_id: &str,
         instance_id: &str,
         source: &Source,
+        op: Option<&OperationId>,
     ) -> Result<Cleared, ApiError> {
-        let changed = self
-            .execute(user_id, instance_id, source, Command::Clear)
+        match self
+            .execute(user_id, instance_id, source, Command::Clear, op)
             .await?
-            .changed;
-        let last_seq = match changed.last() {
-            Some(item) => item.seq,
-            None => items::user_state(&self.db, user_id)
-                .await?
-                .map_or(0, |s| s.last_seq),
-        };
-        Ok(Cleared {
-            cleared: changed.len(),
-            last_seq,
-        })
+            .reply
+        {
+            Some(Reply::Clear(cleared)) => Ok(cleared),
+            _ => Err(no_row()),
+        }
     }
 
     /// A visible item, or NOT_FOUND.
@@ -505,6 +551,7 @@ impl SyncService {
                         "ttl-cleanup",
                         &Source::default(),
                         Command::Expire { key },
+                        None,
                     )
                     .await
                 {

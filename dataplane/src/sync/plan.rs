@@ -53,6 +53,9 @@ pub struct Plan {
     pub conflict: Option<ConflictRecord>,
     /// For an ASSISTED set: ask the webhook, then run the set again.
     pub needs_assist: bool,
+    /// A set recognised as a retry of the write that made the current row
+    /// (see [`is_replay`]): nothing is written, the reply is `applied`.
+    pub replayed: bool,
 }
 
 impl Plan {
@@ -63,6 +66,7 @@ impl Plan {
             set_status: None,
             conflict: None,
             needs_assist: false,
+            replayed: false,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn plan(
                 set_status: Some(p.status),
                 conflict: p.conflict,
                 needs_assist: p.needs_assist,
+                replayed: p.replayed,
             })
         }
         Command::Remove { key } => plan_remove(ctx, key, current.first(), state).map(one),
@@ -155,7 +160,7 @@ fn new_id() -> String {
 }
 
 /// How a set ended, for the writer's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SetStatus {
     Applied,
@@ -220,10 +225,28 @@ pub struct SetPlan {
     pub conflict: Option<ConflictRecord>,
     /// The strategy is ASSISTED and the webhook has not been asked yet.
     pub needs_assist: bool,
+    /// A retry of the write that made the current row.
+    pub replayed: bool,
 }
 
 fn parse(raw: Option<&RawValue>) -> serde_json::Value {
     super::json_value(raw).unwrap_or_default()
+}
+
+/// Whether `req` is a retry, without an operation id, of the very write
+/// that made `current` (issue 14 §2): from the same device, with the same
+/// value, metadata and client timestamp, based on the version just before
+/// (or on none). Such a retry is answered `applied` with the current row;
+/// applied again it would bump the version, and judged as concurrent it
+/// would lose to itself and record a conflict. A write without a timestamp
+/// is never recognised: the server's clock makes every one of them new.
+pub fn is_replay(current: &Item, req: &SetRequest, instance_id: &str) -> bool {
+    !current.is_deleted
+        && current.instance_id == instance_id
+        && req.timestamp == Some(current.timestamp)
+        && req.version.is_none_or(|v| v + 1 == current.version)
+        && current.value.as_deref().map(RawValue::get) == Some(req.value.get())
+        && current.metadata.as_deref().map(RawValue::get) == req.metadata_text()
 }
 
 /// Plans a set of `key`: a plain write, or the settlement of a concurrent one.
@@ -240,6 +263,15 @@ pub fn plan_set(
     assist: &Assist,
 ) -> Result<SetPlan, ApiError> {
     req.validate()?;
+    if current.is_some_and(|c| is_replay(c, req, ctx.instance_id)) {
+        return Ok(SetPlan {
+            status: SetStatus::Applied,
+            written: None,
+            conflict: None,
+            needs_assist: false,
+            replayed: true,
+        });
+    }
     let timestamp = req.timestamp.unwrap_or(ctx.now);
     let Some(current) =
         current.filter(|c| conflict::is_concurrent(c, req.version, req.timestamp, ctx.instance_id))
@@ -250,6 +282,7 @@ pub fn plan_set(
             written: Some(written),
             conflict: None,
             needs_assist: false,
+            replayed: false,
         });
     };
     let strategy = req.strategy_override()?.unwrap_or(policy.default_strategy);
@@ -283,6 +316,7 @@ pub fn plan_set(
                 written: None,
                 conflict: None,
                 needs_assist: true,
+                replayed: false,
             })
         }
         Decision::Incoming => (
@@ -344,6 +378,7 @@ pub fn plan_set(
         written,
         conflict: Some(conflict),
         needs_assist: false,
+        replayed: false,
     })
 }
 
@@ -478,6 +513,7 @@ mod tests {
             ttl_cleanup_interval: Duration::from_secs(3600),
             ttl_expiry_interval: Duration::from_secs(1),
             tombstone_retention: Duration::from_secs(86400),
+            idempotency_window: Duration::from_secs(86400),
         }
     }
 
@@ -543,6 +579,52 @@ mod tests {
             }
         );
         assert_eq!(p.item.timestamp, CTX.now);
+    }
+
+    #[test]
+    fn an_identical_retry_is_recognised_and_nothing_else_is() {
+        let first = set(None, EMPTY, r#"{"value":1,"timestamp":5}"#).unwrap();
+        let body = r#"{"value":2,"version":1,"timestamp":9,"metadata":{"m":1}}"#;
+        let second = set(Some(&first.item), first.state, body).unwrap();
+        let current = &second.item;
+        assert!(is_replay(current, &req(body), CTX.instance_id));
+        assert!(is_replay(
+            current,
+            &req(r#"{"value":2,"timestamp":9,"metadata":{"m":1}}"#),
+            CTX.instance_id
+        ));
+        for other in [
+            r#"{"value":3,"version":1,"timestamp":9,"metadata":{"m":1}}"#,
+            r#"{"value":2,"version":2,"timestamp":9,"metadata":{"m":1}}"#,
+            r#"{"value":2,"version":1,"timestamp":8,"metadata":{"m":1}}"#,
+            r#"{"value":2,"version":1,"metadata":{"m":1}}"#,
+            r#"{"value":2,"version":1,"timestamp":9}"#,
+        ] {
+            assert!(!is_replay(current, &req(other), CTX.instance_id), "{other}");
+        }
+        assert!(!is_replay(current, &req(body), "another-device"));
+        // Planned, the retry writes nothing and is answered `applied`.
+        let p = plan_set(
+            CTX,
+            "k",
+            &req(body),
+            Some(current),
+            None,
+            second.state,
+            &limits(),
+            &policy(Strategy::Manual),
+            &Assist::NotAsked,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                p.status,
+                p.written.is_none(),
+                p.conflict.is_none(),
+                p.replayed
+            ),
+            (SetStatus::Applied, true, true, true)
+        );
     }
 
     #[test]

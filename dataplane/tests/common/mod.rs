@@ -55,6 +55,7 @@ pub fn limits() -> Limits {
         ttl_cleanup_interval: Duration::from_secs(3600),
         ttl_expiry_interval: Duration::from_secs(1),
         tombstone_retention: Duration::from_secs(86400),
+        idempotency_window: Duration::from_secs(86400),
     }
 }
 
