@@ -12,6 +12,7 @@ pub mod conflicts;
 pub mod instances;
 pub mod items;
 pub mod keys;
+pub mod presence;
 pub mod refresh_tokens;
 
 use std::{borrow::Cow, path::Path, sync::Arc, time::Duration};
