@@ -107,17 +107,22 @@ fn admit(s: &SocketRef, app: &AppState, device: Device) {
     s.extensions.insert(session.clone());
     events::register(s);
     s.on_disconnect(on_disconnect);
-    tokio::spawn(forget_if_never_connected(s.clone(), session));
+    tokio::spawn(forget_if_never_connected(Arc::downgrade(&session)));
 }
 
 /// A transport that closed while the handshake was being checked never
 /// gets its connect answered, and then socketioxide runs neither the
 /// connect nor the disconnect handler. The session would stay in the
 /// socket's extensions, holding the socket: a cycle never freed. Once the
-/// answer is long overdue, such a session is let go.
-async fn forget_if_never_connected(s: SocketRef, session: Arc<Session>) {
+/// answer is long overdue, such a session is let go. Holds the session
+/// weakly, so a socket that came and went is freed without waiting for it.
+async fn forget_if_never_connected(session: std::sync::Weak<Session>) {
     tokio::time::sleep(CONNECT_TIMEOUT).await;
+    let Some(session) = session.upgrade() else {
+        return;
+    };
     let mut stage = session.stage.lock().await;
+    let s = session.socket();
     if matches!(*stage, Stage::Admitted) && !s.connected() {
         *stage = Stage::Gone;
         s.extensions.remove::<Arc<Session>>();

@@ -146,6 +146,11 @@ impl Session {
         }
     }
 
+    /// The socket this session sends to.
+    pub fn socket(&self) -> &SocketRef {
+        &self.socket
+    }
+
     /// The device's credential as it stands now (see
     /// `Authenticator::recheck`). A credential that is no longer valid
     /// marks the session revoked: the caller replies with the error, then
