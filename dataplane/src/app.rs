@@ -18,6 +18,7 @@ use crate::{
     fanout::{Bus, Hub, LocalBus, RedisBus},
     http,
     metrics::Metrics,
+    presence::Presence,
     socket,
     storage::{idempotency, items, Db, DbError},
     sync::SyncService,
@@ -36,6 +37,8 @@ pub struct AppState {
     pub audit: Auditor,
     /// This pod's connected devices.
     pub hub: Arc<Hub>,
+    /// Which devices are online, across every process of the store.
+    pub presence: Arc<Presence>,
     pub analytics: Analytics,
     /// Where every pod's live figures meet, when Redis is configured.
     pub live_redis: Option<redis::aio::ConnectionManager>,
@@ -69,6 +72,8 @@ pub enum StartError {
     Redis(#[from] redis::RedisError),
     #[error("analytics: {0}")]
     Analytics(String),
+    #[error("cannot register this process for presence: {0}")]
+    Presence(sqlx::Error),
     #[error("cannot listen on port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
     #[error("server error: {0}")]
@@ -90,6 +95,9 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         tracing::info!(user_id = %bootstrap.user_id, created, "bootstrap API key present");
     }
     let hub = Arc::new(Hub::new());
+    let presence = Presence::start(db.clone(), &config.pod_name, config.presence_heartbeat)
+        .await
+        .map_err(StartError::Presence)?;
     let bus: Arc<dyn Bus> = match &config.redis_url {
         Some(url) => Arc::new(
             RedisBus::connect(
@@ -194,6 +202,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         metrics,
         limiter,
         hub,
+        presence,
         analytics,
         live_redis,
         config: Arc::new(config),
@@ -247,6 +256,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     expiry.abort();
     heartbeat.abort();
     usage.abort();
+    // Once the heartbeat has stopped (it would register the process
+    // again): this process's devices go offline now, not after the expiry.
+    let _ = heartbeat.await;
+    state.presence.retire().await;
     state.limiter.usage().flush(state.sync.db()).await;
     state.analytics.flush().await;
     state.audit.flush(std::time::Duration::from_secs(5)).await;

@@ -116,6 +116,11 @@ pub struct RawConfig {
     /// remembered, in milliseconds (default 86400000, a day).
     #[arg(long, global = true, env = "IDEMPOTENCY_WINDOW_MS")]
     pub idempotency_window_ms: Option<String>,
+    /// How often each process refreshes its presence heartbeat, in
+    /// milliseconds (default 10000). A process that stops beating (killed
+    /// with -9) has its devices shown offline within three intervals.
+    #[arg(long, global = true, env = "PRESENCE_HEARTBEAT_MS")]
+    pub presence_heartbeat_ms: Option<String>,
     /// Events per aggregation transaction of `syncstore analytics`.
     #[arg(long, global = true, env = "ANALYTICS_CONSUMER_BATCH")]
     pub analytics_consumer_batch: Option<String>,
@@ -363,6 +368,9 @@ pub struct Config {
     pub store_name: String,
     pub pod_name: String,
     pub http: HttpConfig,
+    /// How often this process refreshes its presence heartbeat; its
+    /// devices count as online for three of these after the last one.
+    pub presence_heartbeat: Duration,
 }
 
 /// One variable being parsed: its names for error messages and its raw value.
@@ -885,6 +893,14 @@ impl Config {
             store_name,
             pod_name,
             http,
+            presence_heartbeat: ms(
+                var!(raw, presence_heartbeat_ms, "PRESENCE_HEARTBEAT_MS").int(
+                    10_000u64,
+                    50,
+                    600_000,
+                    "milliseconds",
+                )?,
+            ),
         })
     }
 }
@@ -928,6 +944,16 @@ mod tests {
         assert_eq!(e.var, "HTTP_IDLE_TIMEOUT_MS");
         let e = parse(|r| r.http_max_connections = Some("many".into())).unwrap_err();
         assert_eq!(e.var, "HTTP_MAX_CONNECTIONS");
+    }
+
+    #[test]
+    fn presence_heartbeat_defaults_to_ten_seconds_and_is_bounded() {
+        let c = parse(|_| {}).expect("defaults are valid");
+        assert_eq!(c.presence_heartbeat, Duration::from_secs(10));
+        let c = parse(|r| r.presence_heartbeat_ms = Some("250".into())).expect("valid");
+        assert_eq!(c.presence_heartbeat, Duration::from_millis(250));
+        let e = parse(|r| r.presence_heartbeat_ms = Some("10".into())).unwrap_err();
+        assert_eq!(e.var, "PRESENCE_HEARTBEAT_MS");
     }
 
     #[test]

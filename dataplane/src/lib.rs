@@ -16,6 +16,7 @@ pub mod http;
 pub mod instant;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod server;
 pub mod socket;
 pub mod storage;

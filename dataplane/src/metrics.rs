@@ -42,6 +42,26 @@ pub struct Metrics {
     pub auth_denials: IntCounterVec,
 }
 
+/// One open socket in the `sockets_connected` gauge: the gauge goes up
+/// when this is made and down when it is dropped, so an increment and its
+/// decrement are paired by construction (a disconnect handled before its
+/// connect once took the gauge to -1).
+#[must_use = "the gauge goes down again when this is dropped"]
+pub struct GaugeHeld(IntGauge);
+
+impl GaugeHeld {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHeld {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Registers a collector and hands it back, so construction reads as a list.
 fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> Result<C, prometheus::Error> {
     r.register(Box::new(c.clone()))?;

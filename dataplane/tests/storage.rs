@@ -574,17 +574,84 @@ async fn device_cursors_and_sessions_are_recorded(backend: &str) {
     let list = instances::list(&db, &user).await.unwrap();
     let phone = list.iter().find(|i| i.instance_id == "phone").unwrap();
     assert_eq!(
-        (
-            phone.cursor_seq,
-            phone.connections,
-            phone.last_seen,
-            phone.first_seen
-        ),
-        (7, 1, 4000, 1000)
+        (phone.cursor_seq, phone.last_seen, phone.first_seen),
+        (7, 4000, 1000)
     );
     assert_eq!(phone.user_agent.as_deref(), Some("ua/1"));
     let laptop = list.iter().find(|i| i.instance_id == "laptop").unwrap();
-    assert_eq!((laptop.connections, laptop.last_seen), (1, 4000));
+    assert_eq!(laptop.last_seen, 4000);
+}
+
+/// Presence rows count while their process's deadline holds, and never
+/// longer: no counter to drift, nothing a dead process must undo.
+async fn presence_counts_sockets_of_live_processes_only(backend: &str) {
+    use syncstore::storage::presence::{self, Connection};
+    let (db, _dir) = database(backend).await;
+    let user = unique_user("presence");
+    let id = |tag: &str| format!("{tag}-{}", uuid::Uuid::new_v4().simple());
+    let (alive, dead) = (id("alive"), id("dead"));
+    // The database is shared with running servers, which sweep what expired
+    // by their clock: the dead process expired a day ago, the live one
+    // beats a day ahead, so none of them changes what this test sees.
+    let day = 86_400_000;
+    let (past, future) = (
+        syncstore::storage::now_ms() - day,
+        syncstore::storage::now_ms() + day,
+    );
+    let socket = |sid: &str, instance: &str| Connection {
+        socket_id: sid.into(),
+        user_id: user.clone(),
+        instance_id: instance.into(),
+        connected_at: past,
+    };
+    presence::register(&db, &alive, "pod-a", future, future + 3000)
+        .await
+        .unwrap();
+    presence::register(&db, &dead, "pod-b", past, past + 3000)
+        .await
+        .unwrap();
+    presence::open(&db, &alive, &[socket("a1", "phone"), socket("a2", "phone")])
+        .await
+        .unwrap();
+    presence::open(&db, &dead, &[socket("b1", "phone"), socket("b2", "laptop")])
+        .await
+        .unwrap();
+    // Recording a socket twice (a re-registration) counts it once.
+    presence::open(&db, &alive, &[socket("a1", "phone")])
+        .await
+        .unwrap();
+    let counts = |now| {
+        let (db, user) = (db.clone(), user.clone());
+        async move {
+            let mut c = presence::live_counts(&db, &user, now).await.unwrap();
+            c.sort();
+            c
+        }
+    };
+    let phone = |n| ("phone".to_string(), n);
+    // Before the dead process's deadline, every socket counts once.
+    assert_eq!(
+        counts(past).await,
+        vec![("laptop".to_string(), 1), phone(3)]
+    );
+    // After it, only the live process's.
+    assert_eq!(counts(future).await, vec![phone(2)]);
+    presence::close(&db, &alive, &["a2".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(counts(future).await, vec![phone(1)]);
+    assert!(presence::beat(&db, &alive, future + 1000, future + 4000)
+        .await
+        .unwrap());
+    // A sweep takes the expired process and its sockets; the process, if it
+    // was only paused, learns it from its next beat.
+    assert!(presence::sweep(&db, past + 5000).await.unwrap() >= 1);
+    assert_eq!(counts(past).await, vec![phone(1)]);
+    assert!(!presence::beat(&db, &dead, past + 6000, past + 9000)
+        .await
+        .unwrap());
+    presence::retire(&db, &alive).await.unwrap();
+    assert_eq!(counts(past).await, vec![]);
 }
 
 async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
@@ -786,6 +853,7 @@ suite!(
     values_round_trip_exactly,
     api_keys_are_stored_hashed_and_found,
     device_cursors_and_sessions_are_recorded,
+    presence_counts_sockets_of_live_processes_only,
     old_tombstones_are_purged_and_raise_purged_seq,
     ids_and_keys_compare_byte_exactly,
     text_the_database_cannot_store_is_refused_naming_the_field,

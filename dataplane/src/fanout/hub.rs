@@ -83,6 +83,23 @@ impl Hub {
             .collect()
     }
 
+    /// Every socket connected here: (user, socket id, instance).
+    pub fn sockets(&self) -> Vec<(String, String, String)> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        users
+            .iter()
+            .flat_map(|(user, sinks)| {
+                sinks.iter().map(move |s| {
+                    (
+                        user.clone(),
+                        s.id().to_string(),
+                        s.instance_id().to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn device_count(&self) -> usize {
         self.users
             .read()

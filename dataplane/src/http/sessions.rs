@@ -7,18 +7,18 @@ use crate::{
     app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
-    storage::{instances, now_ms},
+    storage::instances,
 };
 
-/// A device counts as online while it has a connection and its pod has
-/// refreshed `lastSeen` recently (a pod killed with -9 cannot say goodbye).
-const ONLINE_WINDOW_MS: i64 = 90_000;
-
+/// A device and its presence. `connections` counts the device's sockets on
+/// processes that are alive (their heartbeat has not expired), and
+/// `online` is whether there is one: see [`crate::presence`].
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     #[serde(flatten)]
     instance: instances::Instance,
+    connections: i64,
     online: bool,
 }
 
@@ -28,13 +28,17 @@ pub async fn list(
     who: Principal,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     who.require(Scope::Read)?;
-    let now = now_ms();
     let list = instances::list(state.sync.db(), &who.user_id).await?;
+    let live = state.presence.live(&who.user_id).await?;
     Ok(Json(
         list.into_iter()
-            .map(|instance| SessionView {
-                online: instance.connections > 0 && now - instance.last_seen < ONLINE_WINDOW_MS,
-                instance,
+            .map(|instance| {
+                let connections = live.get(&instance.instance_id).copied().unwrap_or(0);
+                SessionView {
+                    instance,
+                    connections,
+                    online: connections > 0,
+                }
             })
             .collect(),
     ))

@@ -6,7 +6,10 @@ mod handshake;
 mod session;
 mod subscriptions;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use socketioxide::{
     extract::{Extension, SocketRef, State},
@@ -16,10 +19,16 @@ use socketioxide::{
 };
 
 pub use handshake::Device;
-use session::Session;
+use session::{Session, Stage};
 pub use subscriptions::Subscriptions;
 
-use crate::{app::AppState, fanout::Sink, storage::instances, storage::now_ms};
+use crate::{
+    app::AppState,
+    fanout::Sink,
+    metrics::GaugeHeld,
+    presence::Connection,
+    storage::{instances, now_ms},
+};
 
 /// Packets that may wait in one socket's send buffer. Small buffers keep an
 /// idle connection cheap; a slow consumer past this is conflated from the
@@ -30,18 +39,43 @@ const SOCKET_BUFFER: usize = 16;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often connected devices' `last_seen` is refreshed, in batches: one
-/// statement per device would be a burst of thousands of writes.
-const HEARTBEAT: Duration = Duration::from_secs(30);
+/// statement per device would be a burst of thousands of writes. Whether
+/// they are online does not depend on it (see [`crate::presence`]).
+const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
 
-/// Refreshes `last_seen` of every device on this pod, for as long as it runs.
+/// This process's presence heartbeat, every `PRESENCE_HEARTBEAT_MS`, and
+/// every [`LAST_SEEN_EVERY`] the `last_seen` of its devices, for as long as
+/// it runs.
 pub async fn heartbeat(app: AppState) {
-    let mut every = tokio::time::interval(HEARTBEAT);
+    let mut every = tokio::time::interval(app.presence.interval());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut touched: Option<Instant> = None;
     loop {
         every.tick().await;
-        let devices = app.hub.devices();
-        if let Err(e) = instances::touch(app.sync.db(), &devices, now_ms()).await {
-            tracing::warn!(error = %e, devices = devices.len(), "device heartbeat not stored");
+        let hub = app.hub.clone();
+        // Only read if another process swept this one's rows: what is in
+        // the hub is exactly what is connected (see `session::Stage`).
+        let open = move || {
+            let now = now_ms();
+            hub.sockets()
+                .into_iter()
+                .map(|(user_id, socket_id, instance_id)| Connection {
+                    socket_id,
+                    user_id,
+                    instance_id,
+                    connected_at: now,
+                })
+                .collect()
+        };
+        if let Err(e) = app.presence.beat(open).await {
+            tracing::warn!(error = %e, "presence heartbeat not stored");
+        }
+        if touched.is_none_or(|t| t.elapsed() >= LAST_SEEN_EVERY) {
+            touched = Some(Instant::now());
+            let devices = app.hub.devices();
+            if let Err(e) = instances::touch(app.sync.db(), &devices, now_ms()).await {
+                tracing::warn!(error = %e, devices = devices.len(), "device heartbeat not stored");
+            }
         }
     }
 }
@@ -70,13 +104,39 @@ pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
 /// registration still ran in the connect handler, which is spawned).
 fn admit(s: &SocketRef, app: &AppState, device: Device) {
     let session = Arc::new(Session::new(s.clone(), device, app.clone()));
-    s.extensions.insert(session);
+    s.extensions.insert(session.clone());
     events::register(s);
     s.on_disconnect(on_disconnect);
+    tokio::spawn(forget_if_never_connected(Arc::downgrade(&session)));
+}
+
+/// A transport that closed while the handshake was being checked never
+/// gets its connect answered, and then socketioxide runs neither the
+/// connect nor the disconnect handler. The session would stay in the
+/// socket's extensions, holding the socket: a cycle never freed. Once the
+/// answer is long overdue, such a session is let go. Holds the session
+/// weakly, so a socket that came and went is freed without waiting for it.
+async fn forget_if_never_connected(session: std::sync::Weak<Session>) {
+    tokio::time::sleep(CONNECT_TIMEOUT).await;
+    let Some(session) = session.upgrade() else {
+        return;
+    };
+    let mut stage = session.stage.lock().await;
+    let s = session.socket();
+    if matches!(*stage, Stage::Admitted) && !s.connected() {
+        *stage = Stage::Gone;
+        s.extensions.remove::<Arc<Session>>();
+    }
 }
 
 async fn on_connect(State(app): State<AppState>, Extension(session): Extension<Arc<Session>>) {
-    app.metrics.sockets_connected.inc();
+    // Held until everything below is done: a disconnect waits for it.
+    let mut stage = session.stage.lock().await;
+    if !matches!(*stage, Stage::Admitted) {
+        tracing::debug!(sid = %session.sid, "disconnected before its connect was handled");
+        return;
+    }
+    *stage = Stage::Live(GaugeHeld::new(&app.metrics.sockets_connected));
     app.analytics.live().socket_connected();
     session_event(&app, &session, "socket:connect", 0);
 
@@ -84,13 +144,14 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
     app.hub.add(&user, session.clone() as Arc<dyn Sink>);
     app.sync.bus().host(&user).await;
     let d = &session.device;
+    let now = now_ms();
     let arrival = instances::Arrival {
         user_id: &d.user_id,
         instance_id: &d.instance_id,
         pod: app.sync.bus().pod(),
         ip: d.ip.as_deref(),
         user_agent: d.user_agent.as_deref(),
-        now: now_ms(),
+        now,
     };
     let cursors = match instances::arrive(app.sync.db(), &arrival).await {
         Ok(cursors) => cursors,
@@ -99,6 +160,15 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
             instances::Cursors::default()
         }
     };
+    app.presence
+        .opened(Connection {
+            socket_id: session.sid.clone(),
+            user_id: d.user_id.clone(),
+            instance_id: d.instance_id.clone(),
+            connected_at: now,
+        })
+        .await;
+    drop(stage);
     tokio::spawn(session.run(cursors));
 }
 
@@ -113,13 +183,20 @@ async fn on_disconnect(
     // session: a cycle that kept every disconnected device in memory.
     s.extensions.remove::<Arc<Session>>();
     session.close();
-    app.metrics.sockets_connected.dec();
+    // Waits for a connect handler still at work, then undoes exactly what
+    // it did: nothing if it has not run (it will find the session gone).
+    let mut stage = session.stage.lock().await;
+    let Stage::Live(gauge) = std::mem::replace(&mut *stage, Stage::Gone) else {
+        tracing::debug!(sid = %session.sid, "disconnected before its connect was handled");
+        return;
+    };
     app.analytics.live().socket_disconnected();
     let length = u64::try_from(session.connected_at.elapsed().as_micros()).unwrap_or(u64::MAX);
     session_event(&app, &session, "socket:disconnect", length);
     let d = &session.device;
     app.hub.remove(&d.user_id, &session.sid);
     app.sync.bus().unhost(&d.user_id);
+    app.presence.closed(&session.sid).await;
     let delivered = session.delivered();
     if let Err(e) = instances::leave(
         app.sync.db(),
@@ -132,6 +209,7 @@ async fn on_disconnect(
     {
         tracing::debug!(error = %e, "cannot record disconnect");
     }
+    drop(gauge);
 }
 
 /// The analytics event of a session's start or end. A disconnect carries

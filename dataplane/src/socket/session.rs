@@ -68,8 +68,29 @@ enum Step {
     CatchUp(i64),
 }
 
+/// Where a socket is in its life. socketioxide spawns the connect handler,
+/// and a transport that drops right after the engine opened is handled as
+/// a disconnect that can run before the connect handler or during its
+/// awaits; it once undid nothing and the connect then registered a device
+/// that was gone (online for good, refreshed by the heartbeat, the gauge at
+/// -1). The connect handler and the disconnect handler each hold
+/// [`Session::stage`] for their whole run, so they are ordered, and the
+/// disconnect undoes exactly what the connect did.
+pub enum Stage {
+    /// Admitted by the handshake; the connect handler has not run.
+    Admitted,
+    /// The connect handler ran: the socket is in the gauge (until this is
+    /// dropped), the hub, the bus and the presence table.
+    Live(crate::metrics::GaugeHeld),
+    /// Disconnected, or never connected: nothing is left to undo, and a
+    /// connect handler that runs late does nothing.
+    Gone,
+}
+
 pub struct Session {
     pub sid: String,
+    /// Orders this socket's connect and disconnect (see [`Stage`]).
+    pub stage: tokio::sync::Mutex<Stage>,
     /// When the device connected: the start of its session.
     pub connected_at: std::time::Instant,
     pub device: Device,
@@ -110,6 +131,7 @@ impl Session {
     pub fn new(socket: SocketRef, device: Device, app: AppState) -> Self {
         Self {
             sid: socket.id.to_string(),
+            stage: tokio::sync::Mutex::new(Stage::Admitted),
             connected_at: std::time::Instant::now(),
             socket,
             app,
@@ -122,6 +144,11 @@ impl Session {
             checked: Mutex::new(Instant::now()),
             device,
         }
+    }
+
+    /// The socket this session sends to.
+    pub fn socket(&self) -> &SocketRef {
+        &self.socket
     }
 
     /// The device's credential as it stands now (see

@@ -13,7 +13,8 @@ pub struct Arrival<'a> {
     pub now: i64,
 }
 
-/// One device as `GET /sync-storage/sessions` shows it.
+/// One device as `GET /sync-storage/sessions` shows it, less its presence
+/// (which is not stored here: see [`super::presence`]).
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
@@ -22,7 +23,6 @@ pub struct Instance {
     pub first_seen: i64,
     pub last_seen: i64,
     pub connected_at: Option<i64>,
-    pub connections: i64,
     pub pod: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
@@ -60,20 +60,23 @@ impl Cursors {
     }
 }
 
-/// Records a connection and returns the device's cursors.
+/// Records a connection's session facts and returns the device's cursors.
+/// Whether the device is connected is not counted here: a counter could
+/// only be undone by the process that counted, so one killed with -9 left
+/// its devices online for good (see [`super::presence`]).
 pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
     let upsert = match db.dialect() {
         Dialect::Mysql => {
-            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent) \
-             VALUES (?, ?, 0, ?, ?, ?, 1, ?, ?, ?) ON DUPLICATE KEY UPDATE last_seen = VALUES(last_seen), \
-             connected_at = VALUES(connected_at), connections = connections + 1, pod = VALUES(pod), ip = VALUES(ip), \
+            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent) \
+             VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE last_seen = VALUES(last_seen), \
+             connected_at = VALUES(connected_at), pod = VALUES(pod), ip = VALUES(ip), \
              user_agent = VALUES(user_agent)"
         }
         _ => {
-            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent) \
-             VALUES (?, ?, 0, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (user_id, instance_id) DO UPDATE SET \
+            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent) \
+             VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, instance_id) DO UPDATE SET \
              last_seen = excluded.last_seen, connected_at = excluded.connected_at, \
-             connections = instances.connections + 1, pod = excluded.pod, ip = excluded.ip, user_agent = excluded.user_agent"
+             pod = excluded.pod, ip = excluded.ip, user_agent = excluded.user_agent"
         }
     };
     // A header, recorded rather than checked: made storable, not refused.
@@ -103,7 +106,7 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
     })
 }
 
-/// Records a disconnection, and the highest seq the device was sent.
+/// Records a disconnection's time, and the highest seq the device was sent.
 pub async fn leave(
     db: &Db,
     user_id: &str,
@@ -112,8 +115,7 @@ pub async fn leave(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&db.sql(
-        "UPDATE instances SET connections = CASE WHEN connections > 0 THEN connections - 1 ELSE 0 END, \
-         delivered_seq = CASE WHEN delivered_seq < ? THEN ? ELSE delivered_seq END, \
+        "UPDATE instances SET delivered_seq = CASE WHEN delivered_seq < ? THEN ? ELSE delivered_seq END, \
          last_seen = ? WHERE user_id = ? AND instance_id = ?",
     ))
     .bind(delivered)
@@ -166,7 +168,7 @@ pub async fn touch(db: &Db, devices: &[(String, String)], now: i64) -> Result<()
 /// The user's devices, most recently seen first.
 pub async fn list(db: &Db, user_id: &str) -> Result<Vec<Instance>, sqlx::Error> {
     let rows = sqlx::query(&db.sql(
-        "SELECT instance_id, cursor_seq, first_seen, last_seen, connected_at, connections, pod, ip, user_agent \
+        "SELECT instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent \
          FROM instances WHERE user_id = ? ORDER BY last_seen DESC",
     ))
     .bind(user_id)
@@ -180,10 +182,9 @@ pub async fn list(db: &Db, user_id: &str) -> Result<Vec<Instance>, sqlx::Error> 
                 first_seen: r.i64_at(2)?,
                 last_seen: r.i64_at(3)?,
                 connected_at: r.opt_i64(4)?,
-                connections: r.i64_at(5)?,
-                pod: r.opt_str(6)?,
-                ip: r.opt_str(7)?,
-                user_agent: r.opt_str(8)?,
+                pod: r.opt_str(5)?,
+                ip: r.opt_str(6)?,
+                user_agent: r.opt_str(7)?,
             })
         })
         .collect()

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod instances;
 pub mod items;
 pub mod keys;
+pub mod presence;
 pub mod refresh_tokens;
 
 use std::{borrow::Cow, path::Path, sync::Arc, time::Duration};

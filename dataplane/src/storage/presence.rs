@@ -1,0 +1,166 @@
+//! Queries on `processes` and `connections`: which sockets are open, under
+//! which serving process, and whether that process is still alive.
+//!
+//! Nothing here is a counter. A device's presence is the set of its
+//! connection rows whose process beat recently, so what a process that
+//! died without a goodbye left behind stops counting on its own, and one
+//! socket's rows can only ever be its own (keyed by process and socket id).
+
+use super::{Db, RowExt};
+
+/// One open socket, as recorded under its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub socket_id: String,
+    pub user_id: String,
+    pub instance_id: String,
+    pub connected_at: i64,
+}
+
+/// Records this process as alive until `expires_at` (or again alive, after
+/// it was swept).
+pub async fn register(
+    db: &Db,
+    process_id: &str,
+    pod: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    let _turn = db.write_turn().await;
+    // Delete then insert rather than a dialect's upsert: the id is random
+    // per process, so the delete only matters after a sweep took the row.
+    sqlx::query(&db.sql("DELETE FROM processes WHERE process_id = ?"))
+        .bind(process_id)
+        .execute(db.pool())
+        .await?;
+    sqlx::query(&db.sql(
+        "INSERT INTO processes (process_id, pod, started_at, heartbeat_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    ))
+    .bind(process_id)
+    .bind(pod)
+    .bind(now)
+    .bind(now)
+    .bind(expires_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Refreshes this process's heartbeat and deadline. False when its row is
+/// gone (another process swept it after a long pause): the caller
+/// registers again and re-records its sockets.
+pub async fn beat(
+    db: &Db,
+    process_id: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, sqlx::Error> {
+    let _turn = db.write_turn().await;
+    let done = sqlx::query(
+        &db.sql("UPDATE processes SET heartbeat_at = ?, expires_at = ? WHERE process_id = ?"),
+    )
+    .bind(now)
+    .bind(expires_at)
+    .bind(process_id)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Records open sockets of this process. A socket already recorded is
+/// left as it is, so re-recording after a sweep cannot fail on duplicates.
+pub async fn open(db: &Db, process_id: &str, sockets: &[Connection]) -> Result<(), sqlx::Error> {
+    let _turn = db.write_turn().await;
+    for c in sockets {
+        sqlx::query(&db.sql("DELETE FROM connections WHERE process_id = ? AND socket_id = ?"))
+            .bind(process_id)
+            .bind(&c.socket_id)
+            .execute(db.pool())
+            .await?;
+        sqlx::query(&db.sql(
+            "INSERT INTO connections (process_id, socket_id, user_id, instance_id, connected_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(process_id)
+        .bind(&c.socket_id)
+        .bind(&c.user_id)
+        .bind(&c.instance_id)
+        .bind(c.connected_at)
+        .execute(db.pool())
+        .await?;
+    }
+    Ok(())
+}
+
+/// Forgets closed sockets of this process.
+pub async fn close(db: &Db, process_id: &str, socket_ids: &[String]) -> Result<(), sqlx::Error> {
+    let _turn = db.write_turn().await;
+    for chunk in socket_ids.chunks(200) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql =
+            format!("DELETE FROM connections WHERE process_id = ? AND socket_id IN ({marks})");
+        let sql = db.sql(&sql);
+        let mut q = sqlx::query(&sql).bind(process_id);
+        for sid in chunk {
+            q = q.bind(sid.as_str());
+        }
+        q.execute(db.pool()).await?;
+    }
+    Ok(())
+}
+
+/// Removes this process and its sockets (a clean shutdown).
+pub async fn retire(db: &Db, process_id: &str) -> Result<(), sqlx::Error> {
+    let _turn = db.write_turn().await;
+    sqlx::query(&db.sql("DELETE FROM connections WHERE process_id = ?"))
+        .bind(process_id)
+        .execute(db.pool())
+        .await?;
+    sqlx::query(&db.sql("DELETE FROM processes WHERE process_id = ?"))
+        .bind(process_id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// Removes processes that expired before `expired_before`, and their
+/// sockets. Returns how many processes went.
+pub async fn sweep(db: &Db, expired_before: i64) -> Result<u64, sqlx::Error> {
+    let _turn = db.write_turn().await;
+    // Connections first: a process row deleted first would leave its
+    // sockets unreachable by this query if the second statement failed.
+    sqlx::query(&db.sql(
+        "DELETE FROM connections WHERE process_id IN \
+         (SELECT process_id FROM processes WHERE expires_at < ?)",
+    ))
+    .bind(expired_before)
+    .execute(db.pool())
+    .await?;
+    let done = sqlx::query(&db.sql("DELETE FROM processes WHERE expires_at < ?"))
+        .bind(expired_before)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Live connections per instance of a user: those whose process has not
+/// expired by `now`.
+pub async fn live_counts(
+    db: &Db,
+    user_id: &str,
+    now: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(&db.sql(
+        "SELECT c.instance_id, COUNT(*) FROM connections c \
+         JOIN processes p ON p.process_id = c.process_id \
+         WHERE c.user_id = ? AND p.expires_at >= ? GROUP BY c.instance_id",
+    ))
+    .bind(user_id)
+    .bind(now)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.str_at(0)?, r.i64_at(1)?)))
+        .collect()
+}
