@@ -654,6 +654,68 @@ async fn presence_counts_sockets_of_live_processes_only(backend: &str) {
     assert_eq!(counts(past).await, vec![]);
 }
 
+/// Issue 14 §11: a device seen before is never new, whatever its cursors;
+/// its subscriptions come back with it; a re-fetch after a resync moves
+/// the resume point of either client style, and never backwards.
+async fn known_devices_their_subscriptions_and_resyncs_are_recorded(backend: &str) {
+    use syncstore::storage::instances::{self, Arrival};
+    let (db, _dir) = database(backend).await;
+    let user = unique_user("known");
+    let arrival = |instance: &'static str| Arrival {
+        user_id: &user,
+        instance_id: instance,
+        pod: "pod-1",
+        ip: None,
+        user_agent: None,
+        now: 1000,
+    };
+    let first = instances::arrive(&db, &arrival("quiet")).await.unwrap();
+    assert_eq!(
+        (first.known, first.returning(), first.subscriptions.len()),
+        (false, false, 0)
+    );
+    // Sent nothing, acknowledged nothing: still known the next time.
+    instances::leave(&db, &user, "quiet", 0, 2000)
+        .await
+        .unwrap();
+    let again = instances::arrive(&db, &arrival("quiet")).await.unwrap();
+    assert_eq!(
+        (again.known, again.returning(), again.resume_from()),
+        (true, true, 0)
+    );
+
+    let patterns = vec!["profile".to_string(), "settings/*".to_string()];
+    instances::save_subscriptions(&db, &user, "quiet", &patterns)
+        .await
+        .unwrap();
+    let back = instances::arrive(&db, &arrival("quiet")).await.unwrap();
+    assert_eq!(back.subscriptions, patterns);
+    instances::save_subscriptions(&db, &user, "quiet", &[])
+        .await
+        .unwrap();
+    let none = instances::arrive(&db, &arrival("quiet")).await.unwrap();
+    assert_eq!(none.subscriptions, Vec::<String>::new());
+
+    // The seed's style resumes after what it was sent; ours after its ack.
+    instances::resynced(&db, &user, "quiet", 9).await.unwrap();
+    instances::resynced(&db, &user, "quiet", 4).await.unwrap(); // never backwards
+    let seed = instances::arrive(&db, &arrival("quiet")).await.unwrap();
+    assert_eq!(
+        (seed.acks, seed.delivered, seed.resume_from()),
+        (false, 9, 9)
+    );
+    instances::arrive(&db, &arrival("acker")).await.unwrap();
+    instances::advance_cursor(&db, &user, "acker", 2)
+        .await
+        .unwrap();
+    instances::resynced(&db, &user, "acker", 12).await.unwrap();
+    let acker = instances::arrive(&db, &arrival("acker")).await.unwrap();
+    assert_eq!(
+        (acker.acks, acker.acked, acker.resume_from()),
+        (true, 12, 12)
+    );
+}
+
 async fn old_tombstones_are_purged_and_raise_purged_seq(backend: &str) {
     let (db, _dir) = database(backend).await;
     let svc = service(&db, limits());
@@ -854,6 +916,7 @@ suite!(
     api_keys_are_stored_hashed_and_found,
     device_cursors_and_sessions_are_recorded,
     presence_counts_sockets_of_live_processes_only,
+    known_devices_their_subscriptions_and_resyncs_are_recorded,
     old_tombstones_are_purged_and_raise_purged_seq,
     ids_and_keys_compare_byte_exactly,
     text_the_database_cannot_store_is_refused_naming_the_field,

@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::{future::BoxFuture, StreamExt};
 use redis::AsyncCommands;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 
 use super::{Bus, Envelope, Hub};
 use crate::metrics::Metrics;
@@ -26,8 +26,20 @@ use crate::metrics::Metrics;
 const PUBLISH_QUEUE: usize = 10_000;
 
 enum SubCommand {
-    Subscribe(String, oneshot::Sender<()>),
+    /// Subscribe, then say so on the channel's readiness.
+    Subscribe(String, watch::Sender<bool>),
     Unsubscribe(String),
+}
+
+/// A channel this pod subscribes to: how many local devices need it, and
+/// whether its subscription is live yet. Every device of the user waits on
+/// the same readiness, not only the first: a second device that connects
+/// while the first one's SUBSCRIBE is still in flight must not read its
+/// pending updates before the subscription is live either, or a change
+/// published in between reaches neither its query nor its socket.
+struct Hosted {
+    devices: usize,
+    live: watch::Receiver<bool>,
 }
 
 pub struct RedisBus {
@@ -36,7 +48,7 @@ pub struct RedisBus {
     channel_prefix: String,
     publish_tx: mpsc::Sender<(String, Vec<u8>)>,
     sub_tx: mpsc::UnboundedSender<SubCommand>,
-    hosted: Arc<Mutex<HashMap<String, usize>>>,
+    hosted: Arc<Mutex<HashMap<String, Hosted>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -97,23 +109,33 @@ impl Bus for RedisBus {
 
     fn host(&self, user_id: &str) -> BoxFuture<'static, ()> {
         let channel = self.channel(user_id);
-        let first = {
+        let mut live = {
             let mut hosted = self.hosted.lock().unwrap_or_else(|p| p.into_inner());
-            let n = hosted.entry(channel.clone()).or_insert(0);
-            *n += 1;
-            *n == 1
+            match hosted.get_mut(&channel) {
+                Some(h) => {
+                    h.devices += 1;
+                    h.live.clone()
+                }
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    hosted.insert(
+                        channel.clone(),
+                        Hosted {
+                            devices: 1,
+                            live: rx.clone(),
+                        },
+                    );
+                    let _ = self.sub_tx.send(SubCommand::Subscribe(channel, tx));
+                    rx
+                }
+            }
         };
-        let (done_tx, done_rx) = oneshot::channel();
-        if first {
-            let _ = self.sub_tx.send(SubCommand::Subscribe(channel, done_tx));
-        } else {
-            let _ = done_tx.send(());
-        }
         Box::pin(async move {
             // Wait (bounded) until the subscription is live, so nothing
-            // published after this returns can be missed; on timeout the
-            // gap repair still covers it.
-            let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+            // published after this returns can be missed. If the subscriber
+            // reconnects meanwhile (the readiness is dropped) or this times
+            // out, the resync after its reconnect covers the device.
+            let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_for(|live| *live)).await;
         })
     }
 
@@ -122,8 +144,8 @@ impl Bus for RedisBus {
         let last = {
             let mut hosted = self.hosted.lock().unwrap_or_else(|p| p.into_inner());
             match hosted.get_mut(&channel) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
+                Some(h) if h.devices > 1 => {
+                    h.devices -= 1;
                     false
                 }
                 Some(_) => {
@@ -179,7 +201,7 @@ async fn publish_loop(
 async fn subscribe_loop(
     client: redis::Client,
     mut rx: mpsc::UnboundedReceiver<SubCommand>,
-    hosted: Arc<Mutex<HashMap<String, usize>>>,
+    hosted: Arc<Mutex<HashMap<String, Hosted>>>,
     hub: Arc<Hub>,
     pod: String,
     metrics: Arc<Metrics>,
@@ -230,7 +252,7 @@ async fn subscribe_loop(
                         if sink.subscribe(&channel).await.is_err() {
                             break; // reconnect; the channel is in `hosted`
                         }
-                        let _ = done.send(());
+                        let _ = done.send(true);
                     }
                     Some(SubCommand::Unsubscribe(channel)) => {
                         if sink.unsubscribe(&channel).await.is_err() {

@@ -305,7 +305,17 @@ async fn get_all(
             .unwrap_or_default()
             .prefix
             .unwrap_or_default();
-        app.sync.list(&session.device.user_id, &prefix).await
+        let items = app.sync.list(&session.device.user_id, &prefix).await?;
+        // The re-fetch a `sync:resync` asked for: the device is current as
+        // of the resync now, so its next connection resumes from there
+        // instead of being told to resync again (and again).
+        if prefix.is_empty() {
+            if let Some(seq) = session.take_resync() {
+                let d = &session.device;
+                instances::resynced(app.sync.db(), &d.user_id, &d.instance_id, seq).await?;
+            }
+        }
+        Ok(items)
     }
     .await;
     reply(&s, ack, wants, call, &app, result);
@@ -321,7 +331,7 @@ async fn subscribe(
 ) {
     let call = Call::new("sync:subscribe", &session);
     let result = match admitted(&app, &session).await {
-        Ok(_) => change_subscriptions(&session, data, Subscriptions::subscribe),
+        Ok(_) => change_subscriptions(&app, &session, data, Subscriptions::subscribe).await,
         Err(e) => Err(e),
     };
     reply(&s, ack, wants, call, &app, result);
@@ -337,25 +347,37 @@ async fn unsubscribe(
 ) {
     let call = Call::new("sync:unsubscribe", &session);
     let result = match admitted(&app, &session).await {
-        Ok(_) => change_subscriptions(&session, data, Subscriptions::unsubscribe),
+        Ok(_) => change_subscriptions(&app, &session, data, Subscriptions::unsubscribe).await,
         Err(e) => Err(e),
     };
     reply(&s, ack, wants, call, &app, result);
 }
 
-/// Applies `change` to the device's subscriptions; replies with the new set.
-fn change_subscriptions(
+/// Applies `change` to the device's subscriptions and stores them with the
+/// device, so its next connection (on any pod) starts with them; replies
+/// with the new set. Nothing changes if they cannot be stored.
+async fn change_subscriptions(
+    app: &AppState,
     session: &Session,
     data: Result<KeysPayload, ParserError>,
     change: fn(&mut Subscriptions, &[String]) -> Result<(), ApiError>,
 ) -> Result<Vec<String>, ApiError> {
     let KeysPayload { keys } = payload(data)?;
-    let mut subs = session
+    let _storing = session.subscriptions_store.lock().await;
+    let mut next = session
         .subscriptions
         .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    change(&mut subs, &keys)?;
-    Ok(subs.list())
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    change(&mut next, &keys)?;
+    let list = next.list();
+    let d = &session.device;
+    instances::save_subscriptions(app.sync.db(), &d.user_id, &d.instance_id, &list).await?;
+    *session
+        .subscriptions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = next;
+    Ok(list)
 }
 
 /// `sync:ack {seq}`: the device has everything up to `seq`. The cursor never

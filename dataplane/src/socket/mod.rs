@@ -168,6 +168,21 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
             connected_at: now,
         })
         .await;
+    {
+        // Under the lock a `sync:subscribe` takes to store its change, so
+        // that one sent before this point (whose row may not have existed
+        // yet) is stored now, and one sent after builds on what is restored.
+        let _storing = session.subscriptions_store.lock().await;
+        session.restore_subscriptions(&cursors.subscriptions);
+        let now = session.subscription_list();
+        if now != cursors.subscriptions {
+            if let Err(e) =
+                instances::save_subscriptions(app.sync.db(), &d.user_id, &d.instance_id, &now).await
+            {
+                tracing::warn!(error = %e, "cannot store the device's subscriptions");
+            }
+        }
+    }
     drop(stage);
     tokio::spawn(session.run(cursors));
 }

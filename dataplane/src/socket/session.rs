@@ -97,6 +97,12 @@ pub struct Session {
     socket: SocketRef,
     app: AppState,
     pub subscriptions: Mutex<Subscriptions>,
+    /// Held while a change of the subscriptions is stored, so that two
+    /// changes of one socket are stored in the order they were made.
+    pub subscriptions_store: tokio::sync::Mutex<()>,
+    /// The user's seq when this socket was told `sync:resync`, until the
+    /// device re-fetches everything with `sync:getAll`.
+    resync_at: Mutex<Option<i64>>,
     delivery: Mutex<Delivery>,
     wake: Notify,
     closed: AtomicBool,
@@ -136,6 +142,8 @@ impl Session {
             socket,
             app,
             subscriptions: Mutex::new(Subscriptions::default()),
+            subscriptions_store: tokio::sync::Mutex::new(()),
+            resync_at: Mutex::new(None),
             delivery: Mutex::new(Delivery::default()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -232,6 +240,39 @@ impl Session {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Starts the session with the subscriptions stored for the device,
+    /// unless it already changed them on this connection (its own change
+    /// was stored, and is newer).
+    pub fn restore_subscriptions(&self, patterns: &[String]) {
+        if patterns.is_empty() {
+            return;
+        }
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if *subs != Subscriptions::default() {
+            return;
+        }
+        if let Err(e) = subs.subscribe(patterns) {
+            tracing::warn!(sid = %self.sid, error = %e, "stored subscriptions not restored");
+        }
+    }
+
+    /// The subscription set, as the device wrote it.
+    pub fn subscription_list(&self) -> Vec<String> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list()
+    }
+
+    /// The seq a `sync:resync` told the device to re-fetch from, once: the
+    /// caller is its `sync:getAll`, which makes it current as of then.
+    pub fn take_resync(&self) -> Option<i64> {
+        self.resync_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn wants(&self, key: &str) -> bool {
@@ -382,12 +423,21 @@ impl Session {
     }
 
     /// Sends `pending-updates` (or `sync:resync`) from the device's cursor,
-    /// then marks the session live.
-    async fn start(&self, cursors: instances::Cursors) -> Result<(), sqlx::Error> {
+    /// then marks the session live. A device with subscriptions (restored
+    /// from its last connection) is first told them in
+    /// `sync:subscriptions`, and is sent only the keys they cover.
+    async fn start(&self, cursors: &instances::Cursors) -> Result<(), sqlx::Error> {
         let (cursor, returning) = (cursors.resume_from(), cursors.returning());
         let db = self.app.sync.db();
         let (last_seq, purged_seq) = items::heads(db, &self.device.user_id).await?;
+        let subscribed = self.subscription_list();
+        if !subscribed.is_empty() {
+            let _ = self
+                .socket
+                .emit("sync:subscriptions", &json!({ "keys": subscribed }));
+        }
         if returning && cursor < purged_seq {
+            *self.resync_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_seq);
             let _ = self.socket.emit(
                 "sync:resync",
                 &json!({ "reason": "cursor_before_retention", "cursor": cursor }),
@@ -408,7 +458,7 @@ impl Session {
             .map(|r| Change::as_of(r, now))
             // A new device needs the current state, not what was removed
             // (or expired).
-            .filter(|c| returning || !c.deleted)
+            .filter(|c| (returning || !c.deleted) && self.wants(&c.key))
             .collect();
         let events: Vec<_> = changes.iter().map(Change::sync_event).collect();
         match self
@@ -447,7 +497,7 @@ impl Session {
     /// The delivery loop, for the life of the socket.
     pub async fn run(self: Arc<Self>, cursors: instances::Cursors) {
         let mut tries = 0;
-        while let Err(e) = Box::pin(self.start(cursors)).await {
+        while let Err(e) = Box::pin(self.start(&cursors)).await {
             tries += 1;
             tracing::warn!(sid = %self.sid, error = %e, tries, "cannot send pending updates; retrying");
             if self.closed.load(Ordering::Acquire) {

@@ -28,8 +28,9 @@ pub struct Instance {
     pub user_agent: Option<String>,
 }
 
-/// A device's cursors as stored (all zero for a new device).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A device as stored when it connects: its cursors (all zero for a new
+/// device) and its subscriptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursors {
     /// The last seq it acknowledged.
     pub acked: i64,
@@ -37,6 +38,10 @@ pub struct Cursors {
     pub acks: bool,
     /// The highest seq it was sent, as of its last disconnect.
     pub delivered: i64,
+    /// Whether it had connected before this connection.
+    pub known: bool,
+    /// Its `sync:subscribe` patterns, as it wrote them (empty: every key).
+    pub subscriptions: Vec<String>,
 }
 
 impl Cursors {
@@ -44,7 +49,7 @@ impl Cursors {
     /// acknowledges (at-least-once), else after what it was last sent (a
     /// client written from the seed's README, which never acknowledges); 0
     /// for a new device.
-    pub fn resume_from(self) -> i64 {
+    pub fn resume_from(&self) -> i64 {
         if self.acks {
             self.acked
         } else {
@@ -52,11 +57,13 @@ impl Cursors {
         }
     }
 
-    /// Whether the device has been here before (it acknowledged or was
-    /// sent something): it may hold keys since removed, so it is sent
-    /// removals too, even from a resume point of 0.
-    pub fn returning(self) -> bool {
-        self.acks || self.delivered > 0
+    /// Whether the device has been here before: it may hold keys since
+    /// removed, so it is sent removals too, even from a resume point of 0.
+    /// Being known is enough: a device that was sent nothing and
+    /// acknowledged nothing may still hold its own writes, and a process
+    /// killed under it never recorded what it was sent.
+    pub fn returning(&self) -> bool {
+        self.known || self.acks || self.delivered > 0
     }
 }
 
@@ -67,16 +74,17 @@ impl Cursors {
 pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
     let upsert = match db.dialect() {
         Dialect::Mysql => {
-            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent) \
-             VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE last_seen = VALUES(last_seen), \
+            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent, arrivals) \
+             VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, 1) ON DUPLICATE KEY UPDATE last_seen = VALUES(last_seen), \
              connected_at = VALUES(connected_at), pod = VALUES(pod), ip = VALUES(ip), \
-             user_agent = VALUES(user_agent)"
+             user_agent = VALUES(user_agent), arrivals = arrivals + 1"
         }
         _ => {
-            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent) \
-             VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, instance_id) DO UPDATE SET \
+            "INSERT INTO instances (user_id, instance_id, cursor_seq, first_seen, last_seen, connected_at, pod, ip, user_agent, arrivals) \
+             VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (user_id, instance_id) DO UPDATE SET \
              last_seen = excluded.last_seen, connected_at = excluded.connected_at, \
-             pod = excluded.pod, ip = excluded.ip, user_agent = excluded.user_agent"
+             pod = excluded.pod, ip = excluded.ip, user_agent = excluded.user_agent, \
+             arrivals = instances.arrivals + 1"
         }
     };
     // A header, recorded rather than checked: made storable, not refused.
@@ -93,17 +101,81 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
         .execute(db.pool())
         .await?;
     let row = sqlx::query(&db.sql(
-        "SELECT cursor_seq, has_acked, delivered_seq FROM instances WHERE user_id = ? AND instance_id = ?",
+        "SELECT cursor_seq, has_acked, delivered_seq, arrivals, subscriptions FROM instances \
+         WHERE user_id = ? AND instance_id = ?",
     ))
     .bind(a.user_id)
     .bind(a.instance_id)
     .fetch_one(db.pool())
     .await?;
+    let subscriptions = match row.opt_str(4)? {
+        // Written by `save_subscriptions` only; unreadable means none.
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "stored subscriptions unreadable; every key");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     Ok(Cursors {
         acked: row.i64_at(0)?,
         acks: row.bool_at(1)?,
         delivered: row.i64_at(2)?,
+        known: row.i64_at(3)? > 1,
+        subscriptions,
     })
+}
+
+/// Stores a device's subscriptions (an empty list: every key), so that its
+/// next connection, on any pod, starts with them.
+pub async fn save_subscriptions(
+    db: &Db,
+    user_id: &str,
+    instance_id: &str,
+    patterns: &[String],
+) -> Result<(), sqlx::Error> {
+    let json = if patterns.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(patterns).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    };
+    sqlx::query(
+        &db.sql("UPDATE instances SET subscriptions = ? WHERE user_id = ? AND instance_id = ?"),
+    )
+    .bind(json)
+    .bind(user_id)
+    .bind(instance_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The device re-fetched its whole state (`sync:getAll` after a
+/// `sync:resync`) as of `seq`: both of its resume points move up to it, so
+/// the next connection resumes from there instead of being told to resync
+/// again. The acknowledged cursor moves only for a device that acknowledges
+/// (one that does not keeps resuming after what it was sent).
+pub async fn resynced(
+    db: &Db,
+    user_id: &str,
+    instance_id: &str,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&db.sql(
+        "UPDATE instances SET \
+         cursor_seq = CASE WHEN has_acked = ? AND cursor_seq < ? THEN ? ELSE cursor_seq END, \
+         delivered_seq = CASE WHEN delivered_seq < ? THEN ? ELSE delivered_seq END \
+         WHERE user_id = ? AND instance_id = ?",
+    ))
+    .bind(true)
+    .bind(seq)
+    .bind(seq)
+    .bind(seq)
+    .bind(seq)
+    .bind(user_id)
+    .bind(instance_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
 }
 
 /// Records a disconnection's time, and the highest seq the device was sent.
