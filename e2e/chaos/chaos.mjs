@@ -11,7 +11,12 @@
 //     later one (its key's final seq is at least the write's), and every
 //     acknowledged conflict loser is recorded as a conflict: none is lost;
 //   - no device applied a delivery twice (duplicates are counted, and
-//     applied only by seq).
+//     applied only by seq);
+//   - writes whose ack was lost and that the client sent again (the device
+//     drops its connection right after sending, then retries with the same
+//     `opId` until acknowledged) were applied once: no two versions of an
+//     `r*` key carry the same operation, no conflict sets an operation
+//     against itself, and every retry's `applied` reply is its own write.
 //
 //   node e2e/chaos/chaos.mjs                    # 30 s, seed 42
 //   CHAOS_SECONDS=300 CHAOS_SEED=7 node e2e/chaos/chaos.mjs
@@ -43,7 +48,8 @@ const faultRand = mulberry32(SEED);
 const reconnectRand = mulberry32(SEED ^ 0x5bd1e995);
 const pickWith = (rand) => (xs) => xs[Math.floor(rand() * xs.length)];
 
-const stats = { ops: 0, acked: 0, unacked: 0, conflicts: 0, faults: {}, duplicates: 0, replays: 0, resyncs: 0 };
+const stats = { ops: 0, acked: 0, unacked: 0, conflicts: 0, faults: {}, duplicates: 0, replays: 0, resyncs: 0, retried: 0, retries: 0 };
+const retried = []; // { user, key, opId, reply }: writes whose first ack was lost
 const acked = []; // { user, key, seq, kind, status, conflictId }
 const log = (...a) => console.log(`[chaos ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
 const t0 = Date.now();
@@ -159,6 +165,28 @@ async function operate(devices, users, servers, until) {
       const r = rand();
       const strategy = pick(STRATEGIES);
       const value = { [`d${i}`]: ++n, at: Date.now() };
+      if (r < 0.1) {
+        // A write whose ack is lost: sent, then the connection dropped at
+        // once (the server still commits it), then sent again, with the
+        // same opId, until acknowledged.
+        if (!d.ready) continue;
+        const rkey = `r${Math.floor(rand() * 4)}`;
+        const opId = `${d.instanceId}-op${++n}`;
+        const write = { key: rkey, value: { op: opId }, opId, timestamp: Date.now(), metadata: { conflictStrategy: 'LAST_WRITE_WINS' } };
+        d.socket.emit('sync:set', write);
+        d.socket.disconnect();
+        let reply = null;
+        for (let attempt = 0; attempt < 20 && !reply && Date.now() < until + 20000; attempt++) {
+          await waitFor(() => d.ready, { timeout: 10000, what: 'reconnect' }).catch(() => {});
+          stats.retries += 1;
+          reply = await d.call('sync:set', write);
+          if (reply?.error) reply = null;
+        }
+        stats.retried += 1;
+        retried.push({ user: d.user, key: rkey, opId, reply });
+        if (reply?.item) d.apply(rkey, reply.item.seq, reply.item.value, false, false);
+        continue;
+      }
       if (r < 0.55) {
         // A stale version now and then: a conflicting write.
         const known = d.items.get(key);
@@ -248,7 +276,8 @@ function truth(user) {
 
 async function main() {
   const redis = await Redis.start();
-  const env = { DATABASE_URL: PG_URL, REDIS_URL: redis.url, SYNCSTORE_STORE: uid('chaos'), DB_CONNECTION_LIMIT: '8' };
+  // Versions kept long enough to count every write of the `r*` keys.
+  const env = { DATABASE_URL: PG_URL, REDIS_URL: redis.url, SYNCSTORE_STORE: uid('chaos'), DB_CONNECTION_LIMIT: '8', CONFLICT_HISTORY_VERSIONS: '1000' };
   const servers = [];
   for (let i = 0; i < 3; i++) {
     const s = await Server.start(env);
@@ -290,6 +319,18 @@ async function main() {
   const recorded = new Set(psql(`SELECT id FROM conflicts WHERE user_id IN (${userList})`).split('\n'));
   const missingConflicts = [...losers].filter((id) => !recorded.has(id)).length;
 
+  // Writes sent again after a lost ack: applied once, never in conflict
+  // with themselves, and each `applied` reply is the retried write's own.
+  const versionsByOp = {};
+  for (const line of psql(`SELECT value FROM item_versions WHERE user_id IN (${userList}) AND item_key LIKE 'r%'`).split('\n')) {
+    const op = line ? JSON.parse(line).op : undefined;
+    if (op) versionsByOp[op] = (versionsByOp[op] ?? 0) + 1;
+  }
+  const appliedTwice = Object.entries(versionsByOp).filter(([, n]) => n > 1);
+  const selfConflicts = Number(psql(`SELECT count(*) FROM conflicts WHERE user_id IN (${userList}) AND item_key LIKE 'r%' AND incoming_value = current_value`));
+  const unacknowledgedRetries = retried.filter((w) => !w.reply).length;
+  const foreignReplies = retried.filter((w) => w.reply?.status === 'applied' && w.reply.item?.value?.op !== w.opId).length;
+
   devices.forEach((d) => d.stop());
   for (const s of servers) await s.stop();
   redis.stop();
@@ -302,10 +343,13 @@ async function main() {
   console.log(`deliveries replayed on reconnect: ${stats.replays}, duplicate deliveries (applied once by seq): ${stats.duplicates}, resyncs: ${stats.resyncs}`);
   console.log(`acknowledged writes lost: ${lost.length}`);
   console.log(`conflict losers without a conflict record: ${missingConflicts}`);
+  console.log(`writes retried after a lost ack: ${stats.retried} (${stats.retries} sends after the first; never acknowledged: ${unacknowledgedRetries}); applied twice: ${appliedTwice.length}, in conflict with themselves: ${selfConflicts}, applied replies not their own: ${foreignReplies}`);
+  for (const [op, n] of appliedTwice.slice(0, 5)) console.log(`  applied ${n} times: ${op}`);
   console.log(`devices not converged: ${unconverged.length}${unconverged.length ? ` (${unconverged.slice(0, 5).join(', ')})` : ''}`);
   console.log(`convergence time after the last fault: ${converged ? ((converged - lastFault) / 1000).toFixed(1) + ' s' : 'never (60 s)'}`);
   for (const w of lost.slice(0, 10)) console.log('  lost:', JSON.stringify(w), 'final seq', finalSeqs[w.user][w.key]);
-  const ok = lost.length === 0 && missingConflicts === 0 && unconverged.length === 0 && faultCount > 0;
+  const ok = lost.length === 0 && missingConflicts === 0 && unconverged.length === 0 && faultCount > 0
+    && stats.retried > 0 && appliedTwice.length === 0 && selfConflicts === 0 && foreignReplies === 0 && unacknowledgedRetries === 0;
   console.log(`chaos: ${ok ? 'PASS' : 'FAIL'}`);
   process.exit(ok ? 0 : 1);
 }
