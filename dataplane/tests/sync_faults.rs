@@ -138,3 +138,97 @@ async fn analytics_of_requests_served_before_sigterm_are_all_counted() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["totals"]["requests"], 40, "{body}");
 }
+
+/// §3, the write path: an item past its TTL that the sweeper has not reached
+/// yet (here never: a one-hour sweep) is removed before a write meets it. A
+/// MERGE does not bring its fields back, a lost write's 409 shows the
+/// removal, not the value, and the expiry takes its own seq.
+async fn a_write_never_meets_an_expired_value(backend: &str) {
+    let server = Server::with_database(
+        common::database_url(backend),
+        &[("TTL_EXPIRY_INTERVAL_MS", "3600000")],
+    )
+    .await;
+    let http = Client::new();
+    let user = unique_user("expired-write");
+    let key = create_key(&server, &user);
+    let put = |k: &str, body: Value, instance: &str| {
+        let req = http
+            .put(server.url(&format!("/api/v1/sync-storage/item/{k}")))
+            .header("X-API-Key", &key)
+            .header("X-Instance-Id", instance)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, first) = put(
+        "m",
+        json!({"value": {"s": "SECRET", "a": 1}, "ttl": 1}),
+        "phone",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let (s, _) = put("f", json!({"value": "SECRET", "ttl": 1}), "phone").await;
+    assert_eq!(s, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+
+    // Based on the expired version, under MERGE: the removal is the current
+    // state, so the write re-creates the key with its own fields only.
+    let (s, merged) = put(
+        "m",
+        json!({"value": {"a": 2}, "version": 1, "metadata": {"conflictStrategy": "MERGE"}}),
+        "tablet",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{merged}");
+    assert_eq!(merged["item"]["value"], json!({"a": 2}), "{merged}");
+    assert_eq!(merged["item"]["ttl"], Value::Null);
+    // The expiry took seq 3 (after the two writes), the new write seq 4.
+    assert_eq!(merged["item"]["seq"], 4, "{merged}");
+
+    // A write that loses (FIRST_WRITE_WINS against the removal) shows the
+    // removal as the current item.
+    let (s, lost) = put(
+        "f",
+        json!({"value": "new", "version": 1, "metadata": {"conflictStrategy": "FIRST_WRITE_WINS"}}),
+        "tablet",
+    )
+    .await;
+    assert_eq!(
+        (s, lost["status"].as_str()),
+        (StatusCode::CONFLICT, Some("rejected")),
+        "{lost}"
+    );
+    assert_eq!(lost["item"]["isDeleted"], true, "{lost}");
+    assert_eq!(lost["item"]["value"], Value::Null);
+    assert!(!lost.to_string().contains("SECRET"), "{lost}");
+    let history = http
+        .get(server.url("/api/v1/sync-storage/conflicts/history/f"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!history.contains("SECRET"), "{history}");
+    let (s, _) = put("g", json!({"value": 1}), "phone").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_write_never_meets_an_expired_value_sqlite() {
+    a_write_never_meets_an_expired_value("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_write_never_meets_an_expired_value_postgres() {
+    a_write_never_meets_an_expired_value("postgres").await;
+}
+
+#[tokio::test]
+async fn a_write_never_meets_an_expired_value_mysql() {
+    a_write_never_meets_an_expired_value("mysql").await;
+}

@@ -267,6 +267,45 @@ test('a cursor older than the tombstone retention gives exactly one sync:resync,
   }
 });
 
+test('a device that drops before it re-fetches is told to resync again, until it does', async () => {
+  const s = await Server.start({ TTL_CLEANUP_INTERVAL_HOURS: '0.0002', SYNC_TOMBSTONE_RETENTION_DAYS: '0.00001' });
+  try {
+    for (const ackPending of [true, false]) {
+      const user = uid('drop');
+      const key = s.createKey(user);
+      const writer = await new Device(s.url, { userId: user, instanceId: 'w', apiKey: key }).ready();
+      await writer.call('sync:set', { key: 'gone', value: 'g' });
+      const opts = { userId: user, instanceId: 'late', apiKey: key, ackPending };
+      (await new Device(s.url, opts).ready()).close();
+      await sleep(200);
+      await writer.call('sync:remove', { key: 'gone' });
+      await writer.call('sync:set', { key: 'kept', value: 1 });
+      await sleep(2500); // the tombstone ages past retention and is swept
+      const resyncsPerConnection = [];
+      for (let round = 0; round < 3; round++) {
+        const d = new Device(s.url, opts);
+        await waitFor(() => d.resyncs.length + d.pending.length > 0, { what: 'resync or pending' });
+        await sleep(150);
+        resyncsPerConnection.push(d.resyncs.length);
+        if (round === 2) {
+          const all = await d.call('sync:getAll', {});
+          assert.deepEqual(all.map((i) => [i.key, i.value]), [['kept', 1]]);
+        }
+        d.close(); // rounds 0 and 1 drop without re-fetching
+        await sleep(200);
+      }
+      assert.deepEqual(resyncsPerConnection, [1, 1, 1], `ackPending=${ackPending}`);
+      const after = await new Device(s.url, opts).ready();
+      await sleep(150);
+      assert.deepEqual([after.resyncs, after.pending], [[], [[]]], `ackPending=${ackPending}`);
+      after.close();
+      writer.close();
+    }
+  } finally {
+    await s.stop();
+  }
+});
+
 test("a device's subscriptions are restored after a reconnect to another pod, and reported", async () => {
   const redis = await Redis.start();
   const env = { DATABASE_URL: PG_URL, REDIS_URL: redis.url };
@@ -304,19 +343,32 @@ test("a device's subscriptions are restored after a reconnect to another pod, an
     await waitFor(() => second.updates.length === 2, { what: 'subscribed live updates' });
     await sleep(200);
     assert.deepEqual(second.updates.map((u) => [u.key, u.value]), [['profile', 'profile-2'], ['settings/font', 'settings/font-2']]);
-    // Unsubscribing everything is stored too: back to every key, told nothing.
+    // Unsubscribing everything is stored too: back to every key. The
+    // changes to keys it did not cover were skipped, so it is told to
+    // re-fetch (`other` was written while it was filtered out).
     assert.deepEqual(await second.call('sync:unsubscribe', { keys: ['profile', 'settings/*'] }), []);
+    await waitFor(() => second.resyncs.length === 1, { what: 'sync:resync on widening' });
+    assert.equal(second.resyncs[0].reason, 'subscriptions_widened');
     second.close();
     await sleep(200);
     await writer.call('sync:set', { key: 'other', value: 'other-3' });
-    const third = await connect(a);
-    assert.deepEqual(third.reported, []);
-    // It acknowledged only its pending-updates (cursor 3), so everything
-    // since is pending again, now unfiltered: at-least-once.
-    assert.deepEqual(third.pending[0].map((e) => [e.key, e.value]), [
-      ['profile', 'profile-2'], ['settingsX', 'settingsX-2'], ['settings/font', 'settings/font-2'], ['other', 'other-3'],
+    // It dropped before re-fetching: told again, on the other pod.
+    const third = await new Device(a.url, opts);
+    await waitFor(() => third.resyncs.length === 1, { what: 'sync:resync again' });
+    assert.equal(third.resyncs[0].reason, 'resync_due');
+    assert.deepEqual(third.pending, []);
+    const all = await third.call('sync:getAll', {});
+    assert.deepEqual(all.map((i) => [i.key, i.value]).sort(), [
+      ['other', 'other-3'], ['profile', 'profile-2'], ['settings/font', 'settings/font-2'], ['settings/theme', 'settings/theme-1'], ['settingsX', 'settingsX-2'],
     ]);
     third.close();
+    await sleep(200);
+    // Re-fetched: the next connection resumes normally, unfiltered.
+    await writer.call('sync:set', { key: 'other', value: 'other-4' });
+    const fourth = await connect(b);
+    assert.deepEqual([fourth.reported, fourth.resyncs], [[], []]);
+    assert.deepEqual(fourth.pending[0].map((e) => [e.key, e.value]), [['other', 'other-4']]);
+    fourth.close();
     writer.close();
   } finally {
     await a.stop();

@@ -111,6 +111,15 @@ test('an opId reused for another write is refused with IDEMPOTENCY_KEY_REUSED', 
   assert.equal(a.status, 'applied');
   const again = await socket.timeout(5000).emitWithAck('sync:set', { key: 'k', value: 1, opId });
   assert.deepEqual(again, a, 'the same write: the first reply');
+  // The same write retried over REST (its body written differently) is
+  // the same operation: the key in the path, the id in the header.
+  const rest = await fetch(`${server.base}/api/v1/sync-storage/item/k`, {
+    method: 'PUT',
+    headers: { 'X-API-Key': apiKey, 'X-Instance-Id': 'phone', 'Idempotency-Key': opId, 'Content-Type': 'application/json' },
+    body: '{ "value" : 1.0 }',
+  });
+  assert.equal(rest.status, 200);
+  assert.deepEqual(await rest.json(), a);
   const other = await socket.timeout(5000).emitWithAck('sync:set', { key: 'k', value: 2, opId });
   assert.equal(other.error?.code ?? other.code, 'IDEMPOTENCY_KEY_REUSED', JSON.stringify(other));
   const removed = await socket.timeout(5000).emitWithAck('sync:remove', { key: 'k', opId: `${opId}-rm` });

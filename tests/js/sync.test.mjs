@@ -174,6 +174,13 @@ test('failures reply {error} through the ack, or as an error event without one',
   assert.equal(badKey.error.code, 'INVALID_KEY');
   const notJson = await d.call('sync:subscribe', { keys: 'nope' });
   assert.equal(notJson.error.code, 'INVALID_BODY');
+  // A Buffer travels beside the JSON as an attachment; stored, only its
+  // `{_placeholder}` stand-in would be kept, so it is refused, not lost.
+  for (const value of [Buffer.from('hello'), { nested: Buffer.from([1, 2]) }]) {
+    const binary = await d.call('sync:set', { key: 'bin', value });
+    assert.equal(binary.error?.code, 'INVALID_BODY', JSON.stringify(binary));
+  }
+  assert.equal((await a.rest('GET', '/sync-storage/item/bin', key)).status, 404);
   await d.call('sync:set', { key: 'doc', value: 1 });
   await d.call('sync:set', { key: 'doc', value: 2 });
   const conflict = await d.call('sync:set', { key: 'doc', value: 3, version: 1, metadata: { conflictStrategy: 'NOPE' } });

@@ -21,7 +21,7 @@ use crate::{
     app::AppState,
     auth::Scope,
     error::ApiError,
-    storage::instances,
+    storage::{instances, items},
     sync::{OperationId, SetRequest},
 };
 
@@ -37,6 +37,26 @@ impl<A: Adapter> FromMessageParts<A> for WantsAck {
         ack_id: &Option<i64>,
     ) -> Result<Self, Infallible> {
         Ok(WantsAck(ack_id.is_some()))
+    }
+}
+
+/// Whether the event carried binary attachments. Socket.IO replaces each
+/// Buffer in a payload by a `{"_placeholder": true, "num": n}` object and
+/// sends the bytes beside it; stored as JSON, the placeholder would stand in
+/// for the bytes and they would be lost, so a write with any is refused.
+pub struct HasBinary(bool);
+
+impl<A: Adapter> FromMessageParts<A> for HasBinary {
+    type Error = Infallible;
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        v: &mut Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(HasBinary(match v {
+            Value::Str(_, bins) => bins.as_ref().is_some_and(|b| !b.is_empty()),
+            Value::Bytes(_) => true,
+        }))
     }
 }
 
@@ -203,6 +223,7 @@ async fn set(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
+    HasBinary(binary): HasBinary,
     TryData(data): TryData<SetRequest>,
     ack: AckSender,
     WantsAck(wants): WantsAck,
@@ -212,6 +233,11 @@ async fn set(
     let result = async {
         let who = admitted(&app, &session).await?;
         who.require(Scope::Write)?;
+        if binary {
+            return Err(ApiError::InvalidBody(
+                "binary attachments (Buffer, Blob, ArrayBuffer) cannot be stored: send JSON, e.g. the bytes as base64 text".into(),
+            ));
+        }
         let request = payload(data)?;
         let key = request
             .key
@@ -369,6 +395,7 @@ async fn change_subscriptions(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let before = next.list();
     change(&mut next, &keys)?;
     let list = next.list();
     let d = &session.device;
@@ -377,6 +404,17 @@ async fn change_subscriptions(
         .subscriptions
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = next;
+    // Changes to keys outside the old set were skipped, not sent: a device
+    // whose set now covers more keys re-fetches, or it would keep what was
+    // removed meanwhile and miss what was written.
+    let widened =
+        !before.is_empty() && (list.is_empty() || list.iter().any(|p| !before.contains(p)));
+    if widened {
+        let (last_seq, _) = items::heads(app.sync.db(), &d.user_id).await?;
+        session
+            .tell_resync("subscriptions_widened", session.delivered(), last_seq)
+            .await?;
+    }
     Ok(list)
 }
 

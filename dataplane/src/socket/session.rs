@@ -436,18 +436,13 @@ impl Session {
                 .socket
                 .emit("sync:subscriptions", &json!({ "keys": subscribed }));
         }
-        if returning && cursor < purged_seq {
-            *self.resync_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_seq);
-            let _ = self.socket.emit(
-                "sync:resync",
-                &json!({ "reason": "cursor_before_retention", "cursor": cursor }),
-            );
-            self.app
-                .metrics
-                .socket_events
-                .with_label_values(&["sync:resync", "out"])
-                .inc();
-            self.delivery().delivered = Some(last_seq);
+        if returning && (cursor < purged_seq || cursors.resync_due) {
+            let reason = if cursor < purged_seq {
+                "cursor_before_retention"
+            } else {
+                "resync_due"
+            };
+            self.tell_resync(reason, cursor, last_seq).await?;
             return Ok(());
         }
         let rows = items::changes_since(db, &self.device.user_id, cursor).await?;
@@ -491,6 +486,33 @@ impl Session {
             Err(e) => tracing::debug!(sid = %self.sid, error = %e, "pending-updates not sent"),
         }
         self.delivery().delivered = Some(upto);
+        Ok(())
+    }
+
+    /// Tells the device to re-fetch everything (`sync:resync {reason,
+    /// cursor}`), as of `last_seq`: live changes after it keep flowing, and
+    /// until a `sync:getAll` without a prefix the device owes the re-fetch,
+    /// so every later connection of it, on any pod, is told again.
+    pub async fn tell_resync(
+        &self,
+        reason: &str,
+        cursor: i64,
+        last_seq: i64,
+    ) -> Result<(), sqlx::Error> {
+        let d = &self.device;
+        instances::owe_resync(self.app.sync.db(), &d.user_id, &d.instance_id).await?;
+        *self.resync_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_seq);
+        let _ = self.socket.emit(
+            "sync:resync",
+            &json!({ "reason": reason, "cursor": cursor }),
+        );
+        self.app
+            .metrics
+            .socket_events
+            .with_label_values(&["sync:resync", "out"])
+            .inc();
+        let mut st = self.delivery();
+        st.delivered = Some(st.delivered.map_or(last_seq, |d| d.max(last_seq)));
         Ok(())
     }
 

@@ -42,6 +42,8 @@ pub struct Cursors {
     pub known: bool,
     /// Its `sync:subscribe` patterns, as it wrote them (empty: every key).
     pub subscriptions: Vec<String>,
+    /// It was told `sync:resync` and has not re-fetched since.
+    pub resync_due: bool,
 }
 
 impl Cursors {
@@ -101,7 +103,7 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
         .execute(db.pool())
         .await?;
     let row = sqlx::query(&db.sql(
-        "SELECT cursor_seq, has_acked, delivered_seq, arrivals, subscriptions FROM instances \
+        "SELECT cursor_seq, has_acked, delivered_seq, arrivals, subscriptions, resync_due FROM instances \
          WHERE user_id = ? AND instance_id = ?",
     ))
     .bind(a.user_id)
@@ -122,6 +124,7 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
         delivered: row.i64_at(2)?,
         known: row.i64_at(3)? > 1,
         subscriptions,
+        resync_due: row.bool_at(5)?,
     })
 }
 
@@ -154,6 +157,20 @@ pub async fn save_subscriptions(
 /// the next connection resumes from there instead of being told to resync
 /// again. The acknowledged cursor moves only for a device that acknowledges
 /// (one that does not keeps resuming after what it was sent).
+/// The device was told `sync:resync`: until it re-fetches ([`resynced`]),
+/// every connection of it is told again.
+pub async fn owe_resync(db: &Db, user_id: &str, instance_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        &db.sql("UPDATE instances SET resync_due = ? WHERE user_id = ? AND instance_id = ?"),
+    )
+    .bind(true)
+    .bind(user_id)
+    .bind(instance_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
 pub async fn resynced(
     db: &Db,
     user_id: &str,
@@ -163,14 +180,15 @@ pub async fn resynced(
     sqlx::query(&db.sql(
         "UPDATE instances SET \
          cursor_seq = CASE WHEN has_acked = ? AND cursor_seq < ? THEN ? ELSE cursor_seq END, \
-         delivered_seq = CASE WHEN delivered_seq < ? THEN ? ELSE delivered_seq END \
-         WHERE user_id = ? AND instance_id = ?",
+         delivered_seq = CASE WHEN delivered_seq < ? THEN ? ELSE delivered_seq END, \
+         resync_due = ? WHERE user_id = ? AND instance_id = ?",
     ))
     .bind(true)
     .bind(seq)
     .bind(seq)
     .bind(seq)
     .bind(seq)
+    .bind(false)
     .bind(user_id)
     .bind(instance_id)
     .execute(db.pool())

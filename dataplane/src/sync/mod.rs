@@ -342,13 +342,27 @@ impl SyncService {
                     }));
                 }
             }
-            let current: Vec<Item> = match command.key() {
+            let mut current: Vec<Item> = match command.key() {
                 Some(key) => items::fetch_for_write(&mut tx, &self.db, user_id, key)
                     .await?
                     .into_iter()
                     .collect(),
                 None => items::live_rows_for_write(&mut tx, &self.db, user_id).await?,
             };
+            // An item past its TTL that the sweeper has not reached yet is
+            // removed first: a write must not merge with, lose to, or show
+            // in a conflict the value every reader already sees as gone.
+            let mut state = state;
+            let mut expired = None;
+            if let Some(row) = current
+                .first()
+                .filter(|c| command.expires_first() && !c.is_deleted && !c.is_visible(ctx.now))
+            {
+                let p = plan::expiry(ctx, row, state);
+                state = p.state;
+                current = vec![p.item.clone()];
+                expired = Some(p.item);
+            }
             let base = match (command, current.first()) {
                 (Command::Set { key, request, .. }, Some(cur))
                     if crate::conflict::is_concurrent(
@@ -359,6 +373,9 @@ impl SyncService {
                     ) =>
                 {
                     match request.version {
+                        // The version that just expired is gone like the
+                        // item: neither merged from nor kept in a conflict.
+                        Some(v) if Some(v) == expired.as_ref().map(|e| e.version - 1) => None,
                         Some(v) => items::version_at(&mut tx, &self.db, user_id, key, v).await?,
                         None => None,
                     }
@@ -378,7 +395,7 @@ impl SyncService {
                 Err(e) => return Ok(Err(e)),
             };
             let mut outcome = Outcome {
-                changed: plan.changed,
+                changed: expired.into_iter().chain(plan.changed).collect(),
                 set_status: plan.set_status,
                 conflict_id: plan.conflict.as_ref().map(|c| c.id.clone()),
                 current: current.first().cloned(),
@@ -548,7 +565,7 @@ impl SyncService {
                 match self
                     .execute(
                         &user_id,
-                        "ttl-cleanup",
+                        plan::EXPIRY_INSTANCE,
                         &Source::default(),
                         Command::Expire { key },
                         None,

@@ -142,6 +142,45 @@ impl Op {
     }
 }
 
+/// The set's body as JSON that does not depend on how it was written:
+/// object keys sorted, numbers and strings as serde_json reads them
+/// (`1` = `1.0` = `1.00`, `"é"` = `"\u00e9"`), dates as Unix milliseconds, and
+/// without the body's own `key` (the path's or the event's counts, so a
+/// socket write and its REST retry agree).
+fn canonical_request(request: &super::SetRequest) -> String {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            // `1`, `1.0` and `1e0` are one number, as JSON Canonicalization
+            // (RFC 8785) writes them; integral floats within i64 become
+            // integers. (A canonicalizer crate would do all of RFC 8785;
+            // only equality of two fingerprints depends on this, and it is
+            // never emitted.)
+            serde_json::Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    serde_json::Value::from(f as i64)
+                }
+                _ => serde_json::Value::Number(n),
+            },
+            other => other,
+        }
+    }
+    let mut value = serde_json::to_value(request).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("key");
+    }
+    sorted(value).to_string()
+}
+
 /// Which request an operation id was first used for: the command, its key,
 /// its body and the writing device (the TTL sweeper's commands carry no id).
 pub fn fingerprint(instance_id: &str, command: &Command) -> String {
@@ -156,7 +195,7 @@ pub fn fingerprint(instance_id: &str, command: &Command) -> String {
         Command::Set { key, request, .. } => {
             field(b"set");
             field(key.as_bytes());
-            field(&serde_json::to_vec(request).unwrap_or_default());
+            field(canonical_request(request).as_bytes());
         }
         Command::Remove { key } => {
             field(b"remove");
@@ -202,6 +241,21 @@ mod tests {
             &set(r#"{"value": 2, "version": 1, "timestamp": 5, "opId": "a"}"#),
         );
         assert_eq!(first, with_id);
+    }
+
+    #[test]
+    fn the_same_body_written_differently_is_the_same_request() {
+        let first = fingerprint(
+            "phone",
+            &set(r#"{"value": {"a": 1.0, "b": "é"}, "timestamp": 1796083200000, "key": "k"}"#),
+        );
+        for same in [
+            r#"{"value": {"b": "\u00e9", "a": 1.00}, "timestamp": "2026-12-01T00:00:00Z"}"#,
+            r#"{"value": {"b": "é", "a": 1}, "timestamp": 1796083200000}"#,
+            r#"{"timestamp": 1796083200000, "value": {"a": 1.0, "b": "é"}}"#,
+        ] {
+            assert_eq!(fingerprint("phone", &set(same)), first, "{same}");
+        }
     }
 
     #[test]

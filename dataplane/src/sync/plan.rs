@@ -4,7 +4,7 @@
 
 use serde_json::value::RawValue;
 
-use super::item::{Item, SetRequest};
+use super::item::{Item, SetRequest, Ttl};
 use crate::{
     config::Limits,
     conflict::{self, Contender, Decision, Policy, Strategy},
@@ -30,6 +30,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether an item of the key past its TTL is expired first, in the
+    /// same transaction, so the command meets the removal readers already
+    /// see rather than the value (a clear removes expired rows itself; the
+    /// sweeper's own command is the expiry).
+    pub fn expires_first(&self) -> bool {
+        matches!(self, Command::Set { .. } | Command::Remove { .. })
+    }
+
     /// The one key the command touches; `None` for all of the user's.
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -119,7 +127,7 @@ pub fn plan(
             .first()
             .filter(|c| !c.is_deleted && !c.is_visible(ctx.now))
         {
-            Some(c) => Ok(one(tombstone(ctx, c, state))),
+            Some(c) => Ok(one(expiry(ctx, c, state))),
             None => Err(ApiError::NotFound { key: key.clone() }),
         },
         Command::Clear => {
@@ -235,18 +243,36 @@ fn parse(raw: Option<&RawValue>) -> serde_json::Value {
 
 /// Whether `req` is a retry, without an operation id, of the very write
 /// that made `current` (issue 14 §2): from the same device, with the same
-/// value, metadata and client timestamp, based on the version just before
-/// (or on none). Such a retry is answered `applied` with the current row;
-/// applied again it would bump the version, and judged as concurrent it
-/// would lose to itself and record a conflict. A write without a timestamp
-/// is never recognised: the server's clock makes every one of them new.
+/// value, metadata, tags, priority, compression and encryption types and
+/// client timestamp, based on the version just before (or on none). Such a
+/// retry is answered `applied` with the current row; applied again it would
+/// bump the version, and judged as concurrent it would lose to itself and
+/// record a conflict. Never recognised: a write without a timestamp (the
+/// server's clock makes every one of them new) and one with a `ttl` in
+/// seconds (relative to when it arrives, so its expiry differs): those
+/// need an operation id.
 pub fn is_replay(current: &Item, req: &SetRequest, instance_id: &str) -> bool {
+    let text = |raw: &Option<Box<RawValue>>| raw.as_deref().map(RawValue::get).map(str::to_owned);
+    let tags = req
+        .tags
+        .as_ref()
+        .and_then(|t| serde_json::to_string(t).ok());
+    let ttl_same = match &req.ttl {
+        None => current.ttl.is_none(),
+        Some(at @ Ttl::At(_)) => at.expires_at(0).ok() == current.ttl,
+        Some(Ttl::Seconds(_)) => false,
+    };
     !current.is_deleted
         && current.instance_id == instance_id
         && req.timestamp == Some(current.timestamp)
         && req.version.is_none_or(|v| v + 1 == current.version)
         && current.value.as_deref().map(RawValue::get) == Some(req.value.get())
         && current.metadata.as_deref().map(RawValue::get) == req.metadata_text()
+        && text(&current.tags) == tags
+        && req.priority.unwrap_or(0) == current.priority
+        && req.compression_type == current.compression_type
+        && req.encryption_type == current.encryption_type
+        && ttl_same
 }
 
 /// Plans a set of `key`: a plain write, or the settlement of a concurrent one.
@@ -480,6 +506,23 @@ pub fn tombstone(ctx: WriteCtx<'_>, current: &Item, state: UserState) -> Planned
     }
 }
 
+/// The device an expiry is written as.
+pub const EXPIRY_INSTANCE: &str = "ttl-cleanup";
+
+/// The removal an item past its TTL becomes: a tombstone written as
+/// [`EXPIRY_INSTANCE`] and stamped with the moment it expired, so a write
+/// made after that moment wins over it under LAST_WRITE_WINS and one made
+/// before loses.
+pub fn expiry(ctx: WriteCtx<'_>, current: &Item, state: UserState) -> Planned {
+    let ctx = WriteCtx {
+        instance_id: EXPIRY_INSTANCE,
+        ..ctx
+    };
+    let mut p = tombstone(ctx, current, state);
+    p.item.timestamp = current.ttl.unwrap_or(ctx.now);
+    p
+}
+
 /// Plans a remove requested by a client: only a visible item can be removed.
 pub fn plan_remove(
     ctx: WriteCtx<'_>,
@@ -599,6 +642,10 @@ mod tests {
             r#"{"value":2,"version":1,"timestamp":8,"metadata":{"m":1}}"#,
             r#"{"value":2,"version":1,"metadata":{"m":1}}"#,
             r#"{"value":2,"version":1,"timestamp":9}"#,
+            r#"{"value":2,"version":1,"timestamp":9,"metadata":{"m":1},"tags":["b"]}"#,
+            r#"{"value":2,"version":1,"timestamp":9,"metadata":{"m":1},"priority":7}"#,
+            // A ttl in seconds counts from arrival: never the same write.
+            r#"{"value":2,"version":1,"timestamp":9,"metadata":{"m":1},"ttl":5}"#,
         ] {
             assert!(!is_replay(current, &req(other), CTX.instance_id), "{other}");
         }
