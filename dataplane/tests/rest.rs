@@ -399,6 +399,24 @@ async fn bad_input_gets_stable_error_codes_never_500() {
         let (s, b) = api.raw_put("k", bad.to_vec()).await;
         assert_error(s, &b, 400, "INVALID_BODY");
     }
+    // A wrong field is named in details.field, as the README promises.
+    for (bad, field) in [
+        (json!({"value": 1, "version": "1"}), "version"),
+        (json!({"value": 1, "version": -1}), "version"),
+        (json!({"value": 1, "tags": ["a", 1]}), "tags[1]"),
+        (json!({"value": 1, "ttl": -1}), "ttl"),
+        (json!({"value": 1, "ttl": "yesterday"}), "ttl"),
+        (
+            json!({"value": 1, "timestamp": "2026-13-01T00:00:00Z"}),
+            "timestamp",
+        ),
+        (json!({"value": 1, "metadata": [1]}), "metadata"),
+        (json!({"value": 1, "opId": 5}), "opId"),
+    ] {
+        let (s, b) = api.put("k", bad.clone()).await;
+        assert_error(s, &b, 400, "INVALID_BODY");
+        assert_eq!(b["details"]["field"], field, "{bad}: {b}");
+    }
     // Sizes
     let (s, b) = api.put("big", json!({"value": "x".repeat(2000)})).await;
     assert_error(s, &b, 413, "ITEM_TOO_LARGE");

@@ -31,9 +31,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::InvalidBody(rejection.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes)
+        // `serde_path_to_error` names the field a type error is in
+        // (`details.field`, e.g. `tags[0]`), which serde_json's message
+        // does not.
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
             .map(JsonBody)
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let reason = e.into_inner().to_string();
+                if field == "." {
+                    ApiError::InvalidBody(reason)
+                } else {
+                    text::Invalid::new(&field, reason).body()
+                }
+            })
     }
 }
 

@@ -86,21 +86,21 @@ impl Ttl {
                 // Bounded above, so the cast cannot overflow.
                 Ok(now_ms + (s * 1000.0).round() as i64)
             }
-            Ttl::Seconds(_) => Err(ApiError::InvalidBody(
-                "ttl in seconds must be more than 0 and at most 100 years".into(),
-            )),
+            Ttl::Seconds(_) => Err(text::Invalid::new(
+                "ttl",
+                "in seconds must be more than 0 and at most 100 years",
+            )
+            .body()),
             Ttl::At(text) => {
                 let at = chrono::DateTime::parse_from_rfc3339(text)
                     .map(|t| t.timestamp_millis())
                     .map_err(|_| {
-                        ApiError::InvalidBody("ttl must be seconds or an RFC 3339 time".into())
+                        text::Invalid::new("ttl", "must be seconds or an RFC 3339 time").body()
                     })?;
                 // Like a ttl of 0 seconds: an item born expired would reach
                 // live devices and then be removed at once.
                 if at <= now_ms {
-                    return Err(ApiError::InvalidBody(
-                        "ttl must be a time in the future".into(),
-                    ));
+                    return Err(text::Invalid::new("ttl", "must be a time in the future").body());
                 }
                 Ok(at)
             }
@@ -185,29 +185,27 @@ impl SetRequest {
             ("metadata", self.metadata.as_ref()),
         ] {
             if raw.is_some_and(|r| nesting_depth(r.get()) > MAX_NESTING) {
-                return Err(ApiError::InvalidBody(format!(
-                    "{name} nests deeper than {MAX_NESTING} levels"
-                )));
+                return Err(text::Invalid::new(
+                    name,
+                    format!("nests deeper than {MAX_NESTING} levels"),
+                )
+                .body());
             }
         }
         if let Some(m) = &self.metadata {
             let text = m.get().trim_start();
             if !(text.starts_with('{') || text == "null") {
-                return Err(ApiError::InvalidBody(
-                    "metadata must be a JSON object".into(),
-                ));
+                return Err(text::Invalid::new("metadata", "must be a JSON object").body());
             }
         }
         if let Some(v) = self.version {
             if v < 0 {
-                return Err(ApiError::InvalidBody("version must not be negative".into()));
+                return Err(text::Invalid::new("version", "must not be negative").body());
             }
         }
         if let Some(ts) = self.timestamp {
             if ts < 0 {
-                return Err(ApiError::InvalidBody(
-                    "timestamp must be Unix milliseconds".into(),
-                ));
+                return Err(text::Invalid::new("timestamp", "must not be before 1970").body());
             }
         }
         if let Some(tags) = &self.tags {
