@@ -395,6 +395,9 @@ async fn bad_input_gets_stable_error_codes_never_500() {
         b"{\"value\":1,\"ttl\":-5}",
         b"",
         b"[1,2]",
+        b"[\"k\",1]",
+        b"{\"value\":1}x",
+        b"{\"value\":1} {\"value\":2}",
     ] {
         let (s, b) = api.raw_put("k", bad.to_vec()).await;
         assert_error(s, &b, 400, "INVALID_BODY");

@@ -170,8 +170,29 @@ async fn a_write_never_meets_an_expired_value(backend: &str) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{first}");
-    let (s, _) = put("f", json!({"value": "SECRET", "ttl": 1}), "phone").await;
+    let (s, _) = put(
+        "f",
+        json!({"value": "SECRET", "ttl": 1, "tags": ["SECRETTAG"], "priority": 42}),
+        "phone",
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
+    // A write waiting for review when the item expires: resolving it later
+    // must not bring the expired value back.
+    let (s, _) = put("r", json!({"value": "SECRET", "ttl": 1}), "phone").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, review) = put(
+        "r",
+        json!({"value": "mine", "version": 7, "metadata": {"conflictStrategy": "MANUAL"}}),
+        "tablet",
+    )
+    .await;
+    assert_eq!(
+        (s, review["status"].as_str()),
+        (StatusCode::CONFLICT, Some("pending_review")),
+        "{review}"
+    );
+    let review_id = review["conflictId"].as_str().unwrap().to_string();
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
 
     // Based on the expired version, under MERGE: the removal is the current
@@ -185,8 +206,8 @@ async fn a_write_never_meets_an_expired_value(backend: &str) {
     assert_eq!(s, StatusCode::OK, "{merged}");
     assert_eq!(merged["item"]["value"], json!({"a": 2}), "{merged}");
     assert_eq!(merged["item"]["ttl"], Value::Null);
-    // The expiry took seq 3 (after the two writes), the new write seq 4.
-    assert_eq!(merged["item"]["seq"], 4, "{merged}");
+    // The expiry took seq 4 (after the three writes), the new write seq 5.
+    assert_eq!(merged["item"]["seq"], 5, "{merged}");
 
     // A write that loses (FIRST_WRITE_WINS against the removal) shows the
     // removal as the current item.
@@ -214,6 +235,36 @@ async fn a_write_never_meets_an_expired_value(backend: &str) {
         .await
         .unwrap();
     assert!(!history.contains("SECRET"), "{history}");
+    assert_eq!(lost["item"]["tags"], Value::Null, "{lost}");
+    assert_eq!(lost["item"]["priority"], 0, "{lost}");
+    for strategy in ["FIRST_WRITE_WINS", "LAST_WRITE_WINS"] {
+        let r = http
+            .put(server.url(&format!(
+                "/api/v1/sync-storage/conflicts/resolve/{review_id}"
+            )))
+            .header("X-API-Key", &key)
+            .json(&json!({"strategy": strategy}))
+            .send()
+            .await
+            .unwrap();
+        let (s, b) = (r.status(), r.json::<Value>().await.unwrap());
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("NOT_FOUND")),
+            "{b}"
+        );
+    }
+    let r = http
+        .get(server.url("/api/v1/sync-storage/item/r"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "the expired item stays gone"
+    );
     let (s, _) = put("g", json!({"value": 1}), "phone").await;
     assert_eq!(s, StatusCode::OK);
 }

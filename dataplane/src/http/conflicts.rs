@@ -190,8 +190,24 @@ pub async fn resolve(
             ))
         }
     };
-    let request: SetRequest = serde_json::from_value(json!({ "value": value }))
-        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    // A resolution settles the item as the conflict saw it. If it has
+    // changed since (written, removed, expired), writing it would undo that
+    // change, or bring back a value every reader sees as gone: 404 if it is
+    // gone, 409 with the current item if it moved on.
+    let now = state.sync.get(&conflict.user_id, &conflict.key).await?;
+    let expected = Some(conflict.current_version);
+    if now.version != conflict.current_version {
+        return Err(ApiError::VersionConflict {
+            expected,
+            current: Box::new(now),
+            status: SetStatus::Rejected,
+            conflict_id: Some(id),
+        });
+    }
+    // Based on that version, so a write racing this one is a conflict too.
+    let request: SetRequest =
+        serde_json::from_value(json!({ "value": value, "version": conflict.current_version }))
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     let source = from.source(&who);
     let reply = state
         .sync
@@ -203,10 +219,8 @@ pub async fn resolve(
             &request,
             None,
         )
-        .await?;
-    if !matches!(reply.status, SetStatus::Applied | SetStatus::Merged) {
-        return Err(ApiError::Internal("a blind write lost a conflict".into()));
-    }
+        .await?
+        .won(expected)?;
     let result = reply.item.value.as_ref().map(|v| v.get().to_string());
     conflicts::mark_resolved(
         db,

@@ -34,17 +34,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         // `serde_path_to_error` names the field a type error is in
         // (`details.field`, e.g. `tags[0]`), which serde_json's message
         // does not.
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
-            .map(JsonBody)
-            .map_err(|e| {
-                let field = e.path().to_string();
-                let reason = e.into_inner().to_string();
-                if field == "." {
-                    ApiError::InvalidBody(reason)
-                } else {
-                    text::Invalid::new(&field, reason).body()
-                }
-            })
+        // Every body is one JSON object: serde would also read a struct
+        // from an array of its fields in order (`["k", 1]`).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::InvalidBody(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let reason = e.into_inner().to_string();
+            if field == "." {
+                ApiError::InvalidBody(reason)
+            } else {
+                text::Invalid::new(&field, reason).body()
+            }
+        })?;
+        // Nothing may follow the object (`{"value":1} {"value":2}`).
+        de.end().map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        Ok(JsonBody(body))
     }
 }
 

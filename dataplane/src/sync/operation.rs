@@ -177,6 +177,12 @@ fn canonical_request(request: &super::SetRequest) -> String {
     let mut value = serde_json::to_value(request).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
         map.remove("key");
+        // An absolute ttl as the instant it names, however it is written.
+        if let Some(at @ super::Ttl::At(_)) = &request.ttl {
+            if let Ok(ms) = at.expires_at(0) {
+                map.insert("ttl".into(), serde_json::Value::from(ms));
+            }
+        }
     }
     sorted(value).to_string()
 }
@@ -256,6 +262,25 @@ mod tests {
         ] {
             assert_eq!(fingerprint("phone", &set(same)), first, "{same}");
         }
+    }
+
+    #[test]
+    fn an_absolute_ttl_is_the_instant_it_names() {
+        let first = fingerprint(
+            "phone",
+            &set(r#"{"value": 1, "ttl": "2030-01-01T00:00:00Z"}"#),
+        );
+        for same in [
+            r#"{"value": 1, "ttl": "2030-01-01T00:00:00.000Z"}"#,
+            r#"{"value": 1, "ttl": "2030-01-01T01:00:00+01:00"}"#,
+        ] {
+            assert_eq!(fingerprint("phone", &set(same)), first, "{same}");
+        }
+        let later = fingerprint(
+            "phone",
+            &set(r#"{"value": 1, "ttl": "2030-01-01T00:00:01Z"}"#),
+        );
+        assert_ne!(later, first);
     }
 
     #[test]

@@ -494,6 +494,11 @@ pub fn tombstone(ctx: WriteCtx<'_>, current: &Item, state: UserState) -> Planned
         is_deleted: true,
         size: 0,
         ttl: None,
+        // Nothing of what was removed stays readable on its tombstone.
+        tags: None,
+        priority: 0,
+        compression_type: None,
+        encryption_type: None,
         seq,
         ..current.clone()
     };
