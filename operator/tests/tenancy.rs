@@ -336,6 +336,17 @@ async fn deleted_keys_stay_deleted_when_the_store_comes_back() {
     ]);
     assert!(events.contains("OrphanKeysRevoked"), "{events}");
     db.close().await;
+
+    // Cleanup: drop the retained schema through the store that owns it.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"database":{"deletionPolicy":"Delete"}}}"#,
+    ]);
+    c.kubectl(&["delete", "syncstore", "chat", "--timeout=60s"]);
 }
 
 /// `schemaName` unset→set, set→unset, set→other and an `engine` change are
