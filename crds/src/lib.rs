@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use syncstore_scopes::Scope;
 
 /// API group of both kinds.
 pub const GROUP: &str = "syncstore.dev";
@@ -146,17 +147,27 @@ fn default_url_key() -> String {
 }
 
 /// The database server and how the store's schema is kept.
+///
+/// `schemaName`'s own rule (`self == oldSelf`) only runs when the field is
+/// present in both versions, so setting or unsetting it is refused here, on
+/// the parent, where both presences can be compared.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.schemaName) == has(oldSelf.schemaName)").message("schemaName is immutable: it cannot be set or unset after creation"))]
 pub struct DatabaseSpec {
-    /// Server engine: `postgres` or `mysql` (MariaDB and MySQL).
+    /// Server engine: `postgres` or `mysql` (MariaDB and MySQL). Immutable:
+    /// a store's data cannot move between engines.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable: a store cannot move between PostgreSQL and MariaDB"))]
     pub engine: Engine,
     /// Secret key holding an admin URL (`postgres://…` or `mysql://…`) with
     /// the right to create schemas (databases) and roles. The operator never
     /// gives this URL to the data plane.
     pub admin_secret_ref: SecretKeyRef,
     /// Schema (PostgreSQL) or database (MariaDB) of this store. Defaults to
-    /// `ss_<namespace>_<name>`. Immutable: changing it would orphan the data.
+    /// a name derived from the namespace and name (`ss_<namespace>_<name>_<hash>`,
+    /// shortened to fit). Immutable, including setting or unsetting it:
+    /// changing it would orphan the data. A schema that belongs to another
+    /// store is never used (the store goes `Ready=False`, `SchemaOwnedByAnother`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(
         validation = Rule::new("self.matches('^[a-z_][a-z0-9_]{0,62}$')").message("schemaName must be lower-case letters, digits and _ (at most 63)"),
@@ -371,6 +382,27 @@ pub struct SyncStoreStatus {
     /// Reconcile failures in a row; drives the retry backoff.
     #[serde(default)]
     pub failures: u32,
+    /// The engine and names the store was provisioned with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+}
+
+/// The names a store's data lives under, fixed when it was first
+/// provisioned. Later reconciles use these rather than deriving them again,
+/// so an operator upgrade that derives names differently never moves a
+/// store to a new, empty schema.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// Engine the store was provisioned on.
+    pub engine: Engine,
+    /// Schema (PostgreSQL) or database (MariaDB) in use.
+    pub schema: String,
+    /// The store's own login role (user).
+    pub role: String,
+    /// SYNCSTORE_STORE: the prefix of the store's Redis keys and its Kafka
+    /// consumer group.
+    pub store_id: String,
 }
 
 /// An API key of one SyncStore. The key itself lives only in the Secret
@@ -408,9 +440,11 @@ pub struct ApiKeySpec {
     /// Whether the key may write items.
     #[serde(default = "yes")]
     pub can_write: bool,
-    /// Extra scopes: `admin`, `keys:manage`, `analytics:read`, `audit:read`.
-    /// `read` and `write` follow canRead and canWrite.
+    /// Extra scopes: `admin`, `keys:manage`, `analytics:read`,
+    /// `tokens:issue` (the data plane's list). `read` and `write` follow
+    /// canRead and canWrite.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "scopes_schema")]
     pub scopes: Vec<Scope>,
     /// Client IPs or CIDR ranges allowed; empty allows any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -436,32 +470,28 @@ pub struct ApiKeySpec {
     pub secret_name: Option<String>,
 }
 
-/// Scopes an ApiKey can carry beyond read and write.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Everything, including every user's data.
-    #[serde(rename = "admin")]
-    Admin,
-    /// Managing keys through the REST API.
-    #[serde(rename = "keys:manage")]
-    KeysManage,
-    /// Reading every user's analytics.
-    #[serde(rename = "analytics:read")]
-    AnalyticsRead,
-    /// Reading the audit trail.
-    #[serde(rename = "audit:read")]
-    AuditRead,
+/// The scopes an ApiKey lists in `spec.scopes`: every scope of the data
+/// plane except `read` and `write`, which follow `canRead`/`canWrite`.
+/// Taken from [`Scope::ALL`], so the CRD can never accept a scope the data
+/// plane does not know, nor refuse one it does.
+pub fn extra_scopes() -> impl Iterator<Item = Scope> {
+    Scope::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, Scope::Read | Scope::Write))
 }
 
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Admin => "admin",
-            Scope::KeysManage => "keys:manage",
-            Scope::AnalyticsRead => "analytics:read",
-            Scope::AuditRead => "audit:read",
-        }
-    }
+/// The schema of `spec.scopes`: an array of strings whose enum is
+/// [`extra_scopes`]. Written by hand because the scope type lives in a crate
+/// without schemars, and because `read`/`write` must stay out of it.
+fn scopes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = extra_scopes().map(Scope::as_str).collect();
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "string",
+            "enum": names,
+        },
+    })
 }
 
 /// Request quotas of a key.

@@ -54,3 +54,31 @@ fn cel_rule_and_enums_are_in_the_schema() {
     assert!(yaml.contains("- postgres") && yaml.contains("- mysql"));
     assert!(yaml.contains("- Retain") && yaml.contains("- Delete"));
 }
+
+/// The scope enum is the data plane's list minus read/write: `audit:read`
+/// (which the data plane does not know) is refused at apply time, and
+/// `tokens:issue` (which it does) is accepted.
+#[test]
+fn scope_enum_is_the_data_planes() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(syncstore_crds::ApiKey::crd()).expect("serialises");
+    let scopes = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["scopes"];
+    let listed: Vec<&str> = scopes["items"]["enum"]
+        .as_array()
+        .expect("an enum")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let expected: Vec<&str> = syncstore_scopes::Scope::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|s| *s != "read" && *s != "write")
+        .collect();
+    assert_eq!(listed, expected);
+    assert!(listed.contains(&"tokens:issue") && !listed.contains(&"audit:read"));
+    let description = scopes["description"].as_str().expect("described");
+    for s in &expected {
+        assert!(description.contains(s), "the description names {s}");
+    }
+}

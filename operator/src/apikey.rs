@@ -31,6 +31,7 @@ use crate::{
     conditions::{is_true, merge, Verdict},
     context::{backoff, Context, Error, Result},
     events::publish,
+    keyrows,
     store::{self, GIVE_UP_AFTER},
 };
 
@@ -105,14 +106,12 @@ pub fn desired(key: &ApiKey) -> Result<NewKey> {
     if s.can_write {
         scopes.push(Scope::Write);
     }
+    // The CRD's scope type is the data plane's, so there is nothing to
+    // parse and no scope the data plane would not know.
     for extra in &s.scopes {
-        let parsed = Scope::parse_list(extra.as_str()).map_err(Error::InvalidSpec)?;
-        scopes.extend(
-            parsed
-                .into_iter()
-                .filter(|p| !scopes.contains(p))
-                .collect::<Vec<_>>(),
-        );
+        if !scopes.contains(extra) {
+            scopes.push(*extra);
+        }
     }
     let new = NewKey {
         name: s.display_name.clone().unwrap_or_else(|| key.name_any()),
@@ -232,8 +231,12 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
             row.id
         }
     };
+    let uid = key.uid().unwrap_or_default();
+    keyrows::record(&db, &id, &uid, &key.name_any()).await?;
     if let Some(previous) = previous {
-        expire_previous(&db, &previous, ctx).await?;
+        if let Some(old) = expire_previous(&db, &previous, ctx).await? {
+            keyrows::record(&db, &old, &uid, &key.name_any()).await?;
+        }
     }
 
     let (day, month) = syncstore::auth::usage::day_and_month(chrono::Utc::now());
@@ -451,25 +454,26 @@ fn key_secret(
 }
 
 /// Gives the rotated-out key the grace period (once: a later reconcile
-/// never extends it).
-async fn expire_previous(db: &Db, previous: &str, ctx: &Context) -> Result<()> {
+/// never extends it). Returns the old key's row id.
+async fn expire_previous(db: &Db, previous: &str, ctx: &Context) -> Result<Option<String>> {
     let Some(old) = keys::find_by_hash(db, &hash_key(previous))
         .await
         .map_err(db_err)?
     else {
-        return Ok(());
+        return Ok(None);
     };
     let grace_end =
         now_ms() + i64::try_from(ctx.settings.rotation_grace.as_millis()).unwrap_or(i64::MAX);
     if old.expires_at.is_some_and(|e| e <= grace_end) {
-        return Ok(());
+        return Ok(Some(old.id));
     }
     let mut view = keys::get(db, &old.id, None)
         .await
         .map_err(db_err)?
         .ok_or_else(|| Error::KeyStore("row vanished".into()))?;
     view.expires_at = Some(grace_end);
-    keys::update(db, &view).await.map_err(db_err)
+    keys::update(db, &view).await.map_err(db_err)?;
+    Ok(Some(old.id))
 }
 
 async fn write_status(api: &Api<ApiKey>, key: &ApiKey, new: &ApiKeyStatus) -> Result<()> {
@@ -524,13 +528,18 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
             )
             .await;
         }
+        // Nothing serves a store that is gone (or not provisioned): its
+        // pods go with it. The key's rows are recorded in the store's
+        // ledger, and the next provisioning of that schema revokes them
+        // before any pod starts (`OrphanKeysRevoked` on the store), so the
+        // key cannot come back with a re-created store.
         Err(e @ (Error::StoreNotFound(_) | Error::StoreNotReady(_))) => {
             publish(
                 ctx,
                 key,
                 EventType::Normal,
-                "RevokeSkipped",
-                &format!("Nothing to revoke: {e}"),
+                "RevokeDeferred",
+                &format!("{e}; the key's rows are revoked when the store is provisioned again"),
                 "Revoke",
             )
             .await;

@@ -91,29 +91,101 @@ fn meta(store: &SyncStore, name: String, component: &str) -> ObjectMeta {
     }
 }
 
-/// The schema (and role) name of a store.
-pub fn schema_name(store: &SyncStore) -> String {
-    store.spec.database.schema_name.clone().unwrap_or_else(|| {
-        crate::database::derive_name(
-            &store.namespace().unwrap_or_default(),
-            &store.name_any(),
-            63,
-        )
-    })
+/// The engine and names a store's data lives under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbNames {
+    pub engine: syncstore_crds::Engine,
+    pub schema: String,
+    pub role: String,
+    /// SYNCSTORE_STORE.
+    pub store_id: String,
+    /// Provisioned by an operator version that neither marked ownership nor
+    /// recorded names: its schema and role may exist unmarked.
+    pub legacy: bool,
 }
 
-/// The store role: the schema name, shortened to MySQL's 32-character
-/// user-name limit there.
-pub fn role_name(store: &SyncStore) -> String {
-    let schema = schema_name(store);
-    match store.spec.database.engine {
-        syncstore_crds::Engine::Mysql if schema.len() > 32 => crate::database::derive_name(
-            &store.namespace().unwrap_or_default(),
-            &store.name_any(),
-            32,
-        ),
-        _ => schema,
+/// The names a store uses, in this order:
+/// 1. those recorded in `status.database` at its first provisioning (so an
+///    upgrade never moves a store), refusing a spec that now says otherwise;
+/// 2. for a store provisioned by an operator version before the records
+///    (it has a `schemaVersion` but no `database` in status), the names that
+///    version derived, `ss_<namespace>_<name>`;
+/// 3. for a new store, [`derive_name`](crate::database::derive_name):
+///    unique per (namespace, name) within each engine's identifier limits.
+///
+/// The role is always derived from the store, never from `schemaName`, so a
+/// `schemaName` that names another store's schema cannot name its role too.
+pub fn db_names(store: &SyncStore) -> Result<DbNames, crate::context::Error> {
+    use crate::context::Error;
+    use crate::database::{derive_name, legacy_name, MYSQL_USER_MAX, PG_MAX};
+    use syncstore_crds::Engine;
+    let ns = store.namespace().unwrap_or_default();
+    let name = store.name_any();
+    let spec = &store.spec.database;
+    let status = store.status.as_ref();
+    if let Some(rec) = status.and_then(|s| s.database.as_ref()) {
+        if rec.engine != spec.engine {
+            return Err(Error::ImmutableFieldChanged(format!(
+                "spec.database.engine changed from {} to {} after provisioning; a store cannot move between engines, so change it back",
+                serde_plain(&rec.engine),
+                serde_plain(&spec.engine)
+            )));
+        }
+        let derived = [
+            derive_name(&ns, &name, PG_MAX),
+            legacy_name(&ns, &name, PG_MAX),
+        ];
+        let same = match &spec.schema_name {
+            Some(s) => *s == rec.schema,
+            None => derived.contains(&rec.schema),
+        };
+        if !same {
+            return Err(Error::ImmutableFieldChanged(format!(
+                "spec.database.schemaName changed after provisioning (the store uses {}); set it back",
+                rec.schema
+            )));
+        }
+        return Ok(DbNames {
+            engine: rec.engine,
+            schema: rec.schema.clone(),
+            role: rec.role.clone(),
+            store_id: rec.store_id.clone(),
+            legacy: false,
+        });
     }
+    if status.is_some_and(|s| s.schema_version.is_some()) {
+        let schema = spec
+            .schema_name
+            .clone()
+            .unwrap_or_else(|| legacy_name(&ns, &name, PG_MAX));
+        let role = match spec.engine {
+            Engine::Mysql if schema.len() > MYSQL_USER_MAX => {
+                legacy_name(&ns, &name, MYSQL_USER_MAX)
+            }
+            _ => schema.clone(),
+        };
+        return Ok(DbNames {
+            engine: spec.engine,
+            schema,
+            role,
+            store_id: legacy_name(&ns, &name, PG_MAX),
+            legacy: true,
+        });
+    }
+    let role_max = match spec.engine {
+        Engine::Postgres => PG_MAX,
+        Engine::Mysql => MYSQL_USER_MAX,
+    };
+    Ok(DbNames {
+        engine: spec.engine,
+        schema: spec
+            .schema_name
+            .clone()
+            .unwrap_or_else(|| derive_name(&ns, &name, PG_MAX)),
+        role: derive_name(&ns, &name, role_max),
+        store_id: derive_name(&ns, &name, PG_MAX),
+        legacy: false,
+    })
 }
 
 /// The in-cluster URL of the data plane.
@@ -136,11 +208,13 @@ pub fn config_map(store: &SyncStore) -> ConfigMap {
             // Names the store's Redis channels and Kafka consumer group:
             // unique in the cluster, in the data plane's charset.
             "SYNCSTORE_STORE".into(),
-            crate::database::derive_name(
-                &store.namespace().unwrap_or_default(),
-                &store.name_any(),
-                63,
-            ),
+            db_names(store).map(|n| n.store_id).unwrap_or_else(|_| {
+                crate::database::derive_name(
+                    &store.namespace().unwrap_or_default(),
+                    &store.name_any(),
+                    crate::database::PG_MAX,
+                )
+            }),
         ),
         (
             "CONFLICT_DEFAULT_STRATEGY".into(),
@@ -717,9 +791,72 @@ mod tests {
 
     #[test]
     fn schema_and_role_names() {
+        use crate::database::derive_name;
+        use syncstore_crds::{DatabaseStatus, Engine, SyncStoreStatus};
         let s = store(BASE);
-        assert_eq!(schema_name(&s), "ss_team_a_chat");
-        assert_eq!(role_name(&s), "ss_team_a_chat");
+        let n = db_names(&s).expect("names");
+        let derived = derive_name("team-a", "chat", 63);
+        assert!(derived.starts_with("ss_team_a_chat_"), "{derived}");
+        assert_eq!(
+            (&n.schema, &n.role, &n.store_id),
+            (&derived, &derived, &derived)
+        );
+        assert!(!n.legacy);
         assert_eq!(endpoint(&s), "http://chat.team-a.svc:80");
+
+        // MariaDB users keep to 32 characters; an explicit schemaName names
+        // the schema only, never the role.
+        let m = store(
+            "image: x\ndatabase: {engine: mysql, adminSecretRef: {name: a}, schemaName: other}\n",
+        );
+        let n = db_names(&m).expect("names");
+        assert_eq!(n.schema, "other");
+        assert_eq!(n.role, derive_name("team-a", "chat", 32));
+        assert!(n.role.len() <= 32);
+
+        // Provisioned by an older operator: its names, unmarked ones adoptable.
+        let mut old = store(BASE);
+        old.status = Some(SyncStoreStatus {
+            schema_version: Some(3),
+            ..Default::default()
+        });
+        let n = db_names(&old).expect("names");
+        assert_eq!(
+            (n.schema.as_str(), n.role.as_str()),
+            ("ss_team_a_chat", "ss_team_a_chat")
+        );
+        assert_eq!(n.store_id, "ss_team_a_chat");
+        assert!(n.legacy);
+
+        // Recorded names win, and a spec that contradicts them is refused.
+        let mut rec = store(BASE);
+        rec.status = Some(SyncStoreStatus {
+            schema_version: Some(3),
+            database: Some(DatabaseStatus {
+                engine: Engine::Postgres,
+                schema: "ss_team_a_chat".into(),
+                role: "ss_team_a_chat".into(),
+                store_id: "ss_team_a_chat".into(),
+            }),
+            ..Default::default()
+        });
+        let n = db_names(&rec).expect("names");
+        assert_eq!(n.schema, "ss_team_a_chat");
+        assert!(!n.legacy);
+        let mut moved = rec.clone();
+        moved.spec.database.engine = Engine::Mysql;
+        assert!(matches!(
+            db_names(&moved),
+            Err(crate::context::Error::ImmutableFieldChanged(_))
+        ));
+        let mut renamed = rec.clone();
+        renamed.spec.database.schema_name = Some("elsewhere".into());
+        assert!(matches!(
+            db_names(&renamed),
+            Err(crate::context::Error::ImmutableFieldChanged(_))
+        ));
+        let mut set_same = rec;
+        set_same.spec.database.schema_name = Some("ss_team_a_chat".into());
+        assert!(db_names(&set_same).is_ok());
     }
 }

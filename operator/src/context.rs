@@ -39,6 +39,15 @@ pub enum Error {
     SecretConflict(String),
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// The schema (database) or role this store would use exists and is
+    /// another store's, or no store's: the operator does not touch it.
+    #[error("{0}; the operator leaves it untouched")]
+    SchemaOwnedByAnother(String),
+    /// A field that cannot change after provisioning changed anyway (the
+    /// CRD's CEL rules refuse it at apply time; this catches a CRD
+    /// installed without them).
+    #[error("{0}")]
+    ImmutableFieldChanged(String),
     #[error("key store: {0}")]
     KeyStore(String),
     #[error("finalizer: {0}")]
@@ -59,6 +68,8 @@ impl Error {
             Error::StoreNotReady(_) => "StoreNotReady",
             Error::SecretConflict(_) => "SecretConflict",
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::SchemaOwnedByAnother(_) => "SchemaOwnedByAnother",
+            Error::ImmutableFieldChanged(_) => "ImmutableFieldChanged",
             Error::KeyStore(_) => "KeyStoreError",
             Error::Finalizer(_) => "FinalizerFailed",
         }

@@ -26,12 +26,121 @@ pub struct Target {
     pub schema: String,
     /// The store's own login role.
     pub role: String,
+    /// The SyncStore this target belongs to, recorded in the schema and role.
+    pub owner: Owner,
+    /// Whether a schema or role that exists without an ownership mark may be
+    /// claimed. Only for stores provisioned by an operator version that did
+    /// not mark what it created, and only under their old names: anything
+    /// else unmarked belongs to someone else (another application, a DBA).
+    pub adopt_unmarked: bool,
 }
 
+/// The SyncStore a schema (database) and role were created for. Written as
+/// JSON into `COMMENT ON SCHEMA/ROLE` on PostgreSQL and into the table
+/// [`OWNER_TABLE`] of the database on MariaDB.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// The value of `managedBy` in an ownership mark; a comment without it is
+/// not ours, whatever else it says.
+const MARK_MANAGER: &str = "syncstore-operator";
+
+/// MariaDB has no comment on a database that MySQL shares, and a user has
+/// none at all, so the mark is a one-row table in the store's database; it
+/// also names the store's user, which makes the user ours.
+pub const OWNER_TABLE: &str = "_syncstore_owner";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Mark {
+    managed_by: String,
+    #[serde(flatten)]
+    owner: Owner,
+}
+
+impl Owner {
+    /// The mark recorded in the database.
+    pub fn mark(&self) -> String {
+        serde_json::to_string(&Mark {
+            managed_by: MARK_MANAGER.into(),
+            owner: self.clone(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// The owner a recorded mark names, if it is one of ours.
+    pub fn from_mark(text: &str) -> Option<Owner> {
+        serde_json::from_str::<Mark>(text)
+            .ok()
+            .filter(|m| m.managed_by == MARK_MANAGER)
+            .map(|m| m.owner)
+    }
+}
+
+/// What the database already has under a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: it will be created and marked.
+    Absent,
+    /// It exists, with this comment (mark), if any.
+    Present(Option<String>),
+}
+
+/// Whether `target` may use (create, alter, drop) the schema or role `name`
+/// given what the database has. Ours: marked with our UID, or with our
+/// namespace and name (a previous incarnation of this store, deleted with
+/// `Retain` and created again: a namespace/name exists once at a time, so
+/// the old owner is gone). Anything else is refused.
+pub fn claim(what: &str, name: &str, found: &Found, target: &Target) -> Result<()> {
+    let Found::Present(comment) = found else {
+        return Ok(());
+    };
+    let me = &target.owner;
+    match comment.as_deref().and_then(Owner::from_mark) {
+        Some(o) if o.uid == me.uid || (o.namespace == me.namespace && o.name == me.name) => Ok(()),
+        Some(o) => Err(Error::SchemaOwnedByAnother(format!(
+            "{what} {name} belongs to SyncStore {}/{}",
+            o.namespace, o.name
+        ))),
+        None if target.adopt_unmarked => Ok(()),
+        None => Err(Error::SchemaOwnedByAnother(format!(
+            "{what} {name} already exists and was not created for this SyncStore"
+        ))),
+    }
+}
+
+/// A string literal for DDL (which takes no bind parameters). Only marks
+/// go through it, whose parts [`Target::check`] limits to Kubernetes name
+/// characters, so there is no quote or backslash to escape.
+fn literal(text: &str) -> String {
+    format!("'{text}'")
+}
+
+/// Serialises provisioning across stores (and operator replicas) on one
+/// server: the ownership check and the DDL that follows it must not
+/// interleave with another store's, or both could claim a fresh name.
+const LOCK_KEY: i64 = 0x5359_4e43_5354_4f52; // "SYNCSTOR"
+const MYSQL_LOCK: &str = "syncstore-operator-provision";
+
 impl Target {
-    /// Refuses names that could not be spliced into DDL safely.
+    /// Refuses names (and an owner) that could not be spliced into DDL
+    /// safely.
     fn check(&self) -> Result<()> {
-        if valid_identifier(&self.schema) && valid_identifier(&self.role) {
+        let k8s = |t: &str| {
+            t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+        };
+        let o = &self.owner;
+        if valid_identifier(&self.schema)
+            && valid_identifier(&self.role)
+            && k8s(&o.namespace)
+            && k8s(&o.name)
+            && k8s(&o.uid)
+        {
             Ok(())
         } else {
             Err(Error::InvalidSpec(format!(
@@ -119,13 +228,50 @@ where
     timed(C::connect_with(&options.disable_statement_logging())).await
 }
 
-async fn role_exists(conn: &mut sqlx::PgConnection, role: &str) -> Result<bool> {
-    Ok(sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(role)
+/// The schema `name` and its comment, on PostgreSQL.
+async fn pg_schema(conn: &mut sqlx::PgConnection, name: &str) -> Result<Found> {
+    pg_found(
+        conn,
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
+        name,
+    )
+    .await
+}
+
+/// The role `name` and its comment, on PostgreSQL.
+async fn pg_role(conn: &mut sqlx::PgConnection, name: &str) -> Result<Found> {
+    pg_found(
+        conn,
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+        name,
+    )
+    .await
+}
+
+async fn pg_found(conn: &mut sqlx::PgConnection, query: &str, name: &str) -> Result<Found> {
+    let row = sqlx::query(query)
+        .bind(name)
         .fetch_optional(conn)
         .await
-        .map_err(provisioning)?
-        .is_some())
+        .map_err(provisioning)?;
+    match row {
+        None => Ok(Found::Absent),
+        Some(row) => Ok(Found::Present(row.try_get(0).map_err(provisioning)?)),
+    }
+}
+
+/// A transaction holding the provisioning lock (released at its end).
+async fn pg_locked(conn: &mut sqlx::PgConnection) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+    let mut tx = conn.begin().await.map_err(provisioning)?;
+    tx.execute("SET LOCAL lock_timeout = '10s'")
+        .await
+        .map_err(provisioning)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *tx)
+        .await
+        .map_err(provisioning)?;
+    Ok(tx)
 }
 
 /// The connection's database name, with `"` doubled for a quoted identifier.
@@ -138,8 +284,91 @@ async fn quoted_database(conn: &mut sqlx::PgConnection) -> Result<String> {
     Ok(name.replace('"', "\"\""))
 }
 
-/// Creates (or re-asserts) the schema and the role. Idempotent: running it
-/// on a provisioned store only re-sets the role's password and grants.
+/// What a MariaDB server has for a store: whether its database exists, the
+/// ownership row in it (mark and user name), whether its user exists.
+struct MysqlFound {
+    database: Found,
+    user: Found,
+}
+
+async fn mysql_found(conn: &mut sqlx::MySqlConnection, target: &Target) -> Result<MysqlFound> {
+    let (r, s) = (&target.role, &target.schema);
+    let db_exists: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
+    )
+    .bind(s)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(provisioning)?;
+    let table_exists: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+    )
+    .bind(s)
+    .bind(OWNER_TABLE)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(provisioning)?;
+    let (db_exists, table_exists) = (db_exists > 0, table_exists > 0);
+    let row: Option<(String, String)> = if table_exists {
+        sqlx::query_as(&format!(
+            // The database's binary collation makes the columns BLOBs to sqlx.
+            "SELECT CAST(mark AS CHAR), CAST(role_name AS CHAR) FROM `{s}`.`{OWNER_TABLE}` WHERE id = 1"
+        ))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(provisioning)?
+    } else {
+        None
+    };
+    let user_exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE user = ? AND host = '%'")
+            .bind(r)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(provisioning)?;
+    let user_exists = user_exists > 0;
+    Ok(MysqlFound {
+        database: if db_exists {
+            Found::Present(row.as_ref().map(|(mark, _)| mark.clone()))
+        } else {
+            Found::Absent
+        },
+        // A user is ours when our database's ownership row names it.
+        user: if user_exists {
+            Found::Present(row.filter(|(_, role)| role == r).map(|(mark, _)| mark))
+        } else {
+            Found::Absent
+        },
+    })
+}
+
+/// Runs `f` holding the provisioning lock of a MariaDB server.
+async fn mysql_locked<T>(
+    conn: &mut sqlx::MySqlConnection,
+    f: impl AsyncFnOnce(&mut sqlx::MySqlConnection) -> Result<T>,
+) -> Result<T> {
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 10)")
+        .bind(MYSQL_LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(provisioning)?;
+    if got != Some(1) {
+        return Err(Error::Provisioning(
+            "another store's provisioning held the lock for 10 s".into(),
+        ));
+    }
+    let result = f(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(MYSQL_LOCK)
+        .execute(&mut *conn)
+        .await;
+    result
+}
+
+/// Creates (or re-asserts) the schema and the role, and marks both as the
+/// store's. Idempotent: running it on a provisioned store only re-sets the
+/// role's password, grants and marks. A schema or role that exists and is
+/// not the store's is left untouched: [`Error::SchemaOwnedByAnother`].
 pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Result<()> {
     target.check()?;
     if !valid_password(password) {
@@ -147,90 +376,147 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
             "the generated database password is malformed".into(),
         ));
     }
+    let (r, s) = (&target.role, &target.schema);
+    let mark = target.owner.mark();
     match target.engine {
         Engine::Postgres => {
             let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
-            let (r, s) = (&target.role, &target.schema);
-            let exists = role_exists(&mut conn, r).await?;
-            let verb = if exists { "ALTER" } else { "CREATE" };
-            conn.execute(format!("{verb} ROLE \"{r}\" WITH LOGIN PASSWORD '{password}'").as_str())
+            let mut tx = pg_locked(&mut conn).await?;
+            claim("schema", s, &pg_schema(&mut tx, s).await?, target)?;
+            let role = pg_role(&mut tx, r).await?;
+            claim("role", r, &role, target)?;
+            let verb = if role == Found::Absent {
+                "CREATE"
+            } else {
+                "ALTER"
+            };
+            tx.execute(format!("{verb} ROLE \"{r}\" WITH LOGIN PASSWORD '{password}'").as_str())
                 .await
                 .map_err(provisioning)?;
             let member = sqlx::query("SELECT pg_has_role(current_user, $1, 'MEMBER')")
                 .bind(r)
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *tx)
                 .await
                 .and_then(|row| row.try_get::<bool, _>(0))
                 .map_err(provisioning)?;
             if !member {
                 // CREATE SCHEMA … AUTHORIZATION needs membership in the owner.
-                conn.execute(format!("GRANT \"{r}\" TO CURRENT_USER").as_str())
+                tx.execute(format!("GRANT \"{r}\" TO CURRENT_USER").as_str())
                     .await
                     .map_err(provisioning)?;
             }
-            let database = quoted_database(&mut conn).await?;
+            let database = quoted_database(&mut tx).await?;
             for ddl in [
                 format!("CREATE SCHEMA IF NOT EXISTS \"{s}\" AUTHORIZATION \"{r}\""),
                 format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{r}\""),
                 format!("ALTER ROLE \"{r}\" SET search_path = \"{s}\""),
+                format!("COMMENT ON SCHEMA \"{s}\" IS {}", literal(&mark)),
+                format!("COMMENT ON ROLE \"{r}\" IS {}", literal(&mark)),
             ] {
-                conn.execute(ddl.as_str()).await.map_err(provisioning)?;
+                tx.execute(ddl.as_str()).await.map_err(provisioning)?;
             }
+            tx.commit().await.map_err(provisioning)?;
             let _ = conn.close().await;
         }
         Engine::Mysql => {
             let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
-            let (r, s) = (&target.role, &target.schema);
-            for ddl in [
-                format!(
-                    "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
-                ),
-                format!("CREATE USER IF NOT EXISTS '{r}'@'%' IDENTIFIED BY '{password}'"),
-                format!("ALTER USER '{r}'@'%' IDENTIFIED BY '{password}'"),
-                format!("GRANT ALL PRIVILEGES ON `{s}`.* TO '{r}'@'%'"),
-            ] {
-                conn.execute(ddl.as_str()).await.map_err(provisioning)?;
-            }
+            let result = mysql_locked(&mut conn, async |conn| {
+                let found = mysql_found(conn, target).await?;
+                claim("database", s, &found.database, target)?;
+                claim("user", r, &found.user, target)?;
+                for ddl in [
+                    format!(
+                        "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+                    ),
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS `{s}`.`{OWNER_TABLE}` (id INT NOT NULL PRIMARY KEY, \
+                         mark TEXT NOT NULL, role_name VARCHAR(80) NOT NULL)"
+                    ),
+                ] {
+                    conn.execute(ddl.as_str()).await.map_err(provisioning)?;
+                }
+                // The row goes in before the user exists, so a crash in
+                // between leaves a user that is already recorded as ours.
+                sqlx::query(&format!(
+                    "REPLACE INTO `{s}`.`{OWNER_TABLE}` (id, mark, role_name) VALUES (1, ?, ?)"
+                ))
+                .bind(&mark)
+                .bind(r)
+                .execute(&mut *conn)
+                .await
+                .map_err(provisioning)?;
+                for ddl in [
+                    format!("CREATE USER IF NOT EXISTS '{r}'@'%' IDENTIFIED BY '{password}'"),
+                    format!("ALTER USER '{r}'@'%' IDENTIFIED BY '{password}'"),
+                    format!("GRANT ALL PRIVILEGES ON `{s}`.* TO '{r}'@'%'"),
+                ] {
+                    conn.execute(ddl.as_str()).await.map_err(provisioning)?;
+                }
+                Ok(())
+            })
+            .await;
             let _ = conn.close().await;
+            result?;
         }
     }
     Ok(())
 }
 
-/// Drops the schema (or database) and the role, for `deletionPolicy: Delete`.
+/// Drops the schema (or database) and the role, for `deletionPolicy: Delete`,
+/// but only what is the store's: a schema or role of another store (or of
+/// no store) is never dropped, and [`Error::SchemaOwnedByAnother`] says so.
 pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
     target.check()?;
     let (r, s) = (&target.role, &target.schema);
     match target.engine {
         Engine::Postgres => {
             let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
-            let exists = role_exists(&mut conn, r).await?;
-            conn.execute(format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE").as_str())
-                .await
-                .map_err(provisioning)?;
-            if exists {
-                let database = quoted_database(&mut conn).await?;
+            let mut tx = pg_locked(&mut conn).await?;
+            let schema = pg_schema(&mut tx, s).await?;
+            claim("schema", s, &schema, target)?;
+            let role = pg_role(&mut tx, r).await?;
+            let role_ours = claim("role", r, &role, target);
+            if schema != Found::Absent {
+                tx.execute(format!("DROP SCHEMA \"{s}\" CASCADE").as_str())
+                    .await
+                    .map_err(provisioning)?;
+            }
+            if role != Found::Absent && role_ours.is_ok() {
+                let database = quoted_database(&mut tx).await?;
                 for ddl in [
                     format!("REVOKE ALL ON DATABASE \"{database}\" FROM \"{r}\""),
-                    format!("DROP ROLE IF EXISTS \"{r}\""),
+                    format!("DROP ROLE \"{r}\""),
                 ] {
-                    conn.execute(ddl.as_str()).await.map_err(provisioning)?;
+                    tx.execute(ddl.as_str()).await.map_err(provisioning)?;
                 }
             }
+            tx.commit().await.map_err(provisioning)?;
             let _ = conn.close().await;
+            role_ours
         }
         Engine::Mysql => {
             let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
-            for ddl in [
-                format!("DROP DATABASE IF EXISTS `{s}`"),
-                format!("DROP USER IF EXISTS '{r}'@'%'"),
-            ] {
-                conn.execute(ddl.as_str()).await.map_err(provisioning)?;
-            }
+            let result = mysql_locked(&mut conn, async |conn| {
+                let found = mysql_found(conn, target).await?;
+                claim("database", s, &found.database, target)?;
+                let user_ours = claim("user", r, &found.user, target);
+                if found.database != Found::Absent {
+                    conn.execute(format!("DROP DATABASE `{s}`").as_str())
+                        .await
+                        .map_err(provisioning)?;
+                }
+                if found.user != Found::Absent && user_ours.is_ok() {
+                    conn.execute(format!("DROP USER '{r}'@'%'").as_str())
+                        .await
+                        .map_err(provisioning)?;
+                }
+                user_ours
+            })
+            .await;
             let _ = conn.close().await;
+            result
         }
     }
-    Ok(())
 }
 
 /// A pool on the store's own database, as the data plane opens it.
@@ -270,12 +556,23 @@ pub async fn migrate(url: &str) -> Result<(usize, i64)> {
     Ok((applied?, version))
 }
 
-/// `ss_<namespace>_<name>`, lower-cased, with anything else turned into `_`,
-/// shortened with a hash suffix when longer than `max`.
-pub fn derive_name(namespace: &str, name: &str, max: usize) -> String {
-    use sha2::{Digest, Sha256};
-    let raw = format!("ss_{namespace}_{name}");
-    let mut clean: String = raw
+/// Identifier limits: PostgreSQL truncates names at 63 bytes; MariaDB
+/// allows 64 characters for a database and 80 for a user, MySQL 32 for a
+/// user. Engine `mysql` serves both, so its user names keep to 32.
+pub const PG_MAX: usize = 63;
+/// See [`PG_MAX`]. Databases keep to 63 on MariaDB too, the `schemaName`
+/// pattern's limit.
+pub const MYSQL_DATABASE_MAX: usize = 63;
+/// See [`PG_MAX`].
+pub const MYSQL_USER_MAX: usize = 32;
+
+/// Hex digits of the hash suffix: 48 bits of SHA-256 of `namespace/name`.
+const HASH_HEX: usize = 12;
+
+/// `ss_<namespace>_<name>` lower-cased with anything else turned into `_`:
+/// readable, but not injective (`team/a-chat` and `team-a/chat` meet).
+fn readable(namespace: &str, name: &str) -> String {
+    format!("ss_{namespace}_{name}")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -284,7 +581,31 @@ pub fn derive_name(namespace: &str, name: &str, max: usize) -> String {
                 '_'
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The schema, role and store id of a store: a readable prefix, cut to fit
+/// `max`, then `_` and a hash of `namespace/name`, which is what makes the
+/// name differ between stores. `/` cannot occur in a namespace, so distinct
+/// (namespace, name) pairs hash distinct strings; two stores would share a
+/// name only on a 48-bit hash collision with equal prefixes, and then the
+/// ownership mark refuses the second rather than sharing.
+pub fn derive_name(namespace: &str, name: &str, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut prefix = readable(namespace, name);
+    prefix.truncate(max.saturating_sub(HASH_HEX + 1));
+    format!("{prefix}_{}", &hash[..HASH_HEX])
+}
+
+/// The name operator versions before ownership marks derived: `readable`,
+/// with a hash suffix only when longer than `max`. Kept to find the schema
+/// and role of stores they provisioned.
+pub fn legacy_name(namespace: &str, name: &str, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let raw = format!("ss_{namespace}_{name}");
+    let mut clean = readable(namespace, name);
     if clean.len() > max {
         let digest = Sha256::digest(raw.as_bytes());
         let suffix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
@@ -308,31 +629,99 @@ mod tests {
     }
 
     #[test]
-    fn names_are_derived_and_shortened() {
-        assert_eq!(derive_name("team-a", "store", 63), "ss_team_a_store");
-        let long = derive_name(
+    fn derived_names_are_injective_and_fit() {
+        // The reported collision: both sanitise to ss_team_a_chat.
+        let a = derive_name("team", "a-chat", PG_MAX);
+        let b = derive_name("team-a", "chat", PG_MAX);
+        // As the README shows them.
+        assert_eq!(a, "ss_team_a_chat_e9b816e1210d");
+        assert_eq!(b, "ss_team_a_chat_a106d85fcb35");
+        assert!(a.starts_with("ss_team_a_chat_") && b.starts_with("ss_team_a_chat_"));
+        // The longest namespace (63) and a long name, for every limit.
+        let ns = "n".repeat(63);
+        let name = "s".repeat(253);
+        for max in [PG_MAX, MYSQL_DATABASE_MAX, MYSQL_USER_MAX] {
+            let long = derive_name(&ns, &name, max);
+            assert!(long.len() <= max, "{long} within {max}");
+            assert!(valid_identifier(&long), "{long}");
+            assert_ne!(long, derive_name(&ns, &format!("{name}x"), max));
+            assert_ne!(long, derive_name(&format!("{}x", &ns[1..]), &name, max));
+        }
+        // Many near-identical pairs, each cut to the shortest limit: no two meet.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..2000 {
+            for (ns, name) in [
+                (format!("team-{i}"), "chat".to_string()),
+                ("team".to_string(), format!("{i}-chat")),
+                (format!("team-{i}-x"), "y".repeat(40)),
+            ] {
+                let n = derive_name(&ns, &name, MYSQL_USER_MAX);
+                assert!(n.len() <= MYSQL_USER_MAX && valid_identifier(&n));
+                assert!(seen.insert(n.clone()), "{ns}/{name} -> {n} collides");
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_names_are_what_older_operators_derived() {
+        assert_eq!(legacy_name("team-a", "store", 63), "ss_team_a_store");
+        let long = legacy_name(
             "a-very-long-namespace-name",
             "and-an-even-longer-store-name",
             32,
         );
         assert_eq!(long.len(), 32);
         assert!(valid_identifier(&long));
-        assert_ne!(
-            long,
-            derive_name(
-                "a-very-long-namespace-name",
-                "and-an-even-longer-store-nam3",
-                32
-            )
-        );
+    }
+
+    fn target(uid: &str, adopt_unmarked: bool) -> Target {
+        Target {
+            engine: Engine::Postgres,
+            schema: "ss_x".into(),
+            role: "ss_x".into(),
+            owner: Owner {
+                namespace: "team-a".into(),
+                name: "chat".into(),
+                uid: uid.into(),
+            },
+            adopt_unmarked,
+        }
+    }
+
+    #[test]
+    fn only_the_owner_may_claim() {
+        let me = target("uid-1", false);
+        let mine = Found::Present(Some(me.owner.mark()));
+        assert!(claim("schema", "ss_x", &Found::Absent, &me).is_ok());
+        assert!(claim("schema", "ss_x", &mine, &me).is_ok());
+        // The same store created again (new UID): its retained schema.
+        assert!(claim("schema", "ss_x", &mine, &target("uid-2", false)).is_ok());
+        // Another store's.
+        let other = Owner {
+            namespace: "team-b".into(),
+            name: "chat".into(),
+            uid: "uid-9".into(),
+        };
+        let theirs = Found::Present(Some(other.mark()));
+        let err = claim("schema", "ss_x", &theirs, &me).expect_err("refused");
+        assert_eq!(err.reason(), "SchemaOwnedByAnother");
+        assert!(err.to_string().contains("team-b/chat"), "{err}");
+        assert!(claim("schema", "ss_x", &theirs, &target("uid-1", true)).is_err());
+        // Unmarked (or someone else's comment): only a legacy store adopts it.
+        for found in [Found::Present(None), Found::Present(Some("billing".into()))] {
+            assert!(claim("schema", "ss_x", &found, &me).is_err());
+            assert!(claim("schema", "ss_x", &found, &target("uid-1", true)).is_ok());
+        }
+        assert_eq!(Owner::from_mark(&me.owner.mark()), Some(me.owner.clone()));
+        assert!(literal(&me.owner.mark()).starts_with("'{"));
     }
 
     #[test]
     fn store_url_swaps_credentials_and_keeps_options() {
         let t = Target {
-            engine: Engine::Postgres,
             schema: "ss_a_b".into(),
             role: "ss_a_b".into(),
+            ..target("uid", false)
         };
         let url = store_url(
             "postgres://admin:pw@db.example:5432/app?sslmode=require",

@@ -10,6 +10,7 @@ pub mod context;
 pub mod controller;
 pub mod database;
 pub mod events;
+pub mod keyrows;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -19,15 +19,16 @@ use kube::{
     },
     Api, Resource, ResourceExt,
 };
-use syncstore_crds::{DeletionPolicy, SyncStore, SyncStoreStatus};
+use syncstore_crds::{ApiKey, DatabaseStatus, DeletionPolicy, SyncStore, SyncStoreStatus};
 
 use crate::{
     apply::{apply, delete_orphans, ensure_secret, random_token, read_secret_key, secret_value},
-    children::{self, names},
+    children::{self, names, DbNames},
     conditions::{merge, Verdict},
     context::{backoff, Context, Error, Result},
-    database::{self, Target},
+    database::{self, Owner, Target},
     events::publish,
+    keyrows,
 };
 
 pub const KIND: &str = "SyncStore";
@@ -75,11 +76,17 @@ pub fn error_policy(store: Arc<SyncStore>, _err: &Error, ctx: Arc<Context>) -> A
     Action::requeue(backoff(ctx.failures(&store.uid().unwrap_or_default())))
 }
 
-fn target(store: &SyncStore) -> Target {
+fn target(store: &SyncStore, names: &DbNames) -> Target {
     Target {
-        engine: store.spec.database.engine,
-        schema: children::schema_name(store),
-        role: children::role_name(store),
+        engine: names.engine,
+        schema: names.schema.clone(),
+        role: names.role.clone(),
+        owner: Owner {
+            namespace: store.namespace().unwrap_or_default(),
+            name: store.name_any(),
+            uid: store.uid().unwrap_or_default(),
+        },
+        adopt_unmarked: names.legacy,
     }
 }
 
@@ -130,8 +137,9 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         key: "DB_PASSWORD".into(),
     })?;
 
+    let db_names = children::db_names(store)?;
     let admin = admin_url(store, ctx).await?;
-    let target = target(store);
+    let target = target(store, &db_names);
     database::provision(&admin, &target, &password).await?;
     let url = database::store_url(&admin, &target, &password)?;
     let (applied, schema_version) = database::migrate(&url).await?;
@@ -146,6 +154,25 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
                 target.schema
             ),
             "Migrate",
+        )
+        .await;
+    }
+
+    // Before any pod is (re)started on this schema: rows of ApiKeys that
+    // Kubernetes no longer has stop authenticating.
+    let db = ctx.store_db(&store_key(store), &url).await?;
+    let revoked = revoke_orphan_keys(ctx, store, &db).await?;
+    if !revoked.is_empty() {
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "OrphanKeysRevoked",
+            &format!(
+                "Revoked the rows of ApiKeys that no longer exist: {}",
+                revoked.join(", ")
+            ),
+            "Provision",
         )
         .await;
     }
@@ -213,11 +240,56 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         ready_replicas,
         available,
     };
-    write_success(ctx, store, observed).await?;
+    write_success(ctx, store, observed, &db_names).await?;
     Ok(Action::requeue(ctx.settings.resync_interval))
 }
 
-async fn write_success(ctx: &Context, store: &SyncStore, o: Observed) -> Result<()> {
+/// Deactivates the rows the operator wrote for ApiKeys of this store that
+/// no longer exist (or are being deleted), and records the rows of live
+/// ones that the ledger does not know yet (written by an older operator).
+/// The ledger is read before the ApiKeys are listed: a key created in
+/// between is then absent from the ledger snapshot, not mistaken for gone.
+/// Returns the ApiKey names whose rows were revoked.
+async fn revoke_orphan_keys(
+    ctx: &Context,
+    store: &SyncStore,
+    db: &syncstore::storage::Db,
+) -> Result<Vec<String>> {
+    let ledger = keyrows::entries(db).await?;
+    let keys: Api<ApiKey> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let live: Vec<ApiKey> = keys
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|k| k.spec.store_ref == store.name_any() && k.meta().deletion_timestamp.is_none())
+        .collect();
+    let live_uids: std::collections::HashSet<String> =
+        live.iter().filter_map(|k| k.uid()).collect();
+    for k in &live {
+        let id = k.status.as_ref().and_then(|s| s.key_id.as_deref());
+        if let (Some(id), Some(uid)) = (id, k.uid()) {
+            if !ledger.iter().any(|e| e.key_id == id) {
+                keyrows::record(db, id, &uid, &k.name_any()).await?;
+            }
+        }
+    }
+    let mut revoked = Vec::new();
+    for e in ledger.iter().filter(|e| !live_uids.contains(&e.apikey_uid)) {
+        if keyrows::deactivate(db, &e.key_id).await? && !revoked.contains(&e.apikey) {
+            revoked.push(e.apikey.clone());
+        }
+    }
+    Ok(revoked)
+}
+
+async fn write_success(
+    ctx: &Context,
+    store: &SyncStore,
+    o: Observed,
+    names: &DbNames,
+) -> Result<()> {
     let current = store.status.clone().unwrap_or_default();
     let running = o.available.ok;
     let verdicts = [
@@ -225,8 +297,8 @@ async fn write_success(ctx: &Context, store: &SyncStore, o: Observed) -> Result<
             "DatabaseReady",
             "Provisioned",
             format!(
-                "schema {} and its role are in place",
-                children::schema_name(store)
+                "schema {} and role {} are in place and marked as this store's",
+                names.schema, names.role
             ),
         ),
         Verdict::ok(
@@ -250,6 +322,12 @@ async fn write_success(ctx: &Context, store: &SyncStore, o: Observed) -> Result<
         endpoint: Some(children::endpoint(store)),
         schema_version: Some(o.schema_version),
         failures: 0,
+        database: Some(DatabaseStatus {
+            engine: names.engine,
+            schema: names.schema.clone(),
+            role: names.role.clone(),
+            store_id: names.store_id.clone(),
+        }),
     };
     let api: Api<SyncStore> =
         Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
@@ -269,6 +347,8 @@ async fn write_failure(
         Error::SecretMissing { .. }
         | Error::InvalidDatabaseUrl(_)
         | Error::DatabaseUnreachable(_)
+        | Error::SchemaOwnedByAnother(_)
+        | Error::ImmutableFieldChanged(_)
         | Error::Provisioning(_) => {
             verdicts.push(Verdict::fail("DatabaseReady", err.reason(), message))
         }
@@ -314,20 +394,49 @@ async fn write_status(
 }
 
 /// Runs before the store disappears. Under `Retain` nothing is touched.
-/// Under `Delete` the schema and role are dropped; if the database or its
-/// admin Secret is already gone, the drop is given up after a few tries so
-/// that the store can still be deleted.
+/// Under `Delete` the schema and role are dropped, but only those marked as
+/// this store's (a `schemaName` naming another store's schema drops
+/// nothing); if the database or its admin Secret is already gone, the drop
+/// is given up after a few tries so that the store can still be deleted.
 async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
     ctx.forget_store(&store_key(store)).await;
     if store.spec.database.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }
-    let target = target(store);
+    let names = match children::db_names(store) {
+        Ok(names) => names,
+        Err(e) => {
+            publish(
+                ctx,
+                store,
+                EventType::Warning,
+                "DropSkipped",
+                &format!("Dropped nothing: {e}"),
+                "Cleanup",
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let target = target(store, &names);
     let result = match admin_url(store, ctx).await {
         Ok(admin) => database::drop_store(&admin, &target).await,
         Err(e) => Err(e),
     };
     match result {
+        // Never retried: another store's schema stays, whatever happens.
+        Err(e @ Error::SchemaOwnedByAnother(_)) => {
+            publish(
+                ctx,
+                store,
+                EventType::Warning,
+                "DropRefused",
+                &format!("Dropped only what this store owns: {e}"),
+                "Cleanup",
+            )
+            .await;
+            Ok(Action::await_change())
+        }
         Ok(()) => {
             publish(
                 ctx,

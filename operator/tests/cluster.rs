@@ -13,7 +13,7 @@ fn pg_secrets(c: &Cluster) {
 }
 
 fn schema(c: &Cluster, store: &str) -> String {
-    format!("ss_{}_{store}", c.ns.replace('-', "_"))
+    syncstore_operator::database::derive_name(&c.ns, store, 63)
 }
 
 fn manager_of(obj: &Value) -> Vec<(String, String)> {
@@ -603,7 +603,9 @@ async fn mariadb_store_with_autoscaling_ingress_and_delete_policy() {
             .get(0);
     assert_eq!(left, 0, "database dropped");
     let users: i64 = sqlx::query("SELECT COUNT(*) FROM mysql.user WHERE user = ?")
-        .bind(&db_name)
+        .bind(syncstore_operator::database::derive_name(
+            &c.ns, "notes", 32,
+        ))
         .fetch_one(&mut admin)
         .await
         .expect("users")

@@ -60,6 +60,12 @@ async fn provision_and_drop_logging_at_trace(engine: Engine, admin: &str) {
         engine,
         schema: name.clone(),
         role: name,
+        owner: syncstore_operator::database::Owner {
+            namespace: "logtest".into(),
+            name: "store".into(),
+            uid: random(12),
+        },
+        adopt_unmarked: false,
     };
     let password = random(32);
     // Create, then re-assert (the ALTER path), then drop.

@@ -72,7 +72,11 @@ impl Operator {
 impl Cluster {
     /// Installs the CRDs (idempotent) and makes a fresh namespace.
     pub fn new(prefix: &str) -> Self {
-        let ns = format!("{prefix}-{}", &uuid_like()[..8]);
+        Self::with_namespace(format!("{prefix}-{}", &uuid_like()[..8]))
+    }
+
+    /// Like [`Cluster::new`], in namespace `ns` (which must be unused).
+    pub fn with_namespace(ns: String) -> Self {
         let c = Self {
             ns,
             operators: Vec::new(),
