@@ -376,3 +376,43 @@ test("a device's subscriptions are restored after a reconnect to another pod, an
     redis.stop();
   }
 });
+
+test('two connections of one device: when one widens the subscriptions, what the other skipped is re-fetched', async () => {
+  const redis = await Redis.start();
+  const env = { DATABASE_URL: PG_URL, REDIS_URL: redis.url };
+  const a = await Server.start({ ...env, POD_NAME: 'twin-a' });
+  const b = await Server.start({ ...env, POD_NAME: 'twin-b' });
+  try {
+    const user = uid('twin');
+    const key = a.createKey(user);
+    const opts = { userId: user, instanceId: 'tablet', apiKey: key };
+    await a.rest('PUT', '/sync-storage/item/x0', key, { value: 0 });
+    const first = await new Device(a.url, opts).ready();
+    const second = await new Device(b.url, opts).ready();
+    assert.deepEqual(await first.call('sync:subscribe', { keys: ['x*'] }), ['x*']);
+    assert.deepEqual(await second.call('sync:subscribe', { keys: ['x*'] }), ['x*']);
+    // The first connection widens (and re-fetches); the second still
+    // filters by `x*`, so it skips `y1`.
+    assert.deepEqual(await first.call('sync:unsubscribe', { keys: ['x*'] }), []);
+    await waitFor(() => first.resyncs.length === 1, { what: 'the widening resync' });
+    await first.call('sync:getAll', {});
+    first.close();
+    await sleep(200);
+    await a.rest('PUT', '/sync-storage/item/y1', key, { value: 1 });
+    await sleep(300);
+    assert.deepEqual(second.updates.map((u) => u.key), [], 'filtered out on the second connection');
+    second.close();
+    await sleep(300);
+    // The device comes back: it is told to re-fetch, and `y1` is there.
+    const back = new Device(a.url, opts);
+    await waitFor(() => back.resyncs.length + back.pending.length > 0, { what: 'resync or pending' });
+    assert.deepEqual(back.resyncs.map((r) => r.reason), ['resync_due']);
+    const all = await back.call('sync:getAll', {});
+    assert.deepEqual(all.map((i) => [i.key, i.value]), [['x0', 0], ['y1', 1]]);
+    back.close();
+  } finally {
+    await a.stop();
+    await b.stop();
+    redis.stop();
+  }
+});

@@ -407,9 +407,7 @@ async fn change_subscriptions(
     // Changes to keys outside the old set were skipped, not sent: a device
     // whose set now covers more keys re-fetches, or it would keep what was
     // removed meanwhile and miss what was written.
-    let widened =
-        !before.is_empty() && (list.is_empty() || list.iter().any(|p| !before.contains(p)));
-    if widened {
+    if super::subscriptions::widens(&before, &list) {
         let (last_seq, _) = items::heads(app.sync.db(), &d.user_id).await?;
         session
             .tell_resync("subscriptions_widened", session.delivered(), last_seq)

@@ -187,6 +187,19 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
     tokio::spawn(session.run(cursors));
 }
 
+/// Another connection of the same device (the same instance id, on any
+/// pod) may have widened the device's subscriptions while this one kept
+/// filtering by the old set: the changes it skipped are then owed to the
+/// device, which re-fetches on its next connection.
+async fn owe_resync_if_outdated(app: &AppState, session: &Session) -> Result<(), sqlx::Error> {
+    let d = &session.device;
+    let stored = instances::subscriptions(app.sync.db(), &d.user_id, &d.instance_id).await?;
+    if subscriptions::widens(&session.subscription_list(), &stored) {
+        instances::owe_resync(app.sync.db(), &d.user_id, &d.instance_id).await?;
+    }
+    Ok(())
+}
+
 async fn on_disconnect(
     s: SocketRef,
     State(app): State<AppState>,
@@ -212,6 +225,9 @@ async fn on_disconnect(
     app.hub.remove(&d.user_id, &session.sid);
     app.sync.bus().unhost(&d.user_id);
     app.presence.closed(&session.sid).await;
+    if let Err(e) = owe_resync_if_outdated(&app, &session).await {
+        tracing::debug!(error = %e, "cannot compare the device's subscriptions");
+    }
     let delivered = session.delivered();
     if let Err(e) = instances::leave(
         app.sync.db(),

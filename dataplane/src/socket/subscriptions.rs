@@ -13,6 +13,14 @@ pub struct Subscriptions {
     prefixes: BTreeSet<String>,
 }
 
+/// Whether the set `after` covers keys `before` did not (`[]` is every
+/// key): the changes to those keys were skipped under `before`, so a device
+/// moving to `after` must re-fetch. Adding a pattern counts even when an
+/// existing one already covers it (a needless re-fetch, never a missed one).
+pub fn widens(before: &[String], after: &[String]) -> bool {
+    !before.is_empty() && (after.is_empty() || after.iter().any(|p| !before.contains(p)))
+}
+
 impl Subscriptions {
     /// With no subscriptions a device receives every key of its user.
     pub fn wants(&self, key: &str) -> bool {

@@ -110,14 +110,7 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
     .bind(a.instance_id)
     .fetch_one(db.pool())
     .await?;
-    let subscriptions = match row.opt_str(4)? {
-        // Written by `save_subscriptions` only; unreadable means none.
-        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "stored subscriptions unreadable; every key");
-            Vec::new()
-        }),
-        None => Vec::new(),
-    };
+    let subscriptions = stored_subscriptions(row.opt_str(4)?);
     Ok(Cursors {
         acked: row.i64_at(0)?,
         acks: row.bool_at(1)?,
@@ -130,6 +123,35 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
 
 /// Stores a device's subscriptions (an empty list: every key), so that its
 /// next connection, on any pod, starts with them.
+/// Subscriptions as `save_subscriptions` wrote them; unreadable means none.
+fn stored_subscriptions(json: Option<String>) -> Vec<String> {
+    json.map_or_else(Vec::new, |json| {
+        serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "stored subscriptions unreadable; every key");
+            Vec::new()
+        })
+    })
+}
+
+/// The device's stored subscriptions (empty: every key).
+pub async fn subscriptions(
+    db: &Db,
+    user_id: &str,
+    instance_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let row = sqlx::query(
+        &db.sql("SELECT subscriptions FROM instances WHERE user_id = ? AND instance_id = ?"),
+    )
+    .bind(user_id)
+    .bind(instance_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(match row {
+        Some(row) => stored_subscriptions(row.opt_str(0)?),
+        None => Vec::new(),
+    })
+}
+
 pub async fn save_subscriptions(
     db: &Db,
     user_id: &str,
