@@ -12,6 +12,12 @@ cd "$(dirname "$0")/.."
 # clones (CI) reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/syncstore/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# That directory outlives every clone, and each clone's path makes new
+# artifacts of the workspace crates: drop incremental state and test
+# executables no build has touched for two days, or it grows until the disk
+# is full (cargo rebuilds whatever it still needs).
+find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -type d -mtime +1 -exec rm -rf {} + 2>/dev/null || true
+find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f ! -name '*.*' -size +20M -mtime +1 -delete 2>/dev/null || true
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (rustup: https://rustup.rs)" >&2
