@@ -174,11 +174,6 @@ pub async fn save_subscriptions(
     Ok(())
 }
 
-/// The device re-fetched its whole state (`sync:getAll` after a
-/// `sync:resync`) as of `seq`: both of its resume points move up to it, so
-/// the next connection resumes from there instead of being told to resync
-/// again. The acknowledged cursor moves only for a device that acknowledges
-/// (one that does not keeps resuming after what it was sent).
 /// The device was told `sync:resync`: until it re-fetches ([`resynced`]),
 /// every connection of it is told again.
 pub async fn owe_resync(db: &Db, user_id: &str, instance_id: &str) -> Result<(), sqlx::Error> {
@@ -193,6 +188,12 @@ pub async fn owe_resync(db: &Db, user_id: &str, instance_id: &str) -> Result<(),
     Ok(())
 }
 
+/// The device re-fetched its whole state (`sync:getAll` after a
+/// `sync:resync`) as of `seq`: both of its resume points move up to it, so
+/// the next connection resumes from there instead of being told to resync
+/// again. The acknowledged cursor moves only for a device that acknowledges
+/// (one that does not keeps resuming after what it was sent). The debt
+/// [`owe_resync`] recorded is paid.
 pub async fn resynced(
     db: &Db,
     user_id: &str,

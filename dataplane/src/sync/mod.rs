@@ -322,7 +322,7 @@ impl SyncService {
                 now: now_ms(),
             };
             let mut tx = self.db.pool().begin().await?;
-            let state = items::lock_user(&mut tx, &self.db, user_id, ctx.now).await?;
+            let mut state = items::lock_user(&mut tx, &self.db, user_id, ctx.now).await?;
             if let Some(op) = op {
                 let window =
                     i64::try_from(self.limits.idempotency_window.as_millis()).unwrap_or(i64::MAX);
@@ -352,7 +352,6 @@ impl SyncService {
             // An item past its TTL that the sweeper has not reached yet is
             // removed first: a write must not merge with, lose to, or show
             // in a conflict the value every reader already sees as gone.
-            let mut state = state;
             let mut expired = None;
             if let Some(row) = current
                 .first()
