@@ -38,9 +38,10 @@ struct RunArgs {
     /// Only watch this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// Namespace of the leader-election Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
+    /// Namespace of the leader-election Lease (default: the namespace of
+    /// the pod's service account; required outside a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "syncstore-operator")]
     lease_name: String,
@@ -92,6 +93,12 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let Some(lease_namespace) = lease_namespace(args.lease_namespace.as_deref()) else {
+        tracing::error!(
+            "no namespace for the leader-election Lease: set POD_NAMESPACE (or --lease-namespace) to the namespace the operator runs in; outside a cluster there is no safe default, since two operators leading in different namespaces both reconcile"
+        );
+        return ExitCode::from(2);
+    };
     let identity = args
         .identity
         .clone()
@@ -119,7 +126,7 @@ async fn run(args: RunArgs) -> ExitCode {
     });
 
     let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
+        .with_namespace(&lease_namespace)
         .with_identity(&identity)
         .with_duration(15)
         .with_grace(5)
@@ -133,7 +140,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let (mut leader, lease_task) = lease.watch().await;
-    tracing::info!(identity = %identity, lease = %args.lease_name, "waiting for leadership");
+    tracing::info!(identity = %identity, lease = %args.lease_name, namespace = %lease_namespace, "waiting for leadership");
     let mut stop = terminate_rx.clone();
     tokio::select! {
         got = leader.wait_for(|held| *held) => if got.is_err() { return ExitCode::FAILURE },
@@ -171,6 +178,20 @@ async fn run(args: RunArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Where the Lease lives: the flag or POD_NAMESPACE, else the namespace of
+/// the service account Kubernetes mounts into every pod. Never a guess
+/// such as `default` or the kubeconfig's context: an operator started by
+/// hand next to the chart's would then lead in another namespace while the
+/// chart's leads in its own, and both would reconcile.
+fn lease_namespace(configured: Option<&str>) -> Option<String> {
+    const IN_CLUSTER: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::fs::read_to_string(IN_CLUSTER).ok())
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
 }
 
 fn hostname() -> String {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{condition, mysql_admin, postgres_admin, Cluster};
+use common::{condition, kubeconfig, mysql_admin, postgres_admin, Cluster};
 use serde_json::Value;
 use sqlx::{Connection, Row};
 
@@ -831,6 +831,30 @@ fn a_second_replica_waits_for_the_lease() {
     c.eventually("the new leader to reconcile", 30, || {
         (c.must_get("deployment", "chat")["spec"]["replicas"] == 4).then_some(())
     });
+}
+
+/// Outside a cluster, without POD_NAMESPACE, there is no namespace to lead
+/// in: the operator refuses to start (status 2) and takes no Lease, rather
+/// than lead in `default` beside the chart's operator leading in its own.
+#[test]
+fn no_lease_namespace_no_start() {
+    let c = Cluster::new("nolease");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncstore-operator"))
+        .env("KUBECONFIG", kubeconfig())
+        .env("WATCH_NAMESPACE", &c.ns)
+        .env_remove("POD_NAMESPACE")
+        .env("POD_NAME", "nolease-probe")
+        .env("OPERATOR_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("operator runs");
+    assert_eq!(out.status.code(), Some(2), "exit status");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("set POD_NAMESPACE"), "says what to set: {log}");
+    let leases = c.kubectl(&["get", "lease", "--all-namespaces", "-o", "json"]);
+    assert!(
+        !leases.contains("nolease-probe"),
+        "no Lease held anywhere: {leases}"
+    );
 }
 
 /// The chart's RBAC and ServiceAccount, rendered by helm for release
