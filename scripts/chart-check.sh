@@ -24,6 +24,9 @@ ok "helm template ($(grep -c '^kind:' "$out") objects)"
 "$HELM" template syncstore "$chart" -n syncstore-system --set serviceMonitor.enabled=true | grep -q 'kind: ServiceMonitor' \
   || fail "no ServiceMonitor when enabled"
 ok "ServiceMonitor rendered when enabled"
+scoped=$("$HELM" template syncstore "$chart" -n syncstore-system --set watchNamespace=team-a)
+grep -q 'kind: ClusterRoleBinding' <<<"$scoped" && fail "watchNamespace still renders a ClusterRoleBinding"
+ok "watchNamespace renders namespace-scoped RBAC"
 "$KUBECTL" --kubeconfig "$KUBECONFIG" create namespace syncstore-system --dry-run=client -o yaml \
   | "$KUBECTL" --kubeconfig "$KUBECONFIG" apply -f - >/dev/null
 "$KUBECTL" --kubeconfig "$KUBECONFIG" apply --server-side --force-conflicts --dry-run=server -f "$out" >/dev/null

@@ -858,8 +858,8 @@ fn no_lease_namespace_no_start() {
 }
 
 /// The chart's RBAC and ServiceAccount, rendered by helm for release
-/// `release` in namespace `ns`.
-fn chart_rbac(release: &str, ns: &str) -> String {
+/// `release` in namespace `ns`, with `values` (`--set` pairs).
+fn chart_rbac(release: &str, ns: &str, values: &[&str]) -> String {
     let helm = std::env::var("TEST_HELM").unwrap_or_else(|_| {
         panic!(
             "TEST_HELM is not set: scripts/helm-bin.sh builds helm (the test command exports it)"
@@ -881,6 +881,7 @@ fn chart_rbac(release: &str, ns: &str) -> String {
             "--show-only",
             "templates/serviceaccount.yaml",
         ])
+        .args(values.iter().flat_map(|v| ["--set", v]))
         .output()
         .expect("helm runs");
     assert!(
@@ -897,7 +898,7 @@ fn least_privilege_rbac_is_enough() {
     pg_secrets(&c);
     let release = format!("r-{}", c.ns);
     let path = std::env::temp_dir().join(format!("rbac-{}.yaml", c.ns));
-    std::fs::write(&path, chart_rbac(&release, &c.ns)).expect("write");
+    std::fs::write(&path, chart_rbac(&release, &c.ns, &[])).expect("write");
     c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
     let sa = format!("{release}-syncstore-operator");
     let config = c.service_account_kubeconfig(&sa);
@@ -919,4 +920,144 @@ fn least_privilege_rbac_is_enough() {
     );
     // Cluster-scoped RBAC outlives the namespace; remove it.
     let _ = c.try_kubectl(&["delete", "clusterrole,clusterrolebinding", &sa]);
+    for role in ["view", "edit"] {
+        let _ = c.try_kubectl(&["delete", "clusterrole", &format!("{sa}-{role}")]);
+    }
+}
+
+/// With `watchNamespace` the chart grants a Role in that namespace only:
+/// the operator still does its whole job there and can read nothing
+/// elsewhere.
+#[test]
+fn namespace_scoped_rbac_is_enough() {
+    let mut c = Cluster::new("nsrbac");
+    pg_secrets(&c);
+    let release = format!("r-{}", c.ns);
+    let path = std::env::temp_dir().join(format!("rbac-{}.yaml", c.ns));
+    let watch = format!("watchNamespace={}", c.ns);
+    let rendered = chart_rbac(&release, &c.ns, &[&watch]);
+    assert!(
+        !rendered.contains("kind: ClusterRoleBinding"),
+        "no cluster-wide grant to the operator: {rendered}"
+    );
+    std::fs::write(&path, &rendered).expect("write");
+    c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+    let sa = format!("{release}-syncstore-operator");
+    let config = c.service_account_kubeconfig(&sa);
+    let can = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", config.as_str(), "auth", "can-i"];
+        all.extend_from_slice(args);
+        c.try_kubectl(&all).map(|s| s.trim().to_string())
+    };
+    assert_eq!(can(&["list", "secrets"]), Ok("yes".into()));
+    assert!(
+        can(&["list", "secrets", "-n", "default"]).is_err(),
+        "secrets of other namespaces are out of reach"
+    );
+    assert!(can(&["list", "syncstores", "--all-namespaces"]).is_err());
+
+    c.start_operator_as("scoped", &config);
+    c.apply_example("syncstore-postgres.yaml");
+    c.apply_example("apikeys.yaml");
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    c.wait_condition("apikey/mobile-alice", "Ready", 60);
+    let logs = c.operator_logs();
+    assert!(
+        !logs.contains("forbidden"),
+        "the operator hit a missing permission:\n{}",
+        common::tail(&logs, 20)
+    );
+    for role in ["view", "edit"] {
+        let _ = c.try_kubectl(&["delete", "clusterrole", &format!("{sa}-{role}")]);
+    }
+}
+
+/// People get the two kinds through Kubernetes' own `view`/`edit`/`admin`
+/// roles: the chart's `-view` and `-edit` ClusterRoles carry the
+/// aggregation labels. The aggregation itself is done by the
+/// kube-controller-manager, which this test control plane does not run, so
+/// the roles are bound directly to check what each grants.
+#[test]
+fn view_and_edit_roles_aggregate_and_grant_what_they_say() {
+    let c = Cluster::new("aggr");
+    let release = format!("r-{}", c.ns);
+    let rendered = chart_rbac(&release, &c.ns, &[]);
+    let roles: Vec<Value> = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter(|doc| doc["kind"] == "ClusterRole")
+        .collect();
+    let role = |suffix: &str| {
+        roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == format!("{release}-syncstore-operator-{suffix}"))
+            .unwrap_or_else(|| panic!("no -{suffix} ClusterRole in {rendered}"))
+            .clone()
+    };
+    let labels = |r: &Value| {
+        let mut l: Vec<String> = r["metadata"]["labels"]
+            .as_object()
+            .expect("labels")
+            .keys()
+            .filter(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            .cloned()
+            .collect();
+        l.sort();
+        l
+    };
+    let to = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| format!("rbac.authorization.k8s.io/aggregate-to-{n}"))
+            .collect()
+    };
+    assert_eq!(labels(&role("view")), to(&["admin", "edit", "view"]));
+    assert_eq!(labels(&role("edit")), to(&["admin", "edit"]));
+
+    let path = std::env::temp_dir().join(format!("aggr-{}.yaml", c.ns));
+    std::fs::write(&path, &rendered).expect("write");
+    c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+    for who in ["viewer", "editor"] {
+        c.kubectl(&["create", "serviceaccount", who]);
+    }
+    let sa = |who: &str| format!("{}:{who}", c.ns);
+    let bind = |name: &str, role: &str, who: &str| {
+        c.kubectl(&[
+            "create",
+            "rolebinding",
+            name,
+            &format!("--clusterrole={release}-syncstore-operator-{role}"),
+            &format!("--serviceaccount={}", sa(who)),
+        ]);
+    };
+    bind("viewer-view", "view", "viewer");
+    bind("editor-view", "view", "editor");
+    bind("editor-edit", "edit", "editor");
+    // `can-i` exits 0 for yes and 1 for no.
+    let can = |who: &str, verb: &str, what: &str| {
+        c.try_kubectl(&[
+            "auth",
+            "can-i",
+            "--quiet",
+            verb,
+            what,
+            &format!("--as=system:serviceaccount:{}", sa(who)),
+        ])
+        .is_ok()
+    };
+    assert!(can("viewer", "list", "syncstores.syncstore.dev"));
+    assert!(can("viewer", "get", "apikeys.syncstore.dev"));
+    assert!(!can("viewer", "create", "syncstores.syncstore.dev"));
+    assert!(!can("viewer", "get", "secrets"));
+    assert!(can("editor", "create", "apikeys.syncstore.dev"));
+    assert!(can("editor", "delete", "syncstores.syncstore.dev"));
+    assert!(!can("editor", "get", "secrets"));
+    for role in ["view", "edit", ""] {
+        let name = format!("{release}-syncstore-operator-{role}");
+        let _ = c.try_kubectl(&[
+            "delete",
+            "clusterrole,clusterrolebinding",
+            name.trim_end_matches('-'),
+        ]);
+    }
 }
