@@ -24,34 +24,7 @@ use crate::{
     sync::SyncService,
 };
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub sync: SyncService,
-    pub auth: Authenticator,
-    /// Key management (REST and CLI alike).
-    pub keys: crate::keys::Keys,
-    pub metrics: Arc<Metrics>,
-    pub limiter: Limiter,
-    pub audit: Auditor,
-    /// This pod's connected devices.
-    pub hub: Arc<Hub>,
-    /// Which devices are online, across every process of the store.
-    pub presence: Arc<Presence>,
-    pub analytics: Analytics,
-    /// Where every pod's live figures meet, when Redis is configured.
-    pub live_redis: Option<redis::aio::ConnectionManager>,
-    shutting_down: Arc<AtomicBool>,
-}
-
-impl AppState {
-    /// True once SIGTERM arrived: `/ready` fails so load balancers stop
-    /// sending new work while in-flight requests drain.
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
+pub use crate::state::AppState;
 
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]

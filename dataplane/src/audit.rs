@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -32,23 +32,8 @@ use crate::{
     storage::{audit, now_ms, Db},
 };
 
-/// One entry, owned, as queued.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Entry {
-    /// The user acting (or `anonymous`, `cli`).
-    pub actor: String,
-    pub key_id: Option<String>,
-    pub action: &'static str,
-    pub target: Option<String>,
-    pub ip: Option<String>,
-    pub result: String,
-    pub request_id: Option<String>,
-    pub details: Option<Value>,
-    pub ts: i64,
-    /// How many occurrences this entry stands for (aggregated denials);
-    /// 0 is read as 1.
-    pub count: i64,
-}
+/// The row type is storage's; the queue and its rules are here.
+pub use crate::storage::audit::Entry;
 
 /// Who asked for a change and through what: what the audit entry of a
 /// committed write carries besides the change itself.

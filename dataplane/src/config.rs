@@ -12,6 +12,13 @@ use ipnet::IpNet;
 
 use crate::{auth::Scope, conflict::Strategy};
 
+/// The settings each layer owns, defined beside the code that reads them
+/// and gathered here into [`Config`].
+pub use crate::{
+    analytics::AnalyticsConfig, auth::JwtConfig, conflict::ConflictConfig, domain::Secret,
+    storage::DatabaseConfig, sync::Limits,
+};
+
 /// Raw settings as given by flags or environment variables.
 #[derive(Args, Debug, Clone, Default)]
 pub struct RawConfig {
@@ -200,25 +207,6 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-/// A secret string whose `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -229,24 +217,6 @@ pub enum LogFormat {
 pub enum CorsOrigins {
     Any,
     List(Vec<String>),
-}
-
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    /// A server URL, or `None` for the embedded SQLite file.
-    pub url: Option<Secret>,
-    pub connection_limit: u32,
-    pub ssl: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct JwtConfig {
-    /// (JWKS source, issuer, audience) of an outside identity provider.
-    pub external: Option<(String, String, String)>,
-    pub secret: Option<Secret>,
-    pub expires_in: Duration,
-    pub refresh_secret: Option<Secret>,
-    pub refresh_expires_in: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -278,55 +248,6 @@ pub struct CorsConfig {
 pub struct LogConfig {
     pub filter: String,
     pub format: LogFormat,
-}
-
-#[derive(Debug, Clone)]
-pub struct AnalyticsConfig {
-    pub enabled: bool,
-    /// Producer batch (ANALYTICS_BATCH_SIZE, the seed's).
-    pub batch_size: usize,
-    /// Events per aggregation transaction of the consumer: large batches
-    /// fold many events into each row they touch.
-    pub consumer_batch: usize,
-    pub kafka_timeout_ms: u64,
-    pub kafka_brokers: Option<String>,
-    pub kafka_topic: String,
-}
-
-/// Storage limits, in bytes.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_item_bytes: i64,
-    pub max_storage_bytes_per_user: i64,
-    pub ttl_cleanup_interval: Duration,
-    /// How often expired items are turned into removals (and fanned out).
-    pub ttl_expiry_interval: Duration,
-    /// How long tombstones are kept for offline devices.
-    pub tombstone_retention: Duration,
-    /// How long a write's operation id is remembered: a retry within it gets
-    /// the first reply.
-    pub idempotency_window: Duration,
-}
-
-impl Limits {
-    /// The request body cap: room for a maximal value and metadata with JSON
-    /// overhead, so ITEM_TOO_LARGE (a precise answer) wins over the cruder
-    /// PAYLOAD_TOO_LARGE for any body that is merely a bit too big.
-    pub fn max_body_bytes(&self) -> usize {
-        usize::try_from(self.max_item_bytes)
-            .unwrap_or(usize::MAX / 4)
-            .saturating_mul(2)
-            .saturating_add(64 * 1024)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ConflictConfig {
-    pub default_strategy: Strategy,
-    pub merge_tiebreak_manual: bool,
-    pub resolver_url: Option<String>,
-    pub resolver_timeout: Duration,
-    pub history_versions: i64,
 }
 
 /// Limits of the listening socket against slow and idle clients.

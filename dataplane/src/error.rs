@@ -1,18 +1,15 @@
-//! The one error type of the data plane and its one mapping to HTTP.
+//! The one error type of the data plane.
 //!
 //! Every failure a client can see is an [`ApiError`] variant with a stable
-//! `code`. Handlers return `Result<_, ApiError>`, and [`IntoResponse`] turns it
-//! into `{message, code, details}` with the right status, so no handler
-//! decides a status code on its own.
+//! `code`, `details` and the HTTP status the seed gives it (Socket.IO acks
+//! carry the same number). The edges turn it into their wire form, each in
+//! one place: `http::error` (a response with headers) and `socket::events`
+//! (an ack or `connect_error`), so no handler decides a code on its own.
 
-use axum::{
-    http::{header, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
-    Json,
-};
+use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::sync::{Item, SetStatus};
+use crate::domain::{Item, RateInfo, SetStatus};
 
 /// A failure that reaches a client.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +82,7 @@ pub enum ApiError {
     )]
     TokensDisabled,
     #[error("too many requests; retry in {} s", info.reset_secs)]
-    RateLimited {
-        quota: bool,
-        info: crate::auth::limiter::RateInfo,
-    },
+    RateLimited { quota: bool, info: RateInfo },
     #[error("the database is unavailable")]
     ServiceUnavailable,
     #[error("internal error")]
@@ -213,53 +207,34 @@ impl ApiError {
     }
 }
 
-/// The stable code of an error response, left in its extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
-            Self::Internal(cause) => tracing::error!(code = self.code(), %cause, "request failed"),
-            Self::ServiceUnavailable => tracing::warn!(code = self.code(), "database unavailable"),
-            _ => tracing::debug!(code = self.code(), "request rejected"),
+/// The house codes for a refused text value, by where it arrived (see
+/// `text`, which decides *whether* a value is refused, not how).
+impl crate::text::Invalid {
+    fn with_code(self, code: &'static str) -> ApiError {
+        ApiError::InvalidText {
+            code,
+            field: self.field,
+            reason: self.reason,
         }
-        let mut response = (status, Json(self.body())).into_response();
-        // For the analytics event of this request (denials by reason).
-        response.extensions_mut().insert(ErrorCode(self.code()));
-        if matches!(self, Self::RequestTimeout { .. }) {
-            // The rest of the body may still be trickling in; the connection
-            // is not reused.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if matches!(self, Self::ServiceUnavailable) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let Self::RateLimited { info, .. } = &self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(info.reset_secs.max(1)),
-            );
-            crate::http::rate_headers(response.headers_mut(), info);
-        }
-        response
     }
-}
 
-impl From<sqlx::Error> for ApiError {
-    /// Connection-level failures, lost lock races and a server shutting down
-    /// mean the database is down or overloaded (503, retryable); anything
-    /// else is our bug (500, logged).
-    fn from(err: sqlx::Error) -> Self {
-        if crate::storage::is_unavailable(&err) {
-            Self::ServiceUnavailable
-        } else {
-            Self::Internal(err.to_string())
-        }
+    /// An item key (in the path or an event): `INVALID_KEY`.
+    pub fn key(self) -> ApiError {
+        self.with_code("INVALID_KEY")
+    }
+
+    /// A field of a request body or a header: `INVALID_BODY`.
+    pub fn body(self) -> ApiError {
+        self.with_code("INVALID_BODY")
+    }
+
+    /// A query parameter or an id in the path: `INVALID_QUERY`.
+    pub fn query(self) -> ApiError {
+        self.with_code("INVALID_QUERY")
+    }
+
+    /// A Socket.IO handshake parameter: `INVALID_HANDSHAKE`.
+    pub fn handshake(self) -> ApiError {
+        self.with_code("INVALID_HANDSHAKE")
     }
 }

@@ -56,7 +56,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::config::HttpConfig;
+use crate::{config::HttpConfig, http::extract::BodyDeadline};
 
 /// The deadlines of [`HttpConfig`], as the connections use them.
 #[derive(Debug, Clone, Copy)]
@@ -332,17 +332,6 @@ impl Connected<IncomingStream<'_, Listener>> for Peer {
             addr: *stream.remote_addr(),
             tracker: stream.io().tracker.clone(),
         }
-    }
-}
-
-/// When a request's body must have arrived; `JsonBody` tells a body that
-/// missed it (408) from a malformed one (400).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyDeadline(pub Instant);
-
-impl BodyDeadline {
-    pub fn passed(&self) -> bool {
-        self.0 <= Instant::now()
     }
 }
 

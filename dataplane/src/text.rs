@@ -19,8 +19,6 @@
 
 use std::fmt;
 
-use crate::error::ApiError;
-
 /// How long a value may be, and whether it may be empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
@@ -75,34 +73,6 @@ impl Invalid {
             field: field.to_string(),
             reason: reason.into(),
         }
-    }
-
-    fn with_code(self, code: &'static str) -> ApiError {
-        ApiError::InvalidText {
-            code,
-            field: self.field,
-            reason: self.reason,
-        }
-    }
-
-    /// An item key (in the path or an event): `INVALID_KEY`.
-    pub fn key(self) -> ApiError {
-        self.with_code("INVALID_KEY")
-    }
-
-    /// A field of a request body or a header: `INVALID_BODY`.
-    pub fn body(self) -> ApiError {
-        self.with_code("INVALID_BODY")
-    }
-
-    /// A query parameter or an id in the path: `INVALID_QUERY`.
-    pub fn query(self) -> ApiError {
-        self.with_code("INVALID_QUERY")
-    }
-
-    /// A Socket.IO handshake parameter: `INVALID_HANDSHAKE`.
-    pub fn handshake(self) -> ApiError {
-        self.with_code("INVALID_HANDSHAKE")
     }
 }
 

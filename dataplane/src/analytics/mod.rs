@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 pub use event::Event;
 pub use live::Live;
 
-use crate::{config::AnalyticsConfig, metrics::Metrics, storage::Db};
+use crate::{metrics::Metrics, storage::Db};
 
 /// Events buffered in embedded mode before new ones are dropped.
 const LOCAL_BUFFER: usize = 50_000;
@@ -209,4 +209,17 @@ async fn write_batch(db: &Db, events: &mut Vec<Event>, metrics: &Metrics) {
         .with_label_values(&[outcome])
         .inc_by(events.len() as u64);
     events.clear();
+}
+
+#[derive(Debug, Clone)]
+pub struct AnalyticsConfig {
+    pub enabled: bool,
+    /// Producer batch (ANALYTICS_BATCH_SIZE, the seed's).
+    pub batch_size: usize,
+    /// Events per aggregation transaction of the consumer: large batches
+    /// fold many events into each row they touch.
+    pub consumer_batch: usize,
+    pub kafka_timeout_ms: u64,
+    pub kafka_brokers: Option<String>,
+    pub kafka_topic: String,
 }

@@ -12,54 +12,14 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Scope;
-use crate::{error::ApiError, storage::Db};
+use crate::{
+    access::{ApiKey, NewKey},
+    error::ApiError,
+    storage::Db,
+};
 
-/// A stored API key (never the key itself).
-#[derive(Debug, Clone)]
-pub struct ApiKey {
-    pub id: String,
-    pub name: String,
-    pub key_hash: String,
-    pub user_id: String,
-    pub is_active: bool,
-    pub expires_at: Option<i64>,
-    pub can_read: bool,
-    pub can_write: bool,
-    pub scopes: Vec<Scope>,
-    /// Compiled once, when the key is loaded (and then cached with it).
-    pub restrictions: Arc<super::restrictions::Restrictions>,
-    /// The seed's quotaPerMinute, quotaPerHour, quotaPerDay, quotaPerMonth.
-    pub quotas: [Option<i64>; 4],
-}
-
-impl ApiKey {
-    /// Whether the key grants `scope`. `admin` grants everything; `read` and
-    /// `write` also need the seed's `canRead` / `canWrite` flags.
-    pub fn allows(&self, scope: Scope) -> bool {
-        let flag = match scope {
-            Scope::Read => self.can_read,
-            Scope::Write => self.can_write,
-            _ => true,
-        };
-        flag && (self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin))
-    }
-}
-
-/// What `keys create` (or the bootstrap) asks for.
-#[derive(Debug, Clone, Default)]
-pub struct NewKey {
-    pub name: String,
-    pub user_id: String,
-    pub scopes: Vec<Scope>,
-    pub expires_at: Option<i64>,
-    pub ip_restrictions: Vec<String>,
-    pub country_restrictions: Vec<String>,
-    pub domain_restrictions: Vec<String>,
-    pub user_agent_patterns: Vec<String>,
-    /// Per minute, hour, day and month.
-    pub quotas: [Option<i64>; 4],
-}
-
+/// Key fields are checked in one place (`key_fields`); restrictions by
+/// compiling them.
 impl NewKey {
     /// Checks the text fields by the one text rule (see `text`).
     pub fn check_text(&self) -> Result<(), crate::text::Invalid> {

@@ -16,10 +16,21 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiKey, Principal, Scope};
 use crate::{
-    config::JwtConfig,
+    domain::Secret,
     error::ApiError,
     storage::{audit, now_ms, refresh_tokens, Db},
 };
+
+/// User tokens (`JWT_*`), as `config` parses them.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// (JWKS source, issuer, audience) of an outside identity provider.
+    pub external: Option<(String, String, String)>,
+    pub secret: Option<Secret>,
+    pub expires_in: std::time::Duration,
+    pub refresh_secret: Option<Secret>,
+    pub refresh_expires_in: std::time::Duration,
+}
 
 /// Scopes a user token may carry: what an app's user does, never key or
 /// token administration.
@@ -392,7 +403,7 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DatabaseConfig, Secret};
+    use crate::{domain::Secret, storage::DatabaseConfig};
     use proptest::prelude::*;
 
     /// Tokens over a throwaway SQLite file (verification never touches it).

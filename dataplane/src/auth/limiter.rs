@@ -31,14 +31,7 @@ struct Counter {
     kind: Kind,
 }
 
-/// The outcome for the tightest counter, for the X-RateLimit-* headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateInfo {
-    pub limit: u64,
-    pub remaining: u64,
-    /// Seconds until the window resets.
-    pub reset_secs: u64,
-}
+pub use crate::domain::RateInfo;
 
 /// Windows of the four key quotas, in the order of `ApiKey::quotas`.
 const QUOTA_WINDOWS_MS: [u64; 4] = [60_000, 3_600_000, 86_400_000, 30 * 86_400_000];

@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{extract::FromRequestParts, http::request::Parts};
-
 use super::{
     restrictions::{caller_from, Caller},
     ApiKey, KeyStore, Scope, Tokens,
 };
-use crate::{app::AppState, error::ApiError, storage::now_ms};
+use crate::{error::ApiError, storage::now_ms};
 
 /// The caller: the user it acts as, and the key that vouched for it.
 #[derive(Debug, Clone)]
@@ -44,6 +42,12 @@ pub enum Credential {
 }
 
 impl Principal {
+    /// Tenant scoping: the user whose data this caller may reach, or `None`
+    /// for an admin credential, which reaches every user's.
+    pub fn tenant(&self) -> Option<&str> {
+        (!self.key.allows(super::Scope::Admin)).then_some(self.user_id.as_str())
+    }
+
     /// Refuses the request unless the credential grants `scope`.
     /// The seed's `canRead`/`canWrite` flags answer FORBIDDEN; a missing
     /// scope answers SCOPE_REQUIRED.
@@ -325,48 +329,6 @@ impl Authenticator {
     }
 }
 
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if let Some(auth) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-            let token = auth
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .ok_or(ApiError::Unauthorized {
-                    reason: "invalid_authorization_header",
-                })?;
-            let principal = state.auth.bearer(token).await.inspect_err(|e| {
-                let caller = state.auth.caller(&parts.headers, &parts.extensions);
-                state.auth.refused(e, None, &caller);
-            })?;
-            return admit(parts, state, principal).await;
-        }
-        let presented = parts
-            .headers
-            .get("x-api-key")
-            .map(|v| v.to_str().unwrap_or_default());
-        let caller = state.auth.caller(&parts.headers, &parts.extensions);
-        let principal = match state.auth.api_key_traced(presented, &caller).await {
-            Ok(p) => p,
-            Err((e, key_id)) => {
-                if let Some(slot) = parts.extensions.get::<crate::http::CallerSlot>() {
-                    slot.set(None, key_id);
-                }
-                return Err(e);
-            }
-        };
-        admit(parts, state, principal).await
-    }
-}
-
 /// A token past its `exp` (beyond the leeway) is refused as REST would.
 fn expiry(held: &Principal) -> Result<(), ApiError> {
     let leeway_ms = i64::try_from(super::jwt::LEEWAY_SECS * 1000).unwrap_or(0);
@@ -376,24 +338,4 @@ fn expiry(held: &Principal) -> Result<(), ApiError> {
         }),
         _ => Ok(()),
     }
-}
-
-/// Counts the request against the caller's limits and leaves its standing
-/// for the response headers.
-async fn admit(
-    parts: &Parts,
-    state: &AppState,
-    principal: Principal,
-) -> Result<Principal, ApiError> {
-    if let Some(slot) = parts.extensions.get::<crate::http::CallerSlot>() {
-        slot.set(
-            Some(principal.user_id.clone()),
-            Some(principal.key.id.clone()),
-        );
-    }
-    let info = state.limiter.admit(&principal).await?;
-    if let Some(slot) = parts.extensions.get::<crate::http::RateSlot>() {
-        slot.set(info);
-    }
-    Ok(principal)
 }

@@ -9,51 +9,12 @@ pub mod analysis;
 pub mod merge;
 pub mod resolver;
 
-use std::str::FromStr;
-
 use serde_json::Value;
 
 pub use merge::{merge3, Merged, Side};
 
-use crate::sync::Item;
-
-/// How a concurrent write is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    LastWriteWins,
-    FirstWriteWins,
-    Merge,
-    Manual,
-    Assisted,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::LastWriteWins => "LAST_WRITE_WINS",
-            Self::FirstWriteWins => "FIRST_WRITE_WINS",
-            Self::Merge => "MERGE",
-            Self::Manual => "MANUAL",
-            Self::Assisted => "ASSISTED",
-        }
-    }
-}
-
-impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "LAST_WRITE_WINS" => Ok(Self::LastWriteWins),
-            "FIRST_WRITE_WINS" => Ok(Self::FirstWriteWins),
-            "MERGE" => Ok(Self::Merge),
-            "MANUAL" => Ok(Self::Manual),
-            "ASSISTED" | "AI_ASSISTED" => Ok(Self::Assisted),
-            other => Err(format!(
-                "invalid value '{other}': expected LAST_WRITE_WINS, FIRST_WRITE_WINS, MERGE, MANUAL or ASSISTED"
-            )),
-        }
-    }
-}
+use crate::domain::Item;
+pub use crate::domain::Strategy;
 
 /// Everything the write path needs to settle conflicts.
 #[derive(Clone)]
@@ -64,7 +25,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(cfg: &crate::config::ConflictConfig) -> Result<Self, reqwest::Error> {
+    pub fn from_config(cfg: &ConflictConfig) -> Result<Self, reqwest::Error> {
         Ok(Settings {
             policy: Policy {
                 default_strategy: cfg.default_strategy,
@@ -181,6 +142,15 @@ pub fn decide(
             }
         }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConflictConfig {
+    pub default_strategy: Strategy,
+    pub merge_tiebreak_manual: bool,
+    pub resolver_url: Option<String>,
+    pub resolver_timeout: std::time::Duration,
+    pub history_versions: i64,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Envelope;
-use crate::sync::Change;
+use crate::domain::Change;
 
 /// A connected device that changes are offered to.
 pub trait Sink: Send + Sync {

@@ -17,7 +17,7 @@ pub use local::LocalBus;
 pub use redis::RedisBus;
 use serde::{Deserialize, Serialize};
 
-use crate::sync::Change;
+use crate::domain::Change;
 
 /// Changes of one user from one command, in seq order.
 #[derive(Debug, Clone, Serialize, Deserialize)]

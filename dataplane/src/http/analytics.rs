@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use super::extract::PathId;
 use crate::{
     analytics::query::{self, Owner, Seen, Window},
-    app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
+    state::AppState,
     storage::{instances, keys, now_ms},
 };
 

@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 
 use super::extract::QueryParams;
 use crate::{
-    app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
+    state::AppState,
     storage::audit,
     text,
 };

@@ -6,10 +6,10 @@ use serde_json::{json, Value};
 
 use super::extract::JsonBody;
 use crate::{
-    app::AppState,
     audit::Entry,
     auth::{Issued, Principal, Scope},
     error::ApiError,
+    state::AppState,
     sync::validate_user_id,
 };
 

@@ -7,16 +7,14 @@ use serde_json::{json, Value};
 
 use super::extract::{ItemKey, JsonBody, PathId, QueryParams, Requester};
 use crate::{
-    app::AppState,
     auth::{Principal, Scope},
     conflict::{analysis, merge3, Merged, Strategy},
     error::ApiError,
+    state::AppState,
     storage::{conflicts, now_ms},
     sync::{json_value, SetRequest, SetStatus},
     text,
 };
-
-use crate::auth::policy::tenant as scope_of;
 
 #[derive(Deserialize)]
 pub struct Page {
@@ -54,7 +52,7 @@ pub async fn list(
     }
     let items = conflicts::list(
         state.sync.db(),
-        scope_of(&who),
+        who.tenant(),
         &page.status,
         page.limit,
         page.offset,
@@ -74,7 +72,7 @@ pub async fn history(
 ) -> Result<Json<Vec<conflicts::Conflict>>, ApiError> {
     who.require(Scope::Read)?;
     Ok(Json(
-        conflicts::history(state.sync.db(), scope_of(&who), &item, 200).await?,
+        conflicts::history(state.sync.db(), who.tenant(), &item, 200).await?,
     ))
 }
 
@@ -90,7 +88,7 @@ pub async fn stats(State(state): State<AppState>, who: Principal) -> Result<Json
         ("24h", 86_400_000),
         ("7d", 7 * 86_400_000),
     ] {
-        let rows = conflicts::counts(state.sync.db(), scope_of(&who), now - ms).await?;
+        let rows = conflicts::counts(state.sync.db(), who.tenant(), now - ms).await?;
         let total: i64 = rows.iter().map(|r| r.3).sum();
         let resolved: i64 = rows.iter().filter(|r| r.2 == "resolved").map(|r| r.3).sum();
         let mut by_strategy = serde_json::Map::new();
@@ -139,7 +137,7 @@ pub async fn resolve(
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::Write)?;
     let db = state.sync.db();
-    let conflict = conflicts::get(db, &id, scope_of(&who))
+    let conflict = conflicts::get(db, &id, who.tenant())
         .await?
         .ok_or(ApiError::NotFound { key: id.clone() })?;
     if conflict.status != "pending" {
@@ -276,7 +274,7 @@ pub async fn analyze(
     let parse = |v: &Option<Box<serde_json::value::RawValue>>| json_value(v.as_deref());
     let mut out = serde_json::Map::new();
     for id in &body.item_ids {
-        let history = conflicts::history(state.sync.db(), scope_of(&who), id, 1000).await?;
+        let history = conflicts::history(state.sync.db(), who.tenant(), id, 1000).await?;
         let records: Vec<analysis::Record> = history
             .iter()
             .map(|c| analysis::Record {

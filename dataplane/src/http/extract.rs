@@ -8,7 +8,18 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{app::AppState, error::ApiError, server::BodyDeadline, sync::OperationId, text};
+use crate::{auth::Principal, error::ApiError, state::AppState, sync::OperationId, text};
+
+/// When a request's body must have arrived; `JsonBody` tells a body that
+/// missed it (408) from a malformed one (400).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub tokio::time::Instant);
+
+impl BodyDeadline {
+    pub fn passed(&self) -> bool {
+        self.0 <= tokio::time::Instant::now()
+    }
+}
 
 /// A JSON body, limited in size by the router's body limit.
 pub struct JsonBody<T>(pub T);
@@ -230,4 +241,68 @@ impl FromRequestParts<AppState> for Requester {
             request_id,
         })
     }
+}
+
+/// The caller of a REST request: a bearer token or an `X-API-Key`, each
+/// checked by the authenticator, then admitted by the rate limiter.
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(auth) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+            let token = auth
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .ok_or(ApiError::Unauthorized {
+                    reason: "invalid_authorization_header",
+                })?;
+            let principal = state.auth.bearer(token).await.inspect_err(|e| {
+                let caller = state.auth.caller(&parts.headers, &parts.extensions);
+                state.auth.refused(e, None, &caller);
+            })?;
+            return admit(parts, state, principal).await;
+        }
+        let presented = parts
+            .headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap_or_default());
+        let caller = state.auth.caller(&parts.headers, &parts.extensions);
+        let principal = match state.auth.api_key_traced(presented, &caller).await {
+            Ok(p) => p,
+            Err((e, key_id)) => {
+                if let Some(slot) = parts.extensions.get::<super::CallerSlot>() {
+                    slot.set(None, key_id);
+                }
+                return Err(e);
+            }
+        };
+        admit(parts, state, principal).await
+    }
+}
+
+/// Counts the request against the caller's limits and leaves its standing
+/// for the response headers.
+async fn admit(
+    parts: &Parts,
+    state: &AppState,
+    principal: Principal,
+) -> Result<Principal, ApiError> {
+    if let Some(slot) = parts.extensions.get::<super::CallerSlot>() {
+        slot.set(
+            Some(principal.user_id.clone()),
+            Some(principal.key.id.clone()),
+        );
+    }
+    let info = state.limiter.admit(&principal).await?;
+    if let Some(slot) = parts.extensions.get::<super::RateSlot>() {
+        slot.set(info);
+    }
+    Ok(principal)
 }

@@ -4,9 +4,9 @@ use axum::{extract::State, Json};
 
 use super::extract::{IdempotencyKey, InstanceId, ItemKey, JsonBody, Prefix, Requester};
 use crate::{
-    app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
+    state::AppState,
     sync::{Cleared, Item, Removed, SetReply, SetRequest},
 };
 

@@ -7,15 +7,11 @@ use serde_json::{json, Value};
 
 use super::extract::{JsonBody, PathId};
 use crate::{
-    app::AppState,
     audit::Entry,
-    auth::{
-        key_fields::KeyFields,
-        policy::{tenant, Authority},
-        NewKey, Principal, Scope,
-    },
+    auth::{key_fields::KeyFields, policy::Authority, NewKey, Principal, Scope},
     error::ApiError,
     keys::Created,
+    state::AppState,
     storage::{keys::KeyView, now_ms},
     sync::validate_user_id,
 };
@@ -54,7 +50,7 @@ pub async fn create(
     body.check_text()?;
     let user_id = body.user_id.clone().unwrap_or_else(|| who.user_id.clone());
     validate_user_id(&user_id).map_err(crate::text::Invalid::body)?;
-    if tenant(&who).is_some_and(|own| own != user_id) {
+    if who.tenant().is_some_and(|own| own != user_id) {
         return Err(ApiError::Forbidden {
             action: "manage another user's keys",
         });
@@ -102,7 +98,7 @@ pub async fn list(
     who: Principal,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     who.require(Scope::KeysManage)?;
-    Ok(Json(state.keys.list(tenant(&who)).await?))
+    Ok(Json(state.keys.list(who.tenant()).await?))
 }
 
 /// `GET /api-keys/{id}`.
@@ -113,7 +109,7 @@ pub async fn get(
     PathId(id): PathId,
 ) -> Result<Json<KeyView>, ApiError> {
     who.require(Scope::KeysManage)?;
-    Ok(Json(state.keys.get(&id, tenant(&who)).await?))
+    Ok(Json(state.keys.get(&id, who.tenant()).await?))
 }
 
 /// `PATCH /api-keys/{id}`: restrictions, quotas, flags, scopes, expiry.
@@ -127,7 +123,7 @@ pub async fn patch(
     who.require(Scope::KeysManage)?;
     let view = state
         .keys
-        .update(Authority::Key(&who.key), &id, tenant(&who), body)
+        .update(Authority::Key(&who.key), &id, who.tenant(), body)
         .await?;
     audit(&state, &who, "api_key.update", &id).await;
     Ok(Json(view))
@@ -141,7 +137,7 @@ pub async fn delete(
     PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Scope::KeysManage)?;
-    state.keys.delete(&id, tenant(&who)).await?;
+    state.keys.delete(&id, who.tenant()).await?;
     audit(&state, &who, "api_key.delete", &id).await;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }
@@ -157,7 +153,7 @@ pub async fn rotate(
     who.require(Scope::KeysManage)?;
     let (created, old_expires_at) = state
         .keys
-        .rotate(Authority::Key(&who.key), &id, tenant(&who))
+        .rotate(Authority::Key(&who.key), &id, who.tenant())
         .await?;
     audit(&state, &who, "api_key.rotate", &id).await;
     let mut out = shown_once(created)?;

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod conflicts;
 mod dashboard;
+pub mod error;
 pub mod extract;
 mod items;
 mod keys;
@@ -18,7 +19,7 @@ use std::{
     time::Instant,
 };
 
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Method, Uri},
@@ -35,10 +36,10 @@ use tower_http::{
 };
 
 use crate::{
-    app::AppState,
     auth::limiter::RateInfo,
     config::{CorsConfig, CorsOrigins},
     error::ApiError,
+    state::AppState,
 };
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -192,13 +193,6 @@ impl RateSlot {
     }
 }
 
-/// The X-RateLimit-* headers for `info`.
-pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(info.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(info.remaining));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(info.reset_secs));
-}
-
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
         method: method.to_string(),
@@ -231,7 +225,7 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let mut response = next.run(req).await;
     if let Some(info) = slot.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         if !response.headers().contains_key("x-ratelimit-limit") {
-            rate_headers(response.headers_mut(), info);
+            error::rate_headers(response.headers_mut(), info);
         }
     }
     let status = response.status();
@@ -262,7 +256,7 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
             .unwrap_or(0);
         event.error_code = response
             .extensions()
-            .get::<crate::error::ErrorCode>()
+            .get::<error::ErrorCode>()
             .map(|c| c.0.to_string());
         state.analytics.record(event);
     }

@@ -3,7 +3,7 @@
 use axum::{extract::State, http::header, response::IntoResponse, Json};
 use serde_json::{json, Value};
 
-use crate::{app::AppState, error::ApiError};
+use crate::{error::ApiError, state::AppState};
 
 /// Alive: the process answers. Never touches the database, so a database
 /// outage does not get healthy pods restarted.

@@ -4,9 +4,9 @@ use axum::{extract::State, Json};
 use serde::Serialize;
 
 use crate::{
-    app::AppState,
     auth::{Principal, Scope},
     error::ApiError,
+    state::AppState,
     storage::instances,
 };
 

@@ -18,9 +18,9 @@ use socketioxide::{
 
 use super::{session::Session, subscriptions::Subscriptions};
 use crate::{
-    app::AppState,
     auth::Scope,
     error::ApiError,
+    state::AppState,
     storage::{instances, items},
     sync::{OperationId, SetRequest},
 };

@@ -15,9 +15,9 @@ use socketioxide::{
 };
 
 use crate::{
-    app::AppState,
     auth::{restrictions::Caller, Principal, Scope},
     error::ApiError,
+    state::AppState,
     sync::{validate_instance_id, validate_user_id},
 };
 
@@ -36,13 +36,13 @@ pub struct Device {
     pub user_agent: Option<String>,
 }
 
-/// A refused handshake, displayed as the JSON the client receives.
+/// A refused handshake, displayed as the JSON the client receives: the
+/// error's one body (`ApiError::body`), as every REST error and ack carries.
 pub struct Refusal(ApiError);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let body = serde_json::json!({ "message": self.0.to_string(), "code": self.0.code(), "details": self.0.details() });
-        write!(f, "{body}")
+        write!(f, "{}", self.0.body())
     }
 }
 

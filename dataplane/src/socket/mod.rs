@@ -23,10 +23,10 @@ use session::{Session, Stage};
 pub use subscriptions::Subscriptions;
 
 use crate::{
-    app::AppState,
     fanout::Sink,
     metrics::GaugeHeld,
     presence::Connection,
+    state::AppState,
     storage::{instances, now_ms},
 };
 

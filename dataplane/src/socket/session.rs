@@ -25,10 +25,10 @@ use tokio::sync::Notify;
 
 use super::{handshake::Device, subscriptions::Subscriptions};
 use crate::{
-    app::AppState,
     auth::Principal,
     error::ApiError,
     fanout::Sink,
+    state::AppState,
     storage::{instances, items},
     sync::Change,
 };

@@ -2,11 +2,27 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-
 use sqlx::AnyConnection;
 
 use super::{raw_json, Db, RowExt};
-use crate::audit::Entry;
+
+/// One entry, owned, as queued.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entry {
+    /// The user acting (or `anonymous`, `cli`).
+    pub actor: String,
+    pub key_id: Option<String>,
+    pub action: &'static str,
+    pub target: Option<String>,
+    pub ip: Option<String>,
+    pub result: String,
+    pub request_id: Option<String>,
+    pub details: Option<serde_json::Value>,
+    pub ts: i64,
+    /// How many occurrences this entry stands for (aggregated denials);
+    /// 0 is read as 1.
+    pub count: i64,
+}
 
 const COLUMNS: &str =
     "id, ts, actor, key_id, action, target, ip, result, request_id, details, occurrences";

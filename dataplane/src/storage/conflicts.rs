@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use sqlx::{any::AnyRow, AnyConnection};
 
 use super::{raw_json, Db, RowExt};
-use crate::sync::plan::ConflictRecord;
+use crate::domain::{ConflictRecord, SetStatus};
 
 /// A conflict as the endpoints show it.
 #[derive(Debug, Clone, Serialize)]
@@ -74,7 +74,7 @@ pub async fn insert(
     db: &Db,
     c: &ConflictRecord,
 ) -> Result<(), sqlx::Error> {
-    let status = if c.outcome == crate::sync::SetStatus::PendingReview {
+    let status = if c.outcome == SetStatus::PendingReview {
         "pending"
     } else {
         "resolved"

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use sqlx::{any::AnyRow, AnyConnection};
 
 use super::{raw_json, Db, Dialect, RowExt};
-use crate::sync::Item;
+use crate::domain::Item;
 
 const ITEM_COLUMNS: &str =
     "id, user_id, instance_id, item_key, value, metadata, version, timestamp, \

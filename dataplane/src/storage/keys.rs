@@ -5,7 +5,7 @@ use sqlx::{any::AnyRow, AnyConnection};
 use super::{now_ms, Db, RowExt};
 use std::sync::Arc;
 
-use crate::auth::{restrictions::Restrictions, ApiKey, NewKey, Scope};
+use crate::access::{restrictions::Restrictions, ApiKey, NewKey, Scope};
 
 /// A restriction list as stored: a JSON array, or NULL when empty.
 fn json_list(list: &[String]) -> Option<String> {

@@ -24,7 +24,7 @@ use sqlx::{
     AnyPool, Executor, Row,
 };
 
-use crate::config::DatabaseConfig;
+use crate::domain::Secret;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -427,6 +427,29 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+impl From<sqlx::Error> for crate::error::ApiError {
+    /// Connection-level failures, lost lock races and a server shutting down
+    /// mean the database is down or overloaded (503, retryable); anything
+    /// else is our bug (500, logged).
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            Self::ServiceUnavailable
+        } else {
+            Self::Internal(err.to_string())
+        }
+    }
+}
+
+/// How to reach the database (`DATABASE_URL`, `DB_CONNECTION_LIMIT`,
+/// `DB_SSL`), as `config` parses it.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// A server URL, or `None` for the embedded SQLite file.
+    pub url: Option<Secret>,
+    pub connection_limit: u32,
+    pub ssl: bool,
 }
 
 #[cfg(test)]

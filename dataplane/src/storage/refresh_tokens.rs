@@ -3,7 +3,7 @@
 use sqlx::AnyConnection;
 
 use super::{Db, RowExt};
-use crate::auth::Scope;
+use crate::access::Scope;
 
 /// One issued refresh token.
 #[derive(Debug, Clone)]

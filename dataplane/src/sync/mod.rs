@@ -12,20 +12,20 @@ pub mod plan;
 
 use std::{future::Future, sync::Arc};
 
-pub use change::Change;
 pub use item::{
-    json_value, validate_instance_id, validate_key, validate_prefix, validate_user_id, Item,
-    SetRequest, Ttl,
+    validate_instance_id, validate_key, validate_prefix, validate_user_id, SetRequest, Ttl,
 };
 use operation::Op;
 pub use operation::{OperationId, Reply};
 use plan::WriteCtx;
-pub use plan::{Assist, Command, SetStatus};
+pub use plan::{Assist, Command};
+
+/// The vocabulary of the write path, defined in `domain`.
+pub use crate::domain::{json_value, Change, ConflictRecord, Item, SetStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::{self, Auditor, Source},
-    config::Limits,
     conflict::{self, resolver::Resolver, Policy},
     error::ApiError,
     fanout::{Bus, Envelope},
@@ -580,5 +580,32 @@ impl SyncService {
                 return Ok(purged);
             }
         }
+    }
+}
+
+/// Storage limits, in bytes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_item_bytes: i64,
+    pub max_storage_bytes_per_user: i64,
+    pub ttl_cleanup_interval: std::time::Duration,
+    /// How often expired items are turned into removals (and fanned out).
+    pub ttl_expiry_interval: std::time::Duration,
+    /// How long tombstones are kept for offline devices.
+    pub tombstone_retention: std::time::Duration,
+    /// How long a write's operation id is remembered: a retry within it gets
+    /// the first reply.
+    pub idempotency_window: std::time::Duration,
+}
+
+impl Limits {
+    /// The request body cap: room for a maximal value and metadata with JSON
+    /// overhead, so ITEM_TOO_LARGE (a precise answer) wins over the cruder
+    /// PAYLOAD_TOO_LARGE for any body that is merely a bit too big.
+    pub fn max_body_bytes(&self) -> usize {
+        usize::try_from(self.max_item_bytes)
+            .unwrap_or(usize::MAX / 4)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
     }
 }

@@ -4,10 +4,13 @@
 
 use serde_json::value::RawValue;
 
-use super::item::{Item, SetRequest, Ttl};
+use super::{
+    item::{SetRequest, Ttl},
+    Limits,
+};
 use crate::{
-    config::Limits,
-    conflict::{self, Contender, Decision, Policy, Strategy},
+    conflict::{self, Contender, Decision, Policy},
+    domain::{ConflictRecord, Item, SetStatus},
     error::ApiError,
     storage::items::UserState,
 };
@@ -167,27 +170,6 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// How a set ended, for the writer's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SetStatus {
-    Applied,
-    Merged,
-    Rejected,
-    PendingReview,
-}
-
-impl SetStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Merged => "merged",
-            Self::Rejected => "rejected",
-            Self::PendingReview => "pending_review",
-        }
-    }
-}
-
 /// What the resolver webhook said, for a set being retried after asking it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Assist {
@@ -199,30 +181,6 @@ pub enum Assist {
         against_version: i64,
     },
     Failed,
-}
-
-/// A conflict to record, in the shape of the `conflicts` table.
-#[derive(Debug, Clone)]
-pub struct ConflictRecord {
-    pub id: String,
-    pub user_id: String,
-    pub key: String,
-    pub item_id: String,
-    pub strategy: Strategy,
-    pub outcome: SetStatus,
-    pub base_version: Option<i64>,
-    pub base_value: Option<String>,
-    pub current_version: i64,
-    pub current_value: Option<String>,
-    pub current_instance: String,
-    pub current_ts: i64,
-    pub incoming_value: String,
-    pub incoming_metadata: Option<String>,
-    pub incoming_instance: String,
-    pub incoming_ts: i64,
-    pub result_value: Option<String>,
-    pub result_seq: Option<i64>,
-    pub created_at: i64,
 }
 
 /// A planned set: its status, the row written (if any), the conflict (if any).
@@ -546,6 +504,7 @@ pub fn plan_remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Strategy;
     use std::time::Duration;
 
     const CTX: WriteCtx<'static> = WriteCtx {

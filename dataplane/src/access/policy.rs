@@ -101,12 +101,6 @@ pub fn exceeds(
     out
 }
 
-/// Tenant scoping: the user whose data `who` may reach, or `None` for an
-/// admin credential, which reaches every user's.
-pub fn tenant(who: &super::Principal) -> Option<&str> {
-    (!who.key.allows(Scope::Admin)).then_some(who.user_id.as_str())
-}
-
 /// Whether `result` is something `authority` may leave behind.
 pub fn check(
     authority: Authority<'_>,
@@ -171,7 +165,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::auth::restrictions::Caller;
+    use crate::access::restrictions::Caller;
 
     fn key(scopes: &[Scope]) -> ApiKey {
         ApiKey {

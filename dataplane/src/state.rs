@@ -1,0 +1,49 @@
+//! The state every edge shares: the configuration and the services, built
+//! once by `app` and handed to the REST router and the Socket.IO namespace.
+//! It sits below the edges so that they need nothing of the wiring.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use crate::{
+    analytics::Analytics,
+    audit::Auditor,
+    auth::{limiter::Limiter, Authenticator},
+    config::Config,
+    fanout::Hub,
+    metrics::Metrics,
+    presence::Presence,
+    sync::SyncService,
+};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub sync: SyncService,
+    pub auth: Authenticator,
+    /// Key management (REST and CLI alike).
+    pub keys: crate::keys::Keys,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Limiter,
+    pub audit: Auditor,
+    /// This pod's connected devices.
+    pub hub: Arc<Hub>,
+    /// Which devices are online, across every process of the store.
+    pub presence: Arc<Presence>,
+    pub analytics: Analytics,
+    /// Where every pod's live figures meet, when Redis is configured.
+    pub live_redis: Option<redis::aio::ConnectionManager>,
+    /// Set by `app::serve` on SIGTERM.
+    pub(crate) shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// True once SIGTERM arrived: `/ready` fails so load balancers stop
+    /// sending new work while in-flight requests drain.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
