@@ -6,6 +6,8 @@
 //! that can be checked at apply time (enums, ranges, CEL rules) lives here
 //! too, so a spec that can never work is refused before the operator sees it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -19,28 +21,35 @@ pub const VERSION: &str = "v1alpha1";
 /// Annotation whose change rotates an ApiKey.
 pub const ROTATE_ANNOTATION: &str = "syncstore.dev/rotate";
 
-/// A SyncStore: a real-time key/value sync service backed by a database
-/// schema of its own.
+/// A SyncStore: a real-time key/value sync service (the `syncstore serve`
+/// data plane: REST and Socket.IO) backed by a database schema of its own.
+/// The operator provisions the schema and a login role on the database
+/// server named by `spec.database`, migrates it, and runs the data plane as
+/// a Deployment behind a Service; ApiKeys grant access to it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "syncstore.dev",
     version = "v1alpha1",
     kind = "SyncStore",
+    doc = "A SyncStore is a real-time key/value sync service (the syncstore data plane: REST and Socket.IO) with a database schema of its own. The operator provisions the schema and a login role on the database server named by spec.database, migrates it, and runs the data plane as a Deployment behind a Service. ApiKeys grant access to it.",
     namespaced,
     status = "SyncStoreStatus",
     shortname = "ss",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SyncStoreSpec {
     /// Container image of the data plane (`syncstore`), for example
-    /// `ghcr.io/syncstore/syncstore:0.1.0`.
+    /// `ghcr.io/syncstore/syncstore:0.1.0`. Unset: the image of the
+    /// operator's own release (`ghcr.io/syncstore/syncstore:<operator
+    /// version>`), so upgrading the operator upgrades such stores with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
-    pub image: String,
+    pub image: Option<String>,
     /// Number of `syncstore serve` pods. Ignored while autoscaling is set.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
@@ -50,7 +59,12 @@ pub struct SyncStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     /// CPU and memory requests and limits of the data-plane containers.
+    /// Every value must be a Kubernetes quantity (`500m`, `256Mi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("!has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, !(k in self.limits) || isQuantity(string(self.limits[k])))").message("resources.limits must be quantities such as 500m or 256Mi"),
+        validation = Rule::new("!has(self.requests) || ['cpu', 'memory', 'ephemeral-storage'].all(k, !(k in self.requests) || isQuantity(string(self.requests[k])))").message("resources.requests must be quantities such as 500m or 256Mi")
+    )]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// The database server that holds this store's schema.
     pub database: DatabaseSpec,
@@ -71,10 +85,40 @@ pub struct SyncStoreSpec {
     /// Request rate limits per API key and per user.
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
-    /// Allowed browser origins (CORS_ORIGIN). Empty means same-origin only;
-    /// `*` allows any origin.
+    /// Browser origins allowed to call the data plane (CORS_ORIGIN), each
+    /// `http(s)://host[:port]`, or `*`. Empty allows any origin (the data
+    /// plane's default, rendered as `CORS_ORIGIN=*`); list origins to
+    /// restrict browsers to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "origins_schema")]
+    #[x_kube(validation = Rule::new("self.all(o, o == '*' || o.matches('^https?://[^,/\\\\s]+$'))").message("corsOrigins must be * or origins such as https://app.example.com (scheme, host and optional port, no path)"))]
     pub cors_origins: Vec<String>,
+    /// Proxies (IPs or CIDR ranges) whose `X-Forwarded-For` is believed
+    /// (TRUSTED_PROXIES), such as the ingress controller's pods. Without
+    /// them, a key's ipRestrictions see the proxy's address, not the client's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// Country lookup for ApiKeys with countryRestrictions (GEOIP_*).
+    /// Without it such keys are refused on every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip: Option<GeoIpSpec>,
+    /// Lifetimes of the tokens the data plane issues (JWT_*_EXPIRES_IN).
+    #[serde(default)]
+    pub jwt: JwtSpec,
+    /// Extra environment variables of the data-plane containers, applied
+    /// after (and so over) the ones the spec renders, e.g. `LOG_LEVEL`. The
+    /// operator-managed credentials and identity (DATABASE_URL,
+    /// JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME,
+    /// PORT, SYNCSTORE_STORE) cannot be set here. Literal values are checked
+    /// by the data plane's parser before rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME, PORT or SYNCSTORE_STORE: the operator manages them"))]
+    pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    /// Scheduling, identity and metadata of the data-plane pods (and of the
+    /// analytics consumer's).
+    #[serde(default)]
+    pub pod_template: PodTemplate,
     /// Conflict handling defaults.
     #[serde(default)]
     pub conflicts: ConflictSpec,
@@ -88,6 +132,95 @@ pub struct SyncStoreSpec {
 
 fn default_replicas() -> i32 {
     2
+}
+
+/// `corsOrigins`: bounded, so that the apiserver can afford its CEL rule
+/// (it estimates a rule's cost from the largest list and string allowed).
+fn origins_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 64,
+        "items": { "type": "string", "maxLength": 253 },
+    })
+}
+
+/// Country lookup for key country restrictions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GeoIpSpec {
+    /// Path of a MaxMind-format country database inside the pod
+    /// (GEOIP_DB_PATH), on a volume of `podTemplate.volumes` mounted by
+    /// `podTemplate.volumeMounts` (a ConfigMap cannot hold a 5 MB file: use a
+    /// PVC, an image volume or a CSI volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_path: Option<String>,
+    /// A request header carrying the client's ISO country, set by a trusted
+    /// proxy (GEOIP_COUNTRY_HEADER), such as `CF-IPCountry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country_header: Option<String>,
+}
+
+/// Token lifetimes: `15m`, `12h`, `7d`, or seconds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Access-token lifetime (JWT_EXPIRES_IN); the data plane's default is 15m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_lifetime: Option<String>,
+    /// Refresh-token lifetime (JWT_REFRESH_EXPIRES_IN); the data plane's
+    /// default is 30d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_lifetime: Option<String>,
+}
+
+/// What the data-plane pods look like beyond their container: the usual
+/// pod-spec fields, passed through unchanged (CloudNativePG and Strimzi
+/// expose the same set).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    /// Labels and annotations added to the pods. The operator's own
+    /// (`app.kubernetes.io/*`, `syncstore.dev/config-hash`) win a clash.
+    #[serde(default)]
+    pub metadata: PodMetadata,
+    /// Pod affinity and anti-affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// Tolerations of node taints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Node labels a node must carry to run the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// How the pods spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>,
+    /// Secrets to pull the image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// Service account of the pods. Unset: the namespace's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Extra volumes of the pods (a GeoIP database, a CA bundle for DB_SSL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<k8s_openapi::api::core::v1::Volume>,
+    /// Where the data-plane container mounts `volumes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
+}
+
+/// Labels and annotations of the pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PodMetadata {
+    /// Extra pod labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// HPA bounds and target.
@@ -178,7 +311,11 @@ pub struct DatabaseSpec {
     /// `Delete` drops it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// Connections per data-plane pod (DATABASE_CONNECTION_LIMIT).
+    /// Require TLS to the database server (DB_SSL). Unset: the data
+    /// plane's default, no TLS required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<bool>,
+    /// Connections per data-plane pod (DB_CONNECTION_LIMIT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub connection_limit: Option<u32>,
@@ -297,7 +434,8 @@ pub enum ConflictStrategy {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConflictSpec {
-    /// Strategy used when a write does not name one (CONFLICT_STRATEGY).
+    /// Strategy used when a write does not name one
+    /// (CONFLICT_DEFAULT_STRATEGY).
     #[serde(default)]
     pub default_strategy: ConflictStrategy,
     /// Webhook URL that decides ASSISTED conflicts (CONFLICT_RESOLVER_URL).
@@ -370,6 +508,10 @@ pub struct SyncStoreStatus {
     /// Ready, DatabaseReady, SchemaMigrated and Available.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Data-plane pods that exist now, as the Deployment counts them (the
+    /// HPA's choice when autoscaling is set): what the REPLICAS column shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     /// Data-plane pods that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
@@ -405,13 +547,16 @@ pub struct DatabaseStatus {
     pub store_id: String,
 }
 
-/// An API key of one SyncStore. The key itself lives only in the Secret
-/// named by `secretName`; the store keeps its hash.
+/// An API key of one SyncStore, acting for one user. The operator
+/// generates the key into the Secret named by `secretName` (the only copy),
+/// stores its hash with the scopes, restrictions and quotas below in the
+/// store's database, and revokes it when the ApiKey is deleted.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "syncstore.dev",
     version = "v1alpha1",
     kind = "ApiKey",
+    doc = "An ApiKey is an API key of one SyncStore, acting for one user. The operator generates the key into the Secret named by spec.secretName (its only copy), stores its hash with the scopes, restrictions and quotas of the spec in the store's database, and revokes it when the ApiKey is deleted.",
     namespaced,
     status = "ApiKeyStatus",
     shortname = "ssk",
@@ -426,10 +571,19 @@ pub struct DatabaseStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
     /// Name of the SyncStore (same namespace) this key belongs to.
-    #[x_kube(validation = Rule::new("self != ''").message("storeRef must name a SyncStore"))]
+    /// Immutable: a key row lives in one store's database; make a new
+    /// ApiKey for another store.
+    #[x_kube(
+        validation = Rule::new("self != ''").message("storeRef must name a SyncStore"),
+        validation = Rule::new("self == oldSelf").message("storeRef is immutable: create a new ApiKey for another store")
+    )]
     pub store_ref: String,
-    /// User the key acts for.
-    #[x_kube(validation = Rule::new("self != ''").message("userId must not be empty"))]
+    /// User the key acts for. Immutable: what the key wrote belongs to this
+    /// user; make a new ApiKey for another user.
+    #[x_kube(
+        validation = Rule::new("self != ''").message("userId must not be empty"),
+        validation = Rule::new("self == oldSelf").message("userId is immutable: create a new ApiKey for another user")
+    )]
     pub user_id: String,
     /// Human-readable name of the key (the seed's `name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,7 +619,8 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Secret the key is written to (key `apiKey`). Defaults to
-    /// `<name>-apikey`.
+    /// `<name>-apikey`. Changing it generates a new key there, revokes the
+    /// old key and deletes the old Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
 }

@@ -183,11 +183,43 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
     })
 }
 
+/// A binary older than its database's schema: rather than exit (and
+/// crash-loop), it stays up with `/health` 200, so the kubelet does not
+/// restart it, and everything else, `/ready` included, 503 with status
+/// `VersionSkew` and the reason, so no traffic reaches it and `kubectl
+/// describe pod` and the logs say why, until a newer image replaces it.
+async fn serve_version_skew(port: u16, reason: String) -> Result<(), StartError> {
+    use axum::{http::StatusCode, routing::get, Json, Router};
+    tracing::error!(%reason, "VersionSkew: not serving; /ready answers 503 until a newer image runs");
+    let body = serde_json::json!({ "status": "VersionSkew", "message": reason });
+    let app = Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .fallback(move || {
+            let body = body.clone();
+            async move { (StatusCode::SERVICE_UNAVAILABLE, Json(body)) }
+        });
+    let tcp = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .map_err(|source| StartError::Bind { port, source })?;
+    axum::serve(tcp, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(StartError::Serve)
+}
+
 /// Serves until SIGTERM or SIGINT, then stops accepting connections and
 /// drains the requests in flight.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let port = config.port;
-    let state = build(config).await?;
+    let state = match build(config).await {
+        Err(StartError::Db(e @ DbError::VersionSkew(_))) => {
+            return serve_version_skew(port, e.to_string()).await
+        }
+        other => other?,
+    };
     let tcp = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
         .await
         .map_err(|source| StartError::Bind { port, source })?;

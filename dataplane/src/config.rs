@@ -198,6 +198,37 @@ pub struct RawConfig {
     pub http_max_connections: Option<String>,
 }
 
+impl RawConfig {
+    /// The raw settings that the environment `vars` (name, value) would
+    /// give, without reading this process's environment: for checking an
+    /// environment meant for another process (the operator checks a
+    /// store's before rolling it out). Names this type does not know are
+    /// ignored, as they are in the environment.
+    pub fn from_vars<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, String> {
+        use clap::FromArgMatches;
+        let vars: std::collections::HashMap<&str, &str> = vars.into_iter().collect();
+        let cmd = Self::augment_args(clap::Command::new("syncstore"));
+        let mut argv = vec!["syncstore".to_string()];
+        for arg in cmd.get_arguments() {
+            let env = arg.get_env().and_then(|e| e.to_str());
+            if let (Some(env), Some(long)) = (env, arg.get_long()) {
+                if let Some(value) = vars.get(env) {
+                    argv.push(format!("--{long}={value}"));
+                }
+            }
+        }
+        // Without their `env`, the flags cannot fall back on this process's
+        // environment: only `vars` count.
+        let matches = cmd
+            .mut_args(|a| a.env(None::<&'static str>))
+            .try_get_matches_from(argv)
+            .map_err(|e| e.to_string())?;
+        Self::from_arg_matches(&matches).map_err(|e| e.to_string())
+    }
+}
+
 /// A configuration value that cannot be used. Displays as one line naming
 /// the variable and its flag (clap derives `--flag` from the same name).
 #[derive(Debug, thiserror::Error)]
@@ -834,6 +865,29 @@ mod tests {
         let mut raw = RawConfig::default();
         f(&mut raw);
         Config::from_raw(&raw)
+    }
+
+    #[test]
+    fn from_vars_reads_only_the_given_variables() {
+        // The test process's own environment must not leak in.
+        std::env::set_var("MAX_ITEM_SIZE_KB", "7");
+        let raw = RawConfig::from_vars([
+            ("CORS_ORIGIN", "app.example.com"),
+            ("PORT", "8080"),
+            ("NOT_A_SETTING", "x"),
+        ])
+        .expect("raw");
+        assert_eq!(raw.port.as_deref(), Some("8080"));
+        assert_eq!(raw.max_item_size_kb, None);
+        let e = Config::from_raw(&raw).expect_err("bad origin");
+        assert_eq!(e.var, "CORS_ORIGIN");
+        assert!(
+            e.problem.contains("invalid origin 'app.example.com'"),
+            "{e}"
+        );
+        // A value that looks like a flag is still a value.
+        let raw = RawConfig::from_vars([("LOG_LEVEL", "--weird")]).expect("raw");
+        assert_eq!(raw.log_level.as_deref(), Some("--weird"));
     }
 
     #[test]

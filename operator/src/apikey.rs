@@ -368,6 +368,7 @@ async fn key_material(key: &ApiKey, ctx: &Context, db: &Db) -> Result<(String, O
             if let Some(old) = key.status.as_ref().and_then(|s| s.key_id.clone()) {
                 keys::set_active(db, &old, false).await.map_err(db_err)?;
             }
+            delete_renamed_secret(key, &secrets, &name).await?;
             Ok((fresh, None))
         }
         Some(existing) => {
@@ -417,6 +418,29 @@ async fn key_material(key: &ApiKey, ctx: &Context, db: &Db) -> Result<(String, O
             Ok((fresh, Some(current)))
         }
     }
+}
+
+/// After `spec.secretName` changed: the Secret under the old name held a
+/// key that was just revoked, so it goes too (if it is this ApiKey's).
+async fn delete_renamed_secret(key: &ApiKey, secrets: &Api<Secret>, name: &str) -> Result<()> {
+    let Some(old) = key.status.as_ref().and_then(|s| s.secret_name.clone()) else {
+        return Ok(());
+    };
+    if old == name {
+        return Ok(());
+    }
+    let uid = key.uid().unwrap_or_default();
+    let Some(found) = secrets.get_opt(&old).await? else {
+        return Ok(());
+    };
+    if found.owner_references().iter().any(|o| o.uid == uid) {
+        match secrets.delete(&old, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn key_secret(

@@ -24,9 +24,24 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
     let params = PatchParams::apply(MANAGER).force();
-    Ok(api
+    match api
         .patch(&obj.name_any(), &params, &Patch::Apply(obj))
-        .await?)
+        .await
+    {
+        Ok(applied) => Ok(applied),
+        // 422: the child as the spec renders it is invalid (a resource
+        // quantity the CRD could not check, say): the spec's fault, in the
+        // apiserver's own words.
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            Err(crate::context::Error::InvalidSpec(format!(
+                "the Kubernetes API refused {} {}: {}",
+                K::kind(&()),
+                obj.name_any(),
+                status.message
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Returns the Secret named like `wanted`, creating it from `wanted` only if

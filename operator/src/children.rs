@@ -40,6 +40,22 @@ pub const CONFIG_HASH: &str = "syncstore.dev/config-hash";
 /// The container port of the data plane.
 pub const HTTP_PORT: i32 = 3000;
 
+/// The data-plane image a store runs: `spec.image`, or the image of this
+/// operator's own release. Filled here rather than as a CRD default so that
+/// a store that names no image follows the operator on upgrade (a CRD
+/// default would be written into the object once and pin it forever).
+pub fn image(store: &SyncStore) -> String {
+    store
+        .spec
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")))
+}
+
+/// Where the default data-plane image comes from; its tag is the
+/// operator's version.
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/syncstore/syncstore";
+
 /// Names of the children of store `name`.
 pub struct Names {
     pub deployment: String,
@@ -256,10 +272,30 @@ pub fn config_map(store: &SyncStore) -> ConfigMap {
         s.rate_limit.max_requests.map(|v| v.to_string()),
     );
     put("CONFLICT_RESOLVER_URL", s.conflicts.resolver_url.clone());
+    // Empty means any origin, as the CRD says; written out so that the
+    // ConfigMap shows what the pods do.
     put(
         "CORS_ORIGIN",
-        (!s.cors_origins.is_empty()).then(|| s.cors_origins.join(",")),
+        Some(if s.cors_origins.is_empty() {
+            "*".into()
+        } else {
+            s.cors_origins.join(",")
+        }),
     );
+    put(
+        "TRUSTED_PROXIES",
+        (!s.trusted_proxies.is_empty()).then(|| s.trusted_proxies.join(",")),
+    );
+    put("DB_SSL", s.database.ssl.map(|v| v.to_string()));
+    put("JWT_EXPIRES_IN", s.jwt.access_token_lifetime.clone());
+    put(
+        "JWT_REFRESH_EXPIRES_IN",
+        s.jwt.refresh_token_lifetime.clone(),
+    );
+    if let Some(geo) = &s.geoip {
+        put("GEOIP_DB_PATH", geo.database_path.clone());
+        put("GEOIP_COUNTRY_HEADER", geo.country_header.clone());
+    }
     if let Some(kafka) = &s.kafka {
         put("KAFKA_BROKERS", Some(kafka.brokers.join(",")));
         put("KAFKA_TOPIC", Some(kafka.topic.clone()));
@@ -367,6 +403,9 @@ fn env(store: &SyncStore) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
             ..EnvVar::default()
         });
     }
+    // Last, so that a name also rendered above is the user's value (the
+    // CRD refuses the operator-managed names).
+    env.extend(store.spec.env.iter().cloned());
     let from = vec![
         EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
@@ -397,11 +436,12 @@ fn container(store: &SyncStore, command: &str) -> Container {
     let (env, env_from) = env(store);
     Container {
         name: "syncstore".into(),
-        image: Some(store.spec.image.clone()),
+        image: Some(image(store)),
         args: Some(vec![command.into()]),
         env: Some(env),
         env_from: Some(env_from),
         resources: store.spec.resources.clone(),
+        volume_mounts: non_empty(&store.spec.pod_template.volume_mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -416,9 +456,24 @@ fn container(store: &SyncStore, command: &str) -> Container {
     }
 }
 
-fn pod_spec(containers: Vec<Container>) -> PodSpec {
+fn non_empty<T: Clone>(v: &[T]) -> Option<Vec<T>> {
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+/// The pod spec of either Deployment: the operator's hardening plus the
+/// scheduling and identity fields of `spec.podTemplate`, passed through.
+fn pod_spec(store: &SyncStore, containers: Vec<Container>) -> PodSpec {
+    let t = &store.spec.pod_template;
     PodSpec {
         containers,
+        affinity: t.affinity.clone(),
+        tolerations: non_empty(&t.tolerations),
+        node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
+        topology_spread_constraints: non_empty(&t.topology_spread_constraints),
+        image_pull_secrets: non_empty(&t.image_pull_secrets),
+        service_account_name: t.service_account_name.clone(),
+        priority_class_name: t.priority_class_name.clone(),
+        volumes: non_empty(&t.volumes),
         termination_grace_period_seconds: Some(30),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -433,11 +488,19 @@ fn pod_spec(containers: Vec<Container>) -> PodSpec {
     }
 }
 
+/// The pod template: `podTemplate.metadata` first, then the operator's
+/// labels and hash over it, so the selector and the roll-on-change hash
+/// always hold.
 fn template(store: &SyncStore, component: &str, hash: &str, spec: PodSpec) -> PodTemplateSpec {
+    let extra = &store.spec.pod_template.metadata;
+    let mut pod_labels = extra.labels.clone();
+    pod_labels.extend(labels(store, component));
+    let mut annotations = extra.annotations.clone();
+    annotations.insert(CONFIG_HASH.into(), hash.into());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(store, component)),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.into(), hash.into())])),
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(spec),
@@ -485,7 +548,7 @@ pub fn deployment(store: &SyncStore, hash: &str) -> Deployment {
                     max_surge: Some(IntOrString::String("25%".into())),
                 }),
             }),
-            template: template(store, "server", hash, pod_spec(vec![main])),
+            template: template(store, "server", hash, pod_spec(store, vec![main])),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -510,7 +573,7 @@ pub fn analytics_deployment(store: &SyncStore, hash: &str) -> Option<Deployment>
                 store,
                 "analytics",
                 hash,
-                pod_spec(vec![container(store, "analytics")]),
+                pod_spec(store, vec![container(store, "analytics")]),
             ),
             ..DeploymentSpec::default()
         }),
@@ -767,6 +830,62 @@ mod tests {
         assert_ne!(before, config_hash(&config_map(&other), "u"));
         assert_ne!(before, config_hash(&cm, "u2"));
         assert_eq!(before, config_hash(&config_map(&s), "u"));
+    }
+
+    #[test]
+    fn pod_template_env_and_settings_reach_both_deployments() {
+        let s = store(&format!(
+            "{BASE}kafka: {{brokers: [k:9092]}}\ntrustedProxies: [10.0.0.0/8]\ngeoip: {{databasePath: /geo/c.mmdb, countryHeader: CF-IPCountry}}\njwt: {{accessTokenLifetime: 1h, refreshTokenLifetime: 7d}}\nenv: [{{name: LOG_LEVEL, value: debug}}]\npodTemplate:\n  metadata: {{labels: {{team: a, app.kubernetes.io/component: x}}, annotations: {{a: b}}}}\n  nodeSelector: {{disk: ssd}}\n  tolerations: [{{key: k, operator: Exists}}]\n  affinity: {{podAntiAffinity: {{}}}}\n  topologySpreadConstraints: [{{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}}]\n  imagePullSecrets: [{{name: reg}}]\n  serviceAccountName: sa\n  priorityClassName: high\n  volumes: [{{name: geo, emptyDir: {{}}}}]\n  volumeMounts: [{{name: geo, mountPath: /geo}}]\n"
+        ));
+        let server = deployment(&s, "h");
+        let consumer = analytics_deployment(&s, "h").expect("consumer");
+        for (d, component) in [(server, "server"), (consumer, "analytics")] {
+            let t = d.spec.expect("spec").template;
+            let meta = t.metadata.expect("meta");
+            let labels = meta.labels.expect("labels");
+            assert_eq!(labels["team"], "a");
+            assert_eq!(labels["app.kubernetes.io/component"], component);
+            let annotations = meta.annotations.expect("annotations");
+            assert_eq!(
+                (annotations["a"].as_str(), annotations[CONFIG_HASH].as_str()),
+                ("b", "h")
+            );
+            let pod = t.spec.expect("pod");
+            assert_eq!(pod.node_selector.expect("ns")["disk"], "ssd");
+            assert_eq!(pod.tolerations.expect("t")[0].key.as_deref(), Some("k"));
+            assert!(pod.affinity.and_then(|a| a.pod_anti_affinity).is_some());
+            assert_eq!(
+                pod.topology_spread_constraints.expect("tsc")[0].topology_key,
+                "zone"
+            );
+            assert_eq!(pod.image_pull_secrets.expect("ips")[0].name, "reg");
+            assert_eq!(pod.service_account_name.as_deref(), Some("sa"));
+            assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+            assert_eq!(pod.volumes.expect("volumes")[0].name, "geo");
+            let c = &pod.containers[0];
+            assert_eq!(
+                c.volume_mounts.as_ref().expect("mounts")[0].mount_path,
+                "/geo"
+            );
+            assert_eq!(c.image.as_deref(), Some("syncstore:1"));
+            let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+            assert_eq!(env, ["POD_NAME", "LOG_LEVEL"], "extra env comes last");
+        }
+        let data = config_map(&s).data.expect("data");
+        assert_eq!(data["TRUSTED_PROXIES"], "10.0.0.0/8");
+        assert_eq!(data["GEOIP_DB_PATH"], "/geo/c.mmdb");
+        assert_eq!(data["GEOIP_COUNTRY_HEADER"], "CF-IPCountry");
+        assert_eq!(data["JWT_EXPIRES_IN"], "1h");
+        assert_eq!(data["JWT_REFRESH_EXPIRES_IN"], "7d");
+        assert_eq!(data["CORS_ORIGIN"], "*");
+        assert!(!data.contains_key("DB_SSL"));
+        // No image: the operator's own release.
+        let mut bare = s.clone();
+        bare.spec.image = None;
+        assert_eq!(
+            image(&bare),
+            format!("ghcr.io/syncstore/syncstore:{}", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]

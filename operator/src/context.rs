@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 /// contain a URL or a password.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("{}", kube_message(.0))]
     Kube(#[from] kube::Error),
     #[error("Secret {name} has no key {key}")]
     SecretMissing { name: String, key: String },
@@ -52,6 +52,18 @@ pub enum Error {
     KeyStore(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
+}
+
+/// One readable line for a Kubernetes API error: the apiserver's own
+/// `message` (say `Deployment.apps "chat" is invalid: …: quantities must
+/// match …`), not kube's `ApiError: … (Status { … })` debug dump.
+fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => {
+            format!("the Kubernetes API refused a request: {}", status.message)
+        }
+        other => format!("the Kubernetes API failed: {other}"),
+    }
 }
 
 impl Error {
@@ -191,6 +203,22 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kube_api_error_reads_as_its_message() {
+        let status = kube::core::Status {
+            code: 422,
+            message: "Deployment.apps \"chat\" is invalid: spec.template.spec.containers[0].resources.limits[memory]: Invalid value: \"lots\": quantities must match the regular expression".into(),
+            reason: "Invalid".into(),
+            ..Default::default()
+        };
+        let text = Error::Kube(kube::Error::Api(Box::new(status))).to_string();
+        assert_eq!(
+            text,
+            "the Kubernetes API refused a request: Deployment.apps \"chat\" is invalid: spec.template.spec.containers[0].resources.limits[memory]: Invalid value: \"lots\": quantities must match the regular expression"
+        );
+        assert!(!text.contains("Status {"));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -14,3 +14,4 @@ pub mod keyrows;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod validate;

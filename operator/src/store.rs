@@ -38,6 +38,8 @@ pub const FINALIZER: &str = "syncstore.dev/cleanup";
 /// What one successful pass found, for the status.
 struct Observed {
     schema_version: i64,
+    /// Pods the Deployment has now (the HPA's count under autoscaling).
+    replicas: Option<i32>,
     ready_replicas: i32,
     available: Verdict,
 }
@@ -137,6 +139,8 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         key: "DB_PASSWORD".into(),
     })?;
 
+    check_spec(store, ctx, &generated).await?;
+
     let db_names = children::db_names(store)?;
     let admin = admin_url(store, ctx).await?;
     let target = target(store, &db_names);
@@ -219,6 +223,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     }
 
     let status = deployment.status.unwrap_or_default();
+    let replicas = status.replicas;
     let ready_replicas = status.ready_replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
     let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(0);
@@ -237,11 +242,41 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     };
     let observed = Observed {
         schema_version,
+        replicas,
         ready_replicas,
         available,
     };
     write_success(ctx, store, observed, &db_names).await?;
     Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+/// Refuses, before any database work or rollout, a spec whose pods would
+/// exit on their configuration (see [`crate::validate`]).
+async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<()> {
+    // A missing Redis Secret is not this check's to report: the pods show
+    // it (CreateContainerConfigError) and the rest of the store still rolls.
+    let redis_url = match &store.spec.redis {
+        Some(r) => match read_secret_key(
+            &ctx.client,
+            &store.namespace().unwrap_or_default(),
+            &r.url_secret_ref.name,
+            &r.url_secret_ref.key,
+        )
+        .await
+        {
+            Ok(url) => Some(url),
+            Err(Error::SecretMissing { .. }) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let vars = crate::validate::data_plane_env(
+        store,
+        &children::config_map(store),
+        generated,
+        redis_url.as_deref(),
+    );
+    crate::validate::check(store, vars)
 }
 
 /// Deactivates the rows the operator wrote for ApiKeys of this store that
@@ -307,6 +342,7 @@ async fn write_success(
             format!("schema version {}", o.schema_version),
         ),
         o.available,
+        crate::validate::version_skew(store, o.schema_version),
         Verdict::ok("Ready", "Reconciled", "every child object is applied"),
     ];
     let status = SyncStoreStatus {
@@ -318,6 +354,7 @@ async fn write_success(
             store.metadata.generation,
             Timestamp::now(),
         ),
+        replicas: o.replicas,
         ready_replicas: o.ready_replicas,
         endpoint: Some(children::endpoint(store)),
         schema_version: Some(o.schema_version),

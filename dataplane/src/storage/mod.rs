@@ -84,6 +84,10 @@ pub enum DbError {
     },
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database has a migration this binary does not know: a newer
+    /// release migrated it, and this one cannot safely use it.
+    #[error("VersionSkew: the database has migration {0}, which this binary does not know (a newer release migrated it); run that release or a later one")]
+    VersionSkew(i64),
 }
 
 /// A connection pool plus the dialect it speaks.
@@ -188,7 +192,10 @@ impl Db {
                 .execute(&mut *conn)
                 .await;
         }
-        result?;
+        result.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => DbError::VersionSkew(v),
+            e => DbError::Migrate(e),
+        })?;
         Ok(migrator.iter().count().saturating_sub(applied_before))
     }
 

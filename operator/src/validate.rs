@@ -1,0 +1,336 @@
+//! Checks a store's spec the way its pods will read it, before anything is
+//! rolled out: the environment the children give the data plane is parsed
+//! by the data plane's own configuration parser, so a value the pods would
+//! exit on becomes `Ready=False`, reason `InvalidSpec`, instead of a crash
+//! loop behind a `Ready=True` store. And the image is compared with the
+//! schema the operator migrated, for `VersionSkew`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+use syncstore::config::{Config, RawConfig};
+use syncstore_crds::{Engine, SyncStore};
+
+use crate::{
+    apply::secret_value,
+    children,
+    conditions::Verdict,
+    context::{Error, Result},
+};
+
+/// The variables a data-plane pod of `store` starts with, as far as the
+/// operator knows them: the ConfigMap, the generated secrets, a stand-in
+/// database URL (the real one is derived from the admin URL later and is
+/// always well-formed), the pod name's shape, Redis, and the literal values
+/// of `spec.env` last, as the container applies them. `valueFrom` entries
+/// are resolved only on the node, so they are not checked.
+pub fn data_plane_env(
+    store: &SyncStore,
+    config: &ConfigMap,
+    generated: &Secret,
+    redis_url: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = config.data.clone().unwrap_or_default();
+    for key in ["JWT_SECRET", "JWT_REFRESH_SECRET", "DB_PASSWORD"] {
+        if let Some(v) = secret_value(generated, key) {
+            vars.insert(key.into(), v);
+        }
+    }
+    let scheme = match store.spec.database.engine {
+        Engine::Postgres => "postgres",
+        Engine::Mysql => "mysql",
+    };
+    vars.insert("DATABASE_URL".into(), format!("{scheme}://checked-later"));
+    // A Deployment's pods are named `<deployment>-<hash>-<suffix>`.
+    vars.insert(
+        "POD_NAME".into(),
+        format!("{}-5d8f7c9b4-x2x2x", children::names(store).deployment),
+    );
+    if let Some(url) = redis_url {
+        vars.insert("REDIS_URL".into(), url.into());
+    }
+    for e in &store.spec.env {
+        if let Some(v) = &e.value {
+            vars.insert(e.name.clone(), v.clone());
+        }
+    }
+    vars
+}
+
+/// Parses `vars` with the data plane's parser. The message names the
+/// variable and the problem in one line, never a secret's value (the
+/// parser's messages do not echo secrets).
+pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()> {
+    check_quantities(store)?;
+    // The GeoIP file lives on a pod volume the operator cannot open; what
+    // it can check is that the path is on one of the mounted volumes.
+    if let Some(path) = vars.remove("GEOIP_DB_PATH") {
+        check_mounted(store, &path)?;
+    }
+    let raw = RawConfig::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| Error::InvalidSpec(first_line(&e)))?;
+    Config::from_raw(&raw).map(drop).map_err(|e| {
+        Error::InvalidSpec(format!(
+            "the data plane would refuse {}: {}; nothing is rolled out until the spec is fixed",
+            e.var, e.problem
+        ))
+    })
+}
+
+/// Every `resources` value must be a quantity. The CRD checks cpu, memory
+/// and ephemeral-storage at apply time (a rule over every key costs the
+/// apiserver too much); this catches the rest (`example.com/gpu: lots`),
+/// which the apiserver would otherwise refuse only when the Deployment is
+/// applied, after the database work.
+fn check_quantities(store: &SyncStore) -> Result<()> {
+    let Some(r) = &store.spec.resources else {
+        return Ok(());
+    };
+    for (field, map) in [("limits", &r.limits), ("requests", &r.requests)] {
+        for (name, q) in map.iter().flatten() {
+            if !is_quantity(&q.0) {
+                return Err(Error::InvalidSpec(format!(
+                    "resources.{field} {name} is '{}', not a quantity such as 500m, 2 or 256Mi; nothing is rolled out until the spec is fixed",
+                    q.0
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kubernetes' quantity grammar: a decimal number, then a binary suffix
+/// (Ki … Ei), a decimal one (n, u, m, "", k, M … E) or an exponent (e3).
+fn is_quantity(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let end = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(end);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    if digits == 0 || number.matches('.').count() > 1 {
+        return false;
+    }
+    let exponent = suffix
+        .strip_prefix(['e', 'E'])
+        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
+    exponent
+        || matches!(
+            suffix,
+            "" | "n"
+                | "u"
+                | "m"
+                | "k"
+                | "M"
+                | "G"
+                | "T"
+                | "P"
+                | "E"
+                | "Ki"
+                | "Mi"
+                | "Gi"
+                | "Ti"
+                | "Pi"
+                | "Ei"
+        )
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// GEOIP_DB_PATH must be an absolute path inside a mount of
+/// `podTemplate.volumeMounts`: the root filesystem is read-only and holds
+/// no database.
+fn check_mounted(store: &SyncStore, path: &str) -> Result<()> {
+    let mounted = store.spec.pod_template.volume_mounts.iter().any(|m| {
+        let dir = m.mount_path.trim_end_matches('/');
+        path.strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+    });
+    if mounted {
+        Ok(())
+    } else {
+        Err(Error::InvalidSpec(format!(
+            "the GeoIP database path {path} is not inside any of podTemplate.volumeMounts, so the pods would not find it"
+        )))
+    }
+}
+
+/// `MAJOR.MINOR.PATCH` of an image tag such as `…/syncstore:0.1.0` or
+/// `v0.1.0-rc.1` (a pre-release counts as its release); None for `latest`,
+/// a digest, or anything else that names no version.
+pub fn tag_version(image: &str) -> Option<(u64, u64, u64)> {
+    let name = image.split('@').next()?;
+    let last = name.rsplit('/').next()?;
+    let (_, tag) = last.split_once(':')?;
+    let core = tag.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let v = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(v)
+}
+
+/// The operator's own version: the release whose migrations it applies.
+pub fn operator_version() -> (u64, u64, u64) {
+    tag_version(&format!("x:{}", env!("CARGO_PKG_VERSION"))).unwrap_or_default()
+}
+
+/// Condition `VersionSkew`: True when the store's image is an older
+/// release than the operator that migrated its schema to
+/// `schema_version`. Such a binary may find migrations it does not know;
+/// the data plane then keeps `/ready` at 503 (`VersionSkew`) rather than
+/// serving on a schema it does not understand. False with reason
+/// `ImageVersionUnknown` for a tag that names no version (`latest`, a
+/// digest): the operator cannot tell.
+pub fn version_skew(store: &SyncStore, schema_version: i64) -> Verdict {
+    let image = children::image(store);
+    let ours = operator_version();
+    let fmt = |(a, b, c): (u64, u64, u64)| format!("{a}.{b}.{c}");
+    // The condition reads True when something is wrong, like the
+    // upstream `…Pressure` node conditions.
+    match tag_version(&image) {
+        Some(v) if v < ours => Verdict::ok(
+            "VersionSkew",
+            "ImageOlderThanSchema",
+            format!(
+                "Image {image} is release {}, older than {} whose migrations schema version {schema_version} came from; upgrade the image of SyncStore {} to {} or later.",
+                fmt(v),
+                fmt(ours),
+                store.name_any(),
+                fmt(ours)
+            ),
+        ),
+        Some(v) => Verdict::fail(
+            "VersionSkew",
+            "ImageMatchesSchema",
+            format!(
+                "Image release {} knows every migration of schema version {schema_version}.",
+                fmt(v)
+            ),
+        ),
+        None => Verdict::fail(
+            "VersionSkew",
+            "ImageVersionUnknown",
+            format!("Image {image} names no release version, so its schema support cannot be compared."),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncstore_crds::SyncStoreSpec;
+
+    fn store(yaml: &str) -> SyncStore {
+        let spec: SyncStoreSpec = serde_yaml::from_str(yaml).expect("spec parses");
+        let mut s = SyncStore::new("chat", spec);
+        s.metadata.namespace = Some("team-a".into());
+        s
+    }
+
+    const BASE: &str = "database: {engine: postgres, adminSecretRef: {name: pg-admin}}\n";
+
+    fn generated() -> Secret {
+        let mut n = 0;
+        children::generated_secret(&store(BASE), &mut || {
+            n += 1;
+            format!("{n}{}", "x".repeat(47))
+        })
+    }
+
+    fn check_yaml(extra: &str) -> Result<()> {
+        let s = store(&format!("{BASE}{extra}"));
+        let vars = data_plane_env(&s, &children::config_map(&s), &generated(), None);
+        check(&s, vars)
+    }
+
+    fn message(r: Result<()>) -> String {
+        match r {
+            Err(Error::InvalidSpec(m)) => m,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_passes_the_data_planes_parser() {
+        check_yaml("").expect("defaults");
+        let s = store("database: {engine: mysql, adminSecretRef: {name: a}, ssl: true}\ncorsOrigins: [https://app.example.com]\ntrustedProxies: [10.0.0.0/8]\njwt: {accessTokenLifetime: 1h}\nenv: [{name: LOG_LEVEL, value: debug}]\n");
+        let vars = data_plane_env(
+            &s,
+            &children::config_map(&s),
+            &generated(),
+            Some("redis://redis:6379"),
+        );
+        assert_eq!(vars["DB_SSL"], "true");
+        assert_eq!(vars["LOG_LEVEL"], "debug");
+        check(&s, vars).expect("full");
+    }
+
+    #[test]
+    fn what_the_pods_would_refuse_is_an_invalid_spec_naming_the_variable() {
+        let m = message(check_yaml("corsOrigins: [app.example.com]\n"));
+        assert!(
+            m.contains("CORS_ORIGIN") && m.contains("invalid origin 'app.example.com'"),
+            "{m}"
+        );
+        assert!(!m.contains('\n'));
+        let m = message(check_yaml("jwt: {accessTokenLifetime: forever}\n"));
+        assert!(m.contains("JWT_EXPIRES_IN"), "{m}");
+        let m = message(check_yaml("trustedProxies: [ingress-nginx]\n"));
+        assert!(m.contains("TRUSTED_PROXIES"), "{m}");
+        let m = message(check_yaml("env: [{name: LOG_FORMAT, value: xml}]\n"));
+        assert!(m.contains("LOG_FORMAT"), "{m}");
+        // No secret value reaches the message.
+        assert!(!m.contains(&"x".repeat(47)));
+    }
+
+    #[test]
+    fn the_geoip_database_must_be_on_a_mounted_volume() {
+        let m = message(check_yaml("geoip: {databasePath: /geo/country.mmdb}\n"));
+        assert!(m.contains("/geo/country.mmdb"), "{m}");
+        check_yaml("geoip: {databasePath: /geo/country.mmdb}\npodTemplate: {volumeMounts: [{name: geo, mountPath: /geo}]}\n")
+            .expect("mounted");
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for ok in [
+            "500m", "2", "0.5", "256Mi", "1Gi", "1e3", "1.5E-2", "+1k", "100n",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["lots", "", "Mi", "1.2.3", "1 Gi", "1gi", "1e", "."] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let m = message(check_yaml("resources: {limits: {example.com/gpu: lots}}\n"));
+        assert!(
+            m.starts_with("resources.limits example.com/gpu is 'lots'"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn image_tags_compare_as_releases() {
+        assert_eq!(
+            tag_version("ghcr.io/syncstore/syncstore:0.1.0"),
+            Some((0, 1, 0))
+        );
+        assert_eq!(
+            tag_version("registry:5000/syncstore:v1.2.3-rc.1"),
+            Some((1, 2, 3))
+        );
+        assert_eq!(tag_version("registry:5000/syncstore"), None);
+        assert_eq!(tag_version("syncstore:latest"), None);
+        assert_eq!(tag_version("syncstore@sha256:abc"), None);
+        let old = store(&format!("image: syncstore:0.0.9\n{BASE}"));
+        let v = version_skew(&old, 12);
+        assert!(v.ok && v.reason == "ImageOlderThanSchema", "{v:?}");
+        let current = store(BASE);
+        let v = version_skew(&current, 12);
+        assert!(!v.ok && v.reason == "ImageMatchesSchema", "{v:?}");
+        let latest = store(&format!("image: syncstore:latest\n{BASE}"));
+        assert_eq!(version_skew(&latest, 12).reason, "ImageVersionUnknown");
+    }
+}
