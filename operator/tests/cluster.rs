@@ -623,10 +623,11 @@ async fn failures_show_in_status_and_recover() {
     c.secret("redis", &[("url", "redis://127.0.0.1:6379")]);
     c.start_operator("op-f");
     c.apply_example("syncstore-postgres.yaml");
+    // Past `Pending` (reason Provisioning), the failure shows.
     let s = c.eventually("Ready=False", 30, || {
         let s = c.must_get("syncstore", "chat");
         let cond = condition(&s, "Ready")?.clone();
-        (cond["status"] == "False").then_some(s)
+        (cond["status"] == "False" && cond["reason"] != "Provisioning").then_some(s)
     });
     let ready = condition(&s, "Ready").expect("Ready");
     assert_eq!(ready["reason"], "DatabaseUnreachable");

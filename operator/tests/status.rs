@@ -386,7 +386,7 @@ async fn concurrent_provisioning(engine: Engine, admin: &str) {
             owner: Owner {
                 namespace: "conc".into(),
                 name: format!("s{i}"),
-                uid: format!("uid-{prefix}-{i}"),
+                uid: format!("uid-{}-{i}", prefix.replace('_', "-")),
             },
             adopt_unmarked: false,
         })
