@@ -69,7 +69,10 @@ k -n "$NS" create secret generic pg-admin \
   --from-literal=url="${E2E_POSTGRES_ADMIN_URL:-postgres://syncstore:syncstore@127.0.0.1:5432/syncstore}" >/dev/null
 k -n "$NS" create secret generic redis --from-literal=url="${E2E_REDIS_URL:-redis://127.0.0.1:6379}" >/dev/null
 k -n "$NS" apply -f examples/syncstore-postgres.yaml -f examples/apikeys.yaml
-k -n "$NS" wait --for=condition=Ready --timeout=120s syncstore/chat apikey/mobile-alice apikey/dashboard
+# No kubelet here (the scenario plays it), so the store cannot be Ready
+# (= a pod serves) yet: wait for its database, and for the keys.
+k -n "$NS" wait --for=condition=DatabaseReady --timeout=120s syncstore/chat
+k -n "$NS" wait --for=condition=Ready --timeout=120s apikey/mobile-alice apikey/dashboard
 k -n "$NS" get syncstores,apikeys
 
 say "running the scenario"

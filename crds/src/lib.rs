@@ -502,10 +502,16 @@ pub struct SyncStoreStatus {
     /// Generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Pending, Provisioning, Running, Degraded or Failed.
+    /// Pending (seen, not provisioned yet), Progressing (a rollout of the
+    /// data-plane Deployment is under way), Running (at least the minimum
+    /// of replicas available), Degraded (fewer available than replicas, or
+    /// autoscaling.minReplicas) or Failed (the last reconcile failed; the
+    /// Ready condition's reason says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// Ready, DatabaseReady, SchemaMigrated and Available.
+    /// Ready (at least one replica serves), DatabaseReady, SchemaMigrated,
+    /// Available, Progressing, Degraded, and ReconciliationPaused while
+    /// the annotation syncstore.dev/reconcile is paused.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Data-plane pods that exist now, as the Deployment counts them (the
@@ -678,10 +684,11 @@ pub struct ApiKeyStatus {
     /// Generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Pending, Active, Expired or Failed.
+    /// Pending (waiting for its store), Active, Expired or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// Ready.
+    /// Ready, and ReconciliationPaused while the key or its store carries
+    /// the annotation syncstore.dev/reconcile: paused.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Id of the key's row in the store.

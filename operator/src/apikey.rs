@@ -29,7 +29,7 @@ use crate::{
     apply::secret_value,
     children::MANAGER,
     conditions::{is_true, merge, Verdict},
-    context::{backoff, Context, Error, Result},
+    context::{backoff, paused, Context, Error, Result},
     events::publish,
     keyrows,
     store::{self, GIVE_UP_AFTER},
@@ -45,8 +45,25 @@ const PREVIOUS: &str = "previousApiKey";
 
 pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start(KIND);
-    let api: Api<ApiKey> =
-        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let ns = key.namespace().unwrap_or_default();
+    let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = key.uid().unwrap_or_default();
+    let deleting = key.meta().deletion_timestamp.is_some();
+    // Deletion is an explicit request and goes on while paused.
+    if !deleting && (paused(key.as_ref()) || store_paused(&key, &ctx).await?) {
+        ctx.succeeded(&uid);
+        update_status(&ctx, &api, &key, |current| ApiKeyStatus {
+            conditions: merge(
+                &current.conditions,
+                &[store::pause_verdict()],
+                key.metadata.generation,
+                Timestamp::now(),
+            ),
+            ..current.clone()
+        })
+        .await?;
+        return Ok(Action::await_change());
+    }
     let result = finalizer(&api, FINALIZER, key.clone(), |event| async {
         match event {
             Event::Apply(k) => apply_key(&k, &ctx).await,
@@ -57,32 +74,70 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
     .map_err(crate::events::unwrap_finalizer);
     match result {
         Ok(action) => {
-            ctx.succeeded(&key.uid().unwrap_or_default());
+            ctx.succeeded(&uid);
+            if deleting {
+                ctx.metrics.forget(KIND, &ns, &key.name_any());
+            }
             Ok(action)
+        }
+        // A key applied with (or before) its store waits for it: a normal
+        // step, not a failure. The SyncStore watch wakes it up as soon as
+        // the store's status changes; the requeue is only a safety net.
+        Err(err @ (Error::StoreNotFound(_) | Error::StoreNotReady(_))) if !deleting => {
+            ctx.succeeded(&uid);
+            let message = format!("Waiting: {err}.");
+            update_status(&ctx, &api, &key, |current| ApiKeyStatus {
+                observed_generation: key.metadata.generation,
+                phase: Some("Pending".into()),
+                conditions: store::resumed(merge(
+                    &current.conditions,
+                    &[Verdict::fail("Ready", err.reason(), message)],
+                    key.metadata.generation,
+                    Timestamp::now(),
+                )),
+                failures: 0,
+                ..current.clone()
+            })
+            .await?;
+            Ok(Action::requeue(STORE_WAIT))
         }
         Err(err) => {
             let failures = crate::events::failed(&ctx, KIND, key.as_ref(), &err).await;
-            if key.meta().deletion_timestamp.is_none() {
-                let current = key.status.clone().unwrap_or_default();
-                let status = ApiKeyStatus {
+            if !deleting {
+                let written = update_status(&ctx, &api, &key, |current| ApiKeyStatus {
                     observed_generation: key.metadata.generation,
                     phase: Some("Failed".into()),
-                    conditions: merge(
+                    conditions: store::resumed(merge(
                         &current.conditions,
                         &[Verdict::fail("Ready", err.reason(), err.to_string())],
                         key.metadata.generation,
                         Timestamp::now(),
-                    ),
+                    )),
                     failures,
                     ..current.clone()
-                };
-                if let Err(e) = write_status(&api, &key, &status).await {
+                })
+                .await;
+                if let Err(e) = written {
                     tracing::warn!(error = %e, "status not written");
                 }
             }
             Err(err)
         }
     }
+}
+
+/// How often a key waiting for its store looks again if no store event
+/// wakes it first.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the key's store is paused: a paused store's keys are too.
+async fn store_paused(key: &ApiKey, ctx: &Context) -> Result<bool> {
+    let stores: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    Ok(stores
+        .get_opt(&key.spec.store_ref)
+        .await?
+        .is_some_and(|s| paused(&s)))
 }
 
 pub fn error_policy(key: Arc<ApiKey>, _err: &Error, ctx: Arc<Context>) -> Action {
@@ -245,7 +300,6 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
         .map_err(db_err)?
         .unwrap_or((0, 0, None));
     let expired = new.expires_at.is_some_and(|e| e <= now_ms());
-    let current_status = key.status.clone().unwrap_or_default();
     let ready = if expired {
         Verdict::fail("Ready", "Expired", "the key's expiresAt has passed")
     } else {
@@ -255,15 +309,15 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
             format!("key {id} is active in store {}", key.spec.store_ref),
         )
     };
-    let status = ApiKeyStatus {
+    let status = |live: &ApiKeyStatus| ApiKeyStatus {
         observed_generation: key.metadata.generation,
         phase: Some(if expired { "Expired" } else { "Active" }.into()),
-        conditions: merge(
-            &current_status.conditions,
+        conditions: store::resumed(merge(
+            &live.conditions,
             &[ready],
             key.metadata.generation,
             Timestamp::now(),
-        ),
+        )),
         key_id: Some(id),
         secret_name: Some(secret_name(key)),
         key_prefix: Some(recognisable(&current, &ctx.settings.key_prefix)),
@@ -277,7 +331,7 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
     };
     let api: Api<ApiKey> =
         Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
-    write_status(&api, key, &status).await?;
+    update_status(ctx, &api, key, status).await?;
     Ok(Action::requeue(ctx.settings.usage_interval))
 }
 
@@ -500,8 +554,25 @@ async fn expire_previous(db: &Db, previous: &str, ctx: &Context) -> Result<Optio
     Ok(Some(old.id))
 }
 
-async fn write_status(api: &Api<ApiKey>, key: &ApiKey, new: &ApiKeyStatus) -> Result<()> {
-    if key.status.as_ref() == Some(new) {
+/// Writes the status `f` derives from the live one (not the watch's copy,
+/// which can be behind), only when it changed; sets the key's metrics.
+async fn update_status(
+    ctx: &Context,
+    api: &Api<ApiKey>,
+    key: &ApiKey,
+    f: impl FnOnce(&ApiKeyStatus) -> ApiKeyStatus,
+) -> Result<()> {
+    let live = api.get_status(&key.name_any()).await?;
+    let current = live.status.clone().unwrap_or_default();
+    let new = f(&current);
+    ctx.metrics.observe(
+        KIND,
+        &key.namespace().unwrap_or_default(),
+        &key.name_any(),
+        is_true(&new.conditions, "Ready"),
+        new.phase.as_deref().unwrap_or("Pending"),
+    );
+    if live.status.as_ref() == Some(&new) {
         return Ok(());
     }
     let patch = serde_json::json!({ "status": new });

@@ -6,13 +6,23 @@ use std::{
     time::Duration,
 };
 
-use kube::{
-    runtime::events::{Recorder, Reporter},
-    Client,
-};
+use kube::{Client, Resource};
 use syncstore::storage::Db;
 
-use crate::metrics::Metrics;
+use crate::{events::Recorder, metrics::Metrics};
+
+/// Annotation that pauses reconciliation of a SyncStore (and its keys) or
+/// of one ApiKey while its value is `paused`.
+pub const PAUSE_ANNOTATION: &str = "syncstore.dev/reconcile";
+
+/// Whether `obj` carries `syncstore.dev/reconcile: paused`.
+pub fn paused<K: Resource>(obj: &K) -> bool {
+    obj.meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSE_ANNOTATION))
+        .is_some_and(|v| v == "paused")
+}
 
 /// Why a reconcile failed. Each variant has a stable `reason`, which is
 /// what the `Ready` condition and the failure metric carry. Messages never
@@ -132,12 +142,8 @@ impl Context {
         settings: Settings,
         instance: String,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "syncstore-operator".into(),
-            instance: Some(instance),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), "syncstore-operator", &instance),
             client,
             metrics,
             settings,

@@ -1,15 +1,143 @@
 //! Kubernetes Events on notable actions and failures, and the mapping of
 //! finalizer errors to ours.
+//!
+//! Events are recorded by our own [`Recorder`] rather than kube-rs's: that
+//! one groups repeats into a series keyed by type, reason and action but
+//! not by the message, so `kubectl describe` went on showing the first
+//! message of a series (`password authentication failed (x5)`) while the
+//! status already said `Connection refused`. Here each distinct message is
+//! an event of its own, and only exact repeats grow a series.
 
+use std::{collections::HashMap, time::Duration};
+
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event as K8sEvent, events::v1::EventSeries},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
 use kube::{
-    runtime::{
-        events::{Event, EventType},
-        finalizer,
-    },
-    Resource,
+    api::{Patch, PatchParams, PostParams},
+    runtime::finalizer,
+    Api, Client, Resource, ResourceExt,
 };
 
+pub use kube::runtime::events::EventType;
+
 use crate::context::{Context, Error};
+
+/// How long a repeat still joins the series of an earlier event (the same
+/// as client-go's and kube-rs's recorders).
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+/// The apiserver's limit on an event's note.
+const NOTE_LIMIT: usize = 1000;
+
+/// What makes two events the same: the object (by uid, so a re-created
+/// object starts afresh), type, reason, action and the full message.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    uid: String,
+    warning: bool,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+/// Publishes events, growing a series (`count`, `lastObservedTime`) for
+/// exact repeats instead of creating one object per repeat.
+pub struct Recorder {
+    client: Client,
+    controller: String,
+    instance: String,
+    recent: tokio::sync::Mutex<HashMap<Key, (K8sEvent, Timestamp)>>,
+}
+
+impl Recorder {
+    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
+        Self {
+            client,
+            controller: controller.into(),
+            instance: instance.into(),
+            recent: Default::default(),
+        }
+    }
+
+    fn event(&self, key: &Key, regarding: &ObjectReference, now: Timestamp) -> K8sEvent {
+        K8sEvent {
+            action: Some(key.action.clone()),
+            reason: Some(key.reason.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            note: Some(key.note.clone()),
+            metadata: ObjectMeta {
+                namespace: regarding.namespace.clone(),
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    now.as_nanosecond()
+                )),
+                ..Default::default()
+            },
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(if key.warning { "Warning" } else { "Normal" }.into()),
+            ..Default::default()
+        }
+    }
+
+    async fn publish(
+        &self,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+        action: &str,
+        regarding: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let key = Key {
+            uid: regarding.uid.clone().unwrap_or_default(),
+            warning: type_ == EventType::Warning,
+            reason: reason.into(),
+            action: action.into(),
+            note: note.chars().take(NOTE_LIMIT).collect(),
+        };
+        let now = Timestamp::now();
+        let ttl = jiff_ttl();
+        let mut recent = self.recent.lock().await;
+        recent.retain(|_, (_, last)| *last + ttl > now);
+        let events: Api<K8sEvent> = Api::namespaced(
+            self.client.clone(),
+            regarding.namespace.as_deref().unwrap_or("default"),
+        );
+        let event = match recent.get(&key) {
+            Some((earlier, _)) => {
+                let count = earlier.series.as_ref().map_or(2, |s| s.count + 1);
+                let mut event = earlier.clone();
+                event.series = Some(EventSeries {
+                    count,
+                    last_observed_time: MicroTime(now),
+                });
+                events
+                    .patch(
+                        &event.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&event),
+                    )
+                    .await?;
+                event
+            }
+            None => {
+                let event = self.event(&key, regarding, now);
+                events.create(&PostParams::default(), &event).await?;
+                event
+            }
+        };
+        recent.insert(key, (event, now));
+        Ok(())
+    }
+}
+
+fn jiff_ttl() -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::try_from(SERIES_TTL).unwrap_or_default()
+}
 
 /// Publishes an event about `obj`. A failure to publish is logged, never
 /// fatal: events are for humans, not for correctness.
@@ -21,14 +149,15 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     note: &str,
     action: &str,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    let mut regarding = obj.object_ref(&());
+    // The version changes with every status write; it would only make the
+    // reference differ between repeats of one event.
+    regarding.resource_version = None;
+    if let Err(e) = ctx
+        .recorder
+        .publish(type_, reason, note, action, &regarding)
+        .await
+    {
         tracing::debug!(error = %e, reason, "event not published");
     }
 }
@@ -42,7 +171,7 @@ pub fn unwrap_finalizer(e: finalizer::Error<Error>) -> Error {
 }
 
 /// Books a failed reconcile of `obj`: the failure count behind its backoff,
-/// the metric, a log line and a Warning event. Returns the count.
+/// the metrics, a log line and a Warning event. Returns the count.
 pub async fn failed<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     kind: &'static str,
@@ -50,11 +179,14 @@ pub async fn failed<K: Resource<DynamicType = ()>>(
     err: &Error,
 ) -> u32 {
     let failures = ctx.failed(obj.meta().uid.as_deref().unwrap_or_default());
+    let namespace = obj.meta().namespace.as_deref().unwrap_or_default();
+    let name = obj.meta().name.as_deref().unwrap_or_default();
     ctx.metrics.failed(kind, err.reason());
+    ctx.metrics.object_failed(kind, namespace, name);
     tracing::warn!(
         kind,
-        name = obj.meta().name.as_deref().unwrap_or_default(),
-        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name,
+        namespace,
         reason = err.reason(),
         error = %err,
         failures,

@@ -9,6 +9,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use syncstore_operator::{
     context::{Context, Settings},
     controller,
+    health::Health,
     metrics::Metrics,
     server,
 };
@@ -57,6 +58,9 @@ struct RunArgs {
     /// Prefix of generated API keys; must match the data plane's API_KEY_TOKEN_PREFIX.
     #[arg(long, env = "API_KEY_TOKEN_PREFIX", default_value = "sk_live_")]
     key_prefix: String,
+    /// How long a controller's watch may fail before /health answers 503.
+    #[arg(long, env = "HEALTH_WATCH_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    health_watch_grace: Duration,
 }
 
 #[tokio::main]
@@ -113,7 +117,8 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let router = server::router(metrics.clone());
+    let health = Health::new(args.health_watch_grace);
+    let router = server::router(metrics.clone(), health.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -168,7 +173,7 @@ async fn run(args: RunArgs) -> ExitCode {
         ..Settings::default()
     };
     let ctx = Context::new(client, metrics, settings, identity);
-    controller::run(ctx, args.watch_namespace.clone(), shutdown).await;
+    controller::run(ctx, args.watch_namespace.clone(), health, shutdown).await;
 
     let still_leader = *leader.borrow();
     drop(leader);

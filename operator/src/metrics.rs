@@ -1,9 +1,87 @@
 //! Prometheus metrics of the operator: reconciles, failures and durations,
-//! by kind. A drop guard times each reconcile, as kube-rs's controller-rs
-//! does, so an early return is measured too.
+//! by kind, and per object (readiness, phase, failures) the way
+//! kube-state-metrics exposes Pods: one series per object, a 0/1 series
+//! per phase, all removed when the object is deleted. A drop guard times
+//! each reconcile, as kube-rs's controller-rs does, so an early return is
+//! measured too.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use std::time::Instant;
+
+/// Every phase a SyncStore can show, each one a `phase` series.
+pub const STORE_PHASES: [&str; 5] = ["Pending", "Progressing", "Running", "Degraded", "Failed"];
+/// Every phase an ApiKey can show.
+pub const KEY_PHASES: [&str; 4] = ["Pending", "Active", "Expired", "Failed"];
+
+/// The per-object series of one kind.
+#[derive(Clone)]
+struct PerObject {
+    ready: IntGaugeVec,
+    phase: IntGaugeVec,
+    failures: IntCounterVec,
+    phases: &'static [&'static str],
+}
+
+impl PerObject {
+    fn new(prefix: &str, noun: &str, phases: &'static [&'static str]) -> Self {
+        let gauge = |name: &str, help: String, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(format!("{prefix}_{name}"), help), labels)
+                .expect("valid metric")
+        };
+        Self {
+            ready: gauge(
+                "ready",
+                format!("Whether the {noun}'s Ready condition is True (1) or not (0)"),
+                &["namespace", "name"],
+            ),
+            phase: gauge(
+                "phase",
+                format!("The {noun}'s phase: 1 for the current phase, 0 for the others"),
+                &["namespace", "name", "phase"],
+            ),
+            failures: IntCounterVec::new(
+                Opts::new(
+                    format!("{prefix}_reconcile_failures_total"),
+                    format!("Failed reconciles of the {noun}"),
+                ),
+                &["namespace", "name"],
+            )
+            .expect("valid metric"),
+            phases,
+        }
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 3] {
+        [
+            Box::new(self.ready.clone()),
+            Box::new(self.phase.clone()),
+            Box::new(self.failures.clone()),
+        ]
+    }
+
+    fn observe(&self, namespace: &str, name: &str, ready: bool, phase: &str) {
+        self.ready
+            .with_label_values(&[namespace, name])
+            .set(i64::from(ready));
+        for p in self.phases {
+            self.phase
+                .with_label_values(&[namespace, name, p])
+                .set(i64::from(*p == phase));
+        }
+    }
+
+    fn failed(&self, namespace: &str, name: &str) {
+        self.failures.with_label_values(&[namespace, name]).inc();
+    }
+
+    fn forget(&self, namespace: &str, name: &str) {
+        let _ = self.ready.remove_label_values(&[namespace, name]);
+        let _ = self.failures.remove_label_values(&[namespace, name]);
+        for p in self.phases {
+            let _ = self.phase.remove_label_values(&[namespace, name, p]);
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -11,6 +89,8 @@ pub struct Metrics {
     reconciles: IntCounterVec,
     failures: IntCounterVec,
     duration: HistogramVec,
+    stores: PerObject,
+    keys: PerObject,
 }
 
 impl Default for Metrics {
@@ -41,11 +121,17 @@ impl Default for Metrics {
             &["kind"],
         )
         .expect("valid metric");
-        for m in [
+        let stores = PerObject::new("syncstore_store", "SyncStore", &STORE_PHASES);
+        let keys = PerObject::new("syncstore_apikey", "ApiKey", &KEY_PHASES);
+        let all = [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(stores.collectors())
+        .chain(keys.collectors());
+        for m in all {
             registry.register(m).expect("registered once");
         }
         Self {
@@ -53,6 +139,8 @@ impl Default for Metrics {
             reconciles,
             failures,
             duration,
+            stores,
+            keys,
         }
     }
 }
@@ -69,6 +157,29 @@ impl Metrics {
 
     pub fn failed(&self, kind: &'static str, reason: &str) {
         self.failures.with_label_values(&[kind, reason]).inc();
+    }
+
+    fn of(&self, kind: &str) -> &PerObject {
+        if kind == "ApiKey" {
+            &self.keys
+        } else {
+            &self.stores
+        }
+    }
+
+    /// Sets the object's `ready` and `phase` series from its status.
+    pub fn observe(&self, kind: &str, namespace: &str, name: &str, ready: bool, phase: &str) {
+        self.of(kind).observe(namespace, name, ready, phase);
+    }
+
+    /// Counts a real failure of one object.
+    pub fn object_failed(&self, kind: &str, namespace: &str, name: &str) {
+        self.of(kind).failed(namespace, name);
+    }
+
+    /// Removes every series of a deleted object.
+    pub fn forget(&self, kind: &str, namespace: &str, name: &str) {
+        self.of(kind).forget(namespace, name);
     }
 
     /// The text exposition of every metric.

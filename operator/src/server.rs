@@ -1,22 +1,41 @@
 //! `/metrics` and `/health` of the operator process.
 
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
 
-use crate::metrics::Metrics;
+use crate::{health::Health, metrics::Metrics};
 
-pub fn router(metrics: Metrics) -> Router {
-    Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route("/metrics", get(render))
-        .with_state(metrics)
+#[derive(Clone)]
+struct Served {
+    metrics: Metrics,
+    health: Health,
 }
 
-async fn render(State(metrics): State<Metrics>) -> impl IntoResponse {
+pub fn router(metrics: Metrics, health: Health) -> Router {
+    Router::new()
+        .route("/health", get(health_of))
+        .route("/metrics", get(render))
+        .with_state(Served { metrics, health })
+}
+
+async fn health_of(State(s): State<Served>) -> impl IntoResponse {
+    match s.health.check() {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unhealthy", "reason": reason })),
+        ),
+    }
+}
+
+async fn render(State(s): State<Served>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+        s.metrics.render(),
     )
 }

@@ -24,31 +24,39 @@ use syncstore_crds::{ApiKey, DatabaseStatus, DeletionPolicy, SyncStore, SyncStor
 use crate::{
     apply::{apply, delete_orphans, ensure_secret, random_token, read_secret_key, secret_value},
     children::{self, names, DbNames},
-    conditions::{merge, Verdict},
-    context::{backoff, Context, Error, Result},
+    conditions::{is_true, merge, Verdict},
+    context::{backoff, paused, Context, Error, Result, PAUSE_ANNOTATION},
     database::{self, Owner, Target},
     events::publish,
     keyrows,
+    serving::{self, Serving},
 };
 
 pub const KIND: &str = "SyncStore";
 /// Finalizer that drops the schema under `deletionPolicy: Delete`.
 pub const FINALIZER: &str = "syncstore.dev/cleanup";
 
-/// What one successful pass found, for the status.
-struct Observed {
-    schema_version: i64,
-    /// Pods the Deployment has now (the HPA's count under autoscaling).
-    replicas: Option<i32>,
-    ready_replicas: i32,
-    available: Verdict,
-}
-
 pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start(KIND);
     let ns = store.namespace().unwrap_or_default();
     let api: Api<SyncStore> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = store.uid().unwrap_or_default();
+    let deleting = store.meta().deletion_timestamp.is_some();
+    // Deletion is an explicit request and goes on while paused.
+    if paused(store.as_ref()) && !deleting {
+        ctx.succeeded(&uid);
+        update_status(&ctx, &api, &store, |current| SyncStoreStatus {
+            conditions: merge(
+                &current.conditions,
+                &[pause_verdict()],
+                store.metadata.generation,
+                Timestamp::now(),
+            ),
+            ..current.clone()
+        })
+        .await?;
+        return Ok(Action::await_change());
+    }
     let result = finalizer(&api, FINALIZER, store.clone(), |event| async {
         match event {
             Event::Apply(s) => apply_store(&s, &ctx).await,
@@ -60,12 +68,15 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
     match result {
         Ok(action) => {
             ctx.succeeded(&uid);
+            if deleting {
+                ctx.metrics.forget(KIND, &ns, &store.name_any());
+            }
             Ok(action)
         }
         Err(err) => {
             let failures = crate::events::failed(&ctx, KIND, store.as_ref(), &err).await;
-            if store.meta().deletion_timestamp.is_none() {
-                if let Err(e) = write_failure(&api, &store, &err, failures).await {
+            if !deleting {
+                if let Err(e) = write_failure(&ctx, &api, &store, &err, failures).await {
                     tracing::warn!(error = %e, "status not written");
                 }
             }
@@ -73,6 +84,18 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
         }
     }
 }
+
+/// The condition a paused object shows.
+pub fn pause_verdict() -> Verdict {
+    Verdict::ok(
+        PAUSED,
+        "Paused",
+        format!("Reconciliation is paused by the annotation {PAUSE_ANNOTATION}: paused; nothing is changed until it is removed."),
+    )
+}
+
+/// The paused condition's type; it is removed when reconciliation resumes.
+pub const PAUSED: &str = "ReconciliationPaused";
 
 pub fn error_policy(store: Arc<SyncStore>, _err: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(backoff(ctx.failures(&store.uid().unwrap_or_default())))
@@ -111,28 +134,45 @@ async fn admin_url(store: &SyncStore, ctx: &Context) -> Result<String> {
     Ok(url)
 }
 
-async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
-    let client = &ctx.client;
-    let n = names(store);
+/// The store's database as provisioning left it.
+struct Provisioned {
+    url: String,
+    schema_version: i64,
+}
 
+/// Errors after which the children that need no database still follow
+/// the spec, from the last database URL the operator derived: the database
+/// (or its admin Secret) is unreachable or broken for now, and a replica
+/// count or image change must not wait for it. A store refused for
+/// ownership, an immutable-field change or an invalid spec gets nothing.
+fn children_follow_anyway(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Kube(_)
+            | Error::SecretMissing { .. }
+            | Error::InvalidDatabaseUrl(_)
+            | Error::DatabaseUnreachable(_)
+            | Error::Provisioning(_)
+            | Error::Migration(_)
+            | Error::KeyStore(_)
+    )
+}
+
+async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
+    let api: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    if store.status.is_none() {
+        // Provisioning can take seconds: say so instead of showing nothing.
+        update_status(ctx, &api, store, |current| pending(store, current)).await?;
+    }
+    let n = names(store);
     let (generated, created) = ensure_secret(
-        client,
+        &ctx.client,
         &children::generated_secret(store, &mut random_token),
     )
     .await?;
     if created {
-        publish(
-            ctx,
-            store,
-            EventType::Normal,
-            "SecretsGenerated",
-            &format!(
-                "Generated JWT secrets and the database password in Secret {}",
-                n.generated
-            ),
-            "Provision",
-        )
-        .await;
+        announce_generated(ctx, store, &n.generated).await;
     }
     let password = secret_value(&generated, "DB_PASSWORD").ok_or_else(|| Error::SecretMissing {
         name: n.generated.clone(),
@@ -142,10 +182,67 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     check_spec(store, ctx, &generated).await?;
 
     let db_names = children::db_names(store)?;
+    let (url, database) = match provision_database(ctx, store, &db_names, &password).await {
+        Ok(p) => (p.url.clone(), Ok(p)),
+        Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
+            Some(url) => (url, Err(e)),
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    let deployment = apply_children(ctx, store, &url).await?;
+    // The children follow the spec; a database failure still fails the
+    // reconcile (status, event, backoff).
+    let database = database?;
+    let serving = serving::serving(store, &deployment);
+    write_success(ctx, store, database.schema_version, serving, &db_names).await?;
+    Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+/// A Normal event for the first generation of the store's Secret, a
+/// Warning when it was deleted and generated again: new JWT secrets make
+/// every token issued before invalid.
+async fn announce_generated(ctx: &Context, store: &SyncStore, secret: &str) {
+    let provisioned = store
+        .status
+        .as_ref()
+        .is_some_and(|s| s.database.is_some() || s.schema_version.is_some());
+    if provisioned {
+        publish(
+            ctx,
+            store,
+            EventType::Warning,
+            "SecretsRegenerated",
+            &format!(
+                "Secret {secret} was missing and has been generated again: the new JWT secrets invalidate every token issued before, so every user is signed out, and the database password is reset, so the pods roll."
+            ),
+            "Provision",
+        )
+        .await;
+    } else {
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "SecretsGenerated",
+            &format!("Generated JWT secrets and the database password in Secret {secret}"),
+            "Provision",
+        )
+        .await;
+    }
+}
+
+/// Schema and role, migrations and the revocation of orphan key rows.
+async fn provision_database(
+    ctx: &Context,
+    store: &SyncStore,
+    db_names: &DbNames,
+    password: &str,
+) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
-    let target = target(store, &db_names);
-    database::provision(&admin, &target, &password).await?;
-    let url = database::store_url(&admin, &target, &password)?;
+    let target = target(store, db_names);
+    database::provision(&admin, &target, password).await?;
+    let url = database::store_url(&admin, &target, password)?;
     let (applied, schema_version) = database::migrate(&url).await?;
     if applied > 0 {
         publish(
@@ -180,11 +277,31 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+    Ok(Provisioned {
+        url,
+        schema_version,
+    })
+}
 
-    apply(client, &children::database_secret(store, &url)).await?;
+/// The database URL of the last successful provisioning, if any.
+async fn last_database_url(ctx: &Context, store: &SyncStore) -> Result<Option<String>> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    Ok(api
+        .get_opt(&names(store).database)
+        .await?
+        .and_then(|s| secret_value(&s, "DATABASE_URL")))
+}
+
+/// Applies every child and deletes the ones no longer wanted; returns the
+/// data-plane Deployment as the apiserver has it (status included).
+async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<Deployment> {
+    let client = &ctx.client;
+    let n = names(store);
+    apply(client, &children::database_secret(store, url)).await?;
     let config = children::config_map(store);
     apply(client, &config).await?;
-    let hash = children::config_hash(&config, &url);
+    let hash = children::config_hash(&config, url);
     let deployment = apply(client, &children::deployment(store, &hash)).await?;
     apply(client, &children::service(store)).await?;
     apply(client, &children::pdb(store)).await?;
@@ -221,33 +338,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-
-    let status = deployment.status.unwrap_or_default();
-    let replicas = status.replicas;
-    let ready_replicas = status.ready_replicas.unwrap_or(0);
-    let available = status.available_replicas.unwrap_or(0);
-    let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(0);
-    let available = if available > 0 {
-        Verdict::ok(
-            "Available",
-            "ReplicasAvailable",
-            format!("{available} of {wanted} replicas available"),
-        )
-    } else {
-        Verdict::fail(
-            "Available",
-            "NoReplicasAvailable",
-            format!("0 of {wanted} replicas available"),
-        )
-    };
-    let observed = Observed {
-        schema_version,
-        replicas,
-        ready_replicas,
-        available,
-    };
-    write_success(ctx, store, observed, &db_names).await?;
-    Ok(Action::requeue(ctx.settings.resync_interval))
+    Ok(deployment)
 }
 
 /// Refuses, before any database work or rollout, a spec whose pods would
@@ -319,45 +410,71 @@ async fn revoke_orphan_keys(
     Ok(revoked)
 }
 
+/// The status of a store the operator has seen but not provisioned yet.
+fn pending(store: &SyncStore, current: &SyncStoreStatus) -> SyncStoreStatus {
+    if current.phase.is_some() {
+        // The watch's copy was behind: the store has a status already.
+        return current.clone();
+    }
+    SyncStoreStatus {
+        observed_generation: store.metadata.generation,
+        phase: Some("Pending".into()),
+        conditions: merge(
+            &current.conditions,
+            &[Verdict::fail(
+                "Ready",
+                "Provisioning",
+                "The database and the children are being provisioned.",
+            )],
+            store.metadata.generation,
+            Timestamp::now(),
+        ),
+        ..current.clone()
+    }
+}
+
 async fn write_success(
     ctx: &Context,
     store: &SyncStore,
-    o: Observed,
+    schema_version: i64,
+    serving: Serving,
     names: &DbNames,
 ) -> Result<()> {
-    let current = store.status.clone().unwrap_or_default();
-    let running = o.available.ok;
     let verdicts = [
         Verdict::ok(
             "DatabaseReady",
             "Provisioned",
             format!(
-                "schema {} and role {} are in place and marked as this store's",
+                "Schema {} and role {} are in place and marked as this store's.",
                 names.schema, names.role
             ),
         ),
         Verdict::ok(
             "SchemaMigrated",
             "Migrated",
-            format!("schema version {}", o.schema_version),
+            format!("The schema is at version {schema_version}."),
         ),
-        o.available,
-        crate::validate::version_skew(store, o.schema_version),
-        Verdict::ok("Ready", "Reconciled", "every child object is applied"),
+        serving.available,
+        serving.progressing,
+        serving.degraded,
+        crate::validate::version_skew(store, schema_version),
+        serving.ready,
     ];
-    let status = SyncStoreStatus {
+    let api: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    update_status(ctx, &api, store, |current| SyncStoreStatus {
         observed_generation: store.metadata.generation,
-        phase: Some(if running { "Running" } else { "Provisioning" }.into()),
-        conditions: merge(
+        phase: Some(serving.phase.into()),
+        conditions: resumed(merge(
             &current.conditions,
             &verdicts,
             store.metadata.generation,
             Timestamp::now(),
-        ),
-        replicas: o.replicas,
-        ready_replicas: o.ready_replicas,
+        )),
+        replicas: serving.replicas,
+        ready_replicas: serving.ready_replicas,
         endpoint: Some(children::endpoint(store)),
-        schema_version: Some(o.schema_version),
+        schema_version: Some(schema_version),
         failures: 0,
         database: Some(DatabaseStatus {
             engine: names.engine,
@@ -365,19 +482,26 @@ async fn write_success(
             role: names.role.clone(),
             store_id: names.store_id.clone(),
         }),
-    };
-    let api: Api<SyncStore> =
-        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
-    write_status(&api, store, &current, &status).await
+    })
+    .await
+}
+
+/// `conditions` without the paused condition: reconciling again means the
+/// pause is over.
+pub fn resumed(
+    mut conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.retain(|c| c.type_ != PAUSED);
+    conditions
 }
 
 async fn write_failure(
+    ctx: &Context,
     api: &Api<SyncStore>,
     store: &SyncStore,
     err: &Error,
     failures: u32,
 ) -> Result<()> {
-    let current = store.status.clone().unwrap_or_default();
     let message = err.to_string();
     let mut verdicts = vec![Verdict::fail("Ready", err.reason(), message.clone())];
     match err {
@@ -394,30 +518,44 @@ async fn write_failure(
         }
         _ => {}
     }
-    let status = SyncStoreStatus {
+    update_status(ctx, api, store, |current| SyncStoreStatus {
         observed_generation: store.metadata.generation,
         phase: Some("Failed".into()),
-        conditions: merge(
+        conditions: resumed(merge(
             &current.conditions,
             &verdicts,
             store.metadata.generation,
             Timestamp::now(),
-        ),
+        )),
         failures,
         ..current.clone()
-    };
-    write_status(api, store, &current, &status).await
+    })
+    .await
 }
 
-/// Patches the status only when it changed, so a steady state writes
-/// nothing (and triggers nothing).
-async fn write_status(
+/// Writes the status that `f` derives from the live one. The reconcile
+/// started from the watch's cached copy, which can be behind (a failure
+/// written a moment ago, a pause just lifted): comparing with that copy
+/// skipped writes that were needed, and left a store `Failed` after it had
+/// recovered. Only a changed status is written, so a steady state writes
+/// nothing (and triggers nothing). Also sets the store's metrics.
+async fn update_status(
+    ctx: &Context,
     api: &Api<SyncStore>,
     store: &SyncStore,
-    current: &SyncStoreStatus,
-    new: &SyncStoreStatus,
+    f: impl FnOnce(&SyncStoreStatus) -> SyncStoreStatus,
 ) -> Result<()> {
-    if current == new && store.status.is_some() {
+    let live = api.get_status(&store.name_any()).await?;
+    let current = live.status.clone().unwrap_or_default();
+    let new = f(&current);
+    ctx.metrics.observe(
+        KIND,
+        &store.namespace().unwrap_or_default(),
+        &store.name_any(),
+        is_true(&new.conditions, "Ready"),
+        new.phase.as_deref().unwrap_or("Pending"),
+    );
+    if live.status.as_ref() == Some(&new) {
         return Ok(());
     }
     let patch = serde_json::json!({ "status": new });

@@ -114,3 +114,50 @@ async fn provisioning_on_postgres_logs_no_password_at_trace() {
 async fn provisioning_on_mariadb_logs_no_password_at_trace() {
     provision_and_drop_logging_at_trace(Engine::Mysql, &common::mysql_admin()).await;
 }
+
+/// Issue 15, item 15: the operator itself, at `trace` (sqlx's statement
+/// logging included), writes none of the generated secrets of a
+/// PostgreSQL and a MariaDB store and their keys, plain or base64.
+#[test]
+fn the_operator_at_trace_logs_no_generated_secret() {
+    use base64::Engine as _;
+    let mut c = common::Cluster::new("tracelog");
+    c.secret("pg-admin", &[("url", &common::postgres_admin())]);
+    c.secret("my-admin", &[("url", &common::mysql_admin())]);
+    let kubeconfig = common::kubeconfig();
+    let op = c.start_operator_with("op-trace", &kubeconfig, &[("LOG_LEVEL", "trace")]);
+    let mut manifests = String::new();
+    for (store, engine, admin) in [("pg", "postgres", "pg-admin"), ("my", "mysql", "my-admin")] {
+        manifests.push_str(&format!(
+            "apiVersion: syncstore.dev/v1alpha1\nkind: SyncStore\nmetadata: {{name: {store}}}\nspec:\n  image: ghcr.io/syncstore/syncstore:0.1.0\n  replicas: 1\n  database: {{engine: {engine}, adminSecretRef: {{name: {admin}, key: url}}}}\n---\napiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: {store}-key}}\nspec: {{storeRef: {store}, userId: alice}}\n---\n"
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}-stores.yaml", c.ns));
+    std::fs::write(&path, manifests).expect("write");
+    c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+    let mut secrets = Vec::new();
+    for store in ["pg", "my"] {
+        c.wait_condition(&format!("syncstore/{store}"), "Ready", 90);
+        c.wait_condition(&format!("apikey/{store}-key"), "Ready", 60);
+        let generated = format!("{store}-secrets");
+        for key in ["DB_PASSWORD", "JWT_SECRET", "JWT_REFRESH_SECRET"] {
+            secrets.push(c.secret_value(&generated, key).expect(key));
+        }
+        secrets.push(
+            c.secret_value(&format!("{store}-key-apikey"), "apiKey")
+                .expect("apiKey"),
+        );
+    }
+    let log = c.log_of(op);
+    assert!(
+        log.contains("sqlx::query"),
+        "sqlx's statement logging is on at trace"
+    );
+    for secret in &secrets {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        assert!(
+            !log.contains(secret.as_str()) && !log.contains(&b64),
+            "a generated secret reached the log at trace"
+        );
+    }
+}

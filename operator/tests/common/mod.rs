@@ -42,6 +42,82 @@ pub fn mysql_admin() -> String {
 pub struct Cluster {
     pub ns: String,
     operators: Vec<Operator>,
+    kubelet: Option<Kubelet>,
+}
+
+/// Stands in for the kubelet and the Deployment controller, which this
+/// control plane does not run: every second it marks each Deployment of
+/// the namespace as fully rolled out (all replicas updated, ready and
+/// available), so a store can become Ready. Tests of the serving status
+/// run without it and patch the Deployment status themselves.
+struct Kubelet {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The status patch that makes Deployment `d` fully available, if needed.
+fn rolled_out(d: &Value) -> Option<String> {
+    let generation = d["metadata"]["generation"].as_i64()?;
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let s = &d["status"];
+    let done = s["observedGeneration"].as_i64() == Some(generation)
+        && s["availableReplicas"].as_i64().unwrap_or(0) == replicas
+        && s["updatedReplicas"].as_i64().unwrap_or(0) == replicas
+        && s["replicas"].as_i64().unwrap_or(0) == replicas;
+    (!done).then(|| {
+        serde_json::json!({"status": {
+            "observedGeneration": generation,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        }})
+        .to_string()
+    })
+}
+
+fn kubelet(ns: String) -> Kubelet {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(list) = run_kubectl(&["get", "deployments", "-o", "json"], Some(&ns)) {
+                let list: Value = serde_json::from_str(&list).unwrap_or_default();
+                for d in list["items"].as_array().into_iter().flatten() {
+                    let (Some(name), Some(patch)) = (d["metadata"]["name"].as_str(), rolled_out(d))
+                    else {
+                        continue;
+                    };
+                    let _ = run_kubectl(
+                        &[
+                            "patch",
+                            "deployment",
+                            name,
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            &patch,
+                        ],
+                        Some(&ns),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    });
+    Kubelet {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 pub struct Operator {
@@ -75,11 +151,20 @@ impl Cluster {
         Self::with_namespace(format!("{prefix}-{}", &uuid_like()[..8]))
     }
 
+    /// Like [`Cluster::new`], but no stand-in kubelet marks Deployments
+    /// available: the test patches their status itself.
+    pub fn without_kubelet(prefix: &str) -> Self {
+        let mut c = Self::new(prefix);
+        c.kubelet = None;
+        c
+    }
+
     /// Like [`Cluster::new`], in namespace `ns` (which must be unused).
     pub fn with_namespace(ns: String) -> Self {
-        let c = Self {
+        let mut c = Self {
             ns,
             operators: Vec::new(),
+            kubelet: None,
         };
         c.kubectl_global(&[
             "apply",
@@ -96,6 +181,7 @@ impl Cluster {
             "crd/apikeys.syncstore.dev",
         ]);
         c.kubectl_global(&["create", "namespace", &c.ns]);
+        c.kubelet = Some(kubelet(c.ns.clone()));
         c
     }
 
@@ -121,6 +207,17 @@ impl Cluster {
     }
 
     pub fn start_operator_as(&mut self, identity: &str, kubeconfig: &str) -> usize {
+        self.start_operator_with(identity, kubeconfig, &[])
+    }
+
+    /// Starts an operator with extra environment (which overrides the
+    /// defaults below, e.g. `LOG_LEVEL`).
+    pub fn start_operator_with(
+        &mut self,
+        identity: &str,
+        kubeconfig: &str,
+        env: &[(&str, &str)],
+    ) -> usize {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("operator-{}-{identity}.log", self.ns));
         let file = std::fs::File::create(&log).expect("log file");
@@ -133,6 +230,7 @@ impl Cluster {
             .env("USAGE_SYNC_INTERVAL", "2s")
             .env("KEY_ROTATION_GRACE", "1h")
             .env("LOG_LEVEL", "info,kube=warn,sqlx=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -252,6 +350,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.operators.clear();
+        self.kubelet = None;
         // Finalizers would hold the namespace without an operator; remove them.
         for kind in ["apikeys", "syncstores"] {
             if let Ok(names) = self.try_kubectl(&["get", kind, "-o", "name"]) {

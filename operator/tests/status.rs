@@ -1,0 +1,747 @@
+//! Issue 15, items 6, 8, 9, 10, 11, 15 and 16: status that tells the truth
+//! (serving, latest failure, waits that are not failures), children that
+//! follow the spec without the database, pausing, regenerated secrets,
+//! per-object metrics and a `/health` that reflects the controllers.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use common::{condition, mysql_admin, postgres_admin, Cluster};
+use serde_json::Value;
+use syncstore_crds::Engine;
+use syncstore_operator::database::{provision, Owner, Target};
+
+fn pg_secrets(c: &Cluster) {
+    c.secret("pg-admin", &[("url", &postgres_admin())]);
+    c.secret("redis", &[("url", "redis://127.0.0.1:6379")]);
+}
+
+/// Replaces Secret `pg-admin` with one holding `url`.
+fn set_admin_url(c: &Cluster, url: &str) {
+    c.kubectl(&["delete", "secret", "pg-admin"]);
+    c.secret("pg-admin", &[("url", url)]);
+}
+
+/// An admin URL nothing listens on: the connection is refused at once.
+fn closed_port_url() -> String {
+    postgres_admin().replace("127.0.0.1:5432", "127.0.0.1:1")
+}
+
+fn apply_yaml(c: &Cluster, yaml: &str) {
+    let path = std::env::temp_dir().join(format!("{}-{}.yaml", c.ns, rand_suffix()));
+    std::fs::write(&path, yaml).expect("write");
+    c.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+}
+
+fn rand_suffix() -> u64 {
+    use rand::Rng;
+    rand::thread_rng().gen()
+}
+
+/// A small store on PostgreSQL (no Kafka, so one Deployment).
+fn store_yaml(name: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: syncstore.dev/v1alpha1\nkind: SyncStore\nmetadata: {{name: {name}}}\nspec:\n  image: ghcr.io/syncstore/syncstore:0.1.0\n  replicas: {replicas}\n  database: {{engine: postgres, adminSecretRef: {{name: pg-admin, key: url}}}}\n  redis: {{urlSecretRef: {{name: redis, key: url}}}}\n"
+    )
+}
+
+fn key_yaml(name: &str, store: &str) -> String {
+    format!(
+        "apiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}}}\nspec: {{storeRef: {store}, userId: alice}}\n"
+    )
+}
+
+/// (type, reason, message) of the events about object `name`.
+fn events_of(c: &Cluster, name: &str) -> Vec<(String, String, String)> {
+    let selector = format!("involvedObject.name={name}");
+    let list: Value = serde_json::from_str(&c.kubectl(&[
+        "get",
+        "events",
+        "-o",
+        "json",
+        "--field-selector",
+        &selector,
+    ]))
+    .expect("json");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("type"), s("reason"), s("message"))
+        })
+        .collect()
+}
+
+fn cond_field(obj: &Value, type_: &str, field: &str) -> Option<String> {
+    condition(obj, type_)?[field].as_str().map(String::from)
+}
+
+/// Waits until condition `type_` of `target` has `status` and `reason`.
+fn wait_reason(c: &Cluster, kind: &str, name: &str, type_: &str, status: &str, reason: &str) {
+    c.eventually(
+        &format!("{kind}/{name} {type_}={status} ({reason})"),
+        60,
+        || {
+            let o = c.get(kind, name)?;
+            (cond_field(&o, type_, "status")? == status
+                && cond_field(&o, type_, "reason")? == reason)
+                .then_some(())
+        },
+    );
+}
+
+/// A plain HTTP/1.0 GET on the operator's port: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (code, body)
+}
+
+/// The value of the series `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Sets the data-plane Deployment's status as the Deployment controller
+/// would, from the kubelet's reports.
+fn deployment_status(c: &Cluster, name: &str, replicas: i64, available: i64) {
+    let generation = c.must_get("deployment", name)["metadata"]["generation"]
+        .as_i64()
+        .expect("generation");
+    let patch = serde_json::json!({"status": {
+        "observedGeneration": generation,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": available,
+        "availableReplicas": available,
+    }})
+    .to_string();
+    c.kubectl(&[
+        "patch",
+        "deployment",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+fn phase(c: &Cluster, kind: &str, name: &str) -> String {
+    c.must_get(kind, name)["status"]["phase"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn wait_phase(c: &Cluster, name: &str, wanted: &str) {
+    c.eventually(&format!("phase {wanted}"), 30, || {
+        (phase(c, "syncstore", name) == wanted).then_some(())
+    });
+}
+
+/// Item 6: Ready means at least one replica is available; the phases
+/// follow the rollout and the minimum.
+#[test]
+fn ready_and_phase_follow_the_available_replicas() {
+    let mut c = Cluster::without_kubelet("serve");
+    pg_secrets(&c);
+    c.start_operator("op-serve");
+    apply_yaml(&c, &store_yaml("chat", 3));
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+    // Provisioned, but no pod yet: not Ready, and `kubectl wait` must not pass.
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "Ready",
+        "False",
+        "RolloutInProgress",
+    );
+    assert_eq!(phase(&c, "syncstore", "chat"), "Progressing");
+    assert!(c
+        .try_kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=2s",
+            "syncstore/chat"
+        ])
+        .is_err());
+
+    // Rolled out, nothing available: Degraded, not Ready.
+    deployment_status(&c, "chat", 3, 0);
+    wait_phase(&c, "chat", "Degraded");
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond_field(&s, "Ready", "reason").as_deref(),
+        Some("NoReplicasAvailable")
+    );
+    assert_eq!(
+        cond_field(&s, "Degraded", "status").as_deref(),
+        Some("True")
+    );
+
+    // One of three: serving (Ready), but below the minimum (Degraded).
+    deployment_status(&c, "chat", 3, 1);
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Degraded");
+    assert_eq!(
+        cond_field(&s, "Ready", "message").as_deref(),
+        Some("1 of 3 replicas are available.")
+    );
+    assert_eq!(
+        cond_field(&s, "Degraded", "message").as_deref(),
+        Some("1 replicas are available, fewer than the minimum of 3.")
+    );
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=5s",
+        "syncstore/chat",
+    ]);
+
+    // All three: Running.
+    deployment_status(&c, "chat", 3, 3);
+    wait_phase(&c, "chat", "Running");
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond_field(&s, "Degraded", "status").as_deref(),
+        Some("False")
+    );
+    assert_eq!(s["status"]["readyReplicas"], 3);
+
+    // A spec change starts a rollout the Deployment controller has not seen.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":4}}"#,
+    ]);
+    wait_phase(&c, "chat", "Progressing");
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond_field(&s, "Progressing", "reason").as_deref(),
+        Some("RolloutInProgress")
+    );
+    assert_eq!(
+        cond_field(&s, "Ready", "status").as_deref(),
+        Some("True"),
+        "the old replicas still serve"
+    );
+}
+
+/// Item 8: the status and the events name the latest failure, and a
+/// success clears `Failed` at once (the admin Secret's watch reconciles the
+/// store as soon as it is fixed, whatever the backoff).
+#[test]
+fn status_and_events_name_the_latest_failure_and_recovery_is_immediate() {
+    let mut c = Cluster::new("stale");
+    let bad = postgres_admin().replace(":syncstore@", ":wrong-password@");
+    c.secret("pg-admin", &[("url", &bad)]);
+    c.secret("redis", &[("url", "redis://127.0.0.1:6379")]);
+    c.start_operator("op-stale");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.eventually("two failures with the wrong password", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        (s["status"]["failures"].as_u64()? >= 2
+            && cond_field(&s, "Ready", "message")?.contains("password authentication failed"))
+        .then_some(())
+    });
+
+    set_admin_url(&c, &closed_port_url());
+    let message = c.eventually("the refused connection in status", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        let m = cond_field(&s, "Ready", "message")?;
+        (m.contains("refused") && s["status"]["failures"].as_u64()? >= 4).then_some(m)
+    });
+    let events = events_of(&c, "chat");
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, m)| t == "Warning" && r == "DatabaseUnreachable" && m == &message),
+        "an event carries the status's message {message:?}: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(_, _, m)| m.contains("password authentication failed")),
+        "the earlier failure is an event of its own: {events:?}"
+    );
+
+    // Backoff is at 16 s or more by now; the Secret's watch does not wait.
+    set_admin_url(&c, &postgres_admin());
+    let fixed = Instant::now();
+    c.wait_condition("syncstore/chat", "Ready", 30);
+    assert!(
+        fixed.elapsed() < Duration::from_secs(12),
+        "recovered {:?} after the fix",
+        fixed.elapsed()
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Running");
+    assert_eq!(s["status"]["failures"], 0);
+}
+
+/// Item 9: keys applied before their store wait without a Warning or a
+/// failure, and become Ready as soon as the store is migrated.
+#[test]
+fn keys_wait_for_their_store_without_failing() {
+    let mut c = Cluster::new("wait");
+    let op = c.start_operator("op-wait");
+    apply_yaml(&c, &key_yaml("early", "chat"));
+    wait_reason(&c, "apikey", "early", "Ready", "False", "StoreNotFound");
+    let k = c.must_get("apikey", "early");
+    assert_eq!(k["status"]["phase"], "Pending");
+    assert_eq!(k["status"]["failures"], 0);
+    assert_eq!(
+        cond_field(&k, "Ready", "message").as_deref(),
+        Some("Waiting: SyncStore chat does not exist in this namespace.")
+    );
+
+    pg_secrets(&c);
+    apply_yaml(&c, &store_yaml("chat", 1));
+    let migrated = c.eventually("the store migrated", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        (cond_field(&s, "SchemaMigrated", "status")? == "True").then(Instant::now)
+    });
+    c.wait_condition("apikey/early", "Ready", 30);
+    assert!(
+        migrated.elapsed() < Duration::from_secs(10),
+        "the key followed its store after {:?} (the fallback requeue is 30 s)",
+        migrated.elapsed()
+    );
+    let warnings: Vec<_> = events_of(&c, "early")
+        .into_iter()
+        .filter(|(t, _, _)| t == "Warning")
+        .collect();
+    assert!(warnings.is_empty(), "no Warning for a wait: {warnings:?}");
+    let port = c.operator(op).http;
+    let (_, text) = http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_operator_reconcile_failures_total",
+            &[("kind", "ApiKey")]
+        ),
+        None,
+        "{text}"
+    );
+    let ns = c.ns.clone();
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_apikey_ready",
+            &[("namespace", &ns), ("name", "early")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// Item 9: provisioning many stores at once (as after an operator
+/// restart) serialises on the server-wide lock: no `tuple concurrently
+/// updated` from concurrent GRANTs on one database.
+async fn concurrent_provisioning(engine: Engine, admin: &str) {
+    let prefix = format!("ss_conc_{:x}", rand_suffix() & 0xffff_ffff);
+    let targets: Vec<Target> = (0..8)
+        .map(|i| Target {
+            engine,
+            schema: format!("{prefix}_{i}"),
+            role: format!("{prefix}_{i}"),
+            owner: Owner {
+                namespace: "conc".into(),
+                name: format!("s{i}"),
+                uid: format!("uid-{}-{i}", prefix.replace('_', "-")),
+            },
+            adopt_unmarked: false,
+        })
+        .collect();
+    for round in ["create", "re-assert"] {
+        let results = futures_util::future::join_all(
+            targets
+                .iter()
+                .map(|t| provision(admin, t, "Password0123456789abcdefghijKLMN")),
+        )
+        .await;
+        for (t, r) in targets.iter().zip(results) {
+            assert!(r.is_ok(), "{round} {}: {:?}", t.schema, r.err());
+        }
+    }
+    for t in &targets {
+        syncstore_operator::database::drop_store(admin, t)
+            .await
+            .expect("drop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_provisioning_on_postgres_succeeds() {
+    concurrent_provisioning(Engine::Postgres, &postgres_admin()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_provisioning_on_mariadb_succeeds() {
+    concurrent_provisioning(Engine::Mysql, &mysql_admin()).await;
+}
+
+/// Item 10: with the admin database unreachable, a replica count and an
+/// image change still reach the Deployment; the status says why the
+/// store is not Ready.
+#[test]
+fn children_follow_the_spec_while_the_database_is_unreachable() {
+    let mut c = Cluster::new("nodb");
+    pg_secrets(&c);
+    c.start_operator("op-nodb");
+    apply_yaml(&c, &store_yaml("chat", 2));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    let url = c.secret_value("chat-db", "DATABASE_URL");
+
+    set_admin_url(&c, &closed_port_url());
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "False",
+        "DatabaseUnreachable",
+    );
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":4,"image":"ghcr.io/syncstore/syncstore:0.2.0"}}"#,
+    ]);
+    c.eventually("the Deployment follows the spec", 30, || {
+        let d = c.get("deployment", "chat")?;
+        (d["spec"]["replicas"] == 4
+            && d["spec"]["template"]["spec"]["containers"][0]["image"]
+                == "ghcr.io/syncstore/syncstore:0.2.0")
+            .then_some(())
+    });
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond_field(&s, "Ready", "reason").as_deref(),
+        Some("DatabaseUnreachable")
+    );
+    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(
+        c.secret_value("chat-db", "DATABASE_URL"),
+        url,
+        "the last known database URL is kept"
+    );
+
+    set_admin_url(&c, &postgres_admin());
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+    c.wait_condition("syncstore/chat", "Ready", 30);
+}
+
+/// Item 11: the pause annotation stops every change to a store and its
+/// keys; removing it applies what was asked in the meantime.
+#[test]
+fn pausing_stops_changes_and_resuming_applies_them() {
+    let mut c = Cluster::new("pause");
+    pg_secrets(&c);
+    c.start_operator("op-pause");
+    apply_yaml(&c, &store_yaml("chat", 2));
+    apply_yaml(&c, &key_yaml("k1", "chat"));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    c.wait_condition("apikey/k1", "Ready", 60);
+
+    c.kubectl(&[
+        "annotate",
+        "syncstore",
+        "chat",
+        "syncstore.dev/reconcile=paused",
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "ReconciliationPaused",
+        "True",
+        "Paused",
+    );
+    wait_reason(&c, "apikey", "k1", "ReconciliationPaused", "True", "Paused");
+    let key_generation = c.must_get("apikey", "k1")["status"]["observedGeneration"].clone();
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ]);
+    c.kubectl(&[
+        "patch",
+        "apikey",
+        "k1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"displayName":"renamed"}}"#,
+    ]);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(c.must_get("deployment", "chat")["spec"]["replicas"], 2);
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        s["status"]["observedGeneration"], 1,
+        "the change was not taken"
+    );
+    assert_eq!(
+        c.must_get("apikey", "k1")["status"]["observedGeneration"],
+        key_generation
+    );
+
+    c.kubectl(&["annotate", "syncstore", "chat", "syncstore.dev/reconcile-"]);
+    c.eventually("the paused change applied", 30, || {
+        (c.get("deployment", "chat")?["spec"]["replicas"] == 5).then_some(())
+    });
+    c.eventually("both resumed", 30, || {
+        let s = c.get("syncstore", "chat")?;
+        let k = c.get("apikey", "k1")?;
+        (condition(&s, "ReconciliationPaused").is_none()
+            && condition(&k, "ReconciliationPaused").is_none()
+            && k["status"]["observedGeneration"] == 2)
+            .then_some(())
+    });
+
+    // One key alone can be paused too.
+    c.kubectl(&["annotate", "apikey", "k1", "syncstore.dev/reconcile=paused"]);
+    wait_reason(&c, "apikey", "k1", "ReconciliationPaused", "True", "Paused");
+    let s = c.must_get("syncstore", "chat");
+    assert!(condition(&s, "ReconciliationPaused").is_none());
+}
+
+/// Item 15: a deleted `<store>-secrets` is generated again with a Warning
+/// that names the consequence; the first generation is Normal.
+#[test]
+fn regenerated_secrets_are_a_warning() {
+    let mut c = Cluster::new("regen");
+    pg_secrets(&c);
+    c.start_operator("op-regen");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    let first = events_of(&c, "chat");
+    assert!(
+        first
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "SecretsGenerated"),
+        "{first:?}"
+    );
+    let jwt = c.secret_value("chat-secrets", "JWT_SECRET");
+
+    c.kubectl(&["delete", "secret", "chat-secrets"]);
+    let warning = c.eventually("SecretsRegenerated", 30, || {
+        events_of(&c, "chat")
+            .into_iter()
+            .find(|(t, r, _)| t == "Warning" && r == "SecretsRegenerated")
+    });
+    assert_eq!(
+        warning.2,
+        "Secret chat-secrets was missing and has been generated again: the new JWT secrets invalidate every token issued before, so every user is signed out, and the database password is reset, so the pods roll."
+    );
+    assert_ne!(c.secret_value("chat-secrets", "JWT_SECRET"), jwt);
+    c.wait_condition("syncstore/chat", "Ready", 60);
+}
+
+/// Item 16: per-object series for readiness, phase and failures, removed
+/// with the object; `/health` is ok while the controllers run.
+#[test]
+fn per_object_metrics_follow_status_and_go_with_the_object() {
+    let mut c = Cluster::new("metrics");
+    pg_secrets(&c);
+    let op = c.start_operator("op-metrics");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    apply_yaml(
+        &c,
+        &store_yaml("broken", 1).replace("name: pg-admin", "name: no-such-secret"),
+    );
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    wait_reason(&c, "syncstore", "broken", "Ready", "False", "SecretMissing");
+    let port = c.operator(op).http;
+    let ns = c.ns.clone();
+    let text = c.eventually("the failure counted", 30, || {
+        let (_, text) = http_get(port, "/metrics");
+        metric(
+            &text,
+            "syncstore_store_reconcile_failures_total",
+            &[("namespace", &ns), ("name", "broken")],
+        )
+        .filter(|n| *n >= 1.0)
+        .map(|_| text)
+    });
+    fn of<'a>(ns: &'a str, name: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut labels = vec![("namespace", ns), ("name", name)];
+        labels.extend_from_slice(extra);
+        labels
+    }
+    assert_eq!(
+        metric(&text, "syncstore_store_ready", &of(&ns, "chat", &[])),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_store_phase",
+            &of(&ns, "chat", &[("phase", "Running")])
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_store_phase",
+            &of(&ns, "chat", &[("phase", "Failed")])
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "syncstore_store_ready", &of(&ns, "broken", &[])),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_store_phase",
+            &of(&ns, "broken", &[("phase", "Failed")])
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        http_get(port, "/health"),
+        (200, r#"{"status":"ok"}"#.into())
+    );
+
+    c.kubectl(&["delete", "syncstore", "chat", "--timeout=30s"]);
+    c.eventually("the series of the deleted store gone", 30, || {
+        let (_, text) = http_get(port, "/metrics");
+        (!text.contains("name=\"chat\"")).then_some(())
+    });
+}
+
+/// A TCP proxy to the apiserver that the test can cut, as a network
+/// partition would: every open connection is closed and new ones refused.
+struct Proxy {
+    port: u16,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().expect("lock").push(conn);
+            }
+        });
+        tasks.lock().expect("lock").push(accept);
+        Self { port, tasks }
+    }
+
+    fn cut(&self) {
+        for t in self.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Item 16: `/health` answers 503 once a controller's watch has failed
+/// for longer than the grace (here: the apiserver became unreachable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_when_the_watch_is_dead() {
+    let mut c = Cluster::new("health");
+    let admin = std::fs::read_to_string(common::kubeconfig()).expect("kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("yaml");
+    let server = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .expect("server")
+        .to_string();
+    let upstream = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    config["clusters"][0]["cluster"]["server"] =
+        serde_yaml::Value::String(format!("https://127.0.0.1:{}", proxy.port));
+    let path = std::env::temp_dir().join(format!("kubeconfig-{}-proxy", c.ns));
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write");
+    let op = c.start_operator_with(
+        "op-health",
+        &path.to_string_lossy(),
+        &[("HEALTH_WATCH_GRACE", "2s")],
+    );
+    c.eventually("leading", 30, || {
+        c.log_of(op).contains("\"leading\"").then_some(())
+    });
+    let port = c.operator(op).http;
+    assert_eq!(http_get(port, "/health").0, 200);
+
+    proxy.cut();
+    let (code, body) = c.eventually("503 from /health", 12, || {
+        let (code, body) = http_get(port, "/health");
+        (code == 503).then_some((code, body))
+    });
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(code, 503);
+    assert_eq!(body["status"], "unhealthy");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("the SyncStore watch has failed for")
+            || reason.starts_with("the ApiKey watch has failed for"),
+        "{reason}"
+    );
+}
