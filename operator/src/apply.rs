@@ -11,7 +11,7 @@ use kube::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{children::MANAGER, context::Result};
+use crate::{children::MANAGER, error::Result};
 
 /// Applies `obj` with force, taking back any field another manager changed.
 pub async fn apply<K>(client: &Client, obj: &K) -> Result<K>
@@ -33,7 +33,7 @@ where
         // quantity the CRD could not check, say): the spec's fault, in the
         // apiserver's own words.
         Err(kube::Error::Api(status)) if status.code == 422 => {
-            Err(crate::context::Error::InvalidSpec(format!(
+            Err(crate::error::Error::InvalidSpec(format!(
                 "the Kubernetes API refused {} {}: {}",
                 K::kind(&()),
                 obj.name_any(),
@@ -127,7 +127,7 @@ pub async fn read_secret_key(
     key: &str,
 ) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let missing = || crate::context::Error::SecretMissing {
+    let missing = || crate::error::Error::SecretMissing {
         name: name.into(),
         key: key.into(),
     };

@@ -131,9 +131,9 @@ pub struct DbNames {
 ///
 /// The role is always derived from the store, never from `schemaName`, so a
 /// `schemaName` that names another store's schema cannot name its role too.
-pub fn db_names(store: &SyncStore) -> Result<DbNames, crate::context::Error> {
-    use crate::context::Error;
+pub fn db_names(store: &SyncStore) -> Result<DbNames, crate::error::Error> {
     use crate::database::{derive_name, legacy_name, MYSQL_USER_MAX, PG_MAX};
+    use crate::error::Error;
     use syncstore_crds::Engine;
     let ns = store.namespace().unwrap_or_default();
     let name = store.name_any();
@@ -966,13 +966,13 @@ mod tests {
         moved.spec.database.engine = Engine::Mysql;
         assert!(matches!(
             db_names(&moved),
-            Err(crate::context::Error::ImmutableFieldChanged(_))
+            Err(crate::error::Error::ImmutableFieldChanged(_))
         ));
         let mut renamed = rec.clone();
         renamed.spec.database.schema_name = Some("elsewhere".into());
         assert!(matches!(
             db_names(&renamed),
-            Err(crate::context::Error::ImmutableFieldChanged(_))
+            Err(crate::error::Error::ImmutableFieldChanged(_))
         ));
         let mut set_same = rec;
         set_same.spec.database.schema_name = Some("ss_team_a_chat".into());

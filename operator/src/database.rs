@@ -14,7 +14,7 @@ use syncstore::{
 };
 use syncstore_crds::Engine;
 
-use crate::context::{Error, Result};
+use crate::error::{Error, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

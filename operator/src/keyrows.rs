@@ -10,7 +10,7 @@
 use sqlx::Row;
 use syncstore::storage::{now_ms, Db, Dialect};
 
-use crate::context::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The ledger: row id → the ApiKey (uid, name) it was written for.
 pub const LEDGER: &str = "_syncstore_operator_keys";
