@@ -28,10 +28,12 @@ fn normalise(path: &str) -> String {
 }
 
 /// Every `.route("…")` literal of the router, with `/api/v1` in front of
-/// those inside the nested `api` router.
+/// those inside the nested `api` routers (`protected` and `public`).
 fn router_paths() -> BTreeSet<String> {
     let src = include_str!("../src/http/mod.rs");
-    let api_start = src.find("let api = Router::new()").expect("the api router");
+    let api_start = src
+        .find("let protected = Router::new()")
+        .expect("the api routers");
     let api_end = src[api_start..]
         .find(".nest(")
         .map(|i| api_start + i)

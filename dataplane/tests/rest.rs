@@ -846,6 +846,62 @@ async fn review_queue_round_trip_resolves_through_the_write_path() {
     assert_eq!(stats["24h"]["resolutionRate"], 1.0);
 }
 
+/// Reviews racing on one conflict: exactly one writes (one new version,
+/// the conflict resolved with its value, in the same transaction); the
+/// others write nothing, not even a conflict of their own, and get 409 (the
+/// item moved on) or 400 (already resolved).
+#[tokio::test]
+async fn racing_reviews_of_one_conflict_write_once() {
+    let api = Api::start(&[("CONFLICT_DEFAULT_STRATEGY", "MANUAL")]).await;
+    api.put("doc", json!({"value": 0})).await;
+    api.put("doc", json!({"value": 1, "version": 1})).await;
+    let (_, b) = api.put("doc", json!({"value": 2, "version": 1})).await;
+    let id = b["conflictId"]
+        .as_str()
+        .expect("a pending conflict")
+        .to_string();
+    let path = format!("/api/v1/sync-storage/conflicts/resolve/{id}");
+    let answers = futures_util::future::join_all((0..8).map(|i| {
+        api.call(
+            Method::PUT,
+            &path,
+            Some(&api.key),
+            Some(json!({"strategy": "MANUAL", "resolvedValue": 100 + i})),
+        )
+    }))
+    .await;
+    let won: Vec<&(StatusCode, Value)> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    for (s, b) in answers.iter().filter(|(s, _)| *s != StatusCode::OK) {
+        assert!(
+            matches!(
+                (s.as_u16(), b["code"].as_str()),
+                (409, Some("VERSION_CONFLICT")) | (400, Some("INVALID_BODY"))
+            ),
+            "{s} {b}"
+        );
+    }
+    let winner = won[0].1["item"]["value"].clone();
+    let (_, item) = api.get("/api/v1/sync-storage/item/doc").await;
+    assert_eq!(
+        (item["value"].clone(), item["version"].as_i64()),
+        (winner.clone(), Some(3))
+    );
+    let (_, pending) = api
+        .get("/api/v1/sync-storage/conflicts?status=pending")
+        .await;
+    assert_eq!(pending["items"], json!([]));
+    let (_, history) = api.get("/api/v1/sync-storage/conflicts/history/doc").await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    assert_eq!(
+        (history[0]["status"].as_str(), &history[0]["resultValue"]),
+        (Some("resolved"), &winner)
+    );
+}
+
 /// A real resolver webhook for ASSISTED: `/good` merges, `/slow` answers too
 /// late, `/bad` answers something that is not `{value}`.
 async fn start_resolver() -> String {

@@ -1,6 +1,7 @@
 //! Who is calling, and what they may do.
 
 mod api_key;
+mod context;
 pub mod geoip;
 pub mod jwks;
 mod jwt;
@@ -10,6 +11,7 @@ mod principal;
 pub mod usage;
 
 pub use api_key::{generate_key, hash_key, hint, KeyStore};
+pub use context::RequestContext;
 pub use jwt::{Issued, JwtConfig, Tokens};
 pub use principal::{Authenticator, Credential, Principal};
 

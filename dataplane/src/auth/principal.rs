@@ -122,16 +122,14 @@ impl Authenticator {
     ///
     /// The one place the TCP peer (`ConnectInfo`) is read, so that
     /// restrictions, sessions, the audit trail and analytics all see the
-    /// same client. A REST request's caller is resolved once by the router's
-    /// middleware and left in the extensions; it is taken from there.
+    /// same client. It runs once per REST request (the router's `track`
+    /// puts it in the request's [`super::RequestContext`]) and once per
+    /// Socket.IO handshake.
     pub fn caller(
         &self,
         headers: &axum::http::HeaderMap,
         extensions: &axum::http::Extensions,
     ) -> Caller {
-        if let Some(caller) = extensions.get::<Caller>() {
-            return caller.clone();
-        }
         let peer = extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());

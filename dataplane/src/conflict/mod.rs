@@ -13,8 +13,47 @@ use serde_json::Value;
 
 pub use merge::{merge3, Merged, Side};
 
-use crate::domain::Item;
 pub use crate::domain::Strategy;
+use crate::{domain::Item, error::ApiError};
+
+/// A recorded conflict's sides, as a review sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sides {
+    /// The version both writers started from, if it is still kept.
+    pub base: Option<Value>,
+    /// The stored value the incoming write met.
+    pub current: Value,
+    pub incoming: Value,
+    /// Whether the incoming write is the later one by (timestamp, instance),
+    /// last-write-wins' order.
+    pub incoming_is_later: bool,
+}
+
+/// The value a review settles a conflict with: the reviewer's own
+/// (`resolvedValue`), or what `strategy` makes of the sides. `MANUAL` and
+/// `ASSISTED` need the reviewer's value; a merge that clashes names the
+/// clashing paths.
+pub fn settle(strategy: Strategy, given: Option<Value>, sides: Sides) -> Result<Value, ApiError> {
+    if let Some(value) = given {
+        return Ok(value);
+    }
+    match strategy {
+        Strategy::FirstWriteWins => Ok(sides.current),
+        Strategy::LastWriteWins if sides.incoming_is_later => Ok(sides.incoming),
+        Strategy::LastWriteWins => Ok(sides.current),
+        Strategy::Merge => match merge3(sides.base.as_ref(), &sides.current, &sides.incoming, None)
+        {
+            Merged::Value(v) => Ok(v),
+            Merged::Clash(paths) => Err(ApiError::InvalidBody(format!(
+                "the merge clashes at {}; give resolvedValue",
+                paths.join(", ")
+            ))),
+        },
+        Strategy::Manual | Strategy::Assisted => Err(ApiError::InvalidBody(
+            "resolvedValue is required for this strategy".into(),
+        )),
+    }
+}
 
 /// Everything the write path needs to settle conflicts.
 #[derive(Clone)]
@@ -156,6 +195,52 @@ pub struct ConflictConfig {
 #[cfg(test)]
 mod tests {
     use super::Strategy;
+
+    fn sides(incoming_is_later: bool) -> Sides {
+        Sides {
+            base: Some(serde_json::json!({"a": 1, "b": 1})),
+            current: serde_json::json!({"a": 2, "b": 1}),
+            incoming: serde_json::json!({"a": 1, "b": 3}),
+            incoming_is_later,
+        }
+    }
+
+    #[test]
+    fn a_review_settles_by_its_value_or_the_strategy() {
+        let given = serde_json::json!("mine");
+        assert_eq!(
+            settle(Strategy::Manual, Some(given.clone()), sides(true)).ok(),
+            Some(given)
+        );
+        assert_eq!(
+            settle(Strategy::FirstWriteWins, None, sides(true)).ok(),
+            Some(sides(true).current)
+        );
+        assert_eq!(
+            settle(Strategy::LastWriteWins, None, sides(true)).ok(),
+            Some(sides(true).incoming)
+        );
+        assert_eq!(
+            settle(Strategy::LastWriteWins, None, sides(false)).ok(),
+            Some(sides(false).current)
+        );
+        assert_eq!(
+            settle(Strategy::Merge, None, sides(true)).ok(),
+            Some(serde_json::json!({"a": 2, "b": 3}))
+        );
+        for needs_value in [Strategy::Manual, Strategy::Assisted] {
+            let err = settle(needs_value, None, sides(true)).expect_err("needs resolvedValue");
+            assert_eq!(err.code(), "INVALID_BODY");
+        }
+        let clash = Sides {
+            base: Some(serde_json::json!({"a": 1})),
+            current: serde_json::json!({"a": 2}),
+            incoming: serde_json::json!({"a": 3}),
+            incoming_is_later: true,
+        };
+        let err = settle(Strategy::Merge, None, clash).expect_err("clash");
+        assert!(err.to_string().contains("clashes at"), "{err}");
+    }
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

@@ -5,14 +5,14 @@ use axum::{extract::State, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{ItemKey, JsonBody, PathId, QueryParams, Requester};
+use super::extract::{ItemKey, JsonBody, PathId, QueryParams};
 use crate::{
-    auth::{Principal, Scope},
-    conflict::{analysis, merge3, Merged, Strategy},
+    auth::{Principal, RequestContext, Scope},
+    conflict::{analysis, Sides, Strategy},
     error::ApiError,
     state::AppState,
     storage::{conflicts, now_ms},
-    sync::{json_value, SetRequest, SetStatus},
+    sync::{json_value, SetRequest, SetStatus, Settles},
     text,
 };
 
@@ -131,7 +131,7 @@ pub struct Resolve {
 pub async fn resolve(
     State(state): State<AppState>,
     who: Principal,
-    from: Requester,
+    context: RequestContext,
     PathId(id): PathId,
     JsonBody(body): JsonBody<Resolve>,
 ) -> Result<Json<Value>, ApiError> {
@@ -148,46 +148,17 @@ pub async fn resolve(
     let strategy: Strategy = body.strategy.parse().map_err(ApiError::InvalidBody)?;
     let parse =
         |v: &Option<Box<serde_json::value::RawValue>>| json_value(v.as_deref()).unwrap_or_default();
-    let (current, incoming) = (
-        parse(&conflict.current_value),
-        parse(&conflict.incoming_value),
-    );
-    let value = match (strategy, body.resolved_value) {
-        (_, Some(v)) => v,
-        (Strategy::FirstWriteWins, None) => current,
-        (Strategy::LastWriteWins, None) => {
-            if (conflict.incoming_timestamp, &conflict.incoming_instance)
-                > (conflict.current_timestamp, &conflict.current_instance)
-            {
-                incoming
-            } else {
-                current
-            }
-        }
-        (Strategy::Merge, None) => match merge3(
-            conflict
-                .base_value
-                .as_ref()
-                .map(|_| parse(&conflict.base_value))
-                .as_ref(),
-            &current,
-            &incoming,
-            None,
-        ) {
-            Merged::Value(v) => v,
-            Merged::Clash(paths) => {
-                return Err(ApiError::InvalidBody(format!(
-                    "the merge clashes at {}; give resolvedValue",
-                    paths.join(", ")
-                )))
-            }
-        },
-        (Strategy::Manual | Strategy::Assisted, None) => {
-            return Err(ApiError::InvalidBody(
-                "resolvedValue is required for this strategy".into(),
-            ))
-        }
+    let sides = Sides {
+        base: conflict
+            .base_value
+            .as_ref()
+            .map(|_| parse(&conflict.base_value)),
+        current: parse(&conflict.current_value),
+        incoming: parse(&conflict.incoming_value),
+        incoming_is_later: (conflict.incoming_timestamp, &conflict.incoming_instance)
+            > (conflict.current_timestamp, &conflict.current_instance),
     };
+    let value = crate::conflict::settle(strategy, body.resolved_value, sides)?;
     // A resolution settles the item as the conflict saw it. If it has
     // changed since (written, removed, expired), writing it would undo that
     // change, or bring back a value every reader sees as gone: 404 if it is
@@ -206,30 +177,16 @@ pub async fn resolve(
     let request: SetRequest =
         serde_json::from_value(json!({ "value": value, "version": conflict.current_version }))
             .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let source = from.source(&who);
+    let source = context.source();
+    let settles = Settles {
+        conflict_id: id.clone(),
+        resolver: who.key.id.clone(),
+    };
     let reply = state
         .sync
-        .set(
-            &conflict.user_id,
-            "conflict-resolver",
-            &source,
-            &conflict.key,
-            &request,
-            None,
-        )
+        .settle(&conflict.user_id, &source, &conflict.key, &request, settles)
         .await?
         .won(expected)?;
-    let result = reply.item.value.as_ref().map(|v| v.get().to_string());
-    conflicts::mark_resolved(
-        db,
-        &id,
-        &who.key.id,
-        "resolved",
-        result.as_deref(),
-        Some(reply.item.seq),
-        now_ms(),
-    )
-    .await?;
     state
         .audit
         .record(crate::audit::Entry {

@@ -2,6 +2,8 @@
 //! details}` body, and the headers that go with some errors
 //! (`Retry-After`, `X-RateLimit-*`, `Connection: close`).
 
+use std::sync::Arc;
+
 use axum::{
     http::{header, HeaderMap, HeaderValue},
     response::{IntoResponse, Response},
@@ -10,25 +12,32 @@ use axum::{
 
 use crate::{domain::RateInfo, error::ApiError};
 
-/// The stable code of an error response, left in its extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+/// The error a response was made from, left in its extensions so that the
+/// request middleware logs it (with the route) and counts it, once: turning
+/// an error into a response does not log (axum's error-handling example).
+#[derive(Debug, Clone)]
+pub struct ResponseError(pub Arc<ApiError>);
+
+impl ResponseError {
+    /// Logs the error at the level its kind deserves: our bug (`INTERNAL`,
+    /// with its cause, which never reaches the client) as an error, a
+    /// database outage as a warning, a refused request at debug.
+    pub fn log(&self, route: &str) {
+        let code = self.0.code();
+        match &*self.0 {
+            ApiError::Internal(cause) => tracing::error!(code, %cause, %route, "request failed"),
+            ApiError::ServiceUnavailable => {
+                tracing::warn!(code, %route, "database unavailable")
+            }
+            _ => tracing::debug!(code, %route, "request rejected"),
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            ApiError::Internal(cause) => {
-                tracing::error!(code = self.code(), %cause, "request failed")
-            }
-            ApiError::ServiceUnavailable => {
-                tracing::warn!(code = self.code(), "database unavailable")
-            }
-            _ => tracing::debug!(code = self.code(), "request rejected"),
-        }
         let mut response = (status, Json(self.body())).into_response();
-        // For the analytics event of this request (denials by reason).
-        response.extensions_mut().insert(ErrorCode(self.code()));
         if matches!(self, ApiError::RequestTimeout { .. }) {
             // The rest of the body may still be trickling in; the connection
             // is not reused.
@@ -48,6 +57,9 @@ impl IntoResponse for ApiError {
             );
             rate_headers(response.headers_mut(), info);
         }
+        response
+            .extensions_mut()
+            .insert(ResponseError(Arc::new(self)));
         response
     }
 }

@@ -8,7 +8,13 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{auth::Principal, error::ApiError, state::AppState, sync::OperationId, text};
+use crate::{
+    auth::{Principal, RequestContext},
+    error::ApiError,
+    state::AppState,
+    sync::OperationId,
+    text,
+};
 
 /// When a request's body must have arrived; `JsonBody` tells a body that
 /// missed it (408) from a malformed one (400).
@@ -206,103 +212,29 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
     }
 }
 
-/// Where a REST request comes from, for the audit entries of what it
-/// changes: the client address as the authenticator resolves it (the same
-/// resolver that key restrictions use) and the request's `X-Request-Id`.
-pub struct Requester {
-    pub ip: Option<String>,
-    pub request_id: Option<String>,
-}
-
-impl Requester {
-    /// The audit source of a write made by `who` in this request.
-    pub fn source(self, who: &crate::auth::Principal) -> crate::audit::Source {
-        crate::audit::Source {
-            key_id: Some(who.key.id.clone()),
-            ip: self.ip,
-            request_id: self.request_id,
-            socket: None,
-        }
-    }
-}
-
-impl FromRequestParts<AppState> for Requester {
+/// The request's context, as `track` built it and `authenticate`
+/// completed it.
+impl FromRequestParts<AppState> for RequestContext {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = state.auth.caller(&parts.headers, &parts.extensions).ip;
-        let request_id = parts
-            .headers
-            .get(crate::http::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Ok(Requester {
-            ip: ip.map(|ip| ip.to_string()),
-            request_id,
-        })
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("no request context: route outside track".into()))
     }
 }
 
-/// The caller of a REST request: a bearer token or an `X-API-Key`, each
-/// checked by the authenticator, then admitted by the rate limiter.
+/// The caller, as `authenticate` established it before the handler ran.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if let Some(auth) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-            let token = auth
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .ok_or(ApiError::Unauthorized {
-                    reason: "invalid_authorization_header",
-                })?;
-            let principal = state.auth.bearer(token).await.inspect_err(|e| {
-                let caller = state.auth.caller(&parts.headers, &parts.extensions);
-                state.auth.refused(e, None, &caller);
-            })?;
-            return admit(parts, state, principal).await;
-        }
-        let presented = parts
-            .headers
-            .get("x-api-key")
-            .map(|v| v.to_str().unwrap_or_default());
-        let caller = state.auth.caller(&parts.headers, &parts.extensions);
-        let principal = match state.auth.api_key_traced(presented, &caller).await {
-            Ok(p) => p,
-            Err((e, key_id)) => {
-                if let Some(slot) = parts.extensions.get::<super::CallerSlot>() {
-                    slot.set(None, key_id);
-                }
-                return Err(e);
-            }
-        };
-        admit(parts, state, principal).await
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .and_then(|c| c.principal.clone())
+            .ok_or_else(|| ApiError::Internal("no principal: route not behind authenticate".into()))
     }
-}
-
-/// Counts the request against the caller's limits and leaves its standing
-/// for the response headers.
-async fn admit(
-    parts: &Parts,
-    state: &AppState,
-    principal: Principal,
-) -> Result<Principal, ApiError> {
-    if let Some(slot) = parts.extensions.get::<super::CallerSlot>() {
-        slot.set(
-            Some(principal.user_id.clone()),
-            Some(principal.key.id.clone()),
-        );
-    }
-    let info = state.limiter.admit(&principal).await?;
-    if let Some(slot) = parts.extensions.get::<super::RateSlot>() {
-        slot.set(info);
-    }
-    Ok(principal)
 }

@@ -2,9 +2,9 @@
 
 use axum::{extract::State, Json};
 
-use super::extract::{IdempotencyKey, InstanceId, ItemKey, JsonBody, Prefix, Requester};
+use super::extract::{IdempotencyKey, InstanceId, ItemKey, JsonBody, Prefix};
 use crate::{
-    auth::{Principal, Scope},
+    auth::{Principal, RequestContext, Scope},
     error::ApiError,
     state::AppState,
     sync::{Cleared, Item, Removed, SetReply, SetRequest},
@@ -24,14 +24,14 @@ pub async fn get_item(
 pub async fn put_item(
     State(state): State<AppState>,
     who: Principal,
-    from: Requester,
+    context: RequestContext,
     InstanceId(instance): InstanceId,
     IdempotencyKey(op): IdempotencyKey,
     ItemKey(key): ItemKey,
     JsonBody(body): JsonBody<SetRequest>,
 ) -> Result<Json<SetReply>, ApiError> {
     who.require(Scope::Write)?;
-    let source = from.source(&who);
+    let source = context.source();
     let op = op.or(body.operation()?);
     let reply = state
         .sync
@@ -44,13 +44,13 @@ pub async fn put_item(
 pub async fn delete_item(
     State(state): State<AppState>,
     who: Principal,
-    from: Requester,
+    context: RequestContext,
     InstanceId(instance): InstanceId,
     IdempotencyKey(op): IdempotencyKey,
     ItemKey(key): ItemKey,
 ) -> Result<Json<Removed>, ApiError> {
     who.require(Scope::Write)?;
-    let source = from.source(&who);
+    let source = context.source();
     let removed = state
         .sync
         .remove(&who.user_id, &instance, &source, &key, op.as_ref())
@@ -87,12 +87,12 @@ pub async fn list_keys(
 pub async fn clear(
     State(state): State<AppState>,
     who: Principal,
-    from: Requester,
+    context: RequestContext,
     InstanceId(instance): InstanceId,
     IdempotencyKey(op): IdempotencyKey,
 ) -> Result<Json<Cleared>, ApiError> {
     who.require(Scope::Write)?;
-    let source = from.source(&who);
+    let source = context.source();
     let cleared = state
         .sync
         .clear(&who.user_id, &instance, &source, op.as_ref())

@@ -4,6 +4,7 @@
 mod analytics;
 mod audit;
 mod auth;
+mod authenticate;
 mod conflicts;
 mod dashboard;
 pub mod error;
@@ -14,10 +15,7 @@ pub mod openapi;
 mod ops;
 mod sessions;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::time::Instant;
 
 use axum::http::{header, HeaderValue};
 use axum::{
@@ -36,7 +34,8 @@ use tower_http::{
 };
 
 use crate::{
-    auth::limiter::RateInfo,
+    access::restrictions::Caller,
+    auth::RequestContext,
     config::{CorsConfig, CorsOrigins},
     error::ApiError,
     state::AppState,
@@ -45,7 +44,9 @@ use crate::{
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    // Every route here needs a credential; `authenticate` establishes it
+    // once, before the handler.
+    let protected = Router::new()
         .route(
             "/sync-storage/item/{*key}",
             get(items::get_item)
@@ -69,8 +70,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api-keys/{id}/rotate", axum::routing::post(keys::rotate))
         .route("/auth/token", axum::routing::post(auth::token))
-        .route("/auth/refresh", axum::routing::post(auth::refresh))
-        .route("/auth/logout", axum::routing::post(auth::logout))
         .route("/sync-storage/conflicts", get(conflicts::list))
         .route("/sync-storage/conflicts/stats", get(conflicts::stats))
         .route(
@@ -85,7 +84,6 @@ pub fn router(state: AppState) -> Router {
             "/sync-storage/conflicts/resolve/{id}",
             axum::routing::put(conflicts::resolve),
         )
-        .route("/openapi.json", get(openapi::spec))
         .route("/analytics/dashboard", get(analytics::dashboard))
         .route("/analytics/realtime", get(analytics::realtime))
         .route("/analytics/users/{user}", get(analytics::user))
@@ -111,7 +109,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/analytics/instances/{id}/health",
             get(analytics::instance_health),
-        );
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::authenticate,
+        ));
+    let public = Router::new()
+        .route("/auth/refresh", axum::routing::post(auth::refresh))
+        .route("/auth/logout", axum::routing::post(auth::logout))
+        .route("/openapi.json", get(openapi::spec));
+    let api = protected.merge(public);
 
     Router::new()
         .nest("/api/v1", api)
@@ -167,32 +174,6 @@ async fn usable_request_id(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Where the principal extractor leaves who called (user and key id, or
-/// only the key id of a refused key), for the request's analytics event.
-#[derive(Clone, Default)]
-pub struct CallerSlot(Arc<Mutex<(Option<String>, Option<String>)>>);
-
-impl CallerSlot {
-    pub fn set(&self, user: Option<String>, key_id: Option<String>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (user, key_id);
-    }
-
-    fn take(&self) -> (Option<String>, Option<String>) {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// Where the principal extractor leaves the caller's rate-limit standing,
-/// for `track` to turn into X-RateLimit-* headers on the response.
-#[derive(Clone, Default)]
-pub struct RateSlot(Arc<Mutex<Option<RateInfo>>>);
-
-impl RateSlot {
-    pub fn set(&self, info: RateInfo) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
-    }
-}
-
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
         method: method.to_string(),
@@ -207,27 +188,26 @@ async fn method_not_allowed() -> ApiError {
 /// Counts and times every request by its route template (never the raw
 /// path, which would make one time series per key).
 async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let slot = RateSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let caller_slot = CallerSlot::default();
-    req.extensions_mut().insert(caller_slot.clone());
-    // Who is calling, resolved once for the request: the principal
-    // extractor, the audit trail and the analytics event all take it from here.
-    let caller = state.auth.caller(req.headers(), req.extensions());
-    req.extensions_mut().insert(caller);
+    // What is known of the request, resolved once: `authenticate`, the
+    // handlers, the audit trail and the analytics event all take it from here.
+    let context = RequestContext {
+        request_id: req
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        client: state.auth.caller(req.headers(), req.extensions()),
+        principal: None,
+    };
+    let facts = analytics_facts(&req, &context.client);
+    req.extensions_mut().insert(context);
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
-    let facts = analytics_facts(&state, &req);
     let started = Instant::now();
-    let mut response = next.run(req).await;
-    if let Some(info) = slot.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        if !response.headers().contains_key("x-ratelimit-limit") {
-            error::rate_headers(response.headers_mut(), info);
-        }
-    }
+    let response = next.run(req).await;
     let status = response.status();
     state
         .metrics
@@ -239,25 +219,29 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
         .http_requests
         .with_label_values(&[&route, method.as_str(), status.as_str()])
         .inc();
-    if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), %route, "request failed");
-    } else {
-        tracing::debug!(status = status.as_u16(), %route, "request done");
+    let failure = response.extensions().get::<error::ResponseError>();
+    match failure {
+        Some(failure) => failure.log(&route),
+        None if status.is_server_error() => {
+            tracing::warn!(status = status.as_u16(), %route, "request failed")
+        }
+        None => tracing::debug!(status = status.as_u16(), %route, "request done"),
     }
     if let Some(mut event) = facts {
-        let (user, key) = caller_slot.take();
+        let who = response
+            .extensions()
+            .get::<authenticate::Identified>()
+            .cloned()
+            .unwrap_or_default();
         event.route_or_event = format!("{method} {route}");
-        event.user_id = user;
-        event.api_key_id = key;
+        event.user_id = who.user_id;
+        event.api_key_id = who.key_id;
         event.status = status.as_u16();
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         event.bytes_out = axum::body::HttpBody::size_hint(response.body())
             .exact()
             .unwrap_or(0);
-        event.error_code = response
-            .extensions()
-            .get::<error::ErrorCode>()
-            .map(|c| c.0.to_string());
+        event.error_code = failure.map(|f| f.0.code().to_string());
         state.analytics.record(event);
     }
     response
@@ -265,13 +249,12 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
 
 /// What the request itself says for its analytics event; None for the
 /// operational endpoints, which probes call every few seconds.
-fn analytics_facts(state: &AppState, req: &Request) -> Option<crate::analytics::Event> {
+fn analytics_facts(req: &Request, caller: &Caller) -> Option<crate::analytics::Event> {
     let path = req.uri().path();
     if matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/dashboard") {
         return None;
     }
     let headers = req.headers();
-    let caller = state.auth.caller(headers, req.extensions());
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let item_key = path
         .strip_prefix("/api/v1/sync-storage/item/")

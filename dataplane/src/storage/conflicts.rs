@@ -187,26 +187,29 @@ pub async fn counts(
 
 /// Marks a pending conflict resolved. False when it was not pending (a
 /// concurrent resolve got there first).
-pub async fn mark_resolved(
+/// Marks a pending conflict resolved by a review's write, inside that
+/// write's transaction; false if it is no longer pending.
+pub async fn mark_resolved_in(
+    conn: &mut sqlx::AnyConnection,
     db: &Db,
     id: &str,
     resolver: &str,
-    outcome: &str,
     result_value: Option<&str>,
-    result_seq: Option<i64>,
+    result_seq: i64,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(&db.sql(
-        "UPDATE conflicts SET status = 'resolved', outcome = ?, resolver = ?, result_value = ?, result_seq = ?, \
-         resolved_at = ? WHERE id = ? AND status = 'pending'",
-    ))
-    .bind(outcome)
-    .bind(resolver)
-    .bind(result_value)
-    .bind(result_seq)
-    .bind(now)
-    .bind(id)
-    .execute(db.pool())
-    .await?;
+    let done = sqlx::query(&db.sql(RESOLVE))
+        .bind("resolved")
+        .bind(resolver)
+        .bind(result_value)
+        .bind(Some(result_seq))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
+
+const RESOLVE: &str =
+    "UPDATE conflicts SET status = 'resolved', outcome = ?, resolver = ?, result_value = ?, \
+     result_seq = ?, resolved_at = ? WHERE id = ? AND status = 'pending'";

@@ -18,7 +18,10 @@ pub use item::{
 use operation::Op;
 pub use operation::{OperationId, Reply};
 use plan::WriteCtx;
-pub use plan::{Assist, Command};
+pub use plan::{Assist, Command, Settles};
+
+/// The instance a review's resolution is written as.
+pub const CONFLICT_RESOLVER: &str = "conflict-resolver";
 
 /// The vocabulary of the write path, defined in `domain`.
 pub use crate::domain::{json_value, Change, ConflictRecord, Item, SetStatus};
@@ -234,7 +237,13 @@ impl SyncService {
         first: &Outcome,
         op: Option<&Op>,
     ) -> Result<Outcome, ApiError> {
-        let Command::Set { key, request, .. } = command else {
+        let Command::Set {
+            key,
+            request,
+            settles,
+            ..
+        } = command
+        else {
             return Err(ApiError::Internal("only a set asks the resolver".into()));
         };
         let current = first.current.as_ref().ok_or_else(no_row)?;
@@ -268,6 +277,7 @@ impl SyncService {
                 key,
                 request,
                 assist,
+                settles,
             },
             op,
         )
@@ -417,6 +427,47 @@ impl SyncService {
                     .with_label_values(&[conflict.strategy.as_str(), conflict.outcome.as_str()])
                     .inc();
             }
+            if let Command::Set {
+                settles: Some(settles),
+                request,
+                ..
+            } = command
+            {
+                let won = matches!(
+                    plan.set_status,
+                    Some(SetStatus::Applied | SetStatus::Merged)
+                );
+                let (Some(item), true) = (outcome.changed.last(), won) else {
+                    // A review that lost a race (the item moved on) writes
+                    // nothing, not even a conflict of its own.
+                    return Ok(Err(match current.into_iter().next() {
+                        Some(now) => ApiError::VersionConflict {
+                            expected: request.version,
+                            current: Box::new(now),
+                            status: SetStatus::Rejected,
+                            conflict_id: Some(settles.conflict_id.clone()),
+                        },
+                        None => no_row(),
+                    }));
+                };
+                let value = item.value.as_ref().map(|v| v.get());
+                let settled = conflicts::mark_resolved_in(
+                    &mut tx,
+                    &self.db,
+                    &settles.conflict_id,
+                    &settles.resolver,
+                    value,
+                    item.seq,
+                    ctx.now,
+                )
+                .await?;
+                if !settled {
+                    // Another review got there first: this one writes nothing.
+                    return Ok(Err(ApiError::InvalidBody(
+                        "the conflict is already resolved".into(),
+                    )));
+                }
+            }
             if !outcome.changed.is_empty() {
                 items::save_user(&mut tx, &self.db, user_id, plan.state).await?;
             }
@@ -474,10 +525,50 @@ impl SyncService {
         req: &SetRequest,
         op: Option<&OperationId>,
     ) -> Result<SetReply, ApiError> {
+        self.set_settling(user_id, instance_id, source, key, req, op, None)
+            .await
+    }
+
+    /// [`Self::set`] as a review's resolution of a pending conflict: the
+    /// value is written and the conflict marked resolved in one
+    /// transaction, or neither happens (a second review of the same
+    /// conflict finds it resolved and writes nothing).
+    pub async fn settle(
+        &self,
+        user_id: &str,
+        source: &Source,
+        key: &str,
+        req: &SetRequest,
+        settles: Settles,
+    ) -> Result<SetReply, ApiError> {
+        self.set_settling(
+            user_id,
+            CONFLICT_RESOLVER,
+            source,
+            key,
+            req,
+            None,
+            Some(settles),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)] // the two public doors name them
+    async fn set_settling(
+        &self,
+        user_id: &str,
+        instance_id: &str,
+        source: &Source,
+        key: &str,
+        req: &SetRequest,
+        op: Option<&OperationId>,
+        settles: Option<Settles>,
+    ) -> Result<SetReply, ApiError> {
         let command = Command::Set {
             key: key.to_owned(),
             request: Box::new(req.clone()),
             assist: Assist::NotAsked,
+            settles,
         };
         match self
             .execute(user_id, instance_id, source, command, op)

@@ -226,6 +226,7 @@ mod tests {
             key: "k".into(),
             request: Box::new(serde_json::from_str::<SetRequest>(body).expect("body")),
             assist: Assist::NotAsked,
+            settles: None,
         }
     }
 

@@ -22,6 +22,10 @@ pub enum Command {
         key: String,
         request: Box<SetRequest>,
         assist: Assist,
+        /// The pending conflict this write settles (a review's resolution):
+        /// marked resolved in the write's own transaction, or the write is
+        /// not made.
+        settles: Option<Settles>,
     },
     /// A client's remove: only a visible item can be removed.
     Remove { key: String },
@@ -50,6 +54,14 @@ impl Command {
             Command::Clear => None,
         }
     }
+}
+
+/// A reviewed conflict a write settles, and who settled it.
+#[derive(Debug, Clone)]
+pub struct Settles {
+    pub conflict_id: String,
+    /// The key id of the reviewer.
+    pub resolver: String,
 }
 
 /// The result of planning a command.
@@ -100,6 +112,7 @@ pub fn plan(
             key,
             request,
             assist,
+            ..
         } => {
             let p = plan_set(
                 ctx,
