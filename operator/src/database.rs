@@ -33,6 +33,13 @@ pub struct Target {
     /// not mark what it created, and only under their old names: anything
     /// else unmarked belongs to someone else (another application, a DBA).
     pub adopt_unmarked: bool,
+    /// The UID of this store's previous incarnation (same namespace and
+    /// name, deleted with `Retain`), as the operator recorded it in the
+    /// namespace's `syncstore-retained` ConfigMap. Only a mark naming that
+    /// UID is adopted by namespace and name: a mark is a comment anyone who
+    /// can create the schema can write, so a mark planted before the store
+    /// existed (with a made-up UID) must not hand the schema over.
+    pub predecessor: Option<String>,
 }
 
 /// The SyncStore a schema (database) and role were created for. Written as
@@ -91,17 +98,24 @@ pub enum Found {
 }
 
 /// Whether `target` may use (create, alter, drop) the schema or role `name`
-/// given what the database has. Ours: marked with our UID, or with our
-/// namespace and name (a previous incarnation of this store, deleted with
-/// `Retain` and created again: a namespace/name exists once at a time, so
-/// the old owner is gone). Anything else is refused.
+/// given what the database has. Ours: marked with our UID, or with the UID
+/// of this store's previous incarnation ([`Target::predecessor`], deleted
+/// with `Retain` and created again). Anything else is refused, including a
+/// mark with our namespace and name but a UID the operator never recorded.
 pub fn claim(what: &str, name: &str, found: &Found, target: &Target) -> Result<()> {
     let Found::Present(comment) = found else {
         return Ok(());
     };
     let me = &target.owner;
     match comment.as_deref().and_then(Owner::from_mark) {
-        Some(o) if o.uid == me.uid || (o.namespace == me.namespace && o.name == me.name) => Ok(()),
+        Some(o)
+            if o.uid == me.uid
+                || (o.namespace == me.namespace
+                    && o.name == me.name
+                    && target.predecessor.as_deref() == Some(o.uid.as_str())) =>
+        {
+            Ok(())
+        }
         Some(o) => Err(Error::SchemaOwnedByAnother(format!(
             "{what} {name} belongs to SyncStore {}/{}",
             o.namespace, o.name
@@ -685,6 +699,7 @@ mod tests {
                 uid: uid.into(),
             },
             adopt_unmarked,
+            predecessor: None,
         }
     }
 
@@ -694,8 +709,17 @@ mod tests {
         let mine = Found::Present(Some(me.owner.mark()));
         assert!(claim("schema", "ss_x", &Found::Absent, &me).is_ok());
         assert!(claim("schema", "ss_x", &mine, &me).is_ok());
-        // The same store created again (new UID): its retained schema.
-        assert!(claim("schema", "ss_x", &mine, &target("uid-2", false)).is_ok());
+        // The same store created again (new UID): its retained schema, if
+        // the operator recorded the old UID when it retained it; a mark
+        // with our name and a UID it never recorded (planted before the
+        // store existed) is refused.
+        let again = Target {
+            predecessor: Some("uid-1".into()),
+            ..target("uid-2", false)
+        };
+        assert!(claim("schema", "ss_x", &mine, &again).is_ok());
+        let forged = claim("schema", "ss_x", &mine, &target("uid-2", false));
+        assert_eq!(forged.map_err(|e| e.reason()), Err("SchemaOwnedByAnother"));
         // Another store's.
         let other = Owner {
             namespace: "team-b".into(),

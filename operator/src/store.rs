@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Secret,
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ConfigMap, Secret},
         networking::v1::Ingress,
     },
     jiff::Timestamp,
@@ -101,7 +103,7 @@ pub fn error_policy(store: Arc<SyncStore>, _err: &Error, ctx: Arc<Context>) -> A
     Action::requeue(backoff(ctx.failures(&store.uid().unwrap_or_default())))
 }
 
-fn target(store: &SyncStore, names: &DbNames) -> Target {
+fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>) -> Target {
     Target {
         engine: names.engine,
         schema: names.schema.clone(),
@@ -112,6 +114,45 @@ fn target(store: &SyncStore, names: &DbNames) -> Target {
             uid: store.uid().unwrap_or_default(),
         },
         adopt_unmarked: names.legacy,
+        predecessor,
+    }
+}
+
+/// The ConfigMap in which the operator records, per store name, the UID of
+/// a store deleted with `Retain`, so that the store created again under the
+/// same name (and only it) adopts the retained schema.
+pub const RETAINED: &str = "syncstore-retained";
+
+/// The UID recorded for a retained store of this name, if any.
+async fn predecessor(store: &SyncStore, ctx: &Context) -> Result<Option<String>> {
+    let api: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    Ok(api
+        .get_opt(RETAINED)
+        .await?
+        .and_then(|cm| cm.data)
+        .and_then(|mut d| d.remove(&store.name_any())))
+}
+
+/// Records that `store`'s schema and role are retained under its UID.
+async fn record_retained(store: &SyncStore, ctx: &Context) -> Result<()> {
+    let api: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let data = serde_json::json!({ "data": { store.name_any(): store.uid().unwrap_or_default() } });
+    match api
+        .patch(RETAINED, &PatchParams::default(), &Patch::Merge(&data))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                "metadata": { "name": RETAINED },
+                "data": { store.name_any(): store.uid().unwrap_or_default() },
+            }))
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+            api.create(&Default::default(), &cm).await?;
+            Ok(())
+        }
+        other => other.map(|_| ()).map_err(Error::from),
     }
 }
 
@@ -240,7 +281,7 @@ async fn provision_database(
     password: &str,
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
-    let target = target(store, db_names);
+    let target = target(store, db_names, predecessor(store, ctx).await?);
     database::provision(&admin, &target, password).await?;
     let url = database::store_url(&admin, &target, password)?;
     let (applied, schema_version) = database::migrate(&url).await?;
@@ -576,6 +617,7 @@ async fn update_status(
 async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
     ctx.forget_store(&store_key(store)).await;
     if store.spec.database.deletion_policy == DeletionPolicy::Retain {
+        record_retained(store, ctx).await?;
         return Ok(Action::await_change());
     }
     let names = match children::db_names(store) {
@@ -593,7 +635,7 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    let target = target(store, &names);
+    let target = target(store, &names, predecessor(store, ctx).await.unwrap_or(None));
     let result = match admin_url(store, ctx).await {
         Ok(admin) => database::drop_store(&admin, &target).await,
         Err(e) => Err(e),

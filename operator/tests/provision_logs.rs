@@ -66,6 +66,7 @@ async fn provision_and_drop_logging_at_trace(engine: Engine, admin: &str) {
             uid: random(12),
         },
         adopt_unmarked: false,
+        predecessor: None,
     };
     let password = random(32);
     // Create, then re-assert (the ALTER path), then drop.

@@ -389,6 +389,7 @@ async fn concurrent_provisioning(engine: Engine, admin: &str) {
                 uid: format!("uid-{}-{i}", prefix.replace('_', "-")),
             },
             adopt_unmarked: false,
+            predecessor: None,
         })
         .collect();
     for round in ["create", "re-assert"] {

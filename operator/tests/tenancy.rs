@@ -487,3 +487,100 @@ async fn a_store_from_an_older_operator_keeps_its_schema() {
         .await
         .expect("drop foreign");
 }
+
+/// A schema planted before the store exists, marked with the store's
+/// namespace and name (its derived name is predictable) but a UID the
+/// operator never recorded, is not adopted: the store is refused with
+/// `SchemaOwnedByAnother` and migrates nothing into it. Only the UID of a
+/// store the operator itself retained (`syncstore-retained`) is adopted.
+async fn a_planted_mark_is_not_adopted(engine: Engine) {
+    use syncstore_operator::database::{
+        derive_name, Owner, MYSQL_DATABASE_MAX, OWNER_TABLE, PG_MAX,
+    };
+    let mut c = Cluster::new("op15-plant");
+    let max = match engine {
+        Engine::Postgres => PG_MAX,
+        Engine::Mysql => MYSQL_DATABASE_MAX,
+    };
+    let schema = derive_name(&c.ns, "future", max);
+    let forged = Owner {
+        namespace: c.ns.clone(),
+        name: "future".into(),
+        uid: "00000000-0000-0000-0000-000000000000".into(),
+    }
+    .mark();
+    match engine {
+        Engine::Postgres => {
+            let mut admin = sqlx::PgConnection::connect(&engine.admin())
+                .await
+                .expect("admin");
+            for ddl in [
+                format!("CREATE SCHEMA \"{schema}\""),
+                format!("COMMENT ON SCHEMA \"{schema}\" IS '{forged}'"),
+            ] {
+                sqlx::query(&ddl).execute(&mut admin).await.expect(&ddl);
+            }
+        }
+        Engine::Mysql => {
+            let mut admin = sqlx::MySqlConnection::connect(&engine.admin())
+                .await
+                .expect("admin");
+            for ddl in [
+                format!("CREATE DATABASE `{schema}`"),
+                format!(
+                    "CREATE TABLE `{schema}`.`{OWNER_TABLE}` (id INT NOT NULL PRIMARY KEY, mark TEXT NOT NULL, role_name VARCHAR(80) NOT NULL)"
+                ),
+                format!("INSERT INTO `{schema}`.`{OWNER_TABLE}` VALUES (1, '{forged}', 'nobody')"),
+            ] {
+                sqlx::query(&ddl).execute(&mut admin).await.expect(&ddl);
+            }
+        }
+    }
+    cluster_with_operator(&mut c, engine);
+    apply(&c, &store_yaml("future", engine, "")).expect("store");
+    let store = c.eventually("the store refused", 60, || {
+        let s = c.get("syncstore", "future")?;
+        (ready_reason(&s) == ("False".into(), "SchemaOwnedByAnother".into())).then_some(s)
+    });
+    assert!(
+        condition(&store, "Ready").expect("Ready")["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&schema),
+        "{store}"
+    );
+    let planted_tables = match engine {
+        Engine::Postgres => 0,
+        Engine::Mysql => 1, // the planted owner table itself
+    };
+    assert_eq!(count_tables(engine, &schema).await, planted_tables);
+    drop(c);
+    let drop = match engine {
+        Engine::Postgres => format!("DROP SCHEMA \"{schema}\" CASCADE"),
+        Engine::Mysql => format!("DROP DATABASE `{schema}`"),
+    };
+    match engine {
+        Engine::Postgres => {
+            let mut admin = sqlx::PgConnection::connect(&engine.admin())
+                .await
+                .expect("admin");
+            sqlx::query(&drop).execute(&mut admin).await.expect(&drop);
+        }
+        Engine::Mysql => {
+            let mut admin = sqlx::MySqlConnection::connect(&engine.admin())
+                .await
+                .expect("admin");
+            sqlx::query(&drop).execute(&mut admin).await.expect(&drop);
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_planted_mark_is_not_adopted() {
+    a_planted_mark_is_not_adopted(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_a_planted_mark_is_not_adopted() {
+    a_planted_mark_is_not_adopted(Engine::Mysql).await;
+}
