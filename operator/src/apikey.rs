@@ -27,7 +27,7 @@ use syncstore_crds::{ApiKey, ApiKeyStatus, SyncStore, ROTATE_ANNOTATION};
 
 use crate::{
     apply::secret_value,
-    children::MANAGER,
+    children::{self, MANAGER},
     conditions::{is_true, merge, Verdict},
     context::{backoff, paused, Context, Error, Result},
     events::publish,
@@ -234,6 +234,33 @@ async fn store_db(key: &ApiKey, ctx: &Context) -> Result<(SyncStore, Db)> {
     let url = store::database_url(ctx, &store).await?;
     let db = ctx.store_db(&store::store_key(&store), &url).await?;
     Ok((store, db))
+}
+
+/// The database to revoke a key's rows in: the store's, or, when the store
+/// object is gone or being deleted while its pods may still serve (deleted
+/// with `--cascade=orphan`, or before the garbage collector reaches its
+/// children), the one its database Secret still names. Only a store with
+/// neither is left to `OrphanKeysRevoked` at its next provisioning.
+async fn revoke_db(key: &ApiKey, ctx: &Context) -> Result<Db> {
+    let err = match store_db(key, ctx).await {
+        Ok((_, db)) => return Ok(db),
+        Err(e @ (Error::StoreNotFound(_) | Error::StoreNotReady(_))) => e,
+        Err(e) => return Err(e),
+    };
+    let ns = key.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = children::database_secret_name(&key.spec.store_ref);
+    match secrets
+        .get_opt(&name)
+        .await?
+        .and_then(|s| secret_value(&s, "DATABASE_URL"))
+    {
+        Some(url) => {
+            ctx.store_db(&format!("{ns}/{}", key.spec.store_ref), &url)
+                .await
+        }
+        None => Err(err),
+    }
 }
 
 fn db_err(e: sqlx::Error) -> Error {
@@ -592,8 +619,8 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
         Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
     let name = secret_name(key);
     let secret = secrets.get_opt(&name).await?;
-    match store_db(key, ctx).await {
-        Ok((_, db)) => {
+    match revoke_db(key, ctx).await {
+        Ok(db) => {
             let mut ids: Vec<String> = key
                 .status
                 .as_ref()

@@ -74,8 +74,13 @@ pub fn names(store: &SyncStore) -> Names {
         analytics: format!("{n}-analytics"),
         config: format!("{n}-config"),
         generated: format!("{n}-secrets"),
-        database: format!("{n}-db"),
+        database: database_secret_name(&n),
     }
+}
+
+/// The Secret with a store's `DATABASE_URL` (its role's credentials).
+pub fn database_secret_name(store: &str) -> String {
+    format!("{store}-db")
 }
 
 /// `app.kubernetes.io/{name,instance,managed-by}`, plus the component.

@@ -584,3 +584,31 @@ async fn postgres_a_planted_mark_is_not_adopted() {
 async fn mariadb_a_planted_mark_is_not_adopted() {
     a_planted_mark_is_not_adopted(Engine::Mysql).await;
 }
+
+/// A store deleted while its pods still serve (`--cascade=orphan`, or
+/// before the garbage collector reaches the children; this control plane
+/// has none, so deleting the store alone is that case): deleting one of its
+/// keys revokes the row at once through the database Secret the store left,
+/// rather than deferring to a re-provisioning that may never come.
+#[tokio::test]
+async fn keys_of_an_orphaned_store_are_revoked_at_once() {
+    let mut c = Cluster::new("op15-orphan");
+    cluster_with_operator(&mut c, Engine::Postgres);
+    apply(&c, &store_yaml("lim", Engine::Postgres, "")).expect("store");
+    apply(&c, &key_yaml("lk", "lim", "")).expect("key");
+    c.wait_condition("apikey/lk", "Ready", 90);
+    let url = c.secret_value("lim-db", "DATABASE_URL").expect("url");
+    let value = c.secret_value("lk-apikey", "apiKey").expect("key");
+    c.kubectl(&["delete", "syncstore", "lim", "--timeout=60s"]);
+    assert!(c.get("secret", "lim-db").is_some(), "the children stay");
+    c.kubectl(&["delete", "apikey", "lk", "--timeout=60s"]);
+    let db = open_store(&url, 1).await.expect("store db");
+    let row = keys::find_by_hash(&db, &hash_key(&value))
+        .await
+        .expect("query")
+        .expect("row");
+    assert!(!row.is_active, "the deleted key no longer authenticates");
+    let events = c.kubectl(&["get", "events", "-o", "json"]);
+    assert!(events.contains("KeyRevoked"), "{events}");
+    assert!(!events.contains("RevokeDeferred"), "{events}");
+}
