@@ -316,7 +316,7 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
     let uid = key.uid().unwrap_or_default();
     keyrows::record(&db, &id, &uid, &key.name_any()).await?;
     if let Some(previous) = previous {
-        if let Some(old) = expire_previous(&db, &previous, ctx).await? {
+        if let Some(old) = expire_previous(&db, &previous, key, &new, ctx).await? {
             keyrows::record(&db, &old, &uid, &key.name_any()).await?;
         }
     }
@@ -559,8 +559,17 @@ fn key_secret(
 }
 
 /// Gives the rotated-out key the grace period (once: a later reconcile
-/// never extends it). Returns the old key's row id.
-async fn expire_previous(db: &Db, previous: &str, ctx: &Context) -> Result<Option<String>> {
+/// never extends it) and the spec's current rights: an edit made after a
+/// rotation (fewer scopes, a new IP restriction, an earlier `expiresAt`)
+/// reaches the key still in its grace period too, never only the new one.
+/// Returns the old key's row id.
+async fn expire_previous(
+    db: &Db,
+    previous: &str,
+    key: &ApiKey,
+    new: &NewKey,
+    ctx: &Context,
+) -> Result<Option<String>> {
     let Some(old) = keys::find_by_hash(db, &hash_key(previous))
         .await
         .map_err(db_err)?
@@ -569,15 +578,20 @@ async fn expire_previous(db: &Db, previous: &str, ctx: &Context) -> Result<Optio
     };
     let grace_end =
         now_ms() + i64::try_from(ctx.settings.rotation_grace.as_millis()).unwrap_or(i64::MAX);
-    if old.expires_at.is_some_and(|e| e <= grace_end) {
-        return Ok(Some(old.id));
-    }
-    let mut view = keys::get(db, &old.id, None)
+    let ends = old
+        .expires_at
+        .filter(|e| *e <= grace_end)
+        .unwrap_or(grace_end);
+    let view = keys::get(db, &old.id, None)
         .await
         .map_err(db_err)?
         .ok_or_else(|| Error::KeyStore("row vanished".into()))?;
-    view.expires_at = Some(grace_end);
-    keys::update(db, &view).await.map_err(db_err)?;
+    let mut wanted = with_spec(view.clone(), new, key.spec.can_read, key.spec.can_write);
+    wanted.is_active = view.is_active;
+    wanted.expires_at = Some(new.expires_at.map_or(ends, |e| e.min(ends)));
+    if !same_settings(&view, &wanted) {
+        keys::update(db, &wanted).await.map_err(db_err)?;
+    }
     Ok(Some(old.id))
 }
 

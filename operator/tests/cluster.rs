@@ -499,6 +499,39 @@ async fn api_keys_are_generated_stored_updated_rotated_and_revoked() {
         Some(rotated.as_str())
     );
 
+    // An edit after the rotation narrows the key in its grace period too:
+    // both rows get the new scopes and restriction, the old keeps its end.
+    c.kubectl(&[
+        "patch",
+        "apikey",
+        "mobile-alice",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":[],"canWrite":false,"ipRestrictions":["10.9.9.9/32"]}}"#,
+    ]);
+    let narrowed = |k: &str| {
+        let row = futures_block(syncstore::storage::keys::find_by_hash(
+            &db,
+            &syncstore::auth::hash_key(k),
+        ))
+        .ok()
+        .flatten()?;
+        let from = |ip: &str| syncstore::auth::restrictions::Caller {
+            ip: ip.parse().ok(),
+            ..Default::default()
+        };
+        let restricted = row.restrictions.check(&from("10.9.9.9")).is_ok()
+            && row.restrictions.check(&from("192.0.2.1")).is_err();
+        (row.scopes == [syncstore::auth::Scope::Read] && !row.can_write && restricted)
+            .then_some(row)
+    };
+    c.eventually("the new key narrowed", 30, || narrowed(&rotated));
+    let old_now = c.eventually("the old key narrowed too", 30, || narrowed(&key));
+    assert_eq!(
+        old_now.expires_at, old_row.expires_at,
+        "the grace is not extended"
+    );
+
     // Deletion revokes both rows first, then the Secret goes.
     c.kubectl(&["delete", "apikey", "mobile-alice", "--timeout=30s"]);
     for k in [&rotated, &key] {
