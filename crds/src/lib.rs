@@ -551,6 +551,12 @@ pub struct DatabaseStatus {
     /// SYNCSTORE_STORE: the prefix of the store's Redis keys and its Kafka
     /// consumer group.
     pub store_id: String,
+    /// Where the schema lives: `host:port/database` of the admin URL, never
+    /// its credentials. Recorded at the first provisioning; an admin Secret
+    /// that later names another server or database is refused
+    /// (`ImmutableFieldChanged`), since the store's data would not follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// An API key of one SyncStore, acting for one user. The operator

@@ -961,6 +961,7 @@ mod tests {
                 schema: "ss_team_a_chat".into(),
                 role: "ss_team_a_chat".into(),
                 store_id: "ss_team_a_chat".into(),
+                server: None,
             }),
             ..Default::default()
         });

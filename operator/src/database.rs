@@ -203,6 +203,25 @@ pub fn store_url(admin_url: &str, target: &Target, password: &str) -> Result<Str
     Ok(url.to_string())
 }
 
+/// `host:port/database` of a database URL, without its credentials: where
+/// a store's schema lives, as `status.database.server` records it.
+pub fn server_of(url: &str) -> Result<String> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::InvalidDatabaseUrl(format!("the admin URL does not parse: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Error::InvalidDatabaseUrl("the admin URL has no host".into()))?;
+    let port = parsed
+        .port()
+        .or_else(|| match engine_of(url) {
+            Ok(Engine::Postgres) => Some(5432),
+            Ok(Engine::Mysql) => Some(3306),
+            Err(_) => None,
+        })
+        .map_or_else(String::new, |p| format!(":{p}"));
+    Ok(format!("{host}{port}{}", parsed.path()))
+}
+
 /// Describes a connection failure without the URL (which holds a password).
 fn unreachable(e: sqlx::Error) -> Error {
     let text = match &e {

@@ -172,13 +172,27 @@ async fn admin_url(store: &SyncStore, ctx: &Context) -> Result<String> {
             store.spec.database.engine, r.name, engine
         )));
     }
-    Ok(url)
+    let server = database::server_of(&url)?;
+    let recorded = store
+        .status
+        .as_ref()
+        .and_then(|s| s.database.as_ref())
+        .and_then(|d| d.server.as_deref());
+    match recorded {
+        Some(recorded) if recorded != server => Err(Error::ImmutableFieldChanged(format!(
+            "The admin URL in Secret {} now names {server}, but this store's schema is on {recorded}; a store cannot move to another server or database (its data would not follow), so point the Secret back or create a new store.",
+            r.name
+        ))),
+        _ => Ok(url),
+    }
 }
 
 /// The store's database as provisioning left it.
 struct Provisioned {
     url: String,
     schema_version: i64,
+    /// `host:port/database` of the admin URL.
+    server: String,
 }
 
 /// Errors after which the children that need no database still follow
@@ -236,7 +250,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     // reconcile (status, event, backoff).
     let database = database?;
     let serving = serving::serving(store, &deployment);
-    write_success(ctx, store, database.schema_version, serving, &db_names).await?;
+    write_success(ctx, store, &database, serving, &db_names).await?;
     Ok(Action::requeue(ctx.settings.resync_interval))
 }
 
@@ -321,6 +335,7 @@ async fn provision_database(
     Ok(Provisioned {
         url,
         schema_version,
+        server: database::server_of(&admin)?,
     })
 }
 
@@ -477,10 +492,11 @@ fn pending(store: &SyncStore, current: &SyncStoreStatus) -> SyncStoreStatus {
 async fn write_success(
     ctx: &Context,
     store: &SyncStore,
-    schema_version: i64,
+    database: &Provisioned,
     serving: Serving,
     names: &DbNames,
 ) -> Result<()> {
+    let schema_version = database.schema_version;
     let verdicts = [
         Verdict::ok(
             "DatabaseReady",
@@ -522,6 +538,7 @@ async fn write_success(
             schema: names.schema.clone(),
             role: names.role.clone(),
             store_id: names.store_id.clone(),
+            server: Some(database.server.clone()),
         }),
     })
     .await

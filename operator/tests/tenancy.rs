@@ -612,3 +612,45 @@ async fn keys_of_an_orphaned_store_are_revoked_at_once() {
     assert!(events.contains("KeyRevoked"), "{events}");
     assert!(!events.contains("RevokeDeferred"), "{events}");
 }
+
+/// The admin Secret decides the server and database a store lives on; it
+/// is recorded in `status.database.server` at the first provisioning, and
+/// pointing the store at another database later is refused
+/// (`ImmutableFieldChanged`) rather than moving it to a new, empty schema.
+#[tokio::test]
+async fn a_store_does_not_move_to_another_database() {
+    let mut c = Cluster::new("op15-move");
+    cluster_with_operator(&mut c, Engine::Postgres);
+    apply(&c, &store_yaml("chat", Engine::Postgres, "")).expect("store");
+    c.wait_condition("syncstore/chat", "Ready", 90);
+    let server = c.must_get("syncstore", "chat")["status"]["database"]["server"].clone();
+    assert_eq!(server, "127.0.0.1:5432/syncstore");
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let elsewhere = postgres_admin().replace("/syncstore", "/postgres");
+    c.secret("other-admin", &[("url", &elsewhere)]);
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"database":{"adminSecretRef":{"name":"other-admin","key":"url"}}}}"#,
+    ]);
+    let store = c.eventually("the move refused", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        (ready_reason(&s) == ("False".into(), "ImmutableFieldChanged".into())).then_some(s)
+    });
+    let message = condition(&store, "Ready").expect("Ready")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains("127.0.0.1:5432/postgres") && message.contains("127.0.0.1:5432/syncstore"),
+        "{message}"
+    );
+    assert_eq!(
+        c.secret_value("chat-db", "DATABASE_URL").as_deref(),
+        Some(url.as_str()),
+        "the store's database is unchanged"
+    );
+}
