@@ -287,6 +287,56 @@ async fn announce_generated(ctx: &Context, store: &SyncStore, secret: &str) {
     }
 }
 
+/// The field manager that holds the Deployment's `replicas` between the
+/// operator and the HPA (see [`hand_replicas_over`]).
+const REPLICAS_HANDOFF: &str = "syncstore-operator-replicas-handoff";
+
+/// When autoscaling is turned on, the operator stops setting `replicas` so
+/// that the HPA owns it. Under server-side apply a field that its only
+/// owner stops applying is removed, and the Deployment falls back to one
+/// replica before the HPA acts (4 → 1 on a running store). So while the
+/// operator's apply still owns the field, the current count (kept within
+/// the autoscaling bounds) is first written by a second field manager,
+/// which keeps it when the operator's apply lets go (Kubernetes' documented
+/// ownership transfer).
+async fn hand_replicas_over(
+    ctx: &Context,
+    store: &SyncStore,
+    autoscaling: &syncstore_crds::Autoscaling,
+) -> Result<()> {
+    let api: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let Some(live) = api.get_opt(&names(store).deployment).await? else {
+        return Ok(());
+    };
+    let ours = live.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some(children::MANAGER)
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+    });
+    if !ours {
+        return Ok(());
+    }
+    let current = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let keep = current.clamp(
+        autoscaling.min_replicas,
+        autoscaling.max_replicas.max(autoscaling.min_replicas),
+    );
+    // Applied, not updated: an update that leaves the value as it is
+    // records no owner, while two appliers of one value share the field.
+    let params = PatchParams::apply(REPLICAS_HANDOFF).force();
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": live.name_any() },
+        "spec": { "replicas": keep },
+    });
+    api.patch(&live.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
 /// Schema and role, migrations and the revocation of orphan key rows.
 async fn provision_database(
     ctx: &Context,
@@ -358,6 +408,9 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
     let config = children::config_map(store);
     apply(client, &config).await?;
     let hash = children::config_hash(&config, url);
+    if let Some(autoscaling) = &store.spec.autoscaling {
+        hand_replicas_over(ctx, store, autoscaling).await?;
+    }
     let deployment = apply(client, &children::deployment(store, &hash)).await?;
     apply(client, &children::service(store)).await?;
     apply(client, &children::pdb(store)).await?;

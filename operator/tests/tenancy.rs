@@ -654,3 +654,36 @@ async fn a_store_does_not_move_to_another_database() {
         "the store's database is unchanged"
     );
 }
+
+/// Turning autoscaling on for a running store hands `replicas` to the HPA
+/// without a drop: the Deployment keeps its count (within the autoscaling
+/// bounds) instead of falling back to the default of one replica.
+#[tokio::test]
+async fn enabling_autoscaling_keeps_the_replica_count() {
+    let mut c = Cluster::new("op15-hpa");
+    cluster_with_operator(&mut c, Engine::Postgres);
+    apply(
+        &c,
+        &store_yaml("chat", Engine::Postgres, "").replace("replicas: 1", "replicas: 4"),
+    )
+    .expect("store");
+    c.wait_condition("syncstore/chat", "Ready", 90);
+    assert_eq!(c.must_get("deployment", "chat")["spec"]["replicas"], 4);
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"autoscaling":{"minReplicas":3,"maxReplicas":6}}}"#,
+    ]);
+    c.eventually("the HPA", 60, || c.get("hpa", "chat"));
+    // Another reconcile after the hand-over keeps it too.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let d = c.must_get("deployment", "chat");
+    assert_eq!(
+        d["spec"]["replicas"], 4,
+        "{}",
+        d["metadata"]["managedFields"]
+    );
+}
