@@ -14,7 +14,8 @@ pub use crate::error::{Error, Result};
 use crate::{metrics::Metrics, recorder::Recorder};
 
 /// Annotation that pauses reconciliation of a SyncStore (and its keys) or
-/// of one ApiKey while its value is `paused`.
+/// of one ApiKey while its value is `paused` (or `true`, as Strimzi's
+/// `pause-reconciliation` takes it; either in any case).
 pub const PAUSE_ANNOTATION: &str = "syncstore.dev/reconcile";
 
 /// Whether `obj` carries `syncstore.dev/reconcile: paused`.
@@ -23,7 +24,10 @@ pub fn paused<K: Resource>(obj: &K) -> bool {
         .annotations
         .as_ref()
         .and_then(|a| a.get(PAUSE_ANNOTATION))
-        .is_some_and(|v| v == "paused")
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("paused") || v.eq_ignore_ascii_case("true")
+        })
 }
 
 /// Operator-wide settings.
@@ -135,6 +139,21 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_values_are_paused_or_true_in_any_case() {
+        let with = |v: &str| {
+            let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+            cm.metadata.annotations = Some([(PAUSE_ANNOTATION.to_string(), v.to_string())].into());
+            paused(&cm)
+        };
+        for v in ["paused", "Paused", "PAUSED", "true", "True", " paused "] {
+            assert!(with(v), "{v:?} pauses");
+        }
+        for v in ["", "false", "no", "pause", "1"] {
+            assert!(!with(v), "{v:?} does not pause");
+        }
+    }
 
     #[test]
     fn a_kube_api_error_reads_as_its_message() {

@@ -102,7 +102,13 @@ pub fn serving(store: &SyncStore, d: &Deployment) -> Serving {
         Verdict::ok(
             "Degraded",
             "InsufficientReplicas",
-            format!("{available} replicas are available, fewer than the minimum of {min}."),
+            format!(
+                "{} available, fewer than the minimum of {min}.",
+                match available {
+                    1 => "1 replica is".to_string(),
+                    n => format!("{n} replicas are"),
+                }
+            ),
         )
     } else {
         Verdict::fail(
@@ -219,7 +225,7 @@ mod tests {
         assert_eq!(s.phase, "Degraded");
         assert_eq!(
             s.degraded.message,
-            "1 replicas are available, fewer than the minimum of 2."
+            "1 replica is available, fewer than the minimum of 2."
         );
     }
 }

@@ -225,7 +225,7 @@ fn ready_and_phase_follow_the_available_replicas() {
     );
     assert_eq!(
         cond_field(&s, "Degraded", "message").as_deref(),
-        Some("1 replicas are available, fewer than the minimum of 3.")
+        Some("1 replica is available, fewer than the minimum of 3.")
     );
     c.kubectl(&[
         "wait",
