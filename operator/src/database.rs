@@ -561,7 +561,7 @@ pub async fn open_store(url: &str, connections: u32) -> Result<Db> {
     };
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        Db::connect(&cfg, Path::new("/nonexistent")),
+        Db::connect_verified(&cfg, Path::new("/nonexistent")),
     )
     .await
     .map_err(|_| Error::DatabaseUnreachable("timed out after 5 s".into()))?

@@ -687,3 +687,60 @@ async fn enabling_autoscaling_keeps_the_replica_count() {
         d["metadata"]["managedFields"]
     );
 }
+
+/// The operator's pool of a store outlives the store's connections: after
+/// the database cut them (a restart, a failover, an idle timeout; here
+/// `pg_terminate_backend`), the next key edit goes through instead of
+/// failing with "terminating connection due to administrator command".
+#[tokio::test]
+async fn cut_connections_do_not_fail_the_next_key_edit() {
+    let mut c = Cluster::new("op15-cut");
+    cluster_with_operator(&mut c, Engine::Postgres);
+    apply(&c, &store_yaml("chat", Engine::Postgres, "")).expect("store");
+    apply(&c, &key_yaml("k", "chat", "")).expect("key");
+    c.wait_condition("apikey/k", "Ready", 90);
+    let role = c.must_get("syncstore", "chat")["status"]["database"]["role"]
+        .as_str()
+        .expect("role")
+        .to_string();
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin())
+        .await
+        .expect("admin");
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+    )
+    .bind(&role)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(!cut.is_empty(), "the operator held connections as {role}");
+    c.kubectl(&[
+        "patch",
+        "apikey",
+        "k",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"displayName":"renamed"}}"#,
+    ]);
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let db = open_store(&url, 1).await.expect("store db");
+    let value = c.secret_value("k-apikey", "apiKey").expect("key");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = keys::find_by_hash(&db, &hash_key(&value))
+            .await
+            .expect("query");
+        if row.is_some_and(|r| r.name == "renamed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit never reached the row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let k = c.must_get("apikey", "k");
+    assert_eq!(ready_reason(&k), ("True".into(), "Active".into()), "{k}");
+    let events = c.kubectl(&["get", "events", "-o", "json"]);
+    assert!(!events.contains("KeyStoreError"), "{events}");
+}

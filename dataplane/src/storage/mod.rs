@@ -105,6 +105,19 @@ impl Db {
     /// Opens the configured server database, or the embedded SQLite file
     /// under `data_dir` when no URL is set.
     pub async fn connect(cfg: &DatabaseConfig, data_dir: &Path) -> Result<Self, DbError> {
+        Self::open(cfg, data_dir, false).await
+    }
+
+    /// [`Self::connect`] for a long-lived pool that is used now and then
+    /// (the operator's per-store pools): a database restart, a failover or
+    /// an idle timeout may have cut its connections since the last use, so
+    /// each is checked with a round trip before it is handed out. The data
+    /// plane's busy pools skip that round trip.
+    pub async fn connect_verified(cfg: &DatabaseConfig, data_dir: &Path) -> Result<Self, DbError> {
+        Self::open(cfg, data_dir, true).await
+    }
+
+    async fn open(cfg: &DatabaseConfig, data_dir: &Path, verify: bool) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let url = match &cfg.url {
             Some(url) => with_tls(url.expose(), cfg.ssl),
@@ -127,7 +140,7 @@ impl Db {
             // SERVICE_UNAVAILABLE rather than hanging on a dead database.
             .acquire_timeout(Duration::from_secs(3))
             .idle_timeout(Duration::from_secs(300))
-            .test_before_acquire(false);
+            .test_before_acquire(verify);
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
