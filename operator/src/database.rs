@@ -127,6 +127,33 @@ pub fn claim(what: &str, name: &str, found: &Found, target: &Target) -> Result<(
     }
 }
 
+/// [`claim`] for the schema (database) itself, which also refuses to
+/// *create* a name of the form the operator derives for a store
+/// (`ss_…_<12 hex>`) unless it is this store's own: derived names are
+/// predictable, and a `schemaName` taking one could squat it before the
+/// store it belongs to exists, locking that store out.
+pub fn claim_schema(what: &str, name: &str, found: &Found, target: &Target) -> Result<()> {
+    let own = derive_name(&target.owner.namespace, &target.owner.name, PG_MAX);
+    if *found == Found::Absent && looks_derived(name) && name != own {
+        return Err(Error::SchemaOwnedByAnother(format!(
+            "{what} {name} has the form of the name the operator derives for another store, which only that store may create"
+        )));
+    }
+    claim(what, name, found, target)
+}
+
+/// Whether `name` has the form of a derived name ([`derive_name`]): `ss_`,
+/// and at the end `_` and 12 lowercase hex digits.
+fn looks_derived(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.starts_with("ss_")
+        && bytes.len() > 16
+        && bytes[bytes.len() - 13] == b'_'
+        && bytes[bytes.len() - 12..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
 /// A string literal for DDL (which takes no bind parameters). Only marks
 /// go through it, whose parts [`Target::check`] limits to Kubernetes name
 /// characters, so there is no quote or backslash to escape.
@@ -415,7 +442,7 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
         Engine::Postgres => {
             let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
             let mut tx = pg_locked(&mut conn).await?;
-            claim("schema", s, &pg_schema(&mut tx, s).await?, target)?;
+            claim_schema("schema", s, &pg_schema(&mut tx, s).await?, target)?;
             let role = pg_role(&mut tx, r).await?;
             claim("role", r, &role, target)?;
             let verb = if role == Found::Absent {
@@ -455,7 +482,7 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
             let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
             let result = mysql_locked(&mut conn, async |conn| {
                 let found = mysql_found(conn, target).await?;
-                claim("database", s, &found.database, target)?;
+                claim_schema("database", s, &found.database, target)?;
                 claim("user", r, &found.user, target)?;
                 for ddl in [
                     format!(
@@ -756,6 +783,14 @@ mod tests {
             assert!(claim("schema", "ss_x", &found, &target("uid-1", true)).is_ok());
         }
         assert_eq!(Owner::from_mark(&me.owner.mark()), Some(me.owner.clone()));
+        // A new schema may not take another store's derived name; its own,
+        // and names without that form, are created.
+        let squat = derive_name("team-b", "victim", PG_MAX);
+        let err = claim_schema("schema", &squat, &Found::Absent, &me).expect_err("reserved");
+        assert_eq!(err.reason(), "SchemaOwnedByAnother");
+        let own = derive_name("team-a", "chat", PG_MAX);
+        assert!(claim_schema("schema", &own, &Found::Absent, &me).is_ok());
+        assert!(claim_schema("schema", "ss_shared_data", &Found::Absent, &me).is_ok());
         assert!(literal(&me.owner.mark()).starts_with("'{"));
     }
 

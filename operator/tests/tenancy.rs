@@ -744,3 +744,41 @@ async fn cut_connections_do_not_fail_the_next_key_edit() {
     let events = c.kubectl(&["get", "events", "-o", "json"]);
     assert!(!events.contains("KeyStoreError"), "{events}");
 }
+
+/// Derived names are predictable, so a `schemaName` could take another
+/// namespace's store's name before that store exists and lock it out; a
+/// new schema of that form is only created for the store it is derived
+/// from.
+#[tokio::test]
+async fn a_derived_name_cannot_be_squatted() {
+    use syncstore_operator::database::{derive_name, PG_MAX};
+    let mut c = Cluster::new("op15-squat");
+    cluster_with_operator(&mut c, Engine::Postgres);
+    let victim_ns = format!("{}-v", c.ns);
+    let taken = derive_name(&victim_ns, "victim", PG_MAX);
+    apply(
+        &c,
+        &store_yaml(
+            "squatter",
+            Engine::Postgres,
+            &format!(", schemaName: {taken}"),
+        ),
+    )
+    .expect("store");
+    let s = c.eventually("the squat refused", 60, || {
+        let s = c.get("syncstore", "squatter")?;
+        (ready_reason(&s) == ("False".into(), "SchemaOwnedByAnother".into())).then_some(s)
+    });
+    assert!(s.to_string().contains(&taken), "{s}");
+    assert_eq!(count_tables(Engine::Postgres, &taken).await, 0);
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin())
+        .await
+        .expect("admin");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&taken)
+            .fetch_one(&mut admin)
+            .await
+            .expect("query");
+    assert!(!exists, "the schema was not created");
+}
