@@ -157,10 +157,22 @@ async fn run(args: RunArgs) -> ExitCode {
     // the process exits non-zero and restarts as a standby).
     let mut lost = leader.clone();
     let mut term = terminate_rx.clone();
+    let fenced = fence(
+        client.clone(),
+        lease_namespace.clone(),
+        args.lease_name.clone(),
+        identity.clone(),
+    );
     let shutdown = async move {
         tokio::select! {
             _ = lost.wait_for(|held| !*held) => tracing::error!("lost leadership"),
             _ = term.wait_for(|t| *t) => {}
+            () = fenced => {
+                // Another replica may lead in a few seconds: stop writing at
+                // once, without waiting for reconciles in flight.
+                tracing::error!("leadership not confirmed for {} s; exiting", FENCE.as_secs());
+                std::process::exit(1);
+            }
         }
     }
     .boxed()
@@ -182,6 +194,37 @@ async fn run(args: RunArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// How long a leader may go without confirming that it holds the Lease:
+/// less than the Lease's 15 s duration, so it stops before another replica
+/// can take over.
+const FENCE: Duration = Duration::from_secs(10);
+
+/// Resolves when leadership can no longer be confirmed: the Lease names
+/// another holder, or it could not be read for [`FENCE`]. kube-lease-manager
+/// reports a lost lease only once it reaches the apiserver again, so a
+/// leader cut off from it (a network partition) went on writing to the
+/// stores' databases after another replica had taken over.
+async fn fence(client: kube::Client, namespace: String, name: String, identity: String) {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client, &namespace);
+    let mut confirmed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let read = tokio::time::timeout(Duration::from_secs(2), leases.get(&name)).await;
+        match read {
+            Ok(Ok(lease)) => {
+                let holder = lease.spec.and_then(|s| s.holder_identity);
+                if holder.as_deref() != Some(identity.as_str()) {
+                    return;
+                }
+                confirmed = tokio::time::Instant::now();
+            }
+            _ if confirmed.elapsed() >= FENCE => return,
+            _ => {}
+        }
     }
 }
 

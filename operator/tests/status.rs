@@ -746,3 +746,42 @@ async fn health_fails_when_the_watch_is_dead() {
         "{reason}"
     );
 }
+
+/// A leader cut off from the apiserver (a partition: here the proxy in
+/// front of it closes) stops within the fence, before its 15 s Lease can
+/// pass to another replica, instead of writing on until it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_stops_before_its_lease_runs_out() {
+    let mut c = Cluster::new("fence");
+    let admin = std::fs::read_to_string(common::kubeconfig()).expect("kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("yaml");
+    let server = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .expect("server")
+        .to_string();
+    let upstream = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    config["clusters"][0]["cluster"]["server"] =
+        serde_yaml::Value::String(format!("https://127.0.0.1:{}", proxy.port));
+    let path = std::env::temp_dir().join(format!("kubeconfig-{}-fence", c.ns));
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write");
+    let op = c.start_operator_with("op-fence", &path.to_string_lossy(), &[]);
+    c.eventually("leading", 30, || {
+        c.log_of(op).contains("\"leading\"").then_some(())
+    });
+    let cut = std::time::Instant::now();
+    proxy.cut();
+    c.eventually("the fence", 20, || {
+        c.log_of(op)
+            .contains("leadership not confirmed for 10 s; exiting")
+            .then_some(())
+    });
+    let after = cut.elapsed();
+    assert!(
+        after < std::time::Duration::from_secs(15),
+        "stopped {after:?} after the cut, within the Lease's 15 s"
+    );
+}
