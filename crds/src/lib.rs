@@ -551,9 +551,9 @@ pub struct DatabaseStatus {
     /// SYNCSTORE_STORE: the prefix of the store's Redis keys and its Kafka
     /// consumer group.
     pub store_id: String,
-    /// Where the schema lives: `host:port/database` of the admin URL, never
-    /// its credentials. Recorded at the first provisioning; an admin Secret
-    /// that later names another server or database is refused
+    /// Where the schema lives: `host:port/database` of the admin URL at the
+    /// last provisioning, never its credentials. An admin Secret that later
+    /// names a database without the store's schema is refused
     /// (`ImmutableFieldChanged`), since the store's data would not follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,

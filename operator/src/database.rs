@@ -40,6 +40,14 @@ pub struct Target {
     /// can create the schema can write, so a mark planted before the store
     /// existed (with a made-up UID) must not hand the schema over.
     pub predecessor: Option<String>,
+    /// Where the store was provisioned before (`status.database.server`),
+    /// if it was: its schema must then exist where the admin URL points.
+    /// A schema missing there means the URL now names another server or
+    /// database (or the schema was dropped by hand), and creating a new,
+    /// empty one would silently move the store away from its data. A new
+    /// host for the same database (a failover endpoint, a pooler) finds
+    /// the schema and is fine.
+    pub provisioned_on: Option<String>,
 }
 
 /// The SyncStore a schema (database) and role were created for. Written as
@@ -133,6 +141,11 @@ pub fn claim(what: &str, name: &str, found: &Found, target: &Target) -> Result<(
 /// predictable, and a `schemaName` taking one could squat it before the
 /// store it belongs to exists, locking that store out.
 pub fn claim_schema(what: &str, name: &str, found: &Found, target: &Target) -> Result<()> {
+    if let (Found::Absent, Some(before)) = (found, &target.provisioned_on) {
+        return Err(Error::ImmutableFieldChanged(format!(
+            "{what} {name} is not on the database the admin URL names, but this store was provisioned on {before}; a store cannot move to another server or database (its data would not follow), so point the admin Secret back at the database that holds it, or create a new store"
+        )));
+    }
     let own = derive_name(&target.owner.namespace, &target.owner.name, PG_MAX);
     if *found == Found::Absent && looks_derived(name) && name != own {
         return Err(Error::SchemaOwnedByAnother(format!(
@@ -746,6 +759,7 @@ mod tests {
             },
             adopt_unmarked,
             predecessor: None,
+            provisioned_on: None,
         }
     }
 

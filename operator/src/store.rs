@@ -115,6 +115,12 @@ fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>) -> Ta
         },
         adopt_unmarked: names.legacy,
         predecessor,
+        provisioned_on: store.status.as_ref().and_then(|s| {
+            s.database
+                .as_ref()
+                .map(|d| d.server.clone().unwrap_or_else(|| "its database".into()))
+                .or_else(|| s.schema_version.map(|_| "its database".into()))
+        }),
     }
 }
 
@@ -172,19 +178,7 @@ async fn admin_url(store: &SyncStore, ctx: &Context) -> Result<String> {
             store.spec.database.engine, r.name, engine
         )));
     }
-    let server = database::server_of(&url)?;
-    let recorded = store
-        .status
-        .as_ref()
-        .and_then(|s| s.database.as_ref())
-        .and_then(|d| d.server.as_deref());
-    match recorded {
-        Some(recorded) if recorded != server => Err(Error::ImmutableFieldChanged(format!(
-            "The admin URL in Secret {} now names {server}, but this store's schema is on {recorded}; a store cannot move to another server or database (its data would not follow), so point the Secret back or create a new store.",
-            r.name
-        ))),
-        _ => Ok(url),
-    }
+    Ok(url)
 }
 
 /// The store's database as provisioning left it.

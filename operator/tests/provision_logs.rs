@@ -67,6 +67,7 @@ async fn provision_and_drop_logging_at_trace(engine: Engine, admin: &str) {
         },
         adopt_unmarked: false,
         predecessor: None,
+        provisioned_on: None,
     };
     let password = random(32);
     // Create, then re-assert (the ALTER path), then drop.

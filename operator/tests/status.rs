@@ -390,6 +390,7 @@ async fn concurrent_provisioning(engine: Engine, admin: &str) {
             },
             adopt_unmarked: false,
             predecessor: None,
+            provisioned_on: None,
         })
         .collect();
     for round in ["create", "re-assert"] {
