@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    analytics::{Analytics, Live},
+    analytics::{report::Reports, Analytics, Live},
     audit::Auditor,
     auth::{geoip::GeoIp, jwks::External, limiter::Limiter, Authenticator, KeyStore, Tokens},
     config::Config,
@@ -128,7 +128,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
                 conn.clone(),
                 config.store_name.clone(),
                 config.pod_name.clone(),
-                live,
+                live.clone(),
             ));
             (
                 Limiter::redis(
@@ -151,6 +151,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         config.api_keys.token_prefix.clone(),
         config.api_keys.rotation_grace,
     );
+    let reports = Reports::new(db.clone(), live, live_redis, config.store_name.clone());
     Ok(AppState {
         sync: SyncService::new(
             db,
@@ -177,7 +178,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         hub,
         presence,
         analytics,
-        live_redis,
+        reports,
         config: Arc::new(config),
         shutting_down: Arc::new(AtomicBool::new(false)),
     })

@@ -8,7 +8,7 @@ use std::sync::{
 };
 
 use crate::{
-    analytics::Analytics,
+    analytics::{report::Reports, Analytics},
     audit::Auditor,
     auth::{limiter::Limiter, Authenticator},
     config::Config,
@@ -34,8 +34,8 @@ pub struct AppState {
     /// Which devices are online, across every process of the store.
     pub presence: Arc<Presence>,
     pub analytics: Analytics,
-    /// Where every pod's live figures meet, when Redis is configured.
-    pub live_redis: Option<redis::aio::ConnectionManager>,
+    /// The analytics reports (`/api/v1/analytics/*`).
+    pub reports: Reports,
     /// Set by `app::serve` on SIGTERM.
     pub(crate) shutting_down: Arc<AtomicBool>,
 }

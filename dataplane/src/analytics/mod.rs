@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod kafka;
 pub mod live;
 pub mod query;
+pub mod report;
 
 use std::{sync::Arc, time::Duration};
 

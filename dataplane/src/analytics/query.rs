@@ -3,6 +3,7 @@
 //! from the same tables.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{
     aggregate::{DAY_MS, SEP},
@@ -47,7 +48,7 @@ fn sum(dialect: Dialect, col: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub requests: i64,
@@ -68,7 +69,7 @@ impl Totals {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Point {
     /// Start of the bucket, ms since the epoch.
@@ -237,7 +238,7 @@ pub async fn top_subjects(
 }
 
 /// p50, p95 and p99 in milliseconds over the window, from the histograms.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, ToSchema)]
 pub struct Percentiles {
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -417,7 +418,7 @@ pub enum Seen {
 
 /// Users grouped by the week they were first seen, with the share of each
 /// cohort active in each following week.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cohort {
     /// Monday 00:00 UTC of the cohort's week, ms.

@@ -6,7 +6,7 @@ use super::{
     restrictions::{caller_from, Caller},
     ApiKey, KeyStore, Scope, Tokens,
 };
-use crate::{error::ApiError, storage::now_ms};
+use crate::{analytics::report::Viewer, error::ApiError, storage::now_ms};
 
 /// The caller: the user it acts as, and the key that vouched for it.
 #[derive(Debug, Clone)]
@@ -46,6 +46,16 @@ impl Principal {
     /// for an admin credential, which reaches every user's.
     pub fn tenant(&self) -> Option<&str> {
         (!self.key.allows(super::Scope::Admin)).then_some(self.user_id.as_str())
+    }
+
+    /// What this caller may see of the analytics: everything with
+    /// `analytics:read` (or `admin`), otherwise its own user's figures.
+    pub fn analytics_viewer(&self) -> Viewer {
+        if self.key.allows(Scope::AnalyticsRead) {
+            Viewer::All
+        } else {
+            Viewer::Own(self.user_id.clone())
+        }
     }
 
     /// Refuses the request unless the credential grants `scope`.
