@@ -21,7 +21,7 @@ use crate::{
     presence::Presence,
     socket,
     storage::{idempotency, items, Db, DbError},
-    sync::SyncService,
+    sync::{review::Review, SyncService},
 };
 
 pub use crate::state::AppState;
@@ -152,15 +152,18 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         config.api_keys.rotation_grace,
     );
     let reports = Reports::new(db.clone(), live, live_redis, config.store_name.clone());
+    let sync = SyncService::new(
+        db,
+        config.limits.clone(),
+        metrics.clone(),
+        bus,
+        conflict::Settings::from_config(&config.conflict).map_err(StartError::Resolver)?,
+    )
+    .with_audit(audit.clone());
+    let review = Review::new(sync.clone(), audit.clone());
     Ok(AppState {
-        sync: SyncService::new(
-            db,
-            config.limits.clone(),
-            metrics.clone(),
-            bus,
-            conflict::Settings::from_config(&config.conflict).map_err(StartError::Resolver)?,
-        )
-        .with_audit(audit.clone()),
+        sync,
+        review,
         keys: key_service,
         auth: Authenticator::new(
             keys,

@@ -15,7 +15,7 @@ use crate::{
     fanout::Hub,
     metrics::Metrics,
     presence::Presence,
-    sync::SyncService,
+    sync::{review::Review, SyncService},
 };
 
 /// What every handler can reach. Cheap to clone.
@@ -23,6 +23,8 @@ use crate::{
 pub struct AppState {
     pub config: Arc<Config>,
     pub sync: SyncService,
+    /// Conflict review (`/conflicts/*`).
+    pub review: Review,
     pub auth: Authenticator,
     /// Key management (REST and CLI alike).
     pub keys: crate::keys::Keys,

@@ -20,7 +20,8 @@ pub struct Record {
     pub incoming_ts: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// What the conflicts of one item show.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
     pub conflicts: usize,

@@ -7,7 +7,7 @@ use crate::{
     auth::{Principal, Scope},
     error::ApiError,
     state::AppState,
-    storage::instances,
+    sync::devices::Instance,
 };
 
 /// A device and its presence. `connections` counts the device's sockets on
@@ -17,7 +17,7 @@ use crate::{
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     #[serde(flatten)]
-    instance: instances::Instance,
+    instance: Instance,
     connections: i64,
     online: bool,
 }
@@ -28,7 +28,7 @@ pub async fn list(
     who: Principal,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     who.require(Scope::Read)?;
-    let list = instances::list(state.sync.db(), &who.user_id).await?;
+    let list = state.sync.devices().list(&who.user_id).await?;
     let live = state.presence.live(&who.user_id).await?;
     Ok(Json(
         list.into_iter()

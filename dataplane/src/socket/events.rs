@@ -21,7 +21,6 @@ use crate::{
     auth::Scope,
     error::ApiError,
     state::AppState,
-    storage::{instances, items},
     sync::{OperationId, SetRequest},
 };
 
@@ -338,7 +337,10 @@ async fn get_all(
         if prefix.is_empty() {
             if let Some(seq) = session.take_resync() {
                 let d = &session.device;
-                instances::resynced(app.sync.db(), &d.user_id, &d.instance_id, seq).await?;
+                app.sync
+                    .devices()
+                    .resynced(&d.user_id, &d.instance_id, seq)
+                    .await?;
             }
         }
         Ok(items)
@@ -399,7 +401,10 @@ async fn change_subscriptions(
     change(&mut next, &keys)?;
     let list = next.list();
     let d = &session.device;
-    instances::save_subscriptions(app.sync.db(), &d.user_id, &d.instance_id, &list).await?;
+    app.sync
+        .devices()
+        .save_subscriptions(&d.user_id, &d.instance_id, &list)
+        .await?;
     *session
         .subscriptions
         .lock()
@@ -408,7 +413,7 @@ async fn change_subscriptions(
     // whose set now covers more keys re-fetches, or it would keep what was
     // removed meanwhile and miss what was written.
     if super::subscriptions::widens(&before, &list) {
-        let (last_seq, _) = items::heads(app.sync.db(), &d.user_id).await?;
+        let (last_seq, _) = app.sync.devices().heads(&d.user_id).await?;
         session
             .tell_resync("subscriptions_widened", session.delivered(), last_seq)
             .await?;
@@ -435,7 +440,10 @@ async fn ack_cursor(
         }
         let cursor = seq.min(session.delivered());
         let d = &session.device;
-        instances::advance_cursor(app.sync.db(), &d.user_id, &d.instance_id, cursor).await?;
+        app.sync
+            .devices()
+            .advance_cursor(&d.user_id, &d.instance_id, cursor)
+            .await?;
         Ok(json!({ "cursor": cursor }))
     }
     .await;

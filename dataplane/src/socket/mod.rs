@@ -27,7 +27,8 @@ use crate::{
     metrics::GaugeHeld,
     presence::Connection,
     state::AppState,
-    storage::{instances, now_ms},
+    storage::now_ms,
+    sync::devices::{Arrival, Cursors},
 };
 
 /// Packets that may wait in one socket's send buffer. Small buffers keep an
@@ -73,7 +74,7 @@ pub async fn heartbeat(app: AppState) {
         if touched.is_none_or(|t| t.elapsed() >= LAST_SEEN_EVERY) {
             touched = Some(Instant::now());
             let devices = app.hub.devices();
-            if let Err(e) = instances::touch(app.sync.db(), &devices, now_ms()).await {
+            if let Err(e) = app.sync.devices().touch(&devices, now_ms()).await {
                 tracing::warn!(error = %e, devices = devices.len(), "device heartbeat not stored");
             }
         }
@@ -145,7 +146,7 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
     app.sync.bus().host(&user).await;
     let d = &session.device;
     let now = now_ms();
-    let arrival = instances::Arrival {
+    let arrival = Arrival {
         user_id: &d.user_id,
         instance_id: &d.instance_id,
         pod: app.sync.bus().pod(),
@@ -153,11 +154,11 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
         user_agent: d.user_agent.as_deref(),
         now,
     };
-    let cursors = match instances::arrive(app.sync.db(), &arrival).await {
+    let cursors = match app.sync.devices().arrive(&arrival).await {
         Ok(cursors) => cursors,
         Err(e) => {
             tracing::warn!(error = %e, "cannot record device; starting from its full state");
-            instances::Cursors::default()
+            Cursors::default()
         }
     };
     app.presence
@@ -176,8 +177,11 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
         session.restore_subscriptions(&cursors.subscriptions);
         let now = session.subscription_list();
         if now != cursors.subscriptions {
-            if let Err(e) =
-                instances::save_subscriptions(app.sync.db(), &d.user_id, &d.instance_id, &now).await
+            if let Err(e) = app
+                .sync
+                .devices()
+                .save_subscriptions(&d.user_id, &d.instance_id, &now)
+                .await
             {
                 tracing::warn!(error = %e, "cannot store the device's subscriptions");
             }
@@ -193,9 +197,16 @@ async fn on_connect(State(app): State<AppState>, Extension(session): Extension<A
 /// device, which re-fetches on its next connection.
 async fn owe_resync_if_outdated(app: &AppState, session: &Session) -> Result<(), sqlx::Error> {
     let d = &session.device;
-    let stored = instances::subscriptions(app.sync.db(), &d.user_id, &d.instance_id).await?;
+    let stored = app
+        .sync
+        .devices()
+        .subscriptions(&d.user_id, &d.instance_id)
+        .await?;
     if subscriptions::widens(&session.subscription_list(), &stored) {
-        instances::owe_resync(app.sync.db(), &d.user_id, &d.instance_id).await?;
+        app.sync
+            .devices()
+            .owe_resync(&d.user_id, &d.instance_id)
+            .await?;
     }
     Ok(())
 }
@@ -229,14 +240,11 @@ async fn on_disconnect(
         tracing::debug!(error = %e, "cannot compare the device's subscriptions");
     }
     let delivered = session.delivered();
-    if let Err(e) = instances::leave(
-        app.sync.db(),
-        &d.user_id,
-        &d.instance_id,
-        delivered,
-        now_ms(),
-    )
-    .await
+    if let Err(e) = app
+        .sync
+        .devices()
+        .leave(&d.user_id, &d.instance_id, delivered, now_ms())
+        .await
     {
         tracing::debug!(error = %e, "cannot record disconnect");
     }

@@ -29,8 +29,7 @@ use crate::{
     error::ApiError,
     fanout::Sink,
     state::AppState,
-    storage::{instances, items},
-    sync::Change,
+    sync::{devices::Cursors, Change},
 };
 
 /// How long a missing `seq` may be waited for (it may be in flight on
@@ -383,8 +382,13 @@ impl Session {
     }
 
     async fn catch_up(&self, from: i64) {
-        let db = self.app.sync.db();
-        let rows = match items::changes_since(db, &self.device.user_id, from).await {
+        let rows = match self
+            .app
+            .sync
+            .devices()
+            .changes_since(&self.device.user_id, from)
+            .await
+        {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(sid = %self.sid, error = %e, "catch-up failed; retrying");
@@ -426,10 +430,9 @@ impl Session {
     /// then marks the session live. A device with subscriptions (restored
     /// from its last connection) is first told them in
     /// `sync:subscriptions`, and is sent only the keys they cover.
-    async fn start(&self, cursors: &instances::Cursors) -> Result<(), sqlx::Error> {
+    async fn start(&self, cursors: &Cursors) -> Result<(), sqlx::Error> {
         let (cursor, returning) = (cursors.resume_from(), cursors.returning());
-        let db = self.app.sync.db();
-        let (last_seq, purged_seq) = items::heads(db, &self.device.user_id).await?;
+        let (last_seq, purged_seq) = self.app.sync.devices().heads(&self.device.user_id).await?;
         let subscribed = self.subscription_list();
         if !subscribed.is_empty() {
             let _ = self
@@ -445,7 +448,12 @@ impl Session {
             self.tell_resync(reason, cursor, last_seq).await?;
             return Ok(());
         }
-        let rows = items::changes_since(db, &self.device.user_id, cursor).await?;
+        let rows = self
+            .app
+            .sync
+            .devices()
+            .changes_since(&self.device.user_id, cursor)
+            .await?;
         let upto = rows.last().map_or(last_seq, |r| r.seq.max(last_seq));
         let now = crate::storage::now_ms();
         let changes: Vec<Change> = rows
@@ -470,8 +478,11 @@ impl Session {
                     // Any answer is an acknowledgement, whatever it carries
                     // (a bare `ack()` sends no value to decode).
                     if matches!(ack.await, Ok(_) | Err(socketioxide::AckError::Decode(_))) {
-                        if let Err(e) =
-                            instances::advance_cursor(app.sync.db(), &user, &instance, upto).await
+                        if let Err(e) = app
+                            .sync
+                            .devices()
+                            .advance_cursor(&user, &instance, upto)
+                            .await
                         {
                             tracing::warn!(error = %e, "cannot store cursor");
                         }
@@ -500,7 +511,11 @@ impl Session {
         last_seq: i64,
     ) -> Result<(), sqlx::Error> {
         let d = &self.device;
-        instances::owe_resync(self.app.sync.db(), &d.user_id, &d.instance_id).await?;
+        self.app
+            .sync
+            .devices()
+            .owe_resync(&d.user_id, &d.instance_id)
+            .await?;
         *self.resync_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_seq);
         let _ = self.socket.emit(
             "sync:resync",
@@ -517,7 +532,7 @@ impl Session {
     }
 
     /// The delivery loop, for the life of the socket.
-    pub async fn run(self: Arc<Self>, cursors: instances::Cursors) {
+    pub async fn run(self: Arc<Self>, cursors: Cursors) {
         let mut tries = 0;
         while let Err(e) = Box::pin(self.start(&cursors)).await {
             tries += 1;

@@ -8,8 +8,8 @@ use sqlx::{any::AnyRow, AnyConnection};
 use super::{raw_json, Db, RowExt};
 use crate::domain::{ConflictRecord, SetStatus};
 
-/// A conflict as the endpoints show it.
-#[derive(Debug, Clone, Serialize)]
+/// A conflict as the endpoints show it. The values are the JSON stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conflict {
     pub id: String,
@@ -20,15 +20,20 @@ pub struct Conflict {
     pub outcome: String,
     pub status: String,
     pub base_version: Option<i64>,
+    #[schema(value_type = Option<Object>)]
     pub base_value: Option<Box<RawValue>>,
     pub current_version: i64,
+    #[schema(value_type = Option<Object>)]
     pub current_value: Option<Box<RawValue>>,
     pub current_instance: String,
     pub current_timestamp: i64,
+    #[schema(value_type = Option<Object>)]
     pub incoming_value: Option<Box<RawValue>>,
+    #[schema(value_type = Option<Object>)]
     pub incoming_metadata: Option<Box<RawValue>>,
     pub incoming_instance: String,
     pub incoming_timestamp: i64,
+    #[schema(value_type = Option<Object>)]
     pub result_value: Option<Box<RawValue>>,
     pub result_seq: Option<i64>,
     pub resolver: Option<String>,

@@ -6,9 +6,11 @@
 //! this produces is the change stream the rest of the system reads.
 
 mod change;
+pub mod devices;
 mod item;
 mod operation;
 pub mod plan;
+pub mod review;
 
 use std::{future::Future, sync::Arc};
 
