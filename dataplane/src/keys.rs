@@ -1,7 +1,11 @@
-//! Key management: the one service behind `/api/v1/api-keys` and
-//! `syncstore keys`. Every action is one transaction, and every result is
-//! judged by [`policy::check`] before it is stored, so no caller can leave a
-//! key holding more than it holds itself (see `auth::policy`).
+//! Key management: the one service behind `/api/v1/api-keys`, `syncstore
+//! keys` and the operator's ApiKey objects. Every action is one
+//! transaction. What a caller asks for through the API or the CLI is judged
+//! by [`policy::check`] before it is stored, so no caller can leave a key
+//! holding more than it holds itself (see `auth::policy`). What the
+//! operator declares ([`Keys::put`], [`Keys::retire`], [`Keys::revoke`]) is
+//! stored as declared: it acts with the owner's authority, granted by
+//! Kubernetes RBAC on the ApiKey object, not with a key's.
 
 use std::time::Duration;
 
@@ -20,6 +24,81 @@ use crate::{
 pub struct Created {
     pub view: KeyView,
     pub key: String,
+}
+
+/// What [`Keys::put`] did to the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// What [`Keys::revoke`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The key was active and no longer is.
+    Now,
+    /// The key was inactive already.
+    Already,
+    NoSuchKey,
+}
+
+/// A key as its owner declares it (an ApiKey object's spec): every setting
+/// the declaration controls, and the seed's `canRead`/`canWrite` flags.
+pub struct Declared<'a> {
+    pub key: &'a NewKey,
+    pub can_read: bool,
+    pub can_write: bool,
+}
+
+impl Declared<'_> {
+    /// `view` with every declared setting applied, active.
+    fn apply(&self, mut view: KeyView) -> KeyView {
+        let new = self.key;
+        view.name = new.name.clone();
+        view.is_active = true;
+        view.expires_at = new.expires_at;
+        view.can_read = self.can_read;
+        view.can_write = self.can_write;
+        view.scopes = new.scopes.clone();
+        view.ip_restrictions = new.ip_restrictions.clone();
+        view.country_restrictions = new.country_restrictions.clone();
+        view.domain_restrictions = new.domain_restrictions.clone();
+        view.user_agent_patterns = new.user_agent_patterns.clone();
+        [
+            view.quota_per_minute,
+            view.quota_per_hour,
+            view.quota_per_day,
+            view.quota_per_month,
+        ] = new.quotas;
+        view
+    }
+}
+
+/// Whether two rows agree on every setting a declaration controls.
+fn same_settings(a: &KeyView, b: &KeyView) -> bool {
+    let settings = |v: &KeyView| {
+        (
+            v.name.clone(),
+            v.is_active,
+            v.expires_at,
+            v.can_read,
+            v.can_write,
+            v.scopes.clone(),
+            v.ip_restrictions.clone(),
+            v.country_restrictions.clone(),
+            v.domain_restrictions.clone(),
+            v.user_agent_patterns.clone(),
+            [
+                v.quota_per_minute,
+                v.quota_per_hour,
+                v.quota_per_day,
+                v.quota_per_month,
+            ],
+        )
+    };
+    settings(a) == settings(b)
 }
 
 /// Key management with the rules of `auth::policy`.
@@ -161,5 +240,113 @@ impl Keys {
         }
         self.store.forget(&view.key_hash, &view.id);
         Ok(view)
+    }
+}
+
+/// The operator's side: keys declared by their owner, stored as declared.
+impl Keys {
+    /// Stores key `material` with the settings `declared` holds: a new row
+    /// when none has its hash, otherwise that row brought in line (active
+    /// again, if it was deactivated). Returns the row's id and what changed.
+    pub async fn put(
+        &self,
+        material: &str,
+        declared: &Declared<'_>,
+    ) -> Result<(String, Put), ApiError> {
+        let hash = hash_key(material);
+        let _turn = self.db.write_turn().await;
+        let mut tx = self.db.pool().begin().await?;
+        let Some(found) = keys::find_by_hash(&self.db, &hash).await? else {
+            let row = KeyView::new_row(declared.key, &hash, &hint(material), now_ms());
+            let row = declared.apply(row);
+            keys::insert_in(&mut tx, &self.db, &row).await?;
+            tx.commit().await?;
+            return Ok((row.id, Put::Created));
+        };
+        let put = self
+            .bring_in_line(&mut tx, &found.id, |v| declared.apply(v))
+            .await?;
+        tx.commit().await?;
+        Ok((found.id, put))
+    }
+
+    /// The key rotated out, `material`: keeps the declared settings but
+    /// stops working `grace` from now (or at its own expiry, if sooner),
+    /// and stays as active as it is. Returns its row's id, if it has one.
+    pub async fn retire(
+        &self,
+        material: &str,
+        declared: &Declared<'_>,
+        grace: Duration,
+    ) -> Result<Option<String>, ApiError> {
+        let _turn = self.db.write_turn().await;
+        let mut tx = self.db.pool().begin().await?;
+        let Some(old) = keys::find_by_hash(&self.db, &hash_key(material)).await? else {
+            return Ok(None);
+        };
+        let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let grace_end = now_ms().saturating_add(grace);
+        let ends = old
+            .expires_at
+            .filter(|e| *e <= grace_end)
+            .unwrap_or(grace_end);
+        self.bring_in_line(&mut tx, &old.id, |view| {
+            let active = view.is_active;
+            let mut wanted = declared.apply(view);
+            wanted.is_active = active;
+            wanted.expires_at = Some(declared.key.expires_at.map_or(ends, |e| e.min(ends)));
+            wanted
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Some(old.id))
+    }
+
+    /// Row `id` as `wanted` makes it, written only when a setting differs.
+    async fn bring_in_line(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        id: &str,
+        wanted: impl FnOnce(KeyView) -> KeyView,
+    ) -> Result<Put, ApiError> {
+        keys::lock_in(tx, &self.db, id).await?;
+        let view = keys::get_in(tx, &self.db, id, None)
+            .await?
+            .ok_or(ApiError::NotFound { key: id.into() })?;
+        let wanted = wanted(view.clone());
+        if same_settings(&view, &wanted) {
+            return Ok(Put::Unchanged);
+        }
+        keys::update_in(tx, &self.db, &wanted).await?;
+        self.store.forget(&view.key_hash, &view.id);
+        Ok(Put::Updated)
+    }
+
+    /// Deactivates row `id`.
+    pub async fn revoke(&self, id: &str) -> Result<Revoked, ApiError> {
+        let Some(row) = keys::find_by_id(&self.db, id).await? else {
+            return Ok(Revoked::NoSuchKey);
+        };
+        if !row.is_active {
+            return Ok(Revoked::Already);
+        }
+        keys::set_active(&self.db, id, false).await?;
+        self.store.forget(&row.key_hash, id);
+        Ok(Revoked::Now)
+    }
+
+    /// The id of the row of key `material`, if there is one.
+    pub async fn find(&self, material: &str) -> Result<Option<String>, ApiError> {
+        Ok(keys::find_by_hash(&self.db, &hash_key(material))
+            .await?
+            .map(|row| row.id))
+    }
+
+    /// Key `id`'s uses today and this month (UTC) and its last use, ms.
+    pub async fn usage(&self, id: &str) -> Result<(i64, i64, Option<i64>), ApiError> {
+        let (day, month) = crate::auth::usage::day_and_month(chrono::Utc::now());
+        Ok(keys::current_usage(&self.db, id, day, month)
+            .await?
+            .unwrap_or((0, 0, None)))
     }
 }

@@ -20,8 +20,10 @@ use kube::{
     Api, Resource, ResourceExt,
 };
 use syncstore::{
-    auth::{generate_key, hash_key, hint, NewKey, Scope},
-    storage::{keys, now_ms, Db},
+    auth::{generate_key, KeyStore, NewKey, Scope},
+    error::ApiError,
+    keys::{Declared, Keys, Put},
+    storage::{now_ms, Db},
 };
 use syncstore_crds::{ApiKey, ApiKeyStatus, SyncStore, ROTATE_ANNOTATION};
 
@@ -190,30 +192,19 @@ pub fn desired(key: &ApiKey) -> Result<NewKey> {
     Ok(new)
 }
 
-/// `view` with every field the spec controls set from `new`.
-fn with_spec(
-    mut view: keys::KeyView,
-    new: &NewKey,
-    can_read: bool,
-    can_write: bool,
-) -> keys::KeyView {
-    view.name = new.name.clone();
-    view.is_active = true;
-    view.expires_at = new.expires_at;
-    view.can_read = can_read;
-    view.can_write = can_write;
-    view.scopes = new.scopes.clone();
-    view.ip_restrictions = new.ip_restrictions.clone();
-    view.country_restrictions = new.country_restrictions.clone();
-    view.domain_restrictions = new.domain_restrictions.clone();
-    view.user_agent_patterns = new.user_agent_patterns.clone();
-    [
-        view.quota_per_minute,
-        view.quota_per_hour,
-        view.quota_per_day,
-        view.quota_per_month,
-    ] = new.quotas;
-    view
+/// The key service of a store's database, with the owner's authority
+/// (see `syncstore::keys`).
+pub fn key_service(ctx: &Context, db: &Db) -> Keys {
+    Keys::new(
+        db.clone(),
+        KeyStore::new(db.clone()),
+        ctx.settings.key_prefix.clone(),
+        ctx.settings.rotation_grace,
+    )
+}
+
+pub fn key_err(e: ApiError) -> Error {
+    Error::KeyStore(e.to_string())
 }
 
 /// The store and its database, once the store is migrated.
@@ -263,69 +254,49 @@ async fn revoke_db(key: &ApiKey, ctx: &Context) -> Result<Db> {
     }
 }
 
-fn db_err(e: sqlx::Error) -> Error {
-    Error::KeyStore(match &e {
-        sqlx::Error::Database(d) => d.message().to_string(),
-        other => other.to_string(),
-    })
-}
-
 async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
     let new = desired(key)?;
     let (_store, db) = store_db(key, ctx).await?;
-    let (current, previous) = key_material(key, ctx, &db).await?;
-
-    let hash = hash_key(&current);
-    let id = match keys::find_by_hash(&db, &hash).await.map_err(db_err)? {
-        None => {
-            let row = keys::insert(&db, &new, &hash, &hint(&current))
-                .await
-                .map_err(db_err)?;
-            publish(
-                ctx,
-                key,
-                EventType::Normal,
-                "KeyStored",
-                &format!("Stored key {} for user {}", row.id, new.user_id),
-                "Store",
-            )
-            .await;
-            row.id
-        }
-        Some(row) => {
-            let view = keys::get(&db, &row.id, None)
-                .await
-                .map_err(db_err)?
-                .ok_or_else(|| Error::KeyStore("row vanished".into()))?;
-            let wanted = with_spec(view.clone(), &new, key.spec.can_read, key.spec.can_write);
-            if !same_settings(&view, &wanted) {
-                keys::update(&db, &wanted).await.map_err(db_err)?;
-                publish(
-                    ctx,
-                    key,
-                    EventType::Normal,
-                    "KeyUpdated",
-                    &format!("Updated key {} from the spec", row.id),
-                    "Update",
-                )
-                .await;
-            }
-            row.id
-        }
+    let keys = key_service(ctx, &db);
+    let (current, previous) = key_material(key, ctx, &keys).await?;
+    let declared = Declared {
+        key: &new,
+        can_read: key.spec.can_read,
+        can_write: key.spec.can_write,
     };
+    let (id, put) = keys.put(&current, &declared).await.map_err(key_err)?;
+    let stored = match put {
+        Put::Created => Some((
+            "KeyStored",
+            format!("Stored key {id} for user {}", new.user_id),
+            "Store",
+        )),
+        Put::Updated => Some((
+            "KeyUpdated",
+            format!("Updated key {id} from the spec"),
+            "Update",
+        )),
+        Put::Unchanged => None,
+    };
+    if let Some((reason, message, action)) = stored {
+        publish(ctx, key, EventType::Normal, reason, &message, action).await;
+    }
     let uid = key.uid().unwrap_or_default();
     keyrows::record(&db, &id, &uid, &key.name_any()).await?;
     if let Some(previous) = previous {
-        if let Some(old) = expire_previous(&db, &previous, key, &new, ctx).await? {
+        // The rotated-out key gets the grace period once (a later
+        // reconcile never extends it) and the spec's current rights: an
+        // edit made after a rotation reaches it too, never only the new key.
+        let grace = ctx.settings.rotation_grace;
+        if let Some(old) = keys
+            .retire(&previous, &declared, grace)
+            .await
+            .map_err(key_err)?
+        {
             keyrows::record(&db, &old, &uid, &key.name_any()).await?;
         }
     }
-
-    let (day, month) = syncstore::auth::usage::day_and_month(chrono::Utc::now());
-    let (today, this_month, last_used) = keys::current_usage(&db, &id, day, month)
-        .await
-        .map_err(db_err)?
-        .unwrap_or((0, 0, None));
+    let (today, this_month, last_used) = keys.usage(&id).await.map_err(key_err)?;
     let expired = new.expires_at.is_some_and(|e| e <= now_ms());
     let ready = if expired {
         Verdict::fail("Ready", "Expired", "the key's expiresAt has passed")
@@ -372,47 +343,13 @@ pub fn recognisable(key: &str, prefix: &str) -> String {
         .collect()
 }
 
-fn same_settings(a: &keys::KeyView, b: &keys::KeyView) -> bool {
-    (
-        &a.name,
-        a.is_active,
-        a.expires_at,
-        a.can_read,
-        a.can_write,
-        &a.scopes,
-        &a.ip_restrictions,
-        &a.country_restrictions,
-        &a.domain_restrictions,
-        &a.user_agent_patterns,
-        [
-            a.quota_per_minute,
-            a.quota_per_hour,
-            a.quota_per_day,
-            a.quota_per_month,
-        ],
-    ) == (
-        &b.name,
-        b.is_active,
-        b.expires_at,
-        b.can_read,
-        b.can_write,
-        &b.scopes,
-        &b.ip_restrictions,
-        &b.country_restrictions,
-        &b.domain_restrictions,
-        &b.user_agent_patterns,
-        [
-            b.quota_per_minute,
-            b.quota_per_hour,
-            b.quota_per_day,
-            b.quota_per_month,
-        ],
-    )
-}
-
 /// The current key (and the rotated-out one) from the key Secret, creating
 /// or rotating it first when needed.
-async fn key_material(key: &ApiKey, ctx: &Context, db: &Db) -> Result<(String, Option<String>)> {
+async fn key_material(
+    key: &ApiKey,
+    ctx: &Context,
+    keys: &Keys,
+) -> Result<(String, Option<String>)> {
     let ns = key.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = secret_name(key);
@@ -447,7 +384,7 @@ async fn key_material(key: &ApiKey, ctx: &Context, db: &Db) -> Result<(String, O
             // A Secret deleted by hand took the only copy of the old key:
             // its row can never be used again, so it is revoked.
             if let Some(old) = key.status.as_ref().and_then(|s| s.key_id.clone()) {
-                keys::set_active(db, &old, false).await.map_err(db_err)?;
+                keys.revoke(&old).await.map_err(key_err)?;
             }
             delete_renamed_secret(key, &secrets, &name).await?;
             Ok((fresh, None))
@@ -558,43 +495,6 @@ fn key_secret(
     }
 }
 
-/// Gives the rotated-out key the grace period (once: a later reconcile
-/// never extends it) and the spec's current rights: an edit made after a
-/// rotation (fewer scopes, a new IP restriction, an earlier `expiresAt`)
-/// reaches the key still in its grace period too, never only the new one.
-/// Returns the old key's row id.
-async fn expire_previous(
-    db: &Db,
-    previous: &str,
-    key: &ApiKey,
-    new: &NewKey,
-    ctx: &Context,
-) -> Result<Option<String>> {
-    let Some(old) = keys::find_by_hash(db, &hash_key(previous))
-        .await
-        .map_err(db_err)?
-    else {
-        return Ok(None);
-    };
-    let grace_end =
-        now_ms() + i64::try_from(ctx.settings.rotation_grace.as_millis()).unwrap_or(i64::MAX);
-    let ends = old
-        .expires_at
-        .filter(|e| *e <= grace_end)
-        .unwrap_or(grace_end);
-    let view = keys::get(db, &old.id, None)
-        .await
-        .map_err(db_err)?
-        .ok_or_else(|| Error::KeyStore("row vanished".into()))?;
-    let mut wanted = with_spec(view.clone(), new, key.spec.can_read, key.spec.can_write);
-    wanted.is_active = view.is_active;
-    wanted.expires_at = Some(new.expires_at.map_or(ends, |e| e.min(ends)));
-    if !same_settings(&view, &wanted) {
-        keys::update(db, &wanted).await.map_err(db_err)?;
-    }
-    Ok(Some(old.id))
-}
-
 /// Writes the status `f` derives from the live one (not the watch's copy,
 /// which can be behind), only when it changed; sets the key's metrics.
 async fn update_status(
@@ -641,18 +541,14 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
                 .and_then(|s| s.key_id.clone())
                 .into_iter()
                 .collect();
+            let keys = key_service(ctx, &db);
             for k in [KEY, PREVIOUS] {
                 if let Some(value) = secret.as_ref().and_then(|s| secret_value(s, k)) {
-                    if let Some(row) = keys::find_by_hash(&db, &hash_key(&value))
-                        .await
-                        .map_err(db_err)?
-                    {
-                        ids.push(row.id);
-                    }
+                    ids.extend(keys.find(&value).await.map_err(key_err)?);
                 }
             }
             for id in &ids {
-                keys::set_active(&db, id, false).await.map_err(db_err)?;
+                keys.revoke(id).await.map_err(key_err)?;
             }
             publish(
                 ctx,

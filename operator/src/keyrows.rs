@@ -8,7 +8,7 @@
 //! its migrations: the data plane never reads it.
 
 use sqlx::Row;
-use syncstore::storage::{now_ms, Db, Dialect};
+use syncstore::storage::{Db, Dialect};
 
 use crate::error::{Error, Result};
 
@@ -83,19 +83,4 @@ pub async fn entries(db: &Db) -> Result<Vec<Entry>> {
             })
         })
         .collect()
-}
-
-/// Turns row `key_id` off; true when it was on.
-pub async fn deactivate(db: &Db, key_id: &str) -> Result<bool> {
-    let done = sqlx::query(
-        &db.sql("UPDATE api_keys SET is_active = ?, updated_at = ? WHERE id = ? AND is_active = ?"),
-    )
-    .bind(false)
-    .bind(now_ms())
-    .bind(key_id)
-    .bind(true)
-    .execute(db.pool())
-    .await
-    .map_err(db_err)?;
-    Ok(done.rows_affected() > 0)
 }

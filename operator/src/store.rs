@@ -21,6 +21,7 @@ use kube::{
     },
     Api, Resource, ResourceExt,
 };
+use syncstore::keys::Revoked;
 use syncstore_crds::{ApiKey, DatabaseStatus, DeletionPolicy, SyncStore, SyncStoreStatus};
 
 use crate::{
@@ -505,8 +506,13 @@ async fn revoke_orphan_keys(
         }
     }
     let mut revoked = Vec::new();
+    let keys = crate::apikey::key_service(ctx, db);
     for e in ledger.iter().filter(|e| !live_uids.contains(&e.apikey_uid)) {
-        if keyrows::deactivate(db, &e.key_id).await? && !revoked.contains(&e.apikey) {
+        let now = keys
+            .revoke(&e.key_id)
+            .await
+            .map_err(crate::apikey::key_err)?;
+        if now == Revoked::Now && !revoked.contains(&e.apikey) {
             revoked.push(e.apikey.clone());
         }
     }
