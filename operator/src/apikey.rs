@@ -52,12 +52,14 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
     let uid = key.uid().unwrap_or_default();
     let deleting = key.meta().deletion_timestamp.is_some();
     // Deletion is an explicit request and goes on while paused.
-    if !deleting && (paused(key.as_ref()) || store_paused(&key, &ctx).await?) {
+    let by_store = !paused(key.as_ref()) && store_paused(&key, &ctx).await?;
+    if !deleting && (paused(key.as_ref()) || by_store) {
         ctx.succeeded(&uid);
+        let store = by_store.then_some(key.spec.store_ref.as_str());
         update_status(&ctx, &api, &key, |current| ApiKeyStatus {
             conditions: merge(
                 &current.conditions,
-                &[store::pause_verdict()],
+                &[store::pause_verdict(store)],
                 key.metadata.generation,
                 Timestamp::now(),
             ),

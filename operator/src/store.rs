@@ -51,7 +51,7 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
         update_status(&ctx, &api, &store, |current| SyncStoreStatus {
             conditions: merge(
                 &current.conditions,
-                &[pause_verdict()],
+                &[pause_verdict(None)],
                 store.metadata.generation,
                 Timestamp::now(),
             ),
@@ -89,12 +89,15 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
 }
 
 /// The condition a paused object shows.
-pub fn pause_verdict() -> Verdict {
-    Verdict::ok(
-        PAUSED,
-        "Paused",
-        format!("Reconciliation is paused by the annotation {PAUSE_ANNOTATION}: paused; nothing is changed until it is removed."),
-    )
+/// The paused condition: of the object's own annotation, or (for an
+/// ApiKey) of its store's, named so that `kubectl describe` says where to
+/// resume.
+pub fn pause_verdict(by_store: Option<&str>) -> Verdict {
+    let message = match by_store {
+        None => format!("Reconciliation is paused by the annotation {PAUSE_ANNOTATION}: paused; nothing is changed until it is removed."),
+        Some(store) => format!("Reconciliation is paused because SyncStore {store} is paused by the annotation {PAUSE_ANNOTATION}; nothing is changed until it is removed there."),
+    };
+    Verdict::ok(PAUSED, "Paused", message)
 }
 
 /// The paused condition's type; it is removed when reconciliation resumes.

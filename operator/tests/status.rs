@@ -508,6 +508,12 @@ fn pausing_stops_changes_and_resuming_applies_them() {
         "Paused",
     );
     wait_reason(&c, "apikey", "k1", "ReconciliationPaused", "True", "Paused");
+    let k = c.must_get("apikey", "k1");
+    assert_eq!(
+        condition(&k, "ReconciliationPaused").expect("paused")["message"],
+        "Reconciliation is paused because SyncStore chat is paused by the annotation \
+         syncstore.dev/reconcile; nothing is changed until it is removed there."
+    );
     let key_generation = c.must_get("apikey", "k1")["status"]["observedGeneration"].clone();
     c.kubectl(&[
         "patch",
@@ -553,6 +559,15 @@ fn pausing_stops_changes_and_resuming_applies_them() {
     // One key alone can be paused too.
     c.kubectl(&["annotate", "apikey", "k1", "syncstore.dev/reconcile=paused"]);
     wait_reason(&c, "apikey", "k1", "ReconciliationPaused", "True", "Paused");
+    c.eventually("the key's own pause named", 30, || {
+        let k = c.get("apikey", "k1")?;
+        let message = condition(&k, "ReconciliationPaused")?["message"]
+            .as_str()?
+            .to_string();
+        message
+            .starts_with("Reconciliation is paused by the annotation")
+            .then_some(())
+    });
     let s = c.must_get("syncstore", "chat");
     assert!(condition(&s, "ReconciliationPaused").is_none());
 }
