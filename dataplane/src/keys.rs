@@ -76,29 +76,43 @@ impl Declared<'_> {
     }
 }
 
-/// Whether two rows agree on every setting a declaration controls.
-fn same_settings(a: &KeyView, b: &KeyView) -> bool {
-    let settings = |v: &KeyView| {
-        (
-            v.name.clone(),
-            v.is_active,
-            v.expires_at,
-            v.can_read,
-            v.can_write,
-            v.scopes.clone(),
-            v.ip_restrictions.clone(),
-            v.country_restrictions.clone(),
-            v.domain_restrictions.clone(),
-            v.user_agent_patterns.clone(),
-            [
-                v.quota_per_minute,
-                v.quota_per_hour,
-                v.quota_per_day,
-                v.quota_per_month,
-            ],
-        )
-    };
-    settings(a) == settings(b)
+/// Every setting a declaration controls, for comparing two rows.
+#[allow(clippy::type_complexity)]
+fn settings(
+    v: &KeyView,
+) -> (
+    &str,
+    bool,
+    Option<i64>,
+    [bool; 2],
+    &[crate::auth::Scope],
+    [&[String]; 4],
+    [Option<i64>; 4],
+) {
+    (
+        &v.name,
+        v.is_active,
+        v.expires_at,
+        [v.can_read, v.can_write],
+        &v.scopes,
+        [
+            &v.ip_restrictions,
+            &v.country_restrictions,
+            &v.domain_restrictions,
+            &v.user_agent_patterns,
+        ],
+        [
+            v.quota_per_minute,
+            v.quota_per_hour,
+            v.quota_per_day,
+            v.quota_per_month,
+        ],
+    )
+}
+
+/// `expiry` brought forward to `bound` if it is later or unset.
+fn capped(expiry: Option<i64>, bound: i64) -> i64 {
+    expiry.map_or(bound, |e| e.min(bound))
 }
 
 /// Key management with the rules of `auth::policy`.
@@ -223,9 +237,7 @@ impl Keys {
         }
         policy::check(by, None, &as_key(&view)?)?;
         keys::insert_in(&mut tx, &self.db, &view).await?;
-        let grace = i64::try_from(self.rotation_grace.as_millis()).unwrap_or(i64::MAX);
-        let grace_end = now.saturating_add(grace);
-        old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
+        old.expires_at = Some(capped(old.expires_at, self.grace_end(now)));
         keys::update_in(&mut tx, &self.db, &old).await?;
         tx.commit().await?;
         self.store.forget(&old.key_hash, &old.id);
@@ -271,35 +283,36 @@ impl Keys {
     }
 
     /// The key rotated out, `material`: keeps the declared settings but
-    /// stops working `grace` from now (or at its own expiry, if sooner),
-    /// and stays as active as it is. Returns its row's id, if it has one.
+    /// stops working at the end of the rotation grace period from now (or
+    /// at its own expiry, if sooner), and stays as active as it is. Returns
+    /// its row's id, if it has one.
     pub async fn retire(
         &self,
         material: &str,
         declared: &Declared<'_>,
-        grace: Duration,
     ) -> Result<Option<String>, ApiError> {
         let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
         let Some(old) = keys::find_by_hash(&self.db, &hash_key(material)).await? else {
             return Ok(None);
         };
-        let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        let grace_end = now_ms().saturating_add(grace);
-        let ends = old
-            .expires_at
-            .filter(|e| *e <= grace_end)
-            .unwrap_or(grace_end);
+        let ends = capped(old.expires_at, self.grace_end(now_ms()));
         self.bring_in_line(&mut tx, &old.id, |view| {
             let active = view.is_active;
             let mut wanted = declared.apply(view);
             wanted.is_active = active;
-            wanted.expires_at = Some(declared.key.expires_at.map_or(ends, |e| e.min(ends)));
+            wanted.expires_at = Some(capped(declared.key.expires_at, ends));
             wanted
         })
         .await?;
         tx.commit().await?;
         Ok(Some(old.id))
+    }
+
+    /// When a key rotated out at `now` stops working.
+    fn grace_end(&self, now: i64) -> i64 {
+        let grace = i64::try_from(self.rotation_grace.as_millis()).unwrap_or(i64::MAX);
+        now.saturating_add(grace)
     }
 
     /// Row `id` as `wanted` makes it, written only when a setting differs.
@@ -314,7 +327,7 @@ impl Keys {
             .await?
             .ok_or(ApiError::NotFound { key: id.into() })?;
         let wanted = wanted(view.clone());
-        if same_settings(&view, &wanted) {
+        if settings(&view) == settings(&wanted) {
             return Ok(Put::Unchanged);
         }
         keys::update_in(tx, &self.db, &wanted).await?;

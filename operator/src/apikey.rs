@@ -52,10 +52,10 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
     let uid = key.uid().unwrap_or_default();
     let deleting = key.meta().deletion_timestamp.is_some();
     // Deletion is an explicit request and goes on while paused.
-    let by_store = !paused(key.as_ref()) && store_paused(&key, &ctx).await?;
-    if !deleting && (paused(key.as_ref()) || by_store) {
+    let own = paused(key.as_ref());
+    if !deleting && (own || store_paused(&key, &ctx).await?) {
         ctx.succeeded(&uid);
-        let store = by_store.then_some(key.spec.store_ref.as_str());
+        let store = (!own).then_some(key.spec.store_ref.as_str());
         update_status(&ctx, &api, &key, |current| ApiKeyStatus {
             conditions: merge(
                 &current.conditions,
@@ -289,12 +289,7 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
         // The rotated-out key gets the grace period once (a later
         // reconcile never extends it) and the spec's current rights: an
         // edit made after a rotation reaches it too, never only the new key.
-        let grace = ctx.settings.rotation_grace;
-        if let Some(old) = keys
-            .retire(&previous, &declared, grace)
-            .await
-            .map_err(key_err)?
-        {
+        if let Some(old) = keys.retire(&previous, &declared).await.map_err(key_err)? {
             keyrows::record(&db, &old, &uid, &key.name_any()).await?;
         }
     }

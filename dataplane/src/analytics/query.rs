@@ -21,7 +21,8 @@ pub struct Window {
 }
 
 impl Window {
-    fn width(&self) -> i64 {
+    /// The bucket width of the granularity, ms.
+    pub fn width(&self) -> i64 {
         super::aggregate::GRANULARITIES
             .iter()
             .find(|(g, _)| *g == self.granularity)

@@ -15,6 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{
+    aggregate::DAY_MS,
     query::{self, Cohort, Owner, Percentiles, Point, Seen, Totals, Window},
     Live,
 };
@@ -24,7 +25,6 @@ use crate::{
     storage::{conflicts, instances, keys, keys::KeyView, now_ms, Db},
 };
 
-const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
 /// Longest window answered, in buckets of its granularity.
 const MAX_BUCKETS: i64 = 10_000;
@@ -115,21 +115,17 @@ pub fn window(raw: Option<&str>, now: i64) -> Result<Window, ApiError> {
     } else {
         "d"
     });
-    let width = match granularity {
-        "m" => 60_000,
-        "h" => HOUR_MS,
-        _ => DAY_MS,
+    let window = Window {
+        from,
+        to,
+        granularity,
     };
-    if span / width > MAX_BUCKETS {
+    if span / window.width() > MAX_BUCKETS {
         return Err(ApiError::InvalidQuery(
             "the window holds more than 10000 buckets; use a coarser granularity".into(),
         ));
     }
-    Ok(Window {
-        from,
-        to,
-        granularity,
-    })
+    Ok(window)
 }
 
 /// The window a report covers, as the caller can read it.

@@ -31,12 +31,7 @@ const HISTORY_LIMIT: i64 = 200;
 const ANALYSIS_DEPTH: i64 = 1000;
 /// Most items one analysis request may name.
 const MAX_ANALYZED: usize = 100;
-/// The windows of [`Review::stats`], named as in the response.
-const STATS_WINDOWS: [(&str, i64); 3] = [
-    ("1h", 3_600_000),
-    ("24h", 86_400_000),
-    ("7d", 7 * 86_400_000),
-];
+const HOUR_MS: i64 = 3_600_000;
 
 /// Who reviews: whose conflicts it reaches and how its action is recorded.
 pub struct Reviewer<'a> {
@@ -171,20 +166,23 @@ impl Review {
         Ok(conflicts::history(self.sync.db(), tenant, item, HISTORY_LIMIT).await?)
     }
 
+    /// Counts over the last hour, day and week.
     pub async fn stats(&self, tenant: Option<&str>) -> Result<ConflictStats, ApiError> {
         let now = now_ms();
-        let mut windows = Vec::with_capacity(STATS_WINDOWS.len());
-        for (_, ms) in STATS_WINDOWS {
-            let rows = conflicts::counts(self.sync.db(), tenant, now - ms).await?;
-            windows.push(WindowStats::from_rows(&rows));
-        }
-        let mut windows = windows.into_iter();
-        let mut next = || windows.next().unwrap_or_default();
         Ok(ConflictStats {
-            hour: next(),
-            day: next(),
-            week: next(),
+            hour: self.window_stats(tenant, now - HOUR_MS).await?,
+            day: self.window_stats(tenant, now - 24 * HOUR_MS).await?,
+            week: self.window_stats(tenant, now - 7 * 24 * HOUR_MS).await?,
         })
+    }
+
+    async fn window_stats(
+        &self,
+        tenant: Option<&str>,
+        since: i64,
+    ) -> Result<WindowStats, ApiError> {
+        let rows = conflicts::counts(self.sync.db(), tenant, since).await?;
+        Ok(WindowStats::from_rows(&rows))
     }
 
     /// Settles pending conflict `id` with `strategy` (and, for `custom`,
