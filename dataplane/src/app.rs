@@ -71,36 +71,8 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
     let presence = Presence::start(db.clone(), &config.pod_name, config.presence_heartbeat)
         .await
         .map_err(StartError::Presence)?;
-    let bus: Arc<dyn Bus> = match &config.redis_url {
-        Some(url) => Arc::new(
-            RedisBus::connect(
-                url.expose(),
-                &config.store_name,
-                &config.pod_name,
-                hub.clone(),
-                metrics.clone(),
-            )
-            .await?,
-        ),
-        None => Arc::new(LocalBus::new(hub.clone(), &config.pod_name)),
-    };
+    let bus = fanout_bus(&config, hub.clone(), metrics.clone()).await?;
     let audit = Auditor::start(db.clone(), metrics.clone());
-    let geoip = config
-        .geoip_db_path
-        .as_deref()
-        .map(GeoIp::open)
-        .transpose()
-        .map_err(StartError::GeoIp)?;
-    let tokens = Tokens::new(&config.jwt, db.clone());
-    let external = match &config.jwt.external {
-        Some((src, iss, aud)) => Some(
-            External::load(src, iss, aud)
-                .await
-                .map_err(StartError::Jwks)?,
-        ),
-        None => None,
-    };
-    let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
     let live = Arc::new(Live::default());
     let analytics = Analytics::start(
         &config.analytics,
@@ -111,46 +83,16 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         live.clone(),
     )
     .map_err(StartError::Analytics)?;
-    let (limiter, live_redis) = match &config.redis_url {
-        Some(url) => {
-            // Connected (and the limiter's script loaded) before serving, so
-            // a cold burst is not answered by timeouts that fail open.
-            let timeout = config.rate_limit.redis_timeout;
-            let manager = redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(timeout))
-                .set_connection_timeout(Some(timeout));
-            let conn = redis::aio::ConnectionManager::new_with_config(
-                redis::Client::open(url.expose())?,
-                manager,
-            )
-            .await?;
-            tokio::spawn(crate::analytics::live::shared::publish_forever(
-                conn.clone(),
-                config.store_name.clone(),
-                config.pod_name.clone(),
-                live.clone(),
-            ));
-            (
-                Limiter::redis(
-                    conn.clone(),
-                    &config.store_name,
-                    window,
-                    max,
-                    timeout,
-                    metrics.clone(),
-                )
-                .await?,
-                Some(conn),
-            )
-        }
-        None => (Limiter::local(window, max, metrics.clone()), None),
-    };
+    let (limiter, live_redis) = limiter(&config, &live, &metrics).await?;
     let key_service = crate::keys::Keys::new(
         db.clone(),
         keys.clone(),
         config.api_keys.token_prefix.clone(),
         config.api_keys.rotation_grace,
     );
+    let auth = authenticator(&config, keys, db.clone())
+        .await?
+        .with_audit(audit.clone());
     let reports = Reports::new(db.clone(), live, live_redis, config.store_name.clone());
     let sync = SyncService::new(
         db,
@@ -165,16 +107,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         sync,
         review,
         keys: key_service,
-        auth: Authenticator::new(
-            keys,
-            config.api_keys.enabled,
-            tokens,
-            config.trusted_proxies.clone(),
-            config.geoip_country_header.clone(),
-        )
-        .with_audit(audit.clone())
-        .with_geoip(geoip)
-        .with_external(external),
+        auth,
         audit,
         metrics,
         limiter,
@@ -185,6 +118,99 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         config: Arc::new(config),
         shutting_down: Arc::new(AtomicBool::new(false)),
     })
+}
+
+/// Fan-out between pods through Redis (`REDIS_URL`), or within this
+/// process when there is none.
+async fn fanout_bus(
+    config: &Config,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Bus>, StartError> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisBus::connect(
+                url.expose(),
+                &config.store_name,
+                &config.pod_name,
+                hub,
+                metrics,
+            )
+            .await?,
+        ),
+        None => Arc::new(LocalBus::new(hub, &config.pod_name)),
+    })
+}
+
+/// Who may call: API keys, our own tokens, an outside identity provider's
+/// tokens (its JWKS loaded now), client addresses through trusted proxies
+/// and their countries.
+async fn authenticator(
+    config: &Config,
+    keys: KeyStore,
+    db: Db,
+) -> Result<Authenticator, StartError> {
+    let geoip = config
+        .geoip_db_path
+        .as_deref()
+        .map(GeoIp::open)
+        .transpose()
+        .map_err(StartError::GeoIp)?;
+    let external = match &config.jwt.external {
+        Some((src, iss, aud)) => Some(
+            External::load(src, iss, aud)
+                .await
+                .map_err(StartError::Jwks)?,
+        ),
+        None => None,
+    };
+    Ok(Authenticator::new(
+        keys,
+        config.api_keys.enabled,
+        Tokens::new(&config.jwt, db),
+        config.trusted_proxies.clone(),
+        config.geoip_country_header.clone(),
+    )
+    .with_geoip(geoip)
+    .with_external(external))
+}
+
+/// The rate limiter: shared by every pod through Redis when there is one
+/// (which then also carries the live figures), else this process's own.
+async fn limiter(
+    config: &Config,
+    live: &Arc<Live>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Limiter, Option<redis::aio::ConnectionManager>), StartError> {
+    let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
+    let Some(url) = &config.redis_url else {
+        return Ok((Limiter::local(window, max, metrics.clone()), None));
+    };
+    // Connected (and the limiter's script loaded) before serving, so a
+    // cold burst is not answered by timeouts that fail open.
+    let timeout = config.rate_limit.redis_timeout;
+    let manager = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout));
+    let conn =
+        redis::aio::ConnectionManager::new_with_config(redis::Client::open(url.expose())?, manager)
+            .await?;
+    tokio::spawn(crate::analytics::live::shared::publish_forever(
+        conn.clone(),
+        config.store_name.clone(),
+        config.pod_name.clone(),
+        live.clone(),
+    ));
+    let limiter = Limiter::redis(
+        conn.clone(),
+        &config.store_name,
+        window,
+        max,
+        timeout,
+        metrics.clone(),
+    )
+    .await?;
+    Ok((limiter, Some(conn)))
 }
 
 /// A binary older than its database's schema: rather than exit (and

@@ -397,6 +397,19 @@ impl Var<'_> {
         }
     }
 
+    /// A positive amount that may have a fraction (`0.5` hours), at most `max`.
+    fn fraction(&self, default: f64, max: f64, unit: &str) -> Result<f64, ConfigError> {
+        let Some(v) = self.value() else {
+            return Ok(default);
+        };
+        match v.parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 && n <= max => Ok(n),
+            _ => Err(self.err(format!(
+                "invalid value '{v}': expected {unit}, more than 0 and at most {max}"
+            ))),
+        }
+    }
+
     fn url(&self, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
         let Some(v) = self.value() else {
             return Ok(None);
@@ -422,407 +435,31 @@ macro_rules! var {
 }
 
 impl Config {
-    /// Parses and validates every setting, failing on the first bad one.
+    /// Parses and validates every setting, failing on the first bad one
+    /// (sections are read in the order of [`Config`]'s fields).
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let port = var!(raw, port, "PORT").int(3000u16, 0, u16::MAX, "a port number")?;
-
-        let db_url = var!(raw, database_url, "DATABASE_URL");
-        let database = DatabaseConfig {
-            url: db_url
-                .value()
-                .map(|v| {
-                    let scheme = v.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-                    match scheme.as_deref() {
-                        Some("postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite") => {
-                            Ok(Secret::new(v))
-                        }
-                        _ => Err(db_url.err("must start with postgres://, mysql:// or sqlite://")),
-                    }
-                })
-                .transpose()?,
-            connection_limit: var!(raw, db_connection_limit, "DB_CONNECTION_LIMIT").int(
-                10u32,
-                1,
-                1000,
-                "a connection count",
-            )?,
-            ssl: var!(raw, db_ssl, "DB_SSL").boolean(false)?,
-        };
-
-        let redis = var!(raw, redis_url, "REDIS_URL");
-        let redis_url = redis
+        let database = database(raw)?;
+        let redis_url = var!(raw, redis_url, "REDIS_URL")
             .url(&["redis", "rediss", "redis+unix"])?
             .map(Secret::new);
-
-        let jwks = var!(raw, jwt_jwks_url, "JWT_JWKS_URL");
-        let external = match jwks.value() {
-            None => None,
-            Some(src) => {
-                let iss = var!(raw, jwt_issuer, "JWT_ISSUER");
-                let aud = var!(raw, jwt_audience, "JWT_AUDIENCE");
-                let issuer = iss
-                    .value()
-                    .ok_or_else(|| iss.err("required with JWT_JWKS_URL"))?;
-                let audience = aud
-                    .value()
-                    .ok_or_else(|| aud.err("required with JWT_JWKS_URL"))?;
-                Some((src.to_string(), issuer.to_string(), audience.to_string()))
-            }
-        };
-        let jwt = JwtConfig {
-            external,
-            secret: var!(raw, jwt_secret, "JWT_SECRET").secret(32)?,
-            expires_in: var!(raw, jwt_expires_in, "JWT_EXPIRES_IN")
-                .duration(Duration::from_secs(15 * 60))?,
-            refresh_secret: var!(raw, jwt_refresh_secret, "JWT_REFRESH_SECRET").secret(32)?,
-            refresh_expires_in: var!(raw, jwt_refresh_expires_in, "JWT_REFRESH_EXPIRES_IN")
-                .duration(Duration::from_secs(30 * 24 * 3600))?,
-        };
-
-        if jwt.secret.is_some() != jwt.refresh_secret.is_some() {
-            let missing = if jwt.secret.is_some() {
-                "JWT_REFRESH_SECRET"
-            } else {
-                "JWT_SECRET"
-            };
-            return Err(ConfigError {
-                var: missing,
-                problem: "JWT_SECRET and JWT_REFRESH_SECRET are set together".into(),
-            });
-        }
-        if jwt.secret.is_some() && jwt.secret == jwt.refresh_secret {
-            return Err(ConfigError {
-                var: "JWT_REFRESH_SECRET",
-                problem: "must differ from JWT_SECRET".into(),
-            });
-        }
-
-        let prefix = var!(raw, api_key_token_prefix, "API_KEY_TOKEN_PREFIX");
-        let token_prefix = match prefix.raw {
-            None => "sk_live_".to_string(),
-            Some(p)
-                if p.len() <= 32
-                    && p.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
-            {
-                p.to_string()
-            }
-            Some(_) => {
-                return Err(prefix.err("must be at most 32 characters of A-Z, a-z, 0-9, '_' or '-'"))
-            }
-        };
-        let scopes_var = var!(raw, api_key_default_scopes, "API_KEY_DEFAULT_SCOPES");
-        let default_scopes = match scopes_var.value() {
-            None => vec![Scope::Read, Scope::Write],
-            Some(v) => Scope::parse_list(v).map_err(|e| scopes_var.err(e))?,
-        };
-        let expiration_days = var!(raw, api_key_expiration_days, "API_KEY_EXPIRATION_DAYS").int(
-            365u32,
-            0,
-            36500,
-            "a number of days",
-        )?;
-        let api_keys = ApiKeyConfig {
-            enabled: var!(raw, api_keys_enabled, "API_KEYS_ENABLED").boolean(true)?,
-            token_prefix,
-            default_scopes,
-            expiration_days: (expiration_days > 0).then_some(expiration_days),
-            rotation_grace: Duration::from_secs(
-                var!(
-                    raw,
-                    api_key_rotation_grace_seconds,
-                    "API_KEY_ROTATION_GRACE_SECONDS"
-                )
-                .int(86_400u64, 0, 90 * 86_400, "seconds")?,
-            ),
-        };
-
-        let rate_limit = RateLimitConfig {
-            window: Duration::from_millis(
-                var!(raw, rate_limit_window_ms, "RATE_LIMIT_WINDOW_MS").int(
-                    60_000u64,
-                    1,
-                    86_400_000,
-                    "milliseconds",
-                )?,
-            ),
-            max_requests: var!(raw, rate_limit_max_requests, "RATE_LIMIT_MAX_REQUESTS").int(
-                100u64,
-                1,
-                1_000_000_000,
-                "a request count",
-            )?,
-            redis_timeout: Duration::from_millis(
-                var!(
-                    raw,
-                    rate_limit_redis_timeout_ms,
-                    "RATE_LIMIT_REDIS_TIMEOUT_MS"
-                )
-                .int(2_000u64, 10, 60_000, "milliseconds")?,
-            ),
-        };
-
-        let cors_credentials = var!(raw, cors_credentials, "CORS_CREDENTIALS").boolean(false)?;
-        let cors_var = var!(raw, cors_origin, "CORS_ORIGIN");
-        let origins = match cors_var.value() {
-            None | Some("*") => CorsOrigins::Any,
-            Some(list) => {
-                let origins: Vec<String> = list
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|o| !o.is_empty())
-                    .map(String::from)
-                    .collect();
-                if let Some(bad) = origins
-                    .iter()
-                    .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
-                {
-                    return Err(cors_var.err(format!("invalid origin '{bad}': expected * or http(s)://host[:port], comma-separated")));
-                }
-                CorsOrigins::List(origins)
-            }
-        };
-        if origins == CorsOrigins::Any && cors_credentials {
-            return Err(cors_var.err(
-                "'*' cannot be combined with CORS_CREDENTIALS=true: list the allowed origins",
-            ));
-        }
-        let cors = CorsConfig {
-            origins,
-            credentials: cors_credentials,
-        };
-
-        let level_var = var!(raw, log_level, "LOG_LEVEL");
-        let filter = level_var.value().unwrap_or("info").to_string();
-        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
-            return Err(level_var.err(format!(
-                "invalid value '{filter}': expected trace, debug, info, warn or error"
-            )));
-        }
-        let format_var = var!(raw, log_format, "LOG_FORMAT");
-        let format = match format_var.value().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("text") | Some("pretty") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(v) => {
-                return Err(format_var.err(format!("invalid value '{v}': expected json or text")))
-            }
-        };
-
-        let topic_var = var!(raw, kafka_topic, "KAFKA_TOPIC");
-        let kafka_topic = topic_var
-            .value()
-            .unwrap_or("syncstore.analytics")
-            .to_string();
-        if kafka_topic.len() > 249
-            || !kafka_topic
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(topic_var.err(
-                "invalid topic name: up to 249 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
-            ));
-        }
-        let analytics =
-            AnalyticsConfig {
-                enabled: var!(raw, enable_analytics, "ENABLE_ANALYTICS").boolean(true)?,
-                batch_size: var!(raw, analytics_batch_size, "ANALYTICS_BATCH_SIZE").int(
-                    100usize,
-                    1,
-                    100_000,
-                    "a batch size",
-                )?,
-                consumer_batch: var!(raw, analytics_consumer_batch, "ANALYTICS_CONSUMER_BATCH")
-                    .int(20_000usize, 1, 1_000_000, "a batch size")?,
-                kafka_timeout_ms: var!(
-                    raw,
-                    analytics_kafka_timeout_ms,
-                    "ANALYTICS_KAFKA_TIMEOUT_MS"
-                )
-                .int(60_000u64, 1_000, 3_600_000, "milliseconds")?,
-                kafka_brokers: var!(raw, kafka_brokers, "KAFKA_BROKERS")
-                    .value()
-                    .map(String::from),
-                kafka_topic,
-            };
-
-        let ttl_var = var!(
-            raw,
-            ttl_cleanup_interval_hours,
-            "TTL_CLEANUP_INTERVAL_HOURS"
-        );
-        let ttl_hours = match ttl_var.value() {
-            None => 24.0,
-            Some(v) => match v.parse::<f64>() {
-                Ok(h) if h.is_finite() && h > 0.0 && h <= 24.0 * 365.0 => h,
-                _ => {
-                    return Err(ttl_var.err(format!(
-                        "invalid value '{v}': expected hours, more than 0 and at most 8760"
-                    )))
-                }
-            },
-        };
-        let retention_var = var!(
-            raw,
-            sync_tombstone_retention_days,
-            "SYNC_TOMBSTONE_RETENTION_DAYS"
-        );
-        let retention_days = match retention_var.value() {
-            None => 30.0,
-            Some(v) => match v.parse::<f64>() {
-                Ok(d) if d.is_finite() && d > 0.0 && d <= 3650.0 => d,
-                _ => {
-                    return Err(retention_var.err(format!(
-                        "invalid value '{v}': expected days, more than 0 and at most 3650"
-                    )))
-                }
-            },
-        };
-        let limits = Limits {
-            max_item_bytes: var!(raw, max_item_size_kb, "MAX_ITEM_SIZE_KB").int(
-                100i64,
-                1,
-                16 * 1024,
-                "KiB",
-            )? * 1024,
-            max_storage_bytes_per_user: var!(
-                raw,
-                max_storage_per_user_mb,
-                "MAX_STORAGE_PER_USER_MB"
-            )
-            .int(100i64, 1, 1024 * 1024, "MiB")?
-                * 1024
-                * 1024,
-            ttl_cleanup_interval: Duration::from_secs_f64(ttl_hours * 3600.0),
-            ttl_expiry_interval: Duration::from_millis(
-                var!(raw, ttl_expiry_interval_ms, "TTL_EXPIRY_INTERVAL_MS").int(
-                    1_000u64,
-                    50,
-                    3_600_000,
-                    "milliseconds",
-                )?,
-            ),
-            tombstone_retention: Duration::from_secs_f64(retention_days * 86_400.0),
-            idempotency_window: Duration::from_millis(
-                var!(raw, idempotency_window_ms, "IDEMPOTENCY_WINDOW_MS").int(
-                    86_400_000u64,
-                    1_000,
-                    30 * 86_400_000,
-                    "milliseconds",
-                )?,
-            ),
-        };
-
-        let strategy_var = var!(raw, conflict_default_strategy, "CONFLICT_DEFAULT_STRATEGY");
-        let conflict = ConflictConfig {
-            default_strategy: match strategy_var.value() {
-                None => Strategy::LastWriteWins,
-                Some(v) => v.parse().map_err(|e: String| strategy_var.err(e))?,
-            },
-            resolver_url: var!(raw, conflict_resolver_url, "CONFLICT_RESOLVER_URL")
-                .url(&["http", "https"])?,
-            merge_tiebreak_manual: {
-                let v = var!(raw, conflict_merge_tiebreak, "CONFLICT_MERGE_TIEBREAK");
-                match v.value().map(str::to_ascii_uppercase).as_deref() {
-                    None | Some("LAST_WRITE_WINS") => false,
-                    Some("MANUAL") => true,
-                    Some(other) => {
-                        return Err(v.err(format!(
-                            "invalid value '{other}': expected LAST_WRITE_WINS or MANUAL"
-                        )))
-                    }
-                }
-            },
-            resolver_timeout: Duration::from_millis(
-                var!(
-                    raw,
-                    conflict_resolver_timeout_ms,
-                    "CONFLICT_RESOLVER_TIMEOUT_MS"
-                )
-                .int(2000u64, 1, 60_000, "milliseconds")?,
-            ),
-            history_versions: var!(raw, conflict_history_versions, "CONFLICT_HISTORY_VERSIONS")
-                .int(10i64, 1, 1000, "a version count")?,
-        };
-
-        let geo_var = var!(raw, geoip_db_path, "GEOIP_DB_PATH");
-        let geoip_db_path = match geo_var.value() {
-            None => None,
-            Some(p) if std::path::Path::new(p).is_file() => Some(PathBuf::from(p)),
-            Some(p) => return Err(geo_var.err(format!("no such file: {p}"))),
-        };
-
-        let proxies_var = var!(raw, trusted_proxies, "TRUSTED_PROXIES");
-        let trusted_proxies = proxies_var
-            .value()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<IpNet>()
-                    .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| proxies_var.err(format!("invalid IP or CIDR '{p}'")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let user_var = var!(raw, bootstrap_user_id, "BOOTSTRAP_USER_ID");
-        let bootstrap_user = user_var.value().unwrap_or("demo").to_string();
-        crate::sync::validate_user_id(&bootstrap_user).map_err(|e| user_var.err(e))?;
-        let key_var = var!(raw, bootstrap_api_key, "BOOTSTRAP_API_KEY");
-        let bootstrap = key_var.secret(24)?.map(|api_key| Bootstrap {
-            api_key,
-            user_id: bootstrap_user,
-        });
-
+        let jwt = jwt(raw)?;
+        let api_keys = api_keys(raw)?;
+        let rate_limit = rate_limit(raw)?;
+        let cors = cors(raw)?;
+        let log = log(raw)?;
+        let analytics = analytics(raw)?;
+        let limits = limits(raw)?;
+        let conflict = conflict(raw)?;
+        let (geoip_db_path, trusted_proxies) = network(raw)?;
+        let bootstrap = bootstrap(raw)?;
         let data_dir = PathBuf::from(
             var!(raw, syncstore_data_dir, "SYNCSTORE_DATA_DIR")
                 .value()
                 .unwrap_or("./syncstore-data"),
         );
-
-        let store_var = var!(raw, syncstore_store, "SYNCSTORE_STORE");
-        let store_name = store_var.value().unwrap_or("default").to_string();
-        if store_name.len() > 63
-            || !store_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(store_var.err("must be at most 63 characters of A-Z, a-z, 0-9, '-' or '_'"));
-        }
-        let pod_var = var!(raw, pod_name, "POD_NAME");
-        let pod_name = match pod_var.value() {
-            Some(p) => {
-                crate::sync::validate_instance_id(p).map_err(|e| pod_var.err(e))?;
-                p.to_string()
-            }
-            None => format!("syncstore-{}", std::process::id()),
-        };
-
-        let ms = Duration::from_millis;
-        let http =
-            HttpConfig {
-                header_timeout: ms(var!(raw, http_header_timeout_ms, "HTTP_HEADER_TIMEOUT_MS")
-                    .int(10_000u64, 100, 3_600_000, "milliseconds")?),
-                body_timeout: ms(var!(raw, http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS").int(
-                    30_000u64,
-                    100,
-                    3_600_000,
-                    "milliseconds",
-                )?),
-                idle_timeout: ms(var!(raw, http_idle_timeout_ms, "HTTP_IDLE_TIMEOUT_MS").int(
-                    75_000u64,
-                    100,
-                    3_600_000,
-                    "milliseconds",
-                )?),
-                max_connections: var!(raw, http_max_connections, "HTTP_MAX_CONNECTIONS").int(
-                    10_000usize,
-                    1,
-                    1_000_000,
-                    "a connection count",
-                )?,
-            };
-
+        let (store_name, pod_name) = identity(raw)?;
+        let http = http(raw)?;
         Ok(Config {
             port,
             database,
@@ -832,7 +469,7 @@ impl Config {
             api_keys,
             rate_limit,
             cors,
-            log: LogConfig { filter, format },
+            log,
             analytics,
             limits,
             conflict,
@@ -845,7 +482,7 @@ impl Config {
             store_name,
             pod_name,
             http,
-            presence_heartbeat: ms(
+            presence_heartbeat: Duration::from_millis(
                 var!(raw, presence_heartbeat_ms, "PRESENCE_HEARTBEAT_MS").int(
                     10_000u64,
                     50,
@@ -855,6 +492,426 @@ impl Config {
             ),
         })
     }
+}
+
+/// `DATABASE_URL`, `DB_CONNECTION_LIMIT`, `DB_SSL`.
+fn database(raw: &RawConfig) -> Result<DatabaseConfig, ConfigError> {
+    let db_url = var!(raw, database_url, "DATABASE_URL");
+    let url = db_url
+        .value()
+        .map(|v| {
+            let scheme = v.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite") => {
+                    Ok(Secret::new(v))
+                }
+                _ => Err(db_url.err("must start with postgres://, mysql:// or sqlite://")),
+            }
+        })
+        .transpose()?;
+    Ok(DatabaseConfig {
+        url,
+        connection_limit: var!(raw, db_connection_limit, "DB_CONNECTION_LIMIT").int(
+            10u32,
+            1,
+            1000,
+            "a connection count",
+        )?,
+        ssl: var!(raw, db_ssl, "DB_SSL").boolean(false)?,
+    })
+}
+
+/// The `JWT_*` variables: our own HMAC secrets (set together, and
+/// different) or an outside identity provider's JWKS with its issuer and
+/// audience.
+fn jwt(raw: &RawConfig) -> Result<JwtConfig, ConfigError> {
+    let jwks = var!(raw, jwt_jwks_url, "JWT_JWKS_URL");
+    let external = match jwks.value() {
+        None => None,
+        Some(src) => {
+            let iss = var!(raw, jwt_issuer, "JWT_ISSUER");
+            let aud = var!(raw, jwt_audience, "JWT_AUDIENCE");
+            let issuer = iss
+                .value()
+                .ok_or_else(|| iss.err("required with JWT_JWKS_URL"))?;
+            let audience = aud
+                .value()
+                .ok_or_else(|| aud.err("required with JWT_JWKS_URL"))?;
+            Some((src.to_string(), issuer.to_string(), audience.to_string()))
+        }
+    };
+    let jwt = JwtConfig {
+        external,
+        secret: var!(raw, jwt_secret, "JWT_SECRET").secret(32)?,
+        expires_in: var!(raw, jwt_expires_in, "JWT_EXPIRES_IN")
+            .duration(Duration::from_secs(15 * 60))?,
+        refresh_secret: var!(raw, jwt_refresh_secret, "JWT_REFRESH_SECRET").secret(32)?,
+        refresh_expires_in: var!(raw, jwt_refresh_expires_in, "JWT_REFRESH_EXPIRES_IN")
+            .duration(Duration::from_secs(30 * 24 * 3600))?,
+    };
+    if jwt.secret.is_some() != jwt.refresh_secret.is_some() {
+        let missing = if jwt.secret.is_some() {
+            "JWT_REFRESH_SECRET"
+        } else {
+            "JWT_SECRET"
+        };
+        return Err(ConfigError {
+            var: missing,
+            problem: "JWT_SECRET and JWT_REFRESH_SECRET are set together".into(),
+        });
+    }
+    if jwt.secret.is_some() && jwt.secret == jwt.refresh_secret {
+        return Err(ConfigError {
+            var: "JWT_REFRESH_SECRET",
+            problem: "must differ from JWT_SECRET".into(),
+        });
+    }
+    Ok(jwt)
+}
+
+/// The `API_KEY*` variables.
+fn api_keys(raw: &RawConfig) -> Result<ApiKeyConfig, ConfigError> {
+    let prefix = var!(raw, api_key_token_prefix, "API_KEY_TOKEN_PREFIX");
+    let token_prefix = match prefix.raw {
+        None => "sk_live_".to_string(),
+        Some(p)
+            if p.len() <= 32
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            p.to_string()
+        }
+        Some(_) => {
+            return Err(prefix.err("must be at most 32 characters of A-Z, a-z, 0-9, '_' or '-'"))
+        }
+    };
+    let scopes_var = var!(raw, api_key_default_scopes, "API_KEY_DEFAULT_SCOPES");
+    let default_scopes = match scopes_var.value() {
+        None => vec![Scope::Read, Scope::Write],
+        Some(v) => Scope::parse_list(v).map_err(|e| scopes_var.err(e))?,
+    };
+    let expiration_days = var!(raw, api_key_expiration_days, "API_KEY_EXPIRATION_DAYS").int(
+        365u32,
+        0,
+        36500,
+        "a number of days",
+    )?;
+    Ok(ApiKeyConfig {
+        enabled: var!(raw, api_keys_enabled, "API_KEYS_ENABLED").boolean(true)?,
+        token_prefix,
+        default_scopes,
+        expiration_days: (expiration_days > 0).then_some(expiration_days),
+        rotation_grace: Duration::from_secs(
+            var!(
+                raw,
+                api_key_rotation_grace_seconds,
+                "API_KEY_ROTATION_GRACE_SECONDS"
+            )
+            .int(86_400u64, 0, 90 * 86_400, "seconds")?,
+        ),
+    })
+}
+
+/// The `RATE_LIMIT_*` variables.
+fn rate_limit(raw: &RawConfig) -> Result<RateLimitConfig, ConfigError> {
+    Ok(RateLimitConfig {
+        window: Duration::from_millis(
+            var!(raw, rate_limit_window_ms, "RATE_LIMIT_WINDOW_MS").int(
+                60_000u64,
+                1,
+                86_400_000,
+                "milliseconds",
+            )?,
+        ),
+        max_requests: var!(raw, rate_limit_max_requests, "RATE_LIMIT_MAX_REQUESTS").int(
+            100u64,
+            1,
+            1_000_000_000,
+            "a request count",
+        )?,
+        redis_timeout: Duration::from_millis(
+            var!(
+                raw,
+                rate_limit_redis_timeout_ms,
+                "RATE_LIMIT_REDIS_TIMEOUT_MS"
+            )
+            .int(2_000u64, 10, 60_000, "milliseconds")?,
+        ),
+    })
+}
+
+/// `CORS_ORIGIN` and `CORS_CREDENTIALS`: `*` with credentials is refused,
+/// as browsers refuse it (Fetch standard, CORS protocol).
+fn cors(raw: &RawConfig) -> Result<CorsConfig, ConfigError> {
+    let credentials = var!(raw, cors_credentials, "CORS_CREDENTIALS").boolean(false)?;
+    let cors_var = var!(raw, cors_origin, "CORS_ORIGIN");
+    let origins = match cors_var.value() {
+        None | Some("*") => CorsOrigins::Any,
+        Some(list) => {
+            let origins: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect();
+            if let Some(bad) = origins
+                .iter()
+                .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+            {
+                return Err(cors_var.err(format!(
+                    "invalid origin '{bad}': expected * or http(s)://host[:port], comma-separated"
+                )));
+            }
+            CorsOrigins::List(origins)
+        }
+    };
+    if origins == CorsOrigins::Any && credentials {
+        return Err(cors_var
+            .err("'*' cannot be combined with CORS_CREDENTIALS=true: list the allowed origins"));
+    }
+    Ok(CorsConfig {
+        origins,
+        credentials,
+    })
+}
+
+/// `LOG_LEVEL` (a tracing filter directive) and `LOG_FORMAT`.
+fn log(raw: &RawConfig) -> Result<LogConfig, ConfigError> {
+    let level_var = var!(raw, log_level, "LOG_LEVEL");
+    let filter = level_var.value().unwrap_or("info").to_string();
+    if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+        return Err(level_var.err(format!(
+            "invalid value '{filter}': expected trace, debug, info, warn or error"
+        )));
+    }
+    let format_var = var!(raw, log_format, "LOG_FORMAT");
+    let format = match format_var.value().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("text") | Some("pretty") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(v) => {
+            return Err(format_var.err(format!("invalid value '{v}': expected json or text")))
+        }
+    };
+    Ok(LogConfig { filter, format })
+}
+
+/// `ENABLE_ANALYTICS`, `ANALYTICS_*` and the `KAFKA_*` variables; a topic
+/// name follows Kafka's own rule (at most 249 of `[A-Za-z0-9._-]`).
+fn analytics(raw: &RawConfig) -> Result<AnalyticsConfig, ConfigError> {
+    let topic_var = var!(raw, kafka_topic, "KAFKA_TOPIC");
+    let kafka_topic = topic_var
+        .value()
+        .unwrap_or("syncstore.analytics")
+        .to_string();
+    if kafka_topic.len() > 249
+        || !kafka_topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(topic_var
+            .err("invalid topic name: up to 249 characters of A-Z, a-z, 0-9, '.', '_' or '-'"));
+    }
+    Ok(AnalyticsConfig {
+        enabled: var!(raw, enable_analytics, "ENABLE_ANALYTICS").boolean(true)?,
+        batch_size: var!(raw, analytics_batch_size, "ANALYTICS_BATCH_SIZE").int(
+            100usize,
+            1,
+            100_000,
+            "a batch size",
+        )?,
+        consumer_batch: var!(raw, analytics_consumer_batch, "ANALYTICS_CONSUMER_BATCH").int(
+            20_000usize,
+            1,
+            1_000_000,
+            "a batch size",
+        )?,
+        kafka_timeout_ms: var!(
+            raw,
+            analytics_kafka_timeout_ms,
+            "ANALYTICS_KAFKA_TIMEOUT_MS"
+        )
+        .int(60_000u64, 1_000, 3_600_000, "milliseconds")?,
+        kafka_brokers: var!(raw, kafka_brokers, "KAFKA_BROKERS")
+            .value()
+            .map(String::from),
+        kafka_topic,
+    })
+}
+
+/// The sizes, quotas and intervals of the write path.
+fn limits(raw: &RawConfig) -> Result<Limits, ConfigError> {
+    let ttl_hours = var!(
+        raw,
+        ttl_cleanup_interval_hours,
+        "TTL_CLEANUP_INTERVAL_HOURS"
+    )
+    .fraction(24.0, 24.0 * 365.0, "hours")?;
+    let retention_days = var!(
+        raw,
+        sync_tombstone_retention_days,
+        "SYNC_TOMBSTONE_RETENTION_DAYS"
+    )
+    .fraction(30.0, 3650.0, "days")?;
+    Ok(Limits {
+        max_item_bytes: var!(raw, max_item_size_kb, "MAX_ITEM_SIZE_KB").int(
+            100i64,
+            1,
+            16 * 1024,
+            "KiB",
+        )? * 1024,
+        max_storage_bytes_per_user: var!(raw, max_storage_per_user_mb, "MAX_STORAGE_PER_USER_MB")
+            .int(100i64, 1, 1024 * 1024, "MiB")?
+            * 1024
+            * 1024,
+        ttl_cleanup_interval: Duration::from_secs_f64(ttl_hours * 3600.0),
+        ttl_expiry_interval: Duration::from_millis(
+            var!(raw, ttl_expiry_interval_ms, "TTL_EXPIRY_INTERVAL_MS").int(
+                1_000u64,
+                50,
+                3_600_000,
+                "milliseconds",
+            )?,
+        ),
+        tombstone_retention: Duration::from_secs_f64(retention_days * 86_400.0),
+        idempotency_window: Duration::from_millis(
+            var!(raw, idempotency_window_ms, "IDEMPOTENCY_WINDOW_MS").int(
+                86_400_000u64,
+                1_000,
+                30 * 86_400_000,
+                "milliseconds",
+            )?,
+        ),
+    })
+}
+
+/// The `CONFLICT_*` variables.
+fn conflict(raw: &RawConfig) -> Result<ConflictConfig, ConfigError> {
+    let strategy_var = var!(raw, conflict_default_strategy, "CONFLICT_DEFAULT_STRATEGY");
+    let default_strategy = match strategy_var.value() {
+        None => Strategy::LastWriteWins,
+        Some(v) => v.parse().map_err(|e: String| strategy_var.err(e))?,
+    };
+    let resolver_url =
+        var!(raw, conflict_resolver_url, "CONFLICT_RESOLVER_URL").url(&["http", "https"])?;
+    let tiebreak = var!(raw, conflict_merge_tiebreak, "CONFLICT_MERGE_TIEBREAK");
+    let merge_tiebreak_manual = match tiebreak.value().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("LAST_WRITE_WINS") => false,
+        Some("MANUAL") => true,
+        Some(other) => {
+            return Err(tiebreak.err(format!(
+                "invalid value '{other}': expected LAST_WRITE_WINS or MANUAL"
+            )))
+        }
+    };
+    Ok(ConflictConfig {
+        default_strategy,
+        resolver_url,
+        merge_tiebreak_manual,
+        resolver_timeout: Duration::from_millis(
+            var!(
+                raw,
+                conflict_resolver_timeout_ms,
+                "CONFLICT_RESOLVER_TIMEOUT_MS"
+            )
+            .int(2000u64, 1, 60_000, "milliseconds")?,
+        ),
+        history_versions: var!(raw, conflict_history_versions, "CONFLICT_HISTORY_VERSIONS").int(
+            10i64,
+            1,
+            1000,
+            "a version count",
+        )?,
+    })
+}
+
+/// `GEOIP_DB_PATH` (must exist) and `TRUSTED_PROXIES` (IPs or CIDRs).
+fn network(raw: &RawConfig) -> Result<(Option<PathBuf>, Vec<IpNet>), ConfigError> {
+    let geo_var = var!(raw, geoip_db_path, "GEOIP_DB_PATH");
+    let geoip_db_path = match geo_var.value() {
+        None => None,
+        Some(p) if std::path::Path::new(p).is_file() => Some(PathBuf::from(p)),
+        Some(p) => return Err(geo_var.err(format!("no such file: {p}"))),
+    };
+    let proxies_var = var!(raw, trusted_proxies, "TRUSTED_PROXIES");
+    let trusted_proxies = proxies_var
+        .value()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| proxies_var.err(format!("invalid IP or CIDR '{p}'")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((geoip_db_path, trusted_proxies))
+}
+
+/// `BOOTSTRAP_USER_ID` and `BOOTSTRAP_API_KEY`.
+fn bootstrap(raw: &RawConfig) -> Result<Option<Bootstrap>, ConfigError> {
+    let user_var = var!(raw, bootstrap_user_id, "BOOTSTRAP_USER_ID");
+    let user_id = user_var.value().unwrap_or("demo").to_string();
+    crate::sync::validate_user_id(&user_id).map_err(|e| user_var.err(e))?;
+    let key_var = var!(raw, bootstrap_api_key, "BOOTSTRAP_API_KEY");
+    Ok(key_var
+        .secret(24)?
+        .map(|api_key| Bootstrap { api_key, user_id }))
+}
+
+/// `SYNCSTORE_STORE` and `POD_NAME`: names that go into fan-out channels
+/// and session records.
+fn identity(raw: &RawConfig) -> Result<(String, String), ConfigError> {
+    let store_var = var!(raw, syncstore_store, "SYNCSTORE_STORE");
+    let store_name = store_var.value().unwrap_or("default").to_string();
+    if store_name.len() > 63
+        || !store_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(store_var.err("must be at most 63 characters of A-Z, a-z, 0-9, '-' or '_'"));
+    }
+    let pod_var = var!(raw, pod_name, "POD_NAME");
+    let pod_name = match pod_var.value() {
+        Some(p) => {
+            crate::sync::validate_instance_id(p).map_err(|e| pod_var.err(e))?;
+            p.to_string()
+        }
+        None => format!("syncstore-{}", std::process::id()),
+    };
+    Ok((store_name, pod_name))
+}
+
+/// The `HTTP_*` limits of the listening socket.
+fn http(raw: &RawConfig) -> Result<HttpConfig, ConfigError> {
+    let ms = |var: Var<'_>, default: u64| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(var.int(
+            default,
+            100,
+            3_600_000,
+            "milliseconds",
+        )?))
+    };
+    Ok(HttpConfig {
+        header_timeout: ms(
+            var!(raw, http_header_timeout_ms, "HTTP_HEADER_TIMEOUT_MS"),
+            10_000,
+        )?,
+        body_timeout: ms(
+            var!(raw, http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS"),
+            30_000,
+        )?,
+        idle_timeout: ms(
+            var!(raw, http_idle_timeout_ms, "HTTP_IDLE_TIMEOUT_MS"),
+            75_000,
+        )?,
+        max_connections: var!(raw, http_max_connections, "HTTP_MAX_CONNECTIONS").int(
+            10_000usize,
+            1,
+            1_000_000,
+            "a connection count",
+        )?,
+    })
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use syncstore::{
     app,
     auth::{key_fields::KeyFields, policy::Authority, NewKey, Scope},
     config::{Config, RawConfig},
-    keys::{Created, Keys},
+    error::ApiError,
+    keys::{Created, Keys, Revoked},
     storage::{self, Db},
     sync::validate_user_id,
 };
@@ -43,44 +44,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum KeysCommand {
     /// Create a key and print it (the only time it is shown).
-    Create {
-        /// A name to recognise the key by.
-        #[arg(long)]
-        name: String,
-        /// The user the key acts as.
-        #[arg(long)]
-        user: String,
-        /// Grant only `read` (overrides --scopes).
-        #[arg(long)]
-        read_only: bool,
-        /// Scopes, comma-separated (default API_KEY_DEFAULT_SCOPES).
-        #[arg(long)]
-        scopes: Option<String>,
-        /// Lifetime in days (default API_KEY_EXPIRATION_DAYS; 0 = never).
-        #[arg(long)]
-        expires_in_days: Option<u32>,
-        /// Allowed client IPs or CIDRs (repeat or comma-separate).
-        #[arg(long = "ip", value_delimiter = ',')]
-        ips: Vec<String>,
-        /// Allowed ISO 3166 country codes.
-        #[arg(long = "country", value_delimiter = ',')]
-        countries: Vec<String>,
-        /// Allowed Origin/Referer hosts; `*.example.com` for subdomains.
-        #[arg(long = "domain", value_delimiter = ',')]
-        domains: Vec<String>,
-        /// Allowed User-Agent regexes (repeat the flag; not comma-separated).
-        #[arg(long = "user-agent")]
-        user_agents: Vec<String>,
-        /// Requests allowed per minute (the seed's quotaPerMinute).
-        #[arg(long)]
-        quota_per_minute: Option<u32>,
-        #[arg(long)]
-        quota_per_hour: Option<u32>,
-        #[arg(long)]
-        quota_per_day: Option<u32>,
-        #[arg(long)]
-        quota_per_month: Option<u32>,
-    },
+    Create(CreateArgs),
     /// Deactivate a key by id.
     Revoke {
         #[arg(long)]
@@ -98,31 +62,7 @@ enum KeysCommand {
     },
     /// Change a key's settings; lists replace the old ones, a quota of 0
     /// removes that quota.
-    Update {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        /// true or false.
-        #[arg(long)]
-        active: Option<bool>,
-        #[arg(long = "ip", value_delimiter = ',')]
-        ips: Option<Vec<String>>,
-        #[arg(long = "country", value_delimiter = ',')]
-        countries: Option<Vec<String>>,
-        #[arg(long = "domain", value_delimiter = ',')]
-        domains: Option<Vec<String>>,
-        #[arg(long = "user-agent")]
-        user_agents: Option<Vec<String>>,
-        #[arg(long)]
-        quota_per_minute: Option<u32>,
-        #[arg(long)]
-        quota_per_hour: Option<u32>,
-        #[arg(long)]
-        quota_per_day: Option<u32>,
-        #[arg(long)]
-        quota_per_month: Option<u32>,
-    },
+    Update(UpdateArgs),
     /// Delete a key for good.
     Delete {
         #[arg(long)]
@@ -130,14 +70,145 @@ enum KeysCommand {
     },
 }
 
+#[derive(Args, Debug)]
+struct CreateArgs {
+    /// A name to recognise the key by.
+    #[arg(long)]
+    name: String,
+    /// The user the key acts as.
+    #[arg(long)]
+    user: String,
+    /// Grant only `read` (overrides --scopes).
+    #[arg(long)]
+    read_only: bool,
+    /// Scopes, comma-separated (default API_KEY_DEFAULT_SCOPES).
+    #[arg(long)]
+    scopes: Option<String>,
+    /// Lifetime in days (default API_KEY_EXPIRATION_DAYS; 0 = never).
+    #[arg(long)]
+    expires_in_days: Option<u32>,
+    /// Allowed client IPs or CIDRs (repeat or comma-separate).
+    #[arg(long = "ip", value_delimiter = ',')]
+    ips: Vec<String>,
+    /// Allowed ISO 3166 country codes.
+    #[arg(long = "country", value_delimiter = ',')]
+    countries: Vec<String>,
+    /// Allowed Origin/Referer hosts; `*.example.com` for subdomains.
+    #[arg(long = "domain", value_delimiter = ',')]
+    domains: Vec<String>,
+    /// Allowed User-Agent regexes (repeat the flag; not comma-separated).
+    #[arg(long = "user-agent")]
+    user_agents: Vec<String>,
+    /// Requests allowed per minute (the seed's quotaPerMinute).
+    #[arg(long)]
+    quota_per_minute: Option<u32>,
+    #[arg(long)]
+    quota_per_hour: Option<u32>,
+    #[arg(long)]
+    quota_per_day: Option<u32>,
+    #[arg(long)]
+    quota_per_month: Option<u32>,
+}
+
+impl CreateArgs {
+    /// The key these flags describe, checked as REST checks a POST body;
+    /// `Err` is the flag at fault and why.
+    fn new_key(self, config: &Config) -> Result<NewKey, (&'static str, String)> {
+        validate_user_id(&self.user).map_err(|e| ("--user", e.to_string()))?;
+        let scopes = match (self.read_only, self.scopes) {
+            (true, _) => vec![Scope::Read],
+            (false, Some(list)) => match Scope::parse_list(&list) {
+                Ok(s) if !s.is_empty() => s,
+                Ok(_) => return Err(("--scopes", "at least one scope is needed".into())),
+                Err(e) => return Err(("--scopes", e.to_string())),
+            },
+            (false, None) => config.api_keys.default_scopes.clone(),
+        };
+        let days = self
+            .expires_in_days
+            .or(config.api_keys.expiration_days)
+            .filter(|d| *d > 0);
+        let new = NewKey {
+            name: self.name,
+            user_id: self.user,
+            scopes,
+            expires_at: days.map(|d| storage::now_ms() + i64::from(d) * 86_400_000),
+            ip_restrictions: self.ips,
+            country_restrictions: self.countries,
+            domain_restrictions: self.domains,
+            user_agent_patterns: self.user_agents,
+            quotas: [
+                self.quota_per_minute,
+                self.quota_per_hour,
+                self.quota_per_day,
+                self.quota_per_month,
+            ]
+            .map(|q| q.map(i64::from)),
+        };
+        new.check_text().map_err(|e| ("key", e.to_string()))?;
+        new.restrictions()
+            .map_err(|e| ("restrictions", e.to_string()))?;
+        Ok(new)
+    }
+}
+
+#[derive(Args, Debug)]
+struct UpdateArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// true or false.
+    #[arg(long)]
+    active: Option<bool>,
+    #[arg(long = "ip", value_delimiter = ',')]
+    ips: Option<Vec<String>>,
+    #[arg(long = "country", value_delimiter = ',')]
+    countries: Option<Vec<String>>,
+    #[arg(long = "domain", value_delimiter = ',')]
+    domains: Option<Vec<String>>,
+    #[arg(long = "user-agent")]
+    user_agents: Option<Vec<String>>,
+    #[arg(long)]
+    quota_per_minute: Option<u32>,
+    #[arg(long)]
+    quota_per_hour: Option<u32>,
+    #[arg(long)]
+    quota_per_day: Option<u32>,
+    #[arg(long)]
+    quota_per_month: Option<u32>,
+}
+
+impl UpdateArgs {
+    /// The same change, in the same field names, as PATCH /api-keys/{id};
+    /// a quota of 0 clears it.
+    fn change(self) -> KeyFields {
+        let quota = |q: Option<u32>| q.map(|q| (q > 0).then_some(i64::from(q)));
+        KeyFields {
+            name: self.name,
+            is_active: self.active,
+            ip_restrictions: self.ips,
+            country_restrictions: self.countries,
+            domain_restrictions: self.domains,
+            user_agent_patterns: self.user_agents,
+            quota_per_minute: quota(self.quota_per_minute),
+            quota_per_hour: quota(self.quota_per_hour),
+            quota_per_day: quota(self.quota_per_day),
+            quota_per_month: quota(self.quota_per_month),
+            ..KeyFields::default()
+        }
+    }
+}
+
 /// Records a key change made from the command line.
-async fn cli_audit(db: &Db, action: &'static str, id: &str) {
+async fn cli_audit(db: &Db, action: &'static str, id: &str, details: Option<serde_json::Value>) {
     let entry = syncstore::audit::Entry {
         actor: "cli".into(),
         key_id: Some(id.to_string()),
         action,
         target: Some(id.to_string()),
         result: "ok".into(),
+        details,
         ..Default::default()
     };
     if let Err(e) = storage::audit::record(db, &entry).await {
@@ -212,6 +283,8 @@ fn key_service(db: &Db, config: &Config) -> Keys {
     )
 }
 
+/// `syncstore keys …`: each subcommand goes through the key service, as
+/// REST and the operator do, and records its change in the audit trail.
 async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
     let db = match Db::connect(&config.database, &config.data_dir).await {
         Ok(db) => db,
@@ -220,93 +293,10 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
     if let Err(e) = db.migrate().await {
         return fail("keys", e);
     }
+    let service = key_service(&db, config);
     match cmd {
-        KeysCommand::Create {
-            name,
-            user,
-            read_only,
-            scopes,
-            expires_in_days,
-            ips,
-            countries,
-            domains,
-            user_agents,
-            quota_per_minute,
-            quota_per_hour,
-            quota_per_day,
-            quota_per_month,
-        } => {
-            if let Err(e) = validate_user_id(&user) {
-                return fail("--user", e);
-            }
-            let scopes = match (read_only, scopes) {
-                (true, _) => vec![Scope::Read],
-                (false, Some(list)) => match Scope::parse_list(&list) {
-                    Ok(s) if !s.is_empty() => s,
-                    Ok(_) => return fail("--scopes", "at least one scope is needed"),
-                    Err(e) => return fail("--scopes", e),
-                },
-                (false, None) => config.api_keys.default_scopes.clone(),
-            };
-            let days = expires_in_days
-                .or(config.api_keys.expiration_days)
-                .filter(|d| *d > 0);
-            let expires_at = days.map(|d| storage::now_ms() + i64::from(d) * 86_400_000);
-            let new = NewKey {
-                name: name.clone(),
-                user_id: user.clone(),
-                scopes,
-                expires_at,
-                ip_restrictions: ips,
-                country_restrictions: countries,
-                domain_restrictions: domains,
-                user_agent_patterns: user_agents,
-                quotas: [
-                    quota_per_minute,
-                    quota_per_hour,
-                    quota_per_day,
-                    quota_per_month,
-                ]
-                .map(|q| q.map(i64::from)),
-            };
-            if let Err(e) = new.check_text() {
-                return fail("key", e);
-            }
-            if let Err(e) = new.restrictions() {
-                return fail("restrictions", e);
-            }
-            let service = key_service(&db, config);
-            match service
-                .create(Authority::Owner, &new, KeyFields::default())
-                .await
-            {
-                Ok(Created { view: record, key }) => {
-                    let entry = syncstore::audit::Entry {
-                        actor: "cli".into(),
-                        key_id: Some(record.id.clone()),
-                        action: "api_key.create",
-                        target: Some(record.id.clone()),
-                        result: "ok".into(),
-                        details: Some(serde_json::json!({ "name": name, "userId": user })),
-                        ..Default::default()
-                    };
-                    if let Err(e) = storage::audit::record(&db, &entry).await {
-                        eprintln!("warning: audit entry not written: {e}");
-                    }
-                    let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
-                    eprintln!(
-                        "created key {} for user {} with scopes [{}]",
-                        record.id,
-                        record.user_id,
-                        scopes.join(", ")
-                    );
-                    println!("{key}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail("keys create", e),
-            }
-        }
-        KeysCommand::List { user } => match storage::keys::list(&db, user.as_deref()).await {
+        KeysCommand::Create(args) => create_key(&db, &service, args, config).await,
+        KeysCommand::List { user } => match service.list(user.as_deref()).await {
             Ok(list) => {
                 for key in list {
                     println!("{}", serde_json::to_string(&key).unwrap_or_default());
@@ -315,81 +305,77 @@ async fn keys(cmd: KeysCommand, config: &Config) -> ExitCode {
             }
             Err(e) => fail("keys list", e),
         },
-        KeysCommand::Rotate { id } => {
-            match key_service(&db, config)
-                .rotate(Authority::Owner, &id, None)
-                .await
-            {
-                Ok((created, old_expires)) => {
-                    cli_audit(&db, "api_key.rotate", &id).await;
-                    eprintln!(
-                        "rotated {id} -> {}; the old key expires at {old_expires:?} (Unix ms)",
-                        created.view.id
-                    );
-                    println!("{}", created.key);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail("keys rotate", e),
+        KeysCommand::Rotate { id } => match service.rotate(Authority::Owner, &id, None).await {
+            Ok((created, old_expires)) => {
+                cli_audit(&db, "api_key.rotate", &id, None).await;
+                eprintln!(
+                    "rotated {id} -> {}; the old key expires at {old_expires:?} (Unix ms)",
+                    created.view.id
+                );
+                println!("{}", created.key);
+                ExitCode::SUCCESS
             }
-        }
-        KeysCommand::Update {
-            id,
-            name,
-            active,
-            ips,
-            countries,
-            domains,
-            user_agents,
-            quota_per_minute,
-            quota_per_hour,
-            quota_per_day,
-            quota_per_month,
-        } => {
-            // The same change, in the same field names, as PATCH /api-keys/{id};
-            // a quota of 0 clears it.
-            let quota = |q: Option<u32>| q.map(|q| (q > 0).then_some(i64::from(q)));
-            let change = KeyFields {
-                name,
-                is_active: active,
-                ip_restrictions: ips,
-                country_restrictions: countries,
-                domain_restrictions: domains,
-                user_agent_patterns: user_agents,
-                quota_per_minute: quota(quota_per_minute),
-                quota_per_hour: quota(quota_per_hour),
-                quota_per_day: quota(quota_per_day),
-                quota_per_month: quota(quota_per_month),
-                ..KeyFields::default()
-            };
-            match key_service(&db, config)
-                .update(Authority::Owner, &id, None, change)
+            Err(e) => fail("keys rotate", e),
+        },
+        KeysCommand::Update(args) => {
+            let id = args.id.clone();
+            match service
+                .update(Authority::Owner, &id, None, args.change())
                 .await
             {
                 Ok(view) => {
-                    cli_audit(&db, "api_key.update", &id).await;
+                    cli_audit(&db, "api_key.update", &id, None).await;
                     println!("{}", serde_json::to_string(&view).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("keys update", e),
             }
         }
-        KeysCommand::Delete { id } => match storage::keys::delete(&db, &id).await {
-            Ok(true) => {
-                cli_audit(&db, "api_key.delete", &id).await;
+        KeysCommand::Delete { id } => match service.delete(&id, None).await {
+            Ok(_) => {
+                cli_audit(&db, "api_key.delete", &id, None).await;
                 eprintln!("deleted key {id}");
                 ExitCode::SUCCESS
             }
-            Ok(false) => fail("keys delete", format!("no key with id {id}")),
+            Err(ApiError::NotFound { .. }) => fail("keys delete", format!("no key with id {id}")),
             Err(e) => fail("keys delete", e),
         },
-        KeysCommand::Revoke { id } => match storage::keys::set_active(&db, &id, false).await {
-            Ok(true) => {
-                cli_audit(&db, "api_key.revoke", &id).await;
+        KeysCommand::Revoke { id } => match service.revoke(&id).await {
+            Ok(Revoked::NoSuchKey) => fail("keys revoke", format!("no key with id {id}")),
+            Ok(Revoked::Now | Revoked::Already) => {
+                cli_audit(&db, "api_key.revoke", &id, None).await;
                 eprintln!("revoked key {id}");
                 ExitCode::SUCCESS
             }
-            Ok(false) => fail("keys revoke", format!("no key with id {id}")),
             Err(e) => fail("keys revoke", e),
         },
+    }
+}
+
+/// `syncstore keys create`: prints the key itself on stdout (the only time
+/// it is shown) and what was made on stderr.
+async fn create_key(db: &Db, service: &Keys, args: CreateArgs, config: &Config) -> ExitCode {
+    let new = match args.new_key(config) {
+        Ok(new) => new,
+        Err((what, e)) => return fail(what, e),
+    };
+    match service
+        .create(Authority::Owner, &new, KeyFields::default())
+        .await
+    {
+        Ok(Created { view: record, key }) => {
+            let details = serde_json::json!({ "name": new.name, "userId": new.user_id });
+            cli_audit(db, "api_key.create", &record.id, Some(details)).await;
+            let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "created key {} for user {} with scopes [{}]",
+                record.id,
+                record.user_id,
+                scopes.join(", ")
+            );
+            println!("{key}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("keys create", e),
     }
 }

@@ -62,192 +62,133 @@ impl Drop for GaugeHeld {
     }
 }
 
-/// Registers a collector and hands it back, so construction reads as a list.
-fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> Result<C, prometheus::Error> {
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
-}
+/// Makes collectors and registers them in one registry, so that
+/// [`Metrics::new`] reads as a table of name, help and labels.
+struct Reg(Registry);
 
-fn histogram(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
-    Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+type Made<C> = Result<C, prometheus::Error>;
+
+impl Reg {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> Made<C> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+    fn counter(&self, name: &str, help: &str) -> Made<IntCounter> {
+        self.add(IntCounter::new(name, help)?)
+    }
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> Made<IntCounterVec> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+    fn gauge(&self, name: &str, help: &str) -> Made<IntGauge> {
+        self.add(IntGauge::new(name, help)?)
+    }
+    /// A latency histogram in seconds, on [`LATENCY_BUCKETS`].
+    fn latency(&self, name: &str, help: &str) -> Made<Histogram> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(Histogram::with_opts(opts)?)
+    }
+    fn latencies(&self, name: &str, help: &str, labels: &[&str]) -> Made<HistogramVec> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels)?)
+    }
 }
 
 impl Metrics {
+    /// Every metric, registered under the `syncstore_` prefix.
+    ///
+    /// Long because it is one table, an entry per metric: split, it would
+    /// only be harder to scan for a name.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let r = Registry::new_custom(Some("syncstore".into()), None)?;
+        let r = Reg(Registry::new_custom(Some("syncstore".into()), None)?);
         Ok(Self {
-            http_requests: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "http_requests_total",
-                        "HTTP requests by route, method and status",
-                    ),
-                    &["route", "method", "status"],
-                )?,
+            http_requests: r.counters(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+                &["route", "method", "status"],
             )?,
-            http_latency: reg(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "http_request_duration_seconds",
-                        "HTTP request latency by route and method",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["route", "method"],
-                )?,
+            http_latency: r.latencies(
+                "http_request_duration_seconds",
+                "HTTP request latency by route and method",
+                &["route", "method"],
             )?,
-            items_written: reg(
-                &r,
-                IntCounter::new("items_written_total", "Items created or updated")?,
+            items_written: r.counter("items_written_total", "Items created or updated")?,
+            items_removed: r.counter("items_removed_total", "Items removed (tombstoned)")?,
+            db_pool_size: r.gauge("db_pool_connections", "Open database connections")?,
+            db_pool_idle: r.gauge("db_pool_idle_connections", "Idle database connections")?,
+            sockets_connected: r.gauge("sockets_connected", "Connected /sync sockets")?,
+            socket_events: r.counters(
+                "socket_events_total",
+                "Socket.IO events by name and direction (in/out)",
+                &["event", "direction"],
             )?,
-            items_removed: reg(
-                &r,
-                IntCounter::new("items_removed_total", "Items removed (tombstoned)")?,
+            socket_errors: r.counters(
+                "socket_errors_total",
+                "Socket event failures by event and code",
+                &["event", "code"],
             )?,
-            db_pool_size: reg(
-                &r,
-                IntGauge::new("db_pool_connections", "Open database connections")?,
+            socket_refusals: r.counters(
+                "socket_refusals_total",
+                "Refused handshakes by code",
+                &["code"],
             )?,
-            db_pool_idle: reg(
-                &r,
-                IntGauge::new("db_pool_idle_connections", "Idle database connections")?,
+            fanout_latency: r.latency(
+                "fanout_latency_seconds",
+                "From a change's publication to its emission to a device",
             )?,
-            sockets_connected: reg(
-                &r,
-                IntGauge::new("sockets_connected", "Connected /sync sockets")?,
+            fanout_publish_seconds: r.latency(
+                "fanout_publish_seconds",
+                "Time to PUBLISH one envelope to Redis",
             )?,
-            socket_events: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "socket_events_total",
-                        "Socket.IO events by name and direction (in/out)",
-                    ),
-                    &["event", "direction"],
-                )?,
+            fanout_dropped: r.counter(
+                "fanout_dropped_total",
+                "Envelopes not published (queue full or Redis down)",
             )?,
-            socket_errors: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "socket_errors_total",
-                        "Socket event failures by event and code",
-                    ),
-                    &["event", "code"],
-                )?,
+            redis_reconnects: r
+                .counter("redis_reconnects_total", "Redis subscriber reconnections")?,
+            catchups: r.counters(
+                "catchups_total",
+                "Device catch-ups from the database, by reason",
+                &["reason"],
             )?,
-            socket_refusals: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("socket_refusals_total", "Refused handshakes by code"),
-                    &["code"],
-                )?,
+            conflations: r.counter(
+                "conflations_total",
+                "Changes not sent one by one because a newer state of the key was sent instead",
             )?,
-            fanout_latency: reg(
-                &r,
-                histogram(
-                    "fanout_latency_seconds",
-                    "From a change's publication to its emission to a device",
-                )?,
+            conflicts: r.counters(
+                "conflicts_total",
+                "Concurrent writes by strategy and outcome",
+                &["strategy", "outcome"],
             )?,
-            fanout_publish_seconds: reg(
-                &r,
-                histogram(
-                    "fanout_publish_seconds",
-                    "Time to PUBLISH one envelope to Redis",
-                )?,
+            write_replays: r.counters(
+                "write_replays_total",
+                "Retried writes answered with their first reply, by how they were recognised",
+                &["kind"],
             )?,
-            fanout_dropped: reg(
-                &r,
-                IntCounter::new(
-                    "fanout_dropped_total",
-                    "Envelopes not published (queue full or Redis down)",
-                )?,
+            rate_limited: r.counters(
+                "rate_limited_total",
+                "Requests refused by a limit, by code",
+                &["code"],
             )?,
-            redis_reconnects: reg(
-                &r,
-                IntCounter::new("redis_reconnects_total", "Redis subscriber reconnections")?,
+            rate_limit_errors: r.counters(
+                "rate_limit_errors_total",
+                "Limit checks Redis did not answer (allowed), by reason: timeout or unreachable",
+                &["reason"],
             )?,
-            catchups: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "catchups_total",
-                        "Device catch-ups from the database, by reason",
-                    ),
-                    &["reason"],
-                )?,
+            audit_dropped: r.counter(
+                "audit_dropped_total",
+                "Audit entries the database refused for good",
             )?,
-            conflations: reg(
-                &r,
-                IntCounter::new(
-                    "conflations_total",
-                    "Changes not sent one by one because a newer state of the key was sent instead",
-                )?,
+            analytics_events: r.counters(
+                "analytics_events_total",
+                "Analytics events by outcome",
+                &["outcome"],
             )?,
-            conflicts: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "conflicts_total",
-                        "Concurrent writes by strategy and outcome",
-                    ),
-                    &["strategy", "outcome"],
-                )?,
+            auth_denials: r.counters(
+                "auth_denials_total",
+                "Refused credentials and restrictions, by code",
+                &["code"],
             )?,
-            write_replays: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "write_replays_total",
-                        "Retried writes answered with their first reply, by how they were recognised",
-                    ),
-                    &["kind"],
-                )?,
-            )?,
-            rate_limited: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("rate_limited_total", "Requests refused by a limit, by code"),
-                    &["code"],
-                )?,
-            )?,
-            rate_limit_errors: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "rate_limit_errors_total",
-                        "Limit checks Redis did not answer (allowed), by reason: timeout or unreachable",
-                    ),
-                    &["reason"],
-                )?,
-            )?,
-            audit_dropped: reg(
-                &r,
-                IntCounter::new(
-                    "audit_dropped_total",
-                    "Audit entries the database refused for good",
-                )?,
-            )?,
-            analytics_events: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("analytics_events_total", "Analytics events by outcome"),
-                    &["outcome"],
-                )?,
-            )?,
-            auth_denials: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "auth_denials_total",
-                        "Refused credentials and restrictions, by code",
-                    ),
-                    &["code"],
-                )?,
-            )?,
-            registry: r,
+            registry: r.0,
         })
     }
 

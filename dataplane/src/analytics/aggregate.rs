@@ -106,14 +106,28 @@ impl Delta {
             dims.push(("instance", i.clone(), owner.clone(), true));
             dims.push(("instance_route", compound(i, &route), owner.clone(), false));
         }
-        // A disconnect's "latency" is the session's length: summed for
-        // engagement, kept out of the latency percentiles.
-        let timed = !route.ends_with(":disconnect");
+        self.roll_up(e, &dims, !route.ends_with(":disconnect"));
+        self.count_facets(e, user.as_deref(), key.as_deref());
+        if let Some(u) = &user {
+            let day = e.ts - e.ts.rem_euclid(DAY_MS);
+            self.user_days.insert((u.clone(), day));
+            see(&mut self.users, u.clone(), e.ts);
+        }
+        if let Some(i) = &instance {
+            see(&mut self.instances, (i.clone(), owner), e.ts);
+        }
+    }
+
+    /// Adds `e` to the rollup of every dimension in `dims` (dimension,
+    /// subject, owner, with a latency histogram) at every granularity. A
+    /// disconnect's "latency" is the session's length: summed for
+    /// engagement, kept out of the latency percentiles (`timed` false).
+    fn roll_up(&mut self, e: &Event, dims: &[(&'static str, String, String, bool)], timed: bool) {
         let le = histogram::bucket_of(e.latency_us);
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for (granularity, width) in GRANULARITIES {
             let bucket = e.ts - e.ts.rem_euclid(width);
-            for (dim, subject, owner, histogram) in &dims {
+            for (dim, subject, owner, histogram) in dims {
                 let k = RollKey {
                     granularity,
                     dim,
@@ -133,6 +147,11 @@ impl Delta {
                 }
             }
         }
+    }
+
+    /// Counts `e`'s facets for the day: a user's active hours, clients and
+    /// keys touched; denials by code, and a key's by IP and country.
+    fn count_facets(&mut self, e: &Event, user: Option<&str>, key: Option<&str>) {
         let day = e.ts - e.ts.rem_euclid(DAY_MS);
         let mut facet = |scope: &'static str, subject: &str, name: &'static str, value: &str| {
             *self
@@ -140,7 +159,7 @@ impl Delta {
                 .entry((scope, clip(subject), name, clip(value), day))
                 .or_default() += 1;
         };
-        if let Some(u) = &user {
+        if let Some(u) = user {
             let hour = (e.ts.rem_euclid(DAY_MS)) / 3_600_000;
             facet("user", u, "hour", &format!("{hour:02}"));
             if let Some(ua) = &e.ua_family {
@@ -153,7 +172,7 @@ impl Delta {
         if e.is_denial() {
             let code = e.error_code.as_deref().unwrap_or("UNKNOWN");
             facet("all", "", "denial", code);
-            if let Some(k) = &key {
+            if let Some(k) = key {
                 facet("key", k, "denial", code);
                 if let Some(ip) = &e.ip {
                     facet("key", k, "ip", ip);
@@ -162,13 +181,6 @@ impl Delta {
                     facet("key", k, "country", c);
                 }
             }
-        }
-        if let Some(u) = &user {
-            self.user_days.insert((u.clone(), day));
-            see(&mut self.users, u.clone(), e.ts);
-        }
-        if let Some(i) = &instance {
-            see(&mut self.instances, (i.clone(), owner), e.ts);
         }
     }
 }
@@ -221,6 +233,11 @@ impl Upsert {
             cols.join(", "),
             tuples.join(", ")
         );
+        self.with_conflict_clause(dialect, &head)
+    }
+
+    /// `INSERT {head}` with what each dialect says on a duplicate key.
+    fn with_conflict_clause(&self, dialect: Dialect, head: &str) -> String {
         let only_keys = self.adds.is_empty() && self.mins.is_empty() && self.maxs.is_empty();
         let t = self.table;
         match dialect {

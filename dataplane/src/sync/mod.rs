@@ -14,6 +14,8 @@ pub mod review;
 
 use std::{future::Future, sync::Arc};
 
+use sqlx::AnyConnection;
+
 pub use item::{
     validate_instance_id, validate_key, validate_prefix, validate_user_id, SetRequest, Ttl,
 };
@@ -35,7 +37,7 @@ use crate::{
     error::ApiError,
     fanout::{Bus, Envelope},
     metrics::Metrics,
-    storage::{self, conflicts, idempotency, items, now_ms, Db},
+    storage::{self, conflicts, idempotency, items, items::UserState, now_ms, Db},
 };
 
 /// How often a transaction that lost a deadlock or a busy lock is retried.
@@ -333,187 +335,313 @@ impl SyncService {
                 instance_id,
                 now: now_ms(),
             };
-            let mut tx = self.db.pool().begin().await?;
-            let mut state = items::lock_user(&mut tx, &self.db, user_id, ctx.now).await?;
-            if let Some(op) = op {
-                let window =
-                    i64::try_from(self.limits.idempotency_window.as_millis()).unwrap_or(i64::MAX);
-                let since = ctx.now.saturating_sub(window);
-                if let Some(done) =
-                    idempotency::find(&mut tx, &self.db, user_id, op.id.as_str(), since).await?
-                {
-                    return Ok(op.replay(&done).map(|reply| {
-                        self.metrics
-                            .write_replays
-                            .with_label_values(&["operation_id"])
-                            .inc();
-                        Outcome {
-                            reply: Some(reply),
-                            ..Outcome::default()
-                        }
-                    }));
-                }
-            }
-            let mut current: Vec<Item> = match command.key() {
-                Some(key) => items::fetch_for_write(&mut tx, &self.db, user_id, key)
-                    .await?
-                    .into_iter()
-                    .collect(),
-                None => items::live_rows_for_write(&mut tx, &self.db, user_id).await?,
-            };
-            // An item past its TTL that the sweeper has not reached yet is
-            // removed first: a write must not merge with, lose to, or show
-            // in a conflict the value every reader already sees as gone.
-            let mut expired = None;
-            if let Some(row) = current
-                .first()
-                .filter(|c| command.expires_first() && !c.is_deleted && !c.is_visible(ctx.now))
-            {
-                let p = plan::expiry(ctx, row, state);
-                state = p.state;
-                current = vec![p.item.clone()];
-                expired = Some(p.item);
-            }
-            let base = match (command, current.first()) {
-                (Command::Set { key, request, .. }, Some(cur))
-                    if crate::conflict::is_concurrent(
-                        cur,
-                        request.version,
-                        request.timestamp,
-                        instance_id,
-                    ) =>
-                {
-                    match request.version {
-                        // The version that just expired is gone like the
-                        // item: neither merged from nor kept in a conflict.
-                        Some(v) if Some(v) == expired.as_ref().map(|e| e.version - 1) => None,
-                        Some(v) => items::version_at(&mut tx, &self.db, user_id, key, v).await?,
-                        None => None,
-                    }
-                }
-                _ => None,
-            };
-            let plan = match plan::plan(
-                ctx,
-                command,
-                &current,
-                base.as_ref(),
-                state,
-                &self.limits,
-                &self.policy,
-            ) {
-                Ok(plan) => plan,
-                Err(e) => return Ok(Err(e)),
-            };
-            let mut outcome = Outcome {
-                changed: expired.into_iter().chain(plan.changed).collect(),
-                set_status: plan.set_status,
-                conflict_id: plan.conflict.as_ref().map(|c| c.id.clone()),
-                current: current.first().cloned(),
-                base,
-                needs_assist: plan.needs_assist,
-                reply: None,
-            };
-            if plan.needs_assist {
-                return Ok(Ok(outcome)); // rolled back on drop: nothing was written
-            }
-            for item in &outcome.changed {
-                let exists = current.iter().any(|c| c.key == item.key);
-                items::store_item(&mut tx, &self.db, item, exists).await?;
-                items::append_version(&mut tx, &self.db, item, self.history_versions).await?;
-            }
-            if let Some(conflict) = &plan.conflict {
-                conflicts::insert(&mut tx, &self.db, conflict).await?;
-                self.metrics
-                    .conflicts
-                    .with_label_values(&[conflict.strategy.as_str(), conflict.outcome.as_str()])
-                    .inc();
-            }
-            if let Command::Set {
-                settles: Some(settles),
-                request,
-                ..
-            } = command
-            {
-                let won = matches!(
-                    plan.set_status,
-                    Some(SetStatus::Applied | SetStatus::Merged)
-                );
-                let (Some(item), true) = (outcome.changed.last(), won) else {
-                    // A review that lost a race (the item moved on) writes
-                    // nothing, not even a conflict of its own.
-                    return Ok(Err(match current.into_iter().next() {
-                        Some(now) => ApiError::VersionConflict {
-                            expected: request.version,
-                            current: Box::new(now),
-                            status: SetStatus::Rejected,
-                            conflict_id: Some(settles.conflict_id.clone()),
-                        },
-                        None => no_row(),
-                    }));
-                };
-                let value = item.value.as_ref().map(|v| v.get());
-                let settled = conflicts::mark_resolved_in(
-                    &mut tx,
-                    &self.db,
-                    &settles.conflict_id,
-                    &settles.resolver,
-                    value,
-                    item.seq,
-                    ctx.now,
-                )
-                .await?;
-                if !settled {
-                    // Another review got there first: this one writes nothing.
-                    return Ok(Err(ApiError::InvalidBody(
-                        "the conflict is already resolved".into(),
-                    )));
-                }
-            }
-            if !outcome.changed.is_empty() {
-                items::save_user(&mut tx, &self.db, user_id, plan.state).await?;
-            }
-            if self.audited {
-                let entries: Vec<audit::Entry> = outcome
-                    .changed
-                    .iter()
-                    .map(|i| {
-                        audit::change_entry(
-                            user_id,
-                            source,
-                            &i.key,
-                            i.is_deleted,
-                            i.seq,
-                            &i.instance_id,
-                            ctx.now,
-                        )
-                    })
-                    .collect();
-                storage::audit::insert(&mut tx, &self.db, &entries).await?;
-            }
-            outcome.reply = match Reply::of(command, &outcome, plan.state.last_seq) {
-                Ok(reply) => reply,
-                Err(e) => return Ok(Err(e)),
-            };
-            if plan.replayed {
-                self.metrics
-                    .write_replays
-                    .with_label_values(&["identical"])
-                    .inc();
-            }
-            if let (Some(op), Some(reply)) = (op, &outcome.reply) {
-                let done = match op.record(reply) {
-                    Ok(done) => done,
-                    Err(e) => return Ok(Err(e)),
-                };
-                idempotency::record(&mut tx, &self.db, user_id, op.id.as_str(), &done, ctx.now)
-                    .await?;
-            }
-            tx.commit().await?;
-            outcome.base = None;
-            Ok(Ok(outcome))
+            self.attempt(ctx, source, command, op).await
         })
         .await
+    }
+
+    /// One try of [`Self::run`]'s transaction; a database error that a retry
+    /// may cure (deadlock, busy) comes back as the outer `Err`.
+    async fn attempt(
+        &self,
+        ctx: WriteCtx<'_>,
+        source: &Source,
+        command: &Command,
+        op: Option<&Op>,
+    ) -> TxResult<Outcome> {
+        let mut tx = self.db.pool().begin().await?;
+        let state = items::lock_user(&mut tx, &self.db, ctx.user_id, ctx.now).await?;
+        if let Some(op) = op {
+            if let Some(replay) = self.replay(&mut tx, ctx, op).await? {
+                return Ok(replay);
+            }
+        }
+        let (plan, mut outcome, current) = match self.decide(&mut tx, ctx, command, state).await? {
+            Ok(decided) => decided,
+            Err(e) => return Ok(Err(e)),
+        };
+        if plan.needs_assist {
+            return Ok(Ok(outcome)); // rolled back on drop: nothing was written
+        }
+        self.store(&mut tx, &outcome.changed, &current, plan.conflict.as_ref())
+            .await?;
+        if let Command::Set {
+            settles: Some(settles),
+            request,
+            ..
+        } = command
+        {
+            let won = matches!(
+                plan.set_status,
+                Some(SetStatus::Applied | SetStatus::Merged)
+            );
+            let written = outcome.changed.last().filter(|_| won);
+            if let Err(e) = self
+                .mark_settled(&mut tx, ctx, settles, request, written, current)
+                .await?
+            {
+                return Ok(Err(e));
+            }
+        }
+        if !outcome.changed.is_empty() {
+            items::save_user(&mut tx, &self.db, ctx.user_id, plan.state).await?;
+        }
+        if self.audited {
+            self.audit_changes(&mut tx, ctx, source, &outcome.changed)
+                .await?;
+        }
+        outcome.reply = match Reply::of(command, &outcome, plan.state.last_seq) {
+            Ok(reply) => reply,
+            Err(e) => return Ok(Err(e)),
+        };
+        if plan.replayed {
+            self.metrics
+                .write_replays
+                .with_label_values(&["identical"])
+                .inc();
+        }
+        if let (Some(op), Some(reply)) = (op, &outcome.reply) {
+            if let Err(e) = self.remember(&mut tx, ctx, op, reply).await? {
+                return Ok(Err(e));
+            }
+        }
+        tx.commit().await?;
+        outcome.base = None;
+        Ok(Ok(outcome))
+    }
+
+    /// Reads the rows `command` touches (expiring first an item past its
+    /// TTL) and its merge base, and plans it: what the write would change,
+    /// the outcome to report, and the rows as they were.
+    async fn decide(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        command: &Command,
+        mut state: UserState,
+    ) -> TxResult<(plan::Plan, Outcome, Vec<Item>)> {
+        let mut current = self.rows_for(conn, ctx, command).await?;
+        // An item past its TTL that the sweeper has not reached yet is
+        // removed first: a write must not merge with, lose to, or show in a
+        // conflict the value every reader already sees as gone.
+        let mut expired = None;
+        if let Some(row) = current
+            .first()
+            .filter(|c| command.expires_first() && !c.is_deleted && !c.is_visible(ctx.now))
+        {
+            let p = plan::expiry(ctx, row, state);
+            state = p.state;
+            current = vec![p.item.clone()];
+            expired = Some(p.item);
+        }
+        let base = self
+            .merge_base(conn, ctx, command, current.first(), expired.as_ref())
+            .await?;
+        let plan = plan::plan(
+            ctx,
+            command,
+            &current,
+            base.as_ref(),
+            state,
+            plan::Rules {
+                limits: &self.limits,
+                policy: &self.policy,
+            },
+        );
+        let mut plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => return Ok(Err(e)),
+        };
+        let outcome = Outcome {
+            changed: expired
+                .into_iter()
+                .chain(std::mem::take(&mut plan.changed))
+                .collect(),
+            set_status: plan.set_status,
+            conflict_id: plan.conflict.as_ref().map(|c| c.id.clone()),
+            current: current.first().cloned(),
+            base,
+            needs_assist: plan.needs_assist,
+            reply: None,
+        };
+        Ok(Ok((plan, outcome, current)))
+    }
+
+    /// The rows `command` touches, locked: the key's row, or for a clear
+    /// every row that is not a tombstone.
+    async fn rows_for(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        command: &Command,
+    ) -> Result<Vec<Item>, sqlx::Error> {
+        match command.key() {
+            Some(key) => Ok(items::fetch_for_write(conn, &self.db, ctx.user_id, key)
+                .await?
+                .into_iter()
+                .collect()),
+            None => items::live_rows_for_write(conn, &self.db, ctx.user_id).await,
+        }
+    }
+
+    /// Stores every changed row (`existing` says which were there before)
+    /// with its version, and the conflict the write met, if any.
+    async fn store(
+        &self,
+        conn: &mut AnyConnection,
+        changed: &[Item],
+        existing: &[Item],
+        conflict: Option<&ConflictRecord>,
+    ) -> Result<(), sqlx::Error> {
+        for item in changed {
+            let exists = existing.iter().any(|c| c.key == item.key);
+            items::store_item(conn, &self.db, item, exists).await?;
+            items::append_version(conn, &self.db, item, self.history_versions).await?;
+        }
+        if let Some(conflict) = conflict {
+            conflicts::insert(conn, &self.db, conflict).await?;
+            self.metrics
+                .conflicts
+                .with_label_values(&[conflict.strategy.as_str(), conflict.outcome.as_str()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Records `reply` as operation `op`'s, for its retries.
+    async fn remember(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        op: &Op,
+        reply: &Reply,
+    ) -> TxResult<()> {
+        let done = match op.record(reply) {
+            Ok(done) => done,
+            Err(e) => return Ok(Err(e)),
+        };
+        idempotency::record(conn, &self.db, ctx.user_id, op.id.as_str(), &done, ctx.now).await?;
+        Ok(Ok(()))
+    }
+
+    /// The first reply of operation `op`, if it was done within the
+    /// idempotency window: a retry is answered with it and applies nothing.
+    async fn replay(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        op: &Op,
+    ) -> Result<Option<Result<Outcome, ApiError>>, sqlx::Error> {
+        let window = i64::try_from(self.limits.idempotency_window.as_millis()).unwrap_or(i64::MAX);
+        let since = ctx.now.saturating_sub(window);
+        let Some(done) =
+            idempotency::find(conn, &self.db, ctx.user_id, op.id.as_str(), since).await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(op.replay(&done).map(|reply| {
+            self.metrics
+                .write_replays
+                .with_label_values(&["operation_id"])
+                .inc();
+            Outcome {
+                reply: Some(reply),
+                ..Outcome::default()
+            }
+        })))
+    }
+
+    /// For a set concurrent with the stored row: the version it was based
+    /// on, the merge base. None for every other write.
+    async fn merge_base(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        command: &Command,
+        current: Option<&Item>,
+        expired: Option<&Item>,
+    ) -> Result<Option<Item>, sqlx::Error> {
+        let (Command::Set { key, request, .. }, Some(cur)) = (command, current) else {
+            return Ok(None);
+        };
+        if !conflict::is_concurrent(cur, request.version, request.timestamp, ctx.instance_id) {
+            return Ok(None);
+        }
+        match request.version {
+            // The version that just expired is gone like the item: neither
+            // merged from nor kept in a conflict.
+            Some(v) if Some(v) == expired.map(|e| e.version - 1) => Ok(None),
+            Some(v) => items::version_at(conn, &self.db, ctx.user_id, key, v).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Marks the conflict a review settles as resolved by `written`, in the
+    /// review's own transaction. A review that lost a race (the item moved
+    /// on, `written` is None) or came second writes nothing, not even a
+    /// conflict of its own.
+    async fn mark_settled(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        settles: &Settles,
+        request: &SetRequest,
+        written: Option<&Item>,
+        current: Vec<Item>,
+    ) -> TxResult<()> {
+        let Some(item) = written else {
+            return Ok(Err(match current.into_iter().next() {
+                Some(now) => ApiError::VersionConflict {
+                    expected: request.version,
+                    current: Box::new(now),
+                    status: SetStatus::Rejected,
+                    conflict_id: Some(settles.conflict_id.clone()),
+                },
+                None => no_row(),
+            }));
+        };
+        let value = item.value.as_ref().map(|v| v.get());
+        let settled = conflicts::mark_resolved_in(
+            conn,
+            &self.db,
+            &settles.conflict_id,
+            &settles.resolver,
+            value,
+            item.seq,
+            ctx.now,
+        )
+        .await?;
+        if !settled {
+            return Ok(Err(ApiError::InvalidBody(
+                "the conflict is already resolved".into(),
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// One audit entry per changed row, in the write's transaction.
+    async fn audit_changes(
+        &self,
+        conn: &mut AnyConnection,
+        ctx: WriteCtx<'_>,
+        source: &Source,
+        changed: &[Item],
+    ) -> Result<(), sqlx::Error> {
+        let entries: Vec<audit::Entry> = changed
+            .iter()
+            .map(|i| {
+                audit::change_entry(
+                    ctx.user_id,
+                    source,
+                    &i.key,
+                    i.is_deleted,
+                    i.seq,
+                    &i.instance_id,
+                    ctx.now,
+                )
+            })
+            .collect();
+        storage::audit::insert(conn, &self.db, &entries).await
     }
 
     /// Stores `req` under `key` for the user, settling a concurrent write

@@ -103,8 +103,7 @@ pub fn plan(
     current: &[Item],
     base: Option<&Item>,
     state: UserState,
-    limits: &Limits,
-    policy: &Policy,
+    rules: Rules<'_>,
 ) -> Result<Plan, ApiError> {
     let one = |p: Planned| Plan::rows(vec![p.item], p.state);
     match command {
@@ -114,17 +113,16 @@ pub fn plan(
             assist,
             ..
         } => {
-            let p = plan_set(
-                ctx,
+            let set = Set {
                 key,
-                request,
-                current.first(),
-                base,
-                state,
-                limits,
-                policy,
+                req: request,
                 assist,
-            )?;
+            };
+            let found = Found {
+                current: current.first(),
+                base,
+            };
+            let p = plan_set(ctx, set, found, state, rules)?;
             let (changed, state) = match p.written {
                 Some(w) => (vec![w.item], w.state),
                 None => (Vec::new(), state),
@@ -246,137 +244,174 @@ pub fn is_replay(current: &Item, req: &SetRequest, instance_id: &str) -> bool {
         && ttl_same
 }
 
-/// Plans a set of `key`: a plain write, or the settlement of a concurrent one.
-#[allow(clippy::too_many_arguments)]
-pub fn plan_set(
-    ctx: WriteCtx<'_>,
-    key: &str,
-    req: &SetRequest,
-    current: Option<&Item>,
-    base: Option<&Item>,
-    state: UserState,
-    limits: &Limits,
-    policy: &Policy,
-    assist: &Assist,
-) -> Result<SetPlan, ApiError> {
-    req.validate()?;
-    if current.is_some_and(|c| is_replay(c, req, ctx.instance_id)) {
-        return Ok(SetPlan {
-            status: SetStatus::Applied,
-            written: None,
-            conflict: None,
-            needs_assist: false,
-            replayed: true,
-        });
-    }
-    let timestamp = req.timestamp.unwrap_or(ctx.now);
-    let Some(current) =
-        current.filter(|c| conflict::is_concurrent(c, req.version, req.timestamp, ctx.instance_id))
-    else {
-        let written = write_value(ctx, key, req, req.value.clone(), current, state, limits)?;
-        return Ok(SetPlan {
-            status: SetStatus::Applied,
-            written: Some(written),
+/// What every write is judged by: the store's limits and conflict policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub limits: &'a Limits,
+    pub policy: &'a Policy,
+}
+
+/// One set, as the client asked for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Set<'a> {
+    pub key: &'a str,
+    pub req: &'a SetRequest,
+    pub assist: &'a Assist,
+}
+
+/// The rows a set meets: the key's row, and for a concurrent set the
+/// version it was based on, if still kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Found<'a> {
+    pub current: Option<&'a Item>,
+    pub base: Option<&'a Item>,
+}
+
+impl SetPlan {
+    fn settled(status: SetStatus, written: Option<Planned>) -> Self {
+        Self {
+            status,
+            written,
             conflict: None,
             needs_assist: false,
             replayed: false,
+        }
+    }
+}
+
+/// Plans a set: a plain write, or the settlement of a concurrent one.
+pub fn plan_set(
+    ctx: WriteCtx<'_>,
+    set: Set<'_>,
+    found: Found<'_>,
+    state: UserState,
+    rules: Rules<'_>,
+) -> Result<SetPlan, ApiError> {
+    let req = set.req;
+    req.validate()?;
+    if found
+        .current
+        .is_some_and(|c| is_replay(c, req, ctx.instance_id))
+    {
+        return Ok(SetPlan {
+            replayed: true,
+            ..SetPlan::settled(SetStatus::Applied, None)
         });
+    }
+    let write =
+        |value, current| write_value(ctx, set.key, req, value, current, state, rules.limits);
+    let Some(current) = found
+        .current
+        .filter(|c| conflict::is_concurrent(c, req.version, req.timestamp, ctx.instance_id))
+    else {
+        let written = write(req.value.clone(), found.current)?;
+        return Ok(SetPlan::settled(SetStatus::Applied, Some(written)));
     };
-    let strategy = req.strategy_override()?.unwrap_or(policy.default_strategy);
-    let (cur_v, inc_v, base_v) = (
-        parse(current.value.as_deref()),
-        parse(Some(&req.value)),
-        base.map(|b| parse(b.value.as_deref())),
-    );
-    let cur = Contender {
-        value: &cur_v,
-        timestamp: current.timestamp,
-        instance_id: &current.instance_id,
+    let contest = Contest {
+        ctx,
+        set,
+        current,
+        base: found.base,
+        strategy: req
+            .strategy_override()?
+            .unwrap_or(rules.policy.default_strategy),
     };
-    let inc = Contender {
-        value: &inc_v,
-        timestamp,
-        instance_id: ctx.instance_id,
-    };
-    let decision = match assist {
-        Assist::Answered {
-            value,
-            against_version,
-        } if *against_version == current.version => Decision::Merged(value.clone()),
-        Assist::Answered { .. } | Assist::Failed => Decision::Review,
-        Assist::NotAsked => conflict::decide(strategy, policy, base_v.as_ref(), cur, inc),
-    };
-    let (status, written) = match decision {
+    let (status, written) = match contest.decide(rules.policy) {
         Decision::Assist => {
             return Ok(SetPlan {
-                status: SetStatus::PendingReview,
-                written: None,
-                conflict: None,
                 needs_assist: true,
-                replayed: false,
+                ..SetPlan::settled(SetStatus::PendingReview, None)
             })
         }
         Decision::Incoming => (
             SetStatus::Applied,
-            Some(write_value(
-                ctx,
-                key,
-                req,
-                req.value.clone(),
-                Some(current),
-                state,
-                limits,
-            )?),
+            Some(write(req.value.clone(), Some(current))?),
         ),
         Decision::Merged(v) => {
             let raw = serde_json::value::to_raw_value(&v)
                 .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-            (
-                SetStatus::Merged,
-                Some(write_value(
-                    ctx,
-                    key,
-                    req,
-                    raw,
-                    Some(current),
-                    state,
-                    limits,
-                )?),
-            )
+            (SetStatus::Merged, Some(write(raw, Some(current))?))
         }
         Decision::Current => (SetStatus::Rejected, None),
         Decision::Review => (SetStatus::PendingReview, None),
     };
-    let conflict = ConflictRecord {
-        id: new_id(),
-        user_id: ctx.user_id.to_string(),
-        key: key.to_string(),
-        item_id: current.id.clone(),
-        strategy,
-        outcome: status,
-        base_version: base.map(|b| b.version),
-        base_value: base.and_then(|b| b.value.as_ref().map(|v| v.get().to_string())),
-        current_version: current.version,
-        current_value: current.value.as_ref().map(|v| v.get().to_string()),
-        current_instance: current.instance_id.clone(),
-        current_ts: current.timestamp,
-        incoming_value: req.value.get().to_string(),
-        incoming_metadata: req.metadata_text().map(str::to_string),
-        incoming_instance: ctx.instance_id.to_string(),
-        incoming_ts: timestamp,
-        result_value: written
-            .as_ref()
-            .and_then(|w| w.item.value.as_ref().map(|v| v.get().to_string())),
-        result_seq: written.as_ref().map(|w| w.item.seq),
-        created_at: ctx.now,
-    };
     Ok(SetPlan {
-        status,
-        written,
-        conflict: Some(conflict),
-        needs_assist: false,
-        replayed: false,
+        conflict: Some(contest.record(status, written.as_ref())),
+        ..SetPlan::settled(status, written)
     })
+}
+
+/// A set that met a concurrent write: what its settlement reads.
+struct Contest<'a> {
+    ctx: WriteCtx<'a>,
+    set: Set<'a>,
+    current: &'a Item,
+    base: Option<&'a Item>,
+    strategy: conflict::Strategy,
+}
+
+impl Contest<'_> {
+    /// The incoming write's time: the client's clock, or the server's.
+    fn timestamp(&self) -> i64 {
+        self.set.req.timestamp.unwrap_or(self.ctx.now)
+    }
+
+    /// Who wins: the resolver's answer when it was asked (and the row did
+    /// not move on meanwhile), else the strategy.
+    fn decide(&self, policy: &Policy) -> Decision {
+        match self.set.assist {
+            Assist::Answered {
+                value,
+                against_version,
+            } if *against_version == self.current.version => Decision::Merged(value.clone()),
+            Assist::Answered { .. } | Assist::Failed => Decision::Review,
+            Assist::NotAsked => {
+                let (cur_v, inc_v, base_v) = (
+                    parse(self.current.value.as_deref()),
+                    parse(Some(&self.set.req.value)),
+                    self.base.map(|b| parse(b.value.as_deref())),
+                );
+                let cur = Contender {
+                    value: &cur_v,
+                    timestamp: self.current.timestamp,
+                    instance_id: &self.current.instance_id,
+                };
+                let inc = Contender {
+                    value: &inc_v,
+                    timestamp: self.timestamp(),
+                    instance_id: self.ctx.instance_id,
+                };
+                conflict::decide(self.strategy, policy, base_v.as_ref(), cur, inc)
+            }
+        }
+    }
+
+    /// The conflict as recorded for review and history.
+    fn record(&self, status: SetStatus, written: Option<&Planned>) -> ConflictRecord {
+        let (ctx, req, current, base) = (self.ctx, self.set.req, self.current, self.base);
+        let text = |v: &Option<Box<RawValue>>| v.as_ref().map(|v| v.get().to_string());
+        ConflictRecord {
+            id: new_id(),
+            user_id: ctx.user_id.to_string(),
+            key: self.set.key.to_string(),
+            item_id: current.id.clone(),
+            strategy: self.strategy,
+            outcome: status,
+            base_version: base.map(|b| b.version),
+            base_value: base.and_then(|b| text(&b.value)),
+            current_version: current.version,
+            current_value: text(&current.value),
+            current_instance: current.instance_id.clone(),
+            current_ts: current.timestamp,
+            incoming_value: req.value.get().to_string(),
+            incoming_metadata: req.metadata_text().map(str::to_string),
+            incoming_instance: ctx.instance_id.to_string(),
+            incoming_ts: self.timestamp(),
+            result_value: written.and_then(|w| text(&w.item.value)),
+            result_seq: written.map(|w| w.item.seq),
+            created_at: ctx.now,
+        }
+    }
 }
 
 /// The row a set writes, with `value` (the incoming one, or a merge), after
@@ -561,14 +596,20 @@ mod tests {
     ) -> Result<Planned, ApiError> {
         let p = plan_set(
             ctx,
-            "k",
-            &req(body),
-            current,
-            None,
+            Set {
+                key: "k",
+                req: &req(body),
+                assist: &Assist::NotAsked,
+            },
+            Found {
+                current,
+                base: None,
+            },
             state,
-            &limits(),
-            &policy(Strategy::Manual),
-            &Assist::NotAsked,
+            Rules {
+                limits: &limits(),
+                policy: &policy(Strategy::Manual),
+            },
         )?;
         p.written
             .ok_or(ApiError::Internal(format!("not written: {:?}", p.status)))
@@ -630,14 +671,20 @@ mod tests {
         // Planned, the retry writes nothing and is answered `applied`.
         let p = plan_set(
             CTX,
-            "k",
-            &req(body),
-            Some(current),
-            None,
+            Set {
+                key: "k",
+                req: &req(body),
+                assist: &Assist::NotAsked,
+            },
+            Found {
+                current: Some(current),
+                base: None,
+            },
             second.state,
-            &limits(),
-            &policy(Strategy::Manual),
-            &Assist::NotAsked,
+            Rules {
+                limits: &limits(),
+                policy: &policy(Strategy::Manual),
+            },
         )
         .unwrap();
         assert_eq!(
@@ -676,14 +723,20 @@ mod tests {
                     instance_id: "tablet",
                     ..CTX
                 },
-                "k",
-                &stale,
-                Some(&second.item),
-                base,
+                Set {
+                    key: "k",
+                    req: &stale,
+                    assist: &Assist::NotAsked,
+                },
+                Found {
+                    current: Some(&second.item),
+                    base,
+                },
                 second.state,
-                &limits(),
-                &policy(strategy),
-                &Assist::NotAsked,
+                Rules {
+                    limits: &limits(),
+                    policy: &policy(strategy),
+                },
             )
             .unwrap()
         };
@@ -729,28 +782,40 @@ mod tests {
         };
         let p = plan_set(
             other,
-            "k",
-            &older,
-            Some(&first.item),
-            None,
+            Set {
+                key: "k",
+                req: &older,
+                assist: &Assist::NotAsked,
+            },
+            Found {
+                current: Some(&first.item),
+                base: None,
+            },
             first.state,
-            &limits(),
-            &policy(Strategy::LastWriteWins),
-            &Assist::NotAsked,
+            Rules {
+                limits: &limits(),
+                policy: &policy(Strategy::LastWriteWins),
+            },
         )
         .unwrap();
         assert_eq!(p.status, SetStatus::Rejected);
         // The same instance rewriting its own value is not a conflict.
         let p = plan_set(
             CTX,
-            "k",
-            &older,
-            Some(&first.item),
-            None,
+            Set {
+                key: "k",
+                req: &older,
+                assist: &Assist::NotAsked,
+            },
+            Found {
+                current: Some(&first.item),
+                base: None,
+            },
             first.state,
-            &limits(),
-            &policy(Strategy::LastWriteWins),
-            &Assist::NotAsked,
+            Rules {
+                limits: &limits(),
+                policy: &policy(Strategy::LastWriteWins),
+            },
         )
         .unwrap();
         assert_eq!((p.status, p.conflict.is_none()), (SetStatus::Applied, true));
@@ -777,14 +842,20 @@ mod tests {
         let plan = |strategy| {
             plan_set(
                 tablet,
-                "k",
-                &older,
-                Some(&removed.item),
-                None,
+                Set {
+                    key: "k",
+                    req: &older,
+                    assist: &Assist::NotAsked,
+                },
+                Found {
+                    current: Some(&removed.item),
+                    base: None,
+                },
                 removed.state,
-                &limits(),
-                &policy(strategy),
-                &Assist::NotAsked,
+                Rules {
+                    limits: &limits(),
+                    policy: &policy(strategy),
+                },
             )
             .unwrap()
         };
@@ -801,14 +872,20 @@ mod tests {
         ));
         let p = plan_set(
             tablet,
-            "k",
-            &newer,
-            Some(&removed.item),
-            None,
+            Set {
+                key: "k",
+                req: &newer,
+                assist: &Assist::NotAsked,
+            },
+            Found {
+                current: Some(&removed.item),
+                base: None,
+            },
             removed.state,
-            &limits(),
-            &policy(Strategy::LastWriteWins),
-            &Assist::NotAsked,
+            Rules {
+                limits: &limits(),
+                policy: &policy(Strategy::LastWriteWins),
+            },
         )
         .unwrap();
         assert_eq!(p.status, SetStatus::Applied);
@@ -891,7 +968,7 @@ mod tests {
                 let based_on = (current.version - lag).max(1);
                 let body = format!(r#"{{"value":{},"version":{based_on},"timestamp":{ts}}}"#, n + 1);
                 let ctx = WriteCtx { instance_id: if n % 2 == 0 { "a" } else { "b" }, ..CTX };
-                let plan = plan_set(ctx, "k", &req(&body), Some(&current), None, state, &limits(), &policy(strategies[strategy]), &Assist::NotAsked).unwrap();
+                let plan = plan_set(ctx, Set { key: "k", req: &req(&body), assist: &Assist::NotAsked }, Found { current: Some(&current), base: None }, state, Rules { limits: &limits(), policy: &policy(strategies[strategy]) }).unwrap();
                 let raced = based_on != current.version;
                 if let Some(c) = &plan.conflict {
                     records += 1;
