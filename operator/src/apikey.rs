@@ -89,38 +89,15 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
         // the store's status changes; the requeue is only a safety net.
         Err(err @ (Error::StoreNotFound(_) | Error::StoreNotReady(_))) if !deleting => {
             ctx.succeeded(&uid);
-            let message = format!("Waiting: {err}.");
-            update_status(&ctx, &api, &key, |current| ApiKeyStatus {
-                observed_generation: key.metadata.generation,
-                phase: Some("Pending".into()),
-                conditions: store::resumed(merge(
-                    &current.conditions,
-                    &[Verdict::fail("Ready", err.reason(), message)],
-                    key.metadata.generation,
-                    Timestamp::now(),
-                )),
-                failures: 0,
-                ..current.clone()
-            })
-            .await?;
+            let waiting = Verdict::fail("Ready", err.reason(), format!("Waiting: {err}."));
+            not_ready(&ctx, &api, &key, "Pending", waiting, 0).await?;
             Ok(Action::requeue(STORE_WAIT))
         }
         Err(err) => {
             let failures = crate::events::failed(&ctx, KIND, key.as_ref(), &err).await;
             if !deleting {
-                let written = update_status(&ctx, &api, &key, |current| ApiKeyStatus {
-                    observed_generation: key.metadata.generation,
-                    phase: Some("Failed".into()),
-                    conditions: store::resumed(merge(
-                        &current.conditions,
-                        &[Verdict::fail("Ready", err.reason(), err.to_string())],
-                        key.metadata.generation,
-                        Timestamp::now(),
-                    )),
-                    failures,
-                    ..current.clone()
-                })
-                .await;
+                let verdict = Verdict::fail("Ready", err.reason(), err.to_string());
+                let written = not_ready(&ctx, &api, &key, "Failed", verdict, failures).await;
                 if let Err(e) = written {
                     tracing::warn!(error = %e, "status not written");
                 }
@@ -128,6 +105,31 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
             Err(err)
         }
     }
+}
+
+/// Ready=False with `phase` and `verdict` (a pause condition, if any, is
+/// gone: the key is being reconciled again).
+async fn not_ready(
+    ctx: &Context,
+    api: &Api<ApiKey>,
+    key: &ApiKey,
+    phase: &str,
+    verdict: Verdict,
+    failures: u32,
+) -> Result<()> {
+    update_status(ctx, api, key, |current| ApiKeyStatus {
+        observed_generation: key.metadata.generation,
+        phase: Some(phase.into()),
+        conditions: store::resumed(merge(
+            &current.conditions,
+            &[verdict],
+            key.metadata.generation,
+            Timestamp::now(),
+        )),
+        failures,
+        ..current.clone()
+    })
+    .await
 }
 
 /// How often a key waiting for its store looks again if no store event
@@ -348,90 +350,106 @@ async fn key_material(
     keys: &Keys,
 ) -> Result<(String, Option<String>)> {
     let ns = key.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = secret_name(key);
-    let wanted = key
+    let secret = KeySecret {
+        key,
+        ctx,
+        secrets: Api::namespaced(ctx.client.clone(), &ns),
+        name: secret_name(key),
+        wanted: key
+            .annotations()
+            .get(ROTATE_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let Some(existing) = secret.secrets.get_opt(&secret.name).await? else {
+        return secret.create(keys).await;
+    };
+    let owned = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == key.uid().as_ref());
+    if !owned {
+        return Err(Error::SecretConflict(secret.name));
+    }
+    let current = secret_value(&existing, KEY).ok_or_else(|| Error::SecretMissing {
+        name: secret.name.clone(),
+        key: KEY.into(),
+    })?;
+    let made_for = existing
         .annotations()
-        .get(ROTATE_ANNOTATION)
-        .cloned()
+        .get(ROTATION_MARK)
+        .map(String::as_str)
         .unwrap_or_default();
-    let uid = key.uid().unwrap_or_default();
-    match secrets.get_opt(&name).await? {
-        None => {
-            let fresh = generate_key(&ctx.settings.key_prefix);
-            let secret = key_secret(key, &name, &wanted, &fresh, None);
-            secrets
-                .create(
-                    &PostParams {
-                        field_manager: Some(MANAGER.into()),
-                        ..Default::default()
-                    },
-                    &secret,
-                )
-                .await?;
-            publish(
-                ctx,
-                key,
-                EventType::Normal,
-                "KeyGenerated",
-                &format!("Generated a key into Secret {name}"),
-                "Generate",
-            )
-            .await;
-            // A Secret deleted by hand took the only copy of the old key:
-            // its row can never be used again, so it is revoked.
-            if let Some(old) = key.status.as_ref().and_then(|s| s.key_id.clone()) {
-                keys.revoke(&old).await.map_err(key_err)?;
-            }
-            delete_renamed_secret(key, &secrets, &name).await?;
-            Ok((fresh, None))
+    if made_for == secret.wanted {
+        return Ok((current, secret_value(&existing, PREVIOUS)));
+    }
+    secret.rotate(&existing, current).await
+}
+
+/// The ApiKey's key Secret: where it is and which rotation request
+/// (`ROTATE_ANNOTATION`'s value) its key should have been made for.
+struct KeySecret<'a> {
+    key: &'a ApiKey,
+    ctx: &'a Context,
+    secrets: Api<Secret>,
+    name: String,
+    wanted: String,
+}
+
+impl KeySecret<'_> {
+    fn params() -> PostParams {
+        PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
         }
-        Some(existing) => {
-            let owned = existing.owner_references().iter().any(|o| o.uid == uid);
-            if !owned {
-                return Err(Error::SecretConflict(name));
-            }
-            let current = secret_value(&existing, KEY).ok_or_else(|| Error::SecretMissing {
-                name: name.clone(),
-                key: KEY.into(),
-            })?;
-            let made_for = existing
-                .annotations()
-                .get(ROTATION_MARK)
-                .cloned()
-                .unwrap_or_default();
-            if made_for == wanted {
-                return Ok((current, secret_value(&existing, PREVIOUS)));
-            }
-            let fresh = generate_key(&ctx.settings.key_prefix);
-            let mut secret = key_secret(key, &name, &wanted, &fresh, Some(&current));
-            secret.metadata.resource_version = existing.resource_version();
-            // The resourceVersion makes this a compare-and-swap: a racing
-            // reconcile fails here instead of rotating twice.
-            secrets
-                .replace(
-                    &name,
-                    &PostParams {
-                        field_manager: Some(MANAGER.into()),
-                        ..Default::default()
-                    },
-                    &secret,
-                )
-                .await?;
-            publish(
-                ctx,
-                key,
-                EventType::Normal,
-                "KeyRotated",
-                &format!(
-                    "Rotated the key in Secret {name}; the previous key stays valid for {}s",
-                    ctx.settings.rotation_grace.as_secs()
-                ),
-                "Rotate",
-            )
-            .await;
-            Ok((fresh, Some(current)))
+    }
+
+    /// A first key, into a new Secret.
+    async fn create(&self, keys: &Keys) -> Result<(String, Option<String>)> {
+        let (key, ctx, name) = (self.key, self.ctx, &self.name);
+        let fresh = generate_key(&ctx.settings.key_prefix);
+        let secret = key_secret(key, name, &self.wanted, &fresh, None);
+        self.secrets.create(&Self::params(), &secret).await?;
+        publish(
+            ctx,
+            key,
+            EventType::Normal,
+            "KeyGenerated",
+            &format!("Generated a key into Secret {name}"),
+            "Generate",
+        )
+        .await;
+        // A Secret deleted by hand took the only copy of the old key: its
+        // row can never be used again, so it is revoked.
+        if let Some(old) = key.status.as_ref().and_then(|s| s.key_id.clone()) {
+            keys.revoke(&old).await.map_err(key_err)?;
         }
+        delete_renamed_secret(key, &self.secrets, name).await?;
+        Ok((fresh, None))
+    }
+
+    /// A new key beside `current`, which becomes the previous one.
+    async fn rotate(&self, existing: &Secret, current: String) -> Result<(String, Option<String>)> {
+        let (key, ctx, name) = (self.key, self.ctx, &self.name);
+        let fresh = generate_key(&ctx.settings.key_prefix);
+        let mut secret = key_secret(key, name, &self.wanted, &fresh, Some(&current));
+        secret.metadata.resource_version = existing.resource_version();
+        // The resourceVersion makes this a compare-and-swap: a racing
+        // reconcile fails here instead of rotating twice.
+        self.secrets.replace(name, &Self::params(), &secret).await?;
+        publish(
+            ctx,
+            key,
+            EventType::Normal,
+            "KeyRotated",
+            &format!(
+                "Rotated the key in Secret {name}; the previous key stays valid for {}s",
+                ctx.settings.rotation_grace.as_secs()
+            ),
+            "Rotate",
+        )
+        .await;
+        Ok((fresh, Some(current)))
     }
 }
 

@@ -138,41 +138,13 @@ pub struct DbNames {
 /// `schemaName` that names another store's schema cannot name its role too.
 pub fn db_names(store: &SyncStore) -> Result<DbNames, crate::error::Error> {
     use crate::database::{derive_name, legacy_name, MYSQL_USER_MAX, PG_MAX};
-    use crate::error::Error;
     use syncstore_crds::Engine;
     let ns = store.namespace().unwrap_or_default();
     let name = store.name_any();
     let spec = &store.spec.database;
     let status = store.status.as_ref();
     if let Some(rec) = status.and_then(|s| s.database.as_ref()) {
-        if rec.engine != spec.engine {
-            return Err(Error::ImmutableFieldChanged(format!(
-                "spec.database.engine changed from {} to {} after provisioning; a store cannot move between engines, so change it back",
-                serde_plain(&rec.engine),
-                serde_plain(&spec.engine)
-            )));
-        }
-        let derived = [
-            derive_name(&ns, &name, PG_MAX),
-            legacy_name(&ns, &name, PG_MAX),
-        ];
-        let same = match &spec.schema_name {
-            Some(s) => *s == rec.schema,
-            None => derived.contains(&rec.schema),
-        };
-        if !same {
-            return Err(Error::ImmutableFieldChanged(format!(
-                "spec.database.schemaName changed after provisioning (the store uses {}); set it back",
-                rec.schema
-            )));
-        }
-        return Ok(DbNames {
-            engine: rec.engine,
-            schema: rec.schema.clone(),
-            role: rec.role.clone(),
-            store_id: rec.store_id.clone(),
-            legacy: false,
-        });
+        return recorded_names(store, rec);
     }
     if status.is_some_and(|s| s.schema_version.is_some()) {
         let schema = spec
@@ -205,6 +177,47 @@ pub fn db_names(store: &SyncStore) -> Result<DbNames, crate::error::Error> {
             .unwrap_or_else(|| derive_name(&ns, &name, PG_MAX)),
         role: derive_name(&ns, &name, role_max),
         store_id: derive_name(&ns, &name, PG_MAX),
+        legacy: false,
+    })
+}
+
+/// The names recorded at a store's first provisioning, if its spec still
+/// agrees with them: the engine and `schemaName` cannot change afterwards.
+fn recorded_names(
+    store: &SyncStore,
+    rec: &syncstore_crds::DatabaseStatus,
+) -> Result<DbNames, crate::error::Error> {
+    use crate::database::{derive_name, legacy_name, PG_MAX};
+    use crate::error::Error;
+    let ns = store.namespace().unwrap_or_default();
+    let name = store.name_any();
+    let spec = &store.spec.database;
+    if rec.engine != spec.engine {
+        return Err(Error::ImmutableFieldChanged(format!(
+            "spec.database.engine changed from {} to {} after provisioning; a store cannot move between engines, so change it back",
+            serde_plain(&rec.engine),
+            serde_plain(&spec.engine)
+        )));
+    }
+    let derived = [
+        derive_name(&ns, &name, PG_MAX),
+        legacy_name(&ns, &name, PG_MAX),
+    ];
+    let same = match &spec.schema_name {
+        Some(s) => *s == rec.schema,
+        None => derived.contains(&rec.schema),
+    };
+    if !same {
+        return Err(Error::ImmutableFieldChanged(format!(
+            "spec.database.schemaName changed after provisioning (the store uses {}); set it back",
+            rec.schema
+        )));
+    }
+    Ok(DbNames {
+        engine: rec.engine,
+        schema: rec.schema.clone(),
+        role: rec.role.clone(),
+        store_id: rec.store_id.clone(),
         legacy: false,
     })
 }
@@ -243,73 +256,68 @@ pub fn config_map(store: &SyncStore) -> ConfigMap {
         ),
         ("ENABLE_ANALYTICS".into(), s.analytics.enabled.to_string()),
     ]);
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            data.insert(k.to_string(), v);
+    let limits = &s.limits;
+    let geo = s.geoip.as_ref();
+    let kafka = s.kafka.as_ref();
+    let optional = [
+        ("DB_CONNECTION_LIMIT", text(s.database.connection_limit)),
+        ("DB_SSL", text(s.database.ssl)),
+        ("MAX_ITEM_SIZE_KB", text(limits.max_item_size_kb)),
+        (
+            "MAX_STORAGE_PER_USER_MB",
+            text(limits.max_storage_per_user_mb),
+        ),
+        (
+            "TTL_CLEANUP_INTERVAL_HOURS",
+            text(limits.ttl_cleanup_interval_hours),
+        ),
+        (
+            "SYNC_TOMBSTONE_RETENTION_DAYS",
+            text(limits.tombstone_retention_days),
+        ),
+        ("RATE_LIMIT_WINDOW_MS", text(s.rate_limit.window_ms)),
+        ("RATE_LIMIT_MAX_REQUESTS", text(s.rate_limit.max_requests)),
+        ("CONFLICT_RESOLVER_URL", s.conflicts.resolver_url.clone()),
+        // Empty means any origin, as the CRD says; written out so that the
+        // ConfigMap shows what the pods do.
+        (
+            "CORS_ORIGIN",
+            Some(list(&s.cors_origins).unwrap_or("*".into())),
+        ),
+        ("TRUSTED_PROXIES", list(&s.trusted_proxies)),
+        ("JWT_EXPIRES_IN", s.jwt.access_token_lifetime.clone()),
+        (
+            "JWT_REFRESH_EXPIRES_IN",
+            s.jwt.refresh_token_lifetime.clone(),
+        ),
+        ("GEOIP_DB_PATH", geo.and_then(|g| g.database_path.clone())),
+        (
+            "GEOIP_COUNTRY_HEADER",
+            geo.and_then(|g| g.country_header.clone()),
+        ),
+        ("KAFKA_BROKERS", kafka.map(|k| k.brokers.join(","))),
+        ("KAFKA_TOPIC", kafka.map(|k| k.topic.clone())),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            data.insert(name.to_string(), value);
         }
-    };
-    put(
-        "DB_CONNECTION_LIMIT",
-        s.database.connection_limit.map(|v| v.to_string()),
-    );
-    put(
-        "MAX_ITEM_SIZE_KB",
-        s.limits.max_item_size_kb.map(|v| v.to_string()),
-    );
-    put(
-        "MAX_STORAGE_PER_USER_MB",
-        s.limits.max_storage_per_user_mb.map(|v| v.to_string()),
-    );
-    put(
-        "TTL_CLEANUP_INTERVAL_HOURS",
-        s.limits.ttl_cleanup_interval_hours.map(|v| v.to_string()),
-    );
-    put(
-        "SYNC_TOMBSTONE_RETENTION_DAYS",
-        s.limits.tombstone_retention_days.map(|v| v.to_string()),
-    );
-    put(
-        "RATE_LIMIT_WINDOW_MS",
-        s.rate_limit.window_ms.map(|v| v.to_string()),
-    );
-    put(
-        "RATE_LIMIT_MAX_REQUESTS",
-        s.rate_limit.max_requests.map(|v| v.to_string()),
-    );
-    put("CONFLICT_RESOLVER_URL", s.conflicts.resolver_url.clone());
-    // Empty means any origin, as the CRD says; written out so that the
-    // ConfigMap shows what the pods do.
-    put(
-        "CORS_ORIGIN",
-        Some(if s.cors_origins.is_empty() {
-            "*".into()
-        } else {
-            s.cors_origins.join(",")
-        }),
-    );
-    put(
-        "TRUSTED_PROXIES",
-        (!s.trusted_proxies.is_empty()).then(|| s.trusted_proxies.join(",")),
-    );
-    put("DB_SSL", s.database.ssl.map(|v| v.to_string()));
-    put("JWT_EXPIRES_IN", s.jwt.access_token_lifetime.clone());
-    put(
-        "JWT_REFRESH_EXPIRES_IN",
-        s.jwt.refresh_token_lifetime.clone(),
-    );
-    if let Some(geo) = &s.geoip {
-        put("GEOIP_DB_PATH", geo.database_path.clone());
-        put("GEOIP_COUNTRY_HEADER", geo.country_header.clone());
-    }
-    if let Some(kafka) = &s.kafka {
-        put("KAFKA_BROKERS", Some(kafka.brokers.join(",")));
-        put("KAFKA_TOPIC", Some(kafka.topic.clone()));
     }
     ConfigMap {
         metadata: meta(store, names(store).config, "config"),
         data: Some(data),
         ..ConfigMap::default()
     }
+}
+
+/// A setting that may be unset, as an environment variable's text.
+fn text<T: ToString>(v: Option<T>) -> Option<String> {
+    v.map(|v| v.to_string())
+}
+
+/// A comma-separated list, or None for an empty one.
+fn list(items: &[String]) -> Option<String> {
+    (!items.is_empty()).then(|| items.join(","))
 }
 
 /// An enum's serde name (`LAST_WRITE_WINS`, …).

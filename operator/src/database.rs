@@ -449,90 +449,100 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
             "the generated database password is malformed".into(),
         ));
     }
+    match target.engine {
+        Engine::Postgres => provision_postgres(admin_url, target, password).await,
+        Engine::Mysql => provision_mysql(admin_url, target, password).await,
+    }
+}
+
+/// [`provision`] on PostgreSQL: one transaction under the operator's
+/// advisory lock; the marks are comments on the schema and the role.
+async fn provision_postgres(admin_url: &str, target: &Target, password: &str) -> Result<()> {
     let (r, s) = (&target.role, &target.schema);
     let mark = target.owner.mark();
-    match target.engine {
-        Engine::Postgres => {
-            let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
-            let mut tx = pg_locked(&mut conn).await?;
-            claim_schema("schema", s, &pg_schema(&mut tx, s).await?, target)?;
-            let role = pg_role(&mut tx, r).await?;
-            claim("role", r, &role, target)?;
-            let verb = if role == Found::Absent {
-                "CREATE"
-            } else {
-                "ALTER"
-            };
-            tx.execute(format!("{verb} ROLE \"{r}\" WITH LOGIN PASSWORD '{password}'").as_str())
-                .await
-                .map_err(provisioning)?;
-            let member = sqlx::query("SELECT pg_has_role(current_user, $1, 'MEMBER')")
-                .bind(r)
-                .fetch_one(&mut *tx)
-                .await
-                .and_then(|row| row.try_get::<bool, _>(0))
-                .map_err(provisioning)?;
-            if !member {
-                // CREATE SCHEMA … AUTHORIZATION needs membership in the owner.
-                tx.execute(format!("GRANT \"{r}\" TO CURRENT_USER").as_str())
-                    .await
-                    .map_err(provisioning)?;
-            }
-            let database = quoted_database(&mut tx).await?;
-            for ddl in [
-                format!("CREATE SCHEMA IF NOT EXISTS \"{s}\" AUTHORIZATION \"{r}\""),
-                format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{r}\""),
-                format!("ALTER ROLE \"{r}\" SET search_path = \"{s}\""),
-                format!("COMMENT ON SCHEMA \"{s}\" IS {}", literal(&mark)),
-                format!("COMMENT ON ROLE \"{r}\" IS {}", literal(&mark)),
-            ] {
-                tx.execute(ddl.as_str()).await.map_err(provisioning)?;
-            }
-            tx.commit().await.map_err(provisioning)?;
-            let _ = conn.close().await;
-        }
-        Engine::Mysql => {
-            let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
-            let result = mysql_locked(&mut conn, async |conn| {
-                let found = mysql_found(conn, target).await?;
-                claim_schema("database", s, &found.database, target)?;
-                claim("user", r, &found.user, target)?;
-                for ddl in [
-                    format!(
-                        "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
-                    ),
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS `{s}`.`{OWNER_TABLE}` (id INT NOT NULL PRIMARY KEY, \
-                         mark TEXT NOT NULL, role_name VARCHAR(80) NOT NULL)"
-                    ),
-                ] {
-                    conn.execute(ddl.as_str()).await.map_err(provisioning)?;
-                }
-                // The row goes in before the user exists, so a crash in
-                // between leaves a user that is already recorded as ours.
-                sqlx::query(&format!(
-                    "REPLACE INTO `{s}`.`{OWNER_TABLE}` (id, mark, role_name) VALUES (1, ?, ?)"
-                ))
-                .bind(&mark)
-                .bind(r)
-                .execute(&mut *conn)
-                .await
-                .map_err(provisioning)?;
-                for ddl in [
-                    format!("CREATE USER IF NOT EXISTS '{r}'@'%' IDENTIFIED BY '{password}'"),
-                    format!("ALTER USER '{r}'@'%' IDENTIFIED BY '{password}'"),
-                    format!("GRANT ALL PRIVILEGES ON `{s}`.* TO '{r}'@'%'"),
-                ] {
-                    conn.execute(ddl.as_str()).await.map_err(provisioning)?;
-                }
-                Ok(())
-            })
-            .await;
-            let _ = conn.close().await;
-            result?;
-        }
+    let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
+    let mut tx = pg_locked(&mut conn).await?;
+    claim_schema("schema", s, &pg_schema(&mut tx, s).await?, target)?;
+    let role = pg_role(&mut tx, r).await?;
+    claim("role", r, &role, target)?;
+    let verb = if role == Found::Absent {
+        "CREATE"
+    } else {
+        "ALTER"
+    };
+    tx.execute(format!("{verb} ROLE \"{r}\" WITH LOGIN PASSWORD '{password}'").as_str())
+        .await
+        .map_err(provisioning)?;
+    let member = sqlx::query("SELECT pg_has_role(current_user, $1, 'MEMBER')")
+        .bind(r)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get::<bool, _>(0))
+        .map_err(provisioning)?;
+    if !member {
+        // CREATE SCHEMA … AUTHORIZATION needs membership in the owner.
+        tx.execute(format!("GRANT \"{r}\" TO CURRENT_USER").as_str())
+            .await
+            .map_err(provisioning)?;
     }
+    let database = quoted_database(&mut tx).await?;
+    for ddl in [
+        format!("CREATE SCHEMA IF NOT EXISTS \"{s}\" AUTHORIZATION \"{r}\""),
+        format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{r}\""),
+        format!("ALTER ROLE \"{r}\" SET search_path = \"{s}\""),
+        format!("COMMENT ON SCHEMA \"{s}\" IS {}", literal(&mark)),
+        format!("COMMENT ON ROLE \"{r}\" IS {}", literal(&mark)),
+    ] {
+        tx.execute(ddl.as_str()).await.map_err(provisioning)?;
+    }
+    tx.commit().await.map_err(provisioning)?;
+    let _ = conn.close().await;
     Ok(())
+}
+
+/// [`provision`] on MariaDB/MySQL, under the operator's named lock (DDL
+/// commits implicitly there); the mark is a row in the database itself.
+async fn provision_mysql(admin_url: &str, target: &Target, password: &str) -> Result<()> {
+    let (r, s) = (&target.role, &target.schema);
+    let mark = target.owner.mark();
+    let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
+    let result = mysql_locked(&mut conn, async |conn| {
+        let found = mysql_found(conn, target).await?;
+        claim_schema("database", s, &found.database, target)?;
+        claim("user", r, &found.user, target)?;
+        for ddl in [
+            format!(
+                "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{s}`.`{OWNER_TABLE}` (id INT NOT NULL PRIMARY KEY, \
+                 mark TEXT NOT NULL, role_name VARCHAR(80) NOT NULL)"
+            ),
+        ] {
+            conn.execute(ddl.as_str()).await.map_err(provisioning)?;
+        }
+        // The row goes in before the user exists, so a crash in between
+        // leaves a user that is already recorded as ours.
+        sqlx::query(&format!(
+            "REPLACE INTO `{s}`.`{OWNER_TABLE}` (id, mark, role_name) VALUES (1, ?, ?)"
+        ))
+        .bind(&mark)
+        .bind(r)
+        .execute(&mut *conn)
+        .await
+        .map_err(provisioning)?;
+        for ddl in [
+            format!("CREATE USER IF NOT EXISTS '{r}'@'%' IDENTIFIED BY '{password}'"),
+            format!("ALTER USER '{r}'@'%' IDENTIFIED BY '{password}'"),
+            format!("GRANT ALL PRIVILEGES ON `{s}`.* TO '{r}'@'%'"),
+        ] {
+            conn.execute(ddl.as_str()).await.map_err(provisioning)?;
+        }
+        Ok(())
+    })
+    .await;
+    let _ = conn.close().await;
+    result
 }
 
 /// Drops the schema (or database) and the role, for `deletionPolicy: Delete`,

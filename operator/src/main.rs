@@ -76,20 +76,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    // Credentials are masked in every line (API keys by the prefix the
-    // operator generates them with, passwords in SQL and URLs, tokens).
-    let redactor = syncstore::telemetry::Redactor::new(&args.key_prefix, []);
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(syncstore::telemetry::Redacting::new(
-            std::io::stderr,
-            redactor,
-        ))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
-                .unwrap_or_else(|_| "info,kube=warn,sqlx=warn".into()),
-        )
-        .init();
+    init_logging(&args.key_prefix);
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -109,26 +96,11 @@ async fn run(args: RunArgs) -> ExitCode {
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let metrics = Metrics::default();
 
-    // Served by standby replicas too, so their liveness probe passes.
-    let listener = match tokio::net::TcpListener::bind(args.http_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, addr = %args.http_addr, "cannot listen");
-            return ExitCode::from(2);
-        }
-    };
     let health = Health::new(args.health_watch_grace);
-    let router = server::router(metrics.clone(), health.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-
-    let (terminate_tx, terminate_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        let _ = terminate_tx.send(true);
-    });
+    if let Err(code) = serve_probes(args.http_addr, &metrics, &health).await {
+        return code;
+    }
+    let terminate_rx = on_signal();
 
     let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(&lease_namespace)
@@ -153,30 +125,13 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     tracing::info!(identity = %identity, "leading");
 
-    // Stops the controllers on a signal, or when leadership is lost (then
-    // the process exits non-zero and restarts as a standby).
-    let mut lost = leader.clone();
-    let mut term = terminate_rx.clone();
     let fenced = fence(
         client.clone(),
         lease_namespace.clone(),
         args.lease_name.clone(),
         identity.clone(),
     );
-    let shutdown = async move {
-        tokio::select! {
-            _ = lost.wait_for(|held| !*held) => tracing::error!("lost leadership"),
-            _ = term.wait_for(|t| *t) => {}
-            () = fenced => {
-                // Another replica may lead in a few seconds: stop writing at
-                // once, without waiting for reconciles in flight.
-                tracing::error!("leadership not confirmed for {} s; exiting", FENCE.as_secs());
-                std::process::exit(1);
-            }
-        }
-    }
-    .boxed()
-    .shared();
+    let shutdown = stop_when(leader.clone(), terminate_rx.clone(), fenced);
 
     let settings = Settings {
         rotation_grace: args.key_rotation_grace,
@@ -195,6 +150,80 @@ async fn run(args: RunArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// JSON lines on stderr, with credentials masked in every line (API keys
+/// by the prefix the operator generates them with, passwords in SQL and
+/// URLs, tokens).
+fn init_logging(key_prefix: &str) {
+    let redactor = syncstore::telemetry::Redactor::new(key_prefix, []);
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(syncstore::telemetry::Redacting::new(
+            std::io::stderr,
+            redactor,
+        ))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+                .unwrap_or_else(|_| "info,kube=warn,sqlx=warn".into()),
+        )
+        .init();
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, served by standby replicas too, so
+/// their liveness probe passes.
+async fn serve_probes(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<(), ExitCode> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, %addr, "cannot listen");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let router = server::router(metrics.clone(), health.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(())
+}
+
+/// Turns true on SIGTERM or Ctrl-C.
+fn on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (terminate_tx, terminate_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = terminate_tx.send(true);
+    });
+    terminate_rx
+}
+
+/// Stops the controllers on a signal, or when leadership is lost (then the
+/// process exits non-zero and restarts as a standby); exits at once when
+/// the Lease could not be confirmed in time.
+fn stop_when(
+    mut lost: tokio::sync::watch::Receiver<bool>,
+    mut term: tokio::sync::watch::Receiver<bool>,
+    fenced: impl std::future::Future<Output = ()> + Send + 'static,
+) -> futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>> {
+    async move {
+        tokio::select! {
+            _ = lost.wait_for(|held| !*held) => tracing::error!("lost leadership"),
+            _ = term.wait_for(|t| *t) => {}
+            () = fenced => {
+                // Another replica may lead in a few seconds: stop writing at
+                // once, without waiting for reconciles in flight.
+                tracing::error!("leadership not confirmed for {} s; exiting", FENCE.as_secs());
+                std::process::exit(1);
+            }
+        }
+    }
+    .boxed()
+    .shared()
 }
 
 /// How long a leader may go without confirming that it holds the Lease:
