@@ -219,11 +219,18 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         update_status(ctx, &api, store, |current| pending(store, current)).await?;
     }
     let n = names(store);
-    let (generated, created) = ensure_secret(
-        &ctx.client,
-        &children::generated_secret(store, &mut random_token),
-    )
-    .await?;
+    // A spec the data plane would refuse, or one that changes what cannot
+    // change, is refused before anything is made for it, the Secret of
+    // generated credentials included: checked against the Secret the store
+    // has, or the one it would get.
+    let candidate = children::generated_secret(store, &mut random_token);
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let existing = secrets.get_opt(&n.generated).await?;
+    check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
+    let db_names = children::db_names(store)?;
+
+    let (generated, created) = ensure_secret(&ctx.client, &candidate).await?;
     if created {
         announce_generated(ctx, store, &n.generated).await;
     }
@@ -231,10 +238,6 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         name: n.generated.clone(),
         key: "DB_PASSWORD".into(),
     })?;
-
-    check_spec(store, ctx, &generated).await?;
-
-    let db_names = children::db_names(store)?;
     let (url, database) = match provision_database(ctx, store, &db_names, &password).await {
         Ok(p) => (p.url.clone(), Ok(p)),
         Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {

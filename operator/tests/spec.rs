@@ -264,6 +264,10 @@ fn specs_the_pods_would_refuse_are_invalid_before_rollout() {
         assert!(!message.contains('\n') && !message.contains("Status {"));
         assert!(c.get("deployment", name).is_none(), "nothing rolled out");
         assert!(c.get("configmap", &format!("{name}-config")).is_none());
+        assert!(
+            c.get("secret", &format!("{name}-secrets")).is_none(),
+            "no credentials are generated for a refused store"
+        );
         let events = c.kubectl(&["get", "events", "-o", "json"]);
         assert!(events.contains("InvalidSpec"), "{events}");
     }
