@@ -6,10 +6,10 @@ use serde_json::{json, Value};
 
 use super::extract::QueryParams;
 use crate::{
+    audit::Filter,
     auth::{Principal, Scope},
     error::ApiError,
     state::AppState,
-    storage::audit,
     text,
 };
 
@@ -56,7 +56,7 @@ pub async fn list(
             text::check(field, v, text::KEY).map_err(text::Invalid::query)?;
         }
     }
-    let filter = audit::Filter {
+    let filter = Filter {
         actor: p.user_id.as_deref(),
         key_id: p.key_id.as_deref(),
         action: p.action.as_deref(),
@@ -67,7 +67,7 @@ pub async fn list(
         before: p.cursor.as_deref(),
         limit,
     };
-    let entries = audit::query(state.sync.db(), &filter).await?;
+    let entries = state.audit.entries(&filter).await?;
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.id.clone()))
         .flatten();

@@ -18,18 +18,15 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     if state.shutting_down() {
         return Err(ApiError::ServiceUnavailable);
     }
-    if state.sync.db().ping().await {
-        Ok(Json(
-            json!({ "status": "ready", "database": state.sync.db().dialect().name() }),
-        ))
-    } else {
-        Err(ApiError::ServiceUnavailable)
+    match state.sync.database_ready().await {
+        Some(database) => Ok(Json(json!({ "status": "ready", "database": database }))),
+        None => Err(ApiError::ServiceUnavailable),
     }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let (size, idle) = state.sync.db().pool_stats();
+    let (size, idle) = state.sync.pool_stats();
     state.metrics.db_pool_size.set(i64::from(size));
     state
         .metrics

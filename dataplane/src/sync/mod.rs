@@ -167,6 +167,22 @@ impl SyncService {
         &self.db
     }
 
+    /// The database engine's name (`sqlite`, `postgres`, `mysql`) if the
+    /// database answers now, for `/ready`.
+    pub async fn database_ready(&self) -> Option<&'static str> {
+        if self.db.ping().await {
+            Some(self.db.dialect().name())
+        } else {
+            None
+        }
+    }
+
+    /// The connection pool's open and idle connections, for the gauges of
+    /// `/metrics`.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        self.db.pool_stats()
+    }
+
     /// Runs one write transaction, retrying it when the database chose it as
     /// a deadlock victim or a lock was busy.
     async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, ApiError>
