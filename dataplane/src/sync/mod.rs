@@ -60,12 +60,13 @@ pub struct Outcome {
 }
 
 /// The writer's reply to a set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetReply {
     pub status: SetStatus,
     /// The item as it now is (the current one when the write lost).
     pub item: Item,
+    /// The conflict this write caused, when it was concurrent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict_id: Option<String>,
 }
@@ -87,25 +88,30 @@ impl SetReply {
 }
 
 /// The reply to a remove.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Removed {
-    #[serde(skip_deserializing, default = "removed")]
-    pub status: &'static str,
+    pub status: RemovedStatus,
     pub key: String,
     pub seq: i64,
     pub version: i64,
 }
 
-fn removed() -> &'static str {
-    "removed"
+/// A remove's `status`: always `removed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovedStatus {
+    #[default]
+    Removed,
 }
 
 /// The reply to a clear: how many items went, and the seq range they took.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cleared {
+    /// How many items were removed.
     pub cleared: usize,
+    /// The user's latest seq once the clear is done.
     pub last_seq: i64,
 }
 
