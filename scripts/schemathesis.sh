@@ -23,7 +23,12 @@ BIN="${SYNCSTORE_BIN:-$CARGO_TARGET_DIR/debug/syncstore}"
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 key="sk_live_schemathesis_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# User tokens are configured, so the typed /auth/* bodies reach the token
+# code instead of 503 TOKENS_DISABLED.
+jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+jwt_refresh_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 SYNCSTORE_DATA_DIR="$work" PORT="$port" BOOTSTRAP_API_KEY="$key" BOOTSTRAP_USER_ID=fuzz \
+  JWT_SECRET="$jwt_secret" JWT_REFRESH_SECRET="$jwt_refresh_secret" \
   RATE_LIMIT_MAX_REQUESTS=100000000 LOG_LEVEL=warn "$BIN" serve 2> "$work/server.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT

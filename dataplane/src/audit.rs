@@ -28,12 +28,13 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::{
+    error::ApiError,
     metrics::Metrics,
     storage::{audit, now_ms, Db},
 };
 
-/// The row type is storage's; the queue and its rules are here.
-pub use crate::storage::audit::Entry;
+/// The row types are storage's; the queue and its rules are here.
+pub use crate::storage::audit::{Entry, Filter, Row};
 
 /// Who asked for a change and through what: what the audit entry of a
 /// committed write carries besides the change itself.
@@ -160,6 +161,9 @@ impl Denials {
 
 #[derive(Clone)]
 pub struct Auditor {
+    /// Where the trail is read from (`GET /audit`); the writer task has
+    /// its own handle.
+    db: Db,
     tx: mpsc::Sender<Entry>,
     denials: Arc<Mutex<Denials>>,
     metrics: Arc<Metrics>,
@@ -169,8 +173,9 @@ impl Auditor {
     /// Starts the writer task and the task that writes each window's denials.
     pub fn start(db: Db, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(db, rx, metrics.clone()));
+        tokio::spawn(write_loop(db.clone(), rx, metrics.clone()));
         let auditor = Self {
+            db,
             tx,
             denials: Arc::default(),
             metrics,
@@ -195,6 +200,11 @@ impl Auditor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add(ip, code, key_id, now_ms());
+    }
+
+    /// The entries `filter` selects, newest first (`GET /audit`).
+    pub async fn entries(&self, filter: &Filter<'_>) -> Result<Vec<Row>, ApiError> {
+        Ok(audit::query(&self.db, filter).await?)
     }
 
     /// Queues an entry for the writer, waiting while the queue is full:

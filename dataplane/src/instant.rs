@@ -20,11 +20,16 @@ pub fn parse(text: &str) -> Result<i64, String> {
         })
 }
 
-/// Either form, as serde sees it.
-#[derive(Deserialize)]
+/// A time as a client writes it: either form.
+// Also the OpenAPI schema of such a time, so the two cannot differ.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum Written {
+#[schema(as = Instant)]
+pub enum Written {
+    /// Unix milliseconds.
     Millis(i64),
+    /// Unix milliseconds as digits, or an RFC 3339 date-time
+    /// (`2026-12-01T00:00:00Z`).
     Text(String),
 }
 

@@ -13,6 +13,20 @@ use std::sync::Arc;
 /// `syncstore-scopes` crate so the CRDs' enum is generated from it.
 pub use syncstore_scopes::Scope;
 
+/// The OpenAPI schema of a list of scopes, each one of [`Scope::ALL`] as
+/// serde writes it (`#[schema(schema_with = …)]`: `Scope` is another
+/// crate's, so it cannot derive the schema here).
+pub fn scope_list() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(Scope::ALL.map(Scope::as_str))),
+        )
+        .build()
+}
+
 /// A stored API key (never the key itself).
 #[derive(Debug, Clone)]
 pub struct ApiKey {

@@ -59,13 +59,17 @@ struct RefreshClaims {
 }
 
 /// A token pair, as `/auth/token` and `/auth/refresh` return it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Issued {
+    /// A JWT, sent as `Authorization: Bearer …`.
     pub access_token: String,
+    /// Spent by `/auth/refresh`, revoked with its family by `/auth/logout`.
     pub refresh_token: String,
     /// Access token lifetime in seconds.
     pub expires_in: u64,
+    /// Always `Bearer`.
+    #[schema(value_type = String, example = "Bearer")]
     pub token_type: &'static str,
 }
 

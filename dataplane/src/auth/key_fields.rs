@@ -8,29 +8,37 @@ use crate::{error::ApiError, storage::keys::KeyView, text};
 
 /// The body of create and patch, in the seed's field names. On a patch an
 /// absent field is left alone; `null` clears a nullable one.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyFields {
     pub name: Option<String>,
+    /// On create, the owner (default: the caller's user).
     pub user_id: Option<String>,
     pub is_active: Option<bool>,
     /// Unix ms or RFC 3339 (the seed's DateTime); `null` never expires.
     #[serde(default, deserialize_with = "crate::instant::present")]
+    #[schema(value_type = Option<crate::instant::Written>)]
     pub expires_at: Option<Option<i64>>,
     pub can_read: Option<bool>,
     pub can_write: Option<bool>,
+    #[schema(schema_with = crate::access::scope_list)]
     pub scopes: Option<Vec<Scope>>,
     pub ip_restrictions: Option<Vec<String>>,
     pub country_restrictions: Option<Vec<String>>,
     pub domain_restrictions: Option<Vec<String>>,
     pub user_agent_patterns: Option<Vec<String>>,
+    /// Requests per minute; `null` clears the quota.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     pub quota_per_minute: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     pub quota_per_hour: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     pub quota_per_day: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     pub quota_per_month: Option<Option<i64>>,
 }
 

@@ -17,4 +17,4 @@ pub use principal::{Authenticator, Credential, Principal};
 
 /// The credential types and pure rules live one layer down, in `access`;
 /// they are re-exported here, where callers look for them.
-pub use crate::access::{client_addr, policy, restrictions, ApiKey, NewKey, Scope};
+pub use crate::access::{client_addr, policy, restrictions, scope_list, ApiKey, NewKey, Scope};

@@ -41,7 +41,9 @@ impl FromStr for Strategy {
 }
 
 /// How a set ended, for the writer's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SetStatus {
     Applied,

@@ -7,28 +7,38 @@ use serde_json::value::RawValue;
 ///
 /// `value` and `metadata` stay as the JSON text that was stored, so a read
 /// never parses and re-serialises them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+// The schema derive describes this serialisation for the OpenAPI document.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Item {
     pub id: String,
     pub user_id: String,
+    /// The device that wrote this version.
     pub instance_id: String,
     pub key: String,
+    /// Any JSON, as it was written.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Option<Box<RawValue>>,
+    /// An object, as it was written.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
+    /// Counts the item's changes, from 1.
     pub version: i64,
     /// The client's clock, in Unix milliseconds.
     pub timestamp: i64,
+    /// The server's time of the write.
     #[serde(
         serialize_with = "ms_as_rfc3339",
         deserialize_with = "crate::instant::required"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub last_modified: i64,
     pub is_deleted: bool,
     /// Bytes of `value` plus `metadata` as stored.
     pub size: i64,
     pub compression_type: Option<String>,
     pub encryption_type: Option<String>,
+    #[schema(value_type = Option<Vec<String>>)]
     pub tags: Option<Box<RawValue>>,
     /// Expiry time, if any.
     #[serde(
@@ -36,8 +46,10 @@ pub struct Item {
         deserialize_with = "crate::instant::option",
         default
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ttl: Option<i64>,
     pub priority: i64,
+    /// The user's sequence number of the item's last change.
     pub seq: i64,
 }
 

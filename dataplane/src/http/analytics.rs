@@ -49,7 +49,7 @@ fn user_param(raw: Option<&str>) -> Result<Option<String>, ApiError> {
     Ok(Some(user.into_owned()))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/dashboard", tag = "analytics", params(WindowParams), responses((status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Dashboard)))]
+#[utoipa::path(get, path = "/analytics/dashboard", tag = "analytics", params(WindowParams), responses((status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Dashboard)))]
 pub async fn dashboard(
     State(state): State<AppState>,
     who: Principal,
@@ -59,7 +59,7 @@ pub async fn dashboard(
     Ok(Json(state.reports.dashboard(&viewer, q.as_deref()).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/realtime", tag = "analytics", responses((status = 200, description = "Sockets now and operations per second, all pods", body = Realtime)))]
+#[utoipa::path(get, path = "/analytics/realtime", tag = "analytics", responses((status = 200, description = "Sockets now and operations per second, all pods", body = Realtime)))]
 pub async fn realtime(
     State(state): State<AppState>,
     who: Principal,
@@ -67,7 +67,7 @@ pub async fn realtime(
     Ok(Json(state.reports.realtime(&who.analytics_viewer()).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "The user's totals and series", body = UserReport)))]
+#[utoipa::path(get, path = "/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "The user's totals and series", body = UserReport)))]
 pub async fn user(
     State(state): State<AppState>,
     who: Principal,
@@ -80,7 +80,7 @@ pub async fn user(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Sessions and operations", body = Engagement)))]
+#[utoipa::path(get, path = "/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Sessions and operations", body = Engagement)))]
 pub async fn engagement(
     State(state): State<AppState>,
     who: Principal,
@@ -96,7 +96,7 @@ pub async fn engagement(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Top keys, prefixes, hours, devices", body = Behavior)))]
+#[utoipa::path(get, path = "/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Top keys, prefixes, hours, devices", body = Behavior)))]
 pub async fn behavior(
     State(state): State<AppState>,
     who: Principal,
@@ -109,7 +109,7 @@ pub async fn behavior(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Usage", body = KeyReport)))]
+#[utoipa::path(get, path = "/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Usage", body = KeyReport)))]
 pub async fn api_key(
     State(state): State<AppState>,
     who: Principal,
@@ -120,7 +120,7 @@ pub async fn api_key(
     Ok(Json(state.reports.key(&viewer, &id, q.as_deref()).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Denials by reason, IP and country", body = KeySecurity)))]
+#[utoipa::path(get, path = "/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Denials by reason, IP and country", body = KeySecurity)))]
 pub async fn api_key_security(
     State(state): State<AppState>,
     who: Principal,
@@ -136,7 +136,7 @@ pub async fn api_key_security(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Series and change", body = KeyTrends)))]
+#[utoipa::path(get, path = "/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Series and change", body = KeyTrends)))]
 pub async fn api_key_trends(
     State(state): State<AppState>,
     who: Principal,
@@ -149,7 +149,7 @@ pub async fn api_key_trends(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Totals and series", body = InstanceReport)))]
+#[utoipa::path(get, path = "/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Totals and series", body = InstanceReport)))]
 pub async fn instance(
     State(state): State<AppState>,
     who: Principal,
@@ -166,7 +166,7 @@ pub async fn instance(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Latency percentiles", body = InstancePerformance)))]
+#[utoipa::path(get, path = "/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Latency percentiles", body = InstancePerformance)))]
 pub async fn instance_performance(
     State(state): State<AppState>,
     who: Principal,
@@ -181,7 +181,7 @@ pub async fn instance_performance(
     Ok(Json(report.await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = InstanceHealth)))]
+#[utoipa::path(get, path = "/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = InstanceHealth)))]
 pub async fn instance_health(
     State(state): State<AppState>,
     who: Principal,

@@ -1,15 +1,15 @@
 //! `GET /api/v1/audit`: the audit trail, newest first, for admin keys.
 
 use axum::{extract::State, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::QueryParams;
 use crate::{
+    audit::{Filter, Row},
     auth::{Principal, Scope},
     error::ApiError,
     state::AppState,
-    storage::audit,
     text,
 };
 
@@ -33,12 +33,21 @@ pub struct Params {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("target" = Option<String>, Query, description = "Target (item key, key id, …)"), ("requestId" = Option<String>, Query, description = "X-Request-Id of the request that wrote it"), ("from" = Option<String>, Query, description = "Unix ms or RFC 3339, inclusive"), ("to" = Option<String>, Query, description = "Unix ms or RFC 3339"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "{entries, nextCursor}", body = Object)))]
+/// One page of the trail, newest first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    pub entries: Vec<Row>,
+    /// The `cursor` of the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("target" = Option<String>, Query, description = "Target (item key, key id, …)"), ("requestId" = Option<String>, Query, description = "X-Request-Id of the request that wrote it"), ("from" = Option<String>, Query, description = "Unix ms or RFC 3339, inclusive"), ("to" = Option<String>, Query, description = "Unix ms or RFC 3339"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "Entries, newest first, and the cursor of the next page", body = AuditPage)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
     QueryParams(p): QueryParams<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     who.require(Scope::Admin)?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -56,7 +65,7 @@ pub async fn list(
             text::check(field, v, text::KEY).map_err(text::Invalid::query)?;
         }
     }
-    let filter = audit::Filter {
+    let filter = Filter {
         actor: p.user_id.as_deref(),
         key_id: p.key_id.as_deref(),
         action: p.action.as_deref(),
@@ -67,9 +76,12 @@ pub async fn list(
         before: p.cursor.as_deref(),
         limit,
     };
-    let entries = audit::query(state.sync.db(), &filter).await?;
-    let next = (entries.len() as i64 == limit)
+    let entries = state.audit.entries(&filter).await?;
+    let next_cursor = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.id.clone()))
         .flatten();
-    Ok(Json(json!({ "entries": entries, "nextCursor": next })))
+    Ok(Json(AuditPage {
+        entries,
+        next_cursor,
+    }))
 }

@@ -1,8 +1,8 @@
 //! `/api/v1/auth/*`: user tokens for apps' backends to hand to their users.
 
 use axum::{extract::State, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::JsonBody;
 use crate::{
@@ -13,23 +13,34 @@ use crate::{
     sync::validate_user_id,
 };
 
-#[derive(Deserialize)]
+/// The body of `POST /auth/token`.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRequest {
+    /// The user the token acts as.
     user_id: String,
     /// Narrower scopes than the issuing key's; default read and write.
     #[serde(default)]
+    #[schema(schema_with = crate::auth::scope_list)]
     scopes: Option<Vec<Scope>>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /auth/refresh` and `/auth/logout`.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshRequest {
     refresh_token: String,
 }
 
+/// The answer to a logout.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    /// Always true.
+    revoked: bool,
+}
+
 /// `POST /auth/token {userId, scopes?}` with a `tokens:issue` key.
-#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body(content = Object, description = "{userId?, scopes?}"), responses((status = 200, description = "{accessToken, refreshToken, expiresIn}", body = Object)))]
+#[utoipa::path(post, path = "/auth/token", tag = "auth", request_body(content = TokenRequest, description = "The user, and scopes if narrower"), responses((status = 200, description = "A token pair", body = Issued)))]
 pub async fn token(
     State(state): State<AppState>,
     who: Principal,
@@ -62,7 +73,7 @@ pub async fn token(
 }
 
 /// `POST /auth/refresh {refreshToken}`: a new pair; the old token is spent.
-#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body(content = Object, description = "{refreshToken}"), responses((status = 200, description = "A new token pair", body = Object)))]
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "A new token pair", body = Issued)))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
@@ -75,11 +86,11 @@ pub async fn refresh(
 }
 
 /// `POST /auth/logout {refreshToken}`: revokes the token's whole family.
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Object, description = "{refreshToken}"), responses((status = 200, description = "The token family is revoked", body = Object)))]
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "The token family is revoked", body = Revoked)))]
 pub async fn logout(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     state.auth.tokens()?.logout(&body.refresh_token).await?;
-    Ok(Json(json!({ "revoked": true })))
+    Ok(Json(Revoked { revoked: true }))
 }

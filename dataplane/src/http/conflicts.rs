@@ -36,7 +36,7 @@ fn fifty() -> i64 {
 }
 
 /// `GET /conflicts?status=pending&limit=&offset=`: the review queue, oldest first.
-#[utoipa::path(get, path = "/api/v1/sync-storage/conflicts", tag = "conflicts", params(("status" = Option<String>, Query, description = "pending (default) or resolved"), ("limit" = Option<i64>, Query, description = "1 to 500 (default 50)"), ("offset" = Option<i64>, Query, description = "Conflicts to skip (default 0)")), responses((status = 200, description = "Conflicts, oldest first", body = QueuePage)))]
+#[utoipa::path(get, path = "/sync-storage/conflicts", tag = "conflicts", params(("status" = Option<String>, Query, description = "pending (default) or resolved"), ("limit" = Option<i64>, Query, description = "1 to 500 (default 50)"), ("offset" = Option<i64>, Query, description = "Conflicts to skip (default 0)")), responses((status = 200, description = "Conflicts, oldest first", body = QueuePage)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
@@ -50,7 +50,7 @@ pub async fn list(
 }
 
 /// `GET /conflicts/history/{itemId}`: by item id or key, newest first.
-#[utoipa::path(get, path = "/api/v1/sync-storage/conflicts/history/{item}", tag = "conflicts", params(("item" = String, Path, description = "Item id or key")), responses((status = 200, description = "The item's conflicts, newest first", body = Vec<Conflict>)))]
+#[utoipa::path(get, path = "/sync-storage/conflicts/history/{*item}", tag = "conflicts", params(("item" = String, Path, description = "Item id or key")), responses((status = 200, description = "The item's conflicts, newest first", body = Vec<Conflict>)))]
 pub async fn history(
     State(state): State<AppState>,
     who: Principal,
@@ -62,7 +62,7 @@ pub async fn history(
 
 /// `GET /conflicts/stats`: counts by strategy and outcome in 1 h, 24 h and
 /// 7 d, and the share settled (automatically or by review).
-#[utoipa::path(get, path = "/api/v1/sync-storage/conflicts/stats", tag = "conflicts", responses((status = 200, description = "Counts by strategy and outcome over 1 h, 24 h and 7 d", body = ConflictStats)))]
+#[utoipa::path(get, path = "/sync-storage/conflicts/stats", tag = "conflicts", responses((status = 200, description = "Counts by strategy and outcome over 1 h, 24 h and 7 d", body = ConflictStats)))]
 pub async fn stats(
     State(state): State<AppState>,
     who: Principal,
@@ -88,7 +88,7 @@ pub struct Resolve {
 
 /// `PUT /conflicts/resolve/{conflictId}`: settles a conflict and writes the
 /// result through the normal write path (new seq, fan-out to devices).
-#[utoipa::path(put, path = "/api/v1/sync-storage/conflicts/resolve/{id}", tag = "conflicts", params(("id" = String, Path, description = "Conflict id")), request_body(content = Resolve), responses((status = 200, description = "The resolved item", body = Resolved)))]
+#[utoipa::path(put, path = "/sync-storage/conflicts/resolve/{id}", tag = "conflicts", params(("id" = String, Path, description = "Conflict id")), request_body(content = Resolve), responses((status = 200, description = "The resolved item", body = Resolved)))]
 pub async fn resolve(
     State(state): State<AppState>,
     who: Principal,
@@ -120,7 +120,7 @@ pub struct Analyze {
 /// `POST /conflicts/analyze {itemIds}`: per item (id or key), the conflict
 /// rate, the instances involved, the median time between competing writes,
 /// and a suggested strategy with the reason.
-#[utoipa::path(post, path = "/api/v1/sync-storage/conflicts/analyze", tag = "conflicts", request_body(content = Analyze), responses((status = 200, description = "Analysis per item", body = BTreeMap<String, ItemAnalysis>)))]
+#[utoipa::path(post, path = "/sync-storage/conflicts/analyze", tag = "conflicts", request_body(content = Analyze), responses((status = 200, description = "Analysis per item", body = BTreeMap<String, ItemAnalysis>)))]
 pub async fn analyze(
     State(state): State<AppState>,
     who: Principal,

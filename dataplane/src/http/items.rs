@@ -10,7 +10,7 @@ use crate::{
     sync::{Cleared, Item, Removed, SetReply, SetRequest},
 };
 
-#[utoipa::path(get, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key (percent-encoded; may contain /)")), responses((status = 200, description = "The item", body = Object)))]
+#[utoipa::path(get, path = "/sync-storage/item/{*key}", tag = "items", params(("key" = String, Path, description = "Item key (percent-encoded; may contain /)")), responses((status = 200, description = "The item", body = Item)))]
 pub async fn get_item(
     State(state): State<AppState>,
     who: Principal,
@@ -20,7 +20,7 @@ pub async fn get_item(
     Ok(Json(state.sync.get(&who.user_id, &key).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id (draft-ietf-httpapi-idempotency-key-header; a quoted sf-string or a bare token, 1-255 bytes): a retry within IDEMPOTENCY_WINDOW_MS gets the first reply and changes nothing; reused on another request: 422 IDEMPOTENCY_KEY_REUSED")), request_body(content = crate::http::openapi::SetBody, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = Object), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/sync-storage/item/{*key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id (draft-ietf-httpapi-idempotency-key-header; a quoted sf-string or a bare token, 1-255 bytes): a retry within IDEMPOTENCY_WINDOW_MS gets the first reply and changes nothing; reused on another request: 422 IDEMPOTENCY_KEY_REUSED")), request_body(content = SetRequest, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = SetReply), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
 pub async fn put_item(
     State(state): State<AppState>,
     who: Principal,
@@ -40,7 +40,7 @@ pub async fn put_item(
     Ok(Json(reply.won(body.version)?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/sync-storage/item/{key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "{status, key, seq, version}", body = Object)))]
+#[utoipa::path(delete, path = "/sync-storage/item/{*key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "Removed (a tombstone)", body = Removed)))]
 pub async fn delete_item(
     State(state): State<AppState>,
     who: Principal,
@@ -63,7 +63,7 @@ pub async fn missing_key(_who: Principal) -> ApiError {
     ApiError::InvalidKey("key must not be empty".into())
 }
 
-#[utoipa::path(get, path = "/api/v1/sync-storage/items", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Items", body = Vec<Object>)))]
+#[utoipa::path(get, path = "/sync-storage/items", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Items, by key", body = Vec<Item>)))]
 pub async fn list_items(
     State(state): State<AppState>,
     who: Principal,
@@ -73,7 +73,7 @@ pub async fn list_items(
     Ok(Json(state.sync.list(&who.user_id, &prefix).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/sync-storage/keys", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Keys", body = Vec<String>)))]
+#[utoipa::path(get, path = "/sync-storage/keys", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Keys", body = Vec<String>)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     who: Principal,
@@ -83,7 +83,7 @@ pub async fn list_keys(
     Ok(Json(state.sync.keys(&who.user_id, &prefix).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/sync-storage/clear", tag = "items", params(("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "How many items were removed", body = Object)))]
+#[utoipa::path(delete, path = "/sync-storage/clear", tag = "items", params(("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "How many items were removed", body = Cleared)))]
 pub async fn clear(
     State(state): State<AppState>,
     who: Principal,

@@ -3,7 +3,8 @@
 //! rules live in the `keys` service and `auth::policy`.
 
 use axum::{extract::State, http::StatusCode, Json};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::extract::{JsonBody, PathId};
 use crate::{
@@ -32,20 +33,50 @@ async fn audit(state: &AppState, who: &Principal, action: &'static str, id: &str
         .await;
 }
 
-fn shown_once(created: Created) -> Result<Value, ApiError> {
-    let mut out =
-        serde_json::to_value(&created.view).map_err(|e| ApiError::Internal(e.to_string()))?;
-    out["key"] = json!(created.key);
-    Ok(out)
+/// A new key: its record, and the key itself as `key`, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    view: KeyView,
+    /// The key. It is not stored, so it is never shown again.
+    key: String,
+}
+
+impl From<Created> for CreatedKey {
+    fn from(created: Created) -> Self {
+        Self {
+            view: created.view,
+            key: created.key,
+        }
+    }
+}
+
+/// A rotation's new key, and until when the old one still works.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedKey {
+    #[serde(flatten)]
+    new: CreatedKey,
+    /// The old key's new expiry (Unix ms): the end of the rotation grace
+    /// (`API_KEY_ROTATION_GRACE_SECONDS`), or its own expiry if sooner.
+    previous_key_expires_at: Option<i64>,
+}
+
+/// What a delete answers.
+#[derive(Serialize, ToSchema)]
+pub struct DeletedKey {
+    /// Always true.
+    deleted: bool,
+    id: String,
 }
 
 /// `POST /api-keys`: 201 with the key, shown this once, as `key`.
-#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body(content = Object, description = "The seed's ApiKey fields"), responses((status = 201, description = "The key, shown once, and its record", body = Object), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
+#[utoipa::path(post, path = "/api-keys", tag = "api-keys", request_body(content = KeyFields, description = "The seed's ApiKey fields"), responses((status = 201, description = "The key, shown once, and its record", body = CreatedKey), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
     JsonBody(body): JsonBody<KeyFields>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     who.require(Scope::KeysManage)?;
     body.check_text()?;
     let user_id = body.user_id.clone().unwrap_or_else(|| who.user_id.clone());
@@ -88,11 +119,11 @@ pub async fn create(
         .create(Authority::Key(&who.key), &new, settings)
         .await?;
     audit(&state, &who, "api_key.create", &created.view.id).await;
-    Ok((StatusCode::CREATED, Json(shown_once(created)?)))
+    Ok((StatusCode::CREATED, Json(created.into())))
 }
 
 /// `GET /api-keys`.
-#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", responses((status = 200, description = "Keys", body = Vec<Object>)))]
+#[utoipa::path(get, path = "/api-keys", tag = "api-keys", responses((status = 200, description = "Keys", body = Vec<KeyView>)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
@@ -102,7 +133,7 @@ pub async fn list(
 }
 
 /// `GET /api-keys/{id}`.
-#[utoipa::path(get, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 200, description = "The key record", body = Object)))]
+#[utoipa::path(get, path = "/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 200, description = "The key record", body = KeyView)))]
 pub async fn get(
     State(state): State<AppState>,
     who: Principal,
@@ -113,7 +144,7 @@ pub async fn get(
 }
 
 /// `PATCH /api-keys/{id}`: restrictions, quotas, flags, scopes, expiry.
-#[utoipa::path(patch, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), request_body(content = Object, description = "Fields to change"), responses((status = 200, description = "The key record", body = Object), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
+#[utoipa::path(patch, path = "/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), request_body(content = KeyFields, description = "Fields to change"), responses((status = 200, description = "The key record", body = KeyView), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
 pub async fn patch(
     State(state): State<AppState>,
     who: Principal,
@@ -130,33 +161,37 @@ pub async fn patch(
 }
 
 /// `DELETE /api-keys/{id}`.
-#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 200, description = "Deleted", body = Object)))]
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 200, description = "Deleted", body = DeletedKey)))]
 pub async fn delete(
     State(state): State<AppState>,
     who: Principal,
     PathId(id): PathId,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedKey>, ApiError> {
     who.require(Scope::KeysManage)?;
     state.keys.delete(&id, who.tenant()).await?;
     audit(&state, &who, "api_key.delete", &id).await;
-    Ok(Json(json!({ "deleted": true, "id": id })))
+    Ok(Json(DeletedKey { deleted: true, id }))
 }
 
 /// `POST /api-keys/{id}/rotate`: a new key with the same settings; the old
 /// one keeps working for `API_KEY_ROTATION_GRACE_SECONDS`.
-#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 201, description = "The new key, shown once", body = Object), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
+#[utoipa::path(post, path = "/api-keys/{id}/rotate", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 201, description = "The new key, shown once, and the old one's expiry", body = RotatedKey), (status = 403, description = "FORBIDDEN: the key would hold more than the caller (details.exceeds)")))]
 pub async fn rotate(
     State(state): State<AppState>,
     who: Principal,
     PathId(id): PathId,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
     who.require(Scope::KeysManage)?;
     let (created, old_expires_at) = state
         .keys
         .rotate(Authority::Key(&who.key), &id, who.tenant())
         .await?;
     audit(&state, &who, "api_key.rotate", &id).await;
-    let mut out = shown_once(created)?;
-    out["previousKeyExpiresAt"] = json!(old_expires_at);
-    Ok((StatusCode::CREATED, Json(out)))
+    Ok((
+        StatusCode::CREATED,
+        Json(RotatedKey {
+            new: created.into(),
+            previous_key_expires_at: old_expires_at,
+        }),
+    ))
 }

@@ -15,22 +15,29 @@ pub mod openapi;
 mod ops;
 mod sessions;
 
-use std::time::Instant;
+use std::{convert::Infallible, sync::OnceLock, time::Instant};
 
 use axum::http::{header, HeaderValue};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Method, Uri},
     middleware::{self, Next},
-    response::Response,
-    routing::{delete, get},
+    response::{IntoResponse, Response},
+    routing::{any, get, Route},
     Router,
 };
+use tower::{layer::util::Identity, Layer, Service};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
+};
+
+use utoipa::OpenApi;
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouter},
+    routes,
 };
 
 use crate::{
@@ -43,91 +50,126 @@ use crate::{
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// `OpenApiRouter::routes`, for the handlers of one path only: `routes!`
+/// mounts all its handlers on every path they name, so handlers of two
+/// paths in one `routes!` would answer on each other's path.
+trait OnePath {
+    fn operations(self, at_one_path: UtoipaMethodRouter<AppState>) -> Self;
+}
+
+impl OnePath for OpenApiRouter<AppState> {
+    fn operations(self, at_one_path: UtoipaMethodRouter<AppState>) -> Self {
+        let paths = &at_one_path.1.paths;
+        assert_eq!(paths.len(), 1, "one path per routes!: {:?}", paths.keys());
+        self.routes(at_one_path)
+    }
+}
+
+/// Every route, with the OpenAPI operation of each REST handler: a handler
+/// is registered once, through `routes!`, which brings its
+/// `#[utoipa::path]` (path, method, parameters, bodies) along, so the
+/// document cannot drift from the routes. `authenticate` wraps the
+/// routes that need a credential (a route layer, so it never runs for a
+/// path that is not routed). The routes that are not operations (the
+/// missing-key helpers, the dashboard) are plain axum routes.
+fn route_tree<L>(authenticate: L) -> OpenApiRouter<AppState>
+where
+    L: Layer<Route> + Clone + Send + Sync + 'static,
+    L::Service: Service<Request, Error = Infallible> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request>>::Response: IntoResponse + 'static,
+    <L::Service as Service<Request>>::Future: Send + 'static,
+{
     // Every route here needs a credential; `authenticate` establishes it
     // once, before the handler.
-    let protected = Router::new()
-        .route(
-            "/sync-storage/item/{*key}",
-            get(items::get_item)
-                .put(items::put_item)
-                .delete(items::delete_item),
-        )
-        .route("/sync-storage/item", axum::routing::any(items::missing_key))
-        .route(
-            "/sync-storage/item/",
-            axum::routing::any(items::missing_key),
-        )
-        .route("/sync-storage/items", get(items::list_items))
-        .route("/sync-storage/keys", get(items::list_keys))
-        .route("/sync-storage/clear", delete(items::clear))
-        .route("/sync-storage/sessions", get(sessions::list))
-        .route("/audit", get(audit::list))
-        .route("/api-keys", get(keys::list).post(keys::create))
-        .route(
-            "/api-keys/{id}",
-            get(keys::get).patch(keys::patch).delete(keys::delete),
-        )
-        .route("/api-keys/{id}/rotate", axum::routing::post(keys::rotate))
-        .route("/auth/token", axum::routing::post(auth::token))
-        .route("/sync-storage/conflicts", get(conflicts::list))
-        .route("/sync-storage/conflicts/stats", get(conflicts::stats))
-        .route(
-            "/sync-storage/conflicts/analyze",
-            axum::routing::post(conflicts::analyze),
-        )
-        .route(
-            "/sync-storage/conflicts/history/{*item}",
-            get(conflicts::history),
-        )
-        .route(
-            "/sync-storage/conflicts/resolve/{id}",
-            axum::routing::put(conflicts::resolve),
-        )
-        .route("/analytics/dashboard", get(analytics::dashboard))
-        .route("/analytics/realtime", get(analytics::realtime))
-        .route("/analytics/users/{user}", get(analytics::user))
-        .route(
-            "/analytics/users/{user}/engagement",
-            get(analytics::engagement),
-        )
-        .route("/analytics/users/{user}/behavior", get(analytics::behavior))
-        .route("/analytics/api-keys/{id}", get(analytics::api_key))
-        .route(
-            "/analytics/api-keys/{id}/security",
-            get(analytics::api_key_security),
-        )
-        .route(
-            "/analytics/api-keys/{id}/trends",
-            get(analytics::api_key_trends),
-        )
-        .route("/analytics/instances/{id}", get(analytics::instance))
-        .route(
-            "/analytics/instances/{id}/performance",
-            get(analytics::instance_performance),
-        )
-        .route(
-            "/analytics/instances/{id}/health",
-            get(analytics::instance_health),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            authenticate::authenticate,
-        ));
-    let public = Router::new()
-        .route("/auth/refresh", axum::routing::post(auth::refresh))
-        .route("/auth/logout", axum::routing::post(auth::logout))
-        .route("/openapi.json", get(openapi::spec));
-    let api = protected.merge(public);
+    let protected = OpenApiRouter::new()
+        .operations(routes!(
+            items::get_item,
+            items::put_item,
+            items::delete_item
+        ))
+        .route("/sync-storage/item", any(items::missing_key))
+        .route("/sync-storage/item/", any(items::missing_key))
+        .operations(routes!(items::list_items))
+        .operations(routes!(items::list_keys))
+        .operations(routes!(items::clear))
+        .operations(routes!(sessions::list))
+        .operations(routes!(audit::list))
+        .operations(routes!(keys::list, keys::create))
+        .operations(routes!(keys::get, keys::patch, keys::delete))
+        .operations(routes!(keys::rotate))
+        .operations(routes!(auth::token))
+        .operations(routes!(conflicts::list))
+        .operations(routes!(conflicts::stats))
+        .operations(routes!(conflicts::analyze))
+        .operations(routes!(conflicts::history))
+        .operations(routes!(conflicts::resolve))
+        .operations(routes!(analytics::dashboard))
+        .operations(routes!(analytics::realtime))
+        .operations(routes!(analytics::user))
+        .operations(routes!(analytics::engagement))
+        .operations(routes!(analytics::behavior))
+        .operations(routes!(analytics::api_key))
+        .operations(routes!(analytics::api_key_security))
+        .operations(routes!(analytics::api_key_trends))
+        .operations(routes!(analytics::instance))
+        .operations(routes!(analytics::instance_performance))
+        .operations(routes!(analytics::instance_health))
+        .route_layer(authenticate);
+    let public = OpenApiRouter::new()
+        .operations(routes!(auth::refresh))
+        .operations(routes!(auth::logout))
+        .operations(routes!(openapi::spec));
 
-    Router::new()
-        .nest("/api/v1", api)
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api/v1", protected.merge(public))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/app.css", get(dashboard::style))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
+        .operations(routes!(ops::health))
+        .operations(routes!(ops::ready))
+        .operations(routes!(ops::metrics))
+}
+
+/// The OpenAPI document, rendered once from the first router's split.
+static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+
+/// The OpenAPI document of the REST API, as `/api/v1/openapi.json` serves
+/// it: the operations [`router`] registers, with what they share.
+pub fn api_spec() -> &'static utoipa::openapi::OpenApi {
+    SPEC.get_or_init(|| openapi::render(route_tree(Identity::new()).into_openapi()))
+}
+
+/// Every operation the router registers with its OpenAPI operation, as
+/// (method, path) in axum's syntax (`/api/v1/sync-storage/item/{*key}`),
+/// for tests to compare with the document and the live server.
+pub fn operations() -> Vec<(Method, String)> {
+    let api = route_tree(Identity::new()).into_openapi();
+    let mut out = Vec::new();
+    for (path, item) in &api.paths.paths {
+        for (method, op) in [
+            (Method::GET, &item.get),
+            (Method::PUT, &item.put),
+            (Method::POST, &item.post),
+            (Method::DELETE, &item.delete),
+            (Method::PATCH, &item.patch),
+            (Method::HEAD, &item.head),
+            (Method::OPTIONS, &item.options),
+            (Method::TRACE, &item.trace),
+        ] {
+            if op.is_some() {
+                out.push((method, path.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The REST service: [`route_tree`] with its fallbacks and every layer.
+pub fn router(state: AppState) -> Router {
+    let authenticate = middleware::from_fn_with_state(state.clone(), authenticate::authenticate);
+    let (routes, spec) = route_tree(authenticate).split_for_parts();
+    SPEC.get_or_init(|| openapi::render(spec));
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))

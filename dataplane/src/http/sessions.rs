@@ -13,16 +13,18 @@ use crate::{
 /// A device and its presence. `connections` counts the device's sockets on
 /// processes that are alive (their heartbeat has not expired), and
 /// `online` is whether there is one: see [`crate::presence`].
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     #[serde(flatten)]
     instance: Instance,
+    /// The device's sockets on live processes.
     connections: i64,
+    /// Whether it has one.
     online: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/sync-storage/sessions", tag = "items", responses((status = 200, description = "The user's devices and connected sessions", body = Vec<Object>)))]
+#[utoipa::path(get, path = "/sync-storage/sessions", tag = "items", responses((status = 200, description = "The user's devices and connected sessions", body = Vec<SessionView>)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,

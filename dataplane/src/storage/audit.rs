@@ -75,18 +75,28 @@ pub async fn insert(
 }
 
 /// An entry as `GET /audit` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AuditEntry)]
 pub struct Row {
+    /// A UUIDv7: entries sort by it, and it is the pagination cursor.
     pub id: String,
+    /// When, in Unix milliseconds.
     pub ts: i64,
+    /// The user acting (or `anonymous`, `cli`).
     pub actor: String,
     pub key_id: Option<String>,
+    /// What was done, e.g. `item.set`, `api_key.create`, `auth.denied`.
     pub action: String,
+    /// What it was done to (an item key, a key id, a user id).
     pub target: Option<String>,
     pub ip: Option<String>,
+    /// `ok`, or the error code of a refusal.
     pub result: String,
+    /// The `X-Request-Id` of the request that wrote it.
     pub request_id: Option<String>,
+    /// More about the entry (an object), as stored.
+    #[schema(value_type = Option<Object>)]
     pub details: Option<Box<RawValue>>,
     /// How many occurrences the entry stands for: 1, or the number of
     /// refusals an `auth.denied` row sums.

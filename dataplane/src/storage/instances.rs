@@ -15,14 +15,17 @@ pub struct Arrival<'a> {
 
 /// One device as `GET /sync-storage/sessions` shows it, less its presence
 /// (which is not stored here: see [`super::presence`]).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
     pub instance_id: String,
+    /// The last seq the device acknowledged.
     pub cursor_seq: i64,
+    /// Unix milliseconds, as are the other times.
     pub first_seen: i64,
     pub last_seen: i64,
     pub connected_at: Option<i64>,
+    /// The process it last connected to.
     pub pod: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,

@@ -90,17 +90,21 @@ pub async fn set_active(db: &Db, id: &str, active: bool) -> Result<bool, sqlx::E
 }
 
 /// A key as the management API shows it: the seed's ApiKey fields.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyView {
     pub id: String,
     pub name: String,
+    /// The owner: the user the key acts as.
     pub user_id: String,
+    /// The key's first 12 characters and `…`, to recognise it by.
     pub key_hint: String,
     pub is_active: bool,
+    /// Unix milliseconds, as are the other times; null: never.
     pub expires_at: Option<i64>,
     pub can_read: bool,
     pub can_write: bool,
+    #[schema(schema_with = crate::access::scope_list)]
     pub scopes: Vec<Scope>,
     pub ip_restrictions: Vec<String>,
     pub country_restrictions: Vec<String>,

@@ -6,10 +6,12 @@ use serde_json::value::RawValue;
 use crate::{error::ApiError, text};
 
 /// A TTL as clients may give it: seconds from now, or an absolute RFC 3339 time.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Ttl {
+    /// Seconds from now: more than 0, at most 100 years.
     Seconds(f64),
+    /// An RFC 3339 time in the future.
     At(String),
 }
 
@@ -77,17 +79,23 @@ pub fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
-/// A set as a client sends it. Serialised only for its fingerprint (see
-/// `operation`), so the operation id is left out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A set as a client sends it: the body of REST `PUT
+/// /sync-storage/item/{key}` and the payload of `sync:set`.
+// Serialised only for its fingerprint (see `operation`), which leaves out
+// `key` and `opId`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetRequest {
-    /// The key, for `sync:set` (REST takes it from the path).
+    /// The key, for `sync:set`; REST takes it from the path and ignores this.
     #[serde(default)]
     pub key: Option<String>,
-    /// Any JSON, kept verbatim. Required: JSON `null` is a value, absence is not.
+    /// Any JSON value, kept verbatim (at most 64 levels deep). Required: JSON
+    /// `null` is a value, absence is not.
+    #[schema(value_type = serde_json::Value)]
     pub value: Box<RawValue>,
+    /// An object; `conflictStrategy` overrides the store's strategy.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
     /// The version this write was based on.
     #[serde(default)]
@@ -95,9 +103,12 @@ pub struct SetRequest {
     /// The client's clock in Unix milliseconds (or RFC 3339); the server's
     /// when absent.
     #[serde(default, deserialize_with = "crate::instant::option")]
+    #[schema(value_type = Option<crate::instant::Written>)]
     pub timestamp: Option<i64>,
+    /// Seconds to live, or the RFC 3339 time it expires.
     #[serde(default)]
     pub ttl: Option<Ttl>,
+    /// At most 64.
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     #[serde(default)]
@@ -106,8 +117,9 @@ pub struct SetRequest {
     pub compression_type: Option<String>,
     #[serde(default)]
     pub encryption_type: Option<String>,
-    /// A socket write's operation id (REST sends `Idempotency-Key`).
-    #[serde(default, skip_serializing)]
+    /// An operation id: a socket write's, or REST's when there is no
+    /// `Idempotency-Key` header (which wins).
+    #[serde(default)]
     pub op_id: Option<String>,
 }
 

@@ -62,12 +62,13 @@ pub struct Outcome {
 }
 
 /// The writer's reply to a set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetReply {
     pub status: SetStatus,
     /// The item as it now is (the current one when the write lost).
     pub item: Item,
+    /// The conflict this write caused, when it was concurrent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict_id: Option<String>,
 }
@@ -89,25 +90,30 @@ impl SetReply {
 }
 
 /// The reply to a remove.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Removed {
-    #[serde(skip_deserializing, default = "removed")]
-    pub status: &'static str,
+    pub status: RemovedStatus,
     pub key: String,
     pub seq: i64,
     pub version: i64,
 }
 
-fn removed() -> &'static str {
-    "removed"
+/// A remove's `status`: always `removed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovedStatus {
+    #[default]
+    Removed,
 }
 
 /// The reply to a clear: how many items went, and the seq range they took.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cleared {
+    /// How many items were removed.
     pub cleared: usize,
+    /// The user's latest seq once the clear is done.
     pub last_seq: i64,
 }
 
@@ -167,6 +173,22 @@ impl SyncService {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The database engine's name (`sqlite`, `postgres`, `mysql`) if the
+    /// database answers now, for `/ready`.
+    pub async fn database_ready(&self) -> Option<&'static str> {
+        if self.db.ping().await {
+            Some(self.db.dialect().name())
+        } else {
+            None
+        }
+    }
+
+    /// The connection pool's open and idle connections, for the gauges of
+    /// `/metrics`.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        self.db.pool_stats()
     }
 
     /// Runs one write transaction, retrying it when the database chose it as

@@ -15,7 +15,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{no_row, plan::Command, Cleared, Outcome, Removed, SetReply};
+use super::{no_row, plan::Command, Cleared, Outcome, Removed, RemovedStatus, SetReply};
 use crate::{error::ApiError, storage::idempotency::Recorded, text};
 
 /// A client's id for one write: 1 to 255 bytes of storable text.
@@ -100,7 +100,7 @@ impl Reply {
             Command::Remove { .. } => {
                 let item = last.ok_or_else(no_row)?;
                 Reply::Remove(Removed {
-                    status: "removed",
+                    status: RemovedStatus::Removed,
                     key: item.key.clone(),
                     seq: item.seq,
                     version: item.version,
@@ -146,7 +146,8 @@ impl Op {
 /// object keys sorted, numbers and strings as serde_json reads them
 /// (`1` = `1.0` = `1.00`, `"é"` = `"\u00e9"`), dates as Unix milliseconds, and
 /// without the body's own `key` (the path's or the event's counts, so a
-/// socket write and its REST retry agree).
+/// socket write and its REST retry agree) or its `opId` (the id, not the
+/// request).
 fn canonical_request(request: &super::SetRequest) -> String {
     fn sorted(v: serde_json::Value) -> serde_json::Value {
         match v {
@@ -177,6 +178,7 @@ fn canonical_request(request: &super::SetRequest) -> String {
     let mut value = serde_json::to_value(request).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
         map.remove("key");
+        map.remove("opId");
         // An absolute ttl as the instant it names, however it is written.
         if let Some(at @ super::Ttl::At(_)) = &request.ttl {
             if let Ok(ms) = at.expires_at(0) {

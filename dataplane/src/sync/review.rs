@@ -108,7 +108,6 @@ pub struct Resolved {
     pub status: &'static str,
     pub conflict_id: String,
     /// The item as the resolution wrote it.
-    #[schema(value_type = Object)]
     pub item: Item,
 }
 
