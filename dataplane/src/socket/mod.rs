@@ -1,6 +1,7 @@
 //! The Socket.IO `/sync` namespace (protocol v5, as `socket.io-client` 4.x
 //! speaks it), served by socketioxide on the REST port at `/socket.io`.
 
+mod delivery;
 mod events;
 mod handshake;
 mod session;

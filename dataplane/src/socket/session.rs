@@ -1,17 +1,14 @@
-//! One connected device: what it has been sent, and the loop that sends it
-//! the rest.
+//! One connected device: its credential, subscriptions, and the loop that
+//! sends it what it is owed.
 //!
-//! Delivery is pull-repaired rather than queued. Live changes offered by the
-//! fan-out wait in a small buffer ordered by `seq`; they are emitted while
-//! they follow on from the last delivered `seq`. On a gap that does not fill
-//! within [`GAP_WAIT`], a full buffer, a socket that cannot take more, or a
-//! bus reconnect, the device catches up from the database instead: the rows
-//! changed since the last delivered `seq`, which is the latest state per
-//! key. That is the per-key conflation a slow consumer needs, and it bounds
-//! memory per socket at [`MAX_WAITING`] changes.
+//! Delivery is pull-repaired rather than queued ([`super::delivery`] decides
+//! the next step). When live changes cannot simply follow on, the device
+//! catches up from the database instead: the rows changed since the last
+//! delivered `seq`, which is the latest state per key. That is the per-key
+//! conflation a slow consumer needs, and it bounds memory per socket at
+//! [`super::delivery::MAX_WAITING`] changes.
 
 use std::{
-    collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -23,7 +20,11 @@ use serde_json::json;
 use socketioxide::extract::SocketRef;
 use tokio::sync::Notify;
 
-use super::{handshake::Device, subscriptions::Subscriptions};
+use super::{
+    delivery::{Delivery, Step, Waiting},
+    handshake::Device,
+    subscriptions::Subscriptions,
+};
 use crate::{
     auth::Principal,
     error::ApiError,
@@ -32,40 +33,12 @@ use crate::{
     sync::{devices::Cursors, Change},
 };
 
-/// How long a missing `seq` may be waited for (it may be in flight on
-/// another task or pod) before reading it from the database.
-pub const GAP_WAIT: Duration = Duration::from_millis(50);
-/// Live changes buffered per socket before falling back to a catch-up.
-pub const MAX_WAITING: usize = 256;
 /// Pause before retrying when the socket's send buffer is full.
 const FULL_BACKOFF: Duration = Duration::from_millis(25);
 /// How often an open socket's credential is re-checked even when the
 /// device sends nothing. The check reads the key cache, so a revocation
 /// reaches the socket within this plus the cache's lifetime.
 pub const RECHECK: Duration = Duration::from_secs(2);
-
-struct Waiting {
-    change: Change,
-    /// This socket wrote it: it advances the seq but is not echoed.
-    own: bool,
-    published_us: i64,
-}
-
-#[derive(Default)]
-struct Delivery {
-    /// Highest seq delivered or deliberately skipped; `None` until
-    /// `pending-updates` has gone out.
-    delivered: Option<i64>,
-    waiting: BTreeMap<i64, Waiting>,
-    catch_up: bool,
-    gap_since: Option<Instant>,
-}
-
-enum Step {
-    Wait(Option<Duration>),
-    Emit(Vec<Waiting>),
-    CatchUp(i64),
-}
 
 /// Where a socket is in its life. socketioxide spawns the connect handler,
 /// and a transport that drops right after the engine opened is handled as
@@ -233,7 +206,7 @@ impl Session {
 
     /// The highest seq this device has been sent (0 before the first).
     pub fn delivered(&self) -> i64 {
-        self.delivery().delivered.unwrap_or(0)
+        self.delivery().delivered().unwrap_or(0)
     }
 
     pub fn close(&self) {
@@ -281,46 +254,13 @@ impl Session {
             .wants(key)
     }
 
-    /// Decides what to do next; pure bookkeeping under the lock.
+    /// Decides what to do next (see [`Delivery::next_step`]).
     fn next_step(&self) -> Step {
-        let mut st = self.delivery();
-        let Some(delivered) = st.delivered else {
-            return Step::Wait(None);
-        };
-        if st.catch_up {
-            st.catch_up = false;
-            st.gap_since = None;
-            return Step::CatchUp(delivered);
+        let step = self.delivery().next_step(Instant::now());
+        if let Step::CatchUp { gap: true, .. } = step {
+            self.app.metrics.catchups.with_label_values(&["gap"]).inc();
         }
-        while let Some(entry) = st.waiting.first_entry() {
-            if *entry.key() > delivered {
-                break;
-            }
-            entry.remove();
-        }
-        let Some(&first) = st.waiting.keys().next() else {
-            st.gap_since = None;
-            return Step::Wait(None);
-        };
-        if first == delivered + 1 {
-            st.gap_since = None;
-            let mut run = Vec::new();
-            let mut next = first;
-            while let Some(w) = st.waiting.remove(&next) {
-                run.push(w);
-                next += 1;
-            }
-            return Step::Emit(run);
-        }
-        let since = *st.gap_since.get_or_insert_with(Instant::now);
-        match GAP_WAIT.checked_sub(since.elapsed()) {
-            Some(left) if !left.is_zero() => Step::Wait(Some(left)),
-            _ => {
-                st.gap_since = None;
-                self.app.metrics.catchups.with_label_values(&["gap"]).inc();
-                Step::CatchUp(delivered)
-            }
-        }
+        step
     }
 
     /// Emits one change to the device. False when the socket cannot take it.
@@ -369,11 +309,13 @@ impl Session {
         {
             let mut st = self.delivery();
             if let Some(seq) = last_ok {
-                st.delivered = Some(st.delivered.map_or(seq, |d| d.max(seq)));
+                st.advance(seq);
             }
             // What was not sent is re-read, newest per key, once the socket
             // drains: the per-key conflation of a slow consumer.
-            st.catch_up |= stalled_at.is_some();
+            if stalled_at.is_some() {
+                st.owe_catch_up();
+            }
         }
         if let Some(i) = stalled_at {
             self.app.metrics.conflations.inc_by((run.len() - i) as u64);
@@ -392,7 +334,7 @@ impl Session {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(sid = %self.sid, error = %e, "catch-up failed; retrying");
-                self.delivery().catch_up = true;
+                self.delivery().owe_catch_up();
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 return;
             }
@@ -402,11 +344,9 @@ impl Session {
         let now = crate::storage::now_ms();
         for item in &rows {
             let change = Change::as_of(item, now);
-            // Its own writes are no news to the device.
-            if change.instance_id != self.device.instance_id
-                && self.wants(&change.key)
-                && !self.emit(&change)
-            {
+            // What this socket wrote is no news to it (the live path's rule).
+            let own = self.delivery().is_own(change.seq);
+            if !own && self.wants(&change.key) && !self.emit(&change) {
                 stalled = true;
                 break;
             }
@@ -418,8 +358,10 @@ impl Session {
         }
         {
             let mut st = self.delivery();
-            st.delivered = Some(st.delivered.map_or(delivered, |d| d.max(delivered)));
-            st.catch_up |= stalled;
+            st.advance(delivered);
+            if stalled {
+                st.owe_catch_up();
+            }
         }
         if stalled {
             tokio::time::sleep(FULL_BACKOFF).await;
@@ -496,7 +438,7 @@ impl Session {
             }
             Err(e) => tracing::debug!(sid = %self.sid, error = %e, "pending-updates not sent"),
         }
-        self.delivery().delivered = Some(upto);
+        self.delivery().advance(upto);
         Ok(())
     }
 
@@ -526,8 +468,7 @@ impl Session {
             .socket_events
             .with_label_values(&["sync:resync", "out"])
             .inc();
-        let mut st = self.delivery();
-        st.delivered = Some(st.delivered.map_or(last_seq, |d| d.max(last_seq)));
+        self.delivery().advance(last_seq);
         Ok(())
     }
 
@@ -551,7 +492,7 @@ impl Session {
             }
             match self.next_step() {
                 Step::Emit(run) => self.emit_run(run).await,
-                Step::CatchUp(from) => Box::pin(self.catch_up(from)).await,
+                Step::CatchUp { from, .. } => Box::pin(self.catch_up(from)).await,
                 Step::Wait(limit) => {
                     let limit = limit.map_or(RECHECK, |l| l.min(RECHECK));
                     tokio::select! {
@@ -575,34 +516,20 @@ impl Sink for Session {
 
     fn offer(&self, origin: Option<&str>, published_us: i64, changes: &[Change]) {
         let own = origin == Some(self.sid.as_str());
-        let mut st = self.delivery();
-        let floor = st.delivered.unwrap_or(i64::MIN);
-        for change in changes.iter().filter(|c| c.seq > floor) {
-            st.waiting.insert(
-                change.seq,
-                Waiting {
-                    change: change.clone(),
-                    own,
-                    published_us,
-                },
-            );
-        }
-        if st.waiting.len() > MAX_WAITING {
-            self.app.metrics.conflations.inc_by(st.waiting.len() as u64);
-            st.waiting.clear();
-            st.catch_up = true;
+        let dropped = self.delivery().offer(own, published_us, changes);
+        if dropped > 0 {
+            self.app.metrics.conflations.inc_by(dropped as u64);
             self.app
                 .metrics
                 .catchups
                 .with_label_values(&["overflow"])
                 .inc();
         }
-        drop(st);
         self.wake.notify_one();
     }
 
     fn resync(&self) {
-        self.delivery().catch_up = true;
+        self.delivery().owe_catch_up();
         self.app
             .metrics
             .catchups
