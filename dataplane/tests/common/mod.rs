@@ -4,6 +4,8 @@
 
 mod app;
 
+// Each test target includes this module and uses what it needs of it.
+#[allow(unused_imports)]
 pub use app::{assert_error, key_id, send, TestApp};
 
 use std::{
