@@ -4,7 +4,7 @@
 # against real SQLite, PostgreSQL and MariaDB.
 #
 #   ./scripts/test.sh            # everything
-#   ./scripts/test.sh -- rest    # extra args go to `cargo test`
+#   ./scripts/test.sh -- items::   # extra args go to `cargo test` (a filter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{create_key, postgres_url, unique_user, Server};
+use common::{create_key, key_id, postgres_url, send, unique_user, Server};
 use serde_json::Value;
 
 /// Kafka started by `scripts/kafka-up.sh` (the test command exports it).
@@ -17,14 +17,8 @@ fn kafka() -> String {
 }
 
 async fn get(url: &str, key: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(url)
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let (status, body) = send(reqwest::Client::new().get(url).header("X-API-Key", key)).await;
+    (status.as_u16(), body)
 }
 
 async fn put(server: &Server, key: &str, item: &str) -> u16 {
@@ -53,15 +47,6 @@ async fn until(url: &str, key: &str, secs: u64, check: impl Fn(&Value) -> bool) 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn key_id(key: &str) -> String {
-    let (db, _dir) = common::database("postgres").await;
-    syncstore::storage::keys::find_by_hash(&db, &syncstore::auth::hash_key(key))
-        .await
-        .expect("query")
-        .expect("key row")
-        .id
 }
 
 fn metric(text: &str, line_start: &str) -> u64 {
@@ -97,7 +82,7 @@ async fn kafka_counts_are_exact_across_a_consumer_crash() {
     let user = unique_user("alice");
     let key = create_key(dir, &env, &user, &[]);
     let fenced = create_key(dir, &env, &user, &["--ip", "10.0.0.0/8"]);
-    let fenced_id = key_id(&fenced).await;
+    let fenced_id = key_id(&serve, &fenced).await;
     let mut consumer =
         Server::start_command("analytics", tempfile::tempdir().expect("dir"), &env).await;
 
@@ -278,21 +263,7 @@ async fn embedded_analytics_are_exact_and_scoped() {
     );
     assert_eq!(get(&format!("{base}/dashboard"), &alice).await.0, 403);
     assert_eq!(get(&format!("{base}/realtime"), &alice).await.0, 403);
-    let bob_id = {
-        let cfg = syncstore::config::DatabaseConfig {
-            url: None,
-            connection_limit: 1,
-            ssl: false,
-        };
-        let db = syncstore::storage::Db::connect(&cfg, dir)
-            .await
-            .expect("db");
-        syncstore::storage::keys::find_by_hash(&db, &syncstore::auth::hash_key(&bob))
-            .await
-            .expect("q")
-            .expect("row")
-            .id
-    };
+    let bob_id = key_id(&serve, &bob).await;
     let (status, body) = get(&format!("{base}/api-keys/{bob_id}"), &alice).await;
     assert_eq!(
         (status, body["code"].as_str()),

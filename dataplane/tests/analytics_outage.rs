@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{create_key, postgres_url, unique_user, Server};
+use common::{create_key, postgres_url, send, unique_user, Server};
 
 fn kafka_script(arg: Option<&str>) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-up.sh");
@@ -68,13 +68,12 @@ async fn put(server: &Server, key: &str, i: usize) {
 }
 
 async fn user_requests(server: &Server, admin: &str, user: &str) -> i64 {
-    let r = reqwest::Client::new()
-        .get(server.url(&format!("/api/v1/analytics/users/{user}")))
-        .header("X-API-Key", admin)
-        .send()
-        .await
-        .expect("get");
-    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    let (_, body) = send(
+        reqwest::Client::new()
+            .get(server.url(&format!("/api/v1/analytics/users/{user}")))
+            .header("X-API-Key", admin),
+    )
+    .await;
     body["totals"]["requests"].as_i64().unwrap_or(-1)
 }
 

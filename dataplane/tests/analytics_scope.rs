@@ -6,38 +6,35 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    ops::Deref,
+    time::{Duration, Instant},
+};
 
-use common::{mysql_url, postgres_url, Server};
-use reqwest::Client;
+use common::{mysql_url, postgres_url, send, TestApp};
+use reqwest::Method;
 use serde_json::Value;
 
-struct Api {
-    server: Server,
-    http: Client,
+/// A [`TestApp`] whose writes name a device and whose reads are analytics.
+struct Api(TestApp);
+
+impl Deref for Api {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.0
+    }
 }
 
 impl Api {
     async fn start(database_url: Option<String>) -> Api {
-        Api {
-            server: Server::with_database(database_url, &[]).await,
-            http: Client::new(),
-        }
-    }
-
-    fn key(&self, user: &str, extra: &[&str]) -> String {
-        self.server.create_key(user, extra)
+        Api(TestApp::with_database(database_url, &[]).await)
     }
 
     /// A write as device `instance` (REST's default `rest` when None).
     async fn put(&self, key: &str, instance: Option<&str>, item: &str) {
-        let mut req = self
-            .http
-            .put(
-                self.server
-                    .url(&format!("/api/v1/sync-storage/item/{item}")),
-            )
-            .header("X-API-Key", key);
+        let path = format!("/api/v1/sync-storage/item/{item}");
+        let mut req = self.request(Method::PUT, &path, Some(key));
         if let Some(i) = instance {
             req = req.header("X-Instance-Id", i);
         }
@@ -52,16 +49,12 @@ impl Api {
     /// An analytics read, made as device `reader` so that reading never
     /// adds to the figures read.
     async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(self.server.url(&format!("/api/v1/analytics{path}")))
-            .header("X-API-Key", key)
-            .header("X-Instance-Id", "reader")
-            .send()
-            .await
-            .expect("get");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let path = format!("/api/v1/analytics{path}");
+        let req = self
+            .request(Method::GET, &path, Some(key))
+            .header("X-Instance-Id", "reader");
+        let (status, body) = send(req).await;
+        (status.as_u16(), body)
     }
 
     /// Polls until `path` answers 200 with `requests` at `pointer`.

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{create_key, postgres_url, unique_user, Server};
+use common::{create_key, key_id, postgres_url, unique_user, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
@@ -53,27 +53,6 @@ enum Flood {
     RestrictedKey,
 }
 
-/// The id of `user`'s (only) key.
-async fn key_id_of(http: &Client, server: &Server, user: &str) -> String {
-    let keys: Value = http
-        .get(server.url("/api/v1/api-keys"))
-        .header("X-API-Key", ADMIN)
-        .send()
-        .await
-        .expect("keys")
-        .json()
-        .await
-        .expect("json");
-    keys.as_array()
-        .expect("a list")
-        .iter()
-        .find(|k| k["userId"] == user)
-        .expect("the user's key")["id"]
-        .as_str()
-        .expect("an id")
-        .to_string()
-}
-
 async fn a_flood_of_refusals(database_url: Option<String>, flood_with: Flood) {
     let mut env = vec![("BOOTSTRAP_API_KEY", ADMIN.to_string())];
     if let Some(url) = database_url {
@@ -87,8 +66,8 @@ async fn a_flood_of_refusals(database_url: Option<String>, flood_with: Flood) {
     let key = create_key(dir, &env, &writer, &[]);
     let fenced_user = unique_user("fenced");
     let fenced = create_key(dir, &env, &fenced_user, &["--ip", "192.0.2.0/24"]);
-    let key_id = key_id_of(&http, &server, &writer).await;
-    let fenced_id = key_id_of(&http, &server, &fenced_user).await;
+    let fenced_id = key_id(&server, &fenced).await;
+    let key_id = key_id(&server, &key).await;
     let (refused_status, code, credential, denied) = match flood_with {
         Flood::Unauthenticated => (
             StatusCode::UNAUTHORIZED,

@@ -24,10 +24,7 @@ async fn dates_are_accepted_as_iso_8601_or_unix_ms() {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        common::send(req)
     };
     use reqwest::Method as M;
 

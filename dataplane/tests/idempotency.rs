@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{unique_user, Server};
+use common::{send, unique_user, Server};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
@@ -18,11 +18,6 @@ async fn pods(backend: &str, extra: &[(&str, &str)]) -> (Server, Option<Server>)
         None => None,
     };
     (a, b)
-}
-
-async fn send(req: RequestBuilder) -> (StatusCode, Value) {
-    let r = req.send().await.expect("request");
-    (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
 struct Device<'a> {

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use common::Server;
+use common::{send, Server};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -80,11 +80,7 @@ async fn identity_provider_tokens_are_checked_for_key_issuer_and_audience() {
             .put(server.url("/api/v1/sync-storage/item/k"))
             .bearer_auth(token)
             .json(&json!({"value": 1}));
-        async move {
-            let r = req.send().await.unwrap();
-            let s = r.status();
-            (s, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        send(req)
     };
     let (s, b) = put(rs("k1", &claims(ISS, AUD, now + 300))).await;
     assert_eq!(s, StatusCode::OK, "{b}");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Server;
+use common::{send, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
@@ -26,9 +26,7 @@ async fn status(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let r = req.send().await.unwrap();
-    let s = r.status();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let (s, body) = send(req).await;
     (s, body["code"].as_str().unwrap_or("").to_string())
 }
 

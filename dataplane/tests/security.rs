@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{unique_user, Server};
+use common::{key_id, send, unique_user, Server};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -22,27 +22,10 @@ async fn start(backend: &str, extra: &[(&str, &str)]) -> Server {
 }
 
 /// `syncstore keys create` on the server's database; returns (key, id).
-fn key(server: &Server, user: &str, extra: &[&str]) -> (String, String) {
+async fn key(server: &Server, user: &str, extra: &[&str]) -> (String, String) {
     let key = server.create_key(user, extra);
-    (key.clone(), id_of(server, user, &key))
-}
-
-/// The id of a key: `keys list` shows its hint (the CLI prints only the key).
-fn id_of(server: &Server, user: &str, key: &str) -> String {
-    let hint: String = key.chars().take(12).collect();
-    let out = std::process::Command::new(common::binary())
-        .env_clear()
-        .env("SYNCSTORE_DATA_DIR", server.data_dir.path())
-        .envs(server.cli_env())
-        .args(["keys", "list", "--user", user])
-        .output()
-        .expect("keys list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|k| k["keyHint"].as_str() == Some(&format!("{hint}…")))
-        .and_then(|k| k["id"].as_str().map(str::to_owned))
-        .expect("key listed")
+    let id = key_id(server, &key).await;
+    (key, id)
 }
 
 async fn call(
@@ -56,8 +39,7 @@ async fn call(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let r = req.send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+    send(req).await
 }
 
 fn exceeds(body: &Value) -> Vec<String> {
@@ -75,10 +57,10 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
     let server = start(backend, &[]).await;
     let http = Client::new();
     let user = unique_user("esc");
-    let (admin, admin_id) = key(&server, &user, &["--scopes", "admin"]);
-    let (manager, manager_id) = key(&server, &user, &["--scopes", "read,keys:manage"]);
-    let (_, writer_id) = key(&server, &user, &["--scopes", "read,write"]);
-    let (_, reader_id) = key(&server, &user, &["--scopes", "read"]);
+    let (admin, admin_id) = key(&server, &user, &["--scopes", "admin"]).await;
+    let (manager, manager_id) = key(&server, &user, &["--scopes", "read,keys:manage"]).await;
+    let (_, writer_id) = key(&server, &user, &["--scopes", "read,write"]).await;
+    let (_, reader_id) = key(&server, &user, &["--scopes", "read"]).await;
     let m = ("X-API-Key", manager.as_str());
     let a = ("X-API-Key", admin.as_str());
     let url = |p: &str| server.url(&format!("/api/v1/api-keys{p}"));
@@ -258,7 +240,8 @@ async fn key_management_never_leaves_a_key_stronger_than_its_manager(backend: &s
             "--quota-per-minute",
             "100",
         ],
-    );
+    )
+    .await;
     let l = ("X-API-Key", limited.as_str());
     let (s, b) = call(
         &http,
@@ -309,13 +292,11 @@ async fn mint(http: &Client, server: &Server, issuer: &str, user: &str) -> (Stat
 }
 
 async fn refresh(http: &Client, server: &Server, token: &str) -> (StatusCode, Value) {
-    let r = http
-        .post(server.url("/api/v1/auth/refresh"))
-        .json(&json!({"refreshToken": token}))
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+    send(
+        http.post(server.url("/api/v1/auth/refresh"))
+            .json(&json!({"refreshToken": token})),
+    )
+    .await
 }
 
 async fn put_with(http: &Client, server: &Server, access: &str) -> (StatusCode, Value) {
@@ -337,8 +318,8 @@ async fn tokens_die_with_their_issuing_key(backend: &str) {
     let server = start(backend, &[]).await;
     let http = Client::new();
     let owner = unique_user("iss");
-    let (admin, _) = key(&server, &owner, &["--scopes", "admin"]);
-    let (issuer, issuer_id) = key(&server, &owner, &["--scopes", "read,write,tokens:issue"]);
+    let (admin, _) = key(&server, &owner, &["--scopes", "admin"]).await;
+    let (issuer, issuer_id) = key(&server, &owner, &["--scopes", "read,write,tokens:issue"]).await;
     let patch = |body: Value| {
         call(
             &http,
@@ -446,7 +427,8 @@ async fn refresh_racing_logout_never_survives(backend: &str) {
         &server,
         &unique_user("race"),
         &["--scopes", "read,write,tokens:issue"],
-    );
+    )
+    .await;
     let user = unique_user("race");
     let logout = |t: String| {
         let req = http
@@ -519,7 +501,8 @@ async fn token_users_have_their_own_rate_limit_and_minting_counts_quotas() {
             "--quota-per-minute",
             "5",
         ],
-    );
+    )
+    .await;
     let (a, b) = (unique_user("a"), unique_user("b"));
     let (_, pa) = mint(&http, &server, &issuer, &a).await;
     let (_, pb) = mint(&http, &server, &issuer, &b).await;
@@ -574,7 +557,8 @@ async fn tokens_not_yet_valid_are_refused() {
         &server,
         &unique_user("nbf"),
         &["--scopes", "read,write,tokens:issue"],
-    );
+    )
+    .await;
     let now = chrono::Utc::now().timestamp();
     let token = |nbf: i64| {
         encode(

@@ -26,13 +26,10 @@ async fn an_older_blind_write_does_not_undo_a_newer_removal(backend: &str) {
     let url = server.url("/api/v1/sync-storage/item/x");
     let now = chrono::Utc::now().timestamp_millis();
     let send = |req: reqwest::RequestBuilder, instance: &str| {
-        let req = req
-            .header("X-API-Key", &key)
-            .header("X-Instance-Id", instance);
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        common::send(
+            req.header("X-API-Key", &key)
+                .header("X-Instance-Id", instance),
+        )
     };
     let (s, _) = send(
         http.put(&url)
@@ -158,10 +155,7 @@ async fn a_write_never_meets_an_expired_value(backend: &str) {
             .header("X-API-Key", &key)
             .header("X-Instance-Id", instance)
             .json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        common::send(req)
     };
     let (s, first) = put(
         "m",

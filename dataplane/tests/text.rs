@@ -5,50 +5,9 @@
 
 mod common;
 
-use common::{mysql_url, postgres_url, unique_user, Server};
-use reqwest::{Client, Method, StatusCode};
+use common::{mysql_url, postgres_url, unique_user, TestApp};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-struct Api {
-    server: Server,
-    http: Client,
-}
-
-impl Api {
-    async fn start(database_url: Option<String>) -> Api {
-        Api {
-            server: Server::with_database(database_url, &[]).await,
-            http: Client::new(),
-        }
-    }
-
-    fn key(&self, user: &str, extra: &[&str]) -> String {
-        self.server.create_key(user, extra)
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, self.server.url(path))
-            .header("X-API-Key", key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
 
 /// A 400 in the house envelope, with the given code and `details.field`.
 fn assert_refused(got: &(StatusCode, Value), code: &str, field: &str) {
@@ -61,7 +20,7 @@ fn assert_refused(got: &(StatusCode, Value), code: &str, field: &str) {
 
 /// `alice` and `alice ` are two tenants; `a` and `a ` two keys.
 async fn trailing_spaces_make_other_tenants_and_other_keys(database_url: Option<String>) {
-    let api = Api::start(database_url).await;
+    let api = TestApp::with_database(database_url, &[]).await;
     let alice = unique_user("alice");
     let padded = format!("{alice} ");
     let (ka, kp) = (api.key(&alice, &[]), api.key(&padded, &[]));
@@ -70,7 +29,7 @@ async fn trailing_spaces_make_other_tenants_and_other_keys(database_url: Option<
             .call(
                 Method::PUT,
                 &format!("/api/v1/sync-storage/item/{k}"),
-                &ka,
+                Some(&ka),
                 Some(json!({"value": k})),
             )
             .await;
@@ -81,31 +40,36 @@ async fn trailing_spaces_make_other_tenants_and_other_keys(database_url: Option<
         .call(
             Method::PUT,
             "/api/v1/sync-storage/item/a%20",
-            &ka,
+            Some(&ka),
             Some(json!({"value": "a-space"})),
         )
         .await;
     assert_eq!(got.0, StatusCode::OK, "{}", got.1);
     assert_eq!(got.1["item"]["key"], "a ");
     let (_, keys) = api
-        .call(Method::GET, "/api/v1/sync-storage/keys?prefix=a", &ka, None)
+        .call(
+            Method::GET,
+            "/api/v1/sync-storage/keys?prefix=a",
+            Some(&ka),
+            None,
+        )
         .await;
     assert_eq!(keys, json!(["a", "a "]));
     let (_, one) = api
-        .call(Method::GET, "/api/v1/sync-storage/item/a", &ka, None)
+        .call(Method::GET, "/api/v1/sync-storage/item/a", Some(&ka), None)
         .await;
     assert_eq!(one["value"], "a");
 
     // The padded user sees none of alice's items, and has its own.
     let (_, theirs) = api
-        .call(Method::GET, "/api/v1/sync-storage/items", &kp, None)
+        .call(Method::GET, "/api/v1/sync-storage/items", Some(&kp), None)
         .await;
     assert_eq!(theirs, json!([]));
     let got = api
         .call(
             Method::PUT,
             "/api/v1/sync-storage/item/a",
-            &kp,
+            Some(&kp),
             Some(json!({"value": "padded"})),
         )
         .await;
@@ -120,11 +84,16 @@ async fn trailing_spaces_make_other_tenants_and_other_keys(database_url: Option<
         got.1
     );
     let (_, cleared) = api
-        .call(Method::DELETE, "/api/v1/sync-storage/clear", &kp, None)
+        .call(
+            Method::DELETE,
+            "/api/v1/sync-storage/clear",
+            Some(&kp),
+            None,
+        )
         .await;
     assert_eq!(cleared["cleared"], 1);
     let (_, mine) = api
-        .call(Method::GET, "/api/v1/sync-storage/items", &ka, None)
+        .call(Method::GET, "/api/v1/sync-storage/items", Some(&ka), None)
         .await;
     assert_eq!(mine.as_array().map(Vec::len), Some(4), "{mine}");
     assert!(mine
@@ -137,12 +106,12 @@ async fn trailing_spaces_make_other_tenants_and_other_keys(database_url: Option<
 /// A NUL in any text field is a 400 naming the field (it was a 500 on
 /// PostgreSQL), and a malformed escape is refused rather than stored.
 async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String>) {
-    let api = Api::start(database_url).await;
+    let api = TestApp::with_database(database_url, &[]).await;
     let user = unique_user("nul");
     // Manages its own keys (so its list is its own); `admin` for the rest.
     let manager = api.key(&user, &["--scopes", "read,write,keys:manage"]);
     let key = api.key(&user, &["--scopes", "read,write,keys:manage,admin"]);
-    let put = |path: &'static str, body: Value| api.call(Method::PUT, path, &key, Some(body));
+    let put = |path: &'static str, body: Value| api.call(Method::PUT, path, Some(&key), Some(body));
     for (field, body) in [
         (
             "compressionType",
@@ -179,12 +148,12 @@ async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String
         ("userAgentPatterns", json!({"userAgentPatterns": ["^A\0"]})),
     ] {
         let got = api
-            .call(Method::POST, "/api/v1/api-keys", &manager, Some(body))
+            .call(Method::POST, "/api/v1/api-keys", Some(&manager), Some(body))
             .await;
         assert_refused(&got, "INVALID_BODY", field);
     }
     let (_, listed) = api
-        .call(Method::GET, "/api/v1/api-keys", &manager, None)
+        .call(Method::GET, "/api/v1/api-keys", Some(&manager), None)
         .await;
     assert_eq!(
         listed.as_array().map(Vec::len),
@@ -222,14 +191,14 @@ async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String
             "userId",
         ),
     ] {
-        let got = api.call(Method::GET, path, &key, None).await;
+        let got = api.call(Method::GET, path, Some(&key), None).await;
         assert_refused(&got, code, field);
     }
     let got = api
         .call(
             Method::PUT,
             "/api/v1/sync-storage/conflicts/resolve/c%00",
-            &key,
+            Some(&key),
             Some(json!({"strategy": "MANUAL", "resolvedValue": 1})),
         )
         .await;
@@ -238,7 +207,7 @@ async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String
         .call(
             Method::POST,
             "/api/v1/sync-storage/conflicts/analyze",
-            &key,
+            Some(&key),
             Some(json!({"itemIds": ["ok", "x\0"]})),
         )
         .await;
@@ -247,7 +216,7 @@ async fn unstorable_text_is_refused_naming_the_field(database_url: Option<String
     assert_refused(&got, "INVALID_KEY", "key");
     // Nothing above was stored: `a%ZZ` in particular is not a key.
     let (_, keys) = api
-        .call(Method::GET, "/api/v1/sync-storage/keys", &key, None)
+        .call(Method::GET, "/api/v1/sync-storage/keys", Some(&key), None)
         .await;
     assert_eq!(keys, json!([]));
     // Good escapes still decode.
@@ -270,7 +239,7 @@ async fn socket_events_refuse_unstorable_text_naming_the_field() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let api = Api::start(None).await;
+    let api = TestApp::with_database(None, &[]).await;
     let user = unique_user("sock");
     let key = api.key(&user, &[]);
     let (port, key) = (api.server.port, key.as_str());

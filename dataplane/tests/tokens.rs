@@ -4,63 +4,47 @@
 mod common;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use common::{unique_user, Server};
+use common::{send, unique_user, TestApp};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use reqwest::{Client, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const SECRET: &str = "test-access-secret-0123456789abcdefghij";
 const REFRESH: &str = "test-refresh-secret-0123456789abcdefghij";
 
-async fn start() -> (Server, String) {
-    let server = Server::start(&[
+async fn start() -> (TestApp, String) {
+    let app = TestApp::start(&[
         ("JWT_SECRET", SECRET),
         ("JWT_REFRESH_SECRET", REFRESH),
         ("JWT_EXPIRES_IN", "10m"),
     ])
     .await;
-    let issuer = server.create_key("backend", &["--scopes", "read,write,tokens:issue"]);
-    (server, issuer)
+    let issuer = app.key("backend", &["--scopes", "read,write,tokens:issue"]);
+    (app, issuer)
 }
 
-async fn post(
-    http: &Client,
-    server: &Server,
-    path: &str,
-    key: Option<&str>,
-    body: Value,
-) -> (StatusCode, Value) {
-    let mut req = http.post(server.url(path)).json(&body);
-    if let Some(k) = key {
-        req = req.header("X-API-Key", k);
-    }
-    let r = req.send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn get_with_bearer(http: &Client, server: &Server, token: &str) -> (StatusCode, Value) {
-    let r = http
-        .get(server.url("/api/v1/sync-storage/keys"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+async fn get_with_bearer(app: &TestApp, token: &str) -> (StatusCode, Value) {
+    send(
+        app.http
+            .get(app.url("/api/v1/sync-storage/keys"))
+            .bearer_auth(token),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn tokens_act_as_their_user_and_refresh_tokens_rotate_once() {
-    let (server, issuer) = start().await;
-    let http = Client::new();
+    let (app, issuer) = start().await;
+    let (server, http) = (&app.server, &app.http);
     let user = unique_user("tok");
-    let (s, pair) = post(
-        &http,
-        &server,
-        "/api/v1/auth/token",
-        Some(&issuer),
-        json!({"userId": user}),
-    )
-    .await;
+    let (s, pair) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&issuer),
+            Some(json!({"userId": user})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{pair}");
     assert_eq!(
         (pair["tokenType"].as_str(), pair["expiresIn"].as_u64()),
@@ -80,33 +64,30 @@ async fn tokens_act_as_their_user_and_refresh_tokens_rotate_once() {
         r.json::<Value>().await.unwrap()["item"]["userId"],
         user.as_str()
     );
-    assert_eq!(
-        get_with_bearer(&http, &server, &access).await.1,
-        json!(["k"])
-    );
+    assert_eq!(get_with_bearer(&app, &access).await.1, json!(["k"]));
 
     // Rotation: each refresh token works once.
     let first = pair["refreshToken"].as_str().unwrap().to_string();
-    let (s, second) = post(
-        &http,
-        &server,
-        "/api/v1/auth/refresh",
-        None,
-        json!({"refreshToken": first}),
-    )
-    .await;
+    let (s, second) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refreshToken": first})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let second_refresh = second["refreshToken"].as_str().unwrap().to_string();
     assert_ne!(second_refresh, first);
     // Reusing the first revokes the family: the second stops working too.
-    let (s, b) = post(
-        &http,
-        &server,
-        "/api/v1/auth/refresh",
-        None,
-        json!({"refreshToken": first}),
-    )
-    .await;
+    let (s, b) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refreshToken": first})),
+        )
+        .await;
     assert_eq!(
         (s, b["code"].as_str(), b["details"]["reason"].as_str()),
         (
@@ -115,46 +96,46 @@ async fn tokens_act_as_their_user_and_refresh_tokens_rotate_once() {
             Some("token_reused")
         )
     );
-    let (s, b) = post(
-        &http,
-        &server,
-        "/api/v1/auth/refresh",
-        None,
-        json!({"refreshToken": second_refresh}),
-    )
-    .await;
+    let (s, b) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refreshToken": second_refresh})),
+        )
+        .await;
     assert_eq!(
         (s, b["details"]["reason"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("token_revoked"))
     );
 
     // Logout revokes a fresh family.
-    let (_, pair) = post(
-        &http,
-        &server,
-        "/api/v1/auth/token",
-        Some(&issuer),
-        json!({"userId": user}),
-    )
-    .await;
+    let (_, pair) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&issuer),
+            Some(json!({"userId": user})),
+        )
+        .await;
     let refresh = pair["refreshToken"].as_str().unwrap();
-    let (s, _) = post(
-        &http,
-        &server,
-        "/api/v1/auth/logout",
-        None,
-        json!({"refreshToken": refresh}),
-    )
-    .await;
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/logout",
+            None,
+            Some(json!({"refreshToken": refresh})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = post(
-        &http,
-        &server,
-        "/api/v1/auth/refresh",
-        None,
-        json!({"refreshToken": refresh}),
-    )
-    .await;
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refreshToken": refresh})),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // No secret, key or token reached the logs.
     let log = server.log();
@@ -163,30 +144,30 @@ async fn tokens_act_as_their_user_and_refresh_tokens_rotate_once() {
 
 #[tokio::test]
 async fn only_tokens_issue_keys_mint_tokens_and_never_wider_than_themselves() {
-    let (server, _) = start().await;
-    let http = Client::new();
+    let (app, _) = start().await;
+    let (server, http) = (&app.server, &app.http);
     let plain = server.create_key("someone", &[]);
-    let (s, b) = post(
-        &http,
-        &server,
-        "/api/v1/auth/token",
-        Some(&plain),
-        json!({"userId": "x"}),
-    )
-    .await;
+    let (s, b) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&plain),
+            Some(json!({"userId": "x"})),
+        )
+        .await;
     assert_eq!(
         (s, b["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("SCOPE_REQUIRED"))
     );
     let read_issuer = server.create_key("ro-backend", &["--scopes", "read,tokens:issue"]);
-    let (_, pair) = post(
-        &http,
-        &server,
-        "/api/v1/auth/token",
-        Some(&read_issuer),
-        json!({"userId": "y", "scopes": ["read", "write"]}),
-    )
-    .await;
+    let (_, pair) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&read_issuer),
+            Some(json!({"userId": "y", "scopes": ["read", "write"]})),
+        )
+        .await;
     let token = pair["accessToken"].as_str().unwrap();
     let r = http
         .put(server.url("/api/v1/sync-storage/item/k"))
@@ -197,16 +178,16 @@ async fn only_tokens_issue_keys_mint_tokens_and_never_wider_than_themselves() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Without JWT secrets the endpoints say so.
-    let bare = Server::start(&[]).await;
-    let key = bare.create_key("b", &["--scopes", "read,tokens:issue"]);
-    let (s, b) = post(
-        &http,
-        &bare,
-        "/api/v1/auth/token",
-        Some(&key),
-        json!({"userId": "z"}),
-    )
-    .await;
+    let bare = TestApp::start(&[]).await;
+    let key = bare.key("b", &["--scopes", "read,tokens:issue"]);
+    let (s, b) = bare
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&key),
+            Some(json!({"userId": "z"})),
+        )
+        .await;
     assert_eq!(
         (s, b["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("TOKENS_DISABLED"))
@@ -219,19 +200,19 @@ fn b64(v: &Value) -> String {
 
 #[tokio::test]
 async fn forged_tokens_are_refused() {
-    let (server, issuer) = start().await;
-    let http = Client::new();
+    let (app, issuer) = start().await;
+    let (server, http) = (&app.server, &app.http);
     let now = chrono::Utc::now().timestamp();
     // A genuine token names its issuing key (`kid`), which must still be
     // valid: take the real one from a minted token.
-    let (_, pair) = post(
-        &http,
-        &server,
-        "/api/v1/auth/token",
-        Some(&issuer),
-        json!({"userId": "victim"}),
-    )
-    .await;
+    let (_, pair) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&issuer),
+            Some(json!({"userId": "victim"})),
+        )
+        .await;
     let payload = pair["accessToken"]
         .as_str()
         .unwrap()
@@ -289,7 +270,7 @@ async fn forged_tokens_are_refused() {
         ("refresh as access", wrong_kind.as_str(), "invalid_token"),
         ("garbage", "a.b.c", "invalid_token"),
     ] {
-        let (s, b) = get_with_bearer(&http, &server, token).await;
+        let (s, b) = get_with_bearer(&app, token).await;
         assert_eq!(
             (s, b["details"]["reason"].as_str()),
             (StatusCode::UNAUTHORIZED, Some(reason)),
@@ -315,28 +296,25 @@ async fn forged_tokens_are_refused() {
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    assert_eq!(
-        get_with_bearer(&http, &server, &good).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(get_with_bearer(&app, &good).await.0, StatusCode::OK);
 }
 
 /// User A's key or token reaches nothing of user B's, through any endpoint.
 #[tokio::test]
 async fn tenants_are_isolated_across_every_endpoint() {
-    let (server, issuer) = start().await;
-    let http = Client::new();
+    let (app, issuer) = start().await;
+    let (server, http) = (&app.server, &app.http);
     let alice = unique_user("alice");
     let bob = unique_user("bob");
     let bob_key = server.create_key(&bob, &["--scopes", "read,write,keys:manage"]);
-    let (_, pair) = post(
-        &http,
-        &server,
-        "/api/v1/auth/token",
-        Some(&issuer),
-        json!({"userId": alice}),
-    )
-    .await;
+    let (_, pair) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&issuer),
+            Some(json!({"userId": alice})),
+        )
+        .await;
     let alice_token = pair["accessToken"].as_str().unwrap().to_string();
     let alice_key = server.create_key(&alice, &["--scopes", "read,write,keys:manage"]);
     // Bob's data: an item, a pending conflict, a key.

@@ -2,6 +2,12 @@
 //! `syncstore serve` process.
 #![allow(dead_code)]
 
+mod app;
+
+// Each test target includes this module and uses what it needs of it.
+#[allow(unused_imports)]
+pub use app::{assert_error, key_id, send, TestApp};
+
 use std::{
     net::TcpListener,
     path::PathBuf,
@@ -81,8 +87,9 @@ pub struct Server {
     pub base: String,
     pub data_dir: tempfile::TempDir,
     pub port: u16,
-    /// `DATABASE_URL`, when the server is on a database server: the CLI
-    /// (`create_key`, `cli`) reaches the same database with it.
+    /// `DATABASE_URL`, when the server is on a database server (given to
+    /// [`Server::with_database`] or in its environment): the CLI
+    /// (`create_key`, `cli`) and [`Server::db`] reach the same database.
     pub db_env: Vec<(&'static str, String)>,
 }
 
@@ -108,6 +115,19 @@ impl Server {
         let mut server = Self::start(&env).await;
         server.db_env = db_env;
         server
+    }
+
+    /// The server's own database (its SQLite file, or `DATABASE_URL`),
+    /// opened beside it with one connection, not migrated.
+    pub async fn db(&self) -> Db {
+        let cfg = DatabaseConfig {
+            url: self.db_env.first().map(|(_, url)| Secret::new(url.clone())),
+            connection_limit: 1,
+            ssl: false,
+        };
+        Db::connect(&cfg, self.data_dir.path())
+            .await
+            .expect("the server's database opens")
     }
 
     /// The CLI's environment for this server's database.
@@ -145,8 +165,12 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data_dir.path().join("server.log")).expect("log file"));
+        let mut db_env = Vec::new();
         for (k, v) in env {
             cmd.env(k, v);
+            if *k == "DATABASE_URL" {
+                db_env = vec![("DATABASE_URL", v.to_string())];
+            }
         }
         let child = cmd.spawn().expect("spawn syncstore");
         let server = Server {
@@ -154,7 +178,7 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             data_dir,
             port,
-            db_env: Vec::new(),
+            db_env,
         };
         server.wait_healthy().await;
         server
