@@ -157,21 +157,62 @@ fn x_forwarded_for_hops(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAd
 
 /// The `for=` of every Forwarded element over every line, right-most first.
 /// The `rfc7239` crate parses an element (parameters, quoting, brackets);
-/// elements are split here so that an empty one is skipped like above.
+/// elements are split here, because the crate splits a line at every comma,
+/// even one inside a quoted string (RFC 7239 §4 allows quoted values).
 fn forwarded_hops(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
     lines(headers, FORWARDED.as_str())
         .into_iter()
         .rev()
         .flat_map(|line| -> Box<dyn Iterator<Item = Option<IpAddr>> + '_> {
             match line {
-                Some(line) => Box::new(elements_rev(line).map(forwarded_for)),
+                Some(line) => Box::new(
+                    split_unquoted(line, ',')
+                        .into_iter()
+                        .rev()
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(forwarded_for),
+                ),
                 None => Box::new(std::iter::once(None)),
             }
         })
 }
 
-/// The address in one Forwarded element's `for=`, if it names one.
+/// `text` split at each `sep` outside a quoted string (RFC 9110 §5.6.4:
+/// `"…"` with `\` escapes).
+fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
+    let (mut parts, mut start) = (Vec::new(), 0);
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in text.char_indices() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, c) if c == sep => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The address in one Forwarded element's `for=`, if it names exactly one:
+/// an element with two `for` parameters names no client (the crate would
+/// take the last).
 fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let fors = split_unquoted(element, ';')
+        .into_iter()
+        .filter(|p| {
+            p.split_once('=')
+                .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+        })
+        .count();
+    if fors != 1 {
+        return None;
+    }
     let parsed = rfc7239::parse(element).next()?.ok()?;
     parsed.forwarded_for?.ip().copied()
 }
@@ -366,6 +407,11 @@ mod tests {
             "for=198.51.100.7, proto=https",
             "for=198.51.100.7, for=2001:db8::1",
             "for=198.51.100.7, garbage",
+            // A comma inside a quoted value does not end the element, whose
+            // `for` then names no address.
+            "for=198.51.100.7, for=\"_hidden,for=203.0.113.5\"",
+            // Two `for` parameters in one element name no one client.
+            "for=198.51.100.1;for=203.0.113.5",
         ] {
             assert_eq!(f(bad), None, "{bad}");
         }

@@ -202,14 +202,25 @@ pub fn caller_from(
         ip: client.ip,
         country: country_header
             .filter(|_| client.via_trusted_proxy)
-            .and_then(header)
-            .map(|c| c.trim().to_ascii_uppercase())
-            .filter(|c| !c.is_empty()),
+            .and_then(|name| last_value(headers, name))
+            .map(str::to_ascii_uppercase),
         domain: header("origin")
             .or_else(|| header("referer"))
             .and_then(host_of),
         user_agent: header("user-agent").map(str::to_owned),
     }
+}
+
+/// The last value of a header a trusted proxy sets: its last line, and the
+/// last of a comma-separated list. A proxy that appends its own value (as
+/// HAProxy's `add-header` does) puts it after whatever the client sent, as
+/// for `X-Forwarded-For`; one that overwrites leaves one value.
+fn last_value<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Option<&'h str> {
+    let line = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    line.rsplit(',')
+        .next()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -332,6 +343,13 @@ mod tests {
         let direct = caller_from(&h, "198.51.100.1".parse().ok(), &trusted, Some("x-country"));
         assert_eq!(direct.country, None);
         assert_eq!(direct.ip, "198.51.100.1".parse().ok());
+        // A proxy that appends: its value, not the client's, counts.
+        h.append("x-country", "fr".parse().unwrap());
+        let appended = caller_from(&h, "10.0.0.5".parse().ok(), &trusted, Some("x-country"));
+        assert_eq!(appended.country.as_deref(), Some("FR"));
+        h.insert("x-country", "GB, SE".parse().unwrap());
+        let listed = caller_from(&h, "10.0.0.5".parse().ok(), &trusted, Some("x-country"));
+        assert_eq!(listed.country.as_deref(), Some("SE"));
     }
 
     #[test]
