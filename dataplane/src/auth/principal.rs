@@ -8,6 +8,37 @@ use super::{
 };
 use crate::{analytics::report::Viewer, error::ApiError, storage::now_ms};
 
+/// The credentials a request or a handshake presents.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Presented<'a> {
+    /// `X-API-Key`, or the handshake's `auth.apiKey` (or `?apiKey=`).
+    pub api_key: Option<&'a str>,
+    /// `Authorization`, or the handshake's `auth.token` as a bearer token.
+    pub authorization: Option<Authorization<'a>>,
+}
+
+/// An `Authorization` value.
+#[derive(Debug, Clone, Copy)]
+pub enum Authorization<'a> {
+    /// `Bearer <token>` (RFC 6750; the scheme is case-insensitive).
+    Bearer(&'a str),
+    /// Any other scheme, or a value that is not text.
+    Other,
+}
+
+impl<'a> Authorization<'a> {
+    /// Reads an `Authorization` header value.
+    pub fn parse(value: &'a [u8]) -> Self {
+        let text = std::str::from_utf8(value).unwrap_or_default();
+        match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Authorization::Bearer(token)
+            }
+            _ => Authorization::Other,
+        }
+    }
+}
+
 /// The caller: the user it acts as, and the key that vouched for it.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -163,6 +194,34 @@ impl Authenticator {
         self.tokens.as_ref().ok_or(ApiError::TokensDisabled)
     }
 
+    /// The one rule for which credential counts, on every edge (REST
+    /// headers, the Socket.IO handshake): an API key when one is presented,
+    /// else a bearer token. A proxy's `Authorization: Basic …` or a stale
+    /// token beside a valid key does not override the key. Every refusal is
+    /// recorded (see [`Self::refused`]), with the key's id once known.
+    pub async fn authenticate(
+        &self,
+        presented: Presented<'_>,
+        caller: &Caller,
+    ) -> Result<Principal, (ApiError, Option<String>)> {
+        let key = presented.api_key.filter(|k| !k.trim().is_empty());
+        let token = match (key, presented.authorization) {
+            (None, Some(Authorization::Bearer(token))) => Ok(token),
+            (None, Some(Authorization::Other)) => Err(ApiError::Unauthorized {
+                reason: "invalid_authorization_header",
+            }),
+            _ => return self.api_key(presented.api_key, caller).await,
+        };
+        let result = match token {
+            Ok(token) => self.bearer(token).await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| {
+            self.refused(&e, None, caller);
+            (e, None)
+        })
+    }
+
     /// Authenticates a user token: ours (HS256) or, with a JWKS configured,
     /// an identity provider's (RS256/ES256). The header only routes the
     /// token; each path pins its own algorithm.
@@ -217,21 +276,10 @@ impl Authenticator {
         &self.keys
     }
 
-    /// Authenticates a presented API key and applies its restrictions to
-    /// the caller: the one check REST and Socket.IO share.
-    pub async fn api_key(
-        &self,
-        presented: Option<&str>,
-        caller: &Caller,
-    ) -> Result<Principal, ApiError> {
-        self.api_key_traced(presented, caller)
-            .await
-            .map_err(|(e, _)| e)
-    }
-
-    /// [`Self::api_key`], with the refused key's id once it is known (for
-    /// analytics of denials per key).
-    pub async fn api_key_traced(
+    /// Authenticates an API key, recording a refusal; the refused key's id,
+    /// once it is known, comes with the error (for analytics of denials per
+    /// key).
+    async fn api_key(
         &self,
         presented: Option<&str>,
         caller: &Caller,

@@ -14,7 +14,7 @@ use axum::{
 use super::error::rate_headers;
 use crate::{
     access::restrictions::Caller,
-    auth::{Principal, RequestContext},
+    auth::{Authorization, Presented, Principal, RequestContext},
     error::ApiError,
     state::AppState,
 };
@@ -71,33 +71,20 @@ fn identified(mut response: Response, who: Identified) -> Response {
 }
 
 /// The principal a request's credentials name, or the refusal (with the
-/// id of a key that was found but refused, for the analytics event).
+/// id of a key that was found but refused, for the analytics event); the
+/// rule between an API key and a token is `Authenticator::authenticate`'s.
 async fn principal(
     state: &AppState,
     headers: &HeaderMap,
     client: &Caller,
 ) -> Result<Principal, (ApiError, Option<String>)> {
-    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
-        let token = auth
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or((
-                ApiError::Unauthorized {
-                    reason: "invalid_authorization_header",
-                },
-                None,
-            ))?;
-        return state.auth.bearer(token).await.map_err(|e| {
-            state.auth.refused(&e, None, client);
-            (e, None)
-        });
-    }
-    let presented = headers
-        .get("x-api-key")
-        .map(|v| v.to_str().unwrap_or_default());
-    state.auth.api_key_traced(presented, client).await
+    let presented = Presented {
+        api_key: headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap_or_default()),
+        authorization: headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| Authorization::parse(v.as_bytes())),
+    };
+    state.auth.authenticate(presented, client).await
 }

@@ -15,7 +15,7 @@ use socketioxide::{
 };
 
 use crate::{
-    auth::{restrictions::Caller, Principal, Scope},
+    auth::{restrictions::Caller, Authorization, Presented, Principal, Scope},
     error::ApiError,
     state::AppState,
     sync::{validate_instance_id, validate_user_id},
@@ -71,33 +71,69 @@ fn auth_field<'a>(auth: &'a Option<serde_json::Value>, name: &str) -> Option<&'a
 }
 
 /// Authenticates the handshake and stores the [`Device`] in the socket's
-/// extensions.
+/// extensions. A refusal counts in the metrics and, as a REST denial does,
+/// in analytics (event `connect`, with the refused key's id once known).
 pub async fn authenticate(
     s: SocketRef,
     State(app): State<AppState>,
     HandshakeAuth(auth): HandshakeAuth,
 ) -> Result<(), Refusal> {
-    let device = identify(&s, &app, &auth).await.map_err(|e| {
-        app.metrics
-            .socket_refusals
-            .with_label_values(&[e.code()])
-            .inc();
-        Refusal(e)
-    })?;
+    let started = std::time::Instant::now();
+    let parts = s.req_parts();
+    let caller = app.auth.caller(&parts.headers, &parts.extensions);
+    let device = identify(&s, &app, &auth, caller.clone())
+        .await
+        .map_err(|(e, key_id)| {
+            app.metrics
+                .socket_refusals
+                .with_label_values(&[e.code()])
+                .inc();
+            app.analytics
+                .record(refusal_event(&s, &caller, &e, key_id, started));
+            Refusal(e)
+        })?;
     super::admit(&s, &app, device);
     Ok(())
 }
 
+/// The analytics record of a refused handshake.
+fn refusal_event(
+    s: &SocketRef,
+    caller: &Caller,
+    e: &ApiError,
+    key_id: Option<String>,
+    started: std::time::Instant,
+) -> crate::analytics::Event {
+    let query = s.req_parts().uri.query().unwrap_or("");
+    crate::analytics::Event {
+        kind: "socket".into(),
+        route_or_event: "connect".into(),
+        user_id: query_param(query, "userId"),
+        instance_id: query_param(query, "instanceId"),
+        api_key_id: key_id,
+        status: e.status().as_u16(),
+        error_code: Some(e.code().to_string()),
+        latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        country: caller.country.clone(),
+        ua_family: caller
+            .user_agent
+            .as_deref()
+            .map(|ua| crate::analytics::event::ua_family(ua).to_string()),
+        ip: caller.ip.map(|ip| ip.to_string()),
+        ..Default::default()
+    }
+}
+
+/// The device a handshake admits, or the refusal with the id of a key that
+/// was found but refused.
 async fn identify(
     s: &SocketRef,
     app: &AppState,
     auth: &Option<serde_json::Value>,
-) -> Result<Device, ApiError> {
+    caller: Caller,
+) -> Result<Device, (ApiError, Option<String>)> {
     let parts = s.req_parts();
     let query = parts.uri.query().unwrap_or("");
-    let api_key = auth_field(auth, "apiKey")
-        .map(str::to_owned)
-        .or_else(|| query_param(query, "apiKey"));
     // Browsers apply CORS to polling but not to WebSockets: the handshake
     // checks the page's Origin against CORS_ORIGIN itself. Clients that are
     // not browsers send no Origin and are not affected.
@@ -107,20 +143,35 @@ async fn identify(
             .get(axum::http::header::ORIGIN)
             .and_then(|v| v.to_str().ok());
         if origin.is_some_and(|o| !allowed.iter().any(|a| a == o)) {
-            return Err(ApiError::Forbidden {
+            let e = ApiError::Forbidden {
                 action: "connect from this origin (CORS_ORIGIN)",
-            });
+            };
+            return Err((e, None));
         }
     }
-    let caller = app.auth.caller(&parts.headers, &parts.extensions);
-    let principal = match auth_field(auth, "token") {
-        Some(token) if api_key.is_none() => app
-            .auth
-            .bearer(token)
-            .await
-            .inspect_err(|e| app.auth.refused(e, None, &caller))?,
-        _ => app.auth.api_key(api_key.as_deref(), &caller).await?,
+    let api_key = auth_field(auth, "apiKey")
+        .map(str::to_owned)
+        .or_else(|| query_param(query, "apiKey"));
+    let presented = Presented {
+        api_key: api_key.as_deref(),
+        authorization: auth_field(auth, "token").map(Authorization::Bearer),
     };
+    let principal = app.auth.authenticate(presented, &caller).await?;
+    let key_id = principal.key.id.clone();
+    device(app, query, &parts.headers, principal, caller)
+        .await
+        .map_err(|e| (e, Some(key_id)))
+}
+
+/// What an authenticated handshake must still satisfy: the `read` scope, the
+/// limits, and a valid `userId` and `instanceId` it may act for.
+async fn device(
+    app: &AppState,
+    query: &str,
+    headers: &axum::http::HeaderMap,
+    principal: Principal,
+    caller: Caller,
+) -> Result<Device, ApiError> {
     principal.require(Scope::Read)?;
     app.limiter.admit(&principal).await?;
     let user_id = query_param(query, "userId")
@@ -138,8 +189,7 @@ async fn identify(
     // The device record and the session's analytics carry the resolved
     // client, as REST does, not the proxy that connected.
     let ip = caller.ip.map(|ip| ip.to_string());
-    let user_agent = parts
-        .headers
+    let user_agent = headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
