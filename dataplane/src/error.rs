@@ -238,3 +238,68 @@ impl crate::text::Invalid {
         self.with_code("INVALID_HANDSHAKE")
     }
 }
+
+/// Decodes a request body or a socket event's payload: one JSON object,
+/// nothing after it, and a type error names its field (`details.field`,
+/// e.g. `tags[0]`, through `serde_path_to_error`, which serde_json's
+/// message does not). REST and Socket.IO both decode through this, so the
+/// same bad input gets the same answer on either edge.
+pub fn decode_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ApiError> {
+    // serde would also read a struct from an array of its fields in order
+    // (`["k", 1]`).
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidBody(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        if field == "." {
+            ApiError::InvalidBody(reason)
+        } else {
+            crate::text::Invalid::new(&field, reason).body()
+        }
+    })?;
+    // Nothing may follow the object (`{"value":1} {"value":2}`).
+    de.end().map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        tags: Option<Vec<String>>,
+        n: Option<i64>,
+    }
+
+    fn refusal(json: &str) -> (String, Value) {
+        let e = decode_object::<Body>(json.as_bytes()).expect_err(json);
+        (e.code().to_string(), e.details())
+    }
+
+    #[test]
+    fn type_errors_name_their_field() {
+        assert_eq!(
+            refusal(r#"{"tags": ["a", 5]}"#),
+            ("INVALID_BODY".into(), json!({"field": "tags[1]"}))
+        );
+        assert_eq!(
+            refusal(r#"{"n": "x"}"#),
+            ("INVALID_BODY".into(), json!({"field": "n"}))
+        );
+    }
+
+    #[test]
+    fn only_one_object_is_a_body() {
+        for json in [r#"["a", 1]"#, "5", "", r#"{"n": 1} {"n": 2}"#] {
+            assert_eq!(refusal(json).0, "INVALID_BODY", "{json}");
+        }
+        assert!(decode_object::<Body>(br#" {"n": 1} "#).is_ok());
+    }
+}

@@ -9,14 +9,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::Server;
+use common::{
+    ws::{next_text, Ws},
+    Server,
+};
 use futures_util::{SinkExt, StreamExt};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const KEY: &str = "sk_live_fuzzfuzzfuzzfuzzfuzzfuzz";
 const EVENTS: [&str; 7] = [
@@ -50,22 +50,6 @@ async fn connect(server: &Server) -> Ws {
             return ws;
         }
         assert!(!text.starts_with("44/sync"), "refused: {text}");
-    }
-}
-
-/// The next text frame, answering engine.io pings on the way; None when the
-/// connection closed or nothing came in time.
-async fn next_text(ws: &mut Ws, wait: Duration) -> Option<String> {
-    loop {
-        let msg = tokio::time::timeout(wait, ws.next()).await.ok()??.ok()?;
-        match msg {
-            Message::Text(t) if t.as_str() == "2" => {
-                let _ = ws.send(Message::text("3")).await;
-            }
-            Message::Text(t) => return Some(t.to_string()),
-            Message::Close(_) => return None,
-            _ => {}
-        }
     }
 }
 

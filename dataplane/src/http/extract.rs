@@ -35,42 +35,28 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let limit = state.config.limits.max_body_bytes();
+        // A body announced too big is refused unread, rather than read up to
+        // the limit first.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if deadline.is_some_and(|d| d.passed()) {
                 ApiError::RequestTimeout {
                     limit_ms: state.config.http.body_timeout.as_millis(),
                 }
             } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: state.config.limits.max_body_bytes(),
-                }
+                ApiError::PayloadTooLarge { limit }
             } else {
                 ApiError::InvalidBody(rejection.body_text())
             }
         })?;
-        // `serde_path_to_error` names the field a type error is in
-        // (`details.field`, e.g. `tags[0]`), which serde_json's message
-        // does not.
-        // Every body is one JSON object: serde would also read a struct
-        // from an array of its fields in order (`["k", 1]`).
-        if bytes.trim_ascii_start().first() != Some(&b'{') {
-            return Err(ApiError::InvalidBody(
-                "the body must be a JSON object".into(),
-            ));
-        }
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let field = e.path().to_string();
-            let reason = e.into_inner().to_string();
-            if field == "." {
-                ApiError::InvalidBody(reason)
-            } else {
-                text::Invalid::new(&field, reason).body()
-            }
-        })?;
-        // Nothing may follow the object (`{"value":1} {"value":2}`).
-        de.end().map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-        Ok(JsonBody(body))
+        crate::error::decode_object(&bytes).map(JsonBody)
     }
 }
 

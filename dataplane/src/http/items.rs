@@ -59,8 +59,12 @@ pub async fn delete_item(
 }
 
 /// `/sync-storage/item/` with no key at all.
+/// The same refusal as an empty key anywhere else (`sync:get {key: ""}`).
 pub async fn missing_key(_who: Principal) -> ApiError {
-    ApiError::InvalidKey("key must not be empty".into())
+    match crate::sync::validate_key("") {
+        Err(e) => e,
+        Ok(()) => ApiError::Internal("an empty key was accepted".into()),
+    }
 }
 
 #[utoipa::path(get, path = "/sync-storage/items", tag = "items", params(("prefix" = Option<String>, Query, description = "Only keys starting with this")), responses((status = 200, description = "Items, by key", body = Vec<Item>)))]

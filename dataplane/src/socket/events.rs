@@ -7,13 +7,12 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use serde_json::{json, Value as Json};
+use serde_json::{json, value::RawValue, Value as Json};
 use socketioxide::{
     adapter::Adapter,
-    extract::{AckSender, Event, Extension, SocketRef, State, TryData},
+    extract::{AckSender, Event, Extension, SocketRef, State},
     handler::{FromMessageParts, Value},
     socket::Socket,
-    ParserError,
 };
 
 use super::{session::Session, subscriptions::Subscriptions};
@@ -155,8 +154,44 @@ fn source(session: &Session) -> crate::audit::Source {
     }
 }
 
-fn payload<T: DeserializeOwned>(data: Result<T, ParserError>) -> Result<T, ApiError> {
-    data.map_err(|e| ApiError::InvalidBody(e.to_string()))
+/// An event's first argument as the client wrote it, read from the packet's
+/// JSON text (`["event", arg, …]`); `Ok(None)` when there is none.
+/// socketioxide's own `TryData` reads through a wrapper that cannot hand
+/// out raw JSON at the top level, and decoding into the target type there
+/// would lose the field path of a type error.
+pub struct Payload(Result<Option<Box<RawValue>>, String>);
+
+impl<A: Adapter> FromMessageParts<A> for Payload {
+    type Error = Infallible;
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        v: &mut Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Payload(match v {
+            Value::Str(text, _) => serde_json::from_str::<Vec<Box<RawValue>>>(text.as_str())
+                .map(|args| args.into_iter().nth(1))
+                .map_err(|e| e.to_string()),
+            Value::Bytes(_) => Err("a binary packet is not an event payload".into()),
+        }))
+    }
+}
+
+/// An event's payload, decoded as REST decodes a body
+/// ([`crate::error::decode_object`]): the same bad input gets the same code
+/// and `details.field` on either edge.
+fn payload<T: DeserializeOwned>(data: Payload) -> Result<T, ApiError> {
+    optional_payload(data)?.ok_or_else(|| ApiError::InvalidBody("a payload is required".into()))
+}
+
+/// [`payload`] of an event whose payload may be left out (or `null`).
+fn optional_payload<T: DeserializeOwned>(data: Payload) -> Result<Option<T>, ApiError> {
+    match data.0.map_err(ApiError::InvalidBody)? {
+        Some(raw) if raw.get() != "null" => {
+            crate::error::decode_object(raw.get().as_bytes()).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 #[derive(Deserialize)]
@@ -223,11 +258,12 @@ async fn set(
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
     HasBinary(binary): HasBinary,
-    TryData(data): TryData<SetRequest>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
     let mut call = Call::new("sync:set", &session);
+    let data = payload::<SetRequest>(data);
     call.item_key = data.as_ref().ok().and_then(|r| r.key.clone());
     let result = async {
         let who = admitted(&app, &session).await?;
@@ -237,7 +273,7 @@ async fn set(
                 "binary attachments (Buffer, Blob, ArrayBuffer) cannot be stored: send JSON, e.g. the bytes as base64 text".into(),
             ));
         }
-        let request = payload(data)?;
+        let request = data?;
         let key = request
             .key
             .clone()
@@ -264,16 +300,17 @@ async fn remove(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<RemovePayload>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
     let mut call = Call::new("sync:remove", &session);
+    let data = payload::<RemovePayload>(data);
     call.item_key = data.as_ref().ok().map(|p| p.key.clone());
     let result = async {
         let who = admitted(&app, &session).await?;
         who.require(Scope::Write)?;
-        let RemovePayload { key, op_id } = payload(data)?;
+        let RemovePayload { key, op_id } = data?;
         let op = OperationId::from_op_id(op_id.as_deref())?;
         let d = &session.device;
         app.sync
@@ -294,16 +331,17 @@ async fn get(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<KeyPayload>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
     let mut call = Call::new("sync:get", &session);
+    let data = payload::<KeyPayload>(data);
     call.item_key = data.as_ref().ok().map(|p| p.key.clone());
     let result = async {
         let who = admitted(&app, &session).await?;
         who.require(Scope::Read)?;
-        let KeyPayload { key } = payload(data)?;
+        let KeyPayload { key } = data?;
         match app.sync.get(&session.device.user_id, &key).await {
             Ok(item) => Ok(serde_json::to_value(item).unwrap_or(Json::Null)),
             Err(ApiError::NotFound { .. }) => Ok(Json::Null),
@@ -318,7 +356,7 @@ async fn get_all(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<Option<PrefixPayload>>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
@@ -326,7 +364,7 @@ async fn get_all(
     let result = async {
         let who = admitted(&app, &session).await?;
         who.require(Scope::Read)?;
-        let prefix = payload(data)?
+        let prefix = optional_payload::<PrefixPayload>(data)?
             .unwrap_or_default()
             .prefix
             .unwrap_or_default();
@@ -353,7 +391,7 @@ async fn subscribe(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<KeysPayload>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
@@ -369,7 +407,7 @@ async fn unsubscribe(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<KeysPayload>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
@@ -387,10 +425,10 @@ async fn unsubscribe(
 async fn change_subscriptions(
     app: &AppState,
     session: &Session,
-    data: Result<KeysPayload, ParserError>,
+    data: Payload,
     change: fn(&mut Subscriptions, &[String]) -> Result<(), ApiError>,
 ) -> Result<Vec<String>, ApiError> {
-    let KeysPayload { keys } = payload(data)?;
+    let KeysPayload { keys } = payload::<KeysPayload>(data)?;
     let _storing = session.subscriptions_store.lock().await;
     let mut next = session
         .subscriptions
@@ -427,14 +465,14 @@ async fn ack_cursor(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<AckPayload>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
     let call = Call::new("sync:ack", &session);
     let result = async {
         admitted(&app, &session).await?;
-        let AckPayload { seq } = payload(data)?;
+        let AckPayload { seq } = payload::<AckPayload>(data)?;
         if seq < 0 {
             return Err(ApiError::InvalidBody("seq must not be negative".into()));
         }
@@ -463,13 +501,13 @@ async fn renew(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    TryData(data): TryData<AuthPayload>,
+    data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
     let call = Call::new("sync:auth", &session);
     let result = async {
-        let AuthPayload { token } = payload(data)?;
+        let AuthPayload { token } = payload::<AuthPayload>(data)?;
         if session.device.principal.credential == crate::auth::Credential::ApiKey {
             return Err(ApiError::InvalidBody(
                 "this socket authenticated with an API key; only tokens are renewed".into(),

@@ -84,11 +84,17 @@ pub async fn heartbeat(app: AppState) {
 
 /// Builds the Socket.IO layer for the router, with `/sync` registered.
 pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
+    let message_limit = state.config.limits.max_body_bytes();
     let (layer, io) = SocketIo::builder()
         .with_state(state)
         .max_buffer_size(SOCKET_BUFFER)
         .ws_read_buffer_size(1024)
-        .max_payload(4 * 1024 * 1024)
+        // One message limit for both edges (see `Limits::max_body_bytes`):
+        // engine.io applies `max_payload` to polling only, and a WebSocket
+        // message would otherwise be read up to 64 MiB before any check.
+        .max_payload(message_limit as u64)
+        .ws_max_message_size(message_limit)
+        .ws_max_frame_size(message_limit)
         .ack_timeout(Duration::from_secs(30))
         // An engine.io connection that joins no namespace is closed after
         // this (socketioxide's default is 45 s): unauthenticated clients

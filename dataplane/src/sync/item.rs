@@ -79,6 +79,57 @@ pub fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
+/// `json` without the whitespace between its tokens (RFC 8259 §2 allows it
+/// anywhere outside strings), or None when it has none. Values are kept as
+/// sent otherwise: re-serialising through serde_json would rewrite numbers
+/// (`1e400`, 30-digit integers) and merge duplicate keys, so this works on
+/// the text, which serde_json has already validated.
+fn strip_whitespace(json: &str) -> Option<String> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let bytes = json.as_bytes();
+    if !bytes.iter().any(|&b| is_space(b)) {
+        return None;
+    }
+    let (mut in_string, mut escaped) = (false, false);
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if is_space(b) {
+            continue;
+        }
+        out.push(b);
+    }
+    // Only ASCII bytes were left out, so the rest is still UTF-8.
+    String::from_utf8(out).ok().filter(|s| s.len() < json.len())
+}
+
+/// A JSON text as stored and measured: its size and the storage quota count
+/// the value, not how the client formatted it, so REST and `sync:set` agree.
+fn compact(raw: Box<RawValue>) -> Box<RawValue> {
+    match strip_whitespace(raw.get()).map(RawValue::from_string) {
+        Some(Ok(stripped)) => stripped,
+        _ => raw,
+    }
+}
+
+fn compact_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<RawValue>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(compact)
+}
+
+fn compact_metadata<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    Option::<Box<RawValue>>::deserialize(d).map(|m| m.map(compact))
+}
+
 /// A set as a client sends it: the body of REST `PUT
 /// /sync-storage/item/{key}` and the payload of `sync:set`.
 // Serialised only for its fingerprint (see `operation`), which leaves out
@@ -89,12 +140,14 @@ pub struct SetRequest {
     /// The key, for `sync:set`; REST takes it from the path and ignores this.
     #[serde(default)]
     pub key: Option<String>,
-    /// Any JSON value, kept verbatim (at most 64 levels deep). Required: JSON
-    /// `null` is a value, absence is not.
+    /// Any JSON value, kept as sent without the whitespace between tokens
+    /// (at most 64 levels deep). Required: JSON `null` is a value, absence
+    /// is not.
+    #[serde(deserialize_with = "compact_value")]
     #[schema(value_type = serde_json::Value)]
     pub value: Box<RawValue>,
     /// An object; `conflictStrategy` overrides the store's strategy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "compact_metadata")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
     /// The version this write was based on.
@@ -145,6 +198,9 @@ impl SetRequest {
                 return Err(text::Invalid::new("metadata", "must be a JSON object").body());
             }
         }
+        // Checked on every write, not only when there is a conflict to
+        // settle: a bad strategy is refused whatever the item's state.
+        self.strategy_override()?;
         if let Some(v) = self.version {
             if v < 0 {
                 return Err(text::Invalid::new("version", "must not be negative").body());
@@ -183,13 +239,13 @@ impl SetRequest {
             #[serde(rename = "conflictStrategy")]
             conflict_strategy: Option<String>,
         }
-        let meta: Meta =
-            serde_json::from_str(meta).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        let field = "metadata.conflictStrategy";
+        let meta: Meta = serde_json::from_str(meta)
+            .map_err(|e| text::Invalid::new(field, e.to_string()).body())?;
         meta.conflict_strategy
             .map(|s| {
-                s.parse().map_err(|e: String| {
-                    ApiError::InvalidBody(format!("metadata.conflictStrategy: {e}"))
-                })
+                s.parse()
+                    .map_err(|e: String| text::Invalid::new(field, e).body())
             })
             .transpose()
     }
@@ -230,6 +286,23 @@ pub fn validate_instance_id(id: &str) -> Result<(), text::Invalid> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whitespace_between_tokens_is_not_stored_and_strings_keep_theirs() {
+        let set = |body: &str| serde_json::from_str::<SetRequest>(body).unwrap();
+        let pretty = set(
+            "{\"value\": [1,\n  2, {\"a b\" :\t\"x \\\" y\"}],\r\n \"metadata\": { \"m\": 1e400 }}",
+        );
+        assert_eq!(pretty.value.get(), r#"[1,2,{"a b":"x \" y"}]"#);
+        assert_eq!(pretty.metadata_text(), Some(r#"{"m":1e400}"#));
+        // Numbers and duplicate keys stay as sent.
+        let odd = set(r#"{"value": {"n": 123456789012345678901234567890, "n": 1}}"#);
+        assert_eq!(
+            odd.value.get(),
+            r#"{"n":123456789012345678901234567890,"n":1}"#
+        );
+        assert_eq!(strip_whitespace(r#"{"a":"  "}"#), None);
+    }
+
     #[test]
     fn nesting_depth_ignores_strings() {
         assert_eq!(nesting_depth("1"), 0);

@@ -841,14 +841,21 @@ pub struct Limits {
     pub idempotency_window: std::time::Duration,
 }
 
+/// The floor of [`Limits::max_body_bytes`]: 4 MiB.
+pub const MIN_MESSAGE_BYTES: usize = 4 << 20;
+
 impl Limits {
-    /// The request body cap: room for a maximal value and metadata with JSON
-    /// overhead, so ITEM_TOO_LARGE (a precise answer) wins over the cruder
-    /// PAYLOAD_TOO_LARGE for any body that is merely a bit too big.
+    /// The largest REST body or Socket.IO message that is read, the same on
+    /// both edges: room for a maximal value and metadata with JSON overhead,
+    /// and at least [`MIN_MESSAGE_BYTES`], so that ITEM_TOO_LARGE (a precise
+    /// answer, on either edge) wins over the cruder PAYLOAD_TOO_LARGE for a
+    /// message that is merely too big. Larger ones are refused unread: 413
+    /// on REST, and engine.io closes the socket's transport.
     pub fn max_body_bytes(&self) -> usize {
         usize::try_from(self.max_item_bytes)
             .unwrap_or(usize::MAX / 4)
             .saturating_mul(2)
             .saturating_add(64 * 1024)
+            .max(MIN_MESSAGE_BYTES)
     }
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, Method, StatusCode};
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 
 use crate::common::assert_error;
 use crate::Api;
@@ -218,17 +218,17 @@ async fn bad_input_gets_stable_error_codes_never_500() {
     let (s, b) = api.put("big", json!({"value": "x".repeat(2000)})).await;
     assert_error(s, &b, 413, "ITEM_TOO_LARGE");
     assert_eq!(b["details"]["limit"], 1024);
-    // The server answers before reading all of an oversized body and closes
-    // that connection, so this one goes on a client of its own.
-    let huge = Client::new()
-        .put(api.server.url("/api/v1/sync-storage/item/huge"))
-        .header("X-API-Key", &api.key)
-        .body(format!("{{\"value\":\"{}\"}}", "x".repeat(200_000)))
-        .send()
-        .await
-        .unwrap();
-    let s = huge.status();
-    assert_error(s, &huge.json().await.unwrap(), 413, "PAYLOAD_TOO_LARGE");
+    // Up to the message limit (4 MiB here), a value too big is measured and
+    // answered precisely, as `sync:set` answers it.
+    let (s, b) = api.put("big", json!({"value": "x".repeat(200_000)})).await;
+    assert_error(s, &b, 413, "ITEM_TOO_LARGE");
+    assert_eq!(b["details"]["size"], 200_002);
+    // Past it, the server answers from Content-Length alone, before the
+    // body (so the body is not sent here: a client still writing it would
+    // see the connection close under it).
+    let (s, b) = oversized_put(&api).await;
+    assert_error(s, &b, 413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(b["details"]["limit"], 4 << 20);
     // Queries, routes, methods
     let (s, b) = api
         .get(&format!(
@@ -346,4 +346,36 @@ async fn ttl_hides_at_once_and_the_sweeper_purges() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(purged, "the TTL sweeper purged the expired item");
+}
+
+/// A PUT announcing a 5 MiB body, as raw HTTP/1.1; the status and JSON body
+/// the server answers before any of it is sent.
+async fn oversized_put(api: &Api) -> (StatusCode, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", api.server.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /api/v1/sync-storage/item/huge HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        api.key,
+        5 << 20
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    let status: u16 = reply[9..12].parse().unwrap();
+    // The JSON object of the body, whether sent with a length or chunked.
+    let json = match (reply.find('{'), reply.rfind('}')) {
+        (Some(a), Some(b)) if a < b => &reply[a..=b],
+        _ => "",
+    };
+    (
+        StatusCode::from_u16(status).unwrap(),
+        serde_json::from_str(json).unwrap_or(Value::String(reply.to_string())),
+    )
 }
