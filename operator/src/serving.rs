@@ -160,9 +160,9 @@ mod tests {
     fn a_fresh_deployment_is_progressing_and_not_ready() {
         let s = serving(&store(SPEC), &deployment(1, 3, "{}"));
         assert_eq!(s.phase, "Progressing");
-        assert!(!s.ready.ok);
+        assert!(!s.ready.is_true());
         assert_eq!(s.ready.reason, "RolloutInProgress");
-        assert!(!s.degraded.ok);
+        assert!(!s.degraded.is_true());
     }
 
     #[test]
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(s.phase, "Running");
         assert_eq!(
             (
-                s.ready.ok,
+                s.ready.is_true(),
                 s.ready.reason.as_str(),
                 s.ready.message.as_str()
             ),
@@ -194,9 +194,9 @@ mod tests {
         );
         let s = serving(&store(SPEC), &d);
         assert_eq!(s.phase, "Degraded");
-        assert!(s.ready.ok);
+        assert!(s.ready.is_true());
         assert_eq!(s.degraded.reason, "InsufficientReplicas");
-        assert!(s.degraded.ok);
+        assert!(s.degraded.is_true());
     }
 
     #[test]
