@@ -619,22 +619,8 @@ async fn write_failure(
     err: &Error,
     failures: u32,
 ) -> Result<()> {
-    let message = err.to_string();
-    let mut verdicts = vec![Verdict::fail("Ready", err.reason(), message.clone())];
-    match err {
-        Error::SecretMissing { .. }
-        | Error::InvalidDatabaseUrl(_)
-        | Error::DatabaseUnreachable(_)
-        | Error::SchemaOwnedByAnother(_)
-        | Error::ImmutableFieldChanged(_)
-        | Error::Provisioning(_) => {
-            verdicts.push(Verdict::fail("DatabaseReady", err.reason(), message))
-        }
-        Error::Migration(_) => {
-            verdicts.push(Verdict::fail("SchemaMigrated", err.reason(), message))
-        }
-        _ => {}
-    }
+    let serving = serving_anyway(ctx, store, err).await;
+    let verdicts = failure_verdicts(store, err, serving.as_ref());
     update_status(ctx, api, store, |current| SyncStoreStatus {
         observed_generation: store.metadata.generation,
         phase: Some("Failed".into()),
@@ -644,10 +630,61 @@ async fn write_failure(
             store.metadata.generation,
             Timestamp::now(),
         )),
+        replicas: serving.as_ref().map_or(current.replicas, |s| s.replicas),
+        ready_replicas: serving
+            .as_ref()
+            .map_or(current.ready_replicas, |s| s.ready_replicas),
         failures,
         ..current.clone()
     })
     .await
+}
+
+/// What the store's Deployment says about serving, after a failure that
+/// leaves the children following the spec (the database is unreachable,
+/// its Secret is missing, provisioning or migrating failed): the pods may
+/// well serve, and `Ready` must say so. None after any other failure, or
+/// when there is no Deployment (the store was never provisioned).
+async fn serving_anyway(ctx: &Context, store: &SyncStore, err: &Error) -> Option<Serving> {
+    if !children_follow_anyway(err) || matches!(err, Error::Kube(_)) {
+        return None;
+    }
+    let api: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let deployment = api.get_opt(&names(store).deployment).await.ok()??;
+    Some(serving::serving(store, &deployment))
+}
+
+/// The conditions a failure sets: `Ready` (from `serving` when the pods
+/// still run, else the failure), `DatabaseReady` or `SchemaMigrated` for a
+/// failure of theirs, and `VersionSkew` Unknown while the schema's version
+/// is not known.
+fn failure_verdicts(store: &SyncStore, err: &Error, serving: Option<&Serving>) -> Vec<Verdict> {
+    let failed = |type_| Verdict::fail(type_, err.reason(), err.to_string());
+    let mut verdicts = Vec::new();
+    match err {
+        Error::SecretMissing { .. }
+        | Error::InvalidDatabaseUrl(_)
+        | Error::DatabaseUnreachable(_)
+        | Error::SchemaOwnedByAnother(_)
+        | Error::ImmutableFieldChanged(_)
+        | Error::Provisioning(_) => verdicts.push(failed("DatabaseReady")),
+        Error::Migration(_) => verdicts.push(failed("SchemaMigrated")),
+        _ => {}
+    }
+    if !verdicts.is_empty() || matches!(err, Error::KeyStore(_)) {
+        verdicts.push(crate::validate::version_skew_unknown(store, err));
+    }
+    match serving {
+        Some(s) => verdicts.extend([
+            s.available.clone(),
+            s.progressing.clone(),
+            s.degraded.clone(),
+            s.ready.clone(),
+        ]),
+        None => verdicts.push(failed("Ready")),
+    }
+    verdicts
 }
 
 /// Writes the status that `f` derives from the live one. The reconcile

@@ -1,7 +1,10 @@
 //! Issue 15, items 6, 8, 9, 10, 11, 15 and 16: status that tells the truth
 //! (serving, latest failure, waits that are not failures), children that
 //! follow the spec without the database, pausing, regenerated secrets,
-//! per-object metrics and a `/health` that reflects the controllers.
+//! per-object metrics and a `/health` that reflects the controllers. And
+//! its LOW findings: `VersionSkew` Unknown when the schema version is,
+//! series of objects deleted without a finalizer, a stalled rollout, an
+//! ungranted `CONNECT`, and a restart after SIGKILL.
 
 mod common;
 
@@ -422,13 +425,14 @@ async fn concurrent_provisioning_on_mariadb_succeeds() {
 }
 
 /// Item 10: with the admin database unreachable, a replica count and an
-/// image change still reach the Deployment; the status says why the
-/// store is not Ready.
+/// image change still reach the Deployment. And (LOW findings) `Ready`
+/// keeps telling whether the pods serve: the database problem is
+/// `DatabaseReady=False` with a Warning, and `VersionSkew` is Unknown.
 #[test]
 fn children_follow_the_spec_while_the_database_is_unreachable() {
     let mut c = Cluster::new("nodb");
     pg_secrets(&c);
-    c.start_operator("op-nodb");
+    let op = c.start_operator("op-nodb");
     apply_yaml(&c, &store_yaml("chat", 2));
     c.wait_condition("syncstore/chat", "Ready", 60);
     let url = c.secret_value("chat-db", "DATABASE_URL");
@@ -457,12 +461,53 @@ fn children_follow_the_spec_while_the_database_is_unreachable() {
                 == "ghcr.io/syncstore/syncstore:0.2.0")
             .then_some(())
     });
+    // The pods serve (the stand-in kubelet marks all 4 available): Ready
+    // says so, with the Deployment's count; the database problem is
+    // DatabaseReady's, and a Warning; the image cannot be compared with a
+    // schema the operator cannot read.
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
+    c.eventually("4 of 4 serving", 30, || {
+        let s = c.get("syncstore", "chat")?;
+        (cond_field(&s, "Ready", "message")? == "4 of 4 replicas are available.").then_some(())
+    });
     let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(s["status"]["readyReplicas"], 4);
     assert_eq!(
-        cond_field(&s, "Ready", "reason").as_deref(),
+        cond_field(&s, "DatabaseReady", "reason").as_deref(),
         Some("DatabaseUnreachable")
     );
-    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(
+        (
+            cond_field(&s, "VersionSkew", "status").as_deref(),
+            cond_field(&s, "VersionSkew", "reason").as_deref(),
+            cond_field(&s, "VersionSkew", "message").as_deref(),
+        ),
+        (
+            Some("Unknown"),
+            Some("SchemaVersionUnknown"),
+            Some("The schema's version is unknown because the database cannot be reached, so whether image ghcr.io/syncstore/syncstore:0.2.0 knows every migration cannot be told.")
+        )
+    );
+    let message = cond_field(&s, "DatabaseReady", "message").expect("message");
+    assert!(
+        events_of(&c, "chat")
+            .iter()
+            .any(|(t, r, m)| t == "Warning" && r == "DatabaseUnreachable" && m == &message),
+        "a Warning carries {message:?}"
+    );
+    let port = c.operator(op).http;
+    let ns = c.ns.clone();
+    let (_, text) = http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_store_ready",
+            &[("namespace", &ns), ("name", "chat")]
+        ),
+        Some(1.0),
+        "the store serves"
+    );
     assert_eq!(
         c.secret_value("chat-db", "DATABASE_URL"),
         url,
@@ -800,4 +845,75 @@ async fn a_partitioned_leader_stops_before_its_lease_runs_out() {
         after < std::time::Duration::from_secs(15),
         "stopped {after:?} after the cut, within the Lease's 15 s"
     );
+}
+
+/// The condition `type_` of `obj` as (status, reason, message).
+fn cond(obj: &Value, type_: &str) -> (String, String, String) {
+    let f = |k: &str| cond_field(obj, type_, k).unwrap_or_default();
+    (f("status"), f("reason"), f("message"))
+}
+
+/// Issue 15 (LOW): when migrating fails, `VersionSkew` stops claiming that
+/// the image matches the schema (it is Unknown, reason
+/// `SchemaVersionUnknown`, saying why), and `Ready` still tells whether the
+/// pods serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_makes_the_version_skew_unknown() {
+    use sqlx::Connection;
+    let mut c = Cluster::new("skew");
+    pg_secrets(&c);
+    c.start_operator("op-skew");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "VersionSkew",
+        "False",
+        "ImageMatchesSchema",
+    );
+    // An applied migration recorded with another checksum: the migrator
+    // refuses to go on.
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("store role");
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea \
+         WHERE version = (SELECT MIN(version) FROM _sqlx_migrations)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("tampered");
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "SchemaMigrated",
+        "False",
+        "MigrationFailed",
+    );
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "VersionSkew",
+        "Unknown",
+        "SchemaVersionUnknown",
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond(&s, "VersionSkew").2,
+        "The schema's version is unknown because migrating the schema failed, so whether image ghcr.io/syncstore/syncstore:0.1.0 knows every migration cannot be told."
+    );
+    assert_eq!(s["status"]["phase"], "Failed");
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
+    let _ = conn.close().await;
 }
