@@ -917,3 +917,86 @@ async fn a_failed_migration_makes_the_version_skew_unknown() {
     wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
     let _ = conn.close().await;
 }
+
+/// Issue 15 (LOW): the per-object series go with the object, also when
+/// no finalizing reconcile runs for it: a store and a key created paused
+/// get no finalizer, so they vanish at once on deletion; the watch's delete
+/// removes their series. A key deleted the usual way loses its series too.
+#[test]
+fn series_of_deleted_objects_go_even_without_a_finalizer() {
+    let mut c = Cluster::new("gone");
+    pg_secrets(&c);
+    let op = c.start_operator("op-gone");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    apply_yaml(&c, &key_yaml("k1", "chat"));
+    let paused = "  annotations: {syncstore.dev/reconcile: paused}\n";
+    apply_yaml(
+        &c,
+        &store_yaml("frozen", 1).replace(
+            "metadata: {name: frozen}\n",
+            &format!("metadata:\n  name: frozen\n{paused}"),
+        ),
+    );
+    apply_yaml(
+        &c,
+        &key_yaml("k-frozen", "chat").replace(
+            "metadata: {name: k-frozen}\n",
+            &format!("metadata:\n  name: k-frozen\n{paused}"),
+        ),
+    );
+    c.wait_condition("apikey/k1", "Ready", 60);
+    wait_reason(
+        &c,
+        "syncstore",
+        "frozen",
+        "ReconciliationPaused",
+        "True",
+        "Paused",
+    );
+    wait_reason(
+        &c,
+        "apikey",
+        "k-frozen",
+        "ReconciliationPaused",
+        "True",
+        "Paused",
+    );
+    assert!(c.must_get("syncstore", "frozen")["metadata"]["finalizers"].is_null());
+    let port = c.operator(op).http;
+    let ns = c.ns.clone();
+    let series = |kind: &str, name: &str| {
+        let (_, text) = http_get(port, "/metrics");
+        metric(
+            &text,
+            &format!("syncstore_{kind}_ready"),
+            &[("namespace", &ns), ("name", name)],
+        )
+    };
+    c.eventually("every object has series", 30, || {
+        (series("store", "frozen").is_some()
+            && series("apikey", "k-frozen").is_some()
+            && series("apikey", "k1") == Some(1.0))
+        .then_some(())
+    });
+
+    for (kind, name) in [
+        ("syncstore", "frozen"),
+        ("apikey", "k-frozen"),
+        ("apikey", "k1"),
+    ] {
+        c.kubectl(&["delete", kind, name, "--timeout=30s"]);
+    }
+    c.eventually("the deleted objects' series gone", 30, || {
+        let (_, text) = http_get(port, "/metrics");
+        let left: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                ["frozen", "k-frozen", "k1"]
+                    .iter()
+                    .any(|n| l.contains(&format!("name=\"{n}\"")))
+            })
+            .collect();
+        left.is_empty().then_some(())
+    });
+    assert_eq!(series("store", "chat"), Some(1.0), "the others stay");
+}
