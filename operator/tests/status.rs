@@ -1000,3 +1000,112 @@ fn series_of_deleted_objects_go_even_without_a_finalizer() {
     });
     assert_eq!(series("store", "chat"), Some(1.0), "the others stay");
 }
+
+/// Sets the data-plane Deployment's status to `status` (JSON), with the
+/// current generation observed.
+fn deployment_status_json(c: &Cluster, name: &str, status: Value) {
+    let generation = c.must_get("deployment", name)["metadata"]["generation"].clone();
+    let mut status = status;
+    status["observedGeneration"] = generation;
+    let patch = serde_json::json!({ "status": status }).to_string();
+    c.kubectl(&[
+        "patch",
+        "deployment",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+/// Issue 15 (LOW): a rollout that never finishes (an image that never
+/// pulls) ends at the Deployment's progress deadline; the store says so,
+/// with the Deployment's reason and message: `ProgressDeadlineExceeded`,
+/// phase `Degraded`; and `Progressing` while a rollout is under way.
+#[test]
+fn a_stalled_rollout_says_progress_deadline_exceeded() {
+    let mut c = Cluster::without_kubelet("stall");
+    pg_secrets(&c);
+    c.start_operator("op-stall");
+    apply_yaml(&c, &store_yaml("chat", 2));
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+
+    // Under way: one of two replicas runs the new version, and serves.
+    deployment_status_json(
+        &c,
+        "chat",
+        serde_json::json!({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                            "message": "ReplicaSet \"chat-5d8f7c9b4\" is progressing."}]}),
+    );
+    let s = c.eventually("the rollout's progress", 30, || {
+        let s = c.get("syncstore", "chat")?;
+        (cond(&s, "Progressing").2 == "1 of 2 replicas run the latest version.").then_some(s)
+    });
+    assert_eq!(s["status"]["phase"], "Progressing");
+    assert_eq!(
+        cond(&s, "Progressing"),
+        (
+            "True".into(),
+            "RolloutInProgress".into(),
+            "1 of 2 replicas run the latest version.".into()
+        )
+    );
+    assert_eq!(cond(&s, "Ready").1, "Serving");
+
+    // Stuck: the Deployment gave up at its deadline with nothing available.
+    deployment_status_json(
+        &c,
+        "chat",
+        serde_json::json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 0, "availableReplicas": 0,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing."}]}),
+    );
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "Ready",
+        "False",
+        "ProgressDeadlineExceeded",
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Degraded");
+    let why = "the rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing)";
+    assert_eq!(
+        cond(&s, "Ready").2,
+        format!("No replica is available because {why}.")
+    );
+    assert_eq!(
+        cond(&s, "Progressing"),
+        (
+            "False".into(),
+            "ProgressDeadlineExceeded".into(),
+            "The rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing).".into()
+        )
+    );
+    assert_eq!(
+        cond(&s, "Degraded"),
+        (
+            "True".into(),
+            "ProgressDeadlineExceeded".into(),
+            "The rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing), and 0 of 2 replicas are available.".into()
+        )
+    );
+    assert!(c
+        .try_kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=2s",
+            "syncstore/chat"
+        ])
+        .is_err());
+}
