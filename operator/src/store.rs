@@ -191,6 +191,8 @@ struct Provisioned {
     schema_version: i64,
     /// `host:port/database` of the admin URL.
     server: String,
+    /// What was not granted as asked (see [`database::Warning`]).
+    warnings: Vec<database::Warning>,
 }
 
 /// Errors after which the children that need no database still follow
@@ -347,7 +349,18 @@ async fn provision_database(
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
     let target = target(store, db_names, predecessor(store, ctx).await?);
-    database::provision(&admin, &target, password).await?;
+    let warnings = database::provision(&admin, &target, password).await?;
+    for w in &warnings {
+        publish(
+            ctx,
+            store,
+            EventType::Warning,
+            w.reason,
+            &format!("{}.", w.message),
+            "Provision",
+        )
+        .await;
+    }
     let url = database::store_url(&admin, &target, password)?;
     let (applied, schema_version) = database::migrate(&url).await?;
     if applied > 0 {
@@ -387,6 +400,7 @@ async fn provision_database(
         url,
         schema_version,
         server: database::server_of(&admin)?,
+        warnings,
     })
 }
 
@@ -557,14 +571,7 @@ async fn write_success(
 ) -> Result<()> {
     let schema_version = database.schema_version;
     let verdicts = [
-        Verdict::ok(
-            "DatabaseReady",
-            "Provisioned",
-            format!(
-                "Schema {} and role {} are in place and marked as this store's.",
-                names.schema, names.role
-            ),
-        ),
+        database_ready(database, names),
         Verdict::ok(
             "SchemaMigrated",
             "Migrated",
@@ -601,6 +608,23 @@ async fn write_success(
         }),
     })
     .await
+}
+
+/// `DatabaseReady` after a successful provisioning: True, with the reason
+/// and message of a warning if provisioning had one.
+fn database_ready(database: &Provisioned, names: &DbNames) -> Verdict {
+    let done = format!(
+        "Schema {} and role {} are in place and marked as this store's",
+        names.schema, names.role
+    );
+    match database.warnings.first() {
+        None => Verdict::ok("DatabaseReady", "Provisioned", format!("{done}.")),
+        Some(w) => Verdict::ok(
+            "DatabaseReady",
+            w.reason,
+            format!("{done}, but {}.", w.message),
+        ),
+    }
 }
 
 /// `conditions` without the paused condition: reconciling again means the

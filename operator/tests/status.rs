@@ -1109,3 +1109,88 @@ fn a_stalled_rollout_says_progress_deadline_exceeded() {
         ])
         .is_err());
 }
+
+/// Issue 15 (LOW): an admin role without the grant option on the
+/// database gets a WARNING, not an error, for `GRANT CONNECT` (`no
+/// privileges were granted`): the operator notices, says so in
+/// `DatabaseReady` (reason `ConnectNotGranted`) and a Warning event, and
+/// the condition clears once the admin role may grant it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungranted_connect_is_a_warning() {
+    use sqlx::Connection;
+    let mut c = Cluster::new("grant");
+    let admin_role = format!("lim_{}", c.ns.replace('-', "_"));
+    let password = "Limited0123456789abc";
+    let mut owner = sqlx::PgConnection::connect(&postgres_admin())
+        .await
+        .expect("admin");
+    for ddl in [
+        format!("CREATE ROLE {admin_role} LOGIN CREATEROLE PASSWORD '{password}'"),
+        format!("GRANT CREATE ON DATABASE syncstore TO {admin_role}"),
+    ] {
+        sqlx::query(&ddl).execute(&mut owner).await.expect("ddl");
+    }
+    let url =
+        postgres_admin().replace("syncstore:syncstore@", &format!("{admin_role}:{password}@"));
+    c.secret("pg-admin", &[("url", &url)]);
+    c.secret("redis", &[("url", "redis://127.0.0.1:6379")]);
+    c.start_operator("op-grant");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "ConnectNotGranted",
+    );
+    let s = c.must_get("syncstore", "chat");
+    let schema = s["status"]["database"]["schema"]
+        .as_str()
+        .expect("schema")
+        .to_string();
+    let role = s["status"]["database"]["role"]
+        .as_str()
+        .expect("role")
+        .to_string();
+    let warning = format!(
+        "PostgreSQL granted no CONNECT on database syncstore to role {role}, because the admin role {admin_role} lacks the grant option on it, so the store connects only through PUBLIC's CONNECT, which a REVOKE CONNECT ON DATABASE syncstore FROM PUBLIC would take away; grant {admin_role} CONNECT ON DATABASE syncstore WITH GRANT OPTION, or make it the database's owner"
+    );
+    assert_eq!(
+        cond(&s, "DatabaseReady").2,
+        format!("Schema {schema} and role {role} are in place and marked as this store's, but {warning}.")
+    );
+    assert!(
+        events_of(&c, "chat").iter().any(|(t, r, m)| t == "Warning"
+            && r == "ConnectNotGranted"
+            && *m == format!("{warning}.")),
+        "{:?}",
+        events_of(&c, "chat")
+    );
+    c.wait_condition("syncstore/chat", "Ready", 60);
+
+    // With the grant option the grant takes, and the condition says so.
+    sqlx::query(&format!(
+        "GRANT CONNECT ON DATABASE syncstore TO {admin_role} WITH GRANT OPTION"
+    ))
+    .execute(&mut owner)
+    .await
+    .expect("grant option");
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+    let _ = owner.close().await;
+}
