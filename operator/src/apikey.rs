@@ -298,12 +298,16 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
     let (today, this_month, last_used) = keys.usage(&id).await.map_err(key_err)?;
     let expired = new.expires_at.is_some_and(|e| e <= now_ms());
     let ready = if expired {
-        Verdict::fail("Ready", "Expired", "the key's expiresAt has passed")
+        Verdict::fail(
+            "Ready",
+            "Expired",
+            "The key's spec.expiresAt has passed, so the key no longer authenticates; set a later expiresAt to use it again.",
+        )
     } else {
         Verdict::ok(
             "Ready",
             "Active",
-            format!("key {id} is active in store {}", key.spec.store_ref),
+            format!("Key {id} is active in store {}.", key.spec.store_ref),
         )
     };
     let status = |live: &ApiKeyStatus| ApiKeyStatus {

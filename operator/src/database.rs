@@ -262,11 +262,27 @@ pub fn server_of(url: &str) -> Result<String> {
     Ok(format!("{host}{port}{}", parsed.path()))
 }
 
-/// Describes a connection failure without the URL (which holds a password).
+/// Describes a connection failure without the URL (which holds a password),
+/// in words that say where to look: the TLS options, a file the URL names,
+/// or an option sqlx does not take (`error with configuration: error with
+/// configuration: …` and a bare `No such file or directory (os error 2)`
+/// said neither).
 fn unreachable(e: sqlx::Error) -> Error {
     let text = match &e {
         sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
+            "a file the database URL names (sslrootcert, sslcert, sslkey or a socket) is missing in the operator's container ({io})"
+        ),
         sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!(
+            "the TLS connection to the database server failed ({tls}); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
+        ),
+        sqlx::Error::Configuration(c) => {
+            return Error::InvalidDatabaseUrl(format!(
+                "the admin URL has an option the database driver does not take ({}); fix it in the admin Secret",
+                c.to_string().replace("error with configuration: ", "")
+            ))
+        }
         sqlx::Error::PoolTimedOut => "timed out".into(),
         other => other.to_string(),
     };
@@ -901,6 +917,30 @@ mod tests {
         let url =
             store_url("mysql://root:pw@maria:3306/mysql", &t, "Secret123Secret123").expect("url");
         assert_eq!(url, "mysql://ss_a_b:Secret123Secret123@maria:3306/ss_a_b");
+    }
+
+    #[test]
+    fn connection_failures_say_where_to_look() {
+        let e = unreachable(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        )));
+        assert_eq!(e.reason(), "DatabaseUnreachable");
+        assert!(e.to_string().starts_with("database unreachable: a file the database URL names (sslrootcert, sslcert, sslkey or a socket) is missing in the operator's container ("), "{e}");
+        let e = unreachable(sqlx::Error::Tls(
+            "invalid peer certificate: UnknownIssuer".into(),
+        ));
+        assert_eq!(
+            e.to_string(),
+            "database unreachable: the TLS connection to the database server failed (invalid peer certificate: UnknownIssuer); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
+        );
+        let e = unreachable(sqlx::Error::Configuration(
+            "error with configuration: unknown value \"bogus\" for `ssl_mode`".into(),
+        ));
+        assert_eq!(e.reason(), "InvalidDatabaseUrl");
+        assert_eq!(
+            e.to_string(),
+            "the admin URL has an option the database driver does not take (unknown value \"bogus\" for `ssl_mode`); fix it in the admin Secret"
+        );
     }
 
     #[test]

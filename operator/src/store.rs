@@ -432,7 +432,7 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
 
     let mut deployments = vec![n.deployment.clone()];
     if let Some(consumer) = children::analytics_deployment(store, &hash) {
-        apply(client, &consumer).await?;
+        apply(client, &consumer).await.map_err(analytics_taken)?;
         deployments.push(n.analytics.clone());
     }
     let mut scalers = Vec::new();
@@ -463,6 +463,18 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
         .await;
     }
     Ok(deployment)
+}
+
+/// The analytics consumer's Deployment (`<store>-analytics`) taken by a
+/// store of that name: the message says which fields make this store need
+/// it, so either can be changed.
+fn analytics_taken(e: Error) -> Error {
+    match e {
+        Error::ChildTaken { kind, name, owner } => Error::InvalidSpec(format!(
+            "{kind} {name}, which the analytics consumer of this store needs (spec.kafka is set and spec.analytics.enabled is true), already belongs to {owner}, so it is left alone and nothing more is rolled out until spec.analytics.enabled is false or one of the two stores is renamed"
+        )),
+        other => other,
+    }
 }
 
 /// Refuses, before any database work or rollout, a spec whose pods would

@@ -72,11 +72,86 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()
     let raw = RawConfig::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| Error::InvalidSpec(first_line(&e)))?;
     Config::from_raw(&raw).map(drop).map_err(|e| {
+        let field = source_of(store, e.var);
+        let value = vars
+            .get(e.var)
+            .and_then(|v| shown(e.var, v))
+            .map_or_else(String::new, |v| format!("='{v}'"));
         Error::InvalidSpec(format!(
-            "the data plane would refuse {}: {}; nothing is rolled out until the spec is fixed",
+            "the data plane would refuse {}{value} from {field} ({}), so nothing is rolled out until {field} is fixed",
             e.var, e.problem
         ))
     })
+}
+
+/// Where in the spec the variable `var` comes from, for a message that
+/// tells what to fix: a literal `spec.env` entry wins, as it does in the
+/// container.
+fn source_of(store: &SyncStore, var: &str) -> String {
+    if store
+        .spec
+        .env
+        .iter()
+        .any(|e| e.name == var && e.value.is_some())
+    {
+        return format!("the spec.env entry {var}");
+    }
+    let field = match var {
+        "CORS_ORIGIN" => "spec.corsOrigins",
+        "TRUSTED_PROXIES" => "spec.trustedProxies",
+        "JWT_EXPIRES_IN" => "spec.jwt.accessTokenLifetime",
+        "JWT_REFRESH_EXPIRES_IN" => "spec.jwt.refreshTokenLifetime",
+        "GEOIP_DB_PATH" => "spec.geoip.databasePath",
+        "GEOIP_COUNTRY_HEADER" => "spec.geoip.countryHeader",
+        "DB_CONNECTION_LIMIT" => "spec.database.connectionLimit",
+        "DB_SSL" => "spec.database.ssl",
+        "KAFKA_BROKERS" => "spec.kafka.brokers",
+        "KAFKA_TOPIC" => "spec.kafka.topic",
+        "ENABLE_ANALYTICS" => "spec.analytics.enabled",
+        "CONFLICT_DEFAULT_STRATEGY" => "spec.conflicts.defaultStrategy",
+        "CONFLICT_RESOLVER_URL" => "spec.conflicts.resolverUrl",
+        "MAX_ITEM_SIZE_KB" => "spec.limits.maxItemSizeKb",
+        "MAX_STORAGE_PER_USER_MB" => "spec.limits.maxStoragePerUserMb",
+        "TTL_CLEANUP_INTERVAL_HOURS" => "spec.limits.ttlCleanupIntervalHours",
+        "SYNC_TOMBSTONE_RETENTION_DAYS" => "spec.limits.tombstoneRetentionDays",
+        "RATE_LIMIT_WINDOW_MS" => "spec.rateLimit.windowMs",
+        "RATE_LIMIT_MAX_REQUESTS" => "spec.rateLimit.maxRequests",
+        "REDIS_URL" => {
+            return match &store.spec.redis {
+                Some(r) => format!(
+                    "the Redis URL in Secret {} (key {})",
+                    r.url_secret_ref.name, r.url_secret_ref.key
+                ),
+                None => "spec.redis".into(),
+            }
+        }
+        _ => return format!("the environment the operator renders for {var}"),
+    };
+    field.into()
+}
+
+/// A variable's value as a message may show it: never a secret's (the
+/// credentials, the Redis URL, a URL with a user or password in it), and
+/// at most 80 characters.
+fn shown(var: &str, value: &str) -> Option<String> {
+    const SECRET: [&str; 5] = [
+        "JWT_SECRET",
+        "JWT_REFRESH_SECRET",
+        "DB_PASSWORD",
+        "DATABASE_URL",
+        "REDIS_URL",
+    ];
+    let userinfo = value
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@'));
+    if SECRET.contains(&var) || userinfo {
+        return None;
+    }
+    let mut v: String = value.chars().take(80).collect();
+    if v.len() < value.len() {
+        v.push('…');
+    }
+    Some(v)
 }
 
 /// Every `resources` value must be a quantity. The CRD checks cpu, memory
@@ -298,17 +373,44 @@ mod tests {
     #[test]
     fn what_the_pods_would_refuse_is_an_invalid_spec_naming_the_variable() {
         let m = message(check_yaml("corsOrigins: [app.example.com]\n"));
-        assert!(
-            m.contains("CORS_ORIGIN") && m.contains("invalid origin 'app.example.com'"),
-            "{m}"
+        assert_eq!(
+            m,
+            "the data plane would refuse CORS_ORIGIN='app.example.com' from spec.corsOrigins (invalid origin 'app.example.com': expected * or http(s)://host[:port], comma-separated), so nothing is rolled out until spec.corsOrigins is fixed"
         );
         assert!(!m.contains('\n'));
+        // `*` (what an empty corsOrigins renders) with credentials from env.
+        let m = message(check_yaml(
+            "corsOrigins: ['*']\nenv: [{name: CORS_CREDENTIALS, value: 'true'}]\n",
+        ));
+        assert_eq!(
+            m,
+            "the data plane would refuse CORS_ORIGIN='*' from spec.corsOrigins ('*' cannot be combined with CORS_CREDENTIALS=true: list the allowed origins), so nothing is rolled out until spec.corsOrigins is fixed"
+        );
+        let m = message(check_yaml("conflicts: {resolverUrl: 'ftp://resolver'}\n"));
+        assert!(
+            m.starts_with("the data plane would refuse CONFLICT_RESOLVER_URL='ftp://resolver' from spec.conflicts.resolverUrl (must be a URL starting with http://, https://)"),
+            "{m}"
+        );
+        // A URL with credentials is not repeated.
+        let m = message(check_yaml(
+            "conflicts: {resolverUrl: 'ftp://user:pw@resolver'}\n",
+        ));
+        assert!(
+            !m.contains("pw@")
+                && m.contains("CONFLICT_RESOLVER_URL from spec.conflicts.resolverUrl"),
+            "{m}"
+        );
         let m = message(check_yaml("jwt: {accessTokenLifetime: forever}\n"));
         assert!(m.contains("JWT_EXPIRES_IN"), "{m}");
         let m = message(check_yaml("trustedProxies: [ingress-nginx]\n"));
         assert!(m.contains("TRUSTED_PROXIES"), "{m}");
         let m = message(check_yaml("env: [{name: LOG_FORMAT, value: xml}]\n"));
-        assert!(m.contains("LOG_FORMAT"), "{m}");
+        assert!(
+            m.starts_with(
+                "the data plane would refuse LOG_FORMAT='xml' from the spec.env entry LOG_FORMAT ("
+            ),
+            "{m}"
+        );
         // No secret value reaches the message.
         assert!(!m.contains(&"x".repeat(47)));
     }
