@@ -60,6 +60,14 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
         .await?;
         return Ok(Action::await_change());
     }
+    // The watch's copy may be behind the finalizer patch (see
+    // `finalizing`): the helper then works from the live object.
+    let store = match crate::finalizing::fresh(&api, store, FINALIZER).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
+    };
+    let deleting = store.meta().deletion_timestamp.is_some();
     let result = finalizer(&api, FINALIZER, store.clone(), |event| async {
         match event {
             Event::Apply(s) => apply_store(&s, &ctx).await,

@@ -1194,3 +1194,66 @@ async fn an_ungranted_connect_is_a_warning() {
     );
     let _ = owner.close().await;
 }
+
+/// Issue 15 (LOW): an operator killed with SIGKILL while it reconciles a
+/// store and its keys, and started again, edits the keys without any
+/// refused request. The finalizer helper used to work from the watch's
+/// copy, which could lack the finalizer it had just added, and its JSON
+/// patch (`test` the finalizers, then `add`) came back 422; and the keys'
+/// reconciles, each holding one of the store pool's two connections while
+/// the key service waited for a second, failed with `pool timed out`.
+#[test]
+fn a_killed_operator_restarts_without_refused_requests() {
+    let mut c = Cluster::new("kill9");
+    pg_secrets(&c);
+    let first = c.start_operator("op-kill9");
+    c.eventually("leading", 30, || {
+        c.log_of(first).contains("\"leading\"").then_some(())
+    });
+    let keys = ["k1", "k2", "k3", "k4"];
+    let mut yaml = store_yaml("chat", 1);
+    for k in keys {
+        yaml.push_str("---\n");
+        yaml.push_str(&key_yaml(k, "chat"));
+    }
+    apply_yaml(&c, &yaml);
+    // Mid-reconcile: provisioning and the keys' first steps under way.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.operator(first).kill();
+    let second = c.start_operator_with(
+        "op-kill9-again",
+        &common::kubeconfig(),
+        &[("POD_NAME", "op-kill9")],
+    );
+    for k in keys {
+        c.kubectl(&[
+            "patch",
+            "apikey",
+            k,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"displayName":"edited"}}"#,
+        ]);
+    }
+    c.wait_condition("syncstore/chat", "Ready", 90);
+    for k in keys {
+        c.eventually(&format!("{k} Ready at generation 2"), 60, || {
+            let o = c.get("apikey", k)?;
+            (cond_field(&o, "Ready", "status")? == "True" && o["status"]["observedGeneration"] == 2)
+                .then_some(())
+        });
+    }
+    let logs = format!("{}\n{}", c.log_of(first), c.log_of(second));
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("reconcile failed"))
+        .collect();
+    assert!(failed.is_empty(), "no reconcile failed: {failed:#?}");
+    let warnings: Vec<_> = keys
+        .iter()
+        .chain(&["chat"])
+        .flat_map(|n| events_of(&c, n))
+        .filter(|(t, _, _)| t == "Warning")
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
