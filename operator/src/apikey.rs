@@ -31,7 +31,7 @@ use crate::{
     apply::secret_value,
     children::{self, MANAGER},
     conditions::{is_true, merge, Verdict},
-    context::{backoff, paused, Context, Error, Result},
+    context::{backoff, paused, Context, Error, Result, StoreDb},
     events::publish,
     keyrows,
     store::{self, GIVE_UP_AFTER},
@@ -68,6 +68,14 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
         .await?;
         return Ok(Action::await_change());
     }
+    // The watch's copy may be behind the finalizer patch (see
+    // `finalizing`): the helper then works from the live object.
+    let key = match crate::finalizing::fresh(&api, key, FINALIZER).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
+    };
+    let deleting = key.meta().deletion_timestamp.is_some();
     let result = finalizer(&api, FINALIZER, key.clone(), |event| async {
         match event {
             Event::Apply(k) => apply_key(&k, &ctx).await,
@@ -212,7 +220,7 @@ pub fn key_err(e: ApiError) -> Error {
 }
 
 /// The store and its database, once the store is migrated.
-async fn store_db(key: &ApiKey, ctx: &Context) -> Result<(SyncStore, Db)> {
+async fn store_db(key: &ApiKey, ctx: &Context) -> Result<(SyncStore, StoreDb)> {
     let stores: Api<SyncStore> =
         Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
     let store = stores
@@ -236,7 +244,7 @@ async fn store_db(key: &ApiKey, ctx: &Context) -> Result<(SyncStore, Db)> {
 /// with `--cascade=orphan`, or before the garbage collector reaches its
 /// children), the one its database Secret still names. Only a store with
 /// neither is left to `OrphanKeysRevoked` at its next provisioning.
-async fn revoke_db(key: &ApiKey, ctx: &Context) -> Result<Db> {
+async fn revoke_db(key: &ApiKey, ctx: &Context) -> Result<StoreDb> {
     let err = match store_db(key, ctx).await {
         Ok((_, db)) => return Ok(db),
         Err(e @ (Error::StoreNotFound(_) | Error::StoreNotReady(_))) => e,
@@ -298,12 +306,16 @@ async fn apply_key(key: &ApiKey, ctx: &Context) -> Result<Action> {
     let (today, this_month, last_used) = keys.usage(&id).await.map_err(key_err)?;
     let expired = new.expires_at.is_some_and(|e| e <= now_ms());
     let ready = if expired {
-        Verdict::fail("Ready", "Expired", "the key's expiresAt has passed")
+        Verdict::fail(
+            "Ready",
+            "Expired",
+            "The key's spec.expiresAt has passed, so the key no longer authenticates; set a later expiresAt to use it again.",
+        )
     } else {
         Verdict::ok(
             "Ready",
             "Active",
-            format!("key {id} is active in store {}", key.spec.store_ref),
+            format!("Key {id} is active in store {}.", key.spec.store_ref),
         )
     };
     let status = |live: &ApiKeyStatus| ApiKeyStatus {

@@ -11,7 +11,10 @@ use kube::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{children::MANAGER, error::Result};
+use crate::{
+    children::MANAGER,
+    error::{Error, Result},
+};
 
 /// Applies `obj` with force, taking back any field another manager changed.
 pub async fn apply<K>(client: &Client, obj: &K) -> Result<K>
@@ -31,9 +34,18 @@ where
         Ok(applied) => Ok(applied),
         // 422: the child as the spec renders it is invalid (a resource
         // quantity the CRD could not check, say): the spec's fault, in the
-        // apiserver's own words.
+        // apiserver's own words. Or the name is another store's child,
+        // whose immutable selector or controller reference the apply would
+        // change: say whose.
         Err(kube::Error::Api(status)) if status.code == 422 => {
-            Err(crate::error::Error::InvalidSpec(format!(
+            if let Some(owner) = taken_by(&api, obj).await {
+                return Err(Error::ChildTaken {
+                    kind: K::kind(&()).into(),
+                    name: obj.name_any(),
+                    owner,
+                });
+            }
+            Err(Error::InvalidSpec(format!(
                 "the Kubernetes API refused {} {}: {}",
                 K::kind(&()),
                 obj.name_any(),
@@ -42,6 +54,31 @@ where
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Who controls the existing object named like `obj`, when it is not
+/// whoever `obj` says should (`SyncStore chat`, plus `as its analytics
+/// consumer` when its component label says so); None when it is ours,
+/// absent or unreadable.
+async fn taken_by<K>(api: &Api<K>, obj: &K) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let ours = obj.meta().owner_references.as_ref()?.first()?;
+    let live = api.get_opt(&obj.name_any()).await.ok()??;
+    let owner = live
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    if owner.uid == ours.uid {
+        return None;
+    }
+    let role = live
+        .labels()
+        .get("app.kubernetes.io/component")
+        .filter(|c| c.as_str() == "analytics")
+        .map_or("", |_| " as its analytics consumer");
+    Some(format!("{} {}{role}", owner.kind, owner.name))
 }
 
 /// Returns the Secret named like `wanted`, creating it from `wanted` only if

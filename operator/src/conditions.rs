@@ -6,32 +6,60 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 
+/// A condition's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    /// The operator cannot tell (say, the schema version while migrating
+    /// fails).
+    Unknown,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+}
+
 /// One condition as a reconcile decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub type_: &'static str,
-    pub ok: bool,
+    pub status: Status,
     pub reason: String,
     pub message: String,
 }
 
 impl Verdict {
-    pub fn ok(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+    fn new(type_: &'static str, status: Status, reason: &str, message: impl Into<String>) -> Self {
         Self {
             type_,
-            ok: true,
+            status,
             reason: reason.into(),
             message: message.into(),
         }
     }
 
+    pub fn ok(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self::new(type_, Status::True, reason, message)
+    }
+
     pub fn fail(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            type_,
-            ok: false,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Self::new(type_, Status::False, reason, message)
+    }
+
+    pub fn unknown(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self::new(type_, Status::Unknown, reason, message)
+    }
+
+    /// Whether the condition is True.
+    pub fn is_true(&self) -> bool {
+        self.status == Status::True
     }
 }
 
@@ -47,7 +75,7 @@ pub fn merge(
 ) -> Vec<Condition> {
     let mut out: Vec<Condition> = current.to_vec();
     for v in verdicts {
-        let status = if v.ok { "True" } else { "False" }.to_string();
+        let status = v.status.as_str().to_string();
         match out.iter_mut().find(|c| c.type_ == v.type_) {
             Some(c) => {
                 if c.status != status {

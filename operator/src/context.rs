@@ -63,6 +63,23 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// One small pool per store database, reused across ApiKey reconciles.
     pools: tokio::sync::Mutex<HashMap<String, (String, Db)>>,
+    /// Per store: whose turn it is to use its pool (see [`Context::store_db`]).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A store's pool, held with the store's turn: the next reconcile of the
+/// same store waits until this one is dropped.
+pub struct StoreDb {
+    db: Db,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for StoreDb {
+    type Target = Db;
+
+    fn deref(&self) -> &Db {
+        &self.db
+    }
 }
 
 impl Context {
@@ -79,6 +96,7 @@ impl Context {
             settings,
             failures: Mutex::default(),
             pools: Default::default(),
+            turns: Mutex::default(),
         })
     }
 
@@ -107,23 +125,41 @@ impl Context {
     }
 
     /// A pool on the store database at `url`, opened on first use and
-    /// reopened when the URL changes (new credentials).
-    pub async fn store_db(&self, store: &str, url: &str) -> Result<Db> {
+    /// reopened when the URL changes (new credentials), with this store's
+    /// turn: one reconcile at a time works on a store's database. The data
+    /// plane's key service holds a transaction's connection while it takes
+    /// a second one from the pool (`Keys::put`, `Keys::retire`), so two
+    /// reconciles at once on this 2-connection pool each held one and
+    /// waited for the other until the pool's 3 s timeout: after a restart
+    /// every key of a store failed with `pool timed out` for half a minute.
+    pub async fn store_db(&self, store: &str, url: &str) -> Result<StoreDb> {
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            turns.entry(store.to_string()).or_default().clone()
+        };
+        let turn = turn.lock_owned().await;
         let mut pools = self.pools.lock().await;
         if let Some((known, db)) = pools.get(store) {
             if known == url {
-                return Ok(db.clone());
+                return Ok(StoreDb {
+                    db: db.clone(),
+                    _turn: turn,
+                });
             }
         }
         let db = crate::database::open_store(url, 2).await?;
         if let Some((_, old)) = pools.insert(store.to_string(), (url.to_string(), db.clone())) {
             old.close().await;
         }
-        Ok(db)
+        Ok(StoreDb { db, _turn: turn })
     }
 
     /// Forgets the pool of a deleted store.
     pub async fn forget_store(&self, store: &str) {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(store);
         if let Some((_, db)) = self.pools.lock().await.remove(store) {
             db.close().await;
         }

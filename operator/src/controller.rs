@@ -1,6 +1,6 @@
 //! Wires both reconcilers to watches of their kinds and of what they own.
 
-use std::{future::Future, sync::Arc};
+use std::{collections::BTreeSet, future::Future, sync::Arc};
 
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::{
@@ -25,6 +25,7 @@ use crate::{
     children::MANAGER,
     context::{Context, PAUSE_ANNOTATION},
     health::Health,
+    metrics::Metrics,
     store,
 };
 
@@ -59,19 +60,41 @@ fn changed<K: Resource>(obj: &K) -> Option<u64> {
     Some(h.finish())
 }
 
-/// The watch of `kind`, reporting to `health` whether it works.
+/// The watch of `kind`, reporting to `health` whether it works, and
+/// removing the metric series of objects that are gone: on a delete, and
+/// after a re-list for objects it no longer has. The reconcile of a
+/// finalized object removes them too, but an object can go without one
+/// (it never got a finalizer, say created paused; or a finalizer removed
+/// by hand), and then no reconcile runs.
 fn watched<K>(
     api: Api<K>,
     kind: &'static str,
     health: Health,
+    metrics: Metrics,
 ) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug + Send + 'static,
 {
     health.watch_ok(kind);
+    let mut listed: BTreeSet<(String, String)> = BTreeSet::new();
+    let id = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
     watcher(api, Config::default()).map(move |event| {
         match &event {
-            Ok(_) => health.watch_ok(kind),
+            Ok(e) => {
+                health.watch_ok(kind);
+                match e {
+                    watcher::Event::Delete(o) => {
+                        let (ns, name) = id(o);
+                        metrics.forget(kind, &ns, &name);
+                    }
+                    watcher::Event::Init => listed.clear(),
+                    watcher::Event::InitApply(o) => {
+                        listed.insert(id(o));
+                    }
+                    watcher::Event::InitDone => metrics.retain(kind, &listed),
+                    watcher::Event::Apply(_) => {}
+                }
+            }
             Err(e) => health.watch_failed(kind, &e.to_string()),
         }
         event
@@ -125,7 +148,12 @@ pub async fn run(
     let (reader, writer) = reflector::store::<SyncStore>();
     let stores = reflector(
         writer,
-        watched(api::<SyncStore>(&client, ns), store::KIND, health.clone()),
+        watched(
+            api::<SyncStore>(&client, ns),
+            store::KIND,
+            health.clone(),
+            ctx.metrics.clone(),
+        ),
     )
     .default_backoff()
     .touched_objects()
@@ -146,7 +174,12 @@ pub async fn run(
     let (reader, writer) = reflector::store::<ApiKey>();
     let keys = reflector(
         writer,
-        watched(api::<ApiKey>(&client, ns), apikey::KIND, health.clone()),
+        watched(
+            api::<ApiKey>(&client, ns),
+            apikey::KIND,
+            health.clone(),
+            ctx.metrics.clone(),
+        ),
     )
     .default_backoff()
     .touched_objects()

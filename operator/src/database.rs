@@ -262,11 +262,27 @@ pub fn server_of(url: &str) -> Result<String> {
     Ok(format!("{host}{port}{}", parsed.path()))
 }
 
-/// Describes a connection failure without the URL (which holds a password).
+/// Describes a connection failure without the URL (which holds a password),
+/// in words that say where to look: the TLS options, a file the URL names,
+/// or an option sqlx does not take (`error with configuration: error with
+/// configuration: …` and a bare `No such file or directory (os error 2)`
+/// said neither).
 fn unreachable(e: sqlx::Error) -> Error {
     let text = match &e {
         sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
+            "a file the database URL names (sslrootcert, sslcert, sslkey or a socket) is missing in the operator's container ({io})"
+        ),
         sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!(
+            "the TLS connection to the database server failed ({tls}); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
+        ),
+        sqlx::Error::Configuration(c) => {
+            return Error::InvalidDatabaseUrl(format!(
+                "the admin URL has an option the database driver does not take ({}); fix it in the admin Secret",
+                c.to_string().replace("error with configuration: ", "")
+            ))
+        }
         sqlx::Error::PoolTimedOut => "timed out".into(),
         other => other.to_string(),
     };
@@ -438,11 +454,21 @@ async fn mysql_locked<T>(
     result
 }
 
+/// Something provisioning did not get as asked, which does not stop the
+/// store: a Warning event and the `DatabaseReady` condition say so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: &'static str,
+    /// One sentence, without a closing period.
+    pub message: String,
+}
+
 /// Creates (or re-asserts) the schema and the role, and marks both as the
 /// store's. Idempotent: running it on a provisioned store only re-sets the
 /// role's password, grants and marks. A schema or role that exists and is
 /// not the store's is left untouched: [`Error::SchemaOwnedByAnother`].
-pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Result<()> {
+/// Returns what was not granted as asked but does not stop the store.
+pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Result<Vec<Warning>> {
     target.check()?;
     if !valid_password(password) {
         return Err(Error::InvalidSpec(
@@ -451,13 +477,19 @@ pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Resu
     }
     match target.engine {
         Engine::Postgres => provision_postgres(admin_url, target, password).await,
-        Engine::Mysql => provision_mysql(admin_url, target, password).await,
+        Engine::Mysql => provision_mysql(admin_url, target, password)
+            .await
+            .map(|()| Vec::new()),
     }
 }
 
 /// [`provision`] on PostgreSQL: one transaction under the operator's
 /// advisory lock; the marks are comments on the schema and the role.
-async fn provision_postgres(admin_url: &str, target: &Target, password: &str) -> Result<()> {
+async fn provision_postgres(
+    admin_url: &str,
+    target: &Target,
+    password: &str,
+) -> Result<Vec<Warning>> {
     let (r, s) = (&target.role, &target.schema);
     let mark = target.owner.mark();
     let mut conn = admin_connection::<sqlx::PgConnection>(admin_url).await?;
@@ -495,9 +527,52 @@ async fn provision_postgres(admin_url: &str, target: &Target, password: &str) ->
     ] {
         tx.execute(ddl.as_str()).await.map_err(provisioning)?;
     }
+    let warnings = pg_check_connect(&mut tx, r).await?.into_iter().collect();
     tx.commit().await.map_err(provisioning)?;
     let _ = conn.close().await;
-    Ok(())
+    Ok(warnings)
+}
+
+/// Whether `GRANT CONNECT` took. PostgreSQL answers a GRANT by a role
+/// without the grant option with a WARNING (`no privileges were granted
+/// for …`), not an error, so the operator reads the database's ACL
+/// instead. Without the grant the role may still connect through PUBLIC's
+/// default CONNECT: a Warning then, since a `REVOKE CONNECT … FROM PUBLIC`
+/// would lock the store out. Without either, the pods could not connect:
+/// an error, and the transaction (role and schema included) is rolled back.
+async fn pg_check_connect(conn: &mut sqlx::PgConnection, role: &str) -> Result<Option<Warning>> {
+    let row = sqlx::query(
+        "SELECT d.datname::text, \
+           EXISTS (SELECT 1 FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a \
+                   JOIN pg_roles r ON r.oid = a.grantee \
+                   WHERE r.rolname = $1 AND a.privilege_type = 'CONNECT'), \
+           has_database_privilege($1, d.oid, 'CONNECT'), \
+           current_user::text \
+         FROM pg_database d WHERE d.datname = current_database()",
+    )
+    .bind(role)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(provisioning)?;
+    let get = |i| row.try_get::<String, _>(i).map_err(provisioning);
+    let (database, admin) = (get(0)?, get(3)?);
+    let granted: bool = row.try_get(1).map_err(provisioning)?;
+    let can_connect: bool = row.try_get(2).map_err(provisioning)?;
+    let not_granted = format!(
+        "PostgreSQL granted no CONNECT on database {database} to role {role}, because the admin role {admin} lacks the grant option on it"
+    );
+    match (granted, can_connect) {
+        (true, _) => Ok(None),
+        (false, true) => Ok(Some(Warning {
+            reason: "ConnectNotGranted",
+            message: format!(
+                "{not_granted}, so the store connects only through PUBLIC's CONNECT, which a REVOKE CONNECT ON DATABASE {database} FROM PUBLIC would take away; grant {admin} CONNECT ON DATABASE {database} WITH GRANT OPTION, or make it the database's owner"
+            ),
+        })),
+        (false, false) => Err(Error::Provisioning(format!(
+            "{not_granted}, and PUBLIC has no CONNECT either, so the store's pods could not connect; grant {admin} CONNECT ON DATABASE {database} WITH GRANT OPTION, or make it the database's owner"
+        ))),
+    }
 }
 
 /// [`provision`] on MariaDB/MySQL, under the operator's named lock (DDL
@@ -842,6 +917,30 @@ mod tests {
         let url =
             store_url("mysql://root:pw@maria:3306/mysql", &t, "Secret123Secret123").expect("url");
         assert_eq!(url, "mysql://ss_a_b:Secret123Secret123@maria:3306/ss_a_b");
+    }
+
+    #[test]
+    fn connection_failures_say_where_to_look() {
+        let e = unreachable(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        )));
+        assert_eq!(e.reason(), "DatabaseUnreachable");
+        assert!(e.to_string().starts_with("database unreachable: a file the database URL names (sslrootcert, sslcert, sslkey or a socket) is missing in the operator's container ("), "{e}");
+        let e = unreachable(sqlx::Error::Tls(
+            "invalid peer certificate: UnknownIssuer".into(),
+        ));
+        assert_eq!(
+            e.to_string(),
+            "database unreachable: the TLS connection to the database server failed (invalid peer certificate: UnknownIssuer); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
+        );
+        let e = unreachable(sqlx::Error::Configuration(
+            "error with configuration: unknown value \"bogus\" for `ssl_mode`".into(),
+        ));
+        assert_eq!(e.reason(), "InvalidDatabaseUrl");
+        assert_eq!(
+            e.to_string(),
+            "the admin URL has an option the database driver does not take (unknown value \"bogus\" for `ssl_mode`); fix it in the admin Secret"
+        );
     }
 
     #[test]

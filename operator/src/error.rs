@@ -26,6 +26,16 @@ pub enum Error {
     SecretConflict(String),
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// A child's name is taken by another controller's object (store
+    /// `chat`'s analytics Deployment `chat-analytics` and the Deployment of
+    /// a store named `chat-analytics`): the operator leaves it alone.
+    #[error("invalid spec: {kind} {name}, which this store needs, already belongs to {owner}, so it is left alone and nothing more is rolled out until one of the two stores is renamed")]
+    ChildTaken {
+        kind: String,
+        name: String,
+        /// `SyncStore chat`, with how it uses the object if known.
+        owner: String,
+    },
     /// The schema (database) or role this store would use exists and is
     /// another store's, or no store's: the operator does not touch it.
     #[error("{0}; the operator leaves it untouched")]
@@ -66,7 +76,7 @@ impl Error {
             Error::StoreNotFound(_) => "StoreNotFound",
             Error::StoreNotReady(_) => "StoreNotReady",
             Error::SecretConflict(_) => "SecretConflict",
-            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::InvalidSpec(_) | Error::ChildTaken { .. } => "InvalidSpec",
             Error::SchemaOwnedByAnother(_) => "SchemaOwnedByAnother",
             Error::ImmutableFieldChanged(_) => "ImmutableFieldChanged",
             Error::KeyStore(_) => "KeyStoreError",

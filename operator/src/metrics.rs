@@ -6,7 +6,11 @@
 //! measured too.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use std::time::Instant;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 /// Every phase a SyncStore can show, each one a `phase` series.
 pub const STORE_PHASES: [&str; 5] = ["Pending", "Progressing", "Running", "Degraded", "Failed"];
@@ -20,6 +24,8 @@ struct PerObject {
     phase: IntGaugeVec,
     failures: IntCounterVec,
     phases: &'static [&'static str],
+    /// (namespace, name) of every object with series.
+    known: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl PerObject {
@@ -48,6 +54,7 @@ impl PerObject {
             )
             .expect("valid metric"),
             phases,
+            known: Arc::default(),
         }
     }
 
@@ -59,7 +66,12 @@ impl PerObject {
         ]
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn observe(&self, namespace: &str, name: &str, ready: bool, phase: &str) {
+        self.known().insert((namespace.into(), name.into()));
         self.ready
             .with_label_values(&[namespace, name])
             .set(i64::from(ready));
@@ -71,14 +83,25 @@ impl PerObject {
     }
 
     fn failed(&self, namespace: &str, name: &str) {
+        self.known().insert((namespace.into(), name.into()));
         self.failures.with_label_values(&[namespace, name]).inc();
     }
 
     fn forget(&self, namespace: &str, name: &str) {
+        self.known()
+            .remove(&(namespace.to_string(), name.to_string()));
         let _ = self.ready.remove_label_values(&[namespace, name]);
         let _ = self.failures.remove_label_values(&[namespace, name]);
         for p in self.phases {
             let _ = self.phase.remove_label_values(&[namespace, name, p]);
+        }
+    }
+
+    /// Forgets every object not in `live`.
+    fn retain(&self, live: &BTreeSet<(String, String)>) {
+        let gone: Vec<(String, String)> = self.known().difference(live).cloned().collect();
+        for (namespace, name) in gone {
+            self.forget(&namespace, &name);
         }
     }
 }
@@ -182,6 +205,13 @@ impl Metrics {
         self.of(kind).forget(namespace, name);
     }
 
+    /// Removes the series of every object of `kind` not in `live`
+    /// (namespace, name): after a re-list, objects deleted while the watch
+    /// was down.
+    pub fn retain(&self, kind: &str, live: &BTreeSet<(String, String)>) {
+        self.of(kind).retain(live);
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = String::new();
@@ -199,5 +229,39 @@ pub struct Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         self.hist.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(m: &Metrics, name: &str) -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("name=\"{}\"", "k1")))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn forgotten_and_unlisted_objects_lose_their_series() {
+        let m = Metrics::default();
+        m.observe("ApiKey", "team-a", "k1", true, "Active");
+        m.object_failed("ApiKey", "team-a", "k1");
+        m.observe("ApiKey", "team-a", "k2", false, "Pending");
+        assert_eq!(series(&m, "syncstore_apikey_phase").len(), 4);
+        assert_eq!(
+            series(&m, "syncstore_apikey_reconcile_failures_total").len(),
+            1
+        );
+        m.forget("ApiKey", "team-a", "k1");
+        assert!(series(&m, "syncstore_apikey").is_empty(), "{}", m.render());
+        m.observe("ApiKey", "team-a", "k1", true, "Active");
+        // A re-list that no longer has k1 (deleted while the watch was down).
+        let live = BTreeSet::from([("team-a".to_string(), "k2".to_string())]);
+        m.retain("ApiKey", &live);
+        assert!(series(&m, "syncstore_apikey").is_empty(), "{}", m.render());
+        assert!(m.render().contains("name=\"k2\""));
     }
 }

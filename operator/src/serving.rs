@@ -32,30 +32,138 @@ pub fn minimum(store: &SyncStore) -> i32 {
         .map_or(store.spec.replicas, |a| a.min_replicas)
 }
 
-/// Whether a rollout is under way: the Deployment controller has not yet
-/// seen the latest spec, or not every replica runs the latest template.
-/// A rollout past its progress deadline is no longer "under way": it is
-/// stuck, and the shortfall shows as `Degraded`.
-fn rolling(d: &Deployment, desired: i32) -> Option<String> {
-    let status = d.status.clone().unwrap_or_default();
-    let stalled = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
-    if stalled {
-        return None;
+/// Where the Deployment's rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rollout {
+    /// Every replica runs the latest template.
+    Complete,
+    /// Under way: the Deployment controller has not yet seen the latest
+    /// spec, or not every replica runs the latest template; why, as a
+    /// clause.
+    Under(String),
+    /// Stuck: the Deployment reports `Progressing=False`, reason
+    /// `ProgressDeadlineExceeded` (an image that never pulls, pods that
+    /// never become ready); its message, as a clause.
+    Stalled(String),
+}
+
+/// The Deployment's `ProgressDeadlineExceeded` message as a clause: its
+/// first line, without a closing period, or a stand-in when it has none.
+fn stalled_message(d: &Deployment, message: Option<&str>) -> String {
+    let text = message
+        .and_then(|m| m.lines().next())
+        .map(|m| m.trim().trim_end_matches('.').trim())
+        .filter(|m| !m.is_empty());
+    match text {
+        Some(m) => format!("the rollout stalled past its progress deadline ({m})"),
+        None => format!(
+            "the rollout of Deployment {} stalled past its progress deadline",
+            d.metadata.name.as_deref().unwrap_or_default()
+        ),
     }
+}
+
+/// Where the rollout stands. A stall reported for an older spec (the
+/// controller has not seen the latest one) does not count: the new spec
+/// starts a new rollout.
+fn rollout(d: &Deployment, desired: i32) -> Rollout {
+    let status = d.status.clone().unwrap_or_default();
     let generation = d.metadata.generation.unwrap_or(0);
     if status.observed_generation.unwrap_or(0) < generation {
-        return Some("the Deployment controller has not yet picked up the latest spec".into());
+        return Rollout::Under(
+            "the Deployment controller has not yet picked up the latest spec".into(),
+        );
+    }
+    let stalled = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(c) = stalled {
+        return Rollout::Stalled(stalled_message(d, c.message.as_deref()));
     }
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
     if updated < desired || total > updated {
-        return Some(format!(
+        return Rollout::Under(format!(
             "{updated} of {desired} replicas run the latest version"
         ));
     }
-    None
+    Rollout::Complete
+}
+
+/// Capitalises the first letter of a clause, to open a sentence.
+fn sentence(clause: &str) -> String {
+    let mut chars = clause.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+fn ready_verdict(available: i32, rollout: &Rollout, counted: &str) -> Verdict {
+    match rollout {
+        _ if available > 0 => Verdict::ok("Ready", "Serving", format!("{counted}.")),
+        Rollout::Under(_) => Verdict::fail(
+            "Ready",
+            "RolloutInProgress",
+            format!("No replica is available yet while the rollout is under way ({counted})."),
+        ),
+        Rollout::Stalled(why) => Verdict::fail(
+            "Ready",
+            "ProgressDeadlineExceeded",
+            format!("No replica is available because {why}."),
+        ),
+        Rollout::Complete => Verdict::fail(
+            "Ready",
+            "NoReplicasAvailable",
+            format!("No replica is available ({counted})."),
+        ),
+    }
+}
+
+fn progressing_verdict(rollout: &Rollout) -> Verdict {
+    match rollout {
+        Rollout::Under(why) => Verdict::ok(
+            "Progressing",
+            "RolloutInProgress",
+            format!("{}.", sentence(why)),
+        ),
+        Rollout::Stalled(why) => Verdict::fail(
+            "Progressing",
+            "ProgressDeadlineExceeded",
+            format!("{}.", sentence(why)),
+        ),
+        Rollout::Complete => Verdict::fail(
+            "Progressing",
+            "RolloutComplete",
+            "Every replica runs the latest version.",
+        ),
+    }
+}
+
+fn degraded_verdict(available: i32, min: i32, rollout: &Rollout, counted: &str) -> Verdict {
+    let replicas = match available {
+        1 => "1 replica is".to_string(),
+        n => format!("{n} replicas are"),
+    };
+    match rollout {
+        Rollout::Stalled(why) => Verdict::ok(
+            "Degraded",
+            "ProgressDeadlineExceeded",
+            format!("{}, and {counted}.", sentence(why)),
+        ),
+        Rollout::Complete if available < min => Verdict::ok(
+            "Degraded",
+            "InsufficientReplicas",
+            format!("{replicas} available, fewer than the minimum of {min}."),
+        ),
+        _ => Verdict::fail(
+            "Degraded",
+            "MinimumReplicasAvailable",
+            format!("At least the minimum of {min} replicas is available or on its way."),
+        ),
+    }
 }
 
 /// Reads the verdicts from the store's applied Deployment.
@@ -68,69 +176,26 @@ pub fn serving(store: &SyncStore, d: &Deployment) -> Serving {
         .and_then(|s| s.replicas)
         .unwrap_or_else(|| minimum(store));
     let min = minimum(store);
-    let rollout = rolling(d, desired);
+    let rollout = rollout(d, desired);
     let counted = format!("{available} of {desired} replicas are available");
-
-    let ready = match (available > 0, &rollout) {
-        (true, _) => Verdict::ok("Ready", "Serving", format!("{counted}.")),
-        (false, Some(_)) => Verdict::fail(
-            "Ready",
-            "RolloutInProgress",
-            format!("No replica is available yet while the rollout is under way ({counted})."),
-        ),
-        (false, None) => Verdict::fail(
-            "Ready",
-            "NoReplicasAvailable",
-            format!("No replica is available ({counted})."),
-        ),
+    let degraded = degraded_verdict(available, min, &rollout, &counted);
+    let phase = match rollout {
+        Rollout::Under(_) => "Progressing",
+        _ if degraded.is_true() => "Degraded",
+        _ => "Running",
     };
     let available_verdict = if available > 0 {
         Verdict::ok("Available", "ReplicasAvailable", format!("{counted}."))
     } else {
         Verdict::fail("Available", "NoReplicasAvailable", format!("{counted}."))
     };
-    let progressing = match &rollout {
-        Some(why) => Verdict::ok("Progressing", "RolloutInProgress", format!("{why}.")),
-        None => Verdict::fail(
-            "Progressing",
-            "RolloutComplete",
-            "Every replica runs the latest version.",
-        ),
-    };
-    let short = available < min && rollout.is_none();
-    let degraded = if short {
-        Verdict::ok(
-            "Degraded",
-            "InsufficientReplicas",
-            format!(
-                "{} available, fewer than the minimum of {min}.",
-                match available {
-                    1 => "1 replica is".to_string(),
-                    n => format!("{n} replicas are"),
-                }
-            ),
-        )
-    } else {
-        Verdict::fail(
-            "Degraded",
-            "MinimumReplicasAvailable",
-            format!("At least the minimum of {min} replicas is available or on its way."),
-        )
-    };
-    let phase = if rollout.is_some() {
-        "Progressing"
-    } else if short {
-        "Degraded"
-    } else {
-        "Running"
-    };
     Serving {
         replicas: status.replicas,
         ready_replicas: status.ready_replicas.unwrap_or(0),
         phase,
-        ready,
+        ready: ready_verdict(available, &rollout, &counted),
         available: available_verdict,
-        progressing,
+        progressing: progressing_verdict(&rollout),
         degraded,
     }
 }
@@ -160,9 +225,9 @@ mod tests {
     fn a_fresh_deployment_is_progressing_and_not_ready() {
         let s = serving(&store(SPEC), &deployment(1, 3, "{}"));
         assert_eq!(s.phase, "Progressing");
-        assert!(!s.ready.ok);
+        assert!(!s.ready.is_true());
         assert_eq!(s.ready.reason, "RolloutInProgress");
-        assert!(!s.degraded.ok);
+        assert!(!s.degraded.is_true());
     }
 
     #[test]
@@ -176,7 +241,7 @@ mod tests {
         assert_eq!(s.phase, "Running");
         assert_eq!(
             (
-                s.ready.ok,
+                s.ready.is_true(),
                 s.ready.reason.as_str(),
                 s.ready.message.as_str()
             ),
@@ -194,9 +259,9 @@ mod tests {
         );
         let s = serving(&store(SPEC), &d);
         assert_eq!(s.phase, "Degraded");
-        assert!(s.ready.ok);
+        assert!(s.ready.is_true());
         assert_eq!(s.degraded.reason, "InsufficientReplicas");
-        assert!(s.degraded.ok);
+        assert!(s.degraded.is_true());
     }
 
     #[test]
@@ -212,14 +277,14 @@ mod tests {
     }
 
     #[test]
-    fn the_autoscaler_minimum_counts_and_a_stalled_rollout_is_degraded() {
+    fn the_autoscaler_minimum_counts() {
         let st = store(&format!(
             "{SPEC}autoscaling: {{minReplicas: 2, maxReplicas: 5}}\n"
         ));
         let d = deployment(
             3,
             4,
-            r#"{"observedGeneration":3,"replicas":4,"updatedReplicas":1,"availableReplicas":1,"conditions":[{"type":"Progressing","status":"False","reason":"ProgressDeadlineExceeded"}]}"#,
+            r#"{"observedGeneration":3,"replicas":4,"updatedReplicas":4,"availableReplicas":1}"#,
         );
         let s = serving(&st, &d);
         assert_eq!(s.phase, "Degraded");
@@ -227,5 +292,76 @@ mod tests {
             s.degraded.message,
             "1 replica is available, fewer than the minimum of 2."
         );
+    }
+
+    const STALLED: &str = r#"{"type":"Progressing","status":"False","reason":"ProgressDeadlineExceeded","message":"ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing."}"#;
+
+    /// An image that never pulls: the Deployment gives up at its progress
+    /// deadline, and the store says so with the Deployment's message.
+    #[test]
+    fn a_stalled_rollout_is_degraded_with_the_deployments_message() {
+        let d = deployment(
+            2,
+            3,
+            &format!(
+                r#"{{"observedGeneration":2,"replicas":1,"updatedReplicas":1,"availableReplicas":0,"conditions":[{STALLED}]}}"#
+            ),
+        );
+        let s = serving(&store(SPEC), &d);
+        assert_eq!(s.phase, "Degraded");
+        let why = "the rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing)";
+        assert_eq!(
+            (
+                s.ready.status,
+                s.ready.reason.as_str(),
+                s.ready.message.clone()
+            ),
+            (
+                crate::conditions::Status::False,
+                "ProgressDeadlineExceeded",
+                format!("No replica is available because {why}.")
+            )
+        );
+        assert_eq!(
+            (s.progressing.status, s.progressing.reason.as_str()),
+            (crate::conditions::Status::False, "ProgressDeadlineExceeded")
+        );
+        assert_eq!(
+            s.progressing.message,
+            "The rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing)."
+        );
+        assert_eq!(
+            (s.degraded.is_true(), s.degraded.reason.as_str()),
+            (true, "ProgressDeadlineExceeded")
+        );
+        assert_eq!(
+            s.degraded.message,
+            "The rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing), and 0 of 3 replicas are available."
+        );
+
+        // The old replicas still serve: Ready, but the stall shows.
+        let d = deployment(
+            2,
+            3,
+            &format!(
+                r#"{{"observedGeneration":2,"replicas":4,"updatedReplicas":1,"availableReplicas":3,"conditions":[{STALLED}]}}"#
+            ),
+        );
+        let s = serving(&store(SPEC), &d);
+        assert_eq!(s.phase, "Degraded");
+        assert_eq!(s.ready.reason, "Serving");
+        assert_eq!(s.degraded.reason, "ProgressDeadlineExceeded");
+
+        // A new spec starts a new rollout: the old stall does not count.
+        let d = deployment(
+            3,
+            3,
+            &format!(
+                r#"{{"observedGeneration":2,"replicas":4,"updatedReplicas":1,"availableReplicas":3,"conditions":[{STALLED}]}}"#
+            ),
+        );
+        let s = serving(&store(SPEC), &d);
+        assert_eq!(s.phase, "Progressing");
+        assert_eq!(s.progressing.reason, "RolloutInProgress");
     }
 }

@@ -60,6 +60,14 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
         .await?;
         return Ok(Action::await_change());
     }
+    // The watch's copy may be behind the finalizer patch (see
+    // `finalizing`): the helper then works from the live object.
+    let store = match crate::finalizing::fresh(&api, store, FINALIZER).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
+    };
+    let deleting = store.meta().deletion_timestamp.is_some();
     let result = finalizer(&api, FINALIZER, store.clone(), |event| async {
         match event {
             Event::Apply(s) => apply_store(&s, &ctx).await,
@@ -191,6 +199,8 @@ struct Provisioned {
     schema_version: i64,
     /// `host:port/database` of the admin URL.
     server: String,
+    /// What was not granted as asked (see [`database::Warning`]).
+    warnings: Vec<database::Warning>,
 }
 
 /// Errors after which the children that need no database still follow
@@ -347,7 +357,18 @@ async fn provision_database(
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
     let target = target(store, db_names, predecessor(store, ctx).await?);
-    database::provision(&admin, &target, password).await?;
+    let warnings = database::provision(&admin, &target, password).await?;
+    for w in &warnings {
+        publish(
+            ctx,
+            store,
+            EventType::Warning,
+            w.reason,
+            &format!("{}.", w.message),
+            "Provision",
+        )
+        .await;
+    }
     let url = database::store_url(&admin, &target, password)?;
     let (applied, schema_version) = database::migrate(&url).await?;
     if applied > 0 {
@@ -387,6 +408,7 @@ async fn provision_database(
         url,
         schema_version,
         server: database::server_of(&admin)?,
+        warnings,
     })
 }
 
@@ -418,7 +440,7 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
 
     let mut deployments = vec![n.deployment.clone()];
     if let Some(consumer) = children::analytics_deployment(store, &hash) {
-        apply(client, &consumer).await?;
+        apply(client, &consumer).await.map_err(analytics_taken)?;
         deployments.push(n.analytics.clone());
     }
     let mut scalers = Vec::new();
@@ -449,6 +471,18 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
         .await;
     }
     Ok(deployment)
+}
+
+/// The analytics consumer's Deployment (`<store>-analytics`) taken by a
+/// store of that name: the message says which fields make this store need
+/// it, so either can be changed.
+fn analytics_taken(e: Error) -> Error {
+    match e {
+        Error::ChildTaken { kind, name, owner } => Error::InvalidSpec(format!(
+            "{kind} {name}, which the analytics consumer of this store needs (spec.kafka is set and spec.analytics.enabled is true), already belongs to {owner}, so it is left alone and nothing more is rolled out until spec.analytics.enabled is false or one of the two stores is renamed"
+        )),
+        other => other,
+    }
 }
 
 /// Refuses, before any database work or rollout, a spec whose pods would
@@ -557,14 +591,7 @@ async fn write_success(
 ) -> Result<()> {
     let schema_version = database.schema_version;
     let verdicts = [
-        Verdict::ok(
-            "DatabaseReady",
-            "Provisioned",
-            format!(
-                "Schema {} and role {} are in place and marked as this store's.",
-                names.schema, names.role
-            ),
-        ),
+        database_ready(database, names),
         Verdict::ok(
             "SchemaMigrated",
             "Migrated",
@@ -603,6 +630,23 @@ async fn write_success(
     .await
 }
 
+/// `DatabaseReady` after a successful provisioning: True, with the reason
+/// and message of a warning if provisioning had one.
+fn database_ready(database: &Provisioned, names: &DbNames) -> Verdict {
+    let done = format!(
+        "Schema {} and role {} are in place and marked as this store's",
+        names.schema, names.role
+    );
+    match database.warnings.first() {
+        None => Verdict::ok("DatabaseReady", "Provisioned", format!("{done}.")),
+        Some(w) => Verdict::ok(
+            "DatabaseReady",
+            w.reason,
+            format!("{done}, but {}.", w.message),
+        ),
+    }
+}
+
 /// `conditions` without the paused condition: reconciling again means the
 /// pause is over.
 pub fn resumed(
@@ -619,22 +663,8 @@ async fn write_failure(
     err: &Error,
     failures: u32,
 ) -> Result<()> {
-    let message = err.to_string();
-    let mut verdicts = vec![Verdict::fail("Ready", err.reason(), message.clone())];
-    match err {
-        Error::SecretMissing { .. }
-        | Error::InvalidDatabaseUrl(_)
-        | Error::DatabaseUnreachable(_)
-        | Error::SchemaOwnedByAnother(_)
-        | Error::ImmutableFieldChanged(_)
-        | Error::Provisioning(_) => {
-            verdicts.push(Verdict::fail("DatabaseReady", err.reason(), message))
-        }
-        Error::Migration(_) => {
-            verdicts.push(Verdict::fail("SchemaMigrated", err.reason(), message))
-        }
-        _ => {}
-    }
+    let serving = serving_anyway(ctx, store, err).await;
+    let verdicts = failure_verdicts(store, err, serving.as_ref());
     update_status(ctx, api, store, |current| SyncStoreStatus {
         observed_generation: store.metadata.generation,
         phase: Some("Failed".into()),
@@ -644,10 +674,61 @@ async fn write_failure(
             store.metadata.generation,
             Timestamp::now(),
         )),
+        replicas: serving.as_ref().map_or(current.replicas, |s| s.replicas),
+        ready_replicas: serving
+            .as_ref()
+            .map_or(current.ready_replicas, |s| s.ready_replicas),
         failures,
         ..current.clone()
     })
     .await
+}
+
+/// What the store's Deployment says about serving, after a failure that
+/// leaves the children following the spec (the database is unreachable,
+/// its Secret is missing, provisioning or migrating failed): the pods may
+/// well serve, and `Ready` must say so. None after any other failure, or
+/// when there is no Deployment (the store was never provisioned).
+async fn serving_anyway(ctx: &Context, store: &SyncStore, err: &Error) -> Option<Serving> {
+    if !children_follow_anyway(err) || matches!(err, Error::Kube(_)) {
+        return None;
+    }
+    let api: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
+    let deployment = api.get_opt(&names(store).deployment).await.ok()??;
+    Some(serving::serving(store, &deployment))
+}
+
+/// The conditions a failure sets: `Ready` (from `serving` when the pods
+/// still run, else the failure), `DatabaseReady` or `SchemaMigrated` for a
+/// failure of theirs, and `VersionSkew` Unknown while the schema's version
+/// is not known.
+fn failure_verdicts(store: &SyncStore, err: &Error, serving: Option<&Serving>) -> Vec<Verdict> {
+    let failed = |type_| Verdict::fail(type_, err.reason(), err.to_string());
+    let mut verdicts = Vec::new();
+    match err {
+        Error::SecretMissing { .. }
+        | Error::InvalidDatabaseUrl(_)
+        | Error::DatabaseUnreachable(_)
+        | Error::SchemaOwnedByAnother(_)
+        | Error::ImmutableFieldChanged(_)
+        | Error::Provisioning(_) => verdicts.push(failed("DatabaseReady")),
+        Error::Migration(_) => verdicts.push(failed("SchemaMigrated")),
+        _ => {}
+    }
+    if !verdicts.is_empty() || matches!(err, Error::KeyStore(_)) {
+        verdicts.push(crate::validate::version_skew_unknown(store, err));
+    }
+    match serving {
+        Some(s) => verdicts.extend([
+            s.available.clone(),
+            s.progressing.clone(),
+            s.degraded.clone(),
+            s.ready.clone(),
+        ]),
+        None => verdicts.push(failed("Ready")),
+    }
+    verdicts
 }
 
 /// Writes the status that `f` derives from the live one. The reconcile

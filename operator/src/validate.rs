@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
+use semver::Version;
 use syncstore::config::{Config, RawConfig};
 use syncstore_crds::{Engine, SyncStore};
 
@@ -71,11 +72,86 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()
     let raw = RawConfig::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| Error::InvalidSpec(first_line(&e)))?;
     Config::from_raw(&raw).map(drop).map_err(|e| {
+        let field = source_of(store, e.var);
+        let value = vars
+            .get(e.var)
+            .and_then(|v| shown(e.var, v))
+            .map_or_else(String::new, |v| format!("='{v}'"));
         Error::InvalidSpec(format!(
-            "the data plane would refuse {}: {}; nothing is rolled out until the spec is fixed",
+            "the data plane would refuse {}{value} from {field} ({}), so nothing is rolled out until {field} is fixed",
             e.var, e.problem
         ))
     })
+}
+
+/// Where in the spec the variable `var` comes from, for a message that
+/// tells what to fix: a literal `spec.env` entry wins, as it does in the
+/// container.
+fn source_of(store: &SyncStore, var: &str) -> String {
+    if store
+        .spec
+        .env
+        .iter()
+        .any(|e| e.name == var && e.value.is_some())
+    {
+        return format!("the spec.env entry {var}");
+    }
+    let field = match var {
+        "CORS_ORIGIN" => "spec.corsOrigins",
+        "TRUSTED_PROXIES" => "spec.trustedProxies",
+        "JWT_EXPIRES_IN" => "spec.jwt.accessTokenLifetime",
+        "JWT_REFRESH_EXPIRES_IN" => "spec.jwt.refreshTokenLifetime",
+        "GEOIP_DB_PATH" => "spec.geoip.databasePath",
+        "GEOIP_COUNTRY_HEADER" => "spec.geoip.countryHeader",
+        "DB_CONNECTION_LIMIT" => "spec.database.connectionLimit",
+        "DB_SSL" => "spec.database.ssl",
+        "KAFKA_BROKERS" => "spec.kafka.brokers",
+        "KAFKA_TOPIC" => "spec.kafka.topic",
+        "ENABLE_ANALYTICS" => "spec.analytics.enabled",
+        "CONFLICT_DEFAULT_STRATEGY" => "spec.conflicts.defaultStrategy",
+        "CONFLICT_RESOLVER_URL" => "spec.conflicts.resolverUrl",
+        "MAX_ITEM_SIZE_KB" => "spec.limits.maxItemSizeKb",
+        "MAX_STORAGE_PER_USER_MB" => "spec.limits.maxStoragePerUserMb",
+        "TTL_CLEANUP_INTERVAL_HOURS" => "spec.limits.ttlCleanupIntervalHours",
+        "SYNC_TOMBSTONE_RETENTION_DAYS" => "spec.limits.tombstoneRetentionDays",
+        "RATE_LIMIT_WINDOW_MS" => "spec.rateLimit.windowMs",
+        "RATE_LIMIT_MAX_REQUESTS" => "spec.rateLimit.maxRequests",
+        "REDIS_URL" => {
+            return match &store.spec.redis {
+                Some(r) => format!(
+                    "the Redis URL in Secret {} (key {})",
+                    r.url_secret_ref.name, r.url_secret_ref.key
+                ),
+                None => "spec.redis".into(),
+            }
+        }
+        _ => return format!("the environment the operator renders for {var}"),
+    };
+    field.into()
+}
+
+/// A variable's value as a message may show it: never a secret's (the
+/// credentials, the Redis URL, a URL with a user or password in it), and
+/// at most 80 characters.
+fn shown(var: &str, value: &str) -> Option<String> {
+    const SECRET: [&str; 5] = [
+        "JWT_SECRET",
+        "JWT_REFRESH_SECRET",
+        "DB_PASSWORD",
+        "DATABASE_URL",
+        "REDIS_URL",
+    ];
+    let userinfo = value
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@'));
+    if SECRET.contains(&var) || userinfo {
+        return None;
+    }
+    let mut v: String = value.chars().take(80).collect();
+    if v.len() < value.len() {
+        v.push('…');
+    }
+    Some(v)
 }
 
 /// Every `resources` value must be a quantity. The CRD checks cpu, memory
@@ -159,56 +235,56 @@ fn check_mounted(store: &SyncStore, path: &str) -> Result<()> {
     }
 }
 
-/// `MAJOR.MINOR.PATCH` of an image tag such as `…/syncstore:0.1.0` or
-/// `v0.1.0-rc.1` (a pre-release counts as its release); None for `latest`,
-/// a digest, or anything else that names no version.
-pub fn tag_version(image: &str) -> Option<(u64, u64, u64)> {
+/// The version an image tag names, such as `…/syncstore:0.1.0`,
+/// `v0.1.0-rc.1` or `0.1.0+build.7`, parsed as semantic versioning; None
+/// for `latest`, a digest, or anything else that names no version.
+pub fn tag_version(image: &str) -> Option<Version> {
     let name = image.split('@').next()?;
     let last = name.rsplit('/').next()?;
     let (_, tag) = last.split_once(':')?;
-    let core = tag.trim_start_matches('v').split(['-', '+']).next()?;
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    let v = (parts.next()??, parts.next()??, parts.next()??);
-    parts.next().is_none().then_some(v)
+    Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
 }
 
 /// The operator's own version: the release whose migrations it applies.
-pub fn operator_version() -> (u64, u64, u64) {
-    tag_version(&format!("x:{}", env!("CARGO_PKG_VERSION"))).unwrap_or_default()
+pub fn operator_version() -> Version {
+    // Cargo only accepts semantic versions for a package.
+    Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or_else(|_| Version::new(0, 0, 0))
 }
 
-/// Condition `VersionSkew`: True when the store's image is an older
-/// release than the operator that migrated its schema to
-/// `schema_version`. Such a binary may find migrations it does not know;
-/// the data plane then keeps `/ready` at 503 (`VersionSkew`) rather than
+/// Condition `VersionSkew`: True when the store's image precedes the
+/// operator that migrated its schema to `schema_version`, by semantic
+/// versioning's precedence, so a pre-release (`0.1.0-rc.1`) precedes its
+/// release (`0.1.0`): it may lack migrations that came later in the
+/// release cycle. Such a binary may find migrations it does not know; the
+/// data plane then keeps `/ready` at 503 (`VersionSkew`) rather than
 /// serving on a schema it does not understand. False with reason
 /// `ImageVersionUnknown` for a tag that names no version (`latest`, a
 /// digest): the operator cannot tell.
 pub fn version_skew(store: &SyncStore, schema_version: i64) -> Verdict {
     let image = children::image(store);
     let ours = operator_version();
-    let fmt = |(a, b, c): (u64, u64, u64)| format!("{a}.{b}.{c}");
     // The condition reads True when something is wrong, like the
     // upstream `…Pressure` node conditions.
     match tag_version(&image) {
-        Some(v) if v < ours => Verdict::ok(
-            "VersionSkew",
-            "ImageOlderThanSchema",
-            format!(
-                "Image {image} is release {}, older than {} whose migrations schema version {schema_version} came from; upgrade the image of SyncStore {} to {} or later.",
-                fmt(v),
-                fmt(ours),
-                store.name_any(),
-                fmt(ours)
-            ),
-        ),
+        Some(v) if v.cmp_precedence(&ours).is_lt() => {
+            let what = if v.pre.is_empty() {
+                format!("release {v}, older than {ours}")
+            } else {
+                format!("pre-release {v}, which precedes release {ours}")
+            };
+            Verdict::ok(
+                "VersionSkew",
+                "ImageOlderThanSchema",
+                format!(
+                    "Image {image} is {what} whose migrations schema version {schema_version} came from, so it may not know all of them; upgrade the image of SyncStore {} to {ours} or later.",
+                    store.name_any(),
+                ),
+            )
+        }
         Some(v) => Verdict::fail(
             "VersionSkew",
             "ImageMatchesSchema",
-            format!(
-                "Image release {} knows every migration of schema version {schema_version}.",
-                fmt(v)
-            ),
+            format!("Image version {v} is not older than {ours}, so it knows every migration of schema version {schema_version}."),
         ),
         None => Verdict::fail(
             "VersionSkew",
@@ -216,6 +292,32 @@ pub fn version_skew(store: &SyncStore, schema_version: i64) -> Verdict {
             format!("Image {image} names no release version, so its schema support cannot be compared."),
         ),
     }
+}
+
+/// Condition `VersionSkew` when the schema's version is not known because
+/// `err` stopped provisioning or migrating: whether the image matches the
+/// schema cannot be told, so the condition must not go on saying it does.
+pub fn version_skew_unknown(store: &SyncStore, err: &Error) -> Verdict {
+    let why = match err {
+        Error::Migration(_) => "migrating the schema failed",
+        Error::DatabaseUnreachable(_) => "the database cannot be reached",
+        Error::SecretMissing { .. } | Error::InvalidDatabaseUrl(_) => {
+            "the admin database URL cannot be read"
+        }
+        Error::SchemaOwnedByAnother(_) | Error::ImmutableFieldChanged(_) => {
+            "the store's schema was refused"
+        }
+        Error::KeyStore(_) => "revoking the rows of deleted ApiKeys failed",
+        _ => "provisioning the database failed",
+    };
+    Verdict::unknown(
+        "VersionSkew",
+        "SchemaVersionUnknown",
+        format!(
+            "The schema's version is unknown because {why}, so whether image {} knows every migration cannot be told.",
+            children::image(store)
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -271,17 +373,44 @@ mod tests {
     #[test]
     fn what_the_pods_would_refuse_is_an_invalid_spec_naming_the_variable() {
         let m = message(check_yaml("corsOrigins: [app.example.com]\n"));
-        assert!(
-            m.contains("CORS_ORIGIN") && m.contains("invalid origin 'app.example.com'"),
-            "{m}"
+        assert_eq!(
+            m,
+            "the data plane would refuse CORS_ORIGIN='app.example.com' from spec.corsOrigins (invalid origin 'app.example.com': expected * or http(s)://host[:port], comma-separated), so nothing is rolled out until spec.corsOrigins is fixed"
         );
         assert!(!m.contains('\n'));
+        // `*` (what an empty corsOrigins renders) with credentials from env.
+        let m = message(check_yaml(
+            "corsOrigins: ['*']\nenv: [{name: CORS_CREDENTIALS, value: 'true'}]\n",
+        ));
+        assert_eq!(
+            m,
+            "the data plane would refuse CORS_ORIGIN='*' from spec.corsOrigins ('*' cannot be combined with CORS_CREDENTIALS=true: list the allowed origins), so nothing is rolled out until spec.corsOrigins is fixed"
+        );
+        let m = message(check_yaml("conflicts: {resolverUrl: 'ftp://resolver'}\n"));
+        assert!(
+            m.starts_with("the data plane would refuse CONFLICT_RESOLVER_URL='ftp://resolver' from spec.conflicts.resolverUrl (must be a URL starting with http://, https://)"),
+            "{m}"
+        );
+        // A URL with credentials is not repeated.
+        let m = message(check_yaml(
+            "conflicts: {resolverUrl: 'ftp://user:pw@resolver'}\n",
+        ));
+        assert!(
+            !m.contains("pw@")
+                && m.contains("CONFLICT_RESOLVER_URL from spec.conflicts.resolverUrl"),
+            "{m}"
+        );
         let m = message(check_yaml("jwt: {accessTokenLifetime: forever}\n"));
         assert!(m.contains("JWT_EXPIRES_IN"), "{m}");
         let m = message(check_yaml("trustedProxies: [ingress-nginx]\n"));
         assert!(m.contains("TRUSTED_PROXIES"), "{m}");
         let m = message(check_yaml("env: [{name: LOG_FORMAT, value: xml}]\n"));
-        assert!(m.contains("LOG_FORMAT"), "{m}");
+        assert!(
+            m.starts_with(
+                "the data plane would refuse LOG_FORMAT='xml' from the spec.env entry LOG_FORMAT ("
+            ),
+            "{m}"
+        );
         // No secret value reaches the message.
         assert!(!m.contains(&"x".repeat(47)));
     }
@@ -313,24 +442,82 @@ mod tests {
 
     #[test]
     fn image_tags_compare_as_releases() {
+        let v = |t: &str| tag_version(t).map(|v| v.to_string());
         assert_eq!(
-            tag_version("ghcr.io/syncstore/syncstore:0.1.0"),
-            Some((0, 1, 0))
+            v("ghcr.io/syncstore/syncstore:0.1.0").as_deref(),
+            Some("0.1.0")
         );
         assert_eq!(
-            tag_version("registry:5000/syncstore:v1.2.3-rc.1"),
-            Some((1, 2, 3))
+            v("registry:5000/syncstore:v1.2.3-rc.1").as_deref(),
+            Some("1.2.3-rc.1")
+        );
+        assert_eq!(
+            v("syncstore:0.1.0+build.7").as_deref(),
+            Some("0.1.0+build.7")
         );
         assert_eq!(tag_version("registry:5000/syncstore"), None);
         assert_eq!(tag_version("syncstore:latest"), None);
+        assert_eq!(tag_version("syncstore:0.1"), None);
         assert_eq!(tag_version("syncstore@sha256:abc"), None);
+        assert_eq!(
+            tag_version("syncstore:0.1.0@sha256:abc").map(|v| v.minor),
+            Some(1)
+        );
         let old = store(&format!("image: syncstore:0.0.9\n{BASE}"));
         let v = version_skew(&old, 12);
-        assert!(v.ok && v.reason == "ImageOlderThanSchema", "{v:?}");
+        assert!(v.is_true() && v.reason == "ImageOlderThanSchema", "{v:?}");
         let current = store(BASE);
         let v = version_skew(&current, 12);
-        assert!(!v.ok && v.reason == "ImageMatchesSchema", "{v:?}");
+        assert!(!v.is_true() && v.reason == "ImageMatchesSchema", "{v:?}");
         let latest = store(&format!("image: syncstore:latest\n{BASE}"));
         assert_eq!(version_skew(&latest, 12).reason, "ImageVersionUnknown");
+        let digest = store(&format!("image: syncstore@sha256:abc\n{BASE}"));
+        assert_eq!(version_skew(&digest, 12).reason, "ImageVersionUnknown");
+    }
+
+    /// A pre-release precedes its release (semantic versioning's
+    /// precedence): `0.1.0-rc.1` may lack migrations of `0.1.0`.
+    #[test]
+    fn a_pre_release_precedes_its_release() {
+        let ours = operator_version();
+        assert!(ours.pre.is_empty(), "the operator is a release: {ours}");
+        let rc = format!("{}.{}.{}-rc.1", ours.major, ours.minor, ours.patch);
+        let s = store(&format!("image: ghcr.io/syncstore/syncstore:{rc}\n{BASE}"));
+        let v = version_skew(&s, 12);
+        assert_eq!(
+            (v.status, v.reason.as_str(), v.message.as_str()),
+            (
+                crate::conditions::Status::True,
+                "ImageOlderThanSchema",
+                format!(
+                    "Image ghcr.io/syncstore/syncstore:{rc} is pre-release {rc}, which precedes release {ours} whose migrations schema version 12 came from, so it may not know all of them; upgrade the image of SyncStore chat to {ours} or later."
+                )
+                .as_str()
+            )
+        );
+        // Build metadata does not count; a later pre-release is not older.
+        let build = store(&format!("image: syncstore:{ours}+build.7\n{BASE}"));
+        assert_eq!(version_skew(&build, 12).reason, "ImageMatchesSchema");
+        let next = format!("{}.{}.{}-rc.1", ours.major, ours.minor + 1, 0);
+        let next = store(&format!("image: syncstore:{next}\n{BASE}"));
+        assert_eq!(version_skew(&next, 12).reason, "ImageMatchesSchema");
+        // And a pre-release of an older release is older still.
+        assert!(tag_version("x:0.0.1-rc.1")
+            .expect("version")
+            .cmp_precedence(&tag_version("x:0.0.1").expect("version"))
+            .is_lt());
+    }
+
+    #[test]
+    fn the_version_skew_is_unknown_when_the_schema_version_is() {
+        let s = store(BASE);
+        let v = version_skew_unknown(&s, &Error::Migration("relation x exists".into()));
+        assert_eq!(v.status, crate::conditions::Status::Unknown);
+        assert_eq!(v.reason, "SchemaVersionUnknown");
+        assert!(
+            v.message.starts_with("The schema's version is unknown because migrating the schema failed, so whether image ghcr.io/syncstore/syncstore:"),
+            "{}",
+            v.message
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Issue 15, items 6, 8, 9, 10, 11, 15 and 16: status that tells the truth
 //! (serving, latest failure, waits that are not failures), children that
 //! follow the spec without the database, pausing, regenerated secrets,
-//! per-object metrics and a `/health` that reflects the controllers.
+//! per-object metrics and a `/health` that reflects the controllers. And
+//! its LOW findings: `VersionSkew` Unknown when the schema version is,
+//! series of objects deleted without a finalizer, a stalled rollout, an
+//! ungranted `CONNECT`, and a restart after SIGKILL.
 
 mod common;
 
@@ -422,13 +425,14 @@ async fn concurrent_provisioning_on_mariadb_succeeds() {
 }
 
 /// Item 10: with the admin database unreachable, a replica count and an
-/// image change still reach the Deployment; the status says why the
-/// store is not Ready.
+/// image change still reach the Deployment. And (LOW findings) `Ready`
+/// keeps telling whether the pods serve: the database problem is
+/// `DatabaseReady=False` with a Warning, and `VersionSkew` is Unknown.
 #[test]
 fn children_follow_the_spec_while_the_database_is_unreachable() {
     let mut c = Cluster::new("nodb");
     pg_secrets(&c);
-    c.start_operator("op-nodb");
+    let op = c.start_operator("op-nodb");
     apply_yaml(&c, &store_yaml("chat", 2));
     c.wait_condition("syncstore/chat", "Ready", 60);
     let url = c.secret_value("chat-db", "DATABASE_URL");
@@ -457,12 +461,53 @@ fn children_follow_the_spec_while_the_database_is_unreachable() {
                 == "ghcr.io/syncstore/syncstore:0.2.0")
             .then_some(())
     });
+    // The pods serve (the stand-in kubelet marks all 4 available): Ready
+    // says so, with the Deployment's count; the database problem is
+    // DatabaseReady's, and a Warning; the image cannot be compared with a
+    // schema the operator cannot read.
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
+    c.eventually("4 of 4 serving", 30, || {
+        let s = c.get("syncstore", "chat")?;
+        (cond_field(&s, "Ready", "message")? == "4 of 4 replicas are available.").then_some(())
+    });
     let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(s["status"]["readyReplicas"], 4);
     assert_eq!(
-        cond_field(&s, "Ready", "reason").as_deref(),
+        cond_field(&s, "DatabaseReady", "reason").as_deref(),
         Some("DatabaseUnreachable")
     );
-    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(
+        (
+            cond_field(&s, "VersionSkew", "status").as_deref(),
+            cond_field(&s, "VersionSkew", "reason").as_deref(),
+            cond_field(&s, "VersionSkew", "message").as_deref(),
+        ),
+        (
+            Some("Unknown"),
+            Some("SchemaVersionUnknown"),
+            Some("The schema's version is unknown because the database cannot be reached, so whether image ghcr.io/syncstore/syncstore:0.2.0 knows every migration cannot be told.")
+        )
+    );
+    let message = cond_field(&s, "DatabaseReady", "message").expect("message");
+    assert!(
+        events_of(&c, "chat")
+            .iter()
+            .any(|(t, r, m)| t == "Warning" && r == "DatabaseUnreachable" && m == &message),
+        "a Warning carries {message:?}"
+    );
+    let port = c.operator(op).http;
+    let ns = c.ns.clone();
+    let (_, text) = http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_store_ready",
+            &[("namespace", &ns), ("name", "chat")]
+        ),
+        Some(1.0),
+        "the store serves"
+    );
     assert_eq!(
         c.secret_value("chat-db", "DATABASE_URL"),
         url,
@@ -800,4 +845,415 @@ async fn a_partitioned_leader_stops_before_its_lease_runs_out() {
         after < std::time::Duration::from_secs(15),
         "stopped {after:?} after the cut, within the Lease's 15 s"
     );
+}
+
+/// The condition `type_` of `obj` as (status, reason, message).
+fn cond(obj: &Value, type_: &str) -> (String, String, String) {
+    let f = |k: &str| cond_field(obj, type_, k).unwrap_or_default();
+    (f("status"), f("reason"), f("message"))
+}
+
+/// Issue 15 (LOW): when migrating fails, `VersionSkew` stops claiming that
+/// the image matches the schema (it is Unknown, reason
+/// `SchemaVersionUnknown`, saying why), and `Ready` still tells whether the
+/// pods serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_makes_the_version_skew_unknown() {
+    use sqlx::Connection;
+    let mut c = Cluster::new("skew");
+    pg_secrets(&c);
+    c.start_operator("op-skew");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "VersionSkew",
+        "False",
+        "ImageMatchesSchema",
+    );
+    // An applied migration recorded with another checksum: the migrator
+    // refuses to go on.
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("store role");
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea \
+         WHERE version = (SELECT MIN(version) FROM _sqlx_migrations)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("tampered");
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "SchemaMigrated",
+        "False",
+        "MigrationFailed",
+    );
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "VersionSkew",
+        "Unknown",
+        "SchemaVersionUnknown",
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond(&s, "VersionSkew").2,
+        "The schema's version is unknown because migrating the schema failed, so whether image ghcr.io/syncstore/syncstore:0.1.0 knows every migration cannot be told."
+    );
+    assert_eq!(s["status"]["phase"], "Failed");
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
+    let _ = conn.close().await;
+}
+
+/// Issue 15 (LOW): the per-object series go with the object, also when
+/// no finalizing reconcile runs for it: a store and a key created paused
+/// get no finalizer, so they vanish at once on deletion; the watch's delete
+/// removes their series. A key deleted the usual way loses its series too.
+#[test]
+fn series_of_deleted_objects_go_even_without_a_finalizer() {
+    let mut c = Cluster::new("gone");
+    pg_secrets(&c);
+    let op = c.start_operator("op-gone");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    apply_yaml(&c, &key_yaml("k1", "chat"));
+    let paused = "  annotations: {syncstore.dev/reconcile: paused}\n";
+    apply_yaml(
+        &c,
+        &store_yaml("frozen", 1).replace(
+            "metadata: {name: frozen}\n",
+            &format!("metadata:\n  name: frozen\n{paused}"),
+        ),
+    );
+    apply_yaml(
+        &c,
+        &key_yaml("k-frozen", "chat").replace(
+            "metadata: {name: k-frozen}\n",
+            &format!("metadata:\n  name: k-frozen\n{paused}"),
+        ),
+    );
+    c.wait_condition("apikey/k1", "Ready", 60);
+    wait_reason(
+        &c,
+        "syncstore",
+        "frozen",
+        "ReconciliationPaused",
+        "True",
+        "Paused",
+    );
+    wait_reason(
+        &c,
+        "apikey",
+        "k-frozen",
+        "ReconciliationPaused",
+        "True",
+        "Paused",
+    );
+    assert!(c.must_get("syncstore", "frozen")["metadata"]["finalizers"].is_null());
+    let port = c.operator(op).http;
+    let ns = c.ns.clone();
+    let series = |kind: &str, name: &str| {
+        let (_, text) = http_get(port, "/metrics");
+        metric(
+            &text,
+            &format!("syncstore_{kind}_ready"),
+            &[("namespace", &ns), ("name", name)],
+        )
+    };
+    c.eventually("every object has series", 30, || {
+        (series("store", "frozen").is_some()
+            && series("apikey", "k-frozen").is_some()
+            && series("apikey", "k1") == Some(1.0))
+        .then_some(())
+    });
+
+    for (kind, name) in [
+        ("syncstore", "frozen"),
+        ("apikey", "k-frozen"),
+        ("apikey", "k1"),
+    ] {
+        c.kubectl(&["delete", kind, name, "--timeout=30s"]);
+    }
+    c.eventually("the deleted objects' series gone", 30, || {
+        let (_, text) = http_get(port, "/metrics");
+        let left: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                ["frozen", "k-frozen", "k1"]
+                    .iter()
+                    .any(|n| l.contains(&format!("name=\"{n}\"")))
+            })
+            .collect();
+        left.is_empty().then_some(())
+    });
+    assert!(series("store", "chat").is_some(), "the others stay");
+}
+
+/// Sets the data-plane Deployment's status to `status` (JSON), with the
+/// current generation observed.
+fn deployment_status_json(c: &Cluster, name: &str, status: Value) {
+    let generation = c.must_get("deployment", name)["metadata"]["generation"].clone();
+    let mut status = status;
+    status["observedGeneration"] = generation;
+    let patch = serde_json::json!({ "status": status }).to_string();
+    c.kubectl(&[
+        "patch",
+        "deployment",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+/// Issue 15 (LOW): a rollout that never finishes (an image that never
+/// pulls) ends at the Deployment's progress deadline; the store says so,
+/// with the Deployment's reason and message: `ProgressDeadlineExceeded`,
+/// phase `Degraded`; and `Progressing` while a rollout is under way.
+#[test]
+fn a_stalled_rollout_says_progress_deadline_exceeded() {
+    let mut c = Cluster::without_kubelet("stall");
+    pg_secrets(&c);
+    c.start_operator("op-stall");
+    apply_yaml(&c, &store_yaml("chat", 2));
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+
+    // Under way: one of two replicas runs the new version, and serves.
+    deployment_status_json(
+        &c,
+        "chat",
+        serde_json::json!({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                            "message": "ReplicaSet \"chat-5d8f7c9b4\" is progressing."}]}),
+    );
+    let s = c.eventually("the rollout's progress", 30, || {
+        let s = c.get("syncstore", "chat")?;
+        (cond(&s, "Progressing").2 == "1 of 2 replicas run the latest version.").then_some(s)
+    });
+    assert_eq!(s["status"]["phase"], "Progressing");
+    assert_eq!(
+        cond(&s, "Progressing"),
+        (
+            "True".into(),
+            "RolloutInProgress".into(),
+            "1 of 2 replicas run the latest version.".into()
+        )
+    );
+    assert_eq!(cond(&s, "Ready").1, "Serving");
+
+    // Stuck: the Deployment gave up at its deadline with nothing available.
+    deployment_status_json(
+        &c,
+        "chat",
+        serde_json::json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 0, "availableReplicas": 0,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing."}]}),
+    );
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "Ready",
+        "False",
+        "ProgressDeadlineExceeded",
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Degraded");
+    let why = "the rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing)";
+    assert_eq!(
+        cond(&s, "Ready").2,
+        format!("No replica is available because {why}.")
+    );
+    assert_eq!(
+        cond(&s, "Progressing"),
+        (
+            "False".into(),
+            "ProgressDeadlineExceeded".into(),
+            "The rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing).".into()
+        )
+    );
+    assert_eq!(
+        cond(&s, "Degraded"),
+        (
+            "True".into(),
+            "ProgressDeadlineExceeded".into(),
+            "The rollout stalled past its progress deadline (ReplicaSet \"chat-5d8f7c9b4\" has timed out progressing), and 0 of 2 replicas are available.".into()
+        )
+    );
+    assert!(c
+        .try_kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=2s",
+            "syncstore/chat"
+        ])
+        .is_err());
+}
+
+/// Issue 15 (LOW): an admin role without the grant option on the
+/// database gets a WARNING, not an error, for `GRANT CONNECT` (`no
+/// privileges were granted`): the operator notices, says so in
+/// `DatabaseReady` (reason `ConnectNotGranted`) and a Warning event, and
+/// the condition clears once the admin role may grant it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungranted_connect_is_a_warning() {
+    use sqlx::Connection;
+    let mut c = Cluster::new("grant");
+    let admin_role = format!("lim_{}", c.ns.replace('-', "_"));
+    let password = "Limited0123456789abc";
+    let mut owner = sqlx::PgConnection::connect(&postgres_admin())
+        .await
+        .expect("admin");
+    for ddl in [
+        format!("CREATE ROLE {admin_role} LOGIN CREATEROLE PASSWORD '{password}'"),
+        format!("GRANT CREATE ON DATABASE syncstore TO {admin_role}"),
+    ] {
+        sqlx::query(&ddl).execute(&mut owner).await.expect("ddl");
+    }
+    let url =
+        postgres_admin().replace("syncstore:syncstore@", &format!("{admin_role}:{password}@"));
+    c.secret("pg-admin", &[("url", &url)]);
+    c.secret("redis", &[("url", "redis://127.0.0.1:6379")]);
+    c.start_operator("op-grant");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "ConnectNotGranted",
+    );
+    let s = c.must_get("syncstore", "chat");
+    let schema = s["status"]["database"]["schema"]
+        .as_str()
+        .expect("schema")
+        .to_string();
+    let role = s["status"]["database"]["role"]
+        .as_str()
+        .expect("role")
+        .to_string();
+    let warning = format!(
+        "PostgreSQL granted no CONNECT on database syncstore to role {role}, because the admin role {admin_role} lacks the grant option on it, so the store connects only through PUBLIC's CONNECT, which a REVOKE CONNECT ON DATABASE syncstore FROM PUBLIC would take away; grant {admin_role} CONNECT ON DATABASE syncstore WITH GRANT OPTION, or make it the database's owner"
+    );
+    assert_eq!(
+        cond(&s, "DatabaseReady").2,
+        format!("Schema {schema} and role {role} are in place and marked as this store's, but {warning}.")
+    );
+    assert!(
+        events_of(&c, "chat").iter().any(|(t, r, m)| t == "Warning"
+            && r == "ConnectNotGranted"
+            && *m == format!("{warning}.")),
+        "{:?}",
+        events_of(&c, "chat")
+    );
+    c.wait_condition("syncstore/chat", "Ready", 60);
+
+    // With the grant option the grant takes, and the condition says so.
+    sqlx::query(&format!(
+        "GRANT CONNECT ON DATABASE syncstore TO {admin_role} WITH GRANT OPTION"
+    ))
+    .execute(&mut owner)
+    .await
+    .expect("grant option");
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+    let _ = owner.close().await;
+}
+
+/// Issue 15 (LOW): an operator killed with SIGKILL while it reconciles a
+/// store and its keys, and started again, edits the keys without any
+/// refused request. The finalizer helper used to work from the watch's
+/// copy, which could lack the finalizer it had just added, and its JSON
+/// patch (`test` the finalizers, then `add`) came back 422; and the keys'
+/// reconciles, each holding one of the store pool's two connections while
+/// the key service waited for a second, failed with `pool timed out`.
+#[test]
+fn a_killed_operator_restarts_without_refused_requests() {
+    let mut c = Cluster::new("kill9");
+    pg_secrets(&c);
+    let first = c.start_operator("op-kill9");
+    c.eventually("leading", 30, || {
+        c.log_of(first).contains("\"leading\"").then_some(())
+    });
+    let keys = ["k1", "k2", "k3", "k4"];
+    let mut yaml = store_yaml("chat", 1);
+    for k in keys {
+        yaml.push_str("---\n");
+        yaml.push_str(&key_yaml(k, "chat"));
+    }
+    apply_yaml(&c, &yaml);
+    // Mid-reconcile: provisioning and the keys' first steps under way.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.operator(first).kill();
+    let second = c.start_operator_with(
+        "op-kill9-again",
+        &common::kubeconfig(),
+        &[("POD_NAME", "op-kill9")],
+    );
+    for k in keys {
+        c.kubectl(&[
+            "patch",
+            "apikey",
+            k,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"displayName":"edited"}}"#,
+        ]);
+    }
+    c.wait_condition("syncstore/chat", "Ready", 90);
+    for k in keys {
+        c.eventually(&format!("{k} Ready at generation 2"), 60, || {
+            let o = c.get("apikey", k)?;
+            (cond_field(&o, "Ready", "status")? == "True" && o["status"]["observedGeneration"] == 2)
+                .then_some(())
+        });
+    }
+    let logs = format!("{}\n{}", c.log_of(first), c.log_of(second));
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("reconcile failed"))
+        .collect();
+    assert!(failed.is_empty(), "no reconcile failed: {failed:#?}");
+    let warnings: Vec<_> = keys
+        .iter()
+        .chain(&["chat"])
+        .flat_map(|n| events_of(&c, n))
+        .filter(|(t, _, _)| t == "Warning")
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
