@@ -268,7 +268,7 @@ impl Keys {
         let hash = hash_key(material);
         let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
-        let Some(found) = keys::find_by_hash(&self.db, &hash).await? else {
+        let Some(found) = keys::find_by_hash_in(&mut tx, &self.db, &hash).await? else {
             let row = KeyView::new_row(declared.key, &hash, &hint(material), now_ms());
             let row = declared.apply(row);
             keys::insert_in(&mut tx, &self.db, &row).await?;
@@ -293,7 +293,7 @@ impl Keys {
     ) -> Result<Option<String>, ApiError> {
         let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
-        let Some(old) = keys::find_by_hash(&self.db, &hash_key(material)).await? else {
+        let Some(old) = keys::find_by_hash_in(&mut tx, &self.db, &hash_key(material)).await? else {
             return Ok(None);
         };
         let ends = capped(old.expires_at, self.grace_end(now_ms()));

@@ -50,10 +50,22 @@ const KEY_COLUMNS: &str =
      quota_per_minute, quota_per_hour, quota_per_day, quota_per_month";
 
 pub async fn find_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
+    let mut conn = db.pool().acquire().await?;
+    find_by_hash_in(&mut conn, db, hash).await
+}
+
+/// [`find_by_hash`] on `conn`: inside a transaction, a lookup on another
+/// pooled connection would hold two at once, and a few such callers at
+/// once can exhaust a small pool and wait on each other until it times out.
+pub async fn find_by_hash_in(
+    conn: &mut AnyConnection,
+    db: &Db,
+    hash: &str,
+) -> Result<Option<ApiKey>, sqlx::Error> {
     let q = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?");
     let row = sqlx::query(&db.sql(&q))
         .bind(hash)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *conn)
         .await?;
     row.as_ref().map(key_from_row).transpose()
 }
