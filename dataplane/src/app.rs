@@ -25,6 +25,7 @@ use crate::{
 };
 
 pub use crate::state::AppState;
+use crate::state::Shared;
 
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +104,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
     )
     .with_audit(audit.clone());
     let review = Review::new(sync.clone(), audit.clone());
-    Ok(AppState {
+    Ok(AppState::new(Shared {
         sync,
         review,
         keys: key_service,
@@ -117,7 +118,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         reports,
         config: Arc::new(config),
         shutting_down: Arc::new(AtomicBool::new(false)),
-    })
+    }))
 }
 
 /// Fan-out between pods through Redis (`REDIS_URL`), or within this

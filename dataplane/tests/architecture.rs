@@ -267,6 +267,23 @@ fn cycles(graph: &Graph) -> Vec<String> {
 #[test]
 fn layers_only_point_down() {
     let graph = graph_of(&library_sources());
+    // The module graph, by layer, for `cargo test --test architecture --
+    // --nocapture` (and a reviewer).
+    for (layer, mods) in LAYERS {
+        for m in *mods {
+            let uses: Vec<&str> = graph
+                .get(*m)
+                .map(|edges| {
+                    edges
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|t| t != m)
+                        .collect()
+                })
+                .unwrap_or_default();
+            eprintln!("{layer:>18} | {m} -> {}", uses.join(", "));
+        }
+    }
     let found = violations(&graph);
     assert!(
         found.is_empty(),
