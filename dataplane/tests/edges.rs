@@ -162,3 +162,37 @@ async fn an_api_key_wins_over_any_other_credential_on_both_edges() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["details"]["reason"], "invalid_authorization_header");
 }
+
+#[tokio::test]
+async fn refusals_name_the_field_they_are_about() {
+    let admin = "sk_live_admin_for_the_edges_field_tests_012345";
+    let app = TestApp::start(&[("BOOTSTRAP_API_KEY", admin)]).await;
+    let keys = "/api/v1/api-keys";
+    for (body, field) in [
+        (
+            json!({"name": "n", "userId": "u", "ipRestrictions": ["not-an-ip"]}),
+            "ipRestrictions",
+        ),
+        (
+            json!({"name": "n", "userId": "u", "userAgentPatterns": ["("]}),
+            "userAgentPatterns",
+        ),
+        (
+            json!({"name": "n", "userId": "u", "quotaPerHour": -1}),
+            "quotaPerHour",
+        ),
+    ] {
+        let (status, b) = app
+            .call(Method::POST, keys, Some(admin), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {b}");
+        assert_eq!(b["details"]["field"], field, "{body}: {b}");
+    }
+    for (query, field) in [("instanceId=tab", "userId"), ("userId=u", "instanceId")] {
+        let refused = ws::connect(app.server.port, query, &json!({ "apiKey": admin }))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused["code"], "INVALID_HANDSHAKE", "{refused}");
+        assert_eq!(refused["details"]["field"], field, "{refused}");
+    }
+}

@@ -69,7 +69,6 @@ impl KeyFields {
     /// Applies the fields to `v`, then checks the result as a whole.
     pub fn apply(self, v: &mut KeyView) -> Result<(), ApiError> {
         self.check_text()?;
-        let bad = ApiError::InvalidBody;
         if let Some(name) = self.name {
             v.name = name;
         }
@@ -100,26 +99,47 @@ impl KeyFields {
         if let Some(l) = self.user_agent_patterns {
             v.user_agent_patterns = l;
         }
-        for (slot, value) in [
-            (&mut v.quota_per_minute, self.quota_per_minute),
-            (&mut v.quota_per_hour, self.quota_per_hour),
-            (&mut v.quota_per_day, self.quota_per_day),
-            (&mut v.quota_per_month, self.quota_per_month),
+        for (field, slot, value) in [
+            (
+                "quotaPerMinute",
+                &mut v.quota_per_minute,
+                self.quota_per_minute,
+            ),
+            ("quotaPerHour", &mut v.quota_per_hour, self.quota_per_hour),
+            ("quotaPerDay", &mut v.quota_per_day, self.quota_per_day),
+            (
+                "quotaPerMonth",
+                &mut v.quota_per_month,
+                self.quota_per_month,
+            ),
         ] {
             if let Some(q) = value {
                 if q.is_some_and(|q| q < 0) {
-                    return Err(bad("quotas must not be negative".into()));
+                    return Err(text::Invalid::new(field, "must not be negative").body());
                 }
                 *slot = q;
             }
         }
-        Restrictions::from_lists(
-            &v.ip_restrictions,
-            &v.country_restrictions,
-            &v.domain_restrictions,
-            &v.user_agent_patterns,
-        )
-        .map_err(bad)?;
+        // Each list on its own, so that a refusal names its field.
+        let none: &[String] = &[];
+        for (field, lists) in [
+            ("ipRestrictions", [&v.ip_restrictions[..], none, none, none]),
+            (
+                "countryRestrictions",
+                [none, &v.country_restrictions, none, none],
+            ),
+            (
+                "domainRestrictions",
+                [none, none, &v.domain_restrictions, none],
+            ),
+            (
+                "userAgentPatterns",
+                [none, none, none, &v.user_agent_patterns],
+            ),
+        ] {
+            Restrictions::from_lists(lists[0], lists[1], lists[2], lists[3])
+                .map_err(|reason| text::Invalid::new(field, reason).body())?;
+        }
         Ok(())
     }
 }

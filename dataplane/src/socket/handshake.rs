@@ -174,10 +174,9 @@ async fn device(
 ) -> Result<Device, ApiError> {
     principal.require(Scope::Read)?;
     app.limiter.admit(&principal).await?;
-    let user_id = query_param(query, "userId")
-        .ok_or_else(|| ApiError::InvalidHandshake("query.userId is required".into()))?;
-    let instance_id = query_param(query, "instanceId")
-        .ok_or_else(|| ApiError::InvalidHandshake("query.instanceId is required".into()))?;
+    let required = |name: &str| crate::text::Invalid::new(name, "is required").handshake();
+    let user_id = query_param(query, "userId").ok_or_else(|| required("userId"))?;
+    let instance_id = query_param(query, "instanceId").ok_or_else(|| required("instanceId"))?;
     validate_user_id(&user_id).map_err(crate::text::Invalid::handshake)?;
     validate_instance_id(&instance_id).map_err(crate::text::Invalid::handshake)?;
     // A credential acts for its own user; only an admin key may act for others.
