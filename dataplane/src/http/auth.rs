@@ -19,9 +19,11 @@ use crate::{
 pub struct TokenRequest {
     /// The user the token acts as.
     user_id: String,
-    /// Narrower scopes than the issuing key's; default read and write.
+    /// The token's scopes, of read, write and analytics:read (default read
+    /// and write); narrowed to what the issuing key holds. Any other scope
+    /// is 400 `INVALID_BODY` with `details.field` `scopes`.
     #[serde(default)]
-    #[schema(schema_with = crate::auth::scope_list)]
+    #[schema(schema_with = crate::auth::token_scope_list)]
     scopes: Option<Vec<Scope>>,
 }
 
@@ -40,7 +42,7 @@ pub struct Revoked {
 }
 
 /// `POST /auth/token {userId, scopes?}` with a `tokens:issue` key.
-#[utoipa::path(post, path = "/auth/token", tag = "auth", request_body(content = TokenRequest, description = "The user, and scopes if narrower"), responses((status = 200, description = "A token pair", body = Issued)))]
+#[utoipa::path(post, path = "/auth/token", tag = "auth", request_body(content = TokenRequest, description = "The user, and scopes if narrower"), responses((status = 200, description = "A token pair", body = Issued), (status = 400, description = "INVALID_BODY: a malformed body or user id, or a scope a token cannot carry (details.field scopes)", body = crate::http::openapi::ErrorBody)))]
 pub async fn token(
     State(state): State<AppState>,
     who: Principal,
@@ -51,6 +53,7 @@ pub async fn token(
     let wanted = body
         .scopes
         .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);
+    crate::auth::check_token_scopes(&wanted)?;
     // A token never carries more than its issuing key could do itself.
     let scopes: Vec<Scope> = wanted.into_iter().filter(|s| who.key.allows(*s)).collect();
     let issued = state
