@@ -76,7 +76,7 @@ pub async fn token(
 }
 
 /// `POST /auth/refresh {refreshToken}`: a new pair; the old token is spent.
-#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "A new token pair", body = Issued)))]
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(()), request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "A new token pair", body = Issued)))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
@@ -89,7 +89,7 @@ pub async fn refresh(
 }
 
 /// `POST /auth/logout {refreshToken}`: revokes the token's whole family.
-#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "The token family is revoked", body = Revoked)))]
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(()), request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "The token family is revoked", body = Revoked)))]
 pub async fn logout(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
