@@ -272,9 +272,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let flag = state.shutting_down.clone();
     let (socket_layer, _io) = socket::layer(state.clone());
     let app = crate::server::track(
-        http::router(state.clone())
-            .layer(socket_layer)
-            .layer(http::cors(&state.config.cors)),
+        http::edge(
+            http::router(state.clone()).layer(socket_layer),
+            &state.config.cors,
+        ),
         &state.config.http,
     );
     axum::serve(

@@ -3,7 +3,10 @@
 
 pub mod redact;
 
-use std::{io, sync::Arc};
+use std::{
+    io::{self, IsTerminal},
+    sync::Arc,
+};
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::{
@@ -52,9 +55,12 @@ pub fn init(cfg: &LogConfig, redactor: Redactor) {
         format!("{},sqlx=warn", cfg.filter)
     };
     let filter = EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a file or a pipe (a log
+    // collector) gets plain text.
     let builder = fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(Redacting::new(io::stderr, redactor));
     let cap = filter_fn(allowed);
     let _ = match cfg.format {

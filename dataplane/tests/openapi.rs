@@ -16,6 +16,7 @@ use std::{
 };
 
 use common::Server;
+use reqwest::Method as M;
 use serde_json::Value;
 use syn::visit::Visit;
 
@@ -263,4 +264,328 @@ fn schema_names_are_unique() {
     assert!(names.contains_key("Item") && names.contains_key("SetRequest"));
     let clashes: Vec<_> = names.iter().filter(|(_, at)| at.len() > 1).collect();
     assert!(clashes.is_empty(), "schema names used twice: {clashes:?}");
+}
+
+/// The spec as the server renders it.
+fn spec() -> Value {
+    serde_json::to_value(syncstore::http::api_spec()).expect("spec as JSON")
+}
+
+/// A schema, its `$ref` followed.
+fn resolved<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.rsplit('/').next().expect("a name");
+            &spec["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// Every string a schema enumerates, through `$ref`, `oneOf`, `anyOf` and
+/// `allOf` (a nullable enum is written either way).
+fn enum_values(spec: &Value, schema: &Value) -> BTreeSet<String> {
+    let schema = resolved(spec, schema);
+    let mut out: BTreeSet<String> = schema["enum"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    for combinator in ["oneOf", "anyOf", "allOf"] {
+        for sub in schema[combinator].as_array().into_iter().flatten() {
+            out.extend(enum_values(spec, sub));
+        }
+    }
+    out
+}
+
+/// The parameter `name` of an operation.
+fn param<'a>(spec: &'a Value, path: &str, method: &str, name: &str) -> &'a Value {
+    let op = &spec["paths"][path][method];
+    op["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}: {op}"))
+}
+
+fn set(values: &[&str]) -> BTreeSet<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+/// Values that may be any JSON (a scalar, an array, an object, null) have
+/// no type in the schema: `Conflict`'s values were typed `object|null`, and
+/// a conflict over `1` answered `currentValue: 1`.
+#[test]
+fn any_json_values_are_untyped() {
+    let spec = spec();
+    let schemas = &spec["components"]["schemas"];
+    for (schema, field) in [
+        ("Conflict", "baseValue"),
+        ("Conflict", "currentValue"),
+        ("Conflict", "incomingValue"),
+        ("Conflict", "resultValue"),
+        ("Item", "value"),
+        ("SetRequest", "value"),
+        ("Resolve", "resolvedValue"),
+    ] {
+        let s = &schemas[schema]["properties"][field];
+        assert!(s.is_object(), "{schema}.{field} is missing");
+        for constraint in ["type", "$ref", "enum", "oneOf", "anyOf", "allOf"] {
+            assert!(
+                s.get(constraint).is_none(),
+                "{schema}.{field} is typed: {s}"
+            );
+        }
+    }
+    // Metadata is checked to be an object, and so typed.
+    for (schema, field) in [("Item", "metadata"), ("Conflict", "incomingMetadata")] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["type"],
+            serde_json::json!(["object", "null"]),
+            "{schema}.{field}"
+        );
+    }
+}
+
+/// `/auth/refresh` and `/auth/logout` take no credential (the refresh
+/// token is the body), so they declare an empty requirement instead of
+/// inheriting the global one; `/auth/token` keeps it.
+#[test]
+fn the_token_endpoints_that_need_no_credential_say_so() {
+    let spec = spec();
+    for path in ["/api/v1/auth/refresh", "/api/v1/auth/logout"] {
+        assert_eq!(
+            spec["paths"][path]["post"]["security"],
+            serde_json::json!([{}]),
+            "{path}"
+        );
+    }
+    assert!(spec["paths"]["/api/v1/auth/token"]["post"]
+        .get("security")
+        .is_none());
+    assert!(spec["security"].as_array().is_some_and(|s| s.len() == 2));
+}
+
+/// Limits, defaults and enums are in the schema, not only in prose, and
+/// the 400 they cause is documented.
+#[test]
+fn limits_defaults_and_enums_are_in_the_schema() {
+    let spec = spec();
+    let conflicts = "/api/v1/sync-storage/conflicts";
+    let limit = &param(&spec, conflicts, "get", "limit")["schema"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"], &limit["default"]),
+        (&1.into(), &500.into(), &50.into()),
+        "{limit}"
+    );
+    let status = &param(&spec, conflicts, "get", "status")["schema"];
+    assert_eq!(enum_values(&spec, status), set(&["pending", "resolved"]));
+    assert_eq!(status["default"], "pending", "{status}");
+    let offset = &param(&spec, conflicts, "get", "offset")["schema"];
+    assert_eq!(offset["minimum"], 0, "{offset}");
+    let audit = &param(&spec, "/api/v1/audit", "get", "limit")["schema"];
+    assert_eq!(
+        (&audit["minimum"], &audit["maximum"], &audit["default"]),
+        (&1.into(), &1000.into(), &100.into()),
+        "{audit}"
+    );
+    let mut windows = 0;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        let Some(op) = item.get("get") else { continue };
+        let params = op["parameters"].as_array().into_iter().flatten();
+        for p in params.filter(|p| p["name"] == "granularity") {
+            windows += 1;
+            let values = enum_values(&spec, &p["schema"]);
+            assert_eq!(values, set(&["minute", "hour", "day"]), "{path}");
+            assert!(op["responses"]["400"].is_object(), "{path}: no 400");
+        }
+    }
+    assert!(windows >= 10, "{windows} operations take a granularity");
+    for (path, method) in [
+        (conflicts, "get"),
+        ("/api/v1/audit", "get"),
+        ("/api/v1/sync-storage/item/{key}", "put"),
+        ("/api/v1/sync-storage/conflicts/analyze", "post"),
+        ("/api/v1/auth/token", "post"),
+    ] {
+        let bad = &spec["paths"][path][method]["responses"]["400"];
+        assert!(bad["description"].is_string(), "{method} {path}: no 400");
+    }
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(schemas["SetRequest"]["properties"]["tags"]["maxItems"], 64);
+    let ids = &schemas["Analyze"]["properties"]["itemIds"];
+    assert_eq!(
+        (&ids["minItems"], &ids["maxItems"]),
+        (&1.into(), &100.into())
+    );
+}
+
+/// A body that refuses unknown fields says `additionalProperties: false`;
+/// one that ignores them does not. And a token may be asked only for the
+/// scopes a token carries.
+#[test]
+fn request_bodies_state_what_they_accept() {
+    let spec = spec();
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(schemas["KeyFields"]["additionalProperties"], false);
+    for lenient in [
+        "SetRequest",
+        "TokenRequest",
+        "RefreshRequest",
+        "Analyze",
+        "Resolve",
+    ] {
+        assert_ne!(
+            schemas[lenient]["additionalProperties"], false,
+            "{lenient} ignores unknown fields"
+        );
+    }
+    let scopes = &schemas["TokenRequest"]["properties"]["scopes"]["items"];
+    assert_eq!(
+        enum_values(&spec, scopes),
+        set(&["read", "write", "analytics:read"])
+    );
+}
+
+/// What the spec states, the live server does: the bounds, enums and
+/// unknown fields of the previous tests, and `X-Instance-Id` on `/clear`.
+#[tokio::test]
+async fn the_server_does_what_the_schema_states() {
+    let server =
+        Server::start(&[("BOOTSTRAP_API_KEY", KEY), ("BOOTSTRAP_USER_ID", "openapi")]).await;
+    let client = reqwest::Client::new();
+    let status = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = client
+            .request(method, server.url(path))
+            .header("X-API-Key", KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move { req.send().await.expect("request").status().as_u16() }
+    };
+    for (query, want) in [
+        ("limit=500", 200),
+        ("limit=501", 400),
+        ("limit=0", 400),
+        ("status=resolved", 200),
+        ("status=all", 400),
+        ("offset=-1", 400),
+    ] {
+        let path = format!("/api/v1/sync-storage/conflicts?{query}");
+        assert_eq!(status(M::GET, &path, None).await, want, "{query}");
+    }
+    for (query, want) in [("limit=1000", 200), ("limit=1001", 400), ("limit=0", 400)] {
+        let path = format!("/api/v1/audit?{query}");
+        assert_eq!(status(M::GET, &path, None).await, want, "{query}");
+    }
+    for (query, want) in [("granularity=hour", 200), ("granularity=week", 400)] {
+        let path = format!("/api/v1/analytics/dashboard?{query}");
+        assert_eq!(status(M::GET, &path, None).await, want, "{query}");
+    }
+    let tags = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+    let item = "/api/v1/sync-storage/item/spec";
+    for (n, want) in [(64, 200), (65, 400)] {
+        let body = serde_json::json!({"value": 1, "tags": tags(n)});
+        assert_eq!(status(M::PUT, item, Some(body)).await, want, "{n} tags");
+    }
+    let unknown = serde_json::json!({"value": 1, "surplus": true});
+    assert_eq!(status(M::PUT, item, Some(unknown)).await, 200);
+    let unknown = serde_json::json!({"name": "x", "surplus": true});
+    assert_eq!(
+        status(M::POST, "/api/v1/api-keys", Some(unknown)).await,
+        400
+    );
+    let res = client
+        .delete(server.url("/api/v1/sync-storage/clear"))
+        .header("X-API-Key", KEY)
+        .header("X-Instance-Id", "")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["details"]["field"], "X-Instance-Id", "{body}");
+    let spec = spec();
+    let documented = param(
+        &spec,
+        "/api/v1/sync-storage/clear",
+        "delete",
+        "X-Instance-Id",
+    );
+    assert_eq!(documented["in"], "header", "{documented}");
+}
+
+/// The types of `#[utoipa::path]` handlers' arguments that read a header,
+/// and the header each documents.
+const HEADER_EXTRACTORS: [(&str, &str); 2] = [
+    ("InstanceId", "X-Instance-Id"),
+    ("IdempotencyKey", "Idempotency-Key"),
+];
+
+/// Every handler that takes a header extractor documents that header in its
+/// operation (`/clear` read `X-Instance-Id` without saying so).
+#[test]
+fn handlers_document_the_headers_they_read() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        let ast = syn::parse_file(&text).expect("parsable source");
+        for item in ast.items {
+            let syn::Item::Fn(f) = item else { continue };
+            let Some(path_attr) = f.attrs.iter().find(|a| {
+                let p = a.path();
+                p.segments.len() == 2 && p.segments[1].ident == "path"
+            }) else {
+                continue;
+            };
+            let documented = quote_tokens(path_attr);
+            let inputs = f
+                .sig
+                .inputs
+                .iter()
+                .map(|i| match i {
+                    syn::FnArg::Typed(t) => quote_type(&t.ty),
+                    syn::FnArg::Receiver(_) => String::new(),
+                })
+                .collect::<Vec<_>>();
+            for (extractor, header) in HEADER_EXTRACTORS {
+                if inputs.iter().any(|t| t == extractor) {
+                    checked += 1;
+                    assert!(
+                        documented.contains(&format!("\"{header}\"")),
+                        "{} ({}) reads {header} but does not document it",
+                        f.sig.ident,
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked >= 6, "{checked} header extractors found");
+}
+
+fn quote_tokens(attr: &syn::Attribute) -> String {
+    match &attr.meta {
+        syn::Meta::List(list) => list.tokens.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The last segment of a type's path (`InstanceId` of `super::extract::InstanceId`).
+fn quote_type(ty: &syn::Type) -> String {
+    match ty {
+        syn::Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }

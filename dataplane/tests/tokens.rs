@@ -194,6 +194,48 @@ async fn only_tokens_issue_keys_mint_tokens_and_never_wider_than_themselves() {
     );
 }
 
+/// A token carries read, write and analytics:read only: asking for another
+/// scope is refused naming the field, not answered with a token that
+/// silently lacks it (it used to be 200 with `scope: []`).
+#[tokio::test]
+async fn a_token_asked_for_a_scope_it_cannot_carry_is_refused() {
+    let (app, _) = start().await;
+    let admin_issuer = app.key("admin-backend", &["--scopes", "admin"]);
+    for scopes in [
+        json!(["admin"]),
+        json!(["read", "tokens:issue"]),
+        json!(["keys:manage"]),
+    ] {
+        let (s, b) = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/token",
+                Some(&admin_issuer),
+                Some(json!({"userId": "u", "scopes": scopes})),
+            )
+            .await;
+        common::assert_error(s, &b, 400, "INVALID_BODY");
+        assert_eq!(b["details"]["field"], "scopes", "{b}");
+    }
+    let (s, pair) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            Some(&admin_issuer),
+            Some(json!({"userId": "u", "scopes": ["read", "analytics:read"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{pair}");
+    let claims = pair["accessToken"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    assert_eq!(claims["scope"], json!(["read", "analytics:read"]));
+}
+
 fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }

@@ -36,6 +36,37 @@ pub struct JwtConfig {
 /// token administration.
 const TOKEN_SCOPES: [Scope; 3] = [Scope::Read, Scope::Write, Scope::AnalyticsRead];
 
+/// The scopes asked of `POST /auth/token`: each must be one a token may
+/// carry ([`TOKEN_SCOPES`]). Another (`admin`, `tokens:issue`,
+/// `keys:manage`) is refused as `INVALID_BODY` naming `scopes`, not dropped
+/// from the token unseen.
+pub fn check_token_scopes(asked: &[Scope]) -> Result<(), ApiError> {
+    match asked.iter().find(|s| !TOKEN_SCOPES.contains(s)) {
+        Some(s) => Err(crate::text::Invalid::new(
+            "scopes",
+            format!(
+                "a token may carry read, write and analytics:read, not {}",
+                s.as_str()
+            ),
+        )
+        .body()),
+        None => Ok(()),
+    }
+}
+
+/// The OpenAPI schema of the scopes a token may be asked for: a list of
+/// [`TOKEN_SCOPES`].
+pub fn token_scope_list() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(TOKEN_SCOPES.map(Scope::as_str))),
+        )
+        .build()
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct AccessClaims {
     sub: String,

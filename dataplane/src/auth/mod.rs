@@ -12,7 +12,7 @@ pub mod usage;
 
 pub use api_key::{generate_key, hash_key, hint, KeyStore};
 pub use context::RequestContext;
-pub use jwt::{Issued, JwtConfig, Tokens};
+pub use jwt::{check_token_scopes, token_scope_list, Issued, JwtConfig, Tokens};
 pub use principal::{Authenticator, Authorization, Credential, Presented, Principal};
 
 /// The credential types and pure rules live one layer down, in `access`;

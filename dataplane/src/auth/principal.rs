@@ -326,7 +326,9 @@ impl Authenticator {
             return Err(ApiError::KeyExpired);
         }
         if let Err(e) = key.restrictions.check(caller) {
-            tracing::info!(key_id = %key.id, code = e.code(), ip = ?caller.ip, "API key restriction denied");
+            // The address as text, or no `ip` field when it is unknown.
+            let ip = caller.ip.map(tracing::field::display);
+            tracing::info!(key_id = %key.id, code = e.code(), ip, "API key restriction denied");
             return Err(e);
         }
         Ok(Principal {

@@ -23,7 +23,8 @@ use crate::{
 };
 
 /// The query parameters every analytics endpoint takes, for the OpenAPI
-/// spec; `analytics::report::window` parses them (with its own error messages).
+/// spec; `analytics::report::window` parses them (with its own error
+/// messages): anything else is 400 `INVALID_QUERY`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -32,8 +33,21 @@ struct WindowParams {
     from: Option<String>,
     /// End (default: now).
     to: Option<String>,
-    /// `minute`, `hour` or `day` (default: by span).
-    granularity: Option<String>,
+    /// The bucket width (default: minute up to 2 hours, hour up to 7 days,
+    /// day beyond); at most 10 000 buckets.
+    #[param(inline)]
+    granularity: Option<Granularity>,
+}
+
+/// The width of a bucket of a report's series.
+// Only the OpenAPI spec's: `analytics::report::window` parses the query.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum Granularity {
+    Minute,
+    Hour,
+    Day,
 }
 
 /// `?userId=` of the instance endpoints, checked as any user id.
@@ -49,7 +63,7 @@ fn user_param(raw: Option<&str>) -> Result<Option<String>, ApiError> {
     Ok(Some(user.into_owned()))
 }
 
-#[utoipa::path(get, path = "/analytics/dashboard", tag = "analytics", params(WindowParams), responses((status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Dashboard)))]
+#[utoipa::path(get, path = "/analytics/dashboard", tag = "analytics", params(WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Totals, latency, users, cohorts, series, top routes, denials, conflicts", body = Dashboard)))]
 pub async fn dashboard(
     State(state): State<AppState>,
     who: Principal,
@@ -67,7 +81,7 @@ pub async fn realtime(
     Ok(Json(state.reports.realtime(&who.analytics_viewer()).await?))
 }
 
-#[utoipa::path(get, path = "/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "The user's totals and series", body = UserReport)))]
+#[utoipa::path(get, path = "/analytics/users/{user}", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "The user's totals and series", body = UserReport)))]
 pub async fn user(
     State(state): State<AppState>,
     who: Principal,
@@ -80,7 +94,7 @@ pub async fn user(
     ))
 }
 
-#[utoipa::path(get, path = "/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Sessions and operations", body = Engagement)))]
+#[utoipa::path(get, path = "/analytics/users/{user}/engagement", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Sessions and operations", body = Engagement)))]
 pub async fn engagement(
     State(state): State<AppState>,
     who: Principal,
@@ -96,7 +110,7 @@ pub async fn engagement(
     ))
 }
 
-#[utoipa::path(get, path = "/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 200, description = "Top keys, prefixes, hours, devices", body = Behavior)))]
+#[utoipa::path(get, path = "/analytics/users/{user}/behavior", tag = "analytics", params(("user" = String, Path, description = "User id"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Top keys, prefixes, hours, devices", body = Behavior)))]
 pub async fn behavior(
     State(state): State<AppState>,
     who: Principal,
@@ -109,7 +123,7 @@ pub async fn behavior(
     ))
 }
 
-#[utoipa::path(get, path = "/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Usage", body = KeyReport)))]
+#[utoipa::path(get, path = "/analytics/api-keys/{id}", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Usage", body = KeyReport)))]
 pub async fn api_key(
     State(state): State<AppState>,
     who: Principal,
@@ -120,7 +134,7 @@ pub async fn api_key(
     Ok(Json(state.reports.key(&viewer, &id, q.as_deref()).await?))
 }
 
-#[utoipa::path(get, path = "/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Denials by reason, IP and country", body = KeySecurity)))]
+#[utoipa::path(get, path = "/analytics/api-keys/{id}/security", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Denials by reason, IP and country", body = KeySecurity)))]
 pub async fn api_key_security(
     State(state): State<AppState>,
     who: Principal,
@@ -136,7 +150,7 @@ pub async fn api_key_security(
     ))
 }
 
-#[utoipa::path(get, path = "/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 200, description = "Series and change", body = KeyTrends)))]
+#[utoipa::path(get, path = "/analytics/api-keys/{id}/trends", tag = "analytics", params(("id" = String, Path, description = "Key id"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Series and change", body = KeyTrends)))]
 pub async fn api_key_trends(
     State(state): State<AppState>,
     who: Principal,
@@ -149,7 +163,7 @@ pub async fn api_key_trends(
     ))
 }
 
-#[utoipa::path(get, path = "/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Totals and series", body = InstanceReport)))]
+#[utoipa::path(get, path = "/analytics/instances/{id}", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Totals and series", body = InstanceReport)))]
 pub async fn instance(
     State(state): State<AppState>,
     who: Principal,
@@ -166,7 +180,7 @@ pub async fn instance(
     ))
 }
 
-#[utoipa::path(get, path = "/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Latency percentiles", body = InstancePerformance)))]
+#[utoipa::path(get, path = "/analytics/instances/{id}/performance", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Latency percentiles", body = InstancePerformance)))]
 pub async fn instance_performance(
     State(state): State<AppState>,
     who: Principal,
@@ -181,7 +195,7 @@ pub async fn instance_performance(
     Ok(Json(report.await?))
 }
 
-#[utoipa::path(get, path = "/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 200, description = "Status, last seen, error rate, reconnects", body = InstanceHealth)))]
+#[utoipa::path(get, path = "/analytics/instances/{id}/health", tag = "analytics", params(("id" = String, Path, description = "Instance id"), ("userId" = Option<String>, Query, description = "Whose device (analytics:read only; default: every user's device of this name)"), WindowParams), responses((status = 400, description = "INVALID_QUERY: a malformed from or to, from not before to, a granularity other than minute, hour or day, or over 10 000 buckets", body = crate::http::openapi::ErrorBody), (status = 200, description = "Status, last seen, error rate, reconnects", body = InstanceHealth)))]
 pub async fn instance_health(
     State(state): State<AppState>,
     who: Principal,

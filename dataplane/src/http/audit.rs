@@ -13,23 +13,34 @@ use crate::{
     text,
 };
 
-#[derive(Deserialize)]
+/// The filters and page of `GET /audit`; a malformed one is 400
+/// `INVALID_QUERY`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct Params {
     /// The acting user.
     user_id: Option<String>,
+    /// The key used.
     key_id: Option<String>,
+    /// What was done, e.g. `item.set`.
     action: Option<String>,
+    /// What it was done to (an item key, a key id, a user id).
     target: Option<String>,
     /// The `X-Request-Id` of the request that wrote the entry.
     request_id: Option<String>,
     /// Unix milliseconds or RFC 3339, inclusive.
     #[serde(default, deserialize_with = "crate::instant::option")]
+    #[param(value_type = Option<String>)]
     from: Option<i64>,
+    /// Unix milliseconds or RFC 3339.
     #[serde(default, deserialize_with = "crate::instant::option")]
+    #[param(value_type = Option<String>)]
     to: Option<i64>,
     /// `nextCursor` of the previous page.
     cursor: Option<String>,
+    /// Entries per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
 }
 
@@ -42,7 +53,7 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/audit", tag = "audit", params(("userId" = Option<String>, Query, description = "Acting user"), ("keyId" = Option<String>, Query, description = "Key"), ("action" = Option<String>, Query, description = "Action"), ("target" = Option<String>, Query, description = "Target (item key, key id, …)"), ("requestId" = Option<String>, Query, description = "X-Request-Id of the request that wrote it"), ("from" = Option<String>, Query, description = "Unix ms or RFC 3339, inclusive"), ("to" = Option<String>, Query, description = "Unix ms or RFC 3339"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page"), ("limit" = Option<i64>, Query, description = "1 to 1000")), responses((status = 200, description = "Entries, newest first, and the cursor of the next page", body = AuditPage)))]
+#[utoipa::path(get, path = "/audit", tag = "audit", params(Params), responses((status = 200, description = "Entries, newest first, and the cursor of the next page", body = AuditPage), (status = 400, description = "INVALID_QUERY: a limit outside 1 to 1000, a malformed date or filter", body = crate::http::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,

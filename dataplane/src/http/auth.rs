@@ -19,9 +19,11 @@ use crate::{
 pub struct TokenRequest {
     /// The user the token acts as.
     user_id: String,
-    /// Narrower scopes than the issuing key's; default read and write.
+    /// The token's scopes, of read, write and analytics:read (default read
+    /// and write); narrowed to what the issuing key holds. Any other scope
+    /// is 400 `INVALID_BODY` with `details.field` `scopes`.
     #[serde(default)]
-    #[schema(schema_with = crate::auth::scope_list)]
+    #[schema(schema_with = crate::auth::token_scope_list)]
     scopes: Option<Vec<Scope>>,
 }
 
@@ -40,7 +42,7 @@ pub struct Revoked {
 }
 
 /// `POST /auth/token {userId, scopes?}` with a `tokens:issue` key.
-#[utoipa::path(post, path = "/auth/token", tag = "auth", request_body(content = TokenRequest, description = "The user, and scopes if narrower"), responses((status = 200, description = "A token pair", body = Issued)))]
+#[utoipa::path(post, path = "/auth/token", tag = "auth", request_body(content = TokenRequest, description = "The user, and scopes if narrower"), responses((status = 200, description = "A token pair", body = Issued), (status = 400, description = "INVALID_BODY: a malformed body or user id, or a scope a token cannot carry (details.field scopes)", body = crate::http::openapi::ErrorBody)))]
 pub async fn token(
     State(state): State<AppState>,
     who: Principal,
@@ -51,6 +53,7 @@ pub async fn token(
     let wanted = body
         .scopes
         .unwrap_or_else(|| vec![Scope::Read, Scope::Write]);
+    crate::auth::check_token_scopes(&wanted)?;
     // A token never carries more than its issuing key could do itself.
     let scopes: Vec<Scope> = wanted.into_iter().filter(|s| who.key.allows(*s)).collect();
     let issued = state
@@ -73,7 +76,7 @@ pub async fn token(
 }
 
 /// `POST /auth/refresh {refreshToken}`: a new pair; the old token is spent.
-#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "A new token pair", body = Issued)))]
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(()), request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "A new token pair", body = Issued)))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,
@@ -86,7 +89,7 @@ pub async fn refresh(
 }
 
 /// `POST /auth/logout {refreshToken}`: revokes the token's whole family.
-#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "The token family is revoked", body = Revoked)))]
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(()), request_body(content = RefreshRequest, description = "The refresh token"), responses((status = 200, description = "The token family is revoked", body = Revoked)))]
 pub async fn logout(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshRequest>,

@@ -17,18 +17,40 @@ use crate::{
     sync::review::{ConflictStats, ItemAnalysis, QueuePage, Resolved, Reviewer},
 };
 
-#[derive(Deserialize)]
+/// The review queue's query; anything else is 400 `INVALID_QUERY`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
-    #[serde(default = "pending")]
-    status: String,
-    #[serde(default = "fifty")]
-    limit: i64,
+    /// Conflicts awaiting review, or settled ones.
     #[serde(default)]
+    #[param(inline, default = "pending")]
+    status: ReviewStatus,
+    /// Conflicts per page.
+    #[serde(default = "fifty")]
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    limit: i64,
+    /// Conflicts to skip.
+    #[serde(default)]
+    #[param(minimum = 0, default = 0)]
     offset: i64,
 }
 
-fn pending() -> String {
-    "pending".into()
+/// Which conflicts `GET /conflicts` lists.
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewStatus {
+    #[default]
+    Pending,
+    Resolved,
+}
+
+impl ReviewStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Resolved => "resolved",
+        }
+    }
 }
 
 fn fifty() -> i64 {
@@ -36,7 +58,7 @@ fn fifty() -> i64 {
 }
 
 /// `GET /conflicts?status=pending&limit=&offset=`: the review queue, oldest first.
-#[utoipa::path(get, path = "/sync-storage/conflicts", tag = "conflicts", params(("status" = Option<String>, Query, description = "pending (default) or resolved"), ("limit" = Option<i64>, Query, description = "1 to 500 (default 50)"), ("offset" = Option<i64>, Query, description = "Conflicts to skip (default 0)")), responses((status = 200, description = "Conflicts, oldest first", body = QueuePage)))]
+#[utoipa::path(get, path = "/sync-storage/conflicts", tag = "conflicts", params(Page), responses((status = 200, description = "Conflicts, oldest first", body = QueuePage), (status = 400, description = "INVALID_QUERY: a status other than pending or resolved, a limit outside 1 to 500, a negative offset", body = crate::http::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Principal,
@@ -45,7 +67,7 @@ pub async fn list(
     who.require(Scope::Read)?;
     let queue = state
         .review
-        .queue(who.tenant(), &page.status, page.limit, page.offset);
+        .queue(who.tenant(), page.status.as_str(), page.limit, page.offset);
     Ok(Json(queue.await?))
 }
 
@@ -114,13 +136,14 @@ pub async fn resolve(
 #[serde(rename_all = "camelCase")]
 pub struct Analyze {
     /// 1 to 100 item ids or keys.
+    #[schema(min_items = 1, max_items = 100)]
     item_ids: Vec<String>,
 }
 
 /// `POST /conflicts/analyze {itemIds}`: per item (id or key), the conflict
 /// rate, the instances involved, the median time between competing writes,
 /// and a suggested strategy with the reason.
-#[utoipa::path(post, path = "/sync-storage/conflicts/analyze", tag = "conflicts", request_body(content = Analyze), responses((status = 200, description = "Analysis per item", body = BTreeMap<String, ItemAnalysis>)))]
+#[utoipa::path(post, path = "/sync-storage/conflicts/analyze", tag = "conflicts", request_body(content = Analyze), responses((status = 200, description = "Analysis per item", body = BTreeMap<String, ItemAnalysis>), (status = 400, description = "INVALID_BODY: no item ids or more than 100", body = crate::http::openapi::ErrorBody)))]
 pub async fn analyze(
     State(state): State<AppState>,
     who: Principal,

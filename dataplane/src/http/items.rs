@@ -20,7 +20,7 @@ pub async fn get_item(
     Ok(Json(state.sync.get(&who.user_id, &key).await?))
 }
 
-#[utoipa::path(put, path = "/sync-storage/item/{*key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id (draft-ietf-httpapi-idempotency-key-header; a quoted sf-string or a bare token, 1-255 bytes): a retry within IDEMPOTENCY_WINDOW_MS gets the first reply and changes nothing; reused on another request: 422 IDEMPOTENCY_KEY_REUSED")), request_body(content = SetRequest, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = SetReply), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/sync-storage/item/{*key}", tag = "items", params(("key" = String, Path, description = "Item key"), ("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id (draft-ietf-httpapi-idempotency-key-header; a quoted sf-string or a bare token, 1-255 bytes): a retry within IDEMPOTENCY_WINDOW_MS gets the first reply and changes nothing; reused on another request: 422 IDEMPOTENCY_KEY_REUSED")), request_body(content = SetRequest, description = "The value and its metadata"), responses((status = 200, description = "Applied or merged: {status, item, conflictId?}", body = SetReply), (status = 400, description = "INVALID_KEY: a malformed key; INVALID_BODY: a malformed body (e.g. more than 64 tags, a bad ttl, metadata not an object), X-Instance-Id or Idempotency-Key", body = crate::http::openapi::ErrorBody), (status = 409, description = "Lost, or waiting for review: the error envelope with status, item and conflictId", body = crate::http::openapi::ErrorBody)))]
 pub async fn put_item(
     State(state): State<AppState>,
     who: Principal,
@@ -87,7 +87,7 @@ pub async fn list_keys(
     Ok(Json(state.sync.keys(&who.user_id, &prefix).await?))
 }
 
-#[utoipa::path(delete, path = "/sync-storage/clear", tag = "items", params(("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "How many items were removed", body = Cleared)))]
+#[utoipa::path(delete, path = "/sync-storage/clear", tag = "items", params(("X-Instance-Id" = Option<String>, Header, description = "The writing device (default rest)"), ("Idempotency-Key" = Option<String>, Header, description = "An operation id: a retry gets the first reply")), responses((status = 200, description = "How many items were removed", body = Cleared)))]
 pub async fn clear(
     State(state): State<AppState>,
     who: Principal,

@@ -183,14 +183,24 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // The request id is set by `edge`, outside this router.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
         }))
+        .with_state(state)
+}
+
+/// What wraps REST and the engine.io endpoint (`/socket.io/`) alike: the
+/// CORS policy, and the `X-Request-Id` every answer carries, a CORS
+/// preflight's and engine.io's included. The id is set on the request
+/// before anything inside sees it, so REST's log span and the Socket.IO
+/// handshake (`socket::handshake`) read the same id the client gets back.
+pub fn edge(app: Router, cfg: &CorsConfig) -> Router {
+    app.layer(cors(cfg))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(middleware::from_fn(usable_request_id))
-        .with_state(state)
 }
 
 /// A client's `X-Request-Id` that the audit trail could not store as sent
@@ -321,11 +331,33 @@ fn percent_decode(s: &str) -> String {
         .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
 }
 
-/// The CORS policy (`CORS_ORIGIN`, `CORS_CREDENTIALS`). `app` applies it
+/// The request headers a page on another origin may send: every header
+/// the API reads (README, "API reference" and "Retries and idempotency").
+const CORS_REQUEST_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-instance-id"),
+    REQUEST_ID,
+    HeaderName::from_static("idempotency-key"),
+];
+
+/// The response headers a page on another origin may read: every header
+/// the API documents beyond the CORS-safelisted ones (the request id, the
+/// rate limit's standing, and when to retry a 429 or 503).
+const CORS_EXPOSED_HEADERS: [HeaderName; 5] = [
+    REQUEST_ID,
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-remaining"),
+    HeaderName::from_static("x-ratelimit-reset"),
+    header::RETRY_AFTER,
+];
+
+/// The CORS policy (`CORS_ORIGIN`, `CORS_CREDENTIALS`). [`edge`] applies it
 /// outside the Socket.IO layer, so REST and the engine.io endpoints
 /// (`/socket.io/`, whose polling transport a browser on another origin
 /// starts with) answer preflights and carry the same headers.
-pub fn cors(cfg: &CorsConfig) -> CorsLayer {
+fn cors(cfg: &CorsConfig) -> CorsLayer {
     let origins = match &cfg.origins {
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok())),
@@ -341,12 +373,6 @@ pub fn cors(cfg: &CorsConfig) -> CorsLayer {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .allow_headers([
-            axum::http::header::CONTENT_TYPE,
-            axum::http::header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-            HeaderName::from_static("x-instance-id"),
-            REQUEST_ID,
-        ])
-        .expose_headers([REQUEST_ID])
+        .allow_headers(CORS_REQUEST_HEADERS)
+        .expose_headers(CORS_EXPOSED_HEADERS)
 }

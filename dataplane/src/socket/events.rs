@@ -124,6 +124,12 @@ fn reply<T: Serialize>(
                 .socket_errors
                 .with_label_values(&[event, e.code()])
                 .inc();
+            log_failure(
+                event,
+                &session.sid,
+                session.device.request_id.as_deref(),
+                &e,
+            );
             let body = e.body();
             // A revoked socket is always told with an `error` event, as an
             // idle one is, besides the ack.
@@ -141,6 +147,24 @@ fn reply<T: Serialize>(
         tracing::debug!(event, error = %e, "reply not sent");
     }
     session.end_if_revoked();
+}
+
+/// Logs a refused handshake (`event` `connect`) or event once, as REST
+/// logs a refused request (`http::error`), at the same levels: our bug
+/// (`INTERNAL`, with its cause, which never reaches the client) as an
+/// error, a database outage as a warning, a refusal at debug. With the
+/// event, the code, the socket id and the handshake's request id.
+pub(super) fn log_failure(event: &str, sid: &str, request_id: Option<&str>, e: &ApiError) {
+    let code = e.code();
+    match e {
+        ApiError::Internal(cause) => {
+            tracing::error!(event, code, sid, request_id, %cause, "socket event failed")
+        }
+        ApiError::ServiceUnavailable => {
+            tracing::warn!(event, code, sid, request_id, "database unavailable")
+        }
+        _ => tracing::debug!(event, code, sid, request_id, "socket event rejected"),
+    }
 }
 
 /// The audit source of this socket's writes: its key, its address, and the

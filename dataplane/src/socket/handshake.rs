@@ -34,6 +34,9 @@ pub struct Device {
     pub instance_id: String,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The handshake request's `X-Request-Id` (the client's, or the one
+    /// `http::edge` generated), for the log lines of this socket.
+    pub request_id: Option<String>,
 }
 
 /// A refused handshake, displayed as the JSON the client receives: the
@@ -66,6 +69,14 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The request id of the handshake's HTTP request.
+fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn auth_field<'a>(auth: &'a Option<serde_json::Value>, name: &str) -> Option<&'a str> {
     auth.as_ref()?.get(name)?.as_str()
 }
@@ -88,6 +99,8 @@ pub async fn authenticate(
                 .socket_refusals
                 .with_label_values(&[e.code()])
                 .inc();
+            let rid = request_id(&parts.headers);
+            super::events::log_failure("connect", &s.id.to_string(), rid.as_deref(), &e);
             app.analytics
                 .record(refusal_event(&s, &caller, &e, key_id, started));
             Refusal(e)
@@ -199,5 +212,6 @@ async fn device(
         instance_id,
         ip,
         user_agent,
+        request_id: request_id(headers),
     })
 }

@@ -191,6 +191,8 @@ impl Session {
                         .socket_errors
                         .with_label_values(&["revoked", e.code()])
                         .inc();
+                    let request_id = self.device.request_id.as_deref();
+                    super::events::log_failure("revoked", &self.sid, request_id, &e);
                     if let Err(err) = self.socket.emit("error", &e.body()) {
                         tracing::debug!(sid = %self.sid, error = %err, "revocation not told");
                     }

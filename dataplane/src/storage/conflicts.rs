@@ -20,20 +20,25 @@ pub struct Conflict {
     pub outcome: String,
     pub status: String,
     pub base_version: Option<i64>,
-    #[schema(value_type = Option<Object>)]
+    /// The value both writes were based on, when known: any JSON.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub base_value: Option<Box<RawValue>>,
     pub current_version: i64,
-    #[schema(value_type = Option<Object>)]
+    /// The stored value the incoming write met: any JSON.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub current_value: Option<Box<RawValue>>,
     pub current_instance: String,
     pub current_timestamp: i64,
-    #[schema(value_type = Option<Object>)]
+    /// The incoming write's value: any JSON.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub incoming_value: Option<Box<RawValue>>,
+    /// The incoming write's metadata: an object, as for every write.
     #[schema(value_type = Option<Object>)]
     pub incoming_metadata: Option<Box<RawValue>>,
     pub incoming_instance: String,
     pub incoming_timestamp: i64,
-    #[schema(value_type = Option<Object>)]
+    /// The value the conflict settled on, once it did: any JSON.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub result_value: Option<Box<RawValue>>,
     pub result_seq: Option<i64>,
     pub resolver: Option<String>,

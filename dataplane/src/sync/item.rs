@@ -52,6 +52,9 @@ impl Ttl {
 /// browsers at a few thousand.
 pub const MAX_NESTING: usize = 64;
 
+/// Most tags an item holds (the schema's `maxItems` of `SetRequest.tags`).
+pub const MAX_TAGS: usize = 64;
+
 /// How deeply arrays and objects nest in a JSON text (brackets inside
 /// strings do not count). A linear scan: it never recurses.
 pub fn nesting_depth(json: &str) -> usize {
@@ -163,6 +166,7 @@ pub struct SetRequest {
     pub ttl: Option<Ttl>,
     /// At most 64.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub tags: Option<Vec<String>>,
     #[serde(default)]
     pub priority: Option<i64>,
@@ -212,7 +216,7 @@ impl SetRequest {
             }
         }
         if let Some(tags) = &self.tags {
-            if tags.len() > 64 {
+            if tags.len() > MAX_TAGS {
                 return Err(text::Invalid::new("tags", "holds at most 64 tags").body());
             }
             text::check_all("tags", tags, text::TAG).map_err(text::Invalid::body)?;

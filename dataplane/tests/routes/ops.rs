@@ -55,6 +55,102 @@ async fn request_ids_are_echoed_and_logged() {
         .all(|l| l["span"]["request_id"] == "req-test-4242"));
 }
 
+/// The lower-cased entries of a comma-separated header.
+fn header_list(r: &reqwest::Response, name: &str) -> Vec<String> {
+    r.headers()
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// A page on another origin may send every header the API reads
+/// (`Idempotency-Key` was missing) and read every header it documents (only
+/// `X-Request-Id` was exposed); a preflight's answer carries a request id.
+#[tokio::test]
+async fn cors_allows_the_api_request_headers_and_exposes_its_response_headers() {
+    let api = Api::start(&[]).await;
+    let origin = "https://app.example.com";
+    let pre = api
+        .request(Method::OPTIONS, "/api/v1/sync-storage/item/a", None)
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "PUT")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type,x-api-key,idempotency-key",
+        )
+        .header("X-Request-Id", "rid-preflight")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), StatusCode::OK);
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    let allowed = header_list(&pre, "access-control-allow-headers");
+    for h in [
+        "content-type",
+        "authorization",
+        "x-api-key",
+        "x-instance-id",
+        "x-request-id",
+        "idempotency-key",
+    ] {
+        assert!(allowed.iter().any(|a| a == h), "{h} not in {allowed:?}");
+    }
+    assert_eq!(pre.headers()["x-request-id"], "rid-preflight");
+
+    let r = api
+        .request(Method::GET, "/api/v1/sync-storage/keys", Some(&api.key))
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let exposed = header_list(&r, "access-control-expose-headers");
+    for h in [
+        "x-request-id",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "retry-after",
+    ] {
+        assert!(exposed.iter().any(|e| e == h), "{h} not in {exposed:?}");
+    }
+    assert!(r.headers().contains_key("x-ratelimit-limit"));
+}
+
+/// engine.io's answers (`/socket.io/`) carry `X-Request-Id` as REST's do:
+/// the client's, or a generated one.
+#[tokio::test]
+async fn engine_io_answers_carry_the_request_id() {
+    let api = Api::start(&[]).await;
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let r = api
+        .request(Method::GET, handshake, None)
+        .header("X-Request-Id", "rid-eio")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-request-id"], "rid-eio");
+    let r = api
+        .request(Method::GET, handshake, None)
+        .send()
+        .await
+        .unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "a UUID is generated: {generated}");
+    let pre = api
+        .request(Method::OPTIONS, handshake, None)
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.headers()["x-request-id"].len(), 36);
+}
+
 #[tokio::test]
 async fn health_ready_and_metrics_answer() {
     let api = Api::start(&[]).await;
