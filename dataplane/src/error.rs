@@ -7,14 +7,14 @@
 //! (an ack or `connect_error`), so no handler decides a code on its own.
 
 use http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{json, value::RawValue, Value};
 
 use crate::domain::{Item, RateInfo, SetStatus};
 
 /// A failure that reaches a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("a valid API key is required")]
+    #[error("a valid API key or user token is required")]
     Unauthorized { reason: &'static str },
     #[error("this credential may not {action}")]
     Forbidden { action: &'static str },
@@ -165,7 +165,7 @@ impl ApiError {
             Self::VersionConflict {
                 expected, current, ..
             } => {
-                json!({ "expectedVersion": expected, "currentVersion": current.version, "current": current })
+                json!({ "expectedVersion": expected, "currentVersion": current.version, "current": item_json(current) })
             }
             Self::ItemTooLarge { size, limit } => json!({ "size": size, "limit": limit }),
             Self::StorageQuotaExceeded { would_use, limit } => {
@@ -198,13 +198,31 @@ impl ApiError {
         ) = (self, &mut body)
         {
             map.insert("status".into(), json!(status));
-            map.insert("item".into(), json!(current));
+            map.insert("item".into(), item_json(current));
             if let Some(id) = conflict_id {
                 map.insert("conflictId".into(), json!(id));
             }
         }
         body
     }
+}
+
+/// An item as a JSON tree for an error body. Values are stored as sent, and
+/// a few valid JSON texts have no tree form (a number past f64's range such
+/// as `1e400`, a lone surrogate escape): those keep their JSON text as a
+/// string rather than fail the answer (`json!` would panic on them).
+fn item_json(item: &Item) -> Value {
+    serde_json::to_value(item).unwrap_or_else(|_| {
+        let as_text = |raw: &RawValue| {
+            serde_json::to_string(raw.get())
+                .ok()
+                .and_then(|s| RawValue::from_string(s).ok())
+        };
+        let mut text = item.clone();
+        text.value = item.value.as_deref().and_then(as_text);
+        text.metadata = item.metadata.as_deref().and_then(as_text);
+        serde_json::to_value(&text).unwrap_or(Value::Null)
+    })
 }
 
 /// The house codes for a refused text value, by where it arrived (see

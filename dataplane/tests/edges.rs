@@ -196,3 +196,48 @@ async fn refusals_name_the_field_they_are_about() {
         assert_eq!(refused["details"]["field"], field, "{refused}");
     }
 }
+
+/// A few valid JSON texts have no tree form (`1e400`); they are answered as
+/// stored, by `sync:get` as by REST, and a conflict over one is a 409, not a
+/// dropped connection.
+#[tokio::test]
+async fn values_without_a_tree_form_are_answered_as_stored() {
+    let (app, key, user) = start().await;
+    let mut sock = socket(&app, &key, &user).await;
+    let (status, _) = app.put("big", &key, json!({"value": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    let resp = app
+        .request(Method::PUT, "/api/v1/sync-storage/item/big", Some(&key))
+        .header("Content-Type", "application/json")
+        .body(r#"{"value": {"a": 1e400, "b": -0}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The socket's raw frame keeps the text: `1e400` is not re-read.
+    ws_send_raw(&mut sock, r#"42/sync,7["sync:get",{"key":"big"}]"#).await;
+    let ack = ws_ack_text(&mut sock).await;
+    assert!(ack.contains(r#""value":{"a":1e400,"b":-0}"#), "{ack}");
+    let conflict = json!({"value": 2, "version": 1, "metadata": {"conflictStrategy": "MANUAL"}});
+    let (status, body) = app.put("big", &key, conflict).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["details"]["current"]["value"], r#"{"a":1e400,"b":-0}"#);
+}
+
+async fn ws_send_raw(ws: &mut ws::Ws, frame: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+        .await
+        .expect("send");
+}
+
+async fn ws_ack_text(ws: &mut ws::Ws) -> String {
+    loop {
+        let text = ws::next_text(ws, std::time::Duration::from_secs(5))
+            .await
+            .expect("an ack");
+        if text.starts_with("43/sync,7") {
+            return text;
+        }
+    }
+}

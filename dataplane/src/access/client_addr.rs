@@ -156,31 +156,34 @@ fn x_forwarded_for_hops(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAd
 }
 
 /// The `for=` of every Forwarded element over every line, right-most first.
-/// The `rfc7239` crate parses an element (parameters, quoting, brackets);
-/// elements are split here, because the crate splits a line at every comma,
-/// even one inside a quoted string (RFC 7239 §4 allows quoted values).
+/// Elements and their parameters are split here, at separators outside
+/// quoted strings (RFC 7239 §4 allows quoted values, RFC 9110 §5.6.4
+/// defines them); the `rfc7239` crate then reads the one `for` parameter.
+/// The crate is not given whole elements because it splits at every comma,
+/// even a quoted one, and accepts a quote that never closes. A line with an
+/// unclosed quote names no client at all.
 fn forwarded_hops(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
     lines(headers, FORWARDED.as_str())
         .into_iter()
         .rev()
         .flat_map(|line| -> Box<dyn Iterator<Item = Option<IpAddr>> + '_> {
-            match line {
-                Some(line) => Box::new(
-                    split_unquoted(line, ',')
+            match line.map(|l| split_unquoted(l, ',')) {
+                Some(Some(elements)) => Box::new(
+                    elements
                         .into_iter()
                         .rev()
                         .map(str::trim)
                         .filter(|e| !e.is_empty())
                         .map(forwarded_for),
                 ),
-                None => Box::new(std::iter::once(None)),
+                _ => Box::new(std::iter::once(None)),
             }
         })
 }
 
-/// `text` split at each `sep` outside a quoted string (RFC 9110 §5.6.4:
-/// `"…"` with `\` escapes).
-fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
+/// `text` split at each `sep` outside a quoted string (`"…"` with `\`
+/// escapes); None when a quote is left open.
+fn split_unquoted(text: &str, sep: char) -> Option<Vec<&str>> {
     let (mut parts, mut start) = (Vec::new(), 0);
     let (mut quoted, mut escaped) = (false, false);
     for (i, c) in text.char_indices() {
@@ -196,24 +199,25 @@ fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
         }
     }
     parts.push(&text[start..]);
-    parts
+    (!quoted).then_some(parts)
 }
 
 /// The address in one Forwarded element's `for=`, if it names exactly one:
 /// an element with two `for` parameters names no client (the crate would
-/// take the last).
+/// take the last), nor does a quoted value holding a comma.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
-    let fors = split_unquoted(element, ';')
-        .into_iter()
-        .filter(|p| {
-            p.split_once('=')
-                .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
-        })
-        .count();
-    if fors != 1 {
+    let params = split_unquoted(element, ';')?;
+    let mut fors = params.into_iter().map(str::trim).filter(|p| {
+        p.split_once('=')
+            .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+    });
+    let (Some(param), None) = (fors.next(), fors.next()) else {
+        return None;
+    };
+    if param.contains(',') {
         return None;
     }
-    let parsed = rfc7239::parse(element).next()?.ok()?;
+    let parsed = rfc7239::parse(param).next()?.ok()?;
     parsed.forwarded_for?.ip().copied()
 }
 
@@ -412,9 +416,23 @@ mod tests {
             "for=198.51.100.7, for=\"_hidden,for=203.0.113.5\"",
             // Two `for` parameters in one element name no one client.
             "for=198.51.100.1;for=203.0.113.5",
+            // A quote that never closes: the line names no client, however
+            // a proxy appended to it.
+            "for=\"203.0.113.5, for=198.51.100.7",
+            "for=\"203.0.113.5",
         ] {
             assert_eq!(f(bad), None, "{bad}");
         }
+        // Other parameters may hold quoted separators.
+        for good in [
+            "for=203.0.113.9;by=\"a,b\"",
+            "for=203.0.113.9;by=\"a;b\";proto=https",
+            "for=203.0.113.9;",
+            ";for=203.0.113.9",
+        ] {
+            assert_eq!(f(good), Some(ip("203.0.113.9")), "{good}");
+        }
+        assert_eq!(f("for=\"_hidden,x\""), None);
         // Several lines are one list.
         assert_eq!(
             client(

@@ -7,7 +7,7 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use serde_json::{json, value::RawValue, Value as Json};
+use serde_json::{json, value::RawValue};
 use socketioxide::{
     adapter::Adapter,
     extract::{AckSender, Event, Extension, SocketRef, State},
@@ -367,8 +367,11 @@ async fn get(
         who.require(Scope::Read)?;
         let KeyPayload { key } = data?;
         match app.sync.get(&session.device.user_id, &key).await {
-            Ok(item) => Ok(serde_json::to_value(item).unwrap_or(Json::Null)),
-            Err(ApiError::NotFound { .. }) => Ok(Json::Null),
+            // Sent as stored (the item's raw JSON), like REST's GET: a JSON
+            // tree would rewrite `-0`, long numbers and duplicate keys, and
+            // has no form at all for `1e400`.
+            Ok(item) => Ok(Some(item)),
+            Err(ApiError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
