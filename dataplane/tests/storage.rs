@@ -922,3 +922,71 @@ suite!(
     text_the_database_cannot_store_is_refused_naming_the_field,
     migrating_twice_is_a_no_op,
 );
+
+/// MariaDB commits each DDL statement on its own: a process killed during a
+/// migration leaves it half applied and marked unfinished. The next run
+/// finishes it instead of refusing for ever; every MySQL migration must
+/// allow that, so each is replayed here over a schema that already has it.
+#[tokio::test]
+async fn every_mysql_migration_can_be_finished_after_an_interruption() {
+    let name = format!("ss_migtest_{}", uuid::Uuid::new_v4().simple());
+    let (admin, _dir) = database("mysql").await;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(admin.pool())
+        .await
+        .expect("create a database of its own");
+    let base = common::mysql_url();
+    let url = format!(
+        "{}/{name}",
+        base.rsplit_once('/').expect("a database path").0
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = syncstore::config::DatabaseConfig {
+        url: Some(syncstore::config::Secret::new(url)),
+        connection_limit: 2,
+        ssl: false,
+    };
+    let db = Db::connect(&cfg, dir.path()).await.expect("connect");
+    db.migrate().await.expect("migrations apply");
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert!(versions.len() >= 15, "{versions:?}");
+    for version in &versions {
+        sqlx::query("UPDATE _sqlx_migrations SET success = 0 WHERE version = ?")
+            .bind(version)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        db.migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migration {version} not finished: {e}"));
+        let unfinished: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 0")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(unfinished, 0, "after finishing {version}");
+    }
+    // Interrupted before its statement ran: the column comes back.
+    let last = versions.last().unwrap();
+    for sql in [
+        "ALTER TABLE instances DROP COLUMN resync_due",
+        "UPDATE _sqlx_migrations SET success = 0 WHERE version = 20261201000005",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await.unwrap();
+    }
+    assert_eq!(*last, 20261201000005);
+    db.migrate().await.expect("finished");
+    sqlx::query("SELECT resync_due FROM instances LIMIT 1")
+        .fetch_optional(db.pool())
+        .await
+        .expect("the column is there again");
+    drop(db);
+    sqlx::query(&format!("DROP DATABASE {name}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+}

@@ -199,7 +199,14 @@ impl Db {
                 )));
             }
         }
-        let result = migrator.run_direct(&mut *conn).await;
+        let repaired = match self.dialect {
+            Dialect::Mysql => finish_interrupted(&mut conn, migrator).await,
+            _ => Ok(()),
+        };
+        let result = match repaired {
+            Ok(()) => migrator.run_direct(&mut *conn).await,
+            Err(e) => Err(sqlx::migrate::MigrateError::Execute(e)),
+        };
         if self.dialect == Dialect::Mysql {
             let _ = sqlx::query("SELECT RELEASE_LOCK('syncstore.migrate')")
                 .execute(&mut *conn)
@@ -470,6 +477,76 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     pub connection_limit: u32,
     pub ssl: bool,
+}
+
+/// Finishes the MySQL migrations an earlier run left half applied. MySQL
+/// and MariaDB commit each DDL statement on its own, so a process killed
+/// during a migration leaves its `_sqlx_migrations` row at `success = 0`
+/// with some statements done, and sqlx then refuses every later run
+/// ("partially applied") until someone repairs it by hand. Each statement
+/// of such a migration is run again, an "already there" refusal counting as
+/// done, and the row is marked applied; its checksum is the one sqlx
+/// recorded, so the run that follows checks it as usual. Every MySQL
+/// migration is written so that this holds (tests/storage.rs replays each).
+async fn finish_interrupted(
+    conn: &mut sqlx::AnyConnection,
+    migrator: &Migrator,
+) -> Result<(), sqlx::Error> {
+    // No table yet: nothing ran before.
+    let Ok(rows) = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 0")
+        .fetch_all(&mut *conn)
+        .await
+    else {
+        return Ok(());
+    };
+    for row in rows {
+        let version = row.try_get::<i64, _>(0)?;
+        // A version this binary does not know is sqlx's to report.
+        let Some(migration) = migrator.iter().find(|m| m.version == version) else {
+            continue;
+        };
+        for statement in statements(&migration.sql) {
+            match sqlx::query(&statement).execute(&mut *conn).await {
+                Err(e) if !already_applied(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        sqlx::query("UPDATE _sqlx_migrations SET success = 1 WHERE version = ?")
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        tracing::warn!(
+            version,
+            "finished a migration that an interrupted run left half applied"
+        );
+    }
+    Ok(())
+}
+
+/// The statements of one of our migration files: `--` comment lines left
+/// out, the rest split at `;`. Not a general SQL splitter (a `;` inside a
+/// string literal would break it): our MySQL migrations hold none, which
+/// tests/storage.rs checks by replaying every statement.
+pub fn statements(sql: &str) -> Vec<String> {
+    let code: Vec<&str> = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// MySQL's refusals of a DDL statement whose effect is already there:
+/// table exists (1050), duplicate column (1060), duplicate key name (1061),
+/// multiple primary keys (1068).
+fn already_applied(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|d| matches!(d.number(), 1050 | 1060 | 1061 | 1068))
 }
 
 #[cfg(test)]
