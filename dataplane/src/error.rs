@@ -271,18 +271,41 @@ pub fn decode_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, A
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(json);
-    let body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        let reason = e.into_inner().to_string();
-        if field == "." {
-            ApiError::InvalidBody(reason)
-        } else {
-            crate::text::Invalid::new(&field, reason).body()
-        }
-    })?;
+    let body = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| refusal(e, crate::text::Invalid::body, ApiError::InvalidBody))?;
     // Nothing may follow the object (`{"value":1} {"value":2}`).
     de.end().map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     Ok(body)
+}
+
+/// Decodes a query string (`a=1&b=x`) as [`decode_object`] decodes a body:
+/// a refusal is INVALID_QUERY naming its parameter.
+pub fn decode_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| refusal(e, crate::text::Invalid::query, ApiError::InvalidQuery))
+}
+
+/// A decoding refusal naming its field: the path to a value of the wrong
+/// type, or for a field missing, repeated or unknown at the top, the name
+/// serde's message quotes (serde's own wording: "missing field `x`").
+fn refusal<E: std::fmt::Display>(
+    e: serde_path_to_error::Error<E>,
+    named: fn(crate::text::Invalid) -> ApiError,
+    unnamed: fn(String) -> ApiError,
+) -> ApiError {
+    let path = e.path().to_string();
+    let reason = e.into_inner().to_string();
+    let quoted = ["missing field `", "duplicate field `", "unknown field `"]
+        .iter()
+        .find_map(|p| reason.strip_prefix(p))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_string());
+    match (path.as_str(), quoted) {
+        (".", Some(name)) => named(crate::text::Invalid::new(&name, reason)),
+        (".", None) => unnamed(reason),
+        _ => named(crate::text::Invalid::new(&path, reason)),
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +333,27 @@ mod decode_tests {
         assert_eq!(
             refusal(r#"{"n": "x"}"#),
             ("INVALID_BODY".into(), json!({"field": "n"}))
+        );
+    }
+
+    #[test]
+    fn missing_and_repeated_fields_are_named() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Needs {
+            value: i64,
+        }
+        let e = decode_object::<Needs>(b"{}").unwrap_err();
+        assert_eq!(e.details(), json!({"field": "value"}));
+        let e = decode_query::<Body>("n=1&n=2").unwrap_err();
+        assert_eq!(
+            (e.code(), e.details()),
+            ("INVALID_QUERY", json!({"field": "n"}))
+        );
+        let e = decode_query::<Body>("n=x").unwrap_err();
+        assert_eq!(
+            (e.code(), e.details()),
+            ("INVALID_QUERY", json!({"field": "n"}))
         );
     }
 

@@ -188,6 +188,21 @@ async fn refusals_name_the_field_they_are_about() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {b}");
         assert_eq!(b["details"]["field"], field, "{body}: {b}");
     }
+    for (path, field) in [
+        ("/api/v1/sync-storage/conflicts?limit=0", "limit"),
+        ("/api/v1/sync-storage/conflicts?status=gone", "status"),
+        ("/api/v1/audit?limit=0", "limit"),
+        ("/api/v1/analytics/dashboard?granularity=x", "granularity"),
+        ("/api/v1/sync-storage/keys?prefix=a&prefix=b", "prefix"),
+    ] {
+        let (status, b) = app.get(path, admin).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {b}");
+        assert_eq!(b["code"], "INVALID_QUERY", "{path}: {b}");
+        assert_eq!(b["details"]["field"], field, "{path}: {b}");
+    }
+    let (status, b) = app.put("k", admin, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["details"]["field"], "value", "{b}");
     for (query, field) in [("instanceId=tab", "userId"), ("userId=u", "instanceId")] {
         let refused = ws::connect(app.server.port, query, &json!({ "apiKey": admin }))
             .await

@@ -74,7 +74,7 @@ impl Viewer {
 }
 
 fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
-    crate::instant::parse(v).map_err(|e| ApiError::InvalidQuery(format!("{name}: {e}")))
+    crate::instant::parse(v).map_err(|e| crate::text::Invalid::new(name, e.to_string()).query())
 }
 
 /// The window a query string asks for: `from` and `to` (ms since the epoch
@@ -93,9 +93,11 @@ pub fn window(raw: Option<&str>, now: i64) -> Result<Window, ApiError> {
                     "hour" => "h",
                     "day" => "d",
                     _ => {
-                        return Err(ApiError::InvalidQuery(
-                            "granularity is minute, hour or day".into(),
-                        ))
+                        return Err(crate::text::Invalid::new(
+                            "granularity",
+                            "is minute, hour or day",
+                        )
+                        .query())
                     }
                 })
             }
@@ -105,7 +107,7 @@ pub fn window(raw: Option<&str>, now: i64) -> Result<Window, ApiError> {
     let to = to.unwrap_or(now + 1);
     let from = from.unwrap_or(to - DAY_MS);
     if from >= to {
-        return Err(ApiError::InvalidQuery("from must be before to".into()));
+        return Err(crate::text::Invalid::new("from", "must be before to").query());
     }
     let span = to - from;
     let granularity = granularity.unwrap_or(if span <= 2 * HOUR_MS {
@@ -121,9 +123,11 @@ pub fn window(raw: Option<&str>, now: i64) -> Result<Window, ApiError> {
         granularity,
     };
     if span / window.width() > MAX_BUCKETS {
-        return Err(ApiError::InvalidQuery(
-            "the window holds more than 10000 buckets; use a coarser granularity".into(),
-        ));
+        return Err(crate::text::Invalid::new(
+            "granularity",
+            "makes the window more than 10000 buckets; use a coarser one",
+        )
+        .query());
     }
     Ok(window)
 }

@@ -62,7 +62,7 @@ pub async fn list(
     who.require(Scope::Admin)?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::InvalidQuery("limit is 1 to 1000".into()));
+        return Err(crate::text::Invalid::new("limit", "is 1 to 1000").query());
     }
     for (field, value) in [
         ("userId", &p.user_id),

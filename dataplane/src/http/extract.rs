@@ -3,7 +3,7 @@
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request},
+    extract::{FromRequest, FromRequestParts, RawPathParams, Request},
     http::{request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
@@ -138,10 +138,7 @@ impl FromRequestParts<AppState> for Prefix {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        well_encoded_query(parts)?;
-        let Query(p) = Query::<PrefixParams>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+        let QueryParams(p) = QueryParams::<PrefixParams>::from_request_parts(parts, state).await?;
         Ok(Prefix(p.prefix))
     }
 }
@@ -189,12 +186,9 @@ pub struct QueryParams<T>(pub T);
 impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         well_encoded_query(parts)?;
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(q)| QueryParams(q))
-            .map_err(|e| ApiError::InvalidQuery(e.body_text()))
+        crate::error::decode_query(parts.uri.query().unwrap_or_default()).map(QueryParams)
     }
 }
 

@@ -140,13 +140,15 @@ impl Review {
         limit: i64,
         offset: i64,
     ) -> Result<QueuePage, ApiError> {
-        if !matches!(status, "pending" | "resolved")
-            || !(1..=MAX_PAGE).contains(&limit)
-            || offset < 0
-        {
-            return Err(ApiError::InvalidQuery(
-                "status is pending|resolved, limit 1..=500, offset >= 0".into(),
-            ));
+        let refuse = |field, reason| Err(crate::text::Invalid::new(field, reason).query());
+        if !matches!(status, "pending" | "resolved") {
+            return refuse("status", "is pending or resolved");
+        }
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return refuse("limit", "is 1 to 500");
+        }
+        if offset < 0 {
+            return refuse("offset", "must not be negative");
         }
         let items = conflicts::list(self.sync.db(), tenant, status, limit, offset).await?;
         Ok(QueuePage {
