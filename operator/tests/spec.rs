@@ -357,7 +357,7 @@ const POD_TEMPLATE: &str = r#"  kafka: {brokers: ["kafka:9092"]}
 /// the REPLICAS column follows the Deployment's count.
 #[test]
 fn pod_template_settings_image_and_replicas_reach_the_cluster() {
-    let c = with_operator("op-podtpl", Engine::Postgres);
+    let mut c = with_operator("op-podtpl", Engine::Postgres);
     apply(
         &c,
         &store("full", Engine::Postgres, POD_TEMPLATE)
@@ -433,7 +433,9 @@ fn pod_template_settings_image_and_replicas_reach_the_cluster() {
     );
 
     // The REPLICAS column reads the Deployment's count (an HPA's choice),
-    // here set the way the controller-manager would.
+    // here set the way the controller-manager would (and kept so: the
+    // stand-in kubelet would mark the spec's one replica rolled out again).
+    c.stop_kubelet();
     c.kubectl(&[
         "patch",
         "deployment",

@@ -159,6 +159,13 @@ impl Cluster {
         c
     }
 
+    /// Stops the stand-in kubelet, so that a Deployment status the test
+    /// patches stays as patched (the stand-in would mark it rolled out
+    /// again within a second).
+    pub fn stop_kubelet(&mut self) {
+        self.kubelet = None;
+    }
+
     /// Like [`Cluster::new`], in namespace `ns` (which must be unused).
     pub fn with_namespace(ns: String) -> Self {
         let mut c = Self {
