@@ -161,6 +161,32 @@ async fn an_api_key_wins_over_any_other_credential_on_both_edges() {
         .unwrap();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["details"]["reason"], "invalid_authorization_header");
+    // A credential that names no one credential is refused, not guessed at.
+    let resp = app
+        .request(Method::GET, list, Some("sk_live_not_a_key"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["details"]["reason"], "malformed_credentials");
+    for auth in [
+        json!({ "apiKey": 5, "token": "not-a-token" }),
+        json!({ "apiKey": key, "token": 5 }),
+    ] {
+        let refused = ws::connect(
+            app.server.port,
+            &format!("userId={user}&instanceId=tab&apiKey=sk_live_other"),
+            &auth,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(
+            refused["details"]["reason"], "malformed_credentials",
+            "{auth}"
+        );
+    }
 }
 
 #[tokio::test]

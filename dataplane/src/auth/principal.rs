@@ -15,6 +15,10 @@ pub struct Presented<'a> {
     pub api_key: Option<&'a str>,
     /// `Authorization`, or the handshake's `auth.token` as a bearer token.
     pub authorization: Option<Authorization<'a>>,
+    /// A credential was presented in a form that names no one credential:
+    /// a header sent twice, a handshake field that is not a string, or an
+    /// API key in both the handshake's `auth` and its query that differ.
+    pub malformed: bool,
 }
 
 /// An `Authorization` value.
@@ -204,6 +208,13 @@ impl Authenticator {
         presented: Presented<'_>,
         caller: &Caller,
     ) -> Result<Principal, (ApiError, Option<String>)> {
+        if presented.malformed {
+            let e = ApiError::Unauthorized {
+                reason: "malformed_credentials",
+            };
+            self.refused(&e, None, caller);
+            return Err((e, None));
+        }
         let key = presented.api_key.filter(|k| !k.trim().is_empty());
         let token = match (key, presented.authorization) {
             (None, Some(Authorization::Bearer(token))) => Ok(token),

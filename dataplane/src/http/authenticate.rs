@@ -78,6 +78,7 @@ async fn principal(
     headers: &HeaderMap,
     client: &Caller,
 ) -> Result<Principal, (ApiError, Option<String>)> {
+    let twice = |name| headers.get_all(name).iter().nth(1).is_some();
     let presented = Presented {
         api_key: headers
             .get("x-api-key")
@@ -85,6 +86,7 @@ async fn principal(
         authorization: headers
             .get(axum::http::header::AUTHORIZATION)
             .map(|v| Authorization::parse(v.as_bytes())),
+        malformed: twice("x-api-key") || twice(axum::http::header::AUTHORIZATION.as_str()),
     };
     state.auth.authenticate(presented, client).await
 }

@@ -162,12 +162,21 @@ async fn identify(
             return Err((e, None));
         }
     }
+    let in_query = query_param(query, "apiKey");
     let api_key = auth_field(auth, "apiKey")
         .map(str::to_owned)
-        .or_else(|| query_param(query, "apiKey"));
+        .or_else(|| in_query.clone());
+    let not_text = |name| {
+        auth.as_ref()
+            .and_then(|a| a.get(name))
+            .is_some_and(|v| !v.is_string() && !v.is_null())
+    };
     let presented = Presented {
         api_key: api_key.as_deref(),
         authorization: auth_field(auth, "token").map(Authorization::Bearer),
+        malformed: not_text("apiKey")
+            || not_text("token")
+            || in_query.is_some_and(|q| api_key.as_deref() != Some(q.as_str())),
     };
     let principal = app.auth.authenticate(presented, &caller).await?;
     let key_id = principal.key.id.clone();
