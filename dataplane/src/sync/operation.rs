@@ -175,7 +175,11 @@ fn canonical_request(request: &super::SetRequest) -> String {
             other => other,
         }
     }
-    let mut value = serde_json::to_value(request).unwrap_or_default();
+    // A value with no tree form (`1e400`, a lone surrogate; not I-JSON, so
+    // outside RFC 8785) is compared as the text it is stored as.
+    let Ok(mut value) = serde_json::to_value(request) else {
+        return serde_json::to_string(request).unwrap_or_default();
+    };
     if let Some(map) = value.as_object_mut() {
         map.remove("key");
         map.remove("opId");
@@ -265,6 +269,18 @@ mod tests {
         ] {
             assert_eq!(fingerprint("phone", &set(same)), first, "{same}");
         }
+    }
+
+    #[test]
+    fn values_outside_i_json_are_compared_as_stored() {
+        let f = |body: &str| fingerprint("phone", &set(body));
+        assert_ne!(f(r#"{"value": 1e400}"#), f(r#"{"value": 2e400}"#));
+        assert_eq!(f(r#"{"value": 1e400}"#), f(r#"{"value":  1e400 }"#));
+        // Within I-JSON, RFC 8785 compares numbers as IEEE 754 doubles.
+        assert_eq!(
+            f(r#"{"value": 123456789012345678901234567890}"#),
+            f(r#"{"value": 123456789012345678901234567891}"#)
+        );
     }
 
     #[test]
