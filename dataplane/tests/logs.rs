@@ -7,14 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, TestApp};
-use futures_util::{SinkExt, StreamExt};
+use common::{ws::Ws, Server, TestApp};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Message};
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The first JSON log line `wanted` accepts, waiting up to 5 s for it.
 async fn logged(server: &Server, wanted: impl Fn(&Value) -> bool) -> Value {
@@ -56,20 +53,7 @@ async fn open(server: &Server, user: &str, key: &str, request_id: &'static str) 
 
 /// The next text frame, answering engine.io pings on the way.
 async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match msg {
-            Message::Text(t) if t.as_str() == "2" => {
-                let _ = ws.send(Message::text("3")).await;
-            }
-            Message::Text(t) => return Some(t.to_string()),
-            Message::Close(_) => return None,
-            _ => {}
-        }
-    }
+    common::ws::next_text(ws, Duration::from_secs(5)).await
 }
 
 /// The next frame that starts with `prefix`.

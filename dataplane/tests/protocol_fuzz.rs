@@ -13,7 +13,7 @@ use common::{
     ws::{next_text, Ws},
     Server,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -30,27 +30,13 @@ const EVENTS: [&str; 7] = [
 ];
 
 async fn connect(server: &Server) -> Ws {
-    let url = format!(
-        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&userId=fuzz&instanceId=fz",
-        server.port
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket");
-    let open = ws.next().await.expect("open").expect("frame");
-    assert!(open.to_text().unwrap_or("").starts_with('0'), "{open:?}");
-    ws.send(Message::text(format!("40/sync,{{\"apiKey\":\"{KEY}\"}}")))
-        .await
-        .expect("send");
-    loop {
-        let text = next_text(&mut ws, Duration::from_secs(5))
-            .await
-            .expect("connect reply");
-        if text.starts_with("40/sync") {
-            return ws;
-        }
-        assert!(!text.starts_with("44/sync"), "refused: {text}");
-    }
+    common::ws::connect(
+        server.port,
+        "userId=fuzz&instanceId=fz",
+        &json!({ "apiKey": KEY }),
+    )
+    .await
+    .unwrap_or_else(|refusal| panic!("refused: {refusal}"))
 }
 
 #[derive(Debug, PartialEq)]
