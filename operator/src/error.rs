@@ -29,7 +29,7 @@ pub enum Error {
     /// A child's name is taken by another controller's object (store
     /// `chat`'s analytics Deployment `chat-analytics` and the Deployment of
     /// a store named `chat-analytics`): the operator leaves it alone.
-    #[error("invalid spec: {kind} {name}, which this store needs, already belongs to {owner}, so it is left alone and nothing more is rolled out until one of the two stores is renamed")]
+    #[error("invalid spec: {kind} {name}, which this store needs, already belongs to {owner}, so it is left alone until one of the two stores is renamed; the children applied before it follow the spec, the ones after it are not updated meanwhile")]
     ChildTaken {
         kind: String,
         name: String,
