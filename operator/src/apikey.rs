@@ -256,8 +256,18 @@ pub fn key_service(ctx: &Context, db: &Db) -> Keys {
     )
 }
 
+/// A key-service failure as the operator reports it: the database error
+/// behind an `internal error` (the data plane hides it from clients, not
+/// from the operator's status), and an unavailable database as
+/// `DatabaseUnreachable`.
 pub fn key_err(e: ApiError) -> Error {
-    Error::KeyStore(e.to_string())
+    match e {
+        ApiError::ServiceUnavailable => {
+            Error::DatabaseUnreachable("the store's database does not answer".into())
+        }
+        ApiError::Internal(detail) => Error::KeyStore(detail),
+        other => Error::KeyStore(other.to_string()),
+    }
 }
 
 /// The store and its database, once the store is migrated.

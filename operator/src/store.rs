@@ -367,7 +367,9 @@ async fn provision_database(
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
     let target = target(store, db_names, predecessor(store, ctx).await?);
-    let warnings = database::provision(&admin, &target, password).await?;
+    let warnings = database::provision(&admin, &target, password)
+        .await
+        .map_err(|e| located(e, store, &admin))?;
     for w in &warnings {
         publish(
             ctx,
@@ -380,7 +382,9 @@ async fn provision_database(
         .await;
     }
     let url = database::store_url(&admin, &target, password)?;
-    let (applied, schema_version) = database::migrate(&url).await?;
+    let (applied, schema_version) = database::migrate(&url)
+        .await
+        .map_err(|e| located(e, store, &admin))?;
     if applied > 0 {
         publish(
             ctx,
@@ -420,6 +424,26 @@ async fn provision_database(
         server: database::server_of(&admin)?,
         warnings,
     })
+}
+
+/// An unreachable database, named: the server (`host:port/database`, no
+/// credentials), the Secret whose admin URL names it, and what to do
+/// (unless the driver's message already says, as for TLS).
+fn located(e: Error, store: &SyncStore, admin: &str) -> Error {
+    let Error::DatabaseUnreachable(message) = e else {
+        return e;
+    };
+    let r = &store.spec.database.admin_secret_ref;
+    let server = database::server_of(admin).unwrap_or_else(|_| "the database server".into());
+    let advice = if message.contains("; check ") {
+        ""
+    } else {
+        "; check that the server runs and that the operator can reach it, or fix the URL in that Secret"
+    };
+    Error::DatabaseUnreachable(format!(
+        "{server}, named by the admin URL in Secret {} (key {}): {message}{advice}",
+        r.name, r.key
+    ))
 }
 
 /// The database URL of the last successful provisioning, if any.

@@ -490,6 +490,16 @@ fn children_follow_the_spec_while_the_database_is_unreachable() {
         )
     );
     let message = cond_field(&s, "DatabaseReady", "message").expect("message");
+    // Re-attack LOW finding: the message names the server, the Secret and
+    // what to do.
+    assert!(
+        message.starts_with(
+            "database unreachable: 127.0.0.1:1/syncstore, named by the admin URL in Secret pg-admin (key url): "
+        ) && message.ends_with(
+            "; check that the server runs and that the operator can reach it, or fix the URL in that Secret"
+        ),
+        "{message}"
+    );
     assert!(
         events_of(&c, "chat")
             .iter()

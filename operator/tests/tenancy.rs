@@ -542,11 +542,15 @@ async fn a_planted_mark_is_not_adopted(engine: Engine) {
         let s = c.get("syncstore", "future")?;
         (ready_reason(&s) == ("False".into(), "SchemaOwnedByAnother".into())).then_some(s)
     });
+    let message = condition(&store, "Ready").expect("Ready")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(
-        condition(&store, "Ready").expect("Ready")["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains(&schema),
+        message.contains(&schema)
+            && message.ends_with(
+                "; the operator leaves it untouched, so choose another spec.database.schemaName for this store"
+            ),
         "{store}"
     );
     let planted_tables = match engine {
