@@ -700,10 +700,12 @@ pub async fn open_store(url: &str, connections: u32) -> Result<Db> {
 /// tables) and returns the schema version: the newest migration applied.
 pub async fn migrate(url: &str) -> Result<(usize, i64)> {
     let db = open_store(url, 1).await?;
-    let applied = db
-        .migrate()
-        .await
-        .map_err(|e| Error::Migration(e.to_string()));
+    let applied = db.migrate().await.map_err(|e| match e {
+        syncstore::storage::DbError::VersionSkew(v) => Error::Migration(format!(
+            "the schema has migration {v}, which this operator's release does not know (a newer operator migrated it), so it is left as it is; upgrade the operator to that release or a later one"
+        )),
+        other => Error::Migration(other.to_string()),
+    });
     let version = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
         .fetch_one(db.pool())
         .await

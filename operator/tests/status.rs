@@ -1557,3 +1557,48 @@ fn keys_deleted_with_their_delete_policy_store_go() {
         );
     }
 }
+
+/// Re-attack LOW finding: a schema that a newer operator migrated is
+/// refused in words that say so and what to do (upgrade the operator),
+/// not the data plane's "this binary"; the pods still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_from_a_newer_release_says_to_upgrade_the_operator() {
+    use sqlx::Connection;
+    let mut c = Cluster::new("x2newer");
+    pg_secrets(&c);
+    c.start_operator("op-x2newer");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("store role");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from a newer release', TRUE, '\\x00'::bytea, 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("newer row");
+    let _ = conn.close().await;
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "SchemaMigrated",
+        "False",
+        "MigrationFailed",
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond(&s, "SchemaMigrated").2,
+        "migrating the schema failed: the schema has migration 99990101000000, which this operator's release does not know (a newer operator migrated it), so it is left as it is; upgrade the operator to that release or a later one"
+    );
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
+}
