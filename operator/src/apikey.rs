@@ -25,13 +25,13 @@ use syncstore::{
     keys::{Declared, Keys, Put},
     storage::{now_ms, Db},
 };
-use syncstore_crds::{ApiKey, ApiKeyStatus, SyncStore, ROTATE_ANNOTATION};
+use syncstore_crds::{ApiKey, ApiKeyStatus, DeletionPolicy, SyncStore, ROTATE_ANNOTATION};
 
 use crate::{
     apply::secret_value,
     children::{self, MANAGER},
     conditions::{is_true, merge, Verdict},
-    context::{backoff, paused, Context, Error, Result, StoreDb},
+    context::{paused, retry_after, Context, Error, Result, StoreDb},
     events::publish,
     keyrows,
     store::{self, GIVE_UP_AFTER},
@@ -104,8 +104,13 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
         Err(err) => {
             let failures = crate::events::failed(&ctx, KIND, key.as_ref(), &err).await;
             if !deleting {
-                let verdict = Verdict::fail("Ready", err.reason(), err.to_string());
-                let written = not_ready(&ctx, &api, &key, "Failed", verdict, failures).await;
+                let written = match still_working(&ctx, &key, &err).await {
+                    Some(verdict) => not_ready(&ctx, &api, &key, "Active", verdict, failures).await,
+                    None => {
+                        let verdict = Verdict::fail("Ready", err.reason(), err.to_string());
+                        not_ready(&ctx, &api, &key, "Failed", verdict, failures).await
+                    }
+                };
                 if let Err(e) = written {
                     tracing::warn!(error = %e, "status not written");
                 }
@@ -113,6 +118,39 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
             Err(err)
         }
     }
+}
+
+/// The `Ready` of a key that keeps working although this reconcile
+/// failed: the database could not be reached (or the key store failed),
+/// the key's row is known to be in place (it was `Active` with a key id)
+/// and its store serves. None otherwise: the key then fails as usual.
+async fn still_working(ctx: &Context, key: &ApiKey, err: &Error) -> Option<Verdict> {
+    if !matches!(err, Error::DatabaseUnreachable(_) | Error::KeyStore(_)) {
+        return None;
+    }
+    let status = key.status.as_ref()?;
+    let id = status.key_id.as_deref()?;
+    if status.phase.as_deref() != Some("Active") {
+        return None;
+    }
+    let stores: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let store = stores.get_opt(&key.spec.store_ref).await.ok()??;
+    let serves = store
+        .status
+        .as_ref()
+        .is_some_and(|s| is_true(&s.conditions, "Ready"));
+    serves.then(|| {
+        Verdict::ok(
+            "Ready",
+            "Active",
+            format!(
+                "Key {id} keeps working in store {}, which serves, but the operator could not check it ({err}); it retries within {} s.",
+                key.spec.store_ref,
+                crate::context::UNREACHABLE_RETRY.as_secs()
+            ),
+        )
+    })
 }
 
 /// Ready=False with `phase` and `verdict` (a pause condition, if any, is
@@ -154,8 +192,11 @@ async fn store_paused(key: &ApiKey, ctx: &Context) -> Result<bool> {
         .is_some_and(|s| paused(&s)))
 }
 
-pub fn error_policy(key: Arc<ApiKey>, _err: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(backoff(ctx.failures(&key.uid().unwrap_or_default())))
+pub fn error_policy(key: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(retry_after(
+        err,
+        ctx.failures(&key.uid().unwrap_or_default()),
+    ))
 }
 
 fn secret_name(key: &ApiKey) -> String {
@@ -215,8 +256,18 @@ pub fn key_service(ctx: &Context, db: &Db) -> Keys {
     )
 }
 
+/// A key-service failure as the operator reports it: the database error
+/// behind an `internal error` (the data plane hides it from clients, not
+/// from the operator's status), and an unavailable database as
+/// `DatabaseUnreachable`.
 pub fn key_err(e: ApiError) -> Error {
-    Error::KeyStore(e.to_string())
+    match e {
+        ApiError::ServiceUnavailable => {
+            Error::DatabaseUnreachable("the store's database does not answer".into())
+        }
+        ApiError::Internal(detail) => Error::KeyStore(detail),
+        other => Error::KeyStore(other.to_string()),
+    }
 }
 
 /// The store and its database, once the store is migrated.
@@ -243,7 +294,8 @@ async fn store_db(key: &ApiKey, ctx: &Context) -> Result<(SyncStore, StoreDb)> {
 /// object is gone or being deleted while its pods may still serve (deleted
 /// with `--cascade=orphan`, or before the garbage collector reaches its
 /// children), the one its database Secret still names. Only a store with
-/// neither is left to `OrphanKeysRevoked` at its next provisioning.
+/// neither (or whose Secret's role can no longer log in) is left to
+/// `OrphanKeysRevoked` at its next provisioning.
 async fn revoke_db(key: &ApiKey, ctx: &Context) -> Result<StoreDb> {
     let err = match store_db(key, ctx).await {
         Ok((_, db)) => return Ok(db),
@@ -258,10 +310,13 @@ async fn revoke_db(key: &ApiKey, ctx: &Context) -> Result<StoreDb> {
         .await?
         .and_then(|s| secret_value(&s, "DATABASE_URL"))
     {
-        Some(url) => {
-            ctx.store_db(&format!("{ns}/{}", key.spec.store_ref), &url)
-                .await
-        }
+        // A role that is gone (its store dropped it under `Delete` before
+        // the garbage collector took the Secret) cannot log in: nothing
+        // serves with it either, so this is the deferred case too.
+        Some(url) => ctx
+            .store_db(&format!("{ns}/{}", key.spec.store_ref), &url)
+            .await
+            .map_err(|_| err),
         None => Err(err),
     }
 }
@@ -560,6 +615,18 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
         Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
     let name = secret_name(key);
     let secret = secrets.get_opt(&name).await?;
+    if let Some(store) = dropped_with_store(key, ctx).await? {
+        publish(
+            ctx,
+            key,
+            EventType::Normal,
+            "KeyRevoked",
+            &format!("SyncStore {store} is deleted with deletionPolicy Delete, so its schema is dropped with the key's rows"),
+            "Revoke",
+        )
+        .await;
+        return release_secret(key, &secrets, &name, secret).await;
+    }
     match revoke_db(key, ctx).await {
         Ok(db) => {
             let mut ids: Vec<String> = key
@@ -616,12 +683,35 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
         }
         Err(e) => return Err(e),
     }
+    release_secret(key, &secrets, &name, secret).await
+}
+
+/// The name of the key's store when that store is being deleted with
+/// `deletionPolicy: Delete`: its schema, and the key's rows with it, are
+/// (or are about to be) dropped, so there is nothing left to revoke.
+async fn dropped_with_store(key: &ApiKey, ctx: &Context) -> Result<Option<String>> {
+    let stores: Api<SyncStore> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    Ok(stores.get_opt(&key.spec.store_ref).await?.and_then(|s| {
+        (s.meta().deletion_timestamp.is_some()
+            && s.spec.database.deletion_policy == DeletionPolicy::Delete)
+            .then(|| s.name_any())
+    }))
+}
+
+/// Deletes the key's Secret if the key owns it.
+async fn release_secret(
+    key: &ApiKey,
+    secrets: &Api<Secret>,
+    name: &str,
+    secret: Option<Secret>,
+) -> Result<Action> {
     if secret.is_some_and(|s| {
         s.owner_references()
             .iter()
             .any(|o| Some(&o.uid) == key.meta().uid.as_ref())
     }) {
-        match secrets.delete(&name, &DeleteParams::default()).await {
+        match secrets.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),

@@ -25,8 +25,33 @@ where
         + Clone
         + Debug,
 {
+    apply_with(client, obj, PatchParams::apply(MANAGER).force()).await
+}
+
+/// Whether the apiserver would take `obj` (a server-side dry run of
+/// [`apply`]): refuses before anything else is applied a child that the
+/// apiserver's own validation would refuse.
+pub async fn dry_run<K>(client: &Client, obj: &K) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let params = PatchParams::apply(MANAGER).force().dry_run();
+    apply_with(client, obj, params).await.map(|_| ())
+}
+
+async fn apply_with<K>(client: &Client, obj: &K, params: PatchParams) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
     let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-    let params = PatchParams::apply(MANAGER).force();
     match api
         .patch(&obj.name_any(), &params, &Patch::Apply(obj))
         .await

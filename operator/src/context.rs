@@ -172,6 +172,25 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs((2u64 << exp).min(300))
 }
 
+/// The longest wait before retrying a reconcile that failed because a
+/// database could not be reached: an outage ends on its own, and the
+/// store (and its keys) must recover within seconds of it, not after a
+/// backoff that grew during it.
+pub const UNREACHABLE_RETRY: Duration = Duration::from_secs(10);
+
+/// When to retry after `err`, the `failures`-th failure in a row: the
+/// exponential backoff, capped at [`UNREACHABLE_RETRY`] for an
+/// unreachable database and for a failure of the key store (whose
+/// message hides the database error behind it).
+pub fn retry_after(err: &Error, failures: u32) -> Duration {
+    let wait = backoff(failures);
+    if matches!(err, Error::DatabaseUnreachable(_) | Error::KeyStore(_)) {
+        wait.min(UNREACHABLE_RETRY)
+    } else {
+        wait
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +232,10 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(4));
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(50), Duration::from_secs(300));
+        let down = Error::DatabaseUnreachable("x".into());
+        assert_eq!(retry_after(&down, 2), Duration::from_secs(4));
+        assert_eq!(retry_after(&down, 50), UNREACHABLE_RETRY);
+        let other = Error::Migration("x".into());
+        assert_eq!(retry_after(&other, 50), Duration::from_secs(300));
     }
 }

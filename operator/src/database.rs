@@ -273,10 +273,11 @@ fn unreachable(e: sqlx::Error) -> Error {
         sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
             "a file the database URL names (sslrootcert, sslcert, sslkey or a socket) is missing in the operator's container ({io})"
         ),
+        // PostgreSQL's driver passes a TLS failure on as an I/O error
+        // (`invalid peer certificate: UnknownIssuer`): the same advice.
+        sqlx::Error::Io(io) if tls_failure(&io.to_string()) => tls_advice(io),
         sqlx::Error::Io(io) => io.to_string(),
-        sqlx::Error::Tls(tls) => format!(
-            "the TLS connection to the database server failed ({tls}); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
-        ),
+        sqlx::Error::Tls(tls) => tls_advice(tls),
         sqlx::Error::Configuration(c) => {
             return Error::InvalidDatabaseUrl(format!(
                 "the admin URL has an option the database driver does not take ({}); fix it in the admin Secret",
@@ -287,6 +288,20 @@ fn unreachable(e: sqlx::Error) -> Error {
         other => other.to_string(),
     };
     Error::DatabaseUnreachable(text)
+}
+
+/// Whether an I/O error's text is a TLS failure.
+fn tls_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["certificate", "tls", "ssl", "handshake"]
+        .iter()
+        .any(|w| t.contains(w))
+}
+
+fn tls_advice(e: impl std::fmt::Display) -> String {
+    format!(
+        "the TLS connection to the database server failed ({e}); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
+    )
 }
 
 fn provisioning(e: sqlx::Error) -> Error {
@@ -700,10 +715,12 @@ pub async fn open_store(url: &str, connections: u32) -> Result<Db> {
 /// tables) and returns the schema version: the newest migration applied.
 pub async fn migrate(url: &str) -> Result<(usize, i64)> {
     let db = open_store(url, 1).await?;
-    let applied = db
-        .migrate()
-        .await
-        .map_err(|e| Error::Migration(e.to_string()));
+    let applied = db.migrate().await.map_err(|e| match e {
+        syncstore::storage::DbError::VersionSkew(v) => Error::Migration(format!(
+            "the schema has migration {v}, which this operator's release does not know (a newer operator migrated it), so it is left as it is; upgrade the operator to that release or a later one"
+        )),
+        other => Error::Migration(other.to_string()),
+    });
     let version = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
         .fetch_one(db.pool())
         .await
@@ -929,6 +946,14 @@ mod tests {
         let e = unreachable(sqlx::Error::Tls(
             "invalid peer certificate: UnknownIssuer".into(),
         ));
+        assert_eq!(
+            e.to_string(),
+            "database unreachable: the TLS connection to the database server failed (invalid peer certificate: UnknownIssuer); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"
+        );
+        let e = unreachable(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        )));
         assert_eq!(
             e.to_string(),
             "database unreachable: the TLS connection to the database server failed (invalid peer certificate: UnknownIssuer); check the URL's sslmode (ssl-mode on MariaDB) and CA certificate"

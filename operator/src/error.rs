@@ -22,14 +22,14 @@ pub enum Error {
     StoreNotFound(String),
     #[error("SyncStore {0} is not ready yet")]
     StoreNotReady(String),
-    #[error("Secret {0} exists and is not owned by this ApiKey")]
+    #[error("Secret {0} exists and is not owned by this ApiKey; set spec.secretName to a name no other Secret has, or delete that Secret if nothing uses it")]
     SecretConflict(String),
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
     /// A child's name is taken by another controller's object (store
     /// `chat`'s analytics Deployment `chat-analytics` and the Deployment of
     /// a store named `chat-analytics`): the operator leaves it alone.
-    #[error("invalid spec: {kind} {name}, which this store needs, already belongs to {owner}, so it is left alone and nothing more is rolled out until one of the two stores is renamed")]
+    #[error("invalid spec: {kind} {name}, which this store needs, already belongs to {owner}, so it is left alone until one of the two stores is renamed; the children applied before it follow the spec, the ones after it are not updated meanwhile")]
     ChildTaken {
         kind: String,
         name: String,
@@ -38,7 +38,7 @@ pub enum Error {
     },
     /// The schema (database) or role this store would use exists and is
     /// another store's, or no store's: the operator does not touch it.
-    #[error("{0}; the operator leaves it untouched")]
+    #[error("{0}; the operator leaves it untouched, so choose another spec.database.schemaName for this store")]
     SchemaOwnedByAnother(String),
     /// A field that cannot change after provisioning changed anyway (the
     /// CRD's CEL rules refuse it at apply time; this catches a CRD

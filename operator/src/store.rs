@@ -25,10 +25,12 @@ use syncstore::keys::Revoked;
 use syncstore_crds::{ApiKey, DatabaseStatus, DeletionPolicy, SyncStore, SyncStoreStatus};
 
 use crate::{
-    apply::{apply, delete_orphans, ensure_secret, random_token, read_secret_key, secret_value},
+    apply::{
+        apply, delete_orphans, dry_run, ensure_secret, random_token, read_secret_key, secret_value,
+    },
     children::{self, names, DbNames},
     conditions::{is_true, merge, Verdict},
-    context::{backoff, paused, Context, Error, Result, PAUSE_ANNOTATION},
+    context::{paused, retry_after, Context, Error, Result, PAUSE_ANNOTATION},
     database::{self, Owner, Target},
     events::publish,
     keyrows,
@@ -111,8 +113,11 @@ pub fn pause_verdict(by_store: Option<&str>) -> Verdict {
 /// The paused condition's type; it is removed when reconciliation resumes.
 pub const PAUSED: &str = "ReconciliationPaused";
 
-pub fn error_policy(store: Arc<SyncStore>, _err: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(backoff(ctx.failures(&store.uid().unwrap_or_default())))
+pub fn error_policy(store: Arc<SyncStore>, err: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(retry_after(
+        err,
+        ctx.failures(&store.uid().unwrap_or_default()),
+    ))
 }
 
 fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>) -> Target {
@@ -265,15 +270,20 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(ctx.settings.resync_interval))
 }
 
+/// Whether the store was provisioned once: its status names its database
+/// or a schema version.
+fn provisioned(store: &SyncStore) -> bool {
+    store
+        .status
+        .as_ref()
+        .is_some_and(|s| s.database.is_some() || s.schema_version.is_some())
+}
+
 /// A Normal event for the first generation of the store's Secret, a
 /// Warning when it was deleted and generated again: new JWT secrets make
 /// every token issued before invalid.
 async fn announce_generated(ctx: &Context, store: &SyncStore, secret: &str) {
-    let provisioned = store
-        .status
-        .as_ref()
-        .is_some_and(|s| s.database.is_some() || s.schema_version.is_some());
-    if provisioned {
+    if provisioned(store) {
         publish(
             ctx,
             store,
@@ -357,7 +367,9 @@ async fn provision_database(
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
     let target = target(store, db_names, predecessor(store, ctx).await?);
-    let warnings = database::provision(&admin, &target, password).await?;
+    let warnings = database::provision(&admin, &target, password)
+        .await
+        .map_err(|e| located(e, store, &admin))?;
     for w in &warnings {
         publish(
             ctx,
@@ -370,7 +382,9 @@ async fn provision_database(
         .await;
     }
     let url = database::store_url(&admin, &target, password)?;
-    let (applied, schema_version) = database::migrate(&url).await?;
+    let (applied, schema_version) = database::migrate(&url)
+        .await
+        .map_err(|e| located(e, store, &admin))?;
     if applied > 0 {
         publish(
             ctx,
@@ -412,6 +426,26 @@ async fn provision_database(
     })
 }
 
+/// An unreachable database, named: the server (`host:port/database`, no
+/// credentials), the Secret whose admin URL names it, and what to do
+/// (unless the driver's message already says, as for TLS).
+fn located(e: Error, store: &SyncStore, admin: &str) -> Error {
+    let Error::DatabaseUnreachable(message) = e else {
+        return e;
+    };
+    let r = &store.spec.database.admin_secret_ref;
+    let server = database::server_of(admin).unwrap_or_else(|_| "the database server".into());
+    let advice = if message.contains("; check ") {
+        ""
+    } else {
+        "; check that the server runs and that the operator can reach it, or fix the URL in that Secret"
+    };
+    Error::DatabaseUnreachable(format!(
+        "{server}, named by the admin URL in Secret {} (key {}): {message}{advice}",
+        r.name, r.key
+    ))
+}
+
 /// The database URL of the last successful provisioning, if any.
 async fn last_database_url(ctx: &Context, store: &SyncStore) -> Result<Option<String>> {
     let api: Api<Secret> =
@@ -427,6 +461,12 @@ async fn last_database_url(ctx: &Context, store: &SyncStore) -> Result<Option<St
 async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<Deployment> {
     let client = &ctx.client;
     let n = names(store);
+    // The one child whose fields the apiserver checks beyond the CRD's
+    // rules (host names, paths): refused before anything is applied.
+    let ingress = children::ingress(store);
+    if let Some(ingress) = &ingress {
+        dry_run(client, ingress).await?;
+    }
     apply(client, &children::database_secret(store, url)).await?;
     let config = children::config_map(store);
     apply(client, &config).await?;
@@ -449,7 +489,7 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
         scalers.push(store.name_any());
     }
     let mut ingresses = Vec::new();
-    if let Some(ingress) = children::ingress(store) {
+    if let Some(ingress) = ingress {
         apply(client, &ingress).await?;
         ingresses.push(store.name_any());
     }
@@ -479,7 +519,7 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
 fn analytics_taken(e: Error) -> Error {
     match e {
         Error::ChildTaken { kind, name, owner } => Error::InvalidSpec(format!(
-            "{kind} {name}, which the analytics consumer of this store needs (spec.kafka is set and spec.analytics.enabled is true), already belongs to {owner}, so it is left alone and nothing more is rolled out until spec.analytics.enabled is false or one of the two stores is renamed"
+            "{kind} {name}, which the analytics consumer of this store needs (spec.kafka is set and spec.analytics.enabled is true), already belongs to {owner}, so it is left alone until spec.analytics.enabled is false or one of the two stores is renamed; the store's own Deployment, Service and PodDisruptionBudget follow the spec, its HorizontalPodAutoscaler and Ingress are not updated meanwhile"
         )),
         other => other,
     }
@@ -601,6 +641,11 @@ async fn write_success(
         serving.progressing,
         serving.degraded,
         crate::validate::version_skew(store, schema_version),
+        Verdict::ok(
+            SPEC_ACCEPTED,
+            "Accepted",
+            "The spec is valid and every child is applied.",
+        ),
         serving.ready,
     ];
     let api: Api<SyncStore> =
@@ -663,7 +708,7 @@ async fn write_failure(
     err: &Error,
     failures: u32,
 ) -> Result<()> {
-    let serving = serving_anyway(ctx, store, err).await;
+    let serving = serving_anyway(ctx, store).await;
     let verdicts = failure_verdicts(store, err, serving.as_ref());
     update_status(ctx, api, store, |current| SyncStoreStatus {
         observed_generation: store.metadata.generation,
@@ -684,24 +729,45 @@ async fn write_failure(
     .await
 }
 
-/// What the store's Deployment says about serving, after a failure that
-/// leaves the children following the spec (the database is unreachable,
-/// its Secret is missing, provisioning or migrating failed): the pods may
-/// well serve, and `Ready` must say so. None after any other failure, or
-/// when there is no Deployment (the store was never provisioned).
-async fn serving_anyway(ctx: &Context, store: &SyncStore, err: &Error) -> Option<Serving> {
-    if !children_follow_anyway(err) || matches!(err, Error::Kube(_)) {
-        return None;
-    }
+/// What the store's Deployment says about serving, after any failure: the
+/// pods may well serve (the database is unreachable, or the store was
+/// refused after its Deployment was applied by an earlier reconcile), and
+/// `Ready` must say so. None when there is no Deployment of this store's
+/// (it was never provisioned, or the name is another store's) or it cannot
+/// be read.
+async fn serving_anyway(ctx: &Context, store: &SyncStore) -> Option<Serving> {
     let api: Api<Deployment> =
         Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     let deployment = api.get_opt(&names(store).deployment).await.ok()??;
-    Some(serving::serving(store, &deployment))
+    // A Deployment of that name that another store controls (the analytics
+    // consumer of store `news` is `news-analytics`) is not this store's.
+    let ours = deployment
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == store.meta().uid.as_ref());
+    if !ours {
+        return None;
+    }
+    // The replica count the Deployment was last given is the minimum it
+    // is measured against: a refused spec's count was never applied.
+    let mut applied = store.clone();
+    if let Some(replicas) = deployment.spec.as_ref().and_then(|s| s.replicas) {
+        if applied.spec.autoscaling.is_none() {
+            applied.spec.replicas = replicas;
+        }
+    }
+    Some(serving::serving(&applied, &deployment))
 }
 
-/// The conditions a failure sets: `Ready` (from `serving` when the pods
-/// still run, else the failure), `DatabaseReady` or `SchemaMigrated` for a
-/// failure of theirs, and `VersionSkew` Unknown while the schema's version
+/// The condition that says whether the spec was accepted: False with
+/// reason `InvalidSpec` while the store is refused for its spec (a value
+/// the pods would exit on, a child the apiserver refuses, a child name
+/// taken by another store).
+pub const SPEC_ACCEPTED: &str = "SpecAccepted";
+
+/// The conditions a failure sets: `Ready` (from `serving` when the
+/// Deployment exists, else the failure), `DatabaseReady`, `SchemaMigrated`
+/// or `SpecAccepted` for a failure of theirs, and `VersionSkew` Unknown while the schema's version
 /// is not known.
 fn failure_verdicts(store: &SyncStore, err: &Error, serving: Option<&Serving>) -> Vec<Verdict> {
     let failed = |type_| Verdict::fail(type_, err.reason(), err.to_string());
@@ -718,6 +784,9 @@ fn failure_verdicts(store: &SyncStore, err: &Error, serving: Option<&Serving>) -
     }
     if !verdicts.is_empty() || matches!(err, Error::KeyStore(_)) {
         verdicts.push(crate::validate::version_skew_unknown(store, err));
+    }
+    if matches!(err, Error::InvalidSpec(_) | Error::ChildTaken { .. }) {
+        verdicts.push(failed(SPEC_ACCEPTED));
     }
     match serving {
         Some(s) => verdicts.extend([
@@ -774,7 +843,12 @@ async fn update_status(
 async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
     ctx.forget_store(&store_key(store)).await;
     if store.spec.database.deletion_policy == DeletionPolicy::Retain {
-        record_retained(store, ctx).await?;
+        // Only a store that provisioned its schema has one to retain: a
+        // refused store recorded here would let the next store of its
+        // name adopt a schema someone else marked with its UID.
+        if provisioned(store) {
+            record_retained(store, ctx).await?;
+        }
         return Ok(Action::await_change());
     }
     let names = match children::db_names(store) {

@@ -57,7 +57,12 @@ fn store(name: &str, engine: Engine, spec: &str) -> String {
 }
 
 fn ready(obj: &Value) -> (String, String, String) {
-    let c = condition(obj, "Ready").cloned().unwrap_or_default();
+    cond3(obj, "Ready")
+}
+
+/// (status, reason, message) of condition `type_`.
+fn cond3(obj: &Value, type_: &str) -> (String, String, String) {
+    let c = condition(obj, type_).cloned().unwrap_or_default();
     let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
     (s("status"), s("reason"), s("message"))
 }
@@ -514,13 +519,40 @@ fn a_child_name_taken_by_another_store_is_named() {
     )
     .expect("store");
     let (status, _, message) = c.eventually("chat refused", 90, || {
-        let r = ready(&c.get("syncstore", "chat")?);
+        let r = cond3(&c.get("syncstore", "chat")?, "SpecAccepted");
         (r.1 == "InvalidSpec").then_some(r)
     });
     assert_eq!(status, "False");
     assert_eq!(
         message,
-        "invalid spec: Deployment chat-analytics, which the analytics consumer of this store needs (spec.kafka is set and spec.analytics.enabled is true), already belongs to SyncStore chat-analytics, so it is left alone and nothing more is rolled out until spec.analytics.enabled is false or one of the two stores is renamed"
+        "invalid spec: Deployment chat-analytics, which the analytics consumer of this store needs (spec.kafka is set and spec.analytics.enabled is true), already belongs to SyncStore chat-analytics, so it is left alone until spec.analytics.enabled is false or one of the two stores is renamed; the store's own Deployment, Service and PodDisruptionBudget follow the spec, its HorizontalPodAutoscaler and Ingress are not updated meanwhile"
+    );
+    // Finding 2: the store's own Deployment was applied before the clash
+    // was found, and serves: Ready, Available and the phase's replica
+    // counts follow it, while SpecAccepted carries the refusal.
+    c.eventually("chat serves although refused", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        (ready(&s).0 == "True"
+            && ready(&s).1 == "Serving"
+            && cond3(&s, "Available").0 == "True"
+            && s["status"]["readyReplicas"] == 1)
+            .then_some(())
+    });
+    // And what the message says is true: a replica change reaches it.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ]);
+    c.eventually("chat's Deployment follows replicas: 3", 60, || {
+        (c.get("deployment", "chat")?["spec"]["replicas"] == 3).then_some(())
+    });
+    assert_eq!(
+        cond3(&c.must_get("syncstore", "chat"), "SpecAccepted").1,
+        "InvalidSpec"
     );
     let d = c.must_get("deployment", "chat-analytics");
     assert_eq!(
@@ -548,11 +580,16 @@ fn a_child_name_taken_by_another_store_is_named() {
     });
     apply(&c, &store("news-analytics", Engine::Postgres, "")).expect("store");
     let (_, _, message) = c.eventually("news-analytics refused", 90, || {
-        let r = ready(&c.get("syncstore", "news-analytics")?);
+        let r = cond3(&c.get("syncstore", "news-analytics")?, "SpecAccepted");
         (r.1 == "InvalidSpec").then_some(r)
     });
     assert_eq!(
         message,
-        "invalid spec: Deployment news-analytics, which this store needs, already belongs to SyncStore news as its analytics consumer, so it is left alone and nothing more is rolled out until one of the two stores is renamed"
+        "invalid spec: Deployment news-analytics, which this store needs, already belongs to SyncStore news as its analytics consumer, so it is left alone until one of the two stores is renamed; the children applied before it follow the spec, the ones after it are not updated meanwhile"
+    );
+    // It has no Deployment of its own: Ready carries the refusal.
+    assert_eq!(
+        ready(&c.must_get("syncstore", "news-analytics")).1,
+        "InvalidSpec"
     );
 }

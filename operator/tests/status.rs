@@ -490,6 +490,16 @@ fn children_follow_the_spec_while_the_database_is_unreachable() {
         )
     );
     let message = cond_field(&s, "DatabaseReady", "message").expect("message");
+    // Re-attack LOW finding: the message names the server, the Secret and
+    // what to do.
+    assert!(
+        message.starts_with(
+            "database unreachable: 127.0.0.1:1/syncstore, named by the admin URL in Secret pg-admin (key url): "
+        ) && message.ends_with(
+            "; check that the server runs and that the operator can reach it, or fix the URL in that Secret"
+        ),
+        "{message}"
+    );
     assert!(
         events_of(&c, "chat")
             .iter()
@@ -1256,4 +1266,339 @@ fn a_killed_operator_restarts_without_refused_requests() {
         .filter(|(t, _, _)| t == "Warning")
         .collect();
     assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// A store with `deletionPolicy: Delete`.
+fn delete_store_yaml(name: &str) -> String {
+    store_yaml(name, 1).replace(
+        "{name: pg-admin, key: url}}",
+        "{name: pg-admin, key: url}, deletionPolicy: Delete}",
+    )
+}
+
+/// Re-attack finding 2: a store refused after its Deployment exists (here
+/// an Ingress host the apiserver refuses) keeps `Ready`, `Available` and
+/// `syncstore_store_ready` on the Deployment, carries the refusal on
+/// `SpecAccepted`, and applies nothing of the refused spec (the Ingress is
+/// tried as a dry run first). A new store with such a spec gets no
+/// Deployment at all.
+#[test]
+fn a_refusal_after_rollout_keeps_ready_on_the_deployment() {
+    let mut c = Cluster::new("x2ready");
+    pg_secrets(&c);
+    let op = c.start_operator("op-x2ready");
+    apply_yaml(&c, &store_yaml("web", 2));
+    c.wait_condition("syncstore/web", "Ready", 60);
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3,"ingress":{"host":"Not_A_Host"}}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "web",
+        "SpecAccepted",
+        "False",
+        "InvalidSpec",
+    );
+    let s = c.must_get("syncstore", "web");
+    let message = cond_field(&s, "SpecAccepted", "message").unwrap_or_default();
+    assert!(
+        message.starts_with("invalid spec: the Kubernetes API refused Ingress web: "),
+        "{message}"
+    );
+    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(
+        (
+            cond_field(&s, "Ready", "status"),
+            cond_field(&s, "Ready", "reason"),
+            cond_field(&s, "Ready", "message")
+        ),
+        (
+            Some("True".into()),
+            Some("Serving".into()),
+            Some("2 of 2 replicas are available.".into())
+        ),
+        "{}",
+        s["status"]
+    );
+    assert_eq!(
+        cond_field(&s, "Available", "status").as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        cond_field(&s, "Degraded", "status").as_deref(),
+        Some("False")
+    );
+    assert_eq!(s["status"]["readyReplicas"], 2);
+    assert_eq!(
+        c.must_get("deployment", "web")["spec"]["replicas"],
+        2,
+        "nothing of the refused spec is applied"
+    );
+    assert!(c.get("ingress", "web").is_none());
+    let ns = c.ns.clone();
+    let (_, text) = http_get(c.operator(op).http, "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "syncstore_store_ready",
+            &[("namespace", &ns), ("name", "web")]
+        ),
+        Some(1.0)
+    );
+
+    // A store refused before it ever had a Deployment gets none.
+    apply_yaml(
+        &c,
+        &format!(
+            "{}  ingress: {{host: Not_A_Host}}\n",
+            store_yaml("fresh", 1)
+        ),
+    );
+    wait_reason(
+        &c,
+        "syncstore",
+        "fresh",
+        "SpecAccepted",
+        "False",
+        "InvalidSpec",
+    );
+    wait_reason(&c, "syncstore", "fresh", "Ready", "False", "InvalidSpec");
+    assert!(
+        c.get("deployment", "fresh").is_none(),
+        "no child is applied"
+    );
+
+    // Fixing the spec rolls it out and accepts it.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/ingress"}]"#,
+    ]);
+    wait_reason(&c, "syncstore", "web", "SpecAccepted", "True", "Accepted");
+    c.eventually("replicas: 3 applied", 30, || {
+        (c.get("deployment", "web")?["spec"]["replicas"] == 3).then_some(())
+    });
+}
+
+/// A TCP proxy to PostgreSQL that the test can stop (with every
+/// connection through it) and start again on the same port.
+struct Socat {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Socat {
+    fn new() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let mut p = Socat { port, child: None };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("socat")
+            .arg(format!(
+                "TCP-LISTEN:{},reuseaddr,fork,bind=127.0.0.1",
+                self.port
+            ))
+            .arg("TCP:127.0.0.1:5432")
+            .process_group(0)
+            .spawn()
+            .expect("socat");
+        self.child = Some(child);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Stops the listener and every forked connection (its process group).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Re-attack finding 3: after an outage of the admin database longer than
+/// the backoff's first steps (65 s: uncapped, the next retry would come
+/// 61 s after the database returned), the store and its key recover
+/// within seconds, and a key whose store serves stays `Active` meanwhile.
+#[test]
+fn recovery_after_a_database_outage_does_not_wait_for_the_backoff() {
+    let mut c = Cluster::new("x2outage");
+    let mut proxy = Socat::new();
+    let url = postgres_admin().replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    c.secret("pg-admin", &[("url", &url)]);
+    c.secret("redis", &[("url", "redis://127.0.0.1:6379")]);
+    c.start_operator("op-x2outage");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    apply_yaml(&c, &key_yaml("k1", "chat"));
+    c.wait_condition("apikey/k1", "Ready", 60);
+
+    proxy.stop();
+    // A reconcile during the outage: the spec changes.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "False",
+        "DatabaseUnreachable",
+    );
+    // The key is reconciled against the unreachable database too (its
+    // store's status changed, which wakes it); it keeps working, and says
+    // so.
+    std::thread::sleep(Duration::from_secs(65));
+    let k = c.must_get("apikey", "k1");
+    assert_eq!(k["status"]["phase"], "Active", "{}", k["status"]);
+    assert_eq!(cond_field(&k, "Ready", "status").as_deref(), Some("True"));
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond_field(&s, "Ready", "status").as_deref(),
+        Some("True"),
+        "{}",
+        s["status"]
+    );
+
+    proxy.start();
+    let back = Instant::now();
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "True",
+        "Provisioned",
+    );
+    let store_after = back.elapsed();
+    c.eventually("the key checked again", 60, || {
+        let k = c.get("apikey", "k1")?;
+        let m = cond_field(&k, "Ready", "message")?;
+        (m.starts_with("Key ") && m.contains(" is active in store chat")).then_some(())
+    });
+    let key_after = back.elapsed();
+    assert!(
+        store_after < Duration::from_secs(30),
+        "the store recovered after {store_after:?}"
+    );
+    assert!(
+        key_after < Duration::from_secs(30),
+        "the key recovered after {key_after:?}"
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Running", "{}", s["status"]);
+}
+
+/// Re-attack finding 4: deleting a `Delete`-policy store together with
+/// its keys lets the keys go at once, with a Normal `KeyRevoked` and no
+/// Warning.
+#[test]
+fn keys_deleted_with_their_delete_policy_store_go() {
+    let mut c = Cluster::new("x2del");
+    pg_secrets(&c);
+    c.start_operator("op-x2del");
+    apply_yaml(&c, &delete_store_yaml("s2"));
+    c.wait_condition("syncstore/s2", "Ready", 60);
+    apply_yaml(&c, &key_yaml("s2-k1", "s2"));
+    apply_yaml(&c, &key_yaml("s2-k2", "s2"));
+    c.wait_condition("apikey/s2-k1", "Ready", 60);
+    c.wait_condition("apikey/s2-k2", "Ready", 60);
+    c.kubectl(&[
+        "delete",
+        "syncstore/s2",
+        "apikey/s2-k1",
+        "apikey/s2-k2",
+        "--wait=false",
+    ]);
+    c.eventually("store and keys gone", 60, || {
+        (c.get("syncstore", "s2").is_none()
+            && c.get("apikey", "s2-k1").is_none()
+            && c.get("apikey", "s2-k2").is_none())
+        .then_some(())
+    });
+    for key in ["s2-k1", "s2-k2"] {
+        let events = events_of(&c, key);
+        let warnings: Vec<_> = events.iter().filter(|(t, _, _)| t == "Warning").collect();
+        assert!(warnings.is_empty(), "{key}: {warnings:?}");
+        assert!(
+            events
+                .iter()
+                .any(|(_, r, _)| r == "KeyRevoked" || r == "RevokeDeferred"),
+            "{key}: {events:?}"
+        );
+    }
+}
+
+/// Re-attack LOW finding: a schema that a newer operator migrated is
+/// refused in words that say so and what to do (upgrade the operator),
+/// not the data plane's "this binary"; the pods still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_from_a_newer_release_says_to_upgrade_the_operator() {
+    use sqlx::Connection;
+    let mut c = Cluster::new("x2newer");
+    pg_secrets(&c);
+    c.start_operator("op-x2newer");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("store role");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from a newer release', TRUE, '\\x00'::bytea, 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("newer row");
+    let _ = conn.close().await;
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "SchemaMigrated",
+        "False",
+        "MigrationFailed",
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(
+        cond(&s, "SchemaMigrated").2,
+        "migrating the schema failed: the schema has migration 99990101000000, which this operator's release does not know (a newer operator migrated it), so it is left as it is; upgrade the operator to that release or a later one"
+    );
+    wait_reason(&c, "syncstore", "chat", "Ready", "True", "Serving");
 }

@@ -542,11 +542,15 @@ async fn a_planted_mark_is_not_adopted(engine: Engine) {
         let s = c.get("syncstore", "future")?;
         (ready_reason(&s) == ("False".into(), "SchemaOwnedByAnother".into())).then_some(s)
     });
+    let message = condition(&store, "Ready").expect("Ready")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(
-        condition(&store, "Ready").expect("Ready")["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains(&schema),
+        message.contains(&schema)
+            && message.ends_with(
+                "; the operator leaves it untouched, so choose another spec.database.schemaName for this store"
+            ),
         "{store}"
     );
     let planted_tables = match engine {
@@ -554,6 +558,16 @@ async fn a_planted_mark_is_not_adopted(engine: Engine) {
         Engine::Mysql => 1, // the planted owner table itself
     };
     assert_eq!(count_tables(engine, &schema).await, planted_tables);
+    // Re-attack finding 5: the refused store, deleted (with `Retain`), is
+    // not recorded in `syncstore-retained`: it never provisioned anything.
+    c.kubectl(&["delete", "syncstore", "future", "--timeout=60s"]);
+    let retained = c.get("configmap", "syncstore-retained");
+    assert!(
+        retained
+            .as_ref()
+            .is_none_or(|cm| cm["data"]["future"].is_null()),
+        "{retained:?}"
+    );
     drop(c);
     let drop = match engine {
         Engine::Postgres => format!("DROP SCHEMA \"{schema}\" CASCADE"),
@@ -639,9 +653,21 @@ async fn a_store_does_not_move_to_another_database() {
     ]);
     let store = c.eventually("the move refused", 60, || {
         let s = c.get("syncstore", "chat")?;
-        (ready_reason(&s) == ("False".into(), "ImmutableFieldChanged".into())).then_some(s)
+        let d = condition(&s, "DatabaseReady")?;
+        (d["status"] == "False" && d["reason"] == "ImmutableFieldChanged").then_some(s)
     });
-    let message = condition(&store, "Ready").expect("Ready")["message"]
+    // Finding 2: the Deployment still serves, and Ready says so.
+    assert_eq!(
+        ready_reason(&store),
+        ("True".into(), "Serving".into()),
+        "{}",
+        store["status"]
+    );
+    assert_eq!(
+        condition(&store, "Available").expect("Available")["status"],
+        "True"
+    );
+    let message = condition(&store, "DatabaseReady").expect("DatabaseReady")["message"]
         .as_str()
         .unwrap_or("")
         .to_string();
