@@ -208,24 +208,15 @@ impl Authenticator {
         presented: Presented<'_>,
         caller: &Caller,
     ) -> Result<Principal, (ApiError, Option<String>)> {
-        if presented.malformed {
-            let e = ApiError::Unauthorized {
-                reason: "malformed_credentials",
-            };
-            self.refused(&e, None, caller);
-            return Err((e, None));
-        }
         let key = presented.api_key.filter(|k| !k.trim().is_empty());
-        let token = match (key, presented.authorization) {
-            (None, Some(Authorization::Bearer(token))) => Ok(token),
-            (None, Some(Authorization::Other)) => Err(ApiError::Unauthorized {
-                reason: "invalid_authorization_header",
-            }),
+        let unauthorized = |reason| Err(ApiError::Unauthorized { reason });
+        let result = match (presented.malformed, key, presented.authorization) {
+            (true, ..) => unauthorized("malformed_credentials"),
+            (false, None, Some(Authorization::Bearer(token))) => self.bearer(token).await,
+            (false, None, Some(Authorization::Other)) => {
+                unauthorized("invalid_authorization_header")
+            }
             _ => return self.api_key(presented.api_key, caller).await,
-        };
-        let result = match token {
-            Ok(token) => self.bearer(token).await,
-            Err(e) => Err(e),
         };
         result.map_err(|e| {
             self.refused(&e, None, caller);

@@ -38,26 +38,6 @@ impl<A: Adapter> FromMessageParts<A> for WantsAck {
     }
 }
 
-/// Whether the event carried binary attachments. Socket.IO replaces each
-/// Buffer in a payload by a `{"_placeholder": true, "num": n}` object and
-/// sends the bytes beside it; stored as JSON, the placeholder would stand in
-/// for the bytes and they would be lost, so a write with any is refused.
-pub struct HasBinary(bool);
-
-impl<A: Adapter> FromMessageParts<A> for HasBinary {
-    type Error = Infallible;
-    fn from_message_parts(
-        _: &Arc<Socket<A>>,
-        v: &mut Value,
-        _: &Option<i64>,
-    ) -> Result<Self, Infallible> {
-        Ok(HasBinary(match v {
-            Value::Str(_, bins) => bins.as_ref().is_some_and(|b| !b.is_empty()),
-            Value::Bytes(_) => true,
-        }))
-    }
-}
-
 /// One handled event, for its analytics record.
 struct Call<'a> {
     event: &'static str,
@@ -183,7 +163,15 @@ fn source(session: &Session) -> crate::audit::Source {
 /// socketioxide's own `TryData` reads through a wrapper that cannot hand
 /// out raw JSON at the top level, and decoding into the target type there
 /// would lose the field path of a type error.
-pub struct Payload(Result<Option<Box<RawValue>>, String>);
+pub struct Payload {
+    arg: Result<Option<Box<RawValue>>, String>,
+    /// Whether the event carried binary attachments. Socket.IO replaces
+    /// each Buffer in a payload by a `{"_placeholder": true, "num": n}`
+    /// object and sends the bytes beside it; stored as JSON, the placeholder
+    /// would stand in for the bytes and they would be lost, so a write with
+    /// any is refused.
+    binary: bool,
+}
 
 impl<A: Adapter> FromMessageParts<A> for Payload {
     type Error = Infallible;
@@ -192,12 +180,18 @@ impl<A: Adapter> FromMessageParts<A> for Payload {
         v: &mut Value,
         _: &Option<i64>,
     ) -> Result<Self, Infallible> {
-        Ok(Payload(match v {
-            Value::Str(text, _) => serde_json::from_str::<Vec<Box<RawValue>>>(text.as_str())
-                .map(|args| args.into_iter().nth(1))
-                .map_err(|e| e.to_string()),
-            Value::Bytes(_) => Err("a binary packet is not an event payload".into()),
-        }))
+        Ok(match v {
+            Value::Str(text, bins) => Payload {
+                arg: serde_json::from_str::<Vec<Box<RawValue>>>(text.as_str())
+                    .map(|args| args.into_iter().nth(1))
+                    .map_err(|e| e.to_string()),
+                binary: bins.as_ref().is_some_and(|b| !b.is_empty()),
+            },
+            Value::Bytes(_) => Payload {
+                arg: Err("a binary packet is not an event payload".into()),
+                binary: true,
+            },
+        })
     }
 }
 
@@ -210,7 +204,7 @@ fn payload<T: DeserializeOwned>(data: Payload) -> Result<T, ApiError> {
 
 /// [`payload`] of an event whose payload may be left out (or `null`).
 fn optional_payload<T: DeserializeOwned>(data: Payload) -> Result<Option<T>, ApiError> {
-    match data.0.map_err(ApiError::InvalidBody)? {
+    match data.arg.map_err(ApiError::InvalidBody)? {
         Some(raw) if raw.get() != "null" => {
             crate::error::decode_object(raw.get().as_bytes()).map(Some)
         }
@@ -281,12 +275,12 @@ async fn set(
     s: SocketRef,
     State(app): State<AppState>,
     Extension(session): Extension<Arc<Session>>,
-    HasBinary(binary): HasBinary,
     data: Payload,
     ack: AckSender,
     WantsAck(wants): WantsAck,
 ) {
     let mut call = Call::new("sync:set", &session);
+    let binary = data.binary;
     let data = payload::<SetRequest>(data);
     call.item_key = data.as_ref().ok().and_then(|r| r.key.clone());
     let result = async {

@@ -199,14 +199,15 @@ impl Db {
                 )));
             }
         }
-        let repaired = match self.dialect {
-            Dialect::Mysql => finish_interrupted(&mut conn, migrator).await,
-            _ => Ok(()),
-        };
-        let result = match repaired {
-            Ok(()) => migrator.run_direct(&mut *conn).await,
-            Err(e) => Err(sqlx::migrate::MigrateError::Execute(e)),
-        };
+        let result = async {
+            if self.dialect == Dialect::Mysql {
+                finish_interrupted(&mut conn, migrator)
+                    .await
+                    .map_err(sqlx::migrate::MigrateError::Execute)?;
+            }
+            migrator.run_direct(&mut *conn).await
+        }
+        .await;
         if self.dialect == Dialect::Mysql {
             let _ = sqlx::query("SELECT RELEASE_LOCK('syncstore.migrate')")
                 .execute(&mut *conn)
@@ -527,7 +528,7 @@ async fn finish_interrupted(
 /// out, the rest split at `;`. Not a general SQL splitter (a `;` inside a
 /// string literal would break it): our MySQL migrations hold none, which
 /// tests/storage.rs checks by replaying every statement.
-pub fn statements(sql: &str) -> Vec<String> {
+fn statements(sql: &str) -> Vec<String> {
     let code: Vec<&str> = sql
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
