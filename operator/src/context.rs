@@ -126,12 +126,14 @@ impl Context {
 
     /// A pool on the store database at `url`, opened on first use and
     /// reopened when the URL changes (new credentials), with this store's
-    /// turn: one reconcile at a time works on a store's database. The data
-    /// plane's key service holds a transaction's connection while it takes
-    /// a second one from the pool (`Keys::put`, `Keys::retire`), so two
-    /// reconciles at once on this 2-connection pool each held one and
-    /// waited for the other until the pool's 3 s timeout: after a restart
-    /// every key of a store failed with `pool timed out` for half a minute.
+    /// turn: one reconcile at a time works on a store's database. It was
+    /// added when the data plane's key service held a transaction's
+    /// connection while taking a second one (`Keys::put`, `Keys::retire`),
+    /// so that two reconciles on this 2-connection pool waited on each
+    /// other until the pool's 3 s timeout. The key service now stays on its
+    /// transaction's connection; the turn still keeps the keys of a store
+    /// that all reconcile at once after a restart from queueing on its
+    /// small pool past that timeout.
     pub async fn store_db(&self, store: &str, url: &str) -> Result<StoreDb> {
         let turn = {
             let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
