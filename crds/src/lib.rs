@@ -86,12 +86,14 @@ pub struct SyncStoreSpec {
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
     /// Browser origins allowed to call the data plane (CORS_ORIGIN), each
-    /// `http(s)://host[:port]`, or `*`. Empty allows any origin (the data
+    /// `http(s)://host[:port]` as a browser's Origin header carries it
+    /// (RFC 6454; case and a default port are normalised, wildcards, paths
+    /// and queries are refused), or `*`. Empty allows any origin (the data
     /// plane's default, rendered as `CORS_ORIGIN=*`); list origins to
     /// restrict browsers to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "origins_schema")]
-    #[x_kube(validation = Rule::new("self.all(o, o == '*' || o.matches('^https?://[^,/\\\\s]+$'))").message("corsOrigins must be * or origins such as https://app.example.com (scheme, host and optional port, no path)"))]
+    #[x_kube(validation = Rule::new("self.all(o, o == '*' || o.matches('^https?://[^*,/\\\\s]+$'))").message("corsOrigins must be * or origins such as https://app.example.com (scheme, host and optional port; no path, no wildcard)"))]
     pub cors_origins: Vec<String>,
     /// Proxies (IPs or CIDR ranges) whose `X-Forwarded-For` is believed
     /// (TRUSTED_PROXIES), such as the ingress controller's pods. Without

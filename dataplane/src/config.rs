@@ -647,23 +647,13 @@ fn cors(raw: &RawConfig) -> Result<CorsConfig, ConfigError> {
     let cors_var = var!(raw, cors_origin, "CORS_ORIGIN");
     let origins = match cors_var.value() {
         None | Some("*") => CorsOrigins::Any,
-        Some(list) => {
-            let origins: Vec<String> = list
-                .split(',')
+        Some(list) => CorsOrigins::List(
+            list.split(',')
                 .map(str::trim)
                 .filter(|o| !o.is_empty())
-                .map(String::from)
-                .collect();
-            if let Some(bad) = origins
-                .iter()
-                .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
-            {
-                return Err(cors_var.err(format!(
-                    "invalid origin '{bad}': expected * or http(s)://host[:port], comma-separated"
-                )));
-            }
-            CorsOrigins::List(origins)
-        }
+                .map(|o| serialized_origin(o).map_err(|why| cors_var.err(why)))
+                .collect::<Result<_, _>>()?,
+        ),
     };
     if origins == CorsOrigins::Any && credentials {
         return Err(cors_var
@@ -673,6 +663,35 @@ fn cors(raw: &RawConfig) -> Result<CorsConfig, ConfigError> {
         origins,
         credentials,
     })
+}
+
+/// One `CORS_ORIGIN` entry as the Origin header carries it (RFC 6454 §6.2,
+/// the ASCII serialization): browsers send the scheme and host in lower case
+/// and leave out the default port, and both the CORS layer and the socket
+/// handshake compare bytes, so `https://App.example.com:443` is stored as
+/// `https://app.example.com`. What no browser ever sends (a wildcard, a
+/// path, a query, credentials) is refused rather than kept as an entry that
+/// never matches. The `url` crate does the WHATWG parsing.
+fn serialized_origin(entry: &str) -> Result<String, String> {
+    const EXPECTED: &str = "expected * or http(s)://host[:port], comma-separated";
+    let bad = |why: &str| format!("invalid origin '{entry}': {why}; {EXPECTED}");
+    if entry.contains('*') {
+        return Err(bad("wildcards are not supported, list each origin"));
+    }
+    let url = match url::Url::parse(entry) {
+        Ok(url) if entry.contains("://") && matches!(url.scheme(), "http" | "https") => url,
+        Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase) => {
+            return Err(bad("the scheme must be http:// or https://"))
+        }
+        Err(e) => return Err(bad(&e.to_string())),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("an origin has no user or password"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("an origin has no path, query or fragment"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// `LOG_LEVEL` (a tracing filter directive) and `LOG_FORMAT`.
@@ -1050,6 +1069,53 @@ mod tests {
                 "http://localhost:5173".into()
             ])
         );
+    }
+
+    #[test]
+    fn cors_origins_are_kept_as_browsers_send_them() {
+        let c = parse(|r| {
+            r.cors_origin =
+                Some("https://App.Example.com:443, HTTP://localhost:80/, http://[::1]:5173".into())
+        })
+        .unwrap();
+        assert_eq!(
+            c.cors.origins,
+            CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost".into(),
+                "http://[::1]:5173".into()
+            ])
+        );
+        for (entry, why) in [
+            ("https://*.example.com", "wildcards are not supported"),
+            ("app.example.com", "the scheme must be http:// or https://"),
+            (
+                "ftp://app.example.com",
+                "the scheme must be http:// or https://",
+            ),
+            (
+                "https://app.example.com/app",
+                "an origin has no path, query or fragment",
+            ),
+            (
+                "https://app.example.com?x=1",
+                "an origin has no path, query or fragment",
+            ),
+            (
+                "https://u:p@app.example.com",
+                "an origin has no user or password",
+            ),
+            ("https://app.example.com:99999", "invalid port number"),
+        ] {
+            let e = parse(|r| r.cors_origin = Some(format!("https://ok.example, {entry}")))
+                .expect_err(entry);
+            assert_eq!(e.var, "CORS_ORIGIN");
+            assert!(
+                e.problem
+                    .starts_with(&format!("invalid origin '{entry}': {why}")),
+                "{entry}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -873,13 +873,16 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
     };
     match result {
         // Never retried: another store's schema stays, whatever happens.
-        Err(e @ Error::SchemaOwnedByAnother(_)) => {
+        // The error's own advice (choose another schemaName) is for a store
+        // being provisioned, not one being deleted: the event says only
+        // what was left and whose it is.
+        Err(Error::SchemaOwnedByAnother(whose)) => {
             publish(
                 ctx,
                 store,
                 EventType::Warning,
                 "DropRefused",
-                &format!("Dropped only what this store owns: {e}"),
+                &format!("Dropped only what this store owns: {whose}, so it was left in place"),
                 "Cleanup",
             )
             .await;

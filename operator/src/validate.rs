@@ -375,7 +375,13 @@ mod tests {
         let m = message(check_yaml("corsOrigins: [app.example.com]\n"));
         assert_eq!(
             m,
-            "the data plane would refuse CORS_ORIGIN='app.example.com' from spec.corsOrigins (invalid origin 'app.example.com': expected * or http(s)://host[:port], comma-separated), so nothing is rolled out until spec.corsOrigins is fixed"
+            "the data plane would refuse CORS_ORIGIN='app.example.com' from spec.corsOrigins (invalid origin 'app.example.com': the scheme must be http:// or https://; expected * or http(s)://host[:port], comma-separated), so nothing is rolled out until spec.corsOrigins is fixed"
+        );
+        // An origin no browser sends would never match: refused, not kept.
+        let m = message(check_yaml("corsOrigins: ['https://*.example.com']\n"));
+        assert!(
+            m.contains("(invalid origin 'https://*.example.com': wildcards are not supported, list each origin;"),
+            "{m}"
         );
         assert!(!m.contains('\n'));
         // `*` (what an empty corsOrigins renders) with credentials from env.

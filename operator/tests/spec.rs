@@ -204,16 +204,22 @@ async fn mariadb_apikey_fields_take_effect_or_are_immutable() {
 #[test]
 fn specs_the_pods_would_refuse_are_invalid_before_rollout() {
     let c = with_operator("op-invalid", Engine::Postgres);
-    let e = apply(
-        &c,
-        &store(
-            "bad",
-            Engine::Postgres,
-            "  corsOrigins: [app.example.com]\n",
-        ),
-    )
-    .expect_err("an origin without scheme");
-    assert!(e.contains("corsOrigins must be * or origins"), "{e}");
+    // No scheme, and a wildcard no browser's Origin header ever matches.
+    for origin in ["app.example.com", "'https://*.example.com'"] {
+        let e = apply(
+            &c,
+            &store(
+                "bad",
+                Engine::Postgres,
+                &format!("  corsOrigins: [{origin}]\n"),
+            ),
+        )
+        .expect_err(origin);
+        assert!(
+            e.contains("corsOrigins must be * or origins"),
+            "{origin}: {e}"
+        );
+    }
     let e = apply(
         &c,
         &store(
@@ -249,6 +255,15 @@ fn specs_the_pods_would_refuse_are_invalid_before_rollout() {
     apply(
         &c,
         &store(
+            "query",
+            Engine::Postgres,
+            "  corsOrigins: ['https://app.example.com?x=1']\n",
+        ),
+    )
+    .expect("accepted");
+    apply(
+        &c,
+        &store(
             "jwt",
             Engine::Postgres,
             "  jwt: {accessTokenLifetime: forever}\n",
@@ -261,6 +276,11 @@ fn specs_the_pods_would_refuse_are_invalid_before_rollout() {
         (
             "cors",
             "invalid spec: the data plane would refuse CORS_ORIGIN='*' from spec.corsOrigins ('*' cannot be combined with CORS_CREDENTIALS=true: list the allowed origins)",
+            "so nothing is rolled out until spec.corsOrigins is fixed",
+        ),
+        (
+            "query",
+            "invalid spec: the data plane would refuse CORS_ORIGIN='https://app.example.com?x=1' from spec.corsOrigins (invalid origin 'https://app.example.com?x=1': an origin has no path, query or fragment;",
             "so nothing is rolled out until spec.corsOrigins is fixed",
         ),
         (

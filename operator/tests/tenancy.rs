@@ -205,8 +205,29 @@ async fn namespaces_do_not_collide_and_schemas_are_owned(engine: Engine) {
         .await
         .expect("query")
         .is_some_and(|r| r.is_active));
-    let events = thief.kubectl(&["get", "events", "-o", "json"]);
-    assert!(events.contains("DropRefused"), "{events}");
+    // The event names whose schema it is, without the provisioning advice
+    // ("choose another schemaName") that means nothing to a deleted store.
+    let events: Value =
+        serde_json::from_str(&thief.kubectl(&["get", "events", "-o", "json"])).expect("events");
+    let refused: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "DropRefused")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    let what = if matches!(engine, Engine::Postgres) {
+        "schema"
+    } else {
+        "database"
+    };
+    assert_eq!(
+        refused,
+        [format!(
+            "Dropped only what this store owns: {what} {sa} belongs to SyncStore {}/a-chat, so it was left in place",
+            a.ns
+        )]
+    );
     db_a.close().await;
     db_b.close().await;
 

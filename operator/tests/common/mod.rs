@@ -187,6 +187,11 @@ impl Cluster {
             "crd/syncstores.syncstore.dev",
             "crd/apikeys.syncstore.dev",
         ]);
+        // kubectl caches discovery on disk; one taken before the CRDs were
+        // established (the first apply on a fresh apiserver) would make
+        // `kubectl explain syncstore` fail for minutes. `api-resources`
+        // refreshes it.
+        c.kubectl_global(&["api-resources", "--api-group=syncstore.dev"]);
         c.kubectl_global(&["create", "namespace", &c.ns]);
         c.kubelet = Some(kubelet(c.ns.clone()));
         c
