@@ -29,7 +29,7 @@ use std::{
 
 use crate::storage::{now_ms, presence, Db};
 
-pub use presence::Connection;
+pub use presence::{Connection, Live};
 
 /// Heartbeats a process may miss (a slow database, a pause) before its
 /// devices count as offline: two missed beats do not flicker them.
@@ -147,9 +147,9 @@ impl Presence {
         }
     }
 
-    /// Live connections per instance of `user_id`.
-    pub async fn live(&self, user_id: &str) -> Result<HashMap<String, i64>, sqlx::Error> {
-        Ok(presence::live_counts(&self.db, user_id, now_ms())
+    /// Live sockets per instance of `user_id`.
+    pub async fn live(&self, user_id: &str) -> Result<HashMap<String, Live>, sqlx::Error> {
+        Ok(presence::live(&self.db, user_id, now_ms())
             .await?
             .into_iter()
             .collect())

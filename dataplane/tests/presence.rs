@@ -94,9 +94,9 @@ async fn disconnect(mut ws: Ws) {
     let _ = ws.close(None).await;
 }
 
-/// `(online, connections)` of `instance` as `GET /sessions` shows it, or
-/// `None` while it is not listed (before its first connect was recorded).
-async fn presence(server: &Server, key: &str, instance: &str) -> Option<(bool, i64)> {
+/// `instance` as `GET /sessions` shows it, or `None` while it is not
+/// listed (before its first connect was recorded).
+async fn session(server: &Server, key: &str, instance: &str) -> Option<Value> {
     let list: Value = reqwest::Client::new()
         .get(server.url("/api/v1/sync-storage/sessions"))
         .header("X-API-Key", key)
@@ -106,17 +106,29 @@ async fn presence(server: &Server, key: &str, instance: &str) -> Option<(bool, i
         .json()
         .await
         .expect("sessions JSON");
-    let device = list
-        .as_array()
+    list.as_array()
         .expect("sessions is a list")
         .iter()
-        .find(|d| d["instanceId"] == instance)?;
+        .find(|d| d["instanceId"] == instance)
+        .cloned()
+}
+
+/// `(online, connections)` of `instance` as `GET /sessions` shows it.
+async fn presence(server: &Server, key: &str, instance: &str) -> Option<(bool, i64)> {
+    let device = session(server, key, instance).await?;
     Some((
         device["online"].as_bool().expect("online is a boolean"),
         device["connections"]
             .as_i64()
             .expect("connections is a number"),
     ))
+}
+
+/// `lastSeen` of `instance` (ms since the epoch).
+async fn last_seen(server: &Server, key: &str, instance: &str) -> i64 {
+    session(server, key, instance).await.expect("listed")["lastSeen"]
+        .as_i64()
+        .expect("lastSeen is a number")
 }
 
 /// Waits (connect and disconnect are handled asynchronously) until the
@@ -142,12 +154,25 @@ async fn a_killed_process_leaves_no_device_online(backend: &str) {
     let user = unique_user("presence");
     let key = first.create_key(&user, &["--scopes", "read,write"]);
 
+    let connected_ms = syncstore::storage::now_ms();
     let phone = connect(&first, &user, "phone", &key).await;
+    let tablet = connect(&first, &user, "tablet", &key).await;
     settles_at(&first, &key, "phone", (true, 1)).await;
+    // Connected, a device is seen at its process's latest heartbeat (its
+    // row is not written meanwhile): three intervals on, at least two
+    // heartbeats came after the connect.
+    tokio::time::sleep(EXPIRY).await;
+    let seen_alive = last_seen(&first, &key, "tablet").await;
+    assert!(
+        seen_alive >= connected_ms + HEARTBEAT_MS as i64,
+        "{backend}: lastSeen {seen_alive} follows the heartbeat (connected at {connected_ms})"
+    );
 
     // kill -9: no disconnect handler, no shutdown, nothing said.
     first.child.kill().expect("SIGKILL");
     let killed_at = Instant::now();
+    let killed_ms = syncstore::storage::now_ms();
+    drop(tablet);
     first.child.wait().expect("reaped");
     drop(phone);
     let data_dir = std::mem::replace(&mut first.data_dir, tempfile::tempdir().expect("tempdir"));
@@ -179,6 +204,18 @@ async fn a_killed_process_leaves_no_device_online(backend: &str) {
         presence(&second, &key, "phone").await,
         Some((true, 2)),
         "{backend}"
+    );
+    // The sweep left the dead process's device seen at its last heartbeat:
+    // not before the one read above, not after the kill.
+    assert_eq!(
+        presence(&second, &key, "tablet").await,
+        Some((false, 0)),
+        "{backend}"
+    );
+    let seen = last_seen(&second, &key, "tablet").await;
+    assert!(
+        (seen_alive..=killed_ms).contains(&seen),
+        "{backend}: tablet last seen {seen}, killed at {killed_ms}"
     );
 
     // Clean disconnects, one at a time: nothing of the dead process's

@@ -561,25 +561,15 @@ async fn device_cursors_and_sessions_are_recorded(backend: &str) {
         (false, 5, 5),
         "a device that never acks resumes after what it was sent"
     );
-    instances::touch(
-        &db,
-        &[
-            (user.clone(), "laptop".into()),
-            (user.clone(), "phone".into()),
-        ],
-        4000,
-    )
-    .await
-    .unwrap();
+    // Nothing writes `last_seen` while a device stays connected: it is what
+    // the device's last arrival or departure recorded.
     let list = instances::list(&db, &user).await.unwrap();
     let phone = list.iter().find(|i| i.instance_id == "phone").unwrap();
     assert_eq!(
         (phone.cursor_seq, phone.last_seen, phone.first_seen),
-        (7, 4000, 1000)
+        (7, 3000, 1000)
     );
     assert_eq!(phone.user_agent.as_deref(), Some("ua/1"));
-    let laptop = list.iter().find(|i| i.instance_id == "laptop").unwrap();
-    assert_eq!(laptop.last_seen, 4000);
 }
 
 /// Presence rows count while their process's deadline holds, and never
@@ -623,7 +613,12 @@ async fn presence_counts_sockets_of_live_processes_only(backend: &str) {
     let counts = |now| {
         let (db, user) = (db.clone(), user.clone());
         async move {
-            let mut c = presence::live_counts(&db, &user, now).await.unwrap();
+            let mut c: Vec<_> = presence::live(&db, &user, now)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(instance, live)| (instance, live.connections))
+                .collect();
             c.sort();
             c
         }
@@ -643,10 +638,44 @@ async fn presence_counts_sockets_of_live_processes_only(backend: &str) {
     assert!(presence::beat(&db, &alive, future + 1000, future + 4000)
         .await
         .unwrap());
-    // A sweep takes the expired process and its sockets; the process, if it
-    // was only paused, learns it from its next beat.
+    // A connected device was seen at its process's latest heartbeat.
+    let live = presence::live(&db, &user, future).await.unwrap();
+    assert_eq!(
+        live,
+        vec![(
+            "phone".to_string(),
+            presence::Live {
+                connections: 1,
+                seen_at: future + 1000
+            }
+        )]
+    );
+    // A device on the dead process, last recorded when it arrived.
+    let laptop = syncstore::storage::instances::Arrival {
+        user_id: &user,
+        instance_id: "laptop",
+        pod: "pod-b",
+        ip: None,
+        user_agent: None,
+        now: past - 60_000,
+    };
+    syncstore::storage::instances::arrive(&db, &laptop)
+        .await
+        .unwrap();
+    // A sweep takes the expired process and its sockets, and leaves its
+    // devices seen at its last heartbeat; the process, if it was only
+    // paused, learns it from its next beat.
     assert!(presence::sweep(&db, past + 5000).await.unwrap() >= 1);
     assert_eq!(counts(past).await, vec![phone(1)]);
+    let seen = syncstore::storage::instances::list(&db, &user)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.iter()
+            .map(|i| (i.instance_id.as_str(), i.last_seen))
+            .collect::<Vec<_>>(),
+        vec![("laptop", past)]
+    );
     assert!(!presence::beat(&db, &dead, past + 6000, past + 9000)
         .await
         .unwrap());

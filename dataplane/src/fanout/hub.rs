@@ -70,19 +70,6 @@ impl Hub {
         }
     }
 
-    /// Every (user, instance) connected here.
-    pub fn devices(&self) -> Vec<(String, String)> {
-        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        users
-            .iter()
-            .flat_map(|(user, sinks)| {
-                sinks
-                    .iter()
-                    .map(move |s| (user.clone(), s.instance_id().to_string()))
-            })
-            .collect()
-    }
-
     /// Every socket connected here: (user, socket id, instance).
     pub fn sockets(&self) -> Vec<(String, String, String)> {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
@@ -233,7 +220,6 @@ mod tests {
             hub.sockets(),
             vec![("alice".into(), "s2".into(), "phone".into())]
         );
-        assert_eq!(hub.devices(), vec![("alice".into(), "phone".into())]);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::{
 
 /// A device and its presence. `connections` counts the device's sockets on
 /// processes that are alive (their heartbeat has not expired), and
-/// `online` is whether there is one: see [`crate::presence`].
+/// `online` is whether there is one: see [`crate::presence`]. While it is
+/// online, `lastSeen` is the latest heartbeat of the processes holding
+/// its sockets (nothing writes the row while it is connected).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
@@ -34,8 +36,12 @@ pub async fn list(
     let live = state.presence.live(&who.user_id).await?;
     Ok(Json(
         list.into_iter()
-            .map(|instance| {
-                let connections = live.get(&instance.instance_id).copied().unwrap_or(0);
+            .map(|mut instance| {
+                let now = live.get(&instance.instance_id);
+                if let Some(now) = now {
+                    instance.last_seen = instance.last_seen.max(now.seen_at);
+                }
+                let connections = now.map_or(0, |l| l.connections);
                 SessionView {
                     instance,
                     connections,

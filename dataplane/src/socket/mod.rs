@@ -7,10 +7,7 @@ mod handshake;
 mod session;
 mod subscriptions;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use socketioxide::{
     extract::{Extension, SocketRef, State},
@@ -40,18 +37,14 @@ const SOCKET_BUFFER: usize = 16;
 /// How long a transport may stay open without a `/sync` handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often connected devices' `last_seen` is refreshed, in batches: one
-/// statement per device would be a burst of thousands of writes. Whether
-/// they are online does not depend on it (see [`crate::presence`]).
-const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
-
-/// This process's presence heartbeat, every `PRESENCE_HEARTBEAT_MS`, and
-/// every [`LAST_SEEN_EVERY`] the `last_seen` of its devices, for as long as
-/// it runs.
+/// This process's presence heartbeat, every `PRESENCE_HEARTBEAT_MS`, for as
+/// long as it runs. It is also what a connected device's `lastSeen` reads
+/// (see `http::sessions`), so no per-device row is written while sockets
+/// stay open: with thousands of devices such writes held SQLite's single
+/// writer for tens of milliseconds every round (issue 17).
 pub async fn heartbeat(app: AppState) {
     let mut every = tokio::time::interval(app.presence.interval());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut touched: Option<Instant> = None;
     loop {
         every.tick().await;
         let hub = app.hub.clone();
@@ -71,13 +64,6 @@ pub async fn heartbeat(app: AppState) {
         };
         if let Err(e) = app.presence.beat(open).await {
             tracing::warn!(error = %e, "presence heartbeat not stored");
-        }
-        if touched.is_none_or(|t| t.elapsed() >= LAST_SEEN_EVERY) {
-            touched = Some(Instant::now());
-            let devices = app.hub.devices();
-            if let Err(e) = app.sync.devices().touch(&devices, now_ms()).await {
-                tracing::warn!(error = %e, devices = devices.len(), "device heartbeat not stored");
-            }
         }
     }
 }

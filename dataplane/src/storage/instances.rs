@@ -23,6 +23,8 @@ pub struct Instance {
     pub cursor_seq: i64,
     /// Unix milliseconds, as are the other times.
     pub first_seen: i64,
+    /// When the device arrived or left, or its process's last heartbeat
+    /// if that process died; a connected device's is read from presence.
     pub last_seen: i64,
     pub connected_at: Option<i64>,
     /// The process it last connected to.
@@ -263,21 +265,6 @@ pub async fn advance_cursor(
     .bind(instance_id)
     .execute(db.pool())
     .await?;
-    Ok(())
-}
-
-/// Marks connected devices as still there, a few hundred per statement.
-pub async fn touch(db: &Db, devices: &[(String, String)], now: i64) -> Result<(), sqlx::Error> {
-    for chunk in devices.chunks(200) {
-        let matches = vec!["(user_id = ? AND instance_id = ?)"; chunk.len()].join(" OR ");
-        let sql = format!("UPDATE instances SET last_seen = ? WHERE {matches}");
-        let sql = db.sql(&sql);
-        let mut q = sqlx::query(&sql).bind(now);
-        for (user, instance) in chunk {
-            q = q.bind(user.as_str()).bind(instance.as_str());
-        }
-        q.execute(db.pool()).await?;
-    }
     Ok(())
 }
 

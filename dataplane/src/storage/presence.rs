@@ -125,34 +125,66 @@ pub async fn retire(db: &Db, process_id: &str) -> Result<(), sqlx::Error> {
 }
 
 /// Removes processes that expired before `expired_before`, and their
-/// sockets. Returns how many processes went.
+/// sockets. Returns how many processes went. Their devices' `last_seen`
+/// becomes the dead process's last heartbeat: while a device is connected
+/// nothing writes it (see [`live`]), so this is the one moment its row
+/// learns when a device on a crashed process was last seen.
 pub async fn sweep(db: &Db, expired_before: i64) -> Result<u64, sqlx::Error> {
     let _turn = db.write_turn().await;
+    let seen = sqlx::query(&db.sql(
+        "SELECT c.user_id, c.instance_id, MAX(p.heartbeat_at) FROM connections c \
+         JOIN processes p ON p.process_id = c.process_id \
+         WHERE p.expires_at < ? GROUP BY c.user_id, c.instance_id",
+    ))
+    .bind(expired_before)
+    .fetch_all(db.pool())
+    .await?;
+    let mut tx = db.pool().begin().await?;
+    if !seen.is_empty() {
+        let update = db.sql(
+            "UPDATE instances SET last_seen = ? WHERE user_id = ? AND instance_id = ? AND last_seen < ?",
+        );
+        for row in &seen {
+            let beat = row.i64_at(2)?;
+            sqlx::query(&update)
+                .bind(beat)
+                .bind(row.str_at(0)?)
+                .bind(row.str_at(1)?)
+                .bind(beat)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
     // Connections first: a process row deleted first would leave its
-    // sockets unreachable by this query if the second statement failed.
+    // sockets unreachable by this query.
     sqlx::query(&db.sql(
         "DELETE FROM connections WHERE process_id IN \
          (SELECT process_id FROM processes WHERE expires_at < ?)",
     ))
     .bind(expired_before)
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
     let done = sqlx::query(&db.sql("DELETE FROM processes WHERE expires_at < ?"))
         .bind(expired_before)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 
-/// Live connections per instance of a user: those whose process has not
+/// A device's live sockets: how many, and the latest heartbeat of the
+/// processes that hold them (when it was last known to be connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    pub connections: i64,
+    pub seen_at: i64,
+}
+
+/// Live sockets per instance of a user: those whose process has not
 /// expired by `now`.
-pub async fn live_counts(
-    db: &Db,
-    user_id: &str,
-    now: i64,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn live(db: &Db, user_id: &str, now: i64) -> Result<Vec<(String, Live)>, sqlx::Error> {
     let rows = sqlx::query(&db.sql(
-        "SELECT c.instance_id, COUNT(*) FROM connections c \
+        "SELECT c.instance_id, COUNT(*), MAX(p.heartbeat_at) FROM connections c \
          JOIN processes p ON p.process_id = c.process_id \
          WHERE c.user_id = ? AND p.expires_at >= ? GROUP BY c.instance_id",
     ))
@@ -161,6 +193,12 @@ pub async fn live_counts(
     .fetch_all(db.pool())
     .await?;
     rows.iter()
-        .map(|r| Ok((r.str_at(0)?, r.i64_at(1)?)))
+        .map(|r| {
+            let live = Live {
+                connections: r.i64_at(1)?,
+                seen_at: r.i64_at(2)?,
+            };
+            Ok((r.str_at(0)?, live))
+        })
         .collect()
 }

@@ -41,11 +41,6 @@ impl Devices<'_> {
         instances::leave(self.db, user_id, instance_id, delivered, now).await
     }
 
-    /// Marks `(user, instance)` pairs as seen at `now` (the heartbeat).
-    pub async fn touch(&self, devices: &[(String, String)], now: i64) -> Result<(), sqlx::Error> {
-        instances::touch(self.db, devices, now).await
-    }
-
     /// The user's devices, most recently seen first.
     pub async fn list(&self, user_id: &str) -> Result<Vec<Instance>, sqlx::Error> {
         instances::list(self.db, user_id).await
