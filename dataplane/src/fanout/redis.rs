@@ -184,11 +184,13 @@ async fn publish_loop(
                     break;
                 }
                 Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
                     tracing::debug!(error = %e, "publish failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
+                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
                     tracing::warn!(error = %e, %channel, "publish dropped after retries");
                     metrics.fanout_dropped.inc();
                     break;
@@ -212,6 +214,8 @@ async fn subscribe_loop(
         let pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => {
+                metrics.redis_connected(false);
+                metrics.fanout_errors.with_label_values(&["connect"]).inc();
                 tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -229,6 +233,10 @@ async fn subscribe_loop(
         let mut ok = true;
         for channel in &channels {
             if sink.subscribe(channel).await.is_err() {
+                metrics
+                    .fanout_errors
+                    .with_label_values(&["subscribe"])
+                    .inc();
                 ok = false;
                 break;
             }
@@ -236,6 +244,7 @@ async fn subscribe_loop(
         if !ok {
             continue;
         }
+        metrics.redis_connected(true);
         if !first {
             metrics.redis_reconnects.inc();
             tracing::info!(
@@ -250,12 +259,14 @@ async fn subscribe_loop(
                 cmd = rx.recv() => match cmd {
                     Some(SubCommand::Subscribe(channel, done)) => {
                         if sink.subscribe(&channel).await.is_err() {
+                            metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
                             break; // reconnect; the channel is in `hosted`
                         }
                         let _ = done.send(true);
                     }
                     Some(SubCommand::Unsubscribe(channel)) => {
                         if sink.unsubscribe(&channel).await.is_err() {
+                            metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
                             break;
                         }
                     }
@@ -268,6 +279,7 @@ async fn subscribe_loop(
                         Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
                     },
                     None => {
+                        metrics.redis_connected(false);
                         tracing::warn!("redis subscriber disconnected");
                         break;
                     }
