@@ -390,7 +390,7 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
         .await
         .map_err(|source| StartError::Bind { port, source })?;
-    let served = metrics.clone();
+    let (served, pool) = (metrics.clone(), db.clone());
     let router = axum::Router::new()
         .route(
             "/health",
@@ -399,8 +399,11 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let m = served.clone();
-                async move { m.render() }
+                let (m, pool) = (served.clone(), pool.clone());
+                async move {
+                    m.pool(pool.pool_stats());
+                    m.render()
+                }
             }),
         );
     tokio::spawn(async move {

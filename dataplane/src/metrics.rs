@@ -280,6 +280,15 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Sets the pool gauges from [`crate::storage::Db::pool_stats`]'s open,
+    /// idle and most connections (read when scraped).
+    pub fn pool(&self, (size, idle, max): (u32, usize, u32)) {
+        self.db_pool_size.set(i64::from(size));
+        self.db_pool_idle
+            .set(i64::try_from(idle).unwrap_or(i64::MAX));
+        self.db_pool_max.set(i64::from(max));
+    }
+
     /// Says whether the fan-out's Redis subscriber is connected.
     pub fn redis_connected(&self, connected: bool) {
         self.redis_connected

@@ -200,6 +200,31 @@ async fn publish_loop(
     }
 }
 
+/// Subscribes a new connection to every hosted channel; how many, or None
+/// when one SUBSCRIBE failed (the caller reconnects).
+async fn resubscribe(
+    sink: &mut redis::aio::PubSubSink,
+    hosted: &Mutex<HashMap<String, Hosted>>,
+    metrics: &Metrics,
+) -> Option<usize> {
+    let channels: Vec<String> = hosted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    for channel in &channels {
+        if sink.subscribe(channel).await.is_err() {
+            metrics
+                .fanout_errors
+                .with_label_values(&["subscribe"])
+                .inc();
+            return None;
+        }
+    }
+    Some(channels.len())
+}
+
 async fn subscribe_loop(
     client: redis::Client,
     mut rx: mpsc::UnboundedReceiver<SubCommand>,
@@ -224,33 +249,13 @@ async fn subscribe_loop(
         };
         backoff = Duration::from_millis(100);
         let (mut sink, mut stream) = pubsub.split();
-        let channels: Vec<String> = hosted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        let mut ok = true;
-        for channel in &channels {
-            if sink.subscribe(channel).await.is_err() {
-                metrics
-                    .fanout_errors
-                    .with_label_values(&["subscribe"])
-                    .inc();
-                ok = false;
-                break;
-            }
-        }
-        if !ok {
+        let Some(channels) = resubscribe(&mut sink, &hosted, &metrics).await else {
             continue;
-        }
+        };
         metrics.redis_connected(true);
         if !first {
             metrics.redis_reconnects.inc();
-            tracing::info!(
-                channels = channels.len(),
-                "redis subscriber reconnected; resyncing devices"
-            );
+            tracing::info!(channels, "redis subscriber reconnected; resyncing devices");
             hub.resync_all();
         }
         first = false;

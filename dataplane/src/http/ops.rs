@@ -52,11 +52,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiErro
 #[utoipa::path(get, path = "/metrics", tag = "ops", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Gauges of queues and pools are read when scraped.
-    let (size, idle, max) = state.sync.pool_stats();
     let m = &state.metrics;
-    m.db_pool_size.set(i64::from(size));
-    m.db_pool_idle.set(i64::try_from(idle).unwrap_or(i64::MAX));
-    m.db_pool_max.set(i64::from(max));
+    m.pool(state.sync.pool_stats());
     m.sqlite_writer_queue
         .set(i64::try_from(state.sync.db().writers_waiting()).unwrap_or(i64::MAX));
     m.audit_queue
