@@ -4,9 +4,11 @@
 # Brings up a real kube-apiserver and etcd, PostgreSQL, Redis and Kafka
 # (idempotently), installs the CRDs and RBAC from the rendered Helm chart,
 # runs the operator as a process under the chart's ServiceAccount, applies
-# examples/ with kubectl, waits for Ready, then runs e2e/scenario.mjs, which
-# plays the kubelet for the Deployments the operator made and drives the
-# official socket.io-client and REST against them. Prints a pass/fail
+# examples/ with kubectl, waits for Ready, starts a Prometheus server (built
+# from its Go module) with the chart's alert rules, then runs
+# e2e/scenario.mjs, which plays the kubelet for the Deployments the operator
+# made, drives the official socket.io-client and REST against them, and
+# checks what Prometheus scraped and which alerts fire. Prints a pass/fail
 # summary; exits non-zero on any failure.
 #
 #   bash e2e/run.sh
@@ -20,6 +22,7 @@ KUBECONFIG_ADMIN="$(bash scripts/kube-up.sh)"
 BIN_DIR="$(bash scripts/k8s-bins.sh)"
 KUBECTL="$BIN_DIR/kubectl"
 HELM="$(bash scripts/helm-bin.sh)"
+PROM_BIN="$(bash scripts/promtool-bin.sh)"
 bash scripts/kafka-up.sh >/dev/null
 cargo build -q -p syncstore -p syncstore-operator
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
@@ -63,6 +66,35 @@ KUBECONFIG="$OPERATOR_KUBECONFIG" POD_NAMESPACE="$SYSTEM" POD_NAME=operator-e2e 
   "$CARGO_TARGET_DIR/debug/syncstore-operator" run > "$CARGO_TARGET_DIR/e2e-operator.log" 2>&1 &
 pids+=($!)
 
+say "starting Prometheus on loopback (scrapes the emulated pods and the operator)"
+# The pods' targets come from a file the scenario's kubelet emulation
+# writes as it starts them (file_sd), with the labels a PodMonitor gives
+# (namespace, pod, job = <namespace>/<store>). The operator is scraped with
+# honor_labels, as the chart's ServiceMonitor does, so its per-store series
+# keep the store's namespace. The rules are the chart's with every `for:`
+# at 3s; the expressions are copied byte for byte.
+PROM_DIR="$CARGO_TARGET_DIR/e2e-prometheus"
+rm -rf "$PROM_DIR" && mkdir -p "$PROM_DIR"
+sed -E 's/^( +for: ).*/\13s/' charts/syncstore-operator/files/alerts.yaml > "$PROM_DIR/rules.yaml"
+echo '[]' > "$PROM_DIR/targets.json"
+cat > "$PROM_DIR/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [rules.yaml]
+scrape_configs:
+  - job_name: pods
+    file_sd_configs: [{files: [targets.json], refresh_interval: 1s}]
+  - job_name: operator
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:18090"]
+        labels: {job: "$SYSTEM/syncstore-operator", namespace: "$SYSTEM", pod: operator-e2e}
+YAML
+"$PROM_BIN/promtool" check config "$PROM_DIR/prometheus.yml" >/dev/null
+PROM_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$PROM_BIN/prometheus" --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/data" \
+  --web.listen-address="127.0.0.1:$PROM_PORT" > "$PROM_DIR/prometheus.log" 2>&1 &
+pids+=($!)
+
 say "applying examples/ into namespace $NS"
 k create namespace "$NS" >/dev/null
 k -n "$NS" create secret generic pg-admin \
@@ -78,11 +110,14 @@ k -n "$NS" get syncstores,apikeys
 say "running the scenario"
 set +e
 KUBECTL="$KUBECTL" KUBECONFIG="$KUBECONFIG_ADMIN" NS="$NS" SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" \
+  PROM_URL="http://127.0.0.1:$PROM_PORT" PROM_TARGETS="$PROM_DIR/targets.json" \
   node e2e/scenario.mjs
 status=$?
 set -e
 if [ "$status" -ne 0 ]; then
   say "operator log (last 30 lines)"
   tail -30 "$CARGO_TARGET_DIR/e2e-operator.log"
+  say "Prometheus log (last 10 lines)"
+  tail -10 "$PROM_DIR/prometheus.log"
 fi
 exit "$status"

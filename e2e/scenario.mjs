@@ -9,8 +9,8 @@
 // host's loopback instead of having its own IP, so containerPort 3000 is
 // mapped to a free host port by overriding PORT.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, openSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { io } from 'socket.io-client';
@@ -19,6 +19,8 @@ const KUBECTL = process.env.KUBECTL ?? 'kubectl';
 const NS = process.env.NS ?? 'e2e';
 const BIN = process.env.SYNCSTORE_BIN;
 const STORE = 'chat';
+const PROM = process.env.PROM_URL;
+const PROM_TARGETS = process.env.PROM_TARGETS;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const results = [];
@@ -89,7 +91,9 @@ function podSpec(deployment, podName) {
 }
 
 const pods = [];
-async function startPod(deploymentName, index) {
+/** Starts a pod of `deploymentName`; `override` replaces variables of its
+ * environment (only the fault-injection step uses it). */
+async function startPod(deploymentName, index, override = {}) {
   const deployment = getJson('deployment', deploymentName);
   const name = `${deploymentName}-${deployment.metadata.generation}-${index}`;
   const spec = podSpec(deployment, name);
@@ -98,10 +102,11 @@ async function startPod(deploymentName, index) {
   const log = openSync(join(dir, 'pod.log'), 'a');
   const proc = spawn(BIN, spec.args, {
     cwd: dir,
-    env: { PATH: process.env.PATH, ...spec.env, PORT: String(port) },
+    env: { PATH: process.env.PATH, ...spec.env, ...override, PORT: String(port) },
     stdio: ['ignore', 'ignore', log],
   });
-  const pod = { name, port, proc, dir, base: `http://127.0.0.1:${port}`, exited: new Promise((r) => proc.on('exit', r)) };
+  const component = deployment.spec.template.metadata.labels['app.kubernetes.io/component'];
+  const pod = { name, port, proc, dir, component, base: `http://127.0.0.1:${port}`, exited: new Promise((r) => proc.on('exit', r)) };
   pods.push(pod);
   await waitFor(`${name} ready on ${spec.probe}`, async () => {
     if (proc.exitCode !== null) throw new Error(`${name} exited: ${readFileSync(join(dir, 'pod.log'), 'utf8').slice(-800)}`);
@@ -111,7 +116,75 @@ async function startPod(deploymentName, index) {
       return false;
     }
   }, 60000);
+  writeTargets();
   return pod;
+}
+
+/** What the kubelet would report: the Deployment's pods are all up. */
+function reportReady(deploymentName) {
+  const d = getJson('deployment', deploymentName);
+  const n = d.spec.replicas;
+  const status = { observedGeneration: d.metadata.generation, replicas: n, updatedReplicas: n, readyReplicas: n, availableReplicas: n };
+  kubectl('patch', 'deployment', deploymentName, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status }));
+}
+
+// --- Prometheus ---------------------------------------------------------------
+
+/** The scrape targets of the running pods, with the labels a PodMonitor
+ * gives them, written whole (Prometheus' file_sd reads it on change). */
+function writeTargets() {
+  if (!PROM_TARGETS) return;
+  const groups = pods.filter((p) => p.proc.exitCode === null && p.proc.signalCode === null).map((p) => ({
+    targets: [`127.0.0.1:${p.port}`],
+    labels: { namespace: NS, pod: p.name, job: `${NS}/${STORE}`, app_kubernetes_io_component: p.component },
+  }));
+  writeFileSync(`${PROM_TARGETS}.tmp`, JSON.stringify(groups));
+  renameSync(`${PROM_TARGETS}.tmp`, PROM_TARGETS);
+}
+
+async function prom(path, params = {}) {
+  const url = new URL(path, PROM);
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+  const body = await (await fetch(url)).json();
+  if (body.status !== 'success') throw new Error(`${path} ${JSON.stringify(params)}: ${body.error}`);
+  return body.data;
+}
+
+/** The value of a PromQL query that yields one number (null if empty). */
+async function scalar(q) {
+  const r = (await prom('/api/v1/query', { query: q })).result;
+  return r.length ? Number(r[0].value[1]) : null;
+}
+
+async function firing(alertname, labels) {
+  const { alerts } = await prom('/api/v1/alerts');
+  return alerts.filter((a) => a.labels.alertname === alertname && a.state === 'firing'
+    && Object.entries(labels).every(([k, v]) => a.labels[k] === v));
+}
+
+/** The metric names a PromQL expression reads, from Prometheus' own parser. */
+function selectorNames(node, out = new Set()) {
+  if (Array.isArray(node)) node.forEach((n) => selectorNames(n, out));
+  else if (node && typeof node === 'object') {
+    if (node.type === 'vectorSelector' || node.type === 'matrixSelector') {
+      const m = (node.matchers ?? []).find((x) => x.name === '__name__' && x.type === '=');
+      out.add(node.name || m?.value || '(no name)');
+    }
+    Object.values(node).forEach((n) => selectorNames(n, out));
+  }
+  return out;
+}
+
+function listening(port) {
+  return new Promise((resolve) => {
+    const c = createConnection({ host: '127.0.0.1', port }, () => { c.destroy(); resolve(true); });
+    c.on('error', () => resolve(false));
+  });
+}
+
+function startRedis(port) {
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  return { proc, exited: new Promise((r) => proc.on('exit', r)) };
 }
 
 // --- clients ------------------------------------------------------------------
@@ -159,6 +232,8 @@ async function main() {
     servers = [];
     for (let i = 0; i < replicas; i++) servers.push(await startPod(STORE, i));
     await startPod(`${STORE}-analytics`, 0);
+    reportReady(STORE);
+    reportReady(`${STORE}-analytics`);
     return servers.map((p) => p.name).join(', ');
   });
 
@@ -238,9 +313,133 @@ async function main() {
     kubectl('patch', 'syncstore', STORE, '--type=merge', '-p', '{"spec":{"replicas":4}}');
     await waitFor('Deployment replicas 4', () => getJson('deployment', STORE).spec.replicas === 4, 30000);
     const pod = await startPod(STORE, 3);
+    reportReady(STORE);
     const r = await rest(pod, 'GET', '/sync-storage/item/note%2F1', dashKey);
     if (r.status !== 404 && r.status !== 200) throw new Error(JSON.stringify(r));
     return pod.name;
+  });
+
+  if (!PROM) return;
+  const sel = `namespace="${NS}"`;
+
+  await step('Prometheus scrapes every pod and the operator', async () => {
+    const live = pods.filter((p) => p.proc.exitCode === null).length;
+    const up = await waitFor(`${live} pods and the operator up`, async () => {
+      const { activeTargets } = await prom('/api/v1/targets');
+      const ok = activeTargets.filter((t) => t.health === 'up');
+      return ok.length === live + 1 ? ok : null;
+    }, 30000, 500);
+    return `${up.length} targets up`;
+  });
+
+  await step('the scraped metrics see the scenario\'s traffic', async () => {
+    // A write on a stale version: a conflict, for the conflict series (with
+    // a new key: the writer's was deleted above, the dashboard's only reads).
+    const file = join(mkdtempSync(join(tmpdir(), 'writer-')), 'writer.yaml');
+    writeFileSync(file, 'apiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: prom-writer}\nspec: {storeRef: chat, userId: bob}\n');
+    kubectl('apply', '-f', file);
+    kubectl('wait', '--for=condition=Ready', '--timeout=60s', 'apikey/prom-writer');
+    const key = decode(getJson('secret', getJson('apikey', 'prom-writer').status.secretName).data.apiKey);
+    const first = await rest(servers[0], 'PUT', '/sync-storage/item/prom%2Fc', key, { value: 1 });
+    if (first.status !== 200) throw new Error(JSON.stringify(first));
+    await rest(servers[0], 'PUT', '/sync-storage/item/prom%2Fc', key, { value: 2, version: first.body.item.version });
+    await rest(servers[1], 'PUT', '/sync-storage/item/prom%2Fc', key, { value: 3, version: first.body.item.version });
+    const wanted = {
+      [`sum(syncstore_items_written_total{${sel}})`]: 9,
+      [`sum(syncstore_deliveries_total{${sel}, path="live"})`]: 1,
+      [`sum(syncstore_deliveries_total{${sel}, path="pending"})`]: 5,
+      [`sum(syncstore_http_requests_total{${sel}, status="200"})`]: 10,
+      [`sum(syncstore_analytics_events_total{${sel}, outcome="aggregated"})`]: 10,
+      [`sum(syncstore_conflicts_total{${sel}})`]: 1,
+      [`syncstore_store_ready{${sel}, name="${STORE}"}`]: 1,
+    };
+    const seen = {};
+    await waitFor('every figure in Prometheus', async () => {
+      for (const [q, min] of Object.entries(wanted)) {
+        seen[q] = await scalar(q);
+        if (seen[q] === null || seen[q] < min) return false;
+      }
+      return true;
+    }, 30000, 1000).catch((e) => { throw new Error(`${e.message}: ${JSON.stringify(seen)}`); });
+    return `written ${seen[`sum(syncstore_items_written_total{${sel}})`]}, pending deliveries ${seen[`sum(syncstore_deliveries_total{${sel}, path="pending"})`]}, aggregated ${seen[`sum(syncstore_analytics_events_total{${sel}, outcome="aggregated"})`]}`;
+  });
+
+  await step('a pod that loses its Redis fires SyncstoreRedisUnreachable (the chart\'s rule)', async () => {
+    // The shared Redis stays up: this pod gets a private one, then loses it.
+    const port = await freePort();
+    const redis = startRedis(port);
+    try {
+      await waitFor('the private Redis', () => listening(port), 10000, 100);
+      const pod = await startPod(STORE, 'redis-fault', { REDIS_URL: `redis://127.0.0.1:${port}` });
+      await waitFor('the pod\'s Redis connection in Prometheus', async () => (await scalar(`syncstore_redis_connected{pod="${pod.name}"}`)) === 1, 30000, 500);
+      redis.proc.kill('SIGKILL');
+      const started = Date.now();
+      const [alert] = await waitFor('SyncstoreRedisUnreachable firing', async () => {
+        const a = await firing('SyncstoreRedisUnreachable', { namespace: NS, pod: pod.name });
+        return a.length ? a : null;
+      }, 60000, 500);
+      const others = (await firing('SyncstoreRedisUnreachable', {})).filter((a) => a.labels.pod !== pod.name);
+      if (others.length) throw new Error(`also firing for ${others.map((a) => a.labels.pod)}`);
+      return `firing ${((Date.now() - started) / 1000).toFixed(1)} s after Redis died: ${alert.annotations.summary}`;
+    } finally {
+      redis.proc.kill('SIGKILL');
+      await redis.exited;
+    }
+  });
+
+  await step('a store without its admin Secret fires SyncstoreStoreNotReady (the operator\'s metrics)', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'broken-')), 'broken.yaml');
+    writeFileSync(file, `apiVersion: syncstore.dev/v1alpha1
+kind: SyncStore
+metadata: {name: broken}
+spec:
+  replicas: 1
+  database: {engine: postgres, adminSecretRef: {name: no-such-secret, key: url}}
+`);
+    kubectl('apply', '-f', file);
+    const [alert] = await waitFor('SyncstoreStoreNotReady firing for broken', async () => {
+      const a = await firing('SyncstoreStoreNotReady', { namespace: NS, name: 'broken' });
+      return a.length ? a : null;
+    }, 60000, 500);
+    const chat = await firing('SyncstoreStoreNotReady', { namespace: NS, name: STORE });
+    if (chat.length) throw new Error(`also firing for ${STORE}, which serves`);
+    kubectl('delete', 'syncstore', 'broken', '--wait=false');
+    return alert.annotations.summary;
+  });
+
+  await step('every PromQL expression of the chart\'s rules and dashboards parses and reads only metrics syncstore exports', async () => {
+    const exported = new Set(await prom('/api/v1/label/__name__/values'));
+    const exprs = [];
+    const { groups } = await prom('/api/v1/rules');
+    for (const g of groups) for (const r of g.rules) exprs.push({ where: `rule ${r.name}`, q: r.query });
+    const chartRules = readFileSync('charts/syncstore-operator/files/alerts.yaml', 'utf8').match(/^\s*- alert: /gm).length;
+    if (exprs.length !== chartRules) throw new Error(`Prometheus loaded ${exprs.length} rules, the chart has ${chartRules}`);
+    const dir = 'charts/syncstore-operator/files/dashboards';
+    for (const f of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
+      for (const p of JSON.parse(readFileSync(join(dir, f), 'utf8')).panels) {
+        for (const t of p.targets ?? []) {
+          exprs.push({ where: `${f} "${p.title}"`, q: t.expr.replaceAll('$__rate_interval', '1m').replace(/\$\{?\w+\}?/g, 'x') });
+        }
+      }
+    }
+    const used = new Set();
+    const problems = [];
+    for (const { where, q } of exprs) {
+      let ast;
+      try {
+        ast = await prom('/api/v1/parse_query', { query: q });
+      } catch (e) {
+        problems.push(`${where}: ${e.message}`);
+        continue;
+      }
+      for (const name of selectorNames(ast)) {
+        used.add(name);
+        if (!name.startsWith('syncstore_') || !exported.has(name)) problems.push(`${where}: ${name} is not scraped from syncstore`);
+      }
+    }
+    if (problems.length) throw new Error(problems.join('; '));
+    const ours = [...exported].filter((n) => n.startsWith('syncstore_')).length;
+    return `${exprs.length} expressions read ${used.size} metrics, all among the ${ours} syncstore series names scraped`;
   });
 }
 

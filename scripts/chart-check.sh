@@ -31,3 +31,42 @@ ok "watchNamespace renders namespace-scoped RBAC"
   | "$KUBECTL" --kubeconfig "$KUBECONFIG" apply -f - >/dev/null
 "$KUBECTL" --kubeconfig "$KUBECONFIG" apply --server-side --force-conflicts --dry-run=server -f "$out" >/dev/null
 ok "rendered manifests accepted by kube-apiserver (--dry-run=server)"
+
+# Monitoring (issue 18): the PrometheusRule carries files/alerts.yaml with
+# the runbook base swapped, the dashboards are sidecar ConfigMaps of valid
+# JSON, and with everything on the apiserver takes the lot, against the
+# Prometheus Operator's real ServiceMonitor and PrometheusRule CRDs.
+monitoring=(--set serviceMonitor.enabled=true --set prometheusRule.enabled=true --set dashboards.enabled=true)
+"$HELM" lint "$chart" "${monitoring[@]}" >/dev/null && ok "helm lint with the PrometheusRule and dashboards"
+rule=$("$HELM" template syncstore "$chart" -n syncstore-system "${monitoring[@]}" \
+  --set prometheusRule.runbookBaseUrl=https://runbooks.example.org/syncstore --show-only templates/prometheusrule.yaml)
+alerts=$(grep -c '^ *- alert: ' "$chart/files/alerts.yaml")
+[ "$(grep -c '^ *- alert: ' <<<"$rule")" = "$alerts" ] || fail "the PrometheusRule does not carry the $alerts alerts of files/alerts.yaml"
+[ "$(grep -c 'runbook_url: https://runbooks.example.org/syncstore#syncstore' <<<"$rule")" = "$alerts" ] \
+  || fail "runbook links do not follow prometheusRule.runbookBaseUrl"
+ok "PrometheusRule carries the $alerts alerts, runbooks at prometheusRule.runbookBaseUrl"
+"$HELM" template syncstore "$chart" -n syncstore-system --set dashboards.enabled=true \
+  --show-only templates/dashboards.yaml \
+  | "$KUBECTL" --kubeconfig "$KUBECONFIG" create --dry-run=client -o json -f - | python3 -c '
+import sys, json
+text, docs, i = sys.stdin.read(), [], 0
+while text[i:].strip():
+    i += len(text[i:]) - len(text[i:].lstrip())
+    doc, i = json.JSONDecoder().raw_decode(text, i)
+    docs.append(doc)
+assert len(docs) == 2, len(docs)
+for d in docs:
+    assert d["metadata"]["labels"]["grafana_dashboard"] == "1", d["metadata"]
+    for name, text in d["data"].items():
+        assert json.loads(text)["panels"], name
+' || fail "the dashboards are not two ConfigMaps labelled grafana_dashboard: \"1\" holding dashboard JSON"
+ok "dashboards rendered as two grafana_dashboard ConfigMaps of valid JSON"
+crds="$(bash scripts/prometheus-operator-crds.sh)"
+for k in servicemonitors prometheusrules; do
+  "$KUBECTL" --kubeconfig "$KUBECONFIG" apply --server-side --force-conflicts -f "$crds/monitoring.coreos.com_$k.yaml" >/dev/null
+done
+"$KUBECTL" --kubeconfig "$KUBECONFIG" wait --for=condition=Established --timeout=30s \
+  crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+"$HELM" template syncstore "$chart" -n syncstore-system "${monitoring[@]}" > "$out"
+"$KUBECTL" --kubeconfig "$KUBECONFIG" apply --server-side --force-conflicts --dry-run=server -f "$out" >/dev/null
+ok "with ServiceMonitor, PrometheusRule and dashboards: accepted by kube-apiserver (--dry-run=server)"

@@ -43,6 +43,11 @@ export TEST_KUBECONFIG TEST_KUBECTL TEST_HELM
 # Analytics tests run against a real Kafka broker (KRaft, Maven Central jars).
 TEST_KAFKA_BROKERS="$(bash scripts/kafka-up.sh)"
 export TEST_KAFKA_BROKERS
+# Monitoring (issue 18): the Prometheus Operator's CRDs for the PodMonitor
+# test, and promtool and prometheus built once from their Go module.
+TEST_PROMETHEUS_OPERATOR_CRDS="$(bash scripts/prometheus-operator-crds.sh)"
+export TEST_PROMETHEUS_OPERATOR_CRDS
+bash scripts/promtool-bin.sh >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -74,6 +79,9 @@ set +e
 echo "== schemathesis against the OpenAPI spec"
 bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
 st_status=${PIPESTATUS[0]}
+echo "== promtool: alert rules, their unit tests, dashboard queries"
+bash scripts/promtool-check.sh 2>&1 | tee -a "$log"
+promtool_status=${PIPESTATUS[0]}
 echo "== Helm chart (lint, template, dry-run on the apiserver)"
 bash scripts/chart-check.sh 2>&1 | tee -a "$log"
 chart_status=${PIPESTATUS[0]}
@@ -86,16 +94,19 @@ SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" CHAOS_SECONDS="${CHAOS_SECONDS
 chaos_status=${PIPESTATUS[0]}
 set -e
 [ "$status" -ne 0 ] || status=$st_status
+[ "$status" -ne 0 ] || status=$promtool_status
 [ "$status" -ne 0 ] || status=$chart_status
 [ "$status" -ne 0 ] || status=$e2e_status
 [ "$status" -ne 0 ] || status=$chaos_status
 
 # One closing line over every runner: cargo prints one line per test binary
 # (the last is often the doc-tests' "0 passed"), node prints "# pass N",
-# the chart check one "chart: ok|FAIL" line per check, e2e a summary.
+# the chart check one "chart: ok|FAIL" line per check (promtool likewise),
+# e2e a summary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
      /^chart: ok / { p += 1 } /^chart: FAIL / { f += 1 }
+     /^promtool: ok / { p += 1 } /^promtool: FAIL / { f += 1 }
      /^e2e: [0-9]+ passed/ { p += $2; f += $4 }
      /^chaos: PASS/ { p += 1 } /^chaos: FAIL/ { f += 1 }
      /^schemathesis: PASS/ { p += 1 } /^schemathesis: FAIL/ { f += 1 }

@@ -130,6 +130,33 @@ pub struct SyncStoreSpec {
     /// An optional Ingress for the data plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// Prometheus scraping of the store's pods through a Prometheus
+    /// Operator PodMonitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+}
+
+/// A Prometheus Operator `PodMonitor` (monitoring.coreos.com/v1) named
+/// like the store, in its namespace, that scrapes `/metrics` of the
+/// data-plane and analytics-consumer pods. Where the PodMonitor CRD is not
+/// installed the store still runs, and its `MonitoringReady` condition says
+/// why there is no PodMonitor.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Whether the operator keeps a PodMonitor for the store; false deletes
+    /// the one it made.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Scrape interval (`30s`, `1m`). Unset: Prometheus' own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s|m|h)$')").message("interval must be a duration such as 30s or 1m"))]
+    pub interval: Option<String>,
+    /// Extra labels on the PodMonitor, for a Prometheus whose
+    /// `podMonitorSelector` selects by label (`release: prometheus`). The
+    /// operator's own `app.kubernetes.io/*` labels win a clash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_replicas() -> i32 {

@@ -60,7 +60,8 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
     let applied = db.migrate().await?;
     tracing::info!(database = db.dialect().name(), applied, "database ready");
     let metrics = Arc::new(Metrics::new()?);
-    let keys = KeyStore::new(db.clone());
+    db.observe_acquire(metrics.db_pool_acquire.clone());
+    let keys = KeyStore::new(db.clone()).counted(&metrics);
     if let Some(bootstrap) = &config.bootstrap {
         let created = keys
             .ensure(bootstrap.api_key.expose(), &bootstrap.user_id)
@@ -384,11 +385,12 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
     let db = Db::connect(&config.database, &config.data_dir).await?;
     db.migrate().await?;
     let metrics = Arc::new(Metrics::new()?);
+    db.observe_acquire(metrics.db_pool_acquire.clone());
     let port = config.port;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
         .await
         .map_err(|source| StartError::Bind { port, source })?;
-    let served = metrics.clone();
+    let (served, pool) = (metrics.clone(), db.clone());
     let router = axum::Router::new()
         .route(
             "/health",
@@ -397,8 +399,11 @@ pub async fn analytics(config: Config) -> Result<(), StartError> {
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let m = served.clone();
-                async move { m.render() }
+                let (m, pool) = (served.clone(), pool.clone());
+                async move {
+                    m.pool(pool.pool_stats());
+                    m.render()
+                }
             }),
         );
     tokio::spawn(async move {

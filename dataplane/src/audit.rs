@@ -217,6 +217,11 @@ impl Auditor {
         }
     }
 
+    /// Entries queued for the writer now.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Hands the current window's denials to the writer.
     pub async fn flush_denials(&self) {
         let rows = self

@@ -184,7 +184,7 @@ impl Keys {
             return Err(ApiError::InvalidBody("userId cannot change".into()));
         }
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         keys::lock_in(&mut tx, &self.db, id).await?;
         let mut view = keys::get_in(&mut tx, &self.db, id, owner)
             .await?
@@ -208,7 +208,7 @@ impl Keys {
         owner: Option<&str>,
     ) -> Result<(Created, Option<i64>), ApiError> {
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         keys::lock_in(&mut tx, &self.db, id).await?;
         let mut old = keys::get_in(&mut tx, &self.db, id, owner)
             .await?
@@ -267,7 +267,7 @@ impl Keys {
     ) -> Result<(String, Put), ApiError> {
         let hash = hash_key(material);
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some(found) = keys::find_by_hash_in(&mut tx, &self.db, &hash).await? else {
             let row = KeyView::new_row(declared.key, &hash, &hint(material), now_ms());
             let row = declared.apply(row);
@@ -292,7 +292,7 @@ impl Keys {
         declared: &Declared<'_>,
     ) -> Result<Option<String>, ApiError> {
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some(old) = keys::find_by_hash_in(&mut tx, &self.db, &hash_key(material)).await? else {
             return Ok(None);
         };

@@ -586,12 +586,25 @@ pub fn analytics_deployment(store: &SyncStore, hash: &str) -> Option<Deployment>
                 store,
                 "analytics",
                 hash,
-                pod_spec(store, vec![container(store, "analytics")]),
+                pod_spec(store, vec![analytics_container(store)]),
             ),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
     })
+}
+
+/// The consumer's container: `/health` and `/metrics` on the `http` port
+/// (which the PodMonitor of `spec.monitoring` scrapes), no traffic.
+fn analytics_container(store: &SyncStore) -> Container {
+    let mut c = container(store, "analytics");
+    c.ports = Some(vec![ContainerPort {
+        name: Some("http".into()),
+        container_port: HTTP_PORT,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }]);
+    c
 }
 
 pub fn service(store: &SyncStore) -> Service {

@@ -15,6 +15,7 @@ pub mod finalizing;
 pub mod health;
 pub mod keyrows;
 pub mod metrics;
+pub mod monitoring;
 pub mod recorder;
 pub mod server;
 pub mod serving;

@@ -23,6 +23,9 @@ struct PerObject {
     ready: IntGaugeVec,
     phase: IntGaugeVec,
     failures: IntCounterVec,
+    /// Pods and ready pods, as the status counts them (stores only).
+    replicas: IntGaugeVec,
+    ready_replicas: IntGaugeVec,
     phases: &'static [&'static str],
     /// (namespace, name) of every object with series.
     known: Arc<Mutex<BTreeSet<(String, String)>>>,
@@ -53,16 +56,28 @@ impl PerObject {
                 &["namespace", "name"],
             )
             .expect("valid metric"),
+            replicas: gauge(
+                "replicas",
+                format!("Pods of the {noun}'s Deployment, as its status counts them"),
+                &["namespace", "name"],
+            ),
+            ready_replicas: gauge(
+                "ready_replicas",
+                format!("Ready pods of the {noun}'s Deployment"),
+                &["namespace", "name"],
+            ),
             phases,
             known: Arc::default(),
         }
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 3] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 5] {
         [
             Box::new(self.ready.clone()),
             Box::new(self.phase.clone()),
             Box::new(self.failures.clone()),
+            Box::new(self.replicas.clone()),
+            Box::new(self.ready_replicas.clone()),
         ]
     }
 
@@ -92,6 +107,8 @@ impl PerObject {
             .remove(&(namespace.to_string(), name.to_string()));
         let _ = self.ready.remove_label_values(&[namespace, name]);
         let _ = self.failures.remove_label_values(&[namespace, name]);
+        let _ = self.replicas.remove_label_values(&[namespace, name]);
+        let _ = self.ready_replicas.remove_label_values(&[namespace, name]);
         for p in self.phases {
             let _ = self.phase.remove_label_values(&[namespace, name, p]);
         }
@@ -157,6 +174,10 @@ impl Default for Metrics {
         for m in all {
             registry.register(m).expect("registered once");
         }
+        // Each kind's reconciles from 0, so their rate exists at once.
+        for kind in ["SyncStore", "ApiKey"] {
+            reconciles.with_label_values(&[kind]);
+        }
         Self {
             registry,
             reconciles,
@@ -193,6 +214,26 @@ impl Metrics {
     /// Sets the object's `ready` and `phase` series from its status.
     pub fn observe(&self, kind: &str, namespace: &str, name: &str, ready: bool, phase: &str) {
         self.of(kind).observe(namespace, name, ready, phase);
+    }
+
+    /// Sets a store's pod counts from its status; a store whose status has
+    /// no count yet has no series.
+    pub fn replicas(&self, namespace: &str, name: &str, replicas: Option<i32>, ready: i32) {
+        let per = &self.stores;
+        match replicas {
+            Some(n) => {
+                per.replicas
+                    .with_label_values(&[namespace, name])
+                    .set(i64::from(n));
+                per.ready_replicas
+                    .with_label_values(&[namespace, name])
+                    .set(i64::from(ready));
+            }
+            None => {
+                let _ = per.replicas.remove_label_values(&[namespace, name]);
+                let _ = per.ready_replicas.remove_label_values(&[namespace, name]);
+            }
+        }
     }
 
     /// Counts a real failure of one object.

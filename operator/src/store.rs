@@ -262,11 +262,13 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         Err(e) => return Err(e),
     };
     let deployment = apply_children(ctx, store, &url).await?;
+    // Never fails the store: no PodMonitor CRD is a condition, not an error.
+    let monitoring = crate::monitoring::reconcile(ctx, store).await;
     // The children follow the spec; a database failure still fails the
     // reconcile (status, event, backoff).
     let database = database?;
     let serving = serving::serving(store, &deployment);
-    write_success(ctx, store, &database, serving, &db_names).await?;
+    write_success(ctx, store, &database, serving, &db_names, monitoring).await?;
     Ok(Action::requeue(ctx.settings.resync_interval))
 }
 
@@ -628,9 +630,10 @@ async fn write_success(
     database: &Provisioned,
     serving: Serving,
     names: &DbNames,
+    monitoring: Option<Verdict>,
 ) -> Result<()> {
     let schema_version = database.schema_version;
-    let verdicts = [
+    let mut verdicts = vec![
         database_ready(database, names),
         Verdict::ok(
             "SchemaMigrated",
@@ -648,17 +651,22 @@ async fn write_success(
         ),
         serving.ready,
     ];
+    let monitored = monitoring.is_some();
+    verdicts.extend(monitoring);
     let api: Api<SyncStore> =
         Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     update_status(ctx, &api, store, |current| SyncStoreStatus {
         observed_generation: store.metadata.generation,
         phase: Some(serving.phase.into()),
-        conditions: resumed(merge(
-            &current.conditions,
-            &verdicts,
-            store.metadata.generation,
-            Timestamp::now(),
-        )),
+        conditions: unmonitored(
+            resumed(merge(
+                &current.conditions,
+                &verdicts,
+                store.metadata.generation,
+                Timestamp::now(),
+            )),
+            monitored,
+        ),
         replicas: serving.replicas,
         ready_replicas: serving.ready_replicas,
         endpoint: Some(children::endpoint(store)),
@@ -690,6 +698,18 @@ fn database_ready(database: &Provisioned, names: &DbNames) -> Verdict {
             format!("{done}, but {}.", w.message),
         ),
     }
+}
+
+/// `conditions` without `MonitoringReady` unless monitoring is on: a store
+/// that turned it off has no PodMonitor to report on.
+fn unmonitored(
+    mut conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    monitored: bool,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    if !monitored {
+        conditions.retain(|c| c.type_ != crate::monitoring::MONITORING_READY);
+    }
+    conditions
 }
 
 /// `conditions` without the paused condition: reconciling again means the
@@ -821,6 +841,12 @@ async fn update_status(
         &store.name_any(),
         is_true(&new.conditions, "Ready"),
         new.phase.as_deref().unwrap_or("Pending"),
+    );
+    ctx.metrics.replicas(
+        &store.namespace().unwrap_or_default(),
+        &store.name_any(),
+        new.replicas,
+        new.ready_replicas,
     );
     if live.status.as_ref() == Some(&new) {
         return Ok(());

@@ -58,6 +58,6 @@ test('a burst larger than the socket buffer is conflated from the database, and 
   assert.match(metrics, /syncstore_catchups_total\{reason="overflow"\} [1-9]/);
   assert.match(metrics, /syncstore_socket_events_total\{direction="out",event="sync:remove"\} 300/);
   assert.match(metrics, /syncstore_sockets_connected 1/);
-  assert.match(metrics, /syncstore_fanout_latency_seconds_count [1-9]/);
+  assert.match(metrics, /syncstore_delivery_latency_seconds_count [1-9]/);
   d.close();
 });

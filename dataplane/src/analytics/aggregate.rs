@@ -461,7 +461,7 @@ pub async fn write_alone(db: &Db, delta: &Delta) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     let _turn = db.write_turn().await;
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin().await?;
     write(&mut tx, db.dialect(), delta).await?;
     tx.commit().await
 }

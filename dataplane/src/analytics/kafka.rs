@@ -171,6 +171,7 @@ async fn drain(
     } = source;
     let batch = batch.max(1);
     let mut assigned_at = tokio::time::Instant::now();
+    let mut lag = Lag::default();
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
@@ -181,6 +182,7 @@ async fn drain(
                 } else if assigned_at.elapsed() > REJOIN_AFTER {
                     return Ended::Stuck;
                 }
+                lag.measure(consumer, topic, metrics);
                 continue;
             }
         };
@@ -222,8 +224,86 @@ async fn drain(
         let mut tpl = TopicPartitionList::new();
         for (part, next) in next_offsets(&messages) {
             let _ = tpl.add_partition_offset(topic, part, Offset::Offset(next));
+            lag.processed.insert(part, next);
         }
         let _ = consumer.commit(&tpl, CommitMode::Async);
+        if lag.measured.elapsed() >= Duration::from_secs(1) {
+            lag.measure(consumer, topic, metrics);
+        }
+    }
+}
+
+/// `syncstore_analytics_consumer_lag{partition}`: for each partition this
+/// consumer holds, the partition's high watermark less the next offset to
+/// aggregate. Measured at most once a second and every 5 s when idle; the
+/// watermark is one request to the partition's leader (rdkafka has no
+/// async form of it, so it runs where the runtime allows blocking).
+struct Lag {
+    /// The next offset of each partition, after the last batch stored.
+    processed: BTreeMap<i32, i64>,
+    /// Partitions with a series now.
+    shown: std::collections::BTreeSet<i32>,
+    measured: std::time::Instant,
+}
+
+impl Default for Lag {
+    fn default() -> Self {
+        Self {
+            processed: BTreeMap::new(),
+            shown: Default::default(),
+            measured: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Lag {
+    fn measure(&mut self, consumer: &StreamConsumer, topic: &str, metrics: &Metrics) {
+        self.measured = std::time::Instant::now();
+        let held: Vec<i32> = consumer
+            .assignment()
+            .map(|a| {
+                a.elements_for_topic(topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let positions = consumer.position().ok();
+        let mut now = std::collections::BTreeSet::new();
+        for part in held {
+            let fetch = || consumer.fetch_watermarks(topic, part, Duration::from_secs(1));
+            let watermarks = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => fetch(),
+                _ => tokio::task::block_in_place(fetch),
+            };
+            let Ok((_, high)) = watermarks else {
+                continue;
+            };
+            let position = positions
+                .as_ref()
+                .and_then(|p| p.find_partition(topic, part))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let Some(next) = self.processed.get(&part).copied().or(position) else {
+                continue;
+            };
+            if high < 0 {
+                continue;
+            }
+            metrics
+                .analytics_lag
+                .with_label_values(&[&part.to_string()])
+                .set((high - next).max(0));
+            now.insert(part);
+        }
+        for gone in self.shown.difference(&now) {
+            let _ = metrics
+                .analytics_lag
+                .remove_label_values(&[&gone.to_string()]);
+        }
+        self.shown = now;
     }
 }
 
@@ -246,7 +326,7 @@ async fn apply(
 ) -> Result<usize, sqlx::Error> {
     let next = next_offsets(messages);
     let parts: Vec<i32> = next.keys().copied().collect();
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin().await?;
     let stored = aggregate::offsets(&mut tx, db.dialect(), topic, &parts).await?;
     let mut delta = aggregate::Delta::default();
     for m in messages {

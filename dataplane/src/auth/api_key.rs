@@ -82,6 +82,8 @@ pub struct KeyStore {
     cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
     /// By key id (issuing keys of user tokens).
     by_id: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
+    /// `syncstore_key_cache_lookups_total`, when counted (see [`Self::counted`]).
+    lookups: Option<prometheus::IntCounterVec>,
 }
 
 /// How long a looked-up key (or a miss) is trusted without asking the database.
@@ -97,7 +99,25 @@ impl KeyStore {
             .max_capacity(100_000)
             .time_to_live(CACHE_TTL)
             .build();
-        Self { db, cache, by_id }
+        Self {
+            db,
+            cache,
+            by_id,
+            lookups: None,
+        }
+    }
+
+    /// Counts every lookup's cache hit or miss in `metrics`.
+    pub fn counted(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.lookups = Some(metrics.key_cache.clone());
+        self
+    }
+
+    fn count(&self, cache: &str, hit: bool) {
+        if let Some(lookups) = &self.lookups {
+            let result = if hit { "hit" } else { "miss" };
+            lookups.with_label_values(&[cache, result]).inc();
+        }
     }
 
     /// The active record for a presented key, if any. The stored hash is
@@ -110,7 +130,9 @@ impl KeyStore {
     /// presented keeps only the hash, never the key).
     pub async fn find_hash(&self, hash: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
         let hash = hash.to_string();
-        let record = match self.cache.get(&hash) {
+        let cached = self.cache.get(&hash);
+        self.count("hash", cached.is_some());
+        let record = match cached {
             Some(hit) => hit,
             None => {
                 let found = crate::storage::keys::find_by_hash(&self.db, &hash)
@@ -126,7 +148,9 @@ impl KeyStore {
     /// The record of key `id`, cached like [`Self::find`]: how a user token
     /// finds its issuing key on every use.
     pub async fn by_id(&self, id: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
-        if let Some(hit) = self.by_id.get(id) {
+        let cached = self.by_id.get(id);
+        self.count("id", cached.is_some());
+        if let Some(hit) = cached {
             return Ok(hit);
         }
         let found = crate::storage::keys::find_by_id(&self.db, id)

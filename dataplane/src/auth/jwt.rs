@@ -386,7 +386,7 @@ impl Tokens {
         )?;
         let now = now_ms();
         let turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // The write comes first: on SQLite it takes the writer lock before
         // anything is read (a read-then-write transaction can fail busy).
         if !refresh_tokens::mark_used(&mut tx, &self.db, &spent.jti, now).await? {

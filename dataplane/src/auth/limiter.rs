@@ -158,11 +158,12 @@ impl Limiter {
             Some(c) => c,
             // Fail open: an unreachable Redis must not take the API down.
             None => {
+                self.decided("unchecked");
                 return Ok(RateInfo {
                     limit: self.max_requests,
                     remaining: self.max_requests,
                     reset_secs: 0,
-                })
+                });
             }
         };
         let mut tightest: Option<(RateInfo, Kind, bool)> = None;
@@ -187,24 +188,37 @@ impl Limiter {
         }
         match tightest {
             Some((info, kind, true)) => {
-                let code = if kind == Kind::Quota {
-                    "QUOTA_EXCEEDED"
+                self.decided(if kind == Kind::Quota {
+                    "quota_exceeded"
                 } else {
-                    "RATE_LIMITED"
-                };
-                self.metrics.rate_limited.with_label_values(&[code]).inc();
+                    "rate_limited"
+                });
                 Err(ApiError::RateLimited {
                     quota: kind == Kind::Quota,
                     info,
                 })
             }
-            Some((info, _, false)) => Ok(info),
-            None => Ok(RateInfo {
-                limit: self.max_requests,
-                remaining: self.max_requests,
-                reset_secs: 0,
-            }),
+            Some((info, _, false)) => {
+                self.decided("allowed");
+                Ok(info)
+            }
+            None => {
+                self.decided("allowed");
+                Ok(RateInfo {
+                    limit: self.max_requests,
+                    remaining: self.max_requests,
+                    reset_secs: 0,
+                })
+            }
         }
+    }
+
+    /// Counts one decision in `syncstore_rate_limit_decisions_total`.
+    fn decided(&self, outcome: &str) {
+        self.metrics
+            .rate_limit_decisions
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     async fn count(&self, counters: &[Counter]) -> Option<Vec<u64>> {
@@ -317,6 +331,33 @@ mod tests {
             other => panic!("expected RATE_LIMITED, got {other:?}"),
         }
         assert!(l.admit(&principal("v", "third", [None; 4])).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn every_decision_is_counted_by_outcome() {
+        let l = limiter(2);
+        let p = principal("u", "k", [None; 4]);
+        l.admit(&p).await.unwrap();
+        l.admit(&p).await.unwrap();
+        assert!(l.admit(&p).await.is_err());
+        let q = principal("v", "q", [None, Some(1), None, None]);
+        l.admit(&q).await.unwrap();
+        assert!(l.admit(&q).await.is_err());
+        let count = |outcome: &str| {
+            l.metrics
+                .rate_limit_decisions
+                .with_label_values(&[outcome])
+                .get()
+        };
+        assert_eq!(
+            [
+                count("allowed"),
+                count("rate_limited"),
+                count("quota_exceeded"),
+                count("unchecked")
+            ],
+            [3, 1, 1, 0]
+        );
     }
 
     #[tokio::test]

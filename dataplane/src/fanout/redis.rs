@@ -184,11 +184,13 @@ async fn publish_loop(
                     break;
                 }
                 Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
                     tracing::debug!(error = %e, "publish failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
+                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
                     tracing::warn!(error = %e, %channel, "publish dropped after retries");
                     metrics.fanout_dropped.inc();
                     break;
@@ -196,6 +198,31 @@ async fn publish_loop(
             }
         }
     }
+}
+
+/// Subscribes a new connection to every hosted channel; how many, or None
+/// when one SUBSCRIBE failed (the caller reconnects).
+async fn resubscribe(
+    sink: &mut redis::aio::PubSubSink,
+    hosted: &Mutex<HashMap<String, Hosted>>,
+    metrics: &Metrics,
+) -> Option<usize> {
+    let channels: Vec<String> = hosted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    for channel in &channels {
+        if sink.subscribe(channel).await.is_err() {
+            metrics
+                .fanout_errors
+                .with_label_values(&["subscribe"])
+                .inc();
+            return None;
+        }
+    }
+    Some(channels.len())
 }
 
 async fn subscribe_loop(
@@ -212,6 +239,8 @@ async fn subscribe_loop(
         let pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => {
+                metrics.redis_connected(false);
+                metrics.fanout_errors.with_label_values(&["connect"]).inc();
                 tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -220,28 +249,13 @@ async fn subscribe_loop(
         };
         backoff = Duration::from_millis(100);
         let (mut sink, mut stream) = pubsub.split();
-        let channels: Vec<String> = hosted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        let mut ok = true;
-        for channel in &channels {
-            if sink.subscribe(channel).await.is_err() {
-                ok = false;
-                break;
-            }
-        }
-        if !ok {
+        let Some(channels) = resubscribe(&mut sink, &hosted, &metrics).await else {
             continue;
-        }
+        };
+        metrics.redis_connected(true);
         if !first {
             metrics.redis_reconnects.inc();
-            tracing::info!(
-                channels = channels.len(),
-                "redis subscriber reconnected; resyncing devices"
-            );
+            tracing::info!(channels, "redis subscriber reconnected; resyncing devices");
             hub.resync_all();
         }
         first = false;
@@ -250,12 +264,14 @@ async fn subscribe_loop(
                 cmd = rx.recv() => match cmd {
                     Some(SubCommand::Subscribe(channel, done)) => {
                         if sink.subscribe(&channel).await.is_err() {
+                            metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
                             break; // reconnect; the channel is in `hosted`
                         }
                         let _ = done.send(true);
                     }
                     Some(SubCommand::Unsubscribe(channel)) => {
                         if sink.unsubscribe(&channel).await.is_err() {
+                            metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
                             break;
                         }
                     }
@@ -268,6 +284,7 @@ async fn subscribe_loop(
                         Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
                     },
                     None => {
+                        metrics.redis_connected(false);
                         tracing::warn!("redis subscriber disconnected");
                         break;
                     }

@@ -51,12 +51,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiErro
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let (size, idle) = state.sync.pool_stats();
-    state.metrics.db_pool_size.set(i64::from(size));
-    state
-        .metrics
-        .db_pool_idle
-        .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    // Gauges of queues and pools are read when scraped.
+    let m = &state.metrics;
+    m.pool(state.sync.pool_stats());
+    m.sqlite_writer_queue
+        .set(i64::try_from(state.sync.db().writers_waiting()).unwrap_or(i64::MAX));
+    m.audit_queue
+        .set(i64::try_from(state.audit.queue_depth()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

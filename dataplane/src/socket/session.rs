@@ -304,7 +304,12 @@ impl Session {
                     break;
                 }
                 let latency = (now_us() - w.published_us).max(0) as f64 / 1e6;
-                self.app.metrics.fanout_latency.observe(latency);
+                self.app.metrics.delivery_latency.observe(latency);
+                self.app
+                    .metrics
+                    .deliveries
+                    .with_label_values(&["live"])
+                    .inc();
             }
             last_ok = Some(w.change.seq);
         }
@@ -348,9 +353,16 @@ impl Session {
             let change = Change::as_of(item, now);
             // What this socket wrote is no news to it (the live path's rule).
             let own = self.delivery().is_own(change.seq);
-            if !own && self.wants(&change.key) && !self.emit(&change) {
-                stalled = true;
-                break;
+            if !own && self.wants(&change.key) {
+                if !self.emit(&change) {
+                    stalled = true;
+                    break;
+                }
+                self.app
+                    .metrics
+                    .deliveries
+                    .with_label_values(&["catchup"])
+                    .inc();
             }
             delivered = change.seq;
         }
@@ -437,6 +449,11 @@ impl Session {
                     .socket_events
                     .with_label_values(&["pending-updates", "out"])
                     .inc();
+                self.app
+                    .metrics
+                    .deliveries
+                    .with_label_values(&["pending"])
+                    .inc_by(events.len() as u64);
             }
             Err(e) => tracing::debug!(sid = %self.sid, error = %e, "pending-updates not sent"),
         }

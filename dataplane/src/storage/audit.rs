@@ -36,7 +36,7 @@ pub async fn record(db: &Db, entry: &Entry) -> Result<(), sqlx::Error> {
 
 /// Writes a batch in one transaction of its own.
 pub async fn insert_many(db: &Db, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin().await?;
     insert(&mut tx, db, entries).await?;
     tx.commit().await
 }

@@ -395,7 +395,7 @@ pub async fn purge_tombstones(db: &Db, older_than: i64, limit: i64) -> Result<us
     for row in &users {
         let (user_id, max_seq) = (row.str_at(0)?, row.i64_at(1)?);
         let _turn = db.write_turn().await;
-        let mut tx = db.pool().begin().await?;
+        let mut tx = db.begin().await?;
         lock_user(&mut tx, db, &user_id, super::now_ms()).await?;
         sqlx::query(&db.sql(
             "DELETE FROM sync_items WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?",

@@ -99,6 +99,28 @@ pub struct Db {
     /// beats letting them spin on SQLITE_BUSY with the busy handler's
     /// sleeps, which is what made tail latency explode under load.
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
+    /// Writers waiting for `sqlite_writer` now.
+    writers_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where [`Db::begin`] records how long it waited for a connection;
+    /// set once by the process that exports it (see [`Db::observe_acquire`]).
+    acquire_wait: Arc<std::sync::OnceLock<prometheus::Histogram>>,
+    max_connections: u32,
+}
+
+/// Counts a writer waiting for SQLite's write turn while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Db {
@@ -167,6 +189,9 @@ impl Db {
             pool,
             dialect,
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
+            writers_waiting: Arc::default(),
+            acquire_wait: Arc::default(),
+            max_connections: cfg.connection_limit,
         })
     }
 
@@ -233,9 +258,36 @@ impl Db {
     /// SQLite, nothing on the servers (their row locks do the job).
     pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self.dialect {
-            Dialect::Sqlite => Some(self.sqlite_writer.lock().await),
+            Dialect::Sqlite => {
+                let _waiting = Waiting::new(&self.writers_waiting);
+                Some(self.sqlite_writer.lock().await)
+            }
             _ => None,
         }
+    }
+
+    /// Writers waiting for their turn now (always 0 on the servers).
+    pub fn writers_waiting(&self) -> usize {
+        self.writers_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts a transaction on a pooled connection, recording how long
+    /// that took (the wait for a connection, plus `BEGIN`'s round trip) in
+    /// the histogram of [`Self::observe_acquire`].
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let tx = self.pool.begin().await;
+        if let Some(h) = self.acquire_wait.get() {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        tx
+    }
+
+    /// Records the connection wait of every later [`Self::begin`] (of this
+    /// pool and its clones) in `histogram`; only the first call counts.
+    pub fn observe_acquire(&self, histogram: prometheus::Histogram) {
+        let _ = self.acquire_wait.set(histogram);
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -261,9 +313,9 @@ impl Db {
         sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
     }
 
-    /// Open and idle connections, for the pool gauges.
-    pub fn pool_stats(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
+    /// Open, idle and at most allowed connections, for the pool gauges.
+    pub fn pool_stats(&self) -> (u32, usize, u32) {
+        (self.pool.size(), self.pool.num_idle(), self.max_connections)
     }
 
     pub async fn close(&self) {

@@ -185,9 +185,9 @@ impl SyncService {
         }
     }
 
-    /// The connection pool's open and idle connections, for the gauges of
-    /// `/metrics`.
-    pub fn pool_stats(&self) -> (u32, usize) {
+    /// The connection pool's open, idle and most connections, for the
+    /// gauges of `/metrics`.
+    pub fn pool_stats(&self) -> (u32, usize, u32) {
         self.db.pool_stats()
     }
 
@@ -371,7 +371,7 @@ impl SyncService {
         command: &Command,
         op: Option<&Op>,
     ) -> TxResult<Outcome> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let state = items::lock_user(&mut tx, &self.db, ctx.user_id, ctx.now).await?;
         if let Some(op) = op {
             if let Some(replay) = self.replay(&mut tx, ctx, op).await? {
