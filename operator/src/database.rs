@@ -638,7 +638,9 @@ async fn provision_mysql(admin_url: &str, target: &Target, password: &str) -> Re
 /// Drops the schema (or database) and the role, for `deletionPolicy: Delete`,
 /// but only what is the store's: a schema or role of another store (or of
 /// no store) is never dropped, and [`Error::SchemaOwnedByAnother`] says so.
-pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
+/// Returns what was there to drop, so that the event says what happened
+/// (a store that was never provisioned has nothing).
+pub async fn drop_store(admin_url: &str, target: &Target) -> Result<Dropped> {
     target.check()?;
     let (r, s) = (&target.role, &target.schema);
     match target.engine {
@@ -665,7 +667,10 @@ pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
             }
             tx.commit().await.map_err(provisioning)?;
             let _ = conn.close().await;
-            role_ours
+            role_ours.map(|()| Dropped {
+                schema: schema != Found::Absent,
+                role: role != Found::Absent,
+            })
         }
         Engine::Mysql => {
             let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
@@ -683,13 +688,24 @@ pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
                         .await
                         .map_err(provisioning)?;
                 }
-                user_ours
+                user_ours.map(|()| Dropped {
+                    schema: found.database != Found::Absent,
+                    role: found.user != Found::Absent,
+                })
             })
             .await;
             let _ = conn.close().await;
             result
         }
     }
+}
+
+/// What [`drop_store`] dropped: the schema (database), the role (user),
+/// both, or neither when they did not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub schema: bool,
+    pub role: bool,
 }
 
 /// A pool on the store's own database, as the data plane opens it.

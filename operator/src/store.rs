@@ -461,20 +461,25 @@ async fn last_database_url(ctx: &Context, store: &SyncStore) -> Result<Option<St
 async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<Deployment> {
     let client = &ctx.client;
     let n = names(store);
-    // The one child whose fields the apiserver checks beyond the CRD's
-    // rules (host names, paths): refused before anything is applied.
+    // The children whose fields the apiserver checks beyond the CRD's
+    // rules are refused before anything is applied: the Ingress (host
+    // names, paths) and the Deployment (the pod template: quantities,
+    // names, keys that repeat in a list, a name another store's consumer
+    // has), so that a refused spec leaves no half-applied ConfigMap behind.
     let ingress = children::ingress(store);
     if let Some(ingress) = &ingress {
         dry_run(client, ingress).await?;
     }
-    apply(client, &children::database_secret(store, url)).await?;
     let config = children::config_map(store);
-    apply(client, &config).await?;
     let hash = children::config_hash(&config, url);
+    let wanted = children::deployment(store, &hash);
+    dry_run(client, &wanted).await.map_err(nothing_applied)?;
+    apply(client, &children::database_secret(store, url)).await?;
+    apply(client, &config).await?;
     if let Some(autoscaling) = &store.spec.autoscaling {
         hand_replicas_over(ctx, store, autoscaling).await?;
     }
-    let deployment = apply(client, &children::deployment(store, &hash)).await?;
+    let deployment = apply(client, &wanted).await?;
     apply(client, &children::service(store)).await?;
     apply(client, &children::pdb(store)).await?;
 
@@ -511,6 +516,18 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
         .await;
     }
     Ok(deployment)
+}
+
+/// The store's own Deployment taken by another store (the analytics
+/// consumer of store `news` is `news-analytics`), found by the dry run
+/// before any child is applied: nothing of this store is.
+fn nothing_applied(e: Error) -> Error {
+    match e {
+        Error::ChildTaken { kind, name, owner } => Error::InvalidSpec(format!(
+            "{kind} {name}, which this store needs, already belongs to {owner}, so nothing is applied for this store until one of the two stores is renamed"
+        )),
+        other => other,
+    }
 }
 
 /// The analytics consumer's Deployment (`<store>-analytics`) taken by a
@@ -888,16 +905,15 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             .await;
             Ok(Action::await_change())
         }
-        Ok(()) => {
-            publish(
-                ctx,
-                store,
-                EventType::Normal,
-                "SchemaDropped",
-                &format!("Dropped {} and its role", target.schema),
-                "Cleanup",
-            )
-            .await;
+        Ok(dropped) => {
+            let (schema, role) = (&target.schema, &target.role);
+            let (reason, note) = match (dropped.schema, dropped.role) {
+                (true, true) => ("SchemaDropped", format!("Dropped {schema} and its role {role}.")),
+                (true, false) => ("SchemaDropped", format!("Dropped {schema}; its role {role} did not exist.")),
+                (false, true) => ("SchemaDropped", format!("Dropped role {role}; {schema} did not exist.")),
+                (false, false) => ("NothingToDrop", format!("Dropped nothing: neither {schema} nor role {role} exists, so the store had no data on the database server.")),
+            };
+            publish(ctx, store, EventType::Normal, reason, &note, "Cleanup").await;
             Ok(Action::await_change())
         }
         Err(e) if ctx.failures(&store.uid().unwrap_or_default()) >= GIVE_UP_AFTER => {
