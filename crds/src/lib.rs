@@ -363,8 +363,9 @@ pub struct DatabaseSpec {
     /// `Delete` drops it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// Require TLS to the database server (DB_SSL). Unset: the data
-    /// plane's default, no TLS required.
+    /// Require TLS to the database server (DB_SSL), for the pods and for
+    /// the operator's own connections. Unset: the data plane's default, no
+    /// TLS required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl: Option<bool>,
     /// Connections per data-plane pod (DB_CONNECTION_LIMIT).

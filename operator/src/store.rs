@@ -120,8 +120,9 @@ pub fn error_policy(store: Arc<SyncStore>, err: &Error, ctx: Arc<Context>) -> Ac
     ))
 }
 
-fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>) -> Target {
+fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>, tls: bool) -> Target {
     Target {
+        tls,
         engine: names.engine,
         schema: names.schema.clone(),
         role: names.role.clone(),
@@ -242,7 +243,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     let existing = secrets.get_opt(&n.generated).await?;
-    check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
+    let tls = check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
     let db_names = children::db_names(store)?;
 
     let (generated, created) = ensure_secret(&ctx.client, &candidate).await?;
@@ -253,7 +254,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         name: n.generated.clone(),
         key: "DB_PASSWORD".into(),
     })?;
-    let (url, database) = match provision_database(ctx, store, &db_names, &password).await {
+    let (url, database) = match provision_database(ctx, store, &db_names, &password, tls).await {
         Ok(p) => (p.url.clone(), Ok(p)),
         Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
             Some(url) => (url, Err(e)),
@@ -364,9 +365,10 @@ async fn provision_database(
     store: &SyncStore,
     db_names: &DbNames,
     password: &str,
+    tls: bool,
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
-    let target = target(store, db_names, predecessor(store, ctx).await?);
+    let target = target(store, db_names, predecessor(store, ctx).await?, tls);
     let warnings = database::provision(&admin, &target, password)
         .await
         .map_err(|e| located(e, store, &admin))?;
@@ -435,7 +437,10 @@ fn located(e: Error, store: &SyncStore, admin: &str) -> Error {
     };
     let r = &store.spec.database.admin_secret_ref;
     let server = database::server_of(admin).unwrap_or_else(|_| "the database server".into());
-    let advice = if message.contains("; check ") {
+    let advice = if message.contains("the TLS connection") && store.spec.database.ssl == Some(true)
+    {
+        "; spec.database.ssl is true, so the operator and the pods require TLS to this server: enable TLS on it or set spec.database.ssl to false"
+    } else if message.contains("; check ") {
         ""
     } else {
         "; check that the server runs and that the operator can reach it, or fix the URL in that Secret"
@@ -543,8 +548,10 @@ fn analytics_taken(e: Error) -> Error {
 }
 
 /// Refuses, before any database work or rollout, a spec whose pods would
-/// exit on their configuration (see [`crate::validate`]).
-async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<()> {
+/// exit on their configuration (see [`crate::validate`]). Returns whether
+/// the pods require TLS to the database (`DB_SSL` as they parse it): the
+/// operator's own connections then require it too.
+async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<bool> {
     // A missing Redis Secret is not this check's to report: the pods show
     // it (CreateContainerConfigError) and the rest of the store still rolls.
     let redis_url = match &store.spec.redis {
@@ -568,7 +575,7 @@ async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Res
         generated,
         redis_url.as_deref(),
     );
-    crate::validate::check(store, vars)
+    crate::validate::check(store, vars).map(|config| config.database.ssl)
 }
 
 /// Deactivates the rows the operator wrote for ApiKeys of this store that
@@ -883,7 +890,13 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    let target = target(store, &names, predecessor(store, ctx).await.unwrap_or(None));
+    let tls = store.spec.database.ssl == Some(true);
+    let target = target(
+        store,
+        &names,
+        predecessor(store, ctx).await.unwrap_or(None),
+        tls,
+    );
     let result = match admin_url(store, ctx).await {
         Ok(admin) => database::drop_store(&admin, &target).await,
         Err(e) => Err(e),

@@ -59,10 +59,11 @@ pub fn data_plane_env(
     vars
 }
 
-/// Parses `vars` with the data plane's parser. The message names the
-/// variable and the problem in one line, never a secret's value (the
-/// parser's messages do not echo secrets).
-pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()> {
+/// Parses `vars` with the data plane's parser and returns the
+/// configuration the pods would run with. The message names the variable
+/// and the problem in one line, never a secret's value (the parser's
+/// messages do not echo secrets).
+pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<Config> {
     check_name(store)?;
     check_env_names(store)?;
     check_quantities(store)?;
@@ -73,7 +74,7 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()
     }
     let raw = RawConfig::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| Error::InvalidSpec(first_line(&e)))?;
-    Config::from_raw(&raw).map(drop).map_err(|e| {
+    Config::from_raw(&raw).map_err(|e| {
         let field = source_of(store, e.var);
         let value = vars
             .get(e.var)
@@ -386,10 +387,10 @@ mod tests {
     fn check_yaml(extra: &str) -> Result<()> {
         let s = store(&format!("{BASE}{extra}"));
         let vars = data_plane_env(&s, &children::config_map(&s), &generated(), None);
-        check(&s, vars)
+        check(&s, vars).map(drop)
     }
 
-    fn message(r: Result<()>) -> String {
+    fn message<T: std::fmt::Debug>(r: Result<T>) -> String {
         match r {
             Err(Error::InvalidSpec(m)) => m,
             other => panic!("expected InvalidSpec, got {other:?}"),

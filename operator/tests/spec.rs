@@ -827,3 +827,60 @@ fn a_child_the_apiserver_cannot_type_is_an_invalid_spec_before_any_apply() {
         "{notes:?}"
     );
 }
+
+/// `spec.database.ssl: true` (DB_SSL) holds for the operator too: the
+/// store's URL requires TLS (on PostgreSQL, whose server offers it, the
+/// store provisions and its `DATABASE_URL` says `sslmode=require`), and a
+/// server without TLS (this MariaDB) is `DatabaseUnreachable` naming the
+/// field, before any Deployment exists, instead of a `Ready` store whose
+/// pods could never connect while the operator provisioned in clear.
+#[test]
+fn database_ssl_is_required_by_the_operator_as_by_the_pods() {
+    let mut c = Cluster::new("op-ssl");
+    c.secret("pg-admin", &[("url", &postgres_admin())]);
+    c.secret("maria-admin", &[("url", &mysql_admin())]);
+    c.start_operator("op-ssl");
+    apply(
+        &c,
+        &store("pg", Engine::Postgres, "")
+            .replace("db-admin, key: url}", "pg-admin, key: url}, ssl: true"),
+    )
+    .expect("pg");
+    apply(
+        &c,
+        &store("maria", Engine::Mysql, "")
+            .replace("db-admin, key: url}", "maria-admin, key: url}, ssl: true"),
+    )
+    .expect("maria");
+    c.wait_condition("syncstore/pg", "Ready", 90);
+    let url = c.secret_value("pg-db", "DATABASE_URL").expect("url");
+    assert!(url.ends_with("?sslmode=require"), "TLS required");
+    assert_eq!(
+        c.must_get("configmap", "pg-config")["data"]["DB_SSL"],
+        "true"
+    );
+    let (status, reason, message) = c.eventually("maria refused", 90, || {
+        let r = cond3(&c.get("syncstore", "maria")?, "DatabaseReady");
+        (r.1 == "DatabaseUnreachable").then_some(r)
+    });
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DatabaseUnreachable")
+    );
+    assert!(
+        message.contains("the TLS connection to the database server failed")
+            && message.ends_with("spec.database.ssl is true, so the operator and the pods require TLS to this server: enable TLS on it or set spec.database.ssl to false"),
+        "{message}"
+    );
+    assert!(c.get("deployment", "maria").is_none(), "nothing rolled out");
+    // Turned off: it provisions.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "maria",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"database":{"ssl":false}}}"#,
+    ]);
+    c.wait_condition("syncstore/maria", "Ready", 90);
+}
