@@ -25,7 +25,7 @@ pub const ROTATE_ANNOTATION: &str = "syncstore.dev/rotate";
 /// credentials and the store's identity). The CRD's CEL rule lists the
 /// same names (a test keeps them equal); the operator checks them too, for
 /// a CRD installed without the rule.
-pub const MANAGED_ENV: [&str; 8] = [
+pub const MANAGED_ENV: [&str; 9] = [
     "DATABASE_URL",
     "JWT_SECRET",
     "JWT_REFRESH_SECRET",
@@ -34,6 +34,7 @@ pub const MANAGED_ENV: [&str; 8] = [
     "POD_NAME",
     "PORT",
     "SYNCSTORE_STORE",
+    "API_KEY_TOKEN_PREFIX",
 ];
 
 /// Variables `spec.env` cannot set because they make an API key outside
@@ -147,14 +148,15 @@ pub struct SyncStoreSpec {
     /// after (and so over) the ones the spec renders, e.g. `LOG_LEVEL`. The
     /// operator-managed credentials and identity (DATABASE_URL,
     /// JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME,
-    /// PORT, SYNCSTORE_STORE) cannot be set here, nor a bootstrap key
+    /// PORT, SYNCSTORE_STORE, and API_KEY_TOKEN_PREFIX, which is the
+    /// operator's own key prefix) cannot be set here, nor a bootstrap key
     /// (BOOTSTRAP_API_KEY, BOOTSTRAP_USER_ID: keys are ApiKeys). Names are
     /// unique. Literal values are checked by the data plane's parser before
     /// rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     #[x_kube(
-        validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME, PORT or SYNCSTORE_STORE: the operator manages them"),
+        validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE', 'API_KEY_TOKEN_PREFIX']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME, PORT, SYNCSTORE_STORE or API_KEY_TOKEN_PREFIX: the operator manages them"),
         validation = Rule::new("self.all(e, !(e.name in ['BOOTSTRAP_API_KEY', 'BOOTSTRAP_USER_ID']))").message("env cannot set BOOTSTRAP_API_KEY or BOOTSTRAP_USER_ID: a store's keys are ApiKeys, which the operator revokes when they are deleted; a bootstrap key would sit in the spec for every viewer to read and outlive its removal"),
         merge_strategy = ListMerge::Map(vec!["name".into()])
     )]

@@ -475,7 +475,7 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
     if let Some(ingress) = &ingress {
         dry_run(client, ingress).await?;
     }
-    let config = children::config_map(store);
+    let config = children::config_map(store, &ctx.settings.key_prefix);
     let hash = children::config_hash(&config, url);
     let wanted = children::deployment(store, &hash);
     dry_run(client, &wanted).await.map_err(nothing_applied)?;
@@ -571,7 +571,7 @@ async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Res
     };
     let vars = crate::validate::data_plane_env(
         store,
-        &children::config_map(store),
+        &children::config_map(store, &ctx.settings.key_prefix),
         generated,
         redis_url.as_deref(),
     );

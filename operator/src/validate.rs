@@ -386,7 +386,12 @@ mod tests {
 
     fn check_yaml(extra: &str) -> Result<()> {
         let s = store(&format!("{BASE}{extra}"));
-        let vars = data_plane_env(&s, &children::config_map(&s), &generated(), None);
+        let vars = data_plane_env(
+            &s,
+            &children::config_map(&s, "sk_live_"),
+            &generated(),
+            None,
+        );
         check(&s, vars).map(drop)
     }
 
@@ -403,7 +408,7 @@ mod tests {
         let s = store("database: {engine: mysql, adminSecretRef: {name: a}, ssl: true}\ncorsOrigins: [https://app.example.com]\ntrustedProxies: [10.0.0.0/8]\njwt: {accessTokenLifetime: 1h}\nenv: [{name: LOG_LEVEL, value: debug}]\n");
         let vars = data_plane_env(
             &s,
-            &children::config_map(&s),
+            &children::config_map(&s, "sk_live_"),
             &generated(),
             Some("redis://redis:6379"),
         );
@@ -505,7 +510,12 @@ mod tests {
         for name in ["my.store", "1chat"] {
             let mut s = store(BASE);
             s.metadata.name = Some(name.into());
-            let vars = data_plane_env(&s, &children::config_map(&s), &generated(), None);
+            let vars = data_plane_env(
+                &s,
+                &children::config_map(&s, "sk_live_"),
+                &generated(),
+                None,
+            );
             let m = message(check(&s, vars));
             assert!(
                 m.starts_with(&format!("the name {name} cannot name the store's Service")),

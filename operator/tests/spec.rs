@@ -884,3 +884,46 @@ fn database_ssl_is_required_by_the_operator_as_by_the_pods() {
     ]);
     c.wait_condition("syncstore/maria", "Ready", 90);
 }
+
+/// The operator's key prefix (`--key-prefix`, the chart's
+/// `operator.apiKeyPrefix`) reaches every store as `API_KEY_TOKEN_PREFIX`,
+/// so the pods' log redaction recognises the keys the operator generates
+/// (with the data plane's default `sk_live_`, a `pk_test_` key went
+/// unmasked), and `spec.env` cannot set it apart.
+#[test]
+fn the_operators_key_prefix_reaches_the_stores() {
+    let mut c = Cluster::new("op-prefix");
+    c.secret("db-admin", &[("url", &postgres_admin())]);
+    let kubeconfig = common::kubeconfig();
+    c.start_operator_with(
+        "op-prefix",
+        &kubeconfig,
+        &[("API_KEY_TOKEN_PREFIX", "pk_test_")],
+    );
+    let e = apply(
+        &c,
+        &store(
+            "chat",
+            Engine::Postgres,
+            "  env: [{name: API_KEY_TOKEN_PREFIX, value: sk_live_}]\n",
+        ),
+    )
+    .expect_err("env cannot set the prefix");
+    assert!(
+        e.contains("API_KEY_TOKEN_PREFIX: the operator manages them"),
+        "{e}"
+    );
+    apply(&c, &store("chat", Engine::Postgres, "")).expect("store");
+    apply(
+        &c,
+        "apiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: k}\nspec: {storeRef: chat, userId: alice}\n",
+    )
+    .expect("key");
+    c.wait_condition("apikey/k", "Ready", 90);
+    assert_eq!(
+        c.must_get("configmap", "chat-config")["data"]["API_KEY_TOKEN_PREFIX"],
+        "pk_test_"
+    );
+    let key = c.secret_value("k-apikey", "apiKey").expect("key");
+    assert!(key.starts_with("pk_test_"));
+}
