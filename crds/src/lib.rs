@@ -21,6 +21,42 @@ pub const VERSION: &str = "v1alpha1";
 /// Annotation whose change rotates an ApiKey.
 pub const ROTATE_ANNOTATION: &str = "syncstore.dev/rotate";
 
+/// Variables `spec.env` cannot set because the operator manages them (the
+/// credentials and the store's identity). The CRD's CEL rule lists the
+/// same names (a test keeps them equal); the operator checks them too, for
+/// a CRD installed without the rule.
+pub const MANAGED_ENV: [&str; 9] = [
+    "DATABASE_URL",
+    "JWT_SECRET",
+    "JWT_REFRESH_SECRET",
+    "DB_PASSWORD",
+    "REDIS_URL",
+    "POD_NAME",
+    "PORT",
+    "SYNCSTORE_STORE",
+    "API_KEY_TOKEN_PREFIX",
+];
+
+/// Variables `spec.env` cannot set because they make an API key outside
+/// the ApiKey kind: `BOOTSTRAP_API_KEY` would put an every-scope key into
+/// the spec (which `view` may read), unknown to the operator's ledger and
+/// still active after it is removed from the spec.
+pub const BOOTSTRAP_ENV: [&str; 2] = ["BOOTSTRAP_API_KEY", "BOOTSTRAP_USER_ID"];
+
+/// Whether `name` is a DNS-1035 label of at most 63 characters (lower-case
+/// letters, digits and '-', starting with a letter and ending with a letter
+/// or digit): what a SyncStore's name must be, since it names the store's
+/// Service and is the value of its pods' `app.kubernetes.io/instance` label.
+pub fn is_store_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
 /// A SyncStore: a real-time key/value sync service (the `syncstore serve`
 /// data plane: REST and Socket.IO) backed by a database schema of its own.
 /// The operator provisions the schema and a login role on the database
@@ -33,6 +69,7 @@ pub const ROTATE_ANNOTATION: &str = "syncstore.dev/rotate";
     kind = "SyncStore",
     doc = "A SyncStore is a real-time key/value sync service (the syncstore data plane: REST and Socket.IO) with a database schema of its own. The operator provisions the schema and a login role on the database server named by spec.database, migrates it, and runs the data plane as a Deployment behind a Service. ApiKeys grant access to it.",
     namespaced,
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("a SyncStore's name must be at most 63 lower-case letters, digits and '-', start with a letter and end with a letter or digit (a DNS-1035 label): it names the store's Service and labels its pods"),
     status = "SyncStoreStatus",
     shortname = "ss",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -111,11 +148,18 @@ pub struct SyncStoreSpec {
     /// after (and so over) the ones the spec renders, e.g. `LOG_LEVEL`. The
     /// operator-managed credentials and identity (DATABASE_URL,
     /// JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME,
-    /// PORT, SYNCSTORE_STORE) cannot be set here. Literal values are checked
-    /// by the data plane's parser before rollout.
+    /// PORT, SYNCSTORE_STORE, and API_KEY_TOKEN_PREFIX, which is the
+    /// operator's own key prefix) cannot be set here, nor a bootstrap key
+    /// (BOOTSTRAP_API_KEY, BOOTSTRAP_USER_ID: keys are ApiKeys). Names are
+    /// unique. Literal values are checked by the data plane's parser before
+    /// rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
-    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME, PORT or SYNCSTORE_STORE: the operator manages them"))]
+    #[x_kube(
+        validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE', 'API_KEY_TOKEN_PREFIX']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME, PORT, SYNCSTORE_STORE or API_KEY_TOKEN_PREFIX: the operator manages them"),
+        validation = Rule::new("self.all(e, !(e.name in ['BOOTSTRAP_API_KEY', 'BOOTSTRAP_USER_ID']))").message("env cannot set BOOTSTRAP_API_KEY or BOOTSTRAP_USER_ID: a store's keys are ApiKeys, which the operator revokes when they are deleted; a bootstrap key would sit in the spec for every viewer to read and outlive its removal"),
+        merge_strategy = ListMerge::Map(vec!["name".into()])
+    )]
     pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
     /// Scheduling, identity and metadata of the data-plane pods (and of the
     /// analytics consumer's).
@@ -205,7 +249,7 @@ pub struct JwtSpec {
 /// What the data-plane pods look like beyond their container: the usual
 /// pod-spec fields, passed through unchanged (CloudNativePG and Strimzi
 /// expose the same set).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplate {
     /// Labels and annotations added to the pods. The operator's own
@@ -223,9 +267,11 @@ pub struct PodTemplate {
     pub node_selector: BTreeMap<String, String>,
     /// How the pods spread over zones or nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["topologyKey".into(), "whenUnsatisfiable".into()]))]
     pub topology_spread_constraints: Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>,
     /// Secrets to pull the image with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
     /// Service account of the pods. Unset: the namespace's `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,9 +281,11 @@ pub struct PodTemplate {
     pub priority_class_name: Option<String>,
     /// Extra volumes of the pods (a GeoIP database, a CA bundle for DB_SSL).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub volumes: Vec<k8s_openapi::api::core::v1::Volume>,
     /// Where the data-plane container mounts `volumes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["mountPath".into()]))]
     pub volume_mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
 }
 
@@ -315,7 +363,10 @@ fn default_url_key() -> String {
 /// the parent, where both presences can be compared.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.schemaName) == has(oldSelf.schemaName)").message("schemaName is immutable: it cannot be set or unset after creation"))]
+#[x_kube(
+    validation = Rule::new("has(self.schemaName) == has(oldSelf.schemaName)").message("schemaName is immutable: it cannot be set or unset after creation"),
+    validation = Rule::new("self.engine != 'postgres' || !has(self.schemaName) || !self.schemaName.startsWith('pg_')").message("schemaName cannot start with pg_ on PostgreSQL: the prefix is reserved for system schemas")
+)]
 pub struct DatabaseSpec {
     /// Server engine: `postgres` or `mysql` (MariaDB and MySQL). Immutable:
     /// a store's data cannot move between engines.
@@ -327,7 +378,8 @@ pub struct DatabaseSpec {
     pub admin_secret_ref: SecretKeyRef,
     /// Schema (PostgreSQL) or database (MariaDB) of this store. Defaults to
     /// a name derived from the namespace and name (`ss_<namespace>_<name>_<hash>`,
-    /// shortened to fit). Immutable, including setting or unsetting it:
+    /// shortened to fit). On PostgreSQL it cannot start with `pg_` (reserved
+    /// for system schemas). Immutable, including setting or unsetting it:
     /// changing it would orphan the data. A schema that belongs to another
     /// store is never used (the store goes `Ready=False`, `SchemaOwnedByAnother`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,8 +392,9 @@ pub struct DatabaseSpec {
     /// `Delete` drops it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// Require TLS to the database server (DB_SSL). Unset: the data
-    /// plane's default, no TLS required.
+    /// Require TLS to the database server (DB_SSL), for the pods and for
+    /// the operator's own connections. Unset: the data plane's default, no
+    /// TLS required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl: Option<bool>,
     /// Connections per data-plane pod (DB_CONNECTION_LIMIT).
@@ -615,7 +668,7 @@ pub struct ApiKeySpec {
     /// Immutable: a key row lives in one store's database; make a new
     /// ApiKey for another store.
     #[x_kube(
-        validation = Rule::new("self != ''").message("storeRef must name a SyncStore"),
+        validation = Rule::new("self.size() <= 63 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("storeRef must name a SyncStore: at most 63 lower-case letters, digits and '-', starting with a letter"),
         validation = Rule::new("self == oldSelf").message("storeRef is immutable: create a new ApiKey for another store")
     )]
     pub store_ref: String,
@@ -661,8 +714,10 @@ pub struct ApiKeySpec {
     pub expires_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Secret the key is written to (key `apiKey`). Defaults to
     /// `<name>-apikey`. Changing it generates a new key there, revokes the
-    /// old key and deletes the old Secret.
+    /// old key and deletes the old Secret. A Secret name: lower-case
+    /// letters, digits, '-' and '.', at most 253.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secretName must be a Secret name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253"))]
     pub secret_name: Option<String>,
 }
 

@@ -82,3 +82,64 @@ fn scope_enum_is_the_data_planes() {
         assert!(description.contains(s), "the description names {s}");
     }
 }
+
+/// The env rules of the CRD list exactly the names the operator checks
+/// itself (`MANAGED_ENV`, `BOOTSTRAP_ENV`), and env names are unique (a
+/// list map), as are the pod template's keyed lists: the apiserver refuses
+/// a duplicate at apply instead of the operator's apply of the Deployment.
+#[test]
+fn env_rules_name_the_operators_lists_and_lists_are_keyed() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(syncstore_crds::SyncStore::crd()).expect("serialises");
+    let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let spec = &root["properties"]["spec"]["properties"];
+    let env = &spec["env"];
+    let rules: Vec<&str> = env["x-kubernetes-validations"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["rule"].as_str())
+        .collect();
+    for (list, rule) in [
+        (&syncstore_crds::MANAGED_ENV[..], rules[0]),
+        (&syncstore_crds::BOOTSTRAP_ENV[..], rules[1]),
+    ] {
+        let quoted: Vec<String> = list.iter().map(|n| format!("'{n}'")).collect();
+        assert!(rule.contains(&format!("[{}]", quoted.join(", "))), "{rule}");
+    }
+    assert_eq!(env["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        env["x-kubernetes-list-map-keys"],
+        serde_json::json!(["name"])
+    );
+    let tpl = &spec["podTemplate"]["properties"];
+    for (field, keys) in [
+        ("volumes", serde_json::json!(["name"])),
+        ("volumeMounts", serde_json::json!(["mountPath"])),
+        ("imagePullSecrets", serde_json::json!(["name"])),
+        (
+            "topologySpreadConstraints",
+            serde_json::json!(["topologyKey", "whenUnsatisfiable"]),
+        ),
+    ] {
+        assert_eq!(tpl[field]["x-kubernetes-list-type"], "map", "{field}");
+        assert_eq!(tpl[field]["x-kubernetes-list-map-keys"], keys, "{field}");
+    }
+    // The name rule at the root is the one `is_store_name` implements.
+    let name_rule = root["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .expect("a rule on the name");
+    assert!(name_rule.contains("self.metadata.name"), "{name_rule}");
+    for (name, ok) in [
+        ("chat", true),
+        ("chat-2", true),
+        ("1chat", false),
+        ("my.store", false),
+        ("chat-", false),
+        ("Chat", false),
+        (&"a".repeat(63), true),
+        (&"a".repeat(64), false),
+    ] {
+        assert_eq!(syncstore_crds::is_store_name(name), ok, "{name}");
+    }
+}

@@ -77,9 +77,31 @@ where
                 status.message
             )))
         }
+        // 500 from server-side apply's typing of the object: a list whose
+        // keys repeat (two `env` entries or volumes of one name), which no
+        // apply of this spec can ever get past. The spec's fault too, not
+        // a failure of the apiserver to retry.
+        Err(kube::Error::Api(status))
+            if status.code == 500 && status.message.contains(UNTYPABLE) =>
+        {
+            let problem = status
+                .message
+                .split_once("): ")
+                .map_or(status.message.as_str(), |(_, p)| p);
+            Err(Error::InvalidSpec(format!(
+                "the Kubernetes API refused {} {}: {problem}",
+                K::kind(&()),
+                obj.name_any(),
+            )))
+        }
         Err(e) => Err(e.into()),
     }
 }
+
+/// How the apiserver words a server-side apply it cannot type against the
+/// kind's schema, such as `… (ns/chat; apps/v1, Kind=Deployment):
+/// .spec.template.spec.volumes: duplicate entries for key [name="geo"]`.
+const UNTYPABLE: &str = "failed to create typed patch object";
 
 /// Who controls the existing object named like `obj`, when it is not
 /// whoever `obj` says should (`SyncStore chat`, plus `as its analytics

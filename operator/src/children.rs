@@ -233,10 +233,14 @@ pub fn endpoint(store: &SyncStore) -> String {
 }
 
 /// Non-secret settings, as the data plane's environment variables.
-pub fn config_map(store: &SyncStore) -> ConfigMap {
+/// `key_prefix` is the operator's own (`--key-prefix`): the pods must
+/// know it for their log redaction to recognise the keys the operator
+/// generates, and for the keys they mint to look the same.
+pub fn config_map(store: &SyncStore, key_prefix: &str) -> ConfigMap {
     let s = &store.spec;
     let mut data = BTreeMap::from([
         ("PORT".to_string(), HTTP_PORT.to_string()),
+        ("API_KEY_TOKEN_PREFIX".into(), key_prefix.to_string()),
         ("LOG_FORMAT".into(), "json".into()),
         (
             // Names the store's Redis channels and Kafka consumer group:
@@ -740,7 +744,7 @@ mod tests {
         let s = store(BASE);
         let owner = s.controller_owner_ref(&()).expect("owner ref");
         let metas = [
-            config_map(&s).metadata,
+            config_map(&s, "sk_live_").metadata,
             deployment(&s, "h").metadata,
             service(&s).metadata,
             pdb(&s).metadata,
@@ -843,7 +847,7 @@ mod tests {
         let s = store(&format!(
             "{BASE}limits: {{maxItemSizeKb: 64}}\nrateLimit: {{maxRequests: 500}}\ncorsOrigins: [https://a.example, https://b.example]\nconflicts: {{defaultStrategy: MERGE}}\n"
         ));
-        let cm = config_map(&s);
+        let cm = config_map(&s, "sk_live_");
         let data = cm.data.clone().expect("data");
         assert_eq!(data["MAX_ITEM_SIZE_KB"], "64");
         assert_eq!(data["RATE_LIMIT_MAX_REQUESTS"], "500");
@@ -853,9 +857,9 @@ mod tests {
         let before = config_hash(&cm, "u");
         let mut other = s.clone();
         other.spec.limits.max_item_size_kb = Some(65);
-        assert_ne!(before, config_hash(&config_map(&other), "u"));
+        assert_ne!(before, config_hash(&config_map(&other, "sk_live_"), "u"));
         assert_ne!(before, config_hash(&cm, "u2"));
-        assert_eq!(before, config_hash(&config_map(&s), "u"));
+        assert_eq!(before, config_hash(&config_map(&s, "sk_live_"), "u"));
     }
 
     #[test]
@@ -897,7 +901,8 @@ mod tests {
             let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
             assert_eq!(env, ["POD_NAME", "LOG_LEVEL"], "extra env comes last");
         }
-        let data = config_map(&s).data.expect("data");
+        let data = config_map(&s, "sk_live_").data.expect("data");
+        assert_eq!(data["API_KEY_TOKEN_PREFIX"], "sk_live_");
         assert_eq!(data["TRUSTED_PROXIES"], "10.0.0.0/8");
         assert_eq!(data["GEOIP_DB_PATH"], "/geo/c.mmdb");
         assert_eq!(data["GEOIP_COUNTRY_HEADER"], "CF-IPCountry");
@@ -929,7 +934,7 @@ mod tests {
             .map(|p| p.containers[0].args.clone());
         assert_eq!(args, Some(Some(vec!["analytics".to_string()])));
         assert_eq!(
-            config_map(&s).data.expect("data")["KAFKA_TOPIC"],
+            config_map(&s, "sk_live_").data.expect("data")["KAFKA_TOPIC"],
             "syncstore.analytics"
         );
     }

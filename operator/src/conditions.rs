@@ -41,7 +41,7 @@ impl Verdict {
             type_,
             status,
             reason: reason.into(),
-            message: message.into(),
+            message: one_line(&message.into()),
         }
     }
 
@@ -61,6 +61,34 @@ impl Verdict {
     pub fn is_true(&self) -> bool {
         self.status == Status::True
     }
+}
+
+/// `text` as one line: every run of whitespace that holds a line break
+/// (a driver's or a parser's multi-line error, such as the regex crate's
+/// `regex parse error:\n    (unclosed\n    ^\nerror: unclosed group`) becomes
+/// one space, so a condition or event message reads as one sentence.
+pub fn one_line(text: &str) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut pending = String::new();
+    for c in text.trim().chars() {
+        if c.is_whitespace() {
+            pending.push(c);
+            continue;
+        }
+        if !pending.is_empty() {
+            out.push_str(if pending.contains(['\n', '\r']) {
+                " "
+            } else {
+                &pending
+            });
+            pending.clear();
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Merges `verdicts` into `current`. A condition keeps its
@@ -109,6 +137,13 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_one_line() {
+        let v = Verdict::fail("Ready", "InvalidSpec", "a:\n    (x\n    ^\nerror: b  c");
+        assert_eq!(v.message, "a: (x ^ error: b  c");
+        assert_eq!(one_line("already  one line"), "already  one line");
+    }
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(secs).expect("valid")

@@ -22,6 +22,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub engine: Engine,
+    /// Whether the store requires TLS to the database server
+    /// (`spec.database.ssl`, `DB_SSL`): the operator's admin connection and
+    /// the store's URL (the pods' and the operator's own) then require it
+    /// too, so that the role's password never crosses in clear and a
+    /// server without TLS is reported before pods that could not connect
+    /// roll out.
+    pub tls: bool,
     /// Schema (PostgreSQL) or database (MariaDB) name.
     pub schema: String,
     /// The store's own login role.
@@ -181,6 +188,16 @@ const LOCK_KEY: i64 = 0x5359_4e43_5354_4f52; // "SYNCSTOR"
 const MYSQL_LOCK: &str = "syncstore-operator-provision";
 
 impl Target {
+    /// The admin URL as this store connects with it: requiring TLS when
+    /// the store does.
+    pub fn admin_url(&self, admin_url: &str) -> Result<String> {
+        if self.tls {
+            require_tls(admin_url)
+        } else {
+            Ok(admin_url.to_string())
+        }
+    }
+
     /// Refuses names (and an owner) that could not be spliced into DDL
     /// safely.
     fn check(&self) -> Result<()> {
@@ -232,7 +249,7 @@ pub fn engine_of(url: &str) -> Result<Engine> {
 /// The URL the data plane uses: the admin URL's host, port and options,
 /// with the store role's credentials (and, on MariaDB, its database).
 pub fn store_url(admin_url: &str, target: &Target, password: &str) -> Result<String> {
-    let mut url = url::Url::parse(admin_url)
+    let mut url = url::Url::parse(&target.admin_url(admin_url)?)
         .map_err(|e| Error::InvalidDatabaseUrl(format!("the admin URL does not parse: {e}")))?;
     url.set_username(&target.role)
         .and_then(|()| url.set_password(Some(password)))
@@ -241,6 +258,48 @@ pub fn store_url(admin_url: &str, target: &Target, password: &str) -> Result<Str
         url.set_path(&format!("/{}", target.schema));
     }
     Ok(url.to_string())
+}
+
+/// `url` requiring TLS: PostgreSQL's `sslmode=require` or MariaDB's
+/// `ssl-mode=REQUIRED`, unless it already asks for that or more (a
+/// verified certificate: `verify-ca`, `verify-full`, `VERIFY_CA`,
+/// `VERIFY_IDENTITY`), which is kept.
+pub fn require_tls(url: &str) -> Result<String> {
+    let engine = engine_of(url)?;
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| Error::InvalidDatabaseUrl(format!("the admin URL does not parse: {e}")))?;
+    let (keys, enough, wanted): (&[&str], &[&str], _) = match engine {
+        Engine::Postgres => (
+            &["sslmode"],
+            &["require", "verify-ca", "verify-full"],
+            ("sslmode", "require"),
+        ),
+        Engine::Mysql => (
+            &["ssl-mode", "sslmode"],
+            &["required", "verify_ca", "verify_identity"],
+            ("ssl-mode", "REQUIRED"),
+        ),
+    };
+    let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    let strong = pairs.iter().any(|(k, v)| {
+        keys.contains(&k.as_str()) && enough.contains(&v.to_ascii_lowercase().as_str())
+    });
+    if strong {
+        return Ok(url.to_string());
+    }
+    let kept: Vec<&(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| !keys.contains(&k.as_str()))
+        .collect();
+    {
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (k, v) in kept {
+            query.append_pair(k, v);
+        }
+        query.append_pair(wanted.0, wanted.1);
+    }
+    Ok(parsed.to_string())
 }
 
 /// `host:port/database` of a database URL, without its credentials: where
@@ -485,6 +544,7 @@ pub struct Warning {
 /// Returns what was not granted as asked but does not stop the store.
 pub async fn provision(admin_url: &str, target: &Target, password: &str) -> Result<Vec<Warning>> {
     target.check()?;
+    let admin_url = &target.admin_url(admin_url)?;
     if !valid_password(password) {
         return Err(Error::InvalidSpec(
             "the generated database password is malformed".into(),
@@ -638,8 +698,11 @@ async fn provision_mysql(admin_url: &str, target: &Target, password: &str) -> Re
 /// Drops the schema (or database) and the role, for `deletionPolicy: Delete`,
 /// but only what is the store's: a schema or role of another store (or of
 /// no store) is never dropped, and [`Error::SchemaOwnedByAnother`] says so.
-pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
+/// Returns what was there to drop, so that the event says what happened
+/// (a store that was never provisioned has nothing).
+pub async fn drop_store(admin_url: &str, target: &Target) -> Result<Dropped> {
     target.check()?;
+    let admin_url = &target.admin_url(admin_url)?;
     let (r, s) = (&target.role, &target.schema);
     match target.engine {
         Engine::Postgres => {
@@ -665,7 +728,10 @@ pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
             }
             tx.commit().await.map_err(provisioning)?;
             let _ = conn.close().await;
-            role_ours
+            role_ours.map(|()| Dropped {
+                schema: schema != Found::Absent,
+                role: role != Found::Absent,
+            })
         }
         Engine::Mysql => {
             let mut conn = admin_connection::<sqlx::MySqlConnection>(admin_url).await?;
@@ -683,13 +749,24 @@ pub async fn drop_store(admin_url: &str, target: &Target) -> Result<()> {
                         .await
                         .map_err(provisioning)?;
                 }
-                user_ours
+                user_ours.map(|()| Dropped {
+                    schema: found.database != Found::Absent,
+                    role: found.user != Found::Absent,
+                })
             })
             .await;
             let _ = conn.close().await;
             result
         }
     }
+}
+
+/// What [`drop_store`] dropped: the schema (database), the role (user),
+/// both, or neither when they did not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub schema: bool,
+    pub role: bool,
 }
 
 /// A pool on the store's own database, as the data plane opens it.
@@ -849,8 +926,40 @@ mod tests {
         assert!(valid_identifier(&long));
     }
 
+    #[test]
+    fn tls_is_required_unless_the_url_asks_for_more() {
+        let t = |u: &str| require_tls(u).expect("parses");
+        assert_eq!(
+            t("postgres://a:b@h:5432/db"),
+            "postgres://a:b@h:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            t("postgres://a:b@h/db?sslmode=disable&application_name=x"),
+            "postgres://a:b@h/db?application_name=x&sslmode=require"
+        );
+        assert_eq!(
+            t("postgres://a:b@h/db?sslmode=verify-full"),
+            "postgres://a:b@h/db?sslmode=verify-full"
+        );
+        assert_eq!(
+            t("mysql://a:b@h:3306/mysql?ssl-mode=PREFERRED"),
+            "mysql://a:b@h:3306/mysql?ssl-mode=REQUIRED"
+        );
+        assert_eq!(
+            t("mysql://a:b@h/mysql?ssl-mode=VERIFY_IDENTITY"),
+            "mysql://a:b@h/mysql?ssl-mode=VERIFY_IDENTITY"
+        );
+        let store = Target {
+            tls: true,
+            ..target("uid-1", false)
+        };
+        let url = store_url("postgres://admin:x@h/db", &store, "pw").expect("url");
+        assert_eq!(url, "postgres://ss_x:pw@h/db?sslmode=require");
+    }
+
     fn target(uid: &str, adopt_unmarked: bool) -> Target {
         Target {
+            tls: false,
             engine: Engine::Postgres,
             schema: "ss_x".into(),
             role: "ss_x".into(),

@@ -17,7 +17,7 @@ use kube::{
 /// How long a repeat still joins the series of an earlier event (the same
 /// as client-go's and kube-rs's recorders).
 const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
-/// The apiserver's limit on an event's note.
+/// The apiserver's limit on an event's note is 1024 bytes.
 const NOTE_LIMIT: usize = 1000;
 
 /// What makes two events the same: the object (by uid, so a re-created
@@ -86,7 +86,7 @@ impl Recorder {
             warning: type_ == EventType::Warning,
             reason: reason.into(),
             action: action.into(),
-            note: note.chars().take(NOTE_LIMIT).collect(),
+            note: note_of(note),
         };
         let now = Timestamp::now();
         let ttl = jiff_ttl();
@@ -124,6 +124,37 @@ impl Recorder {
     }
 }
 
+/// An event's note: one line, and at most [`NOTE_LIMIT`] bytes (the
+/// apiserver counts bytes, so a note of 1000 multi-byte characters was
+/// refused and the event lost), cut at a character boundary.
+fn note_of(text: &str) -> String {
+    let mut note = crate::conditions::one_line(text);
+    if note.len() > NOTE_LIMIT {
+        let mut end = NOTE_LIMIT;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    note
+}
+
 fn jiff_ttl() -> k8s_openapi::jiff::SignedDuration {
     k8s_openapi::jiff::SignedDuration::try_from(SERIES_TTL).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_is_one_line_within_the_apiservers_byte_limit() {
+        assert_eq!(
+            note_of("invalid pattern: regex parse error:\n    (x\n    ^\nerror: unclosed group"),
+            "invalid pattern: regex parse error: (x ^ error: unclosed group"
+        );
+        let long = note_of(&"é".repeat(900));
+        assert!(long.len() <= NOTE_LIMIT && long.chars().all(|c| c == 'é'));
+        assert_eq!(long.chars().count(), NOTE_LIMIT / 2);
+    }
 }

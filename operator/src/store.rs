@@ -120,8 +120,9 @@ pub fn error_policy(store: Arc<SyncStore>, err: &Error, ctx: Arc<Context>) -> Ac
     ))
 }
 
-fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>) -> Target {
+fn target(store: &SyncStore, names: &DbNames, predecessor: Option<String>, tls: bool) -> Target {
     Target {
+        tls,
         engine: names.engine,
         schema: names.schema.clone(),
         role: names.role.clone(),
@@ -242,7 +243,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     let existing = secrets.get_opt(&n.generated).await?;
-    check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
+    let tls = check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
     let db_names = children::db_names(store)?;
 
     let (generated, created) = ensure_secret(&ctx.client, &candidate).await?;
@@ -253,7 +254,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         name: n.generated.clone(),
         key: "DB_PASSWORD".into(),
     })?;
-    let (url, database) = match provision_database(ctx, store, &db_names, &password).await {
+    let (url, database) = match provision_database(ctx, store, &db_names, &password, tls).await {
         Ok(p) => (p.url.clone(), Ok(p)),
         Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
             Some(url) => (url, Err(e)),
@@ -366,9 +367,10 @@ async fn provision_database(
     store: &SyncStore,
     db_names: &DbNames,
     password: &str,
+    tls: bool,
 ) -> Result<Provisioned> {
     let admin = admin_url(store, ctx).await?;
-    let target = target(store, db_names, predecessor(store, ctx).await?);
+    let target = target(store, db_names, predecessor(store, ctx).await?, tls);
     let warnings = database::provision(&admin, &target, password)
         .await
         .map_err(|e| located(e, store, &admin))?;
@@ -437,7 +439,10 @@ fn located(e: Error, store: &SyncStore, admin: &str) -> Error {
     };
     let r = &store.spec.database.admin_secret_ref;
     let server = database::server_of(admin).unwrap_or_else(|_| "the database server".into());
-    let advice = if message.contains("; check ") {
+    let advice = if message.contains("the TLS connection") && store.spec.database.ssl == Some(true)
+    {
+        "; spec.database.ssl is true, so the operator and the pods require TLS to this server: enable TLS on it or set spec.database.ssl to false"
+    } else if message.contains("; check ") {
         ""
     } else {
         "; check that the server runs and that the operator can reach it, or fix the URL in that Secret"
@@ -463,20 +468,25 @@ async fn last_database_url(ctx: &Context, store: &SyncStore) -> Result<Option<St
 async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<Deployment> {
     let client = &ctx.client;
     let n = names(store);
-    // The one child whose fields the apiserver checks beyond the CRD's
-    // rules (host names, paths): refused before anything is applied.
+    // The children whose fields the apiserver checks beyond the CRD's
+    // rules are refused before anything is applied: the Ingress (host
+    // names, paths) and the Deployment (the pod template: quantities,
+    // names, keys that repeat in a list, a name another store's consumer
+    // has), so that a refused spec leaves no half-applied ConfigMap behind.
     let ingress = children::ingress(store);
     if let Some(ingress) = &ingress {
         dry_run(client, ingress).await?;
     }
-    apply(client, &children::database_secret(store, url)).await?;
-    let config = children::config_map(store);
-    apply(client, &config).await?;
+    let config = children::config_map(store, &ctx.settings.key_prefix);
     let hash = children::config_hash(&config, url);
+    let wanted = children::deployment(store, &hash);
+    dry_run(client, &wanted).await.map_err(nothing_applied)?;
+    apply(client, &children::database_secret(store, url)).await?;
+    apply(client, &config).await?;
     if let Some(autoscaling) = &store.spec.autoscaling {
         hand_replicas_over(ctx, store, autoscaling).await?;
     }
-    let deployment = apply(client, &children::deployment(store, &hash)).await?;
+    let deployment = apply(client, &wanted).await?;
     apply(client, &children::service(store)).await?;
     apply(client, &children::pdb(store)).await?;
 
@@ -515,6 +525,18 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
     Ok(deployment)
 }
 
+/// The store's own Deployment taken by another store (the analytics
+/// consumer of store `news` is `news-analytics`), found by the dry run
+/// before any child is applied: nothing of this store is.
+fn nothing_applied(e: Error) -> Error {
+    match e {
+        Error::ChildTaken { kind, name, owner } => Error::InvalidSpec(format!(
+            "{kind} {name}, which this store needs, already belongs to {owner}, so nothing is applied for this store until one of the two stores is renamed"
+        )),
+        other => other,
+    }
+}
+
 /// The analytics consumer's Deployment (`<store>-analytics`) taken by a
 /// store of that name: the message says which fields make this store need
 /// it, so either can be changed.
@@ -528,8 +550,10 @@ fn analytics_taken(e: Error) -> Error {
 }
 
 /// Refuses, before any database work or rollout, a spec whose pods would
-/// exit on their configuration (see [`crate::validate`]).
-async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<()> {
+/// exit on their configuration (see [`crate::validate`]). Returns whether
+/// the pods require TLS to the database (`DB_SSL` as they parse it): the
+/// operator's own connections then require it too.
+async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<bool> {
     // A missing Redis Secret is not this check's to report: the pods show
     // it (CreateContainerConfigError) and the rest of the store still rolls.
     let redis_url = match &store.spec.redis {
@@ -549,11 +573,11 @@ async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Res
     };
     let vars = crate::validate::data_plane_env(
         store,
-        &children::config_map(store),
+        &children::config_map(store, &ctx.settings.key_prefix),
         generated,
         redis_url.as_deref(),
     );
-    crate::validate::check(store, vars)
+    crate::validate::check(store, vars).map(|config| config.database.ssl)
 }
 
 /// Deactivates the rows the operator wrote for ApiKeys of this store that
@@ -892,7 +916,13 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    let target = target(store, &names, predecessor(store, ctx).await.unwrap_or(None));
+    let tls = store.spec.database.ssl == Some(true);
+    let target = target(
+        store,
+        &names,
+        predecessor(store, ctx).await.unwrap_or(None),
+        tls,
+    );
     let result = match admin_url(store, ctx).await {
         Ok(admin) => database::drop_store(&admin, &target).await,
         Err(e) => Err(e),
@@ -914,16 +944,15 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             .await;
             Ok(Action::await_change())
         }
-        Ok(()) => {
-            publish(
-                ctx,
-                store,
-                EventType::Normal,
-                "SchemaDropped",
-                &format!("Dropped {} and its role", target.schema),
-                "Cleanup",
-            )
-            .await;
+        Ok(dropped) => {
+            let (schema, role) = (&target.schema, &target.role);
+            let (reason, note) = match (dropped.schema, dropped.role) {
+                (true, true) => ("SchemaDropped", format!("Dropped {schema} and its role {role}.")),
+                (true, false) => ("SchemaDropped", format!("Dropped {schema}; its role {role} did not exist.")),
+                (false, true) => ("SchemaDropped", format!("Dropped role {role}; {schema} did not exist.")),
+                (false, false) => ("NothingToDrop", format!("Dropped nothing: neither {schema} nor role {role} exists, so the store had no data on the database server.")),
+            };
+            publish(ctx, store, EventType::Normal, reason, &note, "Cleanup").await;
             Ok(Action::await_change())
         }
         Err(e) if ctx.failures(&store.uid().unwrap_or_default()) >= GIVE_UP_AFTER => {

@@ -59,10 +59,13 @@ pub fn data_plane_env(
     vars
 }
 
-/// Parses `vars` with the data plane's parser. The message names the
-/// variable and the problem in one line, never a secret's value (the
-/// parser's messages do not echo secrets).
-pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()> {
+/// Parses `vars` with the data plane's parser and returns the
+/// configuration the pods would run with. The message names the variable
+/// and the problem in one line, never a secret's value (the parser's
+/// messages do not echo secrets).
+pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<Config> {
+    check_name(store)?;
+    check_env_names(store)?;
     check_quantities(store)?;
     // The GeoIP file lives on a pod volume the operator cannot open; what
     // it can check is that the path is on one of the mounted volumes.
@@ -71,7 +74,7 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<()
     }
     let raw = RawConfig::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| Error::InvalidSpec(first_line(&e)))?;
-    Config::from_raw(&raw).map(drop).map_err(|e| {
+    Config::from_raw(&raw).map_err(|e| {
         let field = source_of(store, e.var);
         let value = vars
             .get(e.var)
@@ -130,21 +133,60 @@ fn source_of(store: &SyncStore, var: &str) -> String {
     field.into()
 }
 
-/// A variable's value as a message may show it: never a secret's (the
-/// credentials, the Redis URL, a URL with a user or password in it), and
-/// at most 80 characters.
+/// The store's name names its Service and labels its pods, so it must be
+/// a DNS-1035 label of at most 63 characters. The CRD refuses others at
+/// apply; this catches a store created under a CRD without that rule,
+/// before any schema is made for a store whose children cannot exist.
+fn check_name(store: &SyncStore) -> Result<()> {
+    let name = store.name_any();
+    if syncstore_crds::is_store_name(&name) {
+        return Ok(());
+    }
+    Err(Error::InvalidSpec(format!(
+        "the name {name} cannot name the store's Service nor label its pods: a SyncStore's name must be at most 63 lower-case letters, digits and '-', start with a letter and end with a letter or digit, so nothing is provisioned; create the store under such a name"
+    )))
+}
+
+/// `spec.env` names the CRD refuses at apply (operator-managed ones and
+/// the bootstrap key), checked again for a CRD installed without the rule.
+fn check_env_names(store: &SyncStore) -> Result<()> {
+    let refused = store.spec.env.iter().map(|e| e.name.as_str()).find(|n| {
+        syncstore_crds::MANAGED_ENV.contains(n) || syncstore_crds::BOOTSTRAP_ENV.contains(n)
+    });
+    match refused {
+        None => Ok(()),
+        Some(name) if syncstore_crds::BOOTSTRAP_ENV.contains(&name) => Err(Error::InvalidSpec(format!(
+            "the spec.env entry {name} is refused: a store's API keys are ApiKeys, which the operator revokes when they are deleted, so nothing is rolled out until the entry is removed"
+        ))),
+        Some(name) => Err(Error::InvalidSpec(format!(
+            "the spec.env entry {name} is refused: the operator manages {name}, so nothing is rolled out until the entry is removed"
+        ))),
+    }
+}
+
+/// The variables whose values are secret: those the data plane's own
+/// configuration hides (`hide_env_values` on its clap arguments: the
+/// database and Redis URLs, the JWT secrets, the bootstrap key, and any it
+/// adds later), and the operator's generated `DB_PASSWORD`.
+fn secret_vars() -> Vec<String> {
+    use clap::Args;
+    let command = RawConfig::augment_args(clap::Command::new("syncstore"));
+    command
+        .get_arguments()
+        .filter(|a| a.is_hide_env_values_set())
+        .filter_map(|a| a.get_env().and_then(|e| e.to_str()).map(str::to_owned))
+        .chain(["DB_PASSWORD".to_string()])
+        .collect()
+}
+
+/// A variable's value as a message may show it: never a secret's (see
+/// [`secret_vars`]) nor a URL with a user or password in it, and at most
+/// 80 characters.
 fn shown(var: &str, value: &str) -> Option<String> {
-    const SECRET: [&str; 5] = [
-        "JWT_SECRET",
-        "JWT_REFRESH_SECRET",
-        "DB_PASSWORD",
-        "DATABASE_URL",
-        "REDIS_URL",
-    ];
     let userinfo = value
         .split_once("://")
         .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@'));
-    if SECRET.contains(&var) || userinfo {
+    if userinfo || secret_vars().iter().any(|s| s == var) {
         return None;
     }
     let mut v: String = value.chars().take(80).collect();
@@ -344,11 +386,16 @@ mod tests {
 
     fn check_yaml(extra: &str) -> Result<()> {
         let s = store(&format!("{BASE}{extra}"));
-        let vars = data_plane_env(&s, &children::config_map(&s), &generated(), None);
-        check(&s, vars)
+        let vars = data_plane_env(
+            &s,
+            &children::config_map(&s, "sk_live_"),
+            &generated(),
+            None,
+        );
+        check(&s, vars).map(drop)
     }
 
-    fn message(r: Result<()>) -> String {
+    fn message<T: std::fmt::Debug>(r: Result<T>) -> String {
         match r {
             Err(Error::InvalidSpec(m)) => m,
             other => panic!("expected InvalidSpec, got {other:?}"),
@@ -361,7 +408,7 @@ mod tests {
         let s = store("database: {engine: mysql, adminSecretRef: {name: a}, ssl: true}\ncorsOrigins: [https://app.example.com]\ntrustedProxies: [10.0.0.0/8]\njwt: {accessTokenLifetime: 1h}\nenv: [{name: LOG_LEVEL, value: debug}]\n");
         let vars = data_plane_env(
             &s,
-            &children::config_map(&s),
+            &children::config_map(&s, "sk_live_"),
             &generated(),
             Some("redis://redis:6379"),
         );
@@ -419,6 +466,62 @@ mod tests {
         );
         // No secret value reaches the message.
         assert!(!m.contains(&"x".repeat(47)));
+    }
+
+    /// The data plane's own list of secrets decides what is never shown,
+    /// the bootstrap key included; and the operator refuses the names the
+    /// CRD refuses, for a CRD without the rule.
+    #[test]
+    fn secret_values_are_the_data_planes_secrets_and_never_shown() {
+        let secrets = secret_vars();
+        for v in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "JWT_SECRET",
+            "JWT_REFRESH_SECRET",
+            "BOOTSTRAP_API_KEY",
+            "DB_PASSWORD",
+        ] {
+            assert!(secrets.iter().any(|s| s == v), "{v} in {secrets:?}");
+            assert_eq!(shown(v, "sk_live_short"), None, "{v}");
+        }
+        assert_eq!(shown("LOG_FORMAT", "xml").as_deref(), Some("xml"));
+        let m = message(check_yaml(
+            "env: [{name: BOOTSTRAP_API_KEY, value: sk_live_hunter2}]
+",
+        ));
+        assert!(!m.contains("hunter2"), "{m}");
+        assert_eq!(
+            m,
+            "the spec.env entry BOOTSTRAP_API_KEY is refused: a store's API keys are ApiKeys, which the operator revokes when they are deleted, so nothing is rolled out until the entry is removed"
+        );
+        let m = message(check_yaml(
+            "env: [{name: DATABASE_URL, value: 'postgres://x'}]
+",
+        ));
+        assert!(
+            m.starts_with("the spec.env entry DATABASE_URL is refused"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_store_name_that_cannot_name_a_service_is_refused() {
+        for name in ["my.store", "1chat"] {
+            let mut s = store(BASE);
+            s.metadata.name = Some(name.into());
+            let vars = data_plane_env(
+                &s,
+                &children::config_map(&s, "sk_live_"),
+                &generated(),
+                None,
+            );
+            let m = message(check(&s, vars));
+            assert!(
+                m.starts_with(&format!("the name {name} cannot name the store's Service")),
+                "{m}"
+            );
+        }
     }
 
     #[test]

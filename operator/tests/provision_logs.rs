@@ -57,6 +57,7 @@ async fn provision_and_drop_logging_at_trace(engine: Engine, admin: &str) {
 
     let name = format!("ss_logtest_{}", random(12).to_ascii_lowercase());
     let target = Target {
+        tls: false,
         engine,
         schema: name.clone(),
         role: name,

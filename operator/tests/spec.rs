@@ -605,11 +605,325 @@ fn a_child_name_taken_by_another_store_is_named() {
     });
     assert_eq!(
         message,
-        "invalid spec: Deployment news-analytics, which this store needs, already belongs to SyncStore news as its analytics consumer, so it is left alone until one of the two stores is renamed; the children applied before it follow the spec, the ones after it are not updated meanwhile"
+        "invalid spec: Deployment news-analytics, which this store needs, already belongs to SyncStore news as its analytics consumer, so nothing is applied for this store until one of the two stores is renamed"
     );
+    // What the message says: found by a dry run before any child.
+    assert!(c.get("configmap", "news-analytics-config").is_none());
+    assert!(c.get("secret", "news-analytics-db").is_none());
     // It has no Deployment of its own: Ready carries the refusal.
     assert_eq!(
         ready(&c.must_get("syncstore", "news-analytics")).1,
         "InvalidSpec"
     );
+}
+
+/// Names and keys no child could ever carry are refused at `kubectl
+/// apply`: a store name that cannot name a Service or label a pod, a key
+/// Secret name, a `pg_` schema on PostgreSQL, a bootstrap key in `env`
+/// (an every-scope key in the spec, which `view` may read, and which the
+/// operator would never revoke), and keys that repeat in the pod
+/// template's keyed lists. Before, these were accepted and then failed in
+/// the operator (`KubernetesError`, a `failed to create typed patch
+/// object` dump, after the schema was made), or echoed the key back.
+#[test]
+fn names_and_keys_no_child_could_carry_are_refused_at_apply() {
+    let c = with_operator("op-refuse", Engine::Postgres);
+    let long = "a".repeat(64);
+    for (name, why) in [
+        ("my.store", "dot"),
+        ("1chat", "leading digit"),
+        (long.as_str(), "64 characters"),
+    ] {
+        let e = apply(&c, &store(name, Engine::Postgres, "")).expect_err(why);
+        assert!(
+            e.contains("a SyncStore's name must be at most 63 lower-case letters, digits and '-', start with a letter"),
+            "{why}: {e}"
+        );
+    }
+    let e = apply(
+        &c,
+        &store(
+            "boot",
+            Engine::Postgres,
+            "  env: [{name: BOOTSTRAP_API_KEY, value: sk_live_hunter2}]\n",
+        ),
+    )
+    .expect_err("a bootstrap key");
+    assert!(
+        e.contains("env cannot set BOOTSTRAP_API_KEY or BOOTSTRAP_USER_ID"),
+        "{e}"
+    );
+    for (list, why) in [
+        (
+            "  env: [{name: LOG_LEVEL, value: debug}, {name: LOG_LEVEL, value: info}]\n",
+            "spec.env",
+        ),
+        (
+            "  podTemplate: {volumes: [{name: a, emptyDir: {}}, {name: a, emptyDir: {}}]}\n",
+            "spec.podTemplate.volumes",
+        ),
+        (
+            "  podTemplate: {volumeMounts: [{name: a, mountPath: /x}, {name: b, mountPath: /x}]}\n",
+            "spec.podTemplate.volumeMounts",
+        ),
+        (
+            "  podTemplate: {imagePullSecrets: [{name: r}, {name: r}]}\n",
+            "spec.podTemplate.imagePullSecrets",
+        ),
+        (
+            "  podTemplate: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}, {maxSkew: 2, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]}\n",
+            "spec.podTemplate.topologySpreadConstraints",
+        ),
+    ] {
+        let e = apply(&c, &store("dup", Engine::Postgres, list)).expect_err(why);
+        assert!(e.contains(why) && e.contains("Duplicate value"), "{why}: {e}");
+    }
+    let e = apply(
+        &c,
+        &store("sys", Engine::Postgres, "").replace("key: url}", "key: url}, schemaName: pg_temp"),
+    )
+    .expect_err("pg_temp");
+    assert!(
+        e.contains("schemaName cannot start with pg_ on PostgreSQL"),
+        "{e}"
+    );
+    let key = |spec: &str| {
+        format!("apiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: k}}\nspec: {{userId: alice, {spec}}}\n")
+    };
+    let e = apply(&c, &key("storeRef: chat, secretName: Bad_Name")).expect_err("secretName");
+    assert!(e.contains("secretName must be a Secret name"), "{e}");
+    let e = apply(&c, &key("storeRef: Chat")).expect_err("storeRef");
+    assert!(e.contains("storeRef must name a SyncStore"), "{e}");
+    assert!(
+        c.kubectl(&["get", "syncstores,apikeys", "-o", "name"])
+            .trim()
+            .is_empty(),
+        "nothing was created"
+    );
+}
+
+/// A key that repeats in a list the CRD does not key (`resources.claims`,
+/// a Kubernetes type passed through) is found by the Deployment's dry run
+/// before any child or the ConfigMap is applied: `SpecAccepted=False`,
+/// `InvalidSpec`, in the apiserver's one line, not a `KubernetesError`
+/// retried for minutes while `SpecAccepted` still said `Accepted`. A key
+/// with a pattern that does not compile says why in one line. A refused
+/// store deleted with `Delete` had nothing on the server, and its event
+/// says so rather than `Dropped … and its role`.
+#[test]
+fn a_child_the_apiserver_cannot_type_is_an_invalid_spec_before_any_apply() {
+    let c = with_operator("op-untyped", Engine::Postgres);
+    apply(&c, &store("chat", Engine::Postgres, "")).expect("store");
+    c.wait_condition("syncstore/chat", "Ready", 90);
+    let before = c.must_get("configmap", "chat-config");
+    apply(
+        &c,
+        &store(
+            "chat",
+            Engine::Postgres,
+            "  jwt: {accessTokenLifetime: 1h}\n  resources: {claims: [{name: gpu}, {name: gpu}]}\n",
+        ),
+    )
+    .expect("accepted: the CRD does not key resources.claims");
+    let (status, _, message) = c.eventually("InvalidSpec", 60, || {
+        let r = cond3(&c.get("syncstore", "chat")?, "SpecAccepted");
+        (r.1 == "InvalidSpec").then_some(r)
+    });
+    assert_eq!(status, "False");
+    assert_eq!(
+        message,
+        "invalid spec: the Kubernetes API refused Deployment chat: .spec.template.spec.containers[name=\"syncstore\"].resources.claims: duplicate entries for key [name=\"gpu\"]"
+    );
+    let s = c.must_get("syncstore", "chat");
+    assert_eq!(s["status"]["phase"], "Failed");
+    assert_eq!(ready(&s).1, "Serving", "the running pods still serve");
+    let cm = c.must_get("configmap", "chat-config");
+    assert_eq!(
+        cm["data"], before["data"],
+        "nothing is applied for a refused spec"
+    );
+    assert!(cm["data"].get("JWT_EXPIRES_IN").is_none());
+    let events = c.kubectl(&["get", "events", "-o", "json"]);
+    assert!(!events.contains("KubernetesError"), "{events}");
+
+    // Fixed: accepted and applied.
+    apply(
+        &c,
+        &store(
+            "chat",
+            Engine::Postgres,
+            "  jwt: {accessTokenLifetime: 1h}\n",
+        ),
+    )
+    .expect("fixed");
+    c.eventually("Accepted again", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        (cond3(&s, "SpecAccepted").1 == "Accepted").then_some(())
+    });
+    assert_eq!(
+        c.must_get("configmap", "chat-config")["data"]["JWT_EXPIRES_IN"],
+        "1h"
+    );
+
+    // A pattern that does not compile: one line naming the problem.
+    apply(
+        &c,
+        "apiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: ua}\nspec: {storeRef: chat, userId: alice, userAgentPatterns: ['(unclosed']}\n",
+    )
+    .expect("key");
+    let (_, reason, message) = c.eventually("the key is refused", 60, || {
+        let r = ready(&c.get("apikey", "ua")?);
+        (r.1 == "InvalidSpec").then_some(r)
+    });
+    assert_eq!(reason, "InvalidSpec");
+    assert_eq!(
+        message,
+        "invalid spec: invalid user-agent pattern '(unclosed': unclosed group"
+    );
+
+    // A store refused before provisioning, deleted with Delete.
+    apply(
+        &c,
+        &store(
+            "never",
+            Engine::Postgres,
+            "  jwt: {accessTokenLifetime: forever}\n",
+        )
+        .replace("key: url}", "key: url}, deletionPolicy: Delete"),
+    )
+    .expect("store");
+    c.eventually("never is refused", 60, || {
+        (ready(&c.get("syncstore", "never")?).1 == "InvalidSpec").then_some(())
+    });
+    c.kubectl(&[
+        "delete",
+        "syncstore",
+        "never",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let events: Value =
+        serde_json::from_str(&c.kubectl(&["get", "events", "-o", "json"])).expect("json");
+    let notes: Vec<(String, String)> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == "never")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        notes.iter().any(|(r, n)| r == "NothingToDrop"
+            && n.starts_with("Dropped nothing: neither ss_")
+            && n.ends_with("exists, so the store had no data on the database server.")),
+        "{notes:?}"
+    );
+    assert!(
+        !notes.iter().any(|(r, _)| r == "SchemaDropped"),
+        "{notes:?}"
+    );
+}
+
+/// `spec.database.ssl: true` (DB_SSL) holds for the operator too: the
+/// store's URL requires TLS (on PostgreSQL, whose server offers it, the
+/// store provisions and its `DATABASE_URL` says `sslmode=require`), and a
+/// server without TLS (this MariaDB) is `DatabaseUnreachable` naming the
+/// field, before any Deployment exists, instead of a `Ready` store whose
+/// pods could never connect while the operator provisioned in clear.
+#[test]
+fn database_ssl_is_required_by_the_operator_as_by_the_pods() {
+    let mut c = Cluster::new("op-ssl");
+    c.secret("pg-admin", &[("url", &postgres_admin())]);
+    c.secret("maria-admin", &[("url", &mysql_admin())]);
+    c.start_operator("op-ssl");
+    apply(
+        &c,
+        &store("pg", Engine::Postgres, "")
+            .replace("db-admin, key: url}", "pg-admin, key: url}, ssl: true"),
+    )
+    .expect("pg");
+    apply(
+        &c,
+        &store("maria", Engine::Mysql, "")
+            .replace("db-admin, key: url}", "maria-admin, key: url}, ssl: true"),
+    )
+    .expect("maria");
+    c.wait_condition("syncstore/pg", "Ready", 90);
+    let url = c.secret_value("pg-db", "DATABASE_URL").expect("url");
+    assert!(url.ends_with("?sslmode=require"), "TLS required");
+    assert_eq!(
+        c.must_get("configmap", "pg-config")["data"]["DB_SSL"],
+        "true"
+    );
+    let (status, reason, message) = c.eventually("maria refused", 90, || {
+        let r = cond3(&c.get("syncstore", "maria")?, "DatabaseReady");
+        (r.1 == "DatabaseUnreachable").then_some(r)
+    });
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DatabaseUnreachable")
+    );
+    assert!(
+        message.contains("the TLS connection to the database server failed")
+            && message.ends_with("spec.database.ssl is true, so the operator and the pods require TLS to this server: enable TLS on it or set spec.database.ssl to false"),
+        "{message}"
+    );
+    assert!(c.get("deployment", "maria").is_none(), "nothing rolled out");
+    // Turned off: it provisions.
+    c.kubectl(&[
+        "patch",
+        "syncstore",
+        "maria",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"database":{"ssl":false}}}"#,
+    ]);
+    c.wait_condition("syncstore/maria", "Ready", 90);
+}
+
+/// The operator's key prefix (`--key-prefix`, the chart's
+/// `operator.apiKeyPrefix`) reaches every store as `API_KEY_TOKEN_PREFIX`,
+/// so the pods' log redaction recognises the keys the operator generates
+/// (with the data plane's default `sk_live_`, a `pk_test_` key went
+/// unmasked), and `spec.env` cannot set it apart.
+#[test]
+fn the_operators_key_prefix_reaches_the_stores() {
+    let mut c = Cluster::new("op-prefix");
+    c.secret("db-admin", &[("url", &postgres_admin())]);
+    let kubeconfig = common::kubeconfig();
+    c.start_operator_with(
+        "op-prefix",
+        &kubeconfig,
+        &[("API_KEY_TOKEN_PREFIX", "pk_test_")],
+    );
+    let e = apply(
+        &c,
+        &store(
+            "chat",
+            Engine::Postgres,
+            "  env: [{name: API_KEY_TOKEN_PREFIX, value: sk_live_}]\n",
+        ),
+    )
+    .expect_err("env cannot set the prefix");
+    assert!(
+        e.contains("API_KEY_TOKEN_PREFIX: the operator manages them"),
+        "{e}"
+    );
+    apply(&c, &store("chat", Engine::Postgres, "")).expect("store");
+    apply(
+        &c,
+        "apiVersion: syncstore.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: k}\nspec: {storeRef: chat, userId: alice}\n",
+    )
+    .expect("key");
+    c.wait_condition("apikey/k", "Ready", 90);
+    assert_eq!(
+        c.must_get("configmap", "chat-config")["data"]["API_KEY_TOKEN_PREFIX"],
+        "pk_test_"
+    );
+    let key = c.secret_value("k-apikey", "apiKey").expect("key");
+    assert!(key.starts_with("pk_test_"));
 }

@@ -383,6 +383,7 @@ async fn concurrent_provisioning(engine: Engine, admin: &str) {
     let prefix = format!("ss_conc_{:x}", rand_suffix() & 0xffff_ffff);
     let targets: Vec<Target> = (0..8)
         .map(|i| Target {
+            tls: false,
             engine,
             schema: format!("{prefix}_{i}"),
             role: format!("{prefix}_{i}"),

@@ -92,7 +92,9 @@ impl Restrictions {
             user_agents: user_agents
                 .iter()
                 .map(|p| {
-                    Regex::new(p).map_err(|e| format!("invalid user-agent pattern '{p}': {e}"))
+                    Regex::new(p).map_err(|e| {
+                        format!("invalid user-agent pattern '{p}': {}", regex_problem(&e))
+                    })
                 })
                 .collect::<Result<_, _>>()?,
         })
@@ -223,10 +225,31 @@ fn last_value<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Option<&'h 
         .filter(|v| !v.is_empty())
 }
 
+/// What is wrong with a pattern, in one line: the regex crate's syntax
+/// errors span several lines (the pattern, a caret under the fault, then
+/// `error: unclosed group`), which an API error or a status condition
+/// would show broken up.
+fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_bad_user_agent_pattern_is_one_line() {
+        let Err(e) = Restrictions::from_lists(&[], &[], &[], &["(unclosed".into()]) else {
+            panic!("a pattern that does not compile is refused");
+        };
+        assert_eq!(e, "invalid user-agent pattern '(unclosed': unclosed group");
+    }
 
     fn r(ips: &str, countries: &str, domains: &str, uas: &str) -> Restrictions {
         fn opt(s: &str) -> Option<&str> {
