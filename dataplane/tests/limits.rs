@@ -3,46 +3,9 @@
 
 mod common;
 
-use common::{unique_user, Server};
+use common::{redis::PrivateRedis, unique_user, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-
-/// A private redis-server for this test binary.
-struct Redis(std::process::Child, u16);
-
-impl Redis {
-    fn start() -> Redis {
-        let port = common::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/services.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Redis(child, port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn get(http: &Client, server: &Server, key: &str) -> reqwest::Response {
     http.get(server.url("/api/v1/sync-storage/keys"))
@@ -54,8 +17,8 @@ async fn get(http: &Client, server: &Server, key: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_key_quota_holds_exactly_across_two_processes_sharing_redis() {
-    let redis = Redis::start();
-    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let redis = PrivateRedis::start();
+    let url = redis.url();
     let pg = common::postgres_url();
     let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url.as_str())];
     let a = Server::start(&env).await;
@@ -123,8 +86,8 @@ async fn the_global_rate_limit_counts_per_key_and_per_user_in_process() {
 /// (`RATE_LIMIT_REDIS_TIMEOUT_MS`) rather than failing open.
 #[tokio::test]
 async fn a_cold_burst_over_two_processes_admits_exactly_the_quota() {
-    let redis = Redis::start();
-    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let redis = PrivateRedis::start();
+    let url = redis.url();
     let pg = common::postgres_url();
     let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url.as_str())];
     let a = Server::start(&env).await;

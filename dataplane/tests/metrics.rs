@@ -6,66 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{unique_user, ws, Server};
+use common::{redis::PrivateRedis, unique_user, ws, Server};
 use serde_json::json;
-
-/// A private redis-server, so the test may stop it without disturbing others.
-struct Redis {
-    child: Option<std::process::Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> std::process::Child {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/services.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    fn start() -> Redis {
-        let port = common::free_port();
-        Redis {
-            child: Some(Self::start_on(port)),
-            port,
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.child = Some(Self::start_on(self.port));
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn scrape(server: &Server) -> String {
     reqwest::get(server.url("/metrics"))
@@ -243,8 +185,8 @@ async fn deliveries_sockets_limits_and_the_pool_count_what_was_done() {
 
 #[tokio::test]
 async fn redis_outage_shows_in_the_gauge_errors_and_reconnects() {
-    let mut redis = Redis::start();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
     let server = Server::start(&[("REDIS_URL", url.as_str())]).await;
     let text = eventually(&server, "syncstore_redis_connected", 1.0).await;
     assert_eq!(

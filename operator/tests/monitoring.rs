@@ -10,7 +10,6 @@
 mod common;
 
 use common::{condition, postgres_admin, Cluster};
-use serde_json::Value;
 
 const CRD: &str = "podmonitors.monitoring.coreos.com";
 
@@ -49,23 +48,9 @@ fn monitoring_condition(c: &Cluster) -> Option<(String, String, String)> {
 }
 
 fn warnings(c: &Cluster) -> Vec<(String, String)> {
-    let list: Value = serde_json::from_str(&c.kubectl(&[
-        "get",
-        "events",
-        "-o",
-        "json",
-        "--field-selector",
-        "involvedObject.name=chat,type=Warning",
-    ]))
-    .expect("json");
-    list["items"]
-        .as_array()
+    c.events("involvedObject.name=chat,type=Warning")
         .into_iter()
-        .flatten()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (s("reason"), s("message"))
-        })
+        .map(|(_, reason, message)| (reason, message))
         .collect()
 }
 

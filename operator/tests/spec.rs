@@ -802,19 +802,10 @@ fn a_child_the_apiserver_cannot_type_is_an_invalid_spec_before_any_apply() {
         "--wait=true",
         "--timeout=60s",
     ]);
-    let events: Value =
-        serde_json::from_str(&c.kubectl(&["get", "events", "-o", "json"])).expect("json");
-    let notes: Vec<(String, String)> = events["items"]
-        .as_array()
+    let notes: Vec<(String, String)> = c
+        .events_of("never")
         .into_iter()
-        .flatten()
-        .filter(|e| e["involvedObject"]["name"] == "never")
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or("").to_string(),
-                e["message"].as_str().unwrap_or("").to_string(),
-            )
-        })
+        .map(|(_, reason, message)| (reason, message))
         .collect();
     assert!(
         notes.iter().any(|(r, n)| r == "NothingToDrop"

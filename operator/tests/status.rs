@@ -58,29 +58,6 @@ fn key_yaml(name: &str, store: &str) -> String {
     )
 }
 
-/// (type, reason, message) of the events about object `name`.
-fn events_of(c: &Cluster, name: &str) -> Vec<(String, String, String)> {
-    let selector = format!("involvedObject.name={name}");
-    let list: Value = serde_json::from_str(&c.kubectl(&[
-        "get",
-        "events",
-        "-o",
-        "json",
-        "--field-selector",
-        &selector,
-    ]))
-    .expect("json");
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (s("type"), s("reason"), s("message"))
-        })
-        .collect()
-}
-
 fn cond_field(obj: &Value, type_: &str, field: &str) -> Option<String> {
     condition(obj, type_)?[field].as_str().map(String::from)
 }
@@ -293,7 +270,7 @@ fn status_and_events_name_the_latest_failure_and_recovery_is_immediate() {
         let m = cond_field(&s, "Ready", "message")?;
         (m.contains("refused") && s["status"]["failures"].as_u64()? >= 4).then_some(m)
     });
-    let events = events_of(&c, "chat");
+    let events = c.events_of("chat");
     assert!(
         events
             .iter()
@@ -349,7 +326,8 @@ fn keys_wait_for_their_store_without_failing() {
         "the key followed its store after {:?} (the fallback requeue is 30 s)",
         migrated.elapsed()
     );
-    let warnings: Vec<_> = events_of(&c, "early")
+    let warnings: Vec<_> = c
+        .events_of("early")
         .into_iter()
         .filter(|(t, _, _)| t == "Warning")
         .collect();
@@ -502,7 +480,7 @@ fn children_follow_the_spec_while_the_database_is_unreachable() {
         "{message}"
     );
     assert!(
-        events_of(&c, "chat")
+        c.events_of("chat")
             .iter()
             .any(|(t, r, m)| t == "Warning" && r == "DatabaseUnreachable" && m == &message),
         "a Warning carries {message:?}"
@@ -637,7 +615,7 @@ fn regenerated_secrets_are_a_warning() {
     c.start_operator("op-regen");
     apply_yaml(&c, &store_yaml("chat", 1));
     c.wait_condition("syncstore/chat", "Ready", 60);
-    let first = events_of(&c, "chat");
+    let first = c.events_of("chat");
     assert!(
         first
             .iter()
@@ -648,7 +626,7 @@ fn regenerated_secrets_are_a_warning() {
 
     c.kubectl(&["delete", "secret", "chat-secrets"]);
     let warning = c.eventually("SecretsRegenerated", 30, || {
-        events_of(&c, "chat")
+        c.events_of("chat")
             .into_iter()
             .find(|(t, r, _)| t == "Warning" && r == "SecretsRegenerated")
     });
@@ -1172,11 +1150,11 @@ async fn an_ungranted_connect_is_a_warning() {
         format!("Schema {schema} and role {role} are in place and marked as this store's, but {warning}.")
     );
     assert!(
-        events_of(&c, "chat").iter().any(|(t, r, m)| t == "Warning"
+        c.events_of("chat").iter().any(|(t, r, m)| t == "Warning"
             && r == "ConnectNotGranted"
             && *m == format!("{warning}.")),
         "{:?}",
-        events_of(&c, "chat")
+        c.events_of("chat")
     );
     c.wait_condition("syncstore/chat", "Ready", 60);
 
@@ -1263,7 +1241,7 @@ fn a_killed_operator_restarts_without_refused_requests() {
     let warnings: Vec<_> = keys
         .iter()
         .chain(&["chat"])
-        .flat_map(|n| events_of(&c, n))
+        .flat_map(|n| c.events_of(n))
         .filter(|(t, _, _)| t == "Warning")
         .collect();
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -1547,7 +1525,7 @@ fn keys_deleted_with_their_delete_policy_store_go() {
         .then_some(())
     });
     for key in ["s2-k1", "s2-k2"] {
-        let events = events_of(&c, key);
+        let events = c.events_of(key);
         let warnings: Vec<_> = events.iter().filter(|(t, _, _)| t == "Warning").collect();
         assert!(warnings.is_empty(), "{key}: {warnings:?}");
         assert!(

@@ -207,14 +207,10 @@ async fn namespaces_do_not_collide_and_schemas_are_owned(engine: Engine) {
         .is_some_and(|r| r.is_active));
     // The event names whose schema it is, without the provisioning advice
     // ("choose another schemaName") that means nothing to a deleted store.
-    let events: Value =
-        serde_json::from_str(&thief.kubectl(&["get", "events", "-o", "json"])).expect("events");
-    let refused: Vec<&str> = events["items"]
-        .as_array()
+    let refused: Vec<String> = thief
+        .events("involvedObject.name=victim,reason=DropRefused")
         .into_iter()
-        .flatten()
-        .filter(|e| e["reason"] == "DropRefused")
-        .filter_map(|e| e["message"].as_str())
+        .map(|(_, _, message)| message)
         .collect();
     let what = if matches!(engine, Engine::Postgres) {
         "schema"

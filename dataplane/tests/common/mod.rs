@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod app;
+pub mod redis;
 pub mod ws;
 
 // Each test target includes this module and uses what it needs of it.

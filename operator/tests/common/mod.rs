@@ -285,6 +285,27 @@ impl Cluster {
         run_kubectl(args, Some(&self.ns))
     }
 
+    /// (type, reason, message) of this namespace's events that match a
+    /// field selector such as `involvedObject.name=chat,type=Warning`.
+    pub fn events(&self, selector: &str) -> Vec<(String, String, String)> {
+        let args = ["get", "events", "-o", "json", "--field-selector", selector];
+        let list: Value = serde_json::from_str(&self.kubectl(&args)).expect("events JSON");
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (s("type"), s("reason"), s("message"))
+            })
+            .collect()
+    }
+
+    /// [`Cluster::events`] about the object named `name`.
+    pub fn events_of(&self, name: &str) -> Vec<(String, String, String)> {
+        self.events(&format!("involvedObject.name={name}"))
+    }
+
     pub fn apply_example(&self, file: &str) {
         self.kubectl(&[
             "apply",
