@@ -361,8 +361,10 @@ pub fn database_secret(store: &SyncStore, url: &str) -> Secret {
 }
 
 /// A hash of everything the pods read at start, so that a change to any of
-/// it rolls them.
-pub fn config_hash(config: &ConfigMap, database_url: &str) -> String {
+/// it rolls them: the ConfigMap, the database URL, and the Redis URL from
+/// the user's Secret (a Secret read through `secretKeyRef` reaches a pod
+/// only when it starts).
+pub fn config_hash(config: &ConfigMap, database_url: &str, redis_url: Option<&str>) -> String {
     let mut h = Sha256::new();
     for (k, v) in config.data.iter().flatten() {
         h.update(k.as_bytes());
@@ -371,6 +373,10 @@ pub fn config_hash(config: &ConfigMap, database_url: &str) -> String {
         h.update([0]);
     }
     h.update(database_url.as_bytes());
+    if let Some(redis) = redis_url {
+        h.update([0]);
+        h.update(redis.as_bytes());
+    }
     h.finalize()
         .iter()
         .take(8)
@@ -854,12 +860,19 @@ mod tests {
         assert_eq!(data["CORS_ORIGIN"], "https://a.example,https://b.example");
         assert_eq!(data["CONFLICT_DEFAULT_STRATEGY"], "MERGE");
         assert!(!data.contains_key("KAFKA_BROKERS"));
-        let before = config_hash(&cm, "u");
+        let before = config_hash(&cm, "u", None);
         let mut other = s.clone();
         other.spec.limits.max_item_size_kb = Some(65);
-        assert_ne!(before, config_hash(&config_map(&other, "sk_live_"), "u"));
-        assert_ne!(before, config_hash(&cm, "u2"));
-        assert_eq!(before, config_hash(&config_map(&s, "sk_live_"), "u"));
+        assert_ne!(
+            before,
+            config_hash(&config_map(&other, "sk_live_"), "u", None)
+        );
+        assert_ne!(before, config_hash(&cm, "u2", None));
+        assert_eq!(before, config_hash(&config_map(&s, "sk_live_"), "u", None));
+        // A new Redis URL in the user's Secret rolls the pods too.
+        let redis = config_hash(&cm, "u", Some("redis://a:6379"));
+        assert_ne!(before, redis);
+        assert_ne!(redis, config_hash(&cm, "u", Some("redis://b:6379")));
     }
 
     #[test]

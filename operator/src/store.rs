@@ -243,7 +243,7 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &store.namespace().unwrap_or_default());
     let existing = secrets.get_opt(&n.generated).await?;
-    let tls = check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
+    let checked = check_spec(store, ctx, existing.as_ref().unwrap_or(&candidate)).await?;
     let db_names = children::db_names(store)?;
 
     let (generated, created) = ensure_secret(&ctx.client, &candidate).await?;
@@ -254,15 +254,16 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         name: n.generated.clone(),
         key: "DB_PASSWORD".into(),
     })?;
-    let (url, database) = match provision_database(ctx, store, &db_names, &password, tls).await {
-        Ok(p) => (p.url.clone(), Ok(p)),
-        Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
-            Some(url) => (url, Err(e)),
-            None => return Err(e),
-        },
-        Err(e) => return Err(e),
-    };
-    let deployment = apply_children(ctx, store, &url).await?;
+    let (url, database) =
+        match provision_database(ctx, store, &db_names, &password, checked.tls).await {
+            Ok(p) => (p.url.clone(), Ok(p)),
+            Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
+                Some(url) => (url, Err(e)),
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+    let deployment = apply_children(ctx, store, &url, checked.redis_url.as_deref()).await?;
     // Never fails the store: no PodMonitor CRD is a condition, not an error.
     let monitoring = crate::monitoring::reconcile(ctx, store).await;
     // The children follow the spec; a database failure still fails the
@@ -465,7 +466,12 @@ async fn last_database_url(ctx: &Context, store: &SyncStore) -> Result<Option<St
 
 /// Applies every child and deletes the ones no longer wanted; returns the
 /// data-plane Deployment as the apiserver has it (status included).
-async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<Deployment> {
+async fn apply_children(
+    ctx: &Context,
+    store: &SyncStore,
+    url: &str,
+    redis_url: Option<&str>,
+) -> Result<Deployment> {
     let client = &ctx.client;
     let n = names(store);
     // The children whose fields the apiserver checks beyond the CRD's
@@ -478,7 +484,7 @@ async fn apply_children(ctx: &Context, store: &SyncStore, url: &str) -> Result<D
         dry_run(client, ingress).await?;
     }
     let config = children::config_map(store, &ctx.settings.key_prefix);
-    let hash = children::config_hash(&config, url);
+    let hash = children::config_hash(&config, url, redis_url);
     let wanted = children::deployment(store, &hash);
     dry_run(client, &wanted).await.map_err(nothing_applied)?;
     apply(client, &children::database_secret(store, url)).await?;
@@ -549,11 +555,18 @@ fn analytics_taken(e: Error) -> Error {
     }
 }
 
+/// What [`check_spec`] learnt on the way.
+struct Checked {
+    /// Whether the pods require TLS to the database (`DB_SSL` as they parse
+    /// it): the operator's own connections then require it too.
+    tls: bool,
+    /// The Redis URL from the user's Secret, if it is there.
+    redis_url: Option<String>,
+}
+
 /// Refuses, before any database work or rollout, a spec whose pods would
-/// exit on their configuration (see [`crate::validate`]). Returns whether
-/// the pods require TLS to the database (`DB_SSL` as they parse it): the
-/// operator's own connections then require it too.
-async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<bool> {
+/// exit on their configuration (see [`crate::validate`]).
+async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<Checked> {
     // A missing Redis Secret is not this check's to report: the pods show
     // it (CreateContainerConfigError) and the rest of the store still rolls.
     let redis_url = match &store.spec.redis {
@@ -577,7 +590,11 @@ async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Res
         generated,
         redis_url.as_deref(),
     );
-    crate::validate::check(store, vars).map(|config| config.database.ssl)
+    let config = crate::validate::check(store, vars)?;
+    Ok(Checked {
+        tls: config.database.ssl,
+        redis_url,
+    })
 }
 
 /// Deactivates the rows the operator wrote for ApiKeys of this store that

@@ -623,6 +623,7 @@ fn regenerated_secrets_are_a_warning() {
         "{first:?}"
     );
     let jwt = c.secret_value("chat-secrets", "JWT_SECRET");
+    let hash = template_hash(&c, "chat");
 
     c.kubectl(&["delete", "secret", "chat-secrets"]);
     let warning = c.eventually("SecretsRegenerated", 30, || {
@@ -635,6 +636,45 @@ fn regenerated_secrets_are_a_warning() {
         "Secret chat-secrets was missing and has been generated again: the new JWT secrets invalidate every token issued before, so every user is signed out, and the database password is reset, so the pods roll."
     );
     assert_ne!(c.secret_value("chat-secrets", "JWT_SECRET"), jwt);
+    // The pods roll, as the message says, so that every one of them reads
+    // the new secrets.
+    c.eventually("the pods to roll", 30, || {
+        (template_hash(&c, "chat") != hash).then_some(())
+    });
+    c.wait_condition("syncstore/chat", "Ready", 60);
+}
+
+/// The pod template's roll-on-change hash of Deployment `name`.
+fn template_hash(c: &Cluster, name: &str) -> String {
+    c.must_get("deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        ["syncstore.dev/config-hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A Secret a store reads through `secretKeyRef` (its Redis URL) reaches a
+/// pod only when it starts: a new URL there rolls the pods, and the same
+/// URL written again does not.
+#[test]
+fn a_new_redis_url_rolls_the_pods() {
+    let mut c = Cluster::new("redisroll");
+    pg_secrets(&c);
+    c.start_operator("op-redisroll");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    let first = template_hash(&c, "chat");
+    let set_url = |url: &str| {
+        c.kubectl(&["delete", "secret", "redis"]);
+        c.secret("redis", &[("url", url)]);
+    };
+    set_url("redis://127.0.0.1:6379");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(template_hash(&c, "chat"), first, "same URL, no roll");
+    set_url("redis://127.0.0.1:6379/1");
+    c.eventually("the pods to roll", 30, || {
+        (template_hash(&c, "chat") != first).then_some(())
+    });
     c.wait_condition("syncstore/chat", "Ready", 60);
 }
 
