@@ -33,8 +33,7 @@ use crate::{
     conditions::{is_true, merge, Verdict},
     context::{paused, retry_after, Context, Error, Result, StoreDb},
     events::publish,
-    keyrows,
-    store::{self, GIVE_UP_AFTER},
+    keyrows, store,
 };
 
 pub const KIND: &str = "ApiKey";
@@ -608,6 +607,9 @@ async fn update_status(
     Ok(())
 }
 
+/// Failed revokes in a row after which a Warning says why the ApiKey waits.
+const WARN_AFTER: u32 = 5;
+
 /// Revokes the key's rows, then deletes its Secret. When the store or its
 /// database is gone there is nothing left to revoke, and deletion goes on.
 async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
@@ -670,18 +672,26 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
             )
             .await;
         }
-        Err(e) if ctx.failures(&key.uid().unwrap_or_default()) >= GIVE_UP_AFTER => {
-            publish(
-                ctx,
-                key,
-                EventType::Warning,
-                "RevokeSkipped",
-                &format!("Gave up revoking: {e}"),
-                "Revoke",
-            )
-            .await;
+        // The store is there and its pods may serve: letting the ApiKey go
+        // with its rows active would leave a key that Kubernetes no longer
+        // has still authenticating. So the finalizer stays and the revoke
+        // is retried (within 10 s, see `retry_after`) until the database
+        // answers; after a few failures a Warning says why and what lets
+        // the key go.
+        Err(e) => {
+            if ctx.failures(&key.uid().unwrap_or_default()) + 1 == WARN_AFTER {
+                publish(
+                    ctx,
+                    key,
+                    EventType::Warning,
+                    "RevokePending",
+                    &format!("The key stays until its rows are revoked, since the store's pods would still accept it: {e}. It goes as soon as the store's database answers, or with the store"),
+                    "Revoke",
+                )
+                .await;
+            }
+            return Err(e);
         }
-        Err(e) => return Err(e),
     }
     release_secret(key, &secrets, &name, secret).await
 }

@@ -653,6 +653,78 @@ fn template_hash(c: &Cluster, name: &str) -> String {
         .to_string()
 }
 
+/// Issue 15 §2: a key Kubernetes no longer has must never authenticate. An
+/// ApiKey deleted while the operator cannot reach its store's database
+/// stays (Terminating) with a Warning that says why, its row active, and
+/// goes, its row revoked, once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_stays_until_its_rows_are_revoked() {
+    use syncstore::{auth::hash_key, storage::keys};
+    let mut c = Cluster::new("revokewait");
+    pg_secrets(&c);
+    c.start_operator("op-revokewait");
+    apply_yaml(&c, &store_yaml("chat", 1));
+    apply_yaml(&c, &key_yaml("k1", "chat"));
+    c.wait_condition("apikey/k1", "Ready", 90);
+    let url = c.secret_value("chat-db", "DATABASE_URL").expect("url");
+    let db = syncstore_operator::database::open_store(&url, 1)
+        .await
+        .expect("store db");
+    let hash = hash_key(&c.secret_value("k1-apikey", "apiKey").expect("key"));
+    let active = || async {
+        keys::find_by_hash(&db, &hash)
+            .await
+            .expect("query")
+            .expect("row")
+            .is_active
+    };
+    assert!(active().await);
+
+    // The store's database out of the operator's reach: its admin URL and
+    // the store's own URL (what revoking uses) name a closed port. With the
+    // admin URL failing, the operator keeps the store's URL as it is.
+    set_admin_url(&c, &closed_port_url());
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "DatabaseReady",
+        "False",
+        "DatabaseUnreachable",
+    );
+    let closed = url.replace("127.0.0.1:5432", "127.0.0.1:1");
+    c.kubectl(&[
+        "patch",
+        "secret",
+        "chat-db",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({ "stringData": { "DATABASE_URL": closed } }).to_string(),
+    ]);
+    c.kubectl(&["delete", "apikey", "k1", "--wait=false"]);
+    let (_, _, message) = c.eventually("RevokePending", 120, || {
+        c.events_of("k1")
+            .into_iter()
+            .find(|(t, r, _)| t == "Warning" && r == "RevokePending")
+    });
+    assert!(
+        message.starts_with("The key stays until its rows are revoked, since the store's pods would still accept it: database unreachable:"),
+        "{message}"
+    );
+    assert!(
+        c.get("apikey", "k1").is_some(),
+        "the finalizer holds the ApiKey"
+    );
+    assert!(active().await, "nothing revoked it yet");
+
+    set_admin_url(&c, &postgres_admin());
+    c.eventually("the ApiKey to go", 60, || {
+        c.get("apikey", "k1").is_none().then_some(())
+    });
+    assert!(!active().await, "its row is revoked");
+    db.close().await;
+}
+
 /// A Secret a store reads through `secretKeyRef` (its Redis URL) reaches a
 /// pod only when it starts: a new URL there rolls the pods, and the same
 /// URL written again does not.
