@@ -306,8 +306,13 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
 
 /// Runs a REST request inside its server span (see [`server_span`]), and
 /// records the answer on it. Outside the log span of `TraceLayer`, so that
-/// every line logged for the request carries the trace's ids.
+/// every line logged for the request carries the trace's ids. Probes and
+/// scrapes (`/health`, `/ready`, `/metrics`), every few seconds from each
+/// kubelet and Prometheus, are not traced.
 async fn trace_request(req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/health" | "/ready" | "/metrics") {
+        return next.run(req).await;
+    }
     let route = req
         .extensions()
         .get::<MatchedPath>()
