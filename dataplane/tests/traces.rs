@@ -297,4 +297,40 @@ async fn one_rest_write_is_one_trace_across_both_pods_and_the_consumer() {
     let handshake = one(&connect, "connect /sync");
     assert_eq!(handshake.parent.as_deref(), Some(connect_parent.as_str()));
     assert_eq!(handshake.instance, "pod-b");
+
+    // A socket event is a messaging span, the root of a trace of its own
+    // linked to the handshake, with the write under it.
+    let ack = ws::call(
+        &mut device,
+        "sync:set",
+        r#"{"key":"from-socket","value":2}"#,
+    )
+    .await;
+    assert_eq!(ack["status"], "applied", "{ack}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let found = jaeger
+            .traces_with("syncstore", "sync:set /sync")
+            .await
+            .iter()
+            .map(spans_of)
+            .find(|spans| spans.iter().any(|s| s.name == "write set"));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no trace of the sync:set event");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let set = one(&event, "sync:set /sync");
+    assert_eq!(set.parent, None);
+    assert_eq!(
+        (tag(set, "span.kind"), tag(set, "messaging.system")),
+        (&json!("consumer"), &json!("socket.io"))
+    );
+    assert!(
+        set.links
+            .contains(&(connect_trace.clone(), handshake.id.clone())),
+        "{set:#?}"
+    );
+    assert_eq!(one(&event, "write set").parent.as_ref(), Some(&set.id));
 }

@@ -134,7 +134,18 @@ exporters:
 impl Jaeger {
     /// The traces Jaeger has of `service` (the latest hundred).
     pub async fn traces_of(&self, service: &str) -> Vec<Value> {
-        let url = self.url(&format!("/api/traces?service={service}&limit=100"));
+        self.search(&format!("service={service}")).await
+    }
+
+    /// The traces of `service` that have a span named `operation`.
+    pub async fn traces_with(&self, service: &str, operation: &str) -> Vec<Value> {
+        let operation = operation.replace(' ', "%20").replace('/', "%2F");
+        self.search(&format!("service={service}&operation={operation}"))
+            .await
+    }
+
+    async fn search(&self, query: &str) -> Vec<Value> {
+        let url = self.url(&format!("/api/traces?{query}&limit=100"));
         let Ok(response) = reqwest::get(url).await else {
             return Vec::new();
         };
