@@ -11,12 +11,9 @@ mod common;
 #[path = "common/jaeger.rs"]
 mod jaeger;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{create_key, free_port, postgres_url, unique_user, ws, Server};
+use common::{create_key, postgres_url, unique_user, ws, Server};
 use jaeger::{one, spans_of, tag, tree, Jaeger, Span};
 use serde_json::{json, Value};
 
@@ -25,35 +22,6 @@ fn kafka() -> String {
     std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
         panic!("TEST_KAFKA_BROKERS is not set: run scripts/kafka-up.sh (the test command does)")
     })
-}
-
-/// A private redis-server for the two pods' fan-out.
-struct Redis(Child, u16);
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/services.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis(child, port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits until Jaeger has the trace with every span in `names` (each
@@ -95,12 +63,12 @@ fn random_ids() -> (String, String) {
 #[tokio::test]
 async fn one_rest_write_is_one_trace_across_both_pods_and_the_consumer() {
     let jaeger = Jaeger::start().await;
-    let redis = Redis::start();
+    let redis = common::redis::PrivateRedis::start();
     let brokers = kafka();
     let store = unique_user("traces");
     let topic = format!("analytics-{store}");
     let db = postgres_url();
-    let redis_url = format!("redis://127.0.0.1:{}", redis.1);
+    let redis_url = redis.url();
     let endpoint = format!("http://127.0.0.1:{}", jaeger.otlp_http);
     let shared = [
         ("DATABASE_URL", db.as_str()),
