@@ -53,6 +53,22 @@ async fn complete_trace(
     }
 }
 
+/// The trace once Jaeger has it (each process exports on its own
+/// schedule), or a failure after 30 s.
+async fn wait_trace(jaeger: &Jaeger, trace_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((_, trace)) = jaeger.trace(trace_id).await {
+            return trace;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id} never reached Jaeger"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// 32 and 16 random hex digits: a trace the test's caller "started".
 fn random_ids() -> (String, String) {
     let trace = uuid::Uuid::new_v4().simple().to_string();
@@ -219,11 +235,7 @@ async fn one_rest_write_is_one_trace_across_both_pods_and_the_consumer() {
         .find(|(t, _)| *t != trace_id)
         .cloned()
         .unwrap_or_else(|| panic!("the record span links to its batch: {record:#?}"));
-    let (_, batch) = jaeger
-        .trace(&batch_trace)
-        .await
-        .expect("the batch's own trace is in Jaeger");
-    let batch_spans = spans_of(&batch);
+    let batch_spans = spans_of(&wait_trace(&jaeger, &batch_trace).await);
     let batch = batch_spans
         .iter()
         .find(|s| s.id == batch_id)
@@ -257,11 +269,7 @@ async fn one_rest_write_is_one_trace_across_both_pods_and_the_consumer() {
     assert_eq!(line["span_id"], put.id.as_str(), "{line}");
 
     // The handshake continued the device's own trace.
-    let (_, connect) = jaeger
-        .trace(&connect_trace)
-        .await
-        .expect("the handshake's trace is in Jaeger");
-    let connect = spans_of(&connect);
+    let connect = spans_of(&wait_trace(&jaeger, &connect_trace).await);
     let handshake = one(&connect, "connect /sync");
     assert_eq!(handshake.parent.as_deref(), Some(connect_parent.as_str()));
     assert_eq!(handshake.instance, "pod-b");

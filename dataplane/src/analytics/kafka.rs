@@ -238,23 +238,9 @@ async fn drain(
             }
         }
         let (batch_span, record_spans) = batch_spans(source, &messages);
-        // The batch is written once, whatever it takes: a database error
-        // is retried with the same messages, never skipped.
-        let mut attempt = 0u32;
-        let applied = loop {
-            match apply(db, topic, store, &messages)
-                .instrument(batch_span.clone())
-                .await
-            {
-                Ok(n) => break n,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "analytics batch not stored; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(50))))
-                        .await;
-                }
-            }
-        };
+        let applied = store_batch(db, topic, store, &messages)
+            .instrument(batch_span)
+            .await;
         metrics
             .analytics_events
             .with_label_values(&["aggregated"])
@@ -271,6 +257,22 @@ async fn drain(
         drop(record_spans);
         if lag.measured.elapsed() >= Duration::from_secs(1) {
             lag.measure(consumer, topic, metrics);
+        }
+    }
+}
+
+/// Stores one batch, whatever it takes: a database error is retried with
+/// the same messages, never skipped. Returns how many events it counted.
+async fn store_batch(db: &Db, topic: &str, store: &str, messages: &[BorrowedMessage<'_>]) -> usize {
+    let mut attempt = 0u32;
+    loop {
+        match apply(db, topic, store, messages).await {
+            Ok(n) => return n,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "analytics batch not stored; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(50)))).await;
+            }
         }
     }
 }
