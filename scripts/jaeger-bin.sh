@@ -4,8 +4,8 @@
 # github.com/jaegertracing/jaeger Go module once, and caches it outside the
 # clone; prints the binary's path. The trace test starts it on loopback.
 #
-#   JAEGER_VERSION  module version (v1.76.0 is the v2.13 release line's tag
-#                   of the one module that holds both major lines)
+#   JAEGER_VERSION  module version: v1.76.0 is Jaeger v2.13.0 (the module
+#                   tags each v2 release with its v1 twin)
 set -euo pipefail
 JAEGER_VERSION="${JAEGER_VERSION:-v1.76.0}"
 CACHE="${SYNCSTORE_CACHE:-/var/cache/syncstore}/jaeger"
