@@ -48,6 +48,9 @@ export TEST_KAFKA_BROKERS
 TEST_PROMETHEUS_OPERATOR_CRDS="$(bash scripts/prometheus-operator-crds.sh)"
 export TEST_PROMETHEUS_OPERATOR_CRDS
 bash scripts/promtool-bin.sh >/dev/null
+# Trace tests export to a real Jaeger v2, built once from its Go module.
+TEST_JAEGER_BIN="$(bash scripts/jaeger-bin.sh)"
+export TEST_JAEGER_BIN
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

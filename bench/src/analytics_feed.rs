@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             ip: Some("10.0.0.1".into()),
             error_code: (i % 50 == 0).then(|| "IP_NOT_ALLOWED".into()),
             item_key: Some(format!("notes/{}", i % 100)),
+            trace: None,
         };
         let payload = serde_json::to_vec(&e)?;
         loop {

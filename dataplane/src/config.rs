@@ -15,8 +15,13 @@ use crate::{auth::Scope, conflict::Strategy};
 /// The settings each layer owns, defined beside the code that reads them
 /// and gathered here into [`Config`].
 pub use crate::{
-    analytics::AnalyticsConfig, auth::JwtConfig, conflict::ConflictConfig, domain::Secret,
-    storage::DatabaseConfig, sync::Limits,
+    analytics::AnalyticsConfig,
+    auth::JwtConfig,
+    conflict::ConflictConfig,
+    domain::Secret,
+    storage::DatabaseConfig,
+    sync::Limits,
+    telemetry::{LogConfig, LogFormat},
 };
 
 /// Raw settings as given by flags or environment variables.
@@ -238,12 +243,6 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
     Any,
@@ -273,12 +272,6 @@ pub struct RateLimitConfig {
 pub struct CorsConfig {
     pub origins: CorsOrigins,
     pub credentials: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub filter: String,
-    pub format: LogFormat,
 }
 
 /// Limits of the listening socket against slow and idle clients.

@@ -11,6 +11,7 @@ use syncstore::{
     keys::{Created, Keys, Revoked},
     storage::{self, Db},
     sync::validate_user_id,
+    telemetry::TraceSettings,
 };
 
 #[derive(Parser, Debug)]
@@ -242,8 +243,41 @@ async fn main() -> ExitCode {
         &config.api_keys.token_prefix,
         known.into_iter().flatten().map(str::to_owned),
     );
-    syncstore::telemetry::init(&config.log, redactor);
-    match cli.command {
+    // Traces only from the long-running commands; a one-shot admin
+    // command has nothing worth a trace.
+    let service = match cli.command {
+        Command::Serve => Some("syncstore"),
+        Command::Analytics => Some("syncstore-analytics"),
+        Command::Migrate | Command::Keys(_) => None,
+    };
+    let traces = service
+        .map(|name| TraceSettings::from_env(name, &config.pod_name, |k| std::env::var(k).ok()))
+        .transpose();
+    let exporting = match traces.map(Option::flatten) {
+        Ok(traces) => syncstore::telemetry::init(&config.log, redactor, traces.as_ref()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let exporting = match exporting {
+        Ok(exporting) => exporting,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = run(cli.command, config).await;
+    // The last spans (the shutdown's own) leave before the runtime goes.
+    if let Some(exporting) = exporting {
+        exporting.shutdown().await;
+    }
+    code
+}
+
+/// Runs one command with the logging (and traces) in place.
+async fn run(command: Command, config: Config) -> ExitCode {
+    match command {
         Command::Serve => match app::serve(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("serve", e),

@@ -1,7 +1,15 @@
-//! Logging setup: tracing to stderr, as JSON or text, with credentials
-//! masked on the way out.
+//! Logging and traces: `tracing` to stderr, as JSON or text, with
+//! credentials masked on the way out; and, when the `OTEL_*` variables ask
+//! for it, OTLP trace export ([`traces`]) with W3C context carried across
+//! pods and Kafka ([`context`]).
+//!
+//! An infrastructure module: its settings types are its own, and it knows
+//! nothing of the edges.
 
+pub mod context;
+mod ids;
 pub mod redact;
+pub mod traces;
 
 use std::{
     io::{self, IsTerminal},
@@ -10,13 +18,31 @@ use std::{
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::{
-    filter::filter_fn, fmt, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
-    EnvFilter,
+    filter::{filter_fn, FilterExt},
+    fmt::{self, MakeWriter},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+    EnvFilter, Layer, Registry,
 };
 
+pub use context::{TraceContext, TARGET};
+pub use ids::WithTraceIds;
 pub use redact::Redactor;
+pub use traces::{Exporting, PipelineError, TraceConfigError, TraceSettings};
 
-use crate::config::{LogConfig, LogFormat};
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// What is logged and how (`LOG_LEVEL`, `LOG_FORMAT`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
 
 /// Crates that dump raw transport frames at debug and trace: the Socket.IO
 /// CONNECT frame, and with it the handshake's API key or token, among them
@@ -43,37 +69,66 @@ fn is_transport(target: &str) -> bool {
     TRANSPORT_TARGETS.contains(&krate)
 }
 
+/// Whether the log formatter wants a callsite: everything but the spans
+/// that exist for traces only, which would otherwise replace the request's
+/// span (and its `request_id`) on the lines logged inside them.
+pub fn for_logs(meta: &Metadata<'_>) -> bool {
+    meta.target() != TARGET
+}
+
 /// Installs the global subscriber, writing to stderr so that a command's
 /// stdout (a created key, a migration count) stays machine-readable.
 /// A plain level such as `info` keeps sqlx's per-query and NOTICE chatter at
 /// `warn`; a full directive (`info,sqlx=debug`) is taken as given. Every
-/// line passes through `redactor`.
-pub fn init(cfg: &LogConfig, redactor: Redactor) {
+/// line passes through `redactor`. With `traces`, spans are exported too,
+/// whatever `LOG_LEVEL` says, and JSON lines carry their trace and span ids;
+/// the returned pipeline must be shut down before exit.
+pub fn init(
+    cfg: &LogConfig,
+    redactor: Redactor,
+    traces: Option<&TraceSettings>,
+) -> Result<Option<Exporting>, PipelineError> {
     let directive = if cfg.filter.contains('=') {
         cfg.filter.clone()
     } else {
         format!("{},sqlx=warn", cfg.filter)
     };
     let filter = EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter.and(filter_fn(for_logs));
     // Colours only for a person at a terminal: a file or a pipe (a log
     // collector) gets plain text.
-    let builder = fmt()
-        .with_env_filter(filter)
+    let logs = fmt::layer()
         .with_target(false)
         .with_ansi(io::stderr().is_terminal())
         .with_writer(Redacting::new(io::stderr, redactor));
-    let cap = filter_fn(allowed);
-    let _ = match cfg.format {
-        LogFormat::Json => builder
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match cfg.format {
+        LogFormat::Json => logs
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .finish()
-            .with(cap)
-            .try_init(),
-        LogFormat::Text => builder.finish().with(cap).try_init(),
+            .event_format(WithTraceIds(
+                fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_target(false),
+            ))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => logs.with_filter(filter).boxed(),
     };
+    let (spans, exporting) = match traces {
+        Some(settings) => {
+            let (layer, exporting) = traces::pipeline(settings)?;
+            (Some(layer), Some(exporting))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .with(filter_fn(allowed))
+        .try_init();
+    Ok(exporting)
 }
 
 /// A [`MakeWriter`] that masks credentials in each line before the inner
@@ -150,6 +205,7 @@ impl<W: io::Write> Drop for RedactingLine<'_, W> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use tracing_subscriber::fmt::fmt;
 
     /// Collects what the subscriber writes.
     #[derive(Clone, Default)]

@@ -33,7 +33,7 @@ use crate::{
     conditions::{is_true, merge, Verdict},
     context::{paused, retry_after, Context, Error, Result, StoreDb},
     events::publish,
-    keyrows, store,
+    keyrows, store, trace,
 };
 
 pub const KIND: &str = "ApiKey";
@@ -77,8 +77,8 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
     let deleting = key.meta().deletion_timestamp.is_some();
     let result = finalizer(&api, FINALIZER, key.clone(), |event| async {
         match event {
-            Event::Apply(k) => apply_key(&k, &ctx).await,
-            Event::Cleanup(k) => revoke(&k, &ctx).await,
+            Event::Apply(k) => trace::step("apply key", apply_key(&k, &ctx)).await,
+            Event::Cleanup(k) => trace::step("revoke key", revoke(&k, &ctx)).await,
         }
     })
     .await
@@ -577,7 +577,10 @@ fn key_secret(
 }
 
 /// Writes the status `f` derives from the live one (not the watch's copy,
-/// which can be behind), only when it changed; sets the key's metrics.
+/// which can be behind), only when it changed; sets the key's metrics. A
+/// step of the reconcile's trace (the target is
+/// `syncstore::telemetry::TARGET`, spelled out for the attribute).
+#[tracing::instrument(target = "syncstore_trace", name = "operator.step", fields(otel.name = "write status"), skip_all)]
 async fn update_status(
     ctx: &Context,
     api: &Api<ApiKey>,

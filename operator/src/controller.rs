@@ -26,7 +26,7 @@ use crate::{
     context::{Context, PAUSE_ANNOTATION},
     health::Health,
     metrics::Metrics,
-    store,
+    store, trace,
 };
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -168,7 +168,11 @@ pub async fn run(
             stores_reading(&store_reader, &s)
         })
         .graceful_shutdown_on(shutdown.clone())
-        .run(store::reconcile, store::error_policy, ctx.clone())
+        .run(
+            |store, ctx| trace::reconcile(store::KIND, store, ctx, store::reconcile),
+            store::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| std::future::ready(()));
 
     let (reader, writer) = reflector::store::<ApiKey>();
@@ -191,7 +195,11 @@ pub async fn run(
             keys_of(&key_reader, &s)
         })
         .graceful_shutdown_on(shutdown)
-        .run(apikey::reconcile, apikey::error_policy, ctx)
+        .run(
+            |key, ctx| trace::reconcile(apikey::KIND, key, ctx, apikey::reconcile),
+            apikey::error_policy,
+            ctx,
+        )
         .for_each(|_| std::future::ready(()));
 
     let store_health = health.clone();

@@ -20,4 +20,5 @@ pub mod recorder;
 pub mod server;
 pub mod serving;
 pub mod store;
+pub mod trace;
 pub mod validate;

@@ -6,12 +6,20 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use futures_util::FutureExt;
 use kube_lease_manager::LeaseManagerBuilder;
+use syncstore::telemetry::{self, Exporting, TraceSettings, WithTraceIds};
 use syncstore_operator::{
     context::{Context, Settings},
     controller,
     health::Health,
     metrics::Metrics,
     server,
+};
+use tracing_subscriber::{
+    filter::{filter_fn, FilterExt},
+    fmt,
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+    Layer,
 };
 
 #[derive(Parser)]
@@ -76,7 +84,27 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    init_logging(&args.key_prefix);
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let exporting = match init_logging(&args.key_prefix, &identity) {
+        Ok(exporting) => exporting,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = operate(args, identity).await;
+    // The last reconciles' spans leave before the runtime goes.
+    if let Some(exporting) = exporting {
+        exporting.shutdown().await;
+    }
+    code
+}
+
+/// Leads (or waits to) and reconciles until told to stop.
+async fn operate(args: RunArgs, identity: String) -> ExitCode {
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -90,10 +118,6 @@ async fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let metrics = Metrics::default();
 
     let health = Health::new(args.health_watch_grace);
@@ -154,20 +178,31 @@ async fn run(args: RunArgs) -> ExitCode {
 
 /// JSON lines on stderr, with credentials masked in every line (API keys
 /// by the prefix the operator generates them with, passwords in SQL and
-/// URLs, tokens).
-fn init_logging(key_prefix: &str) {
+/// URLs, tokens), carrying their trace's ids when traced; and OTLP traces
+/// of the reconciles when the `OTEL_*` variables ask for them (the
+/// pipeline returned must be shut down before exit).
+fn init_logging(key_prefix: &str, identity: &str) -> Result<Option<Exporting>, String> {
+    let traces = TraceSettings::from_env("syncstore-operator", identity, |k| std::env::var(k).ok())
+        .map_err(|e| e.to_string())?;
     let redactor = syncstore::telemetry::Redactor::new(key_prefix, []);
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .unwrap_or_else(|_| "info,kube=warn,sqlx=warn".into())
+        .and(filter_fn(telemetry::for_logs));
+    let logs = fmt::layer()
         .json()
-        .with_writer(syncstore::telemetry::Redacting::new(
-            std::io::stderr,
-            redactor,
-        ))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
-                .unwrap_or_else(|_| "info,kube=warn,sqlx=warn".into()),
-        )
-        .init();
+        .event_format(WithTraceIds(fmt::format().json()))
+        .with_writer(telemetry::Redacting::new(std::io::stderr, redactor))
+        .with_filter(filter);
+    let (spans, exporting) = match traces {
+        Some(settings) => {
+            let (layer, exporting) =
+                telemetry::traces::pipeline(&settings).map_err(|e| e.to_string())?;
+            (Some(layer), Some(exporting))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    Ok(exporting)
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, served by standby replicas too, so

@@ -35,6 +35,7 @@ use crate::{
     events::publish,
     keyrows,
     serving::{self, Serving},
+    trace,
 };
 
 pub const KIND: &str = "SyncStore";
@@ -73,7 +74,7 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
     let result = finalizer(&api, FINALIZER, store.clone(), |event| async {
         match event {
             Event::Apply(s) => apply_store(&s, &ctx).await,
-            Event::Cleanup(s) => cleanup(&s, &ctx).await,
+            Event::Cleanup(s) => trace::step("cleanup", cleanup(&s, &ctx)).await,
         }
     })
     .await
@@ -254,16 +255,17 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         name: n.generated.clone(),
         key: "DB_PASSWORD".into(),
     })?;
-    let (url, database) =
-        match provision_database(ctx, store, &db_names, &password, checked.tls).await {
-            Ok(p) => (p.url.clone(), Ok(p)),
-            Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
-                Some(url) => (url, Err(e)),
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        };
-    let deployment = apply_children(ctx, store, &url, checked.redis_url.as_deref()).await?;
+    let provisioned = provision_database(ctx, store, &db_names, &password, checked.tls);
+    let (url, database) = match trace::step("provision database", provisioned).await {
+        Ok(p) => (p.url.clone(), Ok(p)),
+        Err(e) if children_follow_anyway(&e) => match last_database_url(ctx, store).await? {
+            Some(url) => (url, Err(e)),
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    let children = apply_children(ctx, store, &url, checked.redis_url.as_deref());
+    let deployment = trace::step("apply children", children).await?;
     // Never fails the store: no PodMonitor CRD is a condition, not an error.
     let monitoring = crate::monitoring::reconcile(ctx, store).await;
     // The children follow the spec; a database failure still fails the
@@ -866,7 +868,10 @@ fn failure_verdicts(store: &SyncStore, err: &Error, serving: Option<&Serving>) -
 /// written a moment ago, a pause just lifted): comparing with that copy
 /// skipped writes that were needed, and left a store `Failed` after it had
 /// recovered. Only a changed status is written, so a steady state writes
-/// nothing (and triggers nothing). Also sets the store's metrics.
+/// nothing (and triggers nothing). Also sets the store's metrics. A step
+/// of the reconcile's trace (the attribute spells out
+/// `syncstore::telemetry::TARGET`, which it cannot name).
+#[tracing::instrument(target = "syncstore_trace", name = "operator.step", fields(otel.name = "write status"), skip_all)]
 async fn update_status(
     ctx: &Context,
     api: &Api<SyncStore>,

@@ -40,6 +40,11 @@ pub struct Event {
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item_key: Option<String>,
+    /// The trace of the request or socket event, when it is traced. Not
+    /// part of the event: Kafka carries it in the record's headers, where
+    /// tracing tools look for it.
+    #[serde(skip)]
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 impl Event {

@@ -8,13 +8,19 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use rdkafka::{
     config::ClientConfig,
     consumer::{CommitMode, Consumer, StreamConsumer},
-    message::{BorrowedMessage, Message},
+    message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders},
     producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer},
     ClientContext, Offset, TopicPartitionList,
 };
 
+use tracing::Instrument;
+
 use super::{aggregate, event::Event};
-use crate::{metrics::Metrics, storage::Db};
+use crate::{
+    metrics::Metrics,
+    storage::Db,
+    telemetry::{TraceContext, TARGET},
+};
 
 /// Counts what Kafka did with each event.
 struct Outcomes(Arc<Metrics>);
@@ -71,10 +77,11 @@ impl Producer {
             Err(_) => return,
         };
         let key = e.user_id.as_deref().unwrap_or_default();
-        let outcome = match self
-            .inner
-            .send(BaseRecord::to(&self.topic).key(key).payload(&payload))
-        {
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(&payload);
+        if let Some(trace) = &e.trace {
+            record = record.headers(trace_headers(trace));
+        }
+        let outcome = match self.inner.send(record) {
             Ok(()) => "queued",
             // Queue full, or the producer unusable: the event is dropped.
             Err(_) => "dropped",
@@ -88,6 +95,35 @@ impl Producer {
     pub fn flush(&self, timeout: Duration) {
         let _ = self.inner.flush(timeout);
     }
+}
+
+/// The W3C trace context as Kafka record headers (the names the
+/// OpenTelemetry instrumentations of Kafka clients use).
+fn trace_headers(trace: &TraceContext) -> OwnedHeaders {
+    let headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+        key: "traceparent",
+        value: Some(trace.traceparent.as_bytes()),
+    });
+    if trace.tracestate.is_empty() {
+        return headers;
+    }
+    headers.insert(Header {
+        key: "tracestate",
+        value: Some(trace.tracestate.as_bytes()),
+    })
+}
+
+/// The trace context a record's headers carry, if any.
+fn record_trace(m: &BorrowedMessage<'_>) -> Option<TraceContext> {
+    let headers = m.headers()?;
+    let text = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    TraceContext::from_parts(text("traceparent"), text("tracestate"))
 }
 
 /// Where `syncstore analytics` reads from.
@@ -201,20 +237,10 @@ async fn drain(
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        // The batch is written once, whatever it takes: a database error
-        // is retried with the same messages, never skipped.
-        let mut attempt = 0u32;
-        let applied = loop {
-            match apply(db, topic, store, &messages).await {
-                Ok(n) => break n,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "analytics batch not stored; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(50))))
-                        .await;
-                }
-            }
-        };
+        let (batch_span, record_spans) = batch_spans(source, &messages);
+        let applied = store_batch(db, topic, store, &messages)
+            .instrument(batch_span)
+            .await;
         metrics
             .analytics_events
             .with_label_values(&["aggregated"])
@@ -227,8 +253,26 @@ async fn drain(
             lag.processed.insert(part, next);
         }
         let _ = consumer.commit(&tpl, CommitMode::Async);
+        // The requests' traces show their events as counted from here on.
+        drop(record_spans);
         if lag.measured.elapsed() >= Duration::from_secs(1) {
             lag.measure(consumer, topic, metrics);
+        }
+    }
+}
+
+/// Stores one batch, whatever it takes: a database error is retried with
+/// the same messages, never skipped. Returns how many events it counted.
+async fn store_batch(db: &Db, topic: &str, store: &str, messages: &[BorrowedMessage<'_>]) -> usize {
+    let mut attempt = 0u32;
+    loop {
+        match apply(db, topic, store, messages).await {
+            Ok(n) => return n,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "analytics batch not stored; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(50)))).await;
+            }
         }
     }
 }
@@ -305,6 +349,65 @@ impl Lag {
         }
         self.shown = now;
     }
+}
+
+/// The spans of one batch: the batch's own, a consumer span linked to
+/// every traced request whose event it aggregates; and for each record of
+/// a sampled trace, a span in that request's trace (linked back to the
+/// batch), so that the request's trace reaches the consumer. The record
+/// spans end once the batch is stored. Without tracing, none exist.
+fn batch_spans(
+    source: Source<'_>,
+    messages: &[BorrowedMessage<'_>],
+) -> (tracing::Span, Vec<tracing::Span>) {
+    let batch = tracing::info_span!(
+        target: TARGET,
+        "analytics.batch",
+        otel.name = %format!("process {}", source.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = source.topic,
+        messaging.consumer.group.name = source.group,
+        messaging.batch.message_count = messages.len(),
+    );
+    if batch.is_disabled() {
+        return (batch, Vec::new());
+    }
+    let traced: Vec<(&BorrowedMessage<'_>, TraceContext)> = messages
+        .iter()
+        .filter_map(|m| record_trace(m).map(|t| (m, t)))
+        .collect();
+    for (_, trace) in &traced {
+        trace.link(&batch);
+    }
+    let batch_trace = TraceContext::of(&batch);
+    let records = traced
+        .into_iter()
+        .filter(|(_, trace)| trace.is_sampled())
+        .map(|(m, trace)| {
+            let span = tracing::info_span!(
+                target: TARGET,
+                "analytics.record",
+                otel.name = %format!("process {}", source.topic),
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.type = "process",
+                messaging.operation.name = "process",
+                messaging.destination.name = source.topic,
+                messaging.consumer.group.name = source.group,
+                messaging.destination.partition.id = %m.partition(),
+                messaging.kafka.offset = m.offset(),
+            );
+            trace.adopt(&span);
+            if let Some(batch) = &batch_trace {
+                batch.link(&span);
+            }
+            span
+        })
+        .collect();
+    (batch, records)
 }
 
 fn next_offsets(messages: &[BorrowedMessage<'_>]) -> BTreeMap<i32, i64> {

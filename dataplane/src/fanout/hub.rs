@@ -164,6 +164,7 @@ mod tests {
                     instance_id: "phone".into(),
                 })
                 .collect(),
+            trace: None,
         }
     }
 

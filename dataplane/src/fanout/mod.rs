@@ -17,7 +17,7 @@ pub use local::LocalBus;
 pub use redis::RedisBus;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Change;
+use crate::{domain::Change, telemetry::TraceContext};
 
 /// Changes of one user from one command, in seq order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +31,11 @@ pub struct Envelope {
     /// Wall-clock microseconds at publication, for the fan-out latency metric.
     pub published_us: i64,
     pub changes: Vec<Change>,
+    /// The W3C context of the publish, when the write is traced: the pod
+    /// that delivers the changes continues the trace. Absent from the JSON
+    /// otherwise, and ignored by a pod that predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Carries envelopes between pods. Methods never block: a write never waits

@@ -19,7 +19,10 @@ use redis::AsyncCommands;
 use tokio::sync::{mpsc, watch};
 
 use super::{Bus, Envelope, Hub};
-use crate::metrics::Metrics;
+use crate::{
+    metrics::Metrics,
+    telemetry::{TraceContext, TARGET},
+};
 
 /// Envelopes waiting to be published; past this, new ones are dropped (and
 /// counted): devices repair the gap from the database.
@@ -46,7 +49,7 @@ pub struct RedisBus {
     hub: Arc<Hub>,
     pod: String,
     channel_prefix: String,
-    publish_tx: mpsc::Sender<(String, Vec<u8>)>,
+    publish_tx: mpsc::Sender<(String, Vec<u8>, tracing::Span)>,
     sub_tx: mpsc::UnboundedSender<SubCommand>,
     hosted: Arc<Mutex<HashMap<String, Hosted>>>,
     metrics: Arc<Metrics>,
@@ -93,13 +96,26 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn publish(&self, envelope: Envelope) {
+    fn publish(&self, mut envelope: Envelope) {
         // Local devices first, without a round trip through Redis.
         self.hub.deliver(&envelope);
         let channel = self.channel(&envelope.user_id);
+        // A child of the write; it lasts until Redis took the message, and
+        // the pods that receive it continue from it.
+        let span = tracing::info_span!(
+            target: TARGET,
+            "fanout.publish",
+            otel.name = CHANNEL_SPAN_NAME_PUBLISH,
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.template = CHANNEL_TEMPLATE,
+        );
+        envelope.trace = TraceContext::of(&span);
         match serde_json::to_vec(&envelope) {
             Ok(bytes) => {
-                if self.publish_tx.try_send((channel, bytes)).is_err() {
+                if self.publish_tx.try_send((channel, bytes, span)).is_err() {
                     self.metrics.fanout_dropped.inc();
                 }
             }
@@ -165,12 +181,42 @@ impl Bus for RedisBus {
     }
 }
 
+/// The channel of every user, as span names and attributes show it: the
+/// real name holds the user id.
+const CHANNEL_TEMPLATE: &str = "ss:{store}:u:{userId}";
+const CHANNEL_SPAN_NAME_PUBLISH: &str = "publish ss:{store}:u:{userId}";
+const CHANNEL_SPAN_NAME_RECEIVE: &str = "receive ss:{store}:u:{userId}";
+
+/// Hands another pod's envelope to this pod's devices, inside a span of
+/// the publisher's trace when it is traced and sampled: the devices'
+/// deliveries are then its children.
+fn receive(hub: &Hub, envelope: &Envelope) {
+    let Some(trace) = envelope.trace.as_ref().filter(|t| t.is_sampled()) else {
+        hub.deliver(envelope);
+        return;
+    };
+    let span = tracing::info_span!(
+        target: TARGET,
+        "fanout.receive",
+        otel.name = CHANNEL_SPAN_NAME_RECEIVE,
+        otel.kind = "consumer",
+        messaging.system = "redis",
+        messaging.operation.type = "receive",
+        messaging.operation.name = "message",
+        messaging.destination.template = CHANNEL_TEMPLATE,
+    );
+    trace.adopt(&span);
+    span.in_scope(|| hub.deliver(envelope));
+}
+
 async fn publish_loop(
     mut conn: redis::aio::ConnectionManager,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    mut rx: mpsc::Receiver<(String, Vec<u8>, tracing::Span)>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some((channel, payload)) = rx.recv().await {
+    // The publish span, held to the end of its message's turn, lasts until
+    // Redis took the message (or it was given up).
+    while let Some((channel, payload, _publish_span)) = rx.recv().await {
         let started = std::time::Instant::now();
         // A few tries ride out a Redis restart; after that the message is
         // dropped and the subscribers' reconnect-resync covers it.
@@ -279,7 +325,7 @@ async fn subscribe_loop(
                 },
                 msg = stream.next() => match msg {
                     Some(msg) => match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
-                        Ok(env) if env.pod != pod => hub.deliver(&env),
+                        Ok(env) if env.pod != pod => receive(&hub, &env),
                         Ok(_) => {} // our own publish: delivered locally already
                         Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
                     },

@@ -17,7 +17,7 @@ mod sessions;
 
 use std::{convert::Infallible, sync::OnceLock, time::Instant};
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Method, Uri},
@@ -33,6 +33,7 @@ use tower_http::{
     set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
 };
+use tracing::Instrument;
 
 use utoipa::OpenApi;
 use utoipa_axum::{
@@ -46,6 +47,7 @@ use crate::{
     config::{CorsConfig, CorsOrigins},
     error::ApiError,
     state::AppState,
+    telemetry::{self, TraceContext, TARGET},
 };
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -188,6 +190,7 @@ pub fn router(state: AppState) -> Router {
             let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
         }))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state)
 }
 
@@ -294,9 +297,105 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
             .exact()
             .unwrap_or(0);
         event.error_code = failure.map(|f| f.0.code().to_string());
+        // The consumer that aggregates the event continues this trace.
+        event.trace = TraceContext::current();
         state.analytics.record(event);
     }
     response
+}
+
+/// Runs a REST request inside its server span (see [`server_span`]), and
+/// records the answer on it. Outside the log span of `TraceLayer`, so that
+/// every line logged for the request carries the trace's ids. Probes and
+/// scrapes (`/health`, `/ready`, `/metrics`), every few seconds from each
+/// kubelet and Prometheus, are not traced.
+async fn trace_request(req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/health" | "/ready" | "/metrics") {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let span = server_span(&req, route);
+    let response = next.run(req).instrument(span.clone()).await;
+    let failure = response.extensions().get::<error::ResponseError>();
+    end_server_span(&span, response.status(), failure);
+    response
+}
+
+/// The server span of a REST request, by the HTTP semantic conventions,
+/// continuing the caller's trace when it sent a `traceparent`. It is named
+/// by the route template, never the path (which holds the item key), and
+/// carries no header: credentials travel in them.
+fn server_span(req: &Request, route: &str) -> tracing::Span {
+    let method = req.method();
+    let known = [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ]
+    .contains(method);
+    let method = if known { method.as_str() } else { "_OTHER" };
+    let matched = route != "unmatched";
+    let span = tracing::info_span!(
+        target: TARGET,
+        "http.server",
+        otel.name = %if matched { format!("{method} {route}") } else { method.to_string() },
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = matched.then_some(route),
+        url.path = req.uri().path(),
+        url.scheme = "http",
+        network.protocol.version = protocol_version(req.version()),
+        request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        if let Some(parent) = TraceContext::from_headers(req.headers()) {
+            parent.adopt(&span);
+        }
+    }
+    span
+}
+
+/// `network.protocol.version` as the conventions write it.
+fn protocol_version(version: axum::http::Version) -> &'static str {
+    match version {
+        axum::http::Version::HTTP_09 => "0.9",
+        axum::http::Version::HTTP_10 => "1.0",
+        axum::http::Version::HTTP_2 => "2",
+        axum::http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Records the answer on the server span: the status, and for a failure
+/// its stable code as `error.type` (a 5xx also marks the span an error;
+/// a 4xx is the client's, so the server span stays unset).
+fn end_server_span(
+    span: &tracing::Span,
+    status: StatusCode,
+    failure: Option<&error::ResponseError>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_client_error() || status.is_server_error() {
+        let code = failure.map_or_else(|| status.as_str().to_string(), |f| f.0.code().to_string());
+        if status.is_server_error() {
+            telemetry::context::fail(span, &code);
+        } else {
+            telemetry::context::set_attribute(span, "error.type", code);
+        }
+    }
 }
 
 /// What the request itself says for its analytics event; None for the

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::domain::Change;
+use crate::{domain::Change, telemetry::TraceContext};
 
 /// How long a missing `seq` may be waited for (it may be in flight on
 /// another task or pod) before reading it from the database.
@@ -35,6 +35,9 @@ pub struct Waiting {
     pub own: bool,
     /// When the change was published (wall-clock µs), for the latency metric.
     pub published_us: i64,
+    /// The trace of the write (or of its fan-out receipt on this pod),
+    /// when it is traced: its delivery to the device continues it.
+    pub trace: Option<TraceContext>,
 }
 
 /// What the delivery loop does next.
@@ -90,9 +93,16 @@ impl Delivery {
     }
 
     /// Takes live changes from the fan-out; `own` when this socket wrote
-    /// them. Returns how many waiting changes were dropped because the
-    /// buffer overflowed (a catch-up is then owed), 0 otherwise.
-    pub fn offer(&mut self, own: bool, published_us: i64, changes: &[Change]) -> usize {
+    /// them, `trace` the trace they came in. Returns how many waiting
+    /// changes were dropped because the buffer overflowed (a catch-up is
+    /// then owed), 0 otherwise.
+    pub fn offer(
+        &mut self,
+        own: bool,
+        published_us: i64,
+        changes: &[Change],
+        trace: Option<&TraceContext>,
+    ) -> usize {
         let floor = self.delivered.unwrap_or(i64::MIN);
         for change in changes.iter().filter(|c| c.seq > floor) {
             if own {
@@ -107,6 +117,7 @@ impl Delivery {
                     change: change.clone(),
                     own,
                     published_us,
+                    trace: trace.cloned(),
                 },
             );
         }
@@ -207,7 +218,7 @@ mod tests {
     #[test]
     fn nothing_goes_out_before_pending_updates() {
         let mut d = Delivery::default();
-        assert_eq!(d.offer(false, 0, &[change(1)]), 0);
+        assert_eq!(d.offer(false, 0, &[change(1)], None), 0);
         assert_eq!(step(&mut d, Instant::now()), Got::Wait(None));
         d.advance(0);
         assert_eq!(step(&mut d, Instant::now()), run(&[1]));
@@ -216,8 +227,8 @@ mod tests {
     #[test]
     fn consecutive_changes_go_out_as_one_run_in_seq_order() {
         let mut d = started(10);
-        d.offer(false, 0, &[change(13), change(11)]);
-        d.offer(false, 0, &[change(12)]);
+        d.offer(false, 0, &[change(13), change(11)], None);
+        d.offer(false, 0, &[change(12)], None);
         assert_eq!(step(&mut d, Instant::now()), run(&[11, 12, 13]));
         d.advance(13);
         assert_eq!(step(&mut d, Instant::now()), Got::Wait(None));
@@ -226,9 +237,9 @@ mod tests {
     #[test]
     fn what_was_already_delivered_is_dropped() {
         let mut d = started(10);
-        d.offer(false, 0, &[change(9), change(10)]);
+        d.offer(false, 0, &[change(9), change(10)], None);
         assert_eq!(step(&mut d, Instant::now()), Got::Wait(None));
-        d.offer(false, 0, &[change(12)]);
+        d.offer(false, 0, &[change(12)], None);
         d.advance(12); // a catch-up sent it meanwhile
         assert_eq!(step(&mut d, Instant::now()), Got::Wait(None));
     }
@@ -236,7 +247,7 @@ mod tests {
     #[test]
     fn a_gap_is_waited_for_then_repaired_from_the_database() {
         let mut d = started(10);
-        d.offer(false, 0, &[change(12)]);
+        d.offer(false, 0, &[change(12)], None);
         let t0 = Instant::now();
         assert_eq!(step(&mut d, t0), Got::Wait(Some(GAP_WAIT)));
         let half = GAP_WAIT / 2;
@@ -253,14 +264,14 @@ mod tests {
     #[test]
     fn a_gap_that_fills_in_time_goes_out_live() {
         let mut d = started(10);
-        d.offer(false, 0, &[change(12)]);
+        d.offer(false, 0, &[change(12)], None);
         let t0 = Instant::now();
         assert!(matches!(step(&mut d, t0), Got::Wait(Some(_))));
-        d.offer(false, 0, &[change(11)]);
+        d.offer(false, 0, &[change(11)], None);
         assert_eq!(step(&mut d, t0 + GAP_WAIT / 2), run(&[11, 12]));
         // The gap clock starts again for the next gap.
         d.advance(12);
-        d.offer(false, 0, &[change(14)]);
+        d.offer(false, 0, &[change(14)], None);
         let t1 = t0 + GAP_WAIT * 10;
         assert_eq!(step(&mut d, t1), Got::Wait(Some(GAP_WAIT)));
     }
@@ -269,7 +280,7 @@ mod tests {
     fn an_overflow_drops_the_buffer_and_owes_a_catch_up() {
         let mut d = started(0);
         let many: Vec<Change> = (2..=MAX_WAITING as i64 + 2).map(change).collect();
-        assert_eq!(d.offer(false, 0, &many), MAX_WAITING + 1);
+        assert_eq!(d.offer(false, 0, &many, None), MAX_WAITING + 1);
         assert_eq!(
             step(&mut d, Instant::now()),
             Got::CatchUp {
@@ -283,7 +294,7 @@ mod tests {
     #[test]
     fn an_owed_catch_up_comes_before_waiting_changes() {
         let mut d = started(5);
-        d.offer(false, 0, &[change(6)]);
+        d.offer(false, 0, &[change(6)], None);
         d.owe_catch_up();
         assert_eq!(
             step(&mut d, Instant::now()),
@@ -299,8 +310,8 @@ mod tests {
     #[test]
     fn own_writes_are_known_live_and_after_an_overflow() {
         let mut d = started(0);
-        d.offer(true, 0, &[change(1)]);
-        d.offer(false, 0, &[change(2)]);
+        d.offer(true, 0, &[change(1)], None);
+        d.offer(false, 0, &[change(2)], None);
         assert_eq!(
             step(&mut d, Instant::now()),
             Got::Emit(vec![(1, true), (2, false)])
@@ -308,9 +319,9 @@ mod tests {
         // An overflow drops the buffer, not what the socket wrote: the
         // catch-up that follows skips the same changes the live path would.
         let mut d = started(0);
-        d.offer(true, 0, &[change(3)]);
+        d.offer(true, 0, &[change(3)], None);
         let many: Vec<Change> = (4..=MAX_WAITING as i64 + 4).map(change).collect();
-        assert!(d.offer(false, 0, &many) > 0);
+        assert!(d.offer(false, 0, &many, None) > 0);
         assert!(d.is_own(3));
         assert!(!d.is_own(4));
         d.advance(3);
@@ -321,7 +332,7 @@ mod tests {
     fn own_writes_are_bounded() {
         let mut d = started(0);
         let many: Vec<Change> = (1..=2 * MAX_WAITING as i64).map(change).collect();
-        d.offer(true, 0, &many);
+        d.offer(true, 0, &many, None);
         assert!(!d.is_own(1));
         assert!(d.is_own(2 * MAX_WAITING as i64));
     }

@@ -15,12 +15,15 @@ use socketioxide::{
     socket::Socket,
 };
 
+use tracing::Instrument;
+
 use super::{session::Session, subscriptions::Subscriptions};
 use crate::{
     auth::Scope,
     error::ApiError,
     state::AppState,
     sync::{OperationId, SetRequest},
+    telemetry::{self, TraceContext, TARGET},
 };
 
 /// Whether the client passed an ack callback (socketioxide's `AckSender`
@@ -38,21 +41,51 @@ impl<A: Adapter> FromMessageParts<A> for WantsAck {
     }
 }
 
-/// One handled event, for its analytics record.
+/// One handled event, for its analytics record and its span.
 struct Call<'a> {
     event: &'static str,
     session: &'a Session,
     started: Instant,
     item_key: Option<String>,
+    /// The event as a messaging span, linked to the handshake's trace
+    /// rather than inside it: a socket lives for hours, and one trace per
+    /// event keeps each trace the size of one operation.
+    span: tracing::Span,
 }
 
 impl<'a> Call<'a> {
     fn new(event: &'static str, session: &'a Session) -> Self {
+        let span = tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "socket.event",
+            otel.name = %format!("{event} /sync"),
+            otel.kind = "consumer",
+            messaging.system = "socket.io",
+            messaging.operation.type = "process",
+            messaging.operation.name = event,
+            messaging.destination.name = "/sync",
+        );
+        if let Some(connect) = &session.device.trace {
+            connect.link(&span);
+        }
         Self {
             event,
             session,
             started: Instant::now(),
             item_key: None,
+            span,
+        }
+    }
+
+    /// Records how the event ended on its span: a failure's stable code
+    /// as `error.type`, and an error status when it is the server's.
+    fn end_span(&self, error: Option<&ApiError>) {
+        let Some(e) = error else { return };
+        if e.status().is_server_error() {
+            telemetry::context::fail(&self.span, e.code());
+        } else {
+            telemetry::context::set_attribute(&self.span, "error.type", e.code());
         }
     }
 
@@ -68,6 +101,7 @@ impl<'a> Call<'a> {
             e.error_code = Some(err.code().to_string());
         }
         e.item_key = self.item_key;
+        e.trace = TraceContext::of(&self.span);
         app.analytics.record(e);
     }
 }
@@ -92,6 +126,7 @@ fn reply<T: Serialize>(
 ) {
     let event = call.event;
     let session = call.session;
+    call.end_span(result.as_ref().err());
     call.record(app, result.as_ref().err());
     app.metrics
         .socket_events
@@ -310,6 +345,7 @@ async fn set(
             )
             .await
     }
+    .instrument(call.span.clone())
     .await;
     reply(&s, ack, wants, call, &app, result);
 }
@@ -341,6 +377,7 @@ async fn remove(
             )
             .await
     }
+    .instrument(call.span.clone())
     .await;
     reply(&s, ack, wants, call, &app, result);
 }
@@ -369,6 +406,7 @@ async fn get(
             Err(e) => Err(e),
         }
     }
+    .instrument(call.span.clone())
     .await;
     reply(&s, ack, wants, call, &app, result);
 }
@@ -404,6 +442,7 @@ async fn get_all(
         }
         Ok(items)
     }
+    .instrument(call.span.clone())
     .await;
     reply(&s, ack, wants, call, &app, result);
 }
@@ -417,10 +456,12 @@ async fn subscribe(
     WantsAck(wants): WantsAck,
 ) {
     let call = Call::new("sync:subscribe", &session);
-    let result = match admitted(&app, &session).await {
-        Ok(_) => change_subscriptions(&app, &session, data, Subscriptions::subscribe).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        admitted(&app, &session).await?;
+        change_subscriptions(&app, &session, data, Subscriptions::subscribe).await
+    }
+    .instrument(call.span.clone())
+    .await;
     reply(&s, ack, wants, call, &app, result);
 }
 
@@ -433,10 +474,12 @@ async fn unsubscribe(
     WantsAck(wants): WantsAck,
 ) {
     let call = Call::new("sync:unsubscribe", &session);
-    let result = match admitted(&app, &session).await {
-        Ok(_) => change_subscriptions(&app, &session, data, Subscriptions::unsubscribe).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        admitted(&app, &session).await?;
+        change_subscriptions(&app, &session, data, Subscriptions::unsubscribe).await
+    }
+    .instrument(call.span.clone())
+    .await;
     reply(&s, ack, wants, call, &app, result);
 }
 
@@ -505,6 +548,7 @@ async fn ack_cursor(
             .await?;
         Ok(json!({ "cursor": cursor }))
     }
+    .instrument(call.span.clone())
     .await;
     reply(&s, ack, wants, call, &app, result);
 }
@@ -545,6 +589,7 @@ async fn renew(
         session.renew(fresh);
         Ok(json!({ "expiresAt": expires_at }))
     }
+    .instrument(call.span.clone())
     .await;
     reply(&s, ack, wants, call, &app, result);
 }

@@ -13,12 +13,14 @@ use socketioxide::{
     handler::{FromConnectParts, Value},
     socket::Socket,
 };
+use tracing::Instrument;
 
 use crate::{
     auth::{restrictions::Caller, Authorization, Presented, Principal, Scope},
     error::ApiError,
     state::AppState,
     sync::{validate_instance_id, validate_user_id},
+    telemetry::{self, TraceContext, TARGET},
 };
 
 /// The authenticated device behind a socket.
@@ -37,6 +39,9 @@ pub struct Device {
     /// The handshake request's `X-Request-Id` (the client's, or the one
     /// `http::edge` generated), for the log lines of this socket.
     pub request_id: Option<String>,
+    /// The trace of the handshake, when traced: the socket's events link
+    /// to it.
+    pub trace: Option<TraceContext>,
 }
 
 /// A refused handshake, displayed as the JSON the client receives: the
@@ -92,21 +97,64 @@ pub async fn authenticate(
     let started = std::time::Instant::now();
     let parts = s.req_parts();
     let caller = app.auth.caller(&parts.headers, &parts.extensions);
+    let span = connect_span(&parts.headers, &auth);
     let device = identify(&s, &app, &auth, caller.clone())
+        .instrument(span.clone())
         .await
+        .map(|device| Device {
+            trace: TraceContext::of(&span),
+            ..device
+        })
         .map_err(|(e, key_id)| {
+            if e.status().is_server_error() {
+                telemetry::context::fail(&span, e.code());
+            } else {
+                telemetry::context::set_attribute(&span, "error.type", e.code());
+            }
             app.metrics
                 .socket_refusals
                 .with_label_values(&[e.code()])
                 .inc();
             let rid = request_id(&parts.headers);
             super::events::log_failure("connect", &s.id.to_string(), rid.as_deref(), &e);
-            app.analytics
-                .record(refusal_event(&s, &caller, &e, key_id, started));
+            let mut event = refusal_event(&s, &caller, &e, key_id, started);
+            event.trace = TraceContext::of(&span);
+            app.analytics.record(event);
             Refusal(e)
         })?;
     super::admit(&s, &app, device);
     Ok(())
+}
+
+/// The span of a handshake: a Socket.IO `connect` as a messaging span,
+/// continuing the client's trace from `auth.traceparent` (browsers cannot
+/// set headers on a WebSocket) or else the `traceparent` header. It
+/// records nothing of `auth`, which holds the credential.
+fn connect_span(
+    headers: &axum::http::HeaderMap,
+    auth: &Option<serde_json::Value>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        "socket.connect",
+        otel.name = "connect /sync",
+        otel.kind = "server",
+        messaging.system = "socket.io",
+        messaging.operation.type = "process",
+        messaging.operation.name = "connect",
+        messaging.destination.name = "/sync",
+    );
+    if !span.is_disabled() {
+        let parent = TraceContext::from_parts(
+            auth_field(auth, "traceparent"),
+            auth_field(auth, "tracestate"),
+        )
+        .or_else(|| TraceContext::from_headers(headers));
+        if let Some(parent) = parent {
+            parent.adopt(&span);
+        }
+    }
+    span
 }
 
 /// The analytics record of a refused handshake.
@@ -222,5 +270,6 @@ async fn device(
         ip,
         user_agent,
         request_id: request_id(headers),
+        trace: None,
     })
 }

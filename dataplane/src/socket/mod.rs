@@ -270,6 +270,7 @@ pub(crate) fn device_event(
             .as_deref()
             .map(|ua| crate::analytics::event::ua_family(ua).to_string()),
         ip: d.ip.clone(),
+        trace: d.trace.clone(),
         ..Default::default()
     }
 }

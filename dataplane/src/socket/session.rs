@@ -31,6 +31,7 @@ use crate::{
     fanout::Sink,
     state::AppState,
     sync::{devices::Cursors, Change},
+    telemetry::{self, TraceContext, TARGET},
 };
 
 /// Pause before retrying when the socket's send buffer is full.
@@ -294,12 +295,42 @@ impl Session {
         }
     }
 
+    /// Emits a live change, inside a span of its write's trace when that
+    /// trace is sampled: the delivery to this device.
+    fn emit_live(&self, w: &Waiting) -> bool {
+        let Some(trace) = w.trace.as_ref().filter(|t| t.is_sampled()) else {
+            return self.emit(&w.change);
+        };
+        let event = if w.change.deleted {
+            "sync:remove"
+        } else {
+            "sync:update"
+        };
+        let span = tracing::info_span!(
+            target: TARGET,
+            "socket.deliver",
+            otel.name = %format!("{event} /sync"),
+            otel.kind = "producer",
+            messaging.system = "socket.io",
+            messaging.operation.type = "send",
+            messaging.operation.name = event,
+            messaging.destination.name = "/sync",
+            syncstore.seq = w.change.seq,
+        );
+        trace.adopt(&span);
+        let sent = span.in_scope(|| self.emit(&w.change));
+        if !sent {
+            telemetry::context::fail(&span, "SEND_BUFFER_FULL");
+        }
+        sent
+    }
+
     async fn emit_run(&self, run: Vec<Waiting>) {
         let mut last_ok = None;
         let mut stalled_at = None;
         for (i, w) in run.iter().enumerate() {
             if !w.own && self.wants(&w.change.key) {
-                if !self.emit(&w.change) {
+                if !self.emit_live(w) {
                     stalled_at = Some(i);
                     break;
                 }
@@ -535,7 +566,13 @@ impl Sink for Session {
 
     fn offer(&self, origin: Option<&str>, published_us: i64, changes: &[Change]) {
         let own = origin == Some(self.sid.as_str());
-        let dropped = self.delivery().offer(own, published_us, changes);
+        // Offered inside the span that brought the changes (the write on
+        // its own pod, the fan-out receipt on another), if traced; what
+        // the socket wrote itself is never sent, so never traced.
+        let trace = if own { None } else { TraceContext::current() };
+        let dropped = self
+            .delivery()
+            .offer(own, published_us, changes, trace.as_ref());
         if dropped > 0 {
             self.app.metrics.conflations.inc_by(dropped as u64);
             self.app

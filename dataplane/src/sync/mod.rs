@@ -15,6 +15,7 @@ pub mod review;
 use std::{future::Future, sync::Arc};
 
 use sqlx::AnyConnection;
+use tracing::Instrument;
 
 pub use item::{
     validate_instance_id, validate_key, validate_prefix, validate_user_id, SetRequest, Ttl,
@@ -38,6 +39,7 @@ use crate::{
     fanout::{Bus, Envelope},
     metrics::Metrics,
     storage::{self, conflicts, idempotency, items, items::UserState, now_ms, Db},
+    telemetry::{self, TARGET},
 };
 
 /// How often a transaction that lost a deadlock or a busy lock is retried.
@@ -236,18 +238,24 @@ impl SyncService {
             fingerprint: operation::fingerprint(instance_id, &command),
             id: id.clone(),
         });
-        tokio::spawn(async move {
-            let op = op.as_ref();
-            let mut outcome = this.run(&user, &instance, &source, &command, op).await?;
-            if outcome.needs_assist {
-                outcome = this
-                    .run_assisted(&user, &instance, &source, command, &outcome, op)
-                    .await?;
+        let span = write_span(&command);
+        let traced = span.clone();
+        tokio::spawn(
+            async move {
+                let op = op.as_ref();
+                let mut outcome = this.run(&user, &instance, &source, &command, op).await?;
+                if outcome.needs_assist {
+                    outcome = this
+                        .run_assisted(&user, &instance, &source, command, &outcome, op)
+                        .await?;
+                }
+                this.after_commit(user, source.socket, &outcome.changed);
+                Ok(outcome)
             }
-            this.after_commit(user, source.socket, &outcome.changed);
-            Ok(outcome)
-        })
+            .instrument(span),
+        )
         .await
+        .inspect(|done| end_write_span(&traced, done))
         .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))?
     }
 
@@ -329,6 +337,8 @@ impl SyncService {
             pod: self.bus.pod().to_string(),
             published_us: chrono::Utc::now().timestamp_micros(),
             changes: changed.iter().map(Change::from).collect(),
+            // The bus continues this write's trace from its publish.
+            trace: None,
         });
     }
 
@@ -357,7 +367,13 @@ impl SyncService {
                 instance_id,
                 now: now_ms(),
             };
-            self.attempt(ctx, source, command, op).await
+            let span = transaction_span(self.db.dialect());
+            let result = self
+                .attempt(ctx, source, command, op)
+                .instrument(span.clone())
+                .await;
+            end_transaction_span(&span, &result);
+            result
         })
         .await
     }
@@ -459,17 +475,21 @@ impl SyncService {
         let base = self
             .merge_base(conn, ctx, command, current.first(), expired.as_ref())
             .await?;
-        let plan = plan::plan(
-            ctx,
-            command,
-            &current,
-            base.as_ref(),
-            state,
-            plan::Rules {
-                limits: &self.limits,
-                policy: &self.policy,
-            },
-        );
+        let decision = decision_span();
+        let plan = decision.in_scope(|| {
+            plan::plan(
+                ctx,
+                command,
+                &current,
+                base.as_ref(),
+                state,
+                plan::Rules {
+                    limits: &self.limits,
+                    policy: &self.policy,
+                },
+            )
+        });
+        end_decision_span(&decision, &plan);
         let mut plan = match plan {
             Ok(plan) => plan,
             Err(e) => return Ok(Err(e)),
@@ -857,5 +877,104 @@ impl Limits {
             .saturating_mul(2)
             .saturating_add(64 * 1024)
             .max(MIN_MESSAGE_BYTES)
+    }
+}
+/// The span of one write (the trace's "write" step under the request or
+/// socket event), named by its command; only the command, never the key
+/// or the value, is recorded.
+fn write_span(command: &Command) -> tracing::Span {
+    let name = match command {
+        Command::Set { .. } => "set",
+        Command::Remove { .. } => "remove",
+        Command::Clear => "clear",
+        Command::Expire { .. } => "expire",
+    };
+    tracing::info_span!(
+        target: TARGET,
+        "sync.write",
+        otel.name = %format!("write {name}"),
+        syncstore.command = name,
+        syncstore.changes = tracing::field::Empty,
+        syncstore.seq = tracing::field::Empty,
+    )
+}
+
+/// What the write did: how many rows it changed and the last seq, or the
+/// client's error code.
+fn end_write_span(span: &tracing::Span, done: &Result<Outcome, ApiError>) {
+    if span.is_disabled() {
+        return;
+    }
+    match done {
+        Ok(outcome) => {
+            span.record("syncstore.changes", outcome.changed.len());
+            if let Some(last) = outcome.changed.last() {
+                span.record("syncstore.seq", last.seq);
+            }
+        }
+        Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::ServiceUnavailable) => {
+            telemetry::context::fail(span, e.code())
+        }
+        Err(e) => telemetry::context::set_attribute(span, "error.type", e.code()),
+    }
+}
+
+/// One try of the write transaction, as a database client span.
+fn transaction_span(dialect: storage::Dialect) -> tracing::Span {
+    let system = match dialect.name() {
+        "postgres" => "postgresql",
+        other => other,
+    };
+    tracing::info_span!(
+        target: TARGET,
+        "db.transaction",
+        otel.name = "transaction",
+        otel.kind = "client",
+        db.system.name = system,
+        db.operation.name = "transaction",
+    )
+}
+
+/// A try that the database failed (a deadlock or busy lock, retried, or
+/// an outage) is an error of the span; a refusal of the write is not.
+fn end_transaction_span<T>(span: &tracing::Span, result: &TxResult<T>) {
+    if let Err(e) = result {
+        let kind = if storage::is_retryable(e) {
+            "retryable"
+        } else {
+            "database"
+        };
+        telemetry::context::fail(span, kind);
+    }
+}
+
+/// The decision of a write against the current row: version check,
+/// conflict strategy, merge (pure; see [`plan::plan`]).
+fn decision_span() -> tracing::Span {
+    tracing::info_span!(
+        target: TARGET,
+        "sync.decide",
+        otel.name = "conflict decision",
+        syncstore.write.status = tracing::field::Empty,
+        syncstore.conflict.strategy = tracing::field::Empty,
+        syncstore.conflict.outcome = tracing::field::Empty,
+    )
+}
+
+fn end_decision_span(span: &tracing::Span, plan: &Result<plan::Plan, ApiError>) {
+    if span.is_disabled() {
+        return;
+    }
+    match plan {
+        Ok(plan) => {
+            if let Some(status) = plan.set_status {
+                span.record("syncstore.write.status", status.as_str());
+            }
+            if let Some(conflict) = &plan.conflict {
+                span.record("syncstore.conflict.strategy", conflict.strategy.as_str());
+                span.record("syncstore.conflict.outcome", conflict.outcome.as_str());
+            }
+        }
+        Err(e) => telemetry::context::set_attribute(span, "error.type", e.code()),
     }
 }
