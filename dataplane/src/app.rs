@@ -144,7 +144,10 @@ async fn fanout_bus(
         Some(Target::Cluster(nodes)) => Arc::new(
             RedisClusterBus::connect(
                 nodes,
-                config.rate_limit.redis_timeout.max(std::time::Duration::from_secs(1)),
+                config
+                    .rate_limit
+                    .redis_timeout
+                    .max(std::time::Duration::from_secs(1)),
                 &config.store_name,
                 &config.pod_name,
                 hub,

@@ -225,7 +225,11 @@ mod tests {
 
     #[test]
     fn single_server_urls_stay_as_they_are() {
-        for url in ["redis://h:6379/2", "rediss://u:p@h:6380", "redis+unix:///run/redis.sock"] {
+        for url in [
+            "redis://h:6379/2",
+            "rediss://u:p@h:6380",
+            "redis+unix:///run/redis.sock",
+        ] {
             let t = Target::parse(url).unwrap();
             assert!(!t.is_cluster());
             assert_eq!(nodes(&t), [url]);
@@ -238,7 +242,9 @@ mod tests {
         assert!(e.contains("\"h2\""), "{e}");
         assert!(Target::parse("redis+cluster://h1:0").is_err());
         assert!(Target::parse("redis+cluster://:7000").is_err());
-        assert!(Target::parse("http://h:1").unwrap_err().contains("redis+cluster://"));
+        assert!(Target::parse("http://h:1")
+            .unwrap_err()
+            .contains("redis+cluster://"));
         assert!(Target::parse("h:6379").is_err());
     }
 

@@ -121,6 +121,28 @@ test('cluster: a write reaches the other pod through the channel\'s shard only, 
   }
 });
 
+test('cluster: realtime figures add up across both pods', async () => {
+  const { p1, p2 } = await twoPods('cr');
+  const devices = [];
+  try {
+    const admin = p1.createKey(uid('ops'), ['--scopes', 'read,write,analytics:read']);
+    const user = uid('u');
+    const key = p1.createKey(user);
+    for (const s of [p1, p2, p2]) devices.push(await new Device(s.url, { userId: user, instanceId: uid('dev'), apiKey: key }).ready());
+    for (let i = 0; i < 10; i++) await devices[i % 3].call('sync:set', { key: `k${i}`, value: i });
+    const rt = await waitFor(async () => {
+      const { status, body } = await p2.rest('GET', '/analytics/realtime', admin);
+      assert.equal(status, 200, JSON.stringify(body));
+      return body.pods === 2 && body.connectedSockets === 3 && body.opsLastMinute >= 10 ? body : null;
+    }, { timeout: 15000, what: 'both pods in the realtime view' });
+    assert.equal(rt.opsPerSecondSeries.length, 60);
+  } finally {
+    devices.forEach((d) => d.close());
+    await p1.stop();
+    await p2.stop();
+  }
+});
+
 /**
  * Watchers on both pods, a REST write stream alternating over the pods, and
  * `fault(slot, owner)` 300 ms into it. Checks that no acknowledged write is

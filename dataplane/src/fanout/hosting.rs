@@ -98,7 +98,10 @@ mod tests {
         assert_eq!((first, second), (true, false));
         assert!(!*rx.borrow());
         h.mark_live("c");
-        assert!(*rx.borrow() && *rx2.borrow(), "every device sees the readiness");
+        assert!(
+            *rx.borrow() && *rx2.borrow(),
+            "every device sees the readiness"
+        );
         assert_eq!(h.user_of("c").as_deref(), Some("alice"));
         assert!(!h.remove("c"));
         assert!(h.remove("c"));

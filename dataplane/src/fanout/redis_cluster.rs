@@ -199,7 +199,11 @@ async fn repair_all(shared: Arc<Shared>) {
 }
 
 /// Messages, and the signals that a subscription was lost.
-async fn push_loop(mut pushes: mpsc::UnboundedReceiver<PushInfo>, shared: Arc<Shared>, pod: String) {
+async fn push_loop(
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    shared: Arc<Shared>,
+    pod: String,
+) {
     while let Some(push) = pushes.recv().await {
         match push.kind {
             PushKind::SMessage => {
