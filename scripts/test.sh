@@ -43,6 +43,10 @@ export TEST_KUBECONFIG TEST_KUBECTL TEST_HELM
 # Analytics tests run against a real Kafka broker (KRaft, Maven Central jars).
 TEST_KAFKA_BROKERS="$(bash scripts/kafka-up.sh)"
 export TEST_KAFKA_BROKERS
+# Redis Cluster (3 masters x 1 replica on 7000-7005, sharded pub/sub) for
+# the cluster fan-out, failover and quota tests (issue 19).
+TEST_REDIS_CLUSTER="$(bash scripts/redis-cluster-up.sh)"
+export TEST_REDIS_CLUSTER
 # Monitoring (issue 18): the Prometheus Operator's CRDs for the PodMonitor
 # test, and promtool and prometheus built once from their Go module.
 TEST_PROMETHEUS_OPERATOR_CRDS="$(bash scripts/prometheus-operator-crds.sh)"

@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     conflict,
     error::ApiError,
-    fanout::{Bus, Hub, LocalBus, RedisBus},
+    fanout::{Bus, Hub, LocalBus, RedisBus, RedisClusterBus},
     http,
     metrics::Metrics,
     presence::Presence,
@@ -129,10 +129,25 @@ async fn fanout_bus(
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Bus>, StartError> {
-    Ok(match &config.redis_url {
-        Some(url) => Arc::new(
+    use crate::redis_conn::Target;
+    Ok(match &config.redis {
+        Some(Target::Single(url)) => Arc::new(
             RedisBus::connect(
                 url.expose(),
+                &config.store_name,
+                &config.pod_name,
+                hub,
+                metrics,
+            )
+            .await?,
+        ),
+        Some(Target::Cluster(nodes)) => Arc::new(
+            RedisClusterBus::connect(
+                nodes,
+                config
+                    .rate_limit
+                    .redis_timeout
+                    .max(std::time::Duration::from_secs(1)),
                 &config.store_name,
                 &config.pod_name,
                 hub,
@@ -183,20 +198,15 @@ async fn limiter(
     config: &Config,
     live: &Arc<Live>,
     metrics: &Arc<Metrics>,
-) -> Result<(Limiter, Option<redis::aio::ConnectionManager>), StartError> {
+) -> Result<(Limiter, Option<crate::redis_conn::Conn>), StartError> {
     let (window, max) = (config.rate_limit.window, config.rate_limit.max_requests);
-    let Some(url) = &config.redis_url else {
+    let Some(target) = &config.redis else {
         return Ok((Limiter::local(window, max, metrics.clone()), None));
     };
     // Connected (and the limiter's script loaded) before serving, so a
     // cold burst is not answered by timeouts that fail open.
     let timeout = config.rate_limit.redis_timeout;
-    let manager = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout));
-    let conn =
-        redis::aio::ConnectionManager::new_with_config(redis::Client::open(url.expose())?, manager)
-            .await?;
+    let conn = target.connect(timeout).await?;
     tokio::spawn(crate::analytics::live::shared::publish_forever(
         conn.clone(),
         config.store_name.clone(),

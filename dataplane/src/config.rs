@@ -39,7 +39,8 @@ pub struct RawConfig {
     /// Require TLS to the database server (true/false).
     #[arg(long, global = true, env = "DB_SSL")]
     pub db_ssl: Option<String>,
-    /// redis://… for fan-out and shared rate limits across pods.
+    /// redis://… for fan-out and shared rate limits across pods;
+    /// redis+cluster://h1:7000,h2:7001 for a Redis Cluster.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// HMAC secret for access tokens (at least 32 characters).
@@ -297,7 +298,8 @@ pub struct Config {
     pub port: u16,
     pub database: DatabaseConfig,
     pub data_dir: PathBuf,
-    pub redis_url: Option<Secret>,
+    /// `REDIS_URL`: one server or a cluster (`redis+cluster://…`).
+    pub redis: Option<crate::redis_conn::Target>,
     pub jwt: JwtConfig,
     pub api_keys: ApiKeyConfig,
     pub rate_limit: RateLimitConfig,
@@ -433,9 +435,12 @@ impl Config {
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let port = var!(raw, port, "PORT").int(3000u16, 0, u16::MAX, "a port number")?;
         let database = database(raw)?;
-        let redis_url = var!(raw, redis_url, "REDIS_URL")
-            .url(&["redis", "rediss", "redis+unix"])?
-            .map(Secret::new);
+        let redis_var = var!(raw, redis_url, "REDIS_URL");
+        let redis = redis_var
+            .value()
+            .map(crate::redis_conn::Target::parse)
+            .transpose()
+            .map_err(|e| redis_var.err(e))?;
         let jwt = jwt(raw)?;
         let api_keys = api_keys(raw)?;
         let rate_limit = rate_limit(raw)?;
@@ -457,7 +462,7 @@ impl Config {
             port,
             database,
             data_dir,
-            redis_url,
+            redis,
             jwt,
             api_keys,
             rate_limit,

@@ -17,7 +17,7 @@
 //! | domain | [`domain`], [`instant`], [`text`] | items, changes, strategies and outcomes, secrets; time and text rules. Imports nothing else of the crate. |
 //! | errors | [`error`] | [`error::ApiError`]: stable `code()`, `details()`, the seed's status. No framework. |
 //! | pure decisions | [`conflict`], [`access`] | how a concurrent write is settled; API key records, restrictions, the client address behind trusted proxies, the key-management policy. No I/O. |
-//! | storage | [`storage`] | SQL on the three engines, each table's queries and row types; its own [`storage::DatabaseConfig`]. |
+//! | storage | [`storage`], [`redis_conn`] | SQL on the three engines, each table's queries and row types; its own [`storage::DatabaseConfig`]. Connections to Redis, one server or a Cluster. |
 //! | buses and records | [`metrics`], [`telemetry`], [`audit`], [`fanout`], [`analytics`], [`presence`] | Prometheus figures, logging and OTLP traces (the W3C context the buses carry), the audit trail (its queue and its reader, [`audit::Auditor::entries`]), fan-out between pods, analytics events and the reports read from them ([`analytics::report`]), who is online. |
 //! | services | [`sync`], [`keys`], [`auth`] | the write path and its queries (with the pure [`sync::plan`]), conflict review ([`sync::review`]) and each device's delivery state ([`sync::devices`]); key management for REST, the CLI and the operator; authentication and limits. Each owns its settings type. Edges reach the database only through these (and the audit trail's reader). |
 //! | configuration | [`config`] | environment variables parsed once into [`config::Config`], made of the settings types above. |
@@ -40,6 +40,7 @@ pub mod instant;
 pub mod keys;
 pub mod metrics;
 pub mod presence;
+pub mod redis_conn;
 pub mod server;
 pub mod socket;
 pub mod state;

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("domain", &["domain", "instant", "text"]),
     ("errors", &["error"]),
     ("pure decisions", &["conflict", "access"]),
-    ("storage", &["storage"]),
+    ("storage", &["storage", "redis_conn"]),
     (
         "buses and records",
         &[

@@ -15,12 +15,31 @@ async fn get(http: &Client, server: &Server, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The Redis Cluster started by `scripts/redis-cluster-up.sh` (the test
+/// command exports its seed nodes), as a `REDIS_URL`.
+fn cluster_url() -> String {
+    let nodes = std::env::var("TEST_REDIS_CLUSTER").unwrap_or_else(|_| {
+        panic!("TEST_REDIS_CLUSTER is not set: run scripts/redis-cluster-up.sh (the test command does)")
+    });
+    format!("redis+cluster://{nodes}")
+}
+
 #[tokio::test]
 async fn a_key_quota_holds_exactly_across_two_processes_sharing_redis() {
     let redis = PrivateRedis::start();
-    let url = redis.url();
+    quota_holds_exactly(&redis.url()).await;
+}
+
+/// On a cluster the key's counters share a hash tag, so the script that
+/// counts them stays one atomic call on the slot's master.
+#[tokio::test]
+async fn a_key_quota_holds_exactly_across_two_processes_on_a_redis_cluster() {
+    quota_holds_exactly(&cluster_url()).await;
+}
+
+async fn quota_holds_exactly(url: &str) {
     let pg = common::postgres_url();
-    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url.as_str())];
+    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url)];
     let a = Server::start(&env).await;
     let b = Server::start(&env).await;
     let key = common::create_key(
@@ -87,9 +106,17 @@ async fn the_global_rate_limit_counts_per_key_and_per_user_in_process() {
 #[tokio::test]
 async fn a_cold_burst_over_two_processes_admits_exactly_the_quota() {
     let redis = PrivateRedis::start();
-    let url = redis.url();
+    cold_burst_admits_exactly(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn a_cold_burst_over_two_processes_on_a_redis_cluster_admits_exactly_the_quota() {
+    cold_burst_admits_exactly(&cluster_url()).await;
+}
+
+async fn cold_burst_admits_exactly(url: &str) {
     let pg = common::postgres_url();
-    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url.as_str())];
+    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url)];
     let a = Server::start(&env).await;
     let b = Server::start(&env).await;
     let key = common::create_key(

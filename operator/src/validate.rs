@@ -418,6 +418,37 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_url_passes_and_a_bad_node_is_refused_without_the_password() {
+        let s = store(&format!(
+            "{BASE}redis: {{urlSecretRef: {{name: r, key: url}}}}\n"
+        ));
+        let env = |url: &str| {
+            data_plane_env(
+                &s,
+                &children::config_map(&s, "sk_live_"),
+                &generated(),
+                Some(url),
+            )
+        };
+        let config =
+            check(&s, env("redis+cluster://app:pw@r-0.r:6379,r-1.r:6379")).expect("cluster form");
+        assert!(config.redis.as_ref().is_some_and(|r| r.is_cluster()));
+        let m = message(check(
+            &s,
+            env("rediss+cluster://app:hunter2@r-0.r:6379,r-1.r"),
+        ));
+        assert!(
+            m.contains("REDIS_URL") && m.contains("the Redis URL in Secret r (key url)"),
+            "{m}"
+        );
+        assert!(
+            m.contains("cluster node \"r-1.r\" must be host:port"),
+            "{m}"
+        );
+        assert!(!m.contains("hunter2"), "{m}");
+    }
+
+    #[test]
     fn what_the_pods_would_refuse_is_an_invalid_spec_naming_the_variable() {
         let m = message(check_yaml("corsOrigins: [app.example.com]\n"));
         assert_eq!(

@@ -476,7 +476,7 @@ pub struct Reports {
     db: Db,
     live: Arc<Live>,
     /// Where every pod's live figures meet, when Redis is configured.
-    shared: Option<redis::aio::ConnectionManager>,
+    shared: Option<crate::redis_conn::Conn>,
     store: String,
 }
 
@@ -484,7 +484,7 @@ impl Reports {
     pub fn new(
         db: Db,
         live: Arc<Live>,
-        shared: Option<redis::aio::ConnectionManager>,
+        shared: Option<crate::redis_conn::Conn>,
         store: String,
     ) -> Self {
         Self {

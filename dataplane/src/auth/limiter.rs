@@ -5,6 +5,13 @@
 //! `RATE_LIMIT_WINDOW_MS` window, once for its key and once for its user,
 //! and against the key's own per-minute/hour/day/month quotas. Windows are
 //! aligned to the epoch, so every pod agrees on where one starts.
+//!
+//! On a Redis Cluster a script may only touch keys of one slot, so each
+//! counter's key carries a hash tag: `{u:<user>}` for the user's counter,
+//! `{k:<key id>}` for the key's rate and quota counters. A request's
+//! counters are counted with one script call per tag, each atomic in its
+//! slot; counters of different tags never needed to change together (every
+//! counter is bumped unconditionally, and each one alone decides).
 
 use std::{
     collections::HashMap,
@@ -50,7 +57,7 @@ enum Store {
     /// Counter id → (count, when its window ends in Unix ms).
     Local(Mutex<HashMap<String, (u64, u64)>>),
     Redis {
-        conn: redis::aio::ConnectionManager,
+        conn: crate::redis_conn::Conn,
         script: redis::Script,
         timeout: Duration,
     },
@@ -83,7 +90,7 @@ impl Limiter {
     /// check that waits longer than `timeout` allows the request (the API
     /// stays up when Redis does not) and is counted as a timeout.
     pub async fn redis(
-        mut conn: redis::aio::ConnectionManager,
+        mut conn: crate::redis_conn::Conn,
         store: &str,
         window: Duration,
         max_requests: u64,
@@ -111,7 +118,7 @@ impl Limiter {
             .unwrap_or(u64::MAX)
             .max(1);
         let mut counters = vec![Counter {
-            id: format!("u:{}", who.user_id),
+            id: format!("{{u:{}}}", who.user_id),
             max: self.max_requests,
             window_ms,
             kind: Kind::Rate,
@@ -121,7 +128,7 @@ impl Limiter {
         // user's traffic never locks out the others.
         if who.credential == super::Credential::ApiKey {
             counters.push(Counter {
-                id: format!("k:{}", who.key.id),
+                id: format!("{{k:{}}}", who.key.id),
                 max: self.max_requests,
                 window_ms,
                 kind: Kind::Rate,
@@ -130,7 +137,7 @@ impl Limiter {
         for (i, quota) in who.key.quotas.iter().enumerate() {
             if let Some(max) = quota.and_then(|q| u64::try_from(q).ok()) {
                 counters.push(Counter {
-                    id: format!("q{i}:{}", who.key.id),
+                    id: format!("{{k:{}}}:q{i}", who.key.id),
                     max,
                     window_ms: QUOTA_WINDOWS_MS[i],
                     kind: Kind::Quota,
@@ -247,16 +254,27 @@ impl Limiter {
                 script,
                 timeout,
             } => {
-                let mut invocation = script.prepare_invoke();
-                for c in counters {
-                    invocation.key(&c.id).arg(c.window_ms);
-                }
-                let mut conn = conn.clone();
+                let groups = slot_groups(counters);
+                let calls = groups.iter().map(|group| {
+                    let mut invocation = script.prepare_invoke();
+                    for &i in group {
+                        invocation.key(&counters[i].id).arg(counters[i].window_ms);
+                    }
+                    let mut conn = conn.clone();
+                    async move { invocation.invoke_async::<Vec<u64>>(&mut conn).await }
+                });
                 let reply =
-                    tokio::time::timeout(*timeout, invocation.invoke_async::<Vec<u64>>(&mut conn))
-                        .await;
+                    tokio::time::timeout(*timeout, futures_util::future::try_join_all(calls)).await;
                 let reason = match reply {
-                    Ok(Ok(v)) => return Some(v),
+                    Ok(Ok(replies)) => {
+                        let mut counts = vec![0; counters.len()];
+                        for (group, reply) in groups.iter().zip(replies) {
+                            for (&i, n) in group.iter().zip(reply) {
+                                counts[i] = n;
+                            }
+                        }
+                        return Some(counts);
+                    }
                     Ok(Err(e)) if e.is_timeout() => "timeout",
                     Err(_) => "timeout",
                     Ok(Err(e)) => {
@@ -274,10 +292,73 @@ impl Limiter {
     }
 }
 
+/// The counters' indexes grouped by hash tag, in order of first appearance: one
+/// script call each, so no call spans two Cluster slots.
+fn slot_groups(counters: &[Counter]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, c) in counters.iter().enumerate() {
+        let tag = hash_tag(&c.id);
+        match groups.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((tag, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// What Redis Cluster hashes of a key: the text between the first `{` and
+/// the next `}` when that is not empty, else the whole key.
+fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::{ApiKey, Scope};
+
+    #[test]
+    fn a_requests_counters_split_into_one_script_call_per_slot() {
+        let mut l = limiter(10);
+        l.prefix = "ss:shop:rl:".into();
+        let p = principal("alice", "key1", [Some(5), None, Some(7), None]);
+        let counters = l.counters(&p, 120_000);
+        let ids: Vec<&str> = counters.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "ss:shop:rl:{u:alice}:0",
+                "ss:shop:rl:{k:key1}:0",
+                "ss:shop:rl:{k:key1}:q0:120000",
+                "ss:shop:rl:{k:key1}:q2:0"
+            ]
+        );
+        assert_eq!(slot_groups(&counters), [vec![0], vec![1, 2, 3]]);
+        // Braces in a user id cannot split one group over two slots: every
+        // key of a group starts with the same text up to its tag's end.
+        let odd = principal("a}b{c", "k}", [Some(1), None, None, None]);
+        let counters = l.counters(&odd, 0);
+        assert_eq!(
+            counters.iter().map(|c| hash_tag(&c.id)).collect::<Vec<_>>(),
+            ["u:a", "k:k", "k:k"]
+        );
+        assert_eq!(slot_groups(&counters), [vec![0], vec![1, 2]]);
+    }
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        assert_eq!(hash_tag("a{b}c"), "b");
+        assert_eq!(hash_tag("a{}c{d}"), "a{}c{d}");
+        assert_eq!(hash_tag("abc"), "abc");
+        assert_eq!(hash_tag("a{b"), "a{b");
+    }
 
     fn principal(user: &str, key: &str, quotas: [Option<i64>; 4]) -> Principal {
         let key = ApiKey {

@@ -70,6 +70,15 @@ impl Hub {
         }
     }
 
+    /// Asks every device of one user on this pod to catch up (its channel
+    /// was resubscribed after a failover or a slot migration).
+    pub fn resync_user(&self, user_id: &str) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        for sink in users.get(user_id).into_iter().flatten() {
+            sink.resync();
+        }
+    }
+
     /// Every socket connected here: (user, socket id, instance).
     pub fn sockets(&self) -> Vec<(String, String, String)> {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
@@ -236,5 +245,22 @@ mod tests {
         for d in &devices {
             assert_eq!(*d.resyncs.lock().unwrap(), 1);
         }
+    }
+
+    #[test]
+    fn resync_user_reaches_that_users_devices_only() {
+        let hub = Hub::new();
+        let (a1, a2, b) = (
+            Recorder::new("s1", "phone"),
+            Recorder::new("s2", "laptop"),
+            Recorder::new("s3", "phone"),
+        );
+        hub.add("alice", a1.clone());
+        hub.add("alice", a2.clone());
+        hub.add("bob", b.clone());
+        hub.resync_user("alice");
+        hub.resync_user("carol");
+        let counts = [&a1, &a2, &b].map(|d| *d.resyncs.lock().unwrap());
+        assert_eq!(counts, [1, 1, 0]);
     }
 }

@@ -3,18 +3,22 @@
 //!
 //! The [`Hub`] is this pod's registry of connected devices by user. A [`Bus`]
 //! carries changes between pods: [`LocalBus`] when there is one process,
-//! [`RedisBus`] with one channel per user. The bus is only a fast path:
+//! [`RedisBus`] with one channel per user, [`RedisClusterBus`] with one
+//! sharded channel per user on a Redis Cluster. The bus is only a fast path:
 //! devices track the last `seq` they got and repair any gap from the
 //! database, so a lost message delays a change but never loses it.
 
+mod hosting;
 mod hub;
 mod local;
 mod redis;
+mod redis_cluster;
 
 use futures_util::future::BoxFuture;
 pub use hub::{Hub, Sink};
 pub use local::LocalBus;
 pub use redis::RedisBus;
+pub use redis_cluster::RedisClusterBus;
 use serde::{Deserialize, Serialize};
 
 use crate::{domain::Change, telemetry::TraceContext};

@@ -1,0 +1,287 @@
+//! Fan-out between pods through a Redis Cluster, with sharded pub/sub
+//! (`SSUBSCRIBE`/`SPUBLISH`, Redis ≥ 7) on the per-user channels
+//! `ss:{store}:u:{userId}`.
+//!
+//! A channel name is one key for the cluster's hashing, so one user's
+//! channel lives in one slot while users spread over every slot. A message
+//! then travels only to the shard that owns its channel (its master and
+//! replicas) and from there to the pods hosting that user, never to every
+//! node as classic pub/sub does on a cluster.
+//!
+//! The `redis` crate's cluster connection routes `SSUBSCRIBE` to the owner
+//! and resubscribes what it tracks after a reconnect, but a slot that moves
+//! (resharding) makes the old owner send `SUNSUBSCRIBE`, which the crate
+//! takes as final. So the subscriptions are repaired here, on two signals:
+//! - a server `SUNSUBSCRIBE` of a channel still hosted: subscribe it again
+//!   (the crate follows `MOVED` to the new owner);
+//! - a node connection lost (`Disconnection`): subscribe every hosted
+//!   channel again, retrying until the cluster has promoted a replica.
+//!
+//! Each repaired subscription, once live, asks that user's devices to catch
+//! up from the database, as [`super::RedisBus`] does after a reconnect:
+//! messages published while it was down are gone, the changes are not.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{future::BoxFuture, StreamExt};
+use redis::{cluster_async::ClusterConnection, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{
+    hosting::{wait_live, Hosting},
+    Bus, Envelope, Hub,
+};
+use crate::{metrics::Metrics, redis_conn::Target};
+
+/// Envelopes waiting to be published; past this, new ones are dropped (and
+/// counted): devices repair the gap from the database.
+const PUBLISH_QUEUE: usize = 10_000;
+
+/// Subscriptions repaired at once after a node is lost.
+const REPAIR_CONCURRENCY: usize = 64;
+
+pub struct RedisClusterBus {
+    hub: Arc<Hub>,
+    pod: String,
+    channel_prefix: String,
+    publish_tx: mpsc::Sender<(String, Vec<u8>)>,
+    shared: Arc<Shared>,
+}
+
+/// What the bus and its tasks share.
+struct Shared {
+    /// The subscribing connection (RESP3, pushes to the push loop).
+    conn: ClusterConnection,
+    hosting: Hosting,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisClusterBus {
+    /// Connects to the cluster (failing fast if no seed node answers) and
+    /// starts the publisher and the push loop.
+    pub async fn connect(
+        nodes: &[crate::domain::Secret],
+        timeout: Duration,
+        store: &str,
+        pod: &str,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        let publisher = Target::cluster_client(nodes, timeout, None)?
+            .get_async_connection()
+            .await?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let conn = Target::cluster_client(nodes, timeout, Some(push_tx))?
+            .get_async_connection()
+            .await?;
+        metrics.redis_connected(true);
+        let shared = Arc::new(Shared {
+            conn,
+            hosting: Hosting::default(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        });
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(publish_loop(publisher, publish_rx, metrics));
+        tokio::spawn(push_loop(push_rx, shared.clone(), pod.to_string()));
+        Ok(Self {
+            hub,
+            pod: pod.to_string(),
+            channel_prefix: format!("ss:{store}:u:"),
+            publish_tx,
+            shared,
+        })
+    }
+
+    fn channel(&self, user_id: &str) -> String {
+        format!("{}{user_id}", self.channel_prefix)
+    }
+}
+
+impl Bus for RedisClusterBus {
+    fn publish(&self, envelope: Envelope) {
+        // Local devices first, without a round trip through Redis.
+        self.hub.deliver(&envelope);
+        let channel = self.channel(&envelope.user_id);
+        match serde_json::to_vec(&envelope) {
+            Ok(bytes) => {
+                if self.publish_tx.try_send((channel, bytes)).is_err() {
+                    self.shared.metrics.fanout_dropped.inc();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode envelope"),
+        }
+    }
+
+    fn host(&self, user_id: &str) -> BoxFuture<'static, ()> {
+        let channel = self.channel(user_id);
+        let (first, live) = self.shared.hosting.add(&channel, user_id);
+        if first {
+            tokio::spawn(subscribe(self.shared.clone(), channel, false));
+        }
+        Box::pin(wait_live(live))
+    }
+
+    fn unhost(&self, user_id: &str) {
+        let channel = self.channel(user_id);
+        if self.shared.hosting.remove(&channel) {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let mut conn = shared.conn.clone();
+                if conn.sunsubscribe(&channel).await.is_err() {
+                    shared
+                        .metrics
+                        .fanout_errors
+                        .with_label_values(&["subscribe"])
+                        .inc();
+                }
+            });
+        }
+    }
+
+    fn pod(&self) -> &str {
+        &self.pod
+    }
+}
+
+/// Subscribes `channel`, retrying until it is live or no longer hosted;
+/// `repair` when it had been live before (then the user's devices catch up).
+async fn subscribe(shared: Arc<Shared>, channel: String, repair: bool) {
+    let mut conn = shared.conn.clone();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let Some(user) = shared.hosting.user_of(&channel) else {
+            return;
+        };
+        match conn.ssubscribe(&channel).await {
+            Ok(()) => {
+                shared.hosting.mark_live(&channel);
+                if repair {
+                    shared.hub.resync_user(&user);
+                }
+                break;
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .fanout_errors
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                tracing::debug!(error = %e, "SSUBSCRIBE failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    // The last device may have left while the subscribe was in flight.
+    if shared.hosting.user_of(&channel).is_none() {
+        let _ = conn.sunsubscribe(&channel).await;
+    }
+}
+
+/// Subscribes every hosted channel again (after a node was lost).
+async fn repair_all(shared: Arc<Shared>) {
+    let started = std::time::Instant::now();
+    let channels = shared.hosting.channels();
+    let count = channels.len();
+    futures_util::stream::iter(channels)
+        .for_each_concurrent(REPAIR_CONCURRENCY, |channel| {
+            subscribe(shared.clone(), channel, true)
+        })
+        .await;
+    shared.metrics.redis_connected(true);
+    tracing::info!(
+        channels = count,
+        ms = started.elapsed().as_millis() as u64,
+        "redis cluster subscriptions repaired; devices resynced"
+    );
+}
+
+/// Messages, and the signals that a subscription was lost.
+async fn push_loop(
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    shared: Arc<Shared>,
+    pod: String,
+) {
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::SMessage => {
+                let Some(payload) = push.data.get(1).and_then(bytes) else {
+                    continue;
+                };
+                match serde_json::from_slice::<Envelope>(payload) {
+                    Ok(env) if env.pod != pod => shared.hub.deliver(&env),
+                    Ok(_) => {} // our own publish: delivered locally already
+                    Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
+                }
+            }
+            PushKind::SUnsubscribe => {
+                // Ours after an unhost (no longer hosted), or the server's
+                // when the channel's slot moved to another node.
+                let Some(channel) = push.data.first().and_then(bytes) else {
+                    continue;
+                };
+                let channel = String::from_utf8_lossy(channel).into_owned();
+                if shared.hosting.user_of(&channel).is_some() {
+                    tracing::info!(%channel, "sharded channel moved; resubscribing");
+                    tokio::spawn(subscribe(shared.clone(), channel, true));
+                }
+            }
+            PushKind::Disconnection => {
+                shared.metrics.redis_connected(false);
+                shared.metrics.redis_reconnects.inc();
+                tracing::warn!("redis cluster node connection lost; repairing subscriptions");
+                tokio::spawn(repair_all(shared.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+async fn publish_loop(
+    mut conn: ClusterConnection,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some((channel, payload)) = rx.recv().await {
+        let started = std::time::Instant::now();
+        // A failover takes the cluster seconds; past 10 the message is
+        // dropped and the subscribers' repair-resync covers it.
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
+                .arg(&channel)
+                .arg(&payload)
+                .query_async(&mut conn)
+                .await;
+            match sent {
+                Ok(_) => {
+                    metrics
+                        .fanout_publish_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break;
+                }
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
+                    tracing::debug!(error = %e, "SPUBLISH failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
+                    tracing::warn!(error = %e, %channel, "publish dropped after retries");
+                    metrics.fanout_dropped.inc();
+                    break;
+                }
+            }
+        }
+    }
+}
