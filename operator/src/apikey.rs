@@ -634,21 +634,7 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
     }
     match revoke_db(key, ctx).await {
         Ok(db) => {
-            let mut ids: Vec<String> = key
-                .status
-                .as_ref()
-                .and_then(|s| s.key_id.clone())
-                .into_iter()
-                .collect();
-            let keys = key_service(ctx, &db);
-            for k in [KEY, PREVIOUS] {
-                if let Some(value) = secret.as_ref().and_then(|s| secret_value(s, k)) {
-                    ids.extend(keys.find(&value).await.map_err(key_err)?);
-                }
-            }
-            for id in &ids {
-                keys.revoke(id).await.map_err(key_err)?;
-            }
+            revoke_rows(key, ctx, &db, secret.as_ref()).await?;
             publish(
                 ctx,
                 key,
@@ -697,6 +683,32 @@ async fn revoke(key: &ApiKey, ctx: &Context) -> Result<Action> {
         }
     }
     release_secret(key, &secrets, &name, secret).await
+}
+
+/// Revokes the row the status names and the rows of the keys its Secret
+/// holds (the current one and the one kept through a rotation's grace).
+async fn revoke_rows(
+    key: &ApiKey,
+    ctx: &Context,
+    db: &StoreDb,
+    secret: Option<&Secret>,
+) -> Result<()> {
+    let mut ids: Vec<String> = key
+        .status
+        .as_ref()
+        .and_then(|s| s.key_id.clone())
+        .into_iter()
+        .collect();
+    let keys = key_service(ctx, db);
+    for k in [KEY, PREVIOUS] {
+        if let Some(value) = secret.and_then(|s| secret_value(s, k)) {
+            ids.extend(keys.find(&value).await.map_err(key_err)?);
+        }
+    }
+    for id in &ids {
+        keys.revoke(id).await.map_err(key_err)?;
+    }
+    Ok(())
 }
 
 /// The name of the key's store when that store is being deleted with

@@ -236,6 +236,9 @@ pub fn endpoint(store: &SyncStore) -> String {
 /// `key_prefix` is the operator's own (`--key-prefix`): the pods must
 /// know it for their log redaction to recognise the keys the operator
 /// generates, and for the keys they mint to look the same.
+///
+/// Long because it is one table, a row per variable: split, the list of
+/// what a store's pods are told would be in pieces.
 pub fn config_map(store: &SyncStore, key_prefix: &str) -> ConfigMap {
     let s = &store.spec;
     let mut data = BTreeMap::from([

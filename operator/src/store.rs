@@ -967,13 +967,7 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             Ok(Action::await_change())
         }
         Ok(dropped) => {
-            let (schema, role) = (&target.schema, &target.role);
-            let (reason, note) = match (dropped.schema, dropped.role) {
-                (true, true) => ("SchemaDropped", format!("Dropped {schema} and its role {role}.")),
-                (true, false) => ("SchemaDropped", format!("Dropped {schema}; its role {role} did not exist.")),
-                (false, true) => ("SchemaDropped", format!("Dropped role {role}; {schema} did not exist.")),
-                (false, false) => ("NothingToDrop", format!("Dropped nothing: neither {schema} nor role {role} exists, so the store had no data on the database server.")),
-            };
+            let (reason, note) = dropped_note(&target, &dropped);
             publish(ctx, store, EventType::Normal, reason, &note, "Cleanup").await;
             Ok(Action::await_change())
         }
@@ -990,6 +984,17 @@ async fn cleanup(store: &SyncStore, ctx: &Context) -> Result<Action> {
             Ok(Action::await_change())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The event (reason, note) that says what a `Delete` cleanup dropped.
+fn dropped_note(target: &Target, dropped: &database::Dropped) -> (&'static str, String) {
+    let (schema, role) = (&target.schema, &target.role);
+    match (dropped.schema, dropped.role) {
+        (true, true) => ("SchemaDropped", format!("Dropped {schema} and its role {role}.")),
+        (true, false) => ("SchemaDropped", format!("Dropped {schema}; its role {role} did not exist.")),
+        (false, true) => ("SchemaDropped", format!("Dropped role {role}; {schema} did not exist.")),
+        (false, false) => ("NothingToDrop", format!("Dropped nothing: neither {schema} nor role {role} exists, so the store had no data on the database server.")),
     }
 }
 
