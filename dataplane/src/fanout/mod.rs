@@ -13,6 +13,7 @@ mod hub;
 mod local;
 mod redis;
 mod redis_cluster;
+mod relay;
 
 use futures_util::future::BoxFuture;
 pub use hub::{Hub, Sink};

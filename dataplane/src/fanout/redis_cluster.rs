@@ -29,13 +29,10 @@ use tokio::sync::mpsc;
 
 use super::{
     hosting::{wait_live, Hosting},
+    relay::{self, Outgoing, PUBLISH_QUEUE},
     Bus, Envelope, Hub,
 };
 use crate::{metrics::Metrics, redis_conn::Target};
-
-/// Envelopes waiting to be published; past this, new ones are dropped (and
-/// counted): devices repair the gap from the database.
-const PUBLISH_QUEUE: usize = 10_000;
 
 /// Subscriptions repaired at once after a node is lost.
 const REPAIR_CONCURRENCY: usize = 64;
@@ -44,7 +41,7 @@ pub struct RedisClusterBus {
     hub: Arc<Hub>,
     pod: String,
     channel_prefix: String,
-    publish_tx: mpsc::Sender<(String, Vec<u8>)>,
+    publish_tx: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
 }
 
@@ -83,7 +80,9 @@ impl RedisClusterBus {
             metrics: metrics.clone(),
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(publish_loop(publisher, publish_rx, metrics));
+        tokio::spawn(relay::publish_loop(
+            publisher, publish_rx, metrics, "SPUBLISH",
+        ));
         tokio::spawn(push_loop(push_rx, shared.clone(), pod.to_string()));
         Ok(Self {
             hub,
@@ -104,14 +103,7 @@ impl Bus for RedisClusterBus {
         // Local devices first, without a round trip through Redis.
         self.hub.deliver(&envelope);
         let channel = self.channel(&envelope.user_id);
-        match serde_json::to_vec(&envelope) {
-            Ok(bytes) => {
-                if self.publish_tx.try_send((channel, bytes)).is_err() {
-                    self.shared.metrics.fanout_dropped.inc();
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode envelope"),
-        }
+        relay::enqueue(&self.publish_tx, &self.shared.metrics, channel, envelope);
     }
 
     fn host(&self, user_id: &str) -> BoxFuture<'static, ()> {
@@ -210,11 +202,7 @@ async fn push_loop(
                 let Some(payload) = push.data.get(1).and_then(bytes) else {
                     continue;
                 };
-                match serde_json::from_slice::<Envelope>(payload) {
-                    Ok(env) if env.pod != pod => shared.hub.deliver(&env),
-                    Ok(_) => {} // our own publish: delivered locally already
-                    Err(e) => tracing::warn!(error = %e, "undecodable fan-out message"),
-                }
+                relay::receive(&shared.hub, &pod, payload);
             }
             PushKind::SUnsubscribe => {
                 // Ours after an unhost (no longer hosted), or the server's
@@ -243,45 +231,5 @@ fn bytes(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
         _ => None,
-    }
-}
-
-async fn publish_loop(
-    mut conn: ClusterConnection,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some((channel, payload)) = rx.recv().await {
-        let started = std::time::Instant::now();
-        // A failover takes the cluster seconds; past 10 the message is
-        // dropped and the subscribers' repair-resync covers it.
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
-                .arg(&channel)
-                .arg(&payload)
-                .query_async(&mut conn)
-                .await;
-            match sent {
-                Ok(_) => {
-                    metrics
-                        .fanout_publish_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    break;
-                }
-                Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                    tracing::debug!(error = %e, "SPUBLISH failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                    tracing::warn!(error = %e, %channel, "publish dropped after retries");
-                    metrics.fanout_dropped.inc();
-                    break;
-                }
-            }
-        }
     }
 }
