@@ -340,7 +340,7 @@ fn server_span(req: &Request, route: &str) -> tracing::Span {
         otel.kind = "server",
         http.request.method = method,
         http.route = matched.then_some(route),
-        url.path = req.uri().path(),
+        url.path = capped(req.uri().path(), URL_PATH_MAX),
         url.scheme = "http",
         network.protocol.version = protocol_version(req.version()),
         request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()),
@@ -366,6 +366,20 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
         .into_iter()
         .find(|known| *known == method.as_str())
         .unwrap_or("_OTHER")
+}
+
+/// The most of a path a server span keeps: the client chooses the path (up
+/// to the URI limit), and a sampled `traceparent` of its own makes every
+/// request's span stored by the collector.
+const URL_PATH_MAX: usize = 256;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn capped(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// `network.protocol.version` as the conventions write it.
@@ -508,6 +522,14 @@ mod tests {
     /// The attributes of the server span of a request with `method` that
     /// was answered `status`, as exported.
     fn exported_server_span(method: &str, status: StatusCode) -> Vec<opentelemetry::KeyValue> {
+        exported_span_of(method, "/api/v1/sync-storage/item/k", status)
+    }
+
+    fn exported_span_of(
+        method: &str,
+        path: &str,
+        status: StatusCode,
+    ) -> Vec<opentelemetry::KeyValue> {
         let kept = Kept::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(kept.clone())
@@ -521,7 +543,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let req = Request::builder()
                 .method(method)
-                .uri("/api/v1/sync-storage/item/k")
+                .uri(path)
                 .body(axum::body::Body::empty())
                 .unwrap();
             let span = server_span(&req, "/api/v1/sync-storage/item/{*key}");
@@ -561,5 +583,17 @@ mod tests {
             attribute(&attributes, "http.response.status_code"),
             Some(Value::I64(503))
         );
+    }
+
+    #[test]
+    fn a_long_path_is_capped_in_the_span() {
+        let path = format!("/api/v1/sync-storage/item/{}", "%C3%A9".repeat(2000));
+        let attributes = exported_span_of("GET", &path, StatusCode::OK);
+        let Some(Value::String(kept)) = attribute(&attributes, "url.path") else {
+            panic!("no url.path in {attributes:?}");
+        };
+        assert_eq!(kept.as_str().len(), URL_PATH_MAX);
+        assert!(path.starts_with(kept.as_str()));
+        assert_eq!(capped("/a/é", 4), "/a/");
     }
 }
