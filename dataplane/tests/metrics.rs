@@ -221,3 +221,60 @@ async fn redis_outage_shows_in_the_gauge_errors_and_reconnects() {
     eventually(&server, "syncstore_redis_connected", 1.0).await;
     eventually(&server, "syncstore_redis_reconnects_total", 1.0).await;
 }
+
+/// Every series of the scrape whose name starts with `prefix`.
+fn series_of(text: &str, prefix: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn methods_and_paths_a_client_makes_up_add_no_series() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    let item = server.url("/api/v1/sync-storage/item/k");
+    for i in 0..5 {
+        let method = reqwest::Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+        let status = client.request(method, &item).send().await.unwrap().status();
+        assert_eq!(status, 405);
+        let path = server.url(&format!("/made-up/{i}/{}", "x".repeat(i * 100)));
+        assert_eq!(client.get(path).send().await.unwrap().status(), 404);
+    }
+    let text = scrape(&server).await;
+    assert_eq!(
+        value(
+            &text,
+            "syncstore_http_requests_total{method=\"_OTHER\",route=\"/api/v1/sync-storage/item/{*key}\",status=\"405\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "syncstore_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    for name in [
+        "syncstore_http_requests_total",
+        "syncstore_http_request_duration_seconds_count",
+    ] {
+        let made_up: Vec<String> = series_of(&text, name)
+            .into_iter()
+            .filter(|s| s.contains("FOO") || s.contains("made-up"))
+            .collect();
+        assert_eq!(made_up, Vec::<String>::new(), "{text}");
+    }
+    // One series per (route, method, status) actually seen: the 405s, the
+    // 404s and this scrape's predecessors (none).
+    assert_eq!(
+        series_of(&text, "syncstore_http_requests_total{").len(),
+        // /health of the start-up wait, the 405s and the 404s.
+        3,
+        "{text}"
+    );
+}

@@ -370,7 +370,7 @@ fn batch_spans(
         messaging.operation.name = "process",
         messaging.destination.name = source.topic,
         messaging.consumer.group.name = source.group,
-        messaging.batch.message_count = messages.len(),
+        messaging.batch.message_count = i64::try_from(messages.len()).unwrap_or(i64::MAX),
     );
     if batch.is_disabled() {
         return (batch, Vec::new());

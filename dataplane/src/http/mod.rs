@@ -260,19 +260,21 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().clone();
+    // A bounded label: any token is a valid HTTP method, so a client could
+    // otherwise mint a series (and an analytics row) per request.
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status();
     state
         .metrics
         .http_latency
-        .with_label_values(&[&route, method.as_str()])
+        .with_label_values(&[&route, method])
         .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .http_requests
-        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .with_label_values(&[&route, method, status.as_str()])
         .inc();
     let failure = response.extensions().get::<error::ResponseError>();
     match failure {
@@ -329,20 +331,7 @@ async fn trace_request(req: Request, next: Next) -> Response {
 /// by the route template, never the path (which holds the item key), and
 /// carries no header: credentials travel in them.
 fn server_span(req: &Request, route: &str) -> tracing::Span {
-    let method = req.method();
-    let known = [
-        Method::GET,
-        Method::PUT,
-        Method::POST,
-        Method::DELETE,
-        Method::PATCH,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::CONNECT,
-    ]
-    .contains(method);
-    let method = if known { method.as_str() } else { "_OTHER" };
+    let method = method_label(req.method());
     let matched = route != "unmatched";
     let span = tracing::info_span!(
         target: TARGET,
@@ -351,7 +340,7 @@ fn server_span(req: &Request, route: &str) -> tracing::Span {
         otel.kind = "server",
         http.request.method = method,
         http.route = matched.then_some(route),
-        url.path = req.uri().path(),
+        url.path = capped(req.uri().path(), URL_PATH_MAX),
         url.scheme = "http",
         network.protocol.version = protocol_version(req.version()),
         request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()),
@@ -363,6 +352,34 @@ fn server_span(req: &Request, route: &str) -> tracing::Span {
         }
     }
     span
+}
+
+/// The method as metrics, analytics and spans name it: one of the nine of
+/// RFC 9110 (and PATCH), else `_OTHER`, as the HTTP semantic conventions
+/// say. Any token is a valid method, so the raw one would let a client
+/// add a series per request.
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("_OTHER")
+}
+
+/// The most of a path a server span keeps: the client chooses the path (up
+/// to the URI limit), and a sampled `traceparent` of its own makes every
+/// request's span stored by the collector.
+const URL_PATH_MAX: usize = 256;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn capped(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// `network.protocol.version` as the conventions write it.
@@ -387,7 +404,9 @@ fn end_server_span(
     if span.is_disabled() {
         return;
     }
-    span.record("http.response.status_code", status.as_u16());
+    // As an i64: tracing-opentelemetry exports unsigned fields as strings,
+    // and the conventions (and queries like `>= 500`) want an int.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_client_error() || status.is_server_error() {
         let code = failure.map_or_else(|| status.as_str().to_string(), |f| f.0.code().to_string());
         if status.is_server_error() {
@@ -474,4 +493,107 @@ fn cors(cfg: &CorsConfig) -> CorsLayer {
         ])
         .allow_headers(CORS_REQUEST_HEADERS)
         .expose_headers(CORS_EXPOSED_HEADERS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::{trace::TracerProvider as _, Value};
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{SdkTracerProvider, SpanData, SpanExporter},
+    };
+    use tracing_subscriber::{layer::SubscriberExt, Layer};
+
+    use super::*;
+
+    /// Keeps what the SDK exports, as a collector would receive it.
+    #[derive(Debug, Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// The attributes of the server span of a request with `method` that
+    /// was answered `status`, as exported.
+    fn exported_server_span(method: &str, status: StatusCode) -> Vec<opentelemetry::KeyValue> {
+        exported_span_of(method, "/api/v1/sync-storage/item/k", status)
+    }
+
+    fn exported_span_of(
+        method: &str,
+        path: &str,
+        status: StatusCode,
+    ) -> Vec<opentelemetry::KeyValue> {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::filter::filter_fn(
+                telemetry::traces::wanted,
+            ));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let span = server_span(&req, "/api/v1/sync-storage/item/{*key}");
+            end_server_span(&span, status, None);
+        });
+        let spans = kept.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        spans[0].attributes.clone()
+    }
+
+    fn attribute(attributes: &[opentelemetry::KeyValue], key: &str) -> Option<Value> {
+        attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    }
+
+    #[test]
+    fn a_method_outside_the_known_set_is_other_in_labels_and_spans() {
+        assert_eq!(method_label(&Method::PUT), "PUT");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PURGE").unwrap()),
+            "_OTHER"
+        );
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "_OTHER");
+        let attributes = exported_server_span("FOO123", StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            attribute(&attributes, "http.request.method"),
+            Some(Value::from("_OTHER"))
+        );
+    }
+
+    #[test]
+    fn the_status_code_is_exported_as_an_int() {
+        let attributes = exported_server_span("PUT", StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            attribute(&attributes, "http.response.status_code"),
+            Some(Value::I64(503))
+        );
+    }
+
+    #[test]
+    fn a_long_path_is_capped_in_the_span() {
+        let path = format!("/api/v1/sync-storage/item/{}", "%C3%A9".repeat(2000));
+        let attributes = exported_span_of("GET", &path, StatusCode::OK);
+        let Some(Value::String(kept)) = attribute(&attributes, "url.path") else {
+            panic!("no url.path in {attributes:?}");
+        };
+        assert_eq!(kept.as_str().len(), URL_PATH_MAX);
+        assert!(path.starts_with(kept.as_str()));
+        assert_eq!(capped("/a/é", 4), "/a/");
+    }
 }

@@ -907,7 +907,11 @@ fn end_write_span(span: &tracing::Span, done: &Result<Outcome, ApiError>) {
     }
     match done {
         Ok(outcome) => {
-            span.record("syncstore.changes", outcome.changed.len());
+            // An i64, which is exported as an int (unsigned as a string).
+            span.record(
+                "syncstore.changes",
+                i64::try_from(outcome.changed.len()).unwrap_or(i64::MAX),
+            );
             if let Some(last) = outcome.changed.last() {
                 span.record("syncstore.seq", last.seq);
             }

@@ -70,6 +70,9 @@ pub struct TraceSettings {
     /// `service.instance.id`: the pod.
     pub instance: String,
     pub sampler: SamplerChoice,
+    /// One export request's timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`,
+    /// else `OTEL_EXPORTER_OTLP_TIMEOUT`, in ms (10 s).
+    pub export_timeout: Duration,
 }
 
 impl TraceSettings {
@@ -90,6 +93,15 @@ impl TraceSettings {
             return Ok(None);
         }
         let sampler = sampler(set("OTEL_TRACES_SAMPLER"), set("OTEL_TRACES_SAMPLER_ARG"))?;
+        let export_timeout = exporter_numbers(&set)?;
+        headers(
+            set("OTEL_EXPORTER_OTLP_TRACES_HEADERS").as_deref(),
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        )?;
+        headers(
+            set("OTEL_EXPORTER_OTLP_HEADERS").as_deref(),
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        )?;
         let service_name = set("OTEL_SERVICE_NAME")
             .or_else(|| {
                 set("OTEL_RESOURCE_ATTRIBUTES")?
@@ -103,6 +115,7 @@ impl TraceSettings {
             service_name,
             instance: instance.to_owned(),
             sampler,
+            export_timeout,
         }))
     }
 }
@@ -146,9 +159,13 @@ fn exporting(set: &impl Fn(&str) -> Option<String>) -> Result<bool, TraceConfigE
     };
     let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
     if !scheme_ok || endpoint.parse::<http::Uri>().is_err() {
+        // The value is not quoted: a URL may carry a collector's
+        // credentials (https://user:token@…), and this line is printed
+        // before the log redaction is set up.
         return err(
             name,
-            format!("invalid value '{endpoint}': expected an http:// or https:// URL, e.g. http://otel-collector:4318"),
+            "invalid value: expected an http:// or https:// URL, e.g. http://otel-collector:4318"
+                .to_string(),
         );
     }
     for name in [
@@ -166,6 +183,58 @@ fn exporting(set: &impl Fn(&str) -> Option<String>) -> Result<bool, TraceConfigE
         }
     }
     Ok(true)
+}
+
+/// The exporter's and batch processor's numeric variables, which the SDK
+/// would otherwise ignore silently when malformed: each an unsigned
+/// integer (sizes above 0). Returns the export request timeout.
+fn exporter_numbers(set: &impl Fn(&str) -> Option<String>) -> Result<Duration, TraceConfigError> {
+    let number = |var: &'static str, least: u64| -> Result<Option<u64>, TraceConfigError> {
+        let Some(v) = set(var) else { return Ok(None) };
+        match v.parse::<u64>() {
+            Ok(n) if n >= least => Ok(Some(n)),
+            _ => Err(TraceConfigError {
+                var,
+                problem: format!("invalid value '{v}': expected an integer of at least {least}"),
+            }),
+        }
+    };
+    for (var, least) in [
+        ("OTEL_BSP_SCHEDULE_DELAY", 0),
+        ("OTEL_BSP_EXPORT_TIMEOUT", 0),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", 1),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1),
+        ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", 1),
+    ] {
+        number(var, least)?;
+    }
+    let general = number("OTEL_EXPORTER_OTLP_TIMEOUT", 1)?;
+    let traces = number("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1)?;
+    Ok(traces
+        .or(general)
+        .map_or(Duration::from_secs(10), Duration::from_millis))
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` (or its traces form): `key=value` pairs
+/// separated by commas. A malformed list is refused without quoting it,
+/// since its values are usually the collector's credentials.
+fn headers(value: Option<&str>, var: &'static str) -> Result<(), TraceConfigError> {
+    let Some(value) = value else { return Ok(()) };
+    let well_formed = value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .all(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, _)| !k.trim().is_empty())
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(TraceConfigError {
+            var,
+            problem: "invalid value (not shown: it may hold credentials): expected key=value pairs separated by commas".into(),
+        })
+    }
 }
 
 /// `OTEL_TRACES_SAMPLER` and its argument; the default is the
@@ -239,7 +308,7 @@ pub fn pipeline<S>(
 where
     S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
 {
-    let client = ExportClient::new().map_err(PipelineError)?;
+    let client = ExportClient::new(settings.export_timeout).map_err(PipelineError)?;
     // The endpoint, headers and timeout come from the standard variables,
     // read by the exporter as the specification says (a traces endpoint
     // as given, the general one with /v1/traces appended).
@@ -291,13 +360,9 @@ impl fmt::Debug for ExportClient {
 }
 
 impl ExportClient {
-    fn new() -> Result<Self, String> {
+    fn new(timeout: Duration) -> Result<Self, String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "trace export needs the Tokio runtime".to_string())?;
-        let timeout = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
-            .ok()
-            .and_then(|ms| ms.trim().parse::<u64>().ok())
-            .map_or(Duration::from_secs(10), Duration::from_millis);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -433,5 +498,69 @@ mod tests {
             assert_eq!(e.var, var, "{vars:?}");
             assert!(e.to_string().starts_with(var), "{e}");
         }
+    }
+
+    #[test]
+    fn a_refused_endpoint_or_header_list_is_not_quoted() {
+        for (var, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "grpc://user:Hunter2Secret@c:4318",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://u:Hunter2Secret@[bad",
+            ),
+        ] {
+            let e = read(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(!e.to_string().contains("Hunter2Secret"), "{e}");
+        }
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        for var in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            let e = read(&[endpoint, (var, "Hunter2Secret")]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(!e.to_string().contains("Hunter2Secret"), "{e}");
+        }
+        let fine = read(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=x, team=y,"),
+        ]);
+        assert!(fine.unwrap().is_some());
+    }
+
+    #[test]
+    fn malformed_exporter_numbers_stop_startup_by_name() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "-5"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "1s"),
+        ] {
+            let e = read(&[endpoint, (var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{value}");
+        }
+        let timeout = |vars: &[(&str, &str)]| {
+            let mut all = vec![endpoint];
+            all.extend_from_slice(vars);
+            read(&all).unwrap().unwrap().export_timeout
+        };
+        assert_eq!(timeout(&[]), Duration::from_secs(10));
+        assert_eq!(
+            timeout(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            timeout(&[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
+            ]),
+            Duration::from_millis(700)
+        );
     }
 }
