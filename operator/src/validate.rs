@@ -435,7 +435,7 @@ mod tests {
         assert!(config.redis.as_ref().is_some_and(|r| r.is_cluster()));
         let m = message(check(
             &s,
-            env("rediss+cluster://app:hunter2@r-0.r:6379,r-1.r"),
+            env("redis+cluster://app:hunter2@r-0.r:6379,r-1.r"),
         ));
         assert!(
             m.contains("REDIS_URL") && m.contains("the Redis URL in Secret r (key url)"),
