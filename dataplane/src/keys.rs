@@ -152,7 +152,7 @@ impl Keys {
         let mut view = KeyView::new_row(new, &hash_key(&key), &hint(&key), now_ms());
         settings.apply(&mut view)?;
         policy::check(by, None, &as_key(&view)?)?;
-        let mut conn = self.db.pool().acquire().await?;
+        let mut conn = self.db.acquire().await?;
         keys::insert_in(&mut conn, &self.db, &view).await?;
         Ok(Created { view, key })
     }

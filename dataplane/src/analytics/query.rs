@@ -156,7 +156,7 @@ pub async fn series(
         .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     rows.iter()
         .map(|r| {
@@ -192,7 +192,7 @@ pub async fn totals(
         .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
-        .fetch_one(db.pool())
+        .fetch_one(&mut *db.acquire().await?)
         .await?;
     totals_from(&row, 0)
 }
@@ -226,7 +226,7 @@ pub async fn top_subjects(
         .bind(w.first_bucket())
         .bind(w.to)
         .bind(limit)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -268,7 +268,7 @@ pub async fn percentiles(
         .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     let mut counts = vec![0i64; histogram::BUCKETS];
     for r in &rows {
@@ -316,7 +316,7 @@ pub async fn percentiles_by_bucket(
         .bind(q)
         .bind(w.first_bucket())
         .bind(w.to)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     let mut counts: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
     for r in &rows {
@@ -352,7 +352,7 @@ pub async fn facet(
         .bind(w.first_day())
         .bind(w.to)
         .bind(limit)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     rows.iter()
         .map(|r| Ok((r.str_at(0)?, r.i64_at(1)?)))
@@ -367,7 +367,7 @@ pub async fn active_users(db: &Db, from: i64, to: i64) -> Result<i64, sqlx::Erro
         ))
         .bind(from - from.rem_euclid(DAY_MS))
         .bind(to)
-        .fetch_one(db.pool())
+        .fetch_one(&mut *db.acquire().await?)
         .await?;
     row.i64_at(0)
 }
@@ -380,7 +380,7 @@ pub async fn active_days(db: &Db, user: &str, from: i64, to: i64) -> Result<i64,
     .bind(user)
     .bind(from - from.rem_euclid(DAY_MS))
     .bind(to)
-    .fetch_one(db.pool())
+    .fetch_one(&mut *db.acquire().await?)
     .await?;
     row.i64_at(0)
 }
@@ -407,7 +407,7 @@ pub async fn seen(
         Seen::User => q,
         Seen::Instance => owner.bind(q),
     };
-    let row = q.fetch_one(db.pool()).await?;
+    let row = q.fetch_one(&mut *db.acquire().await?).await?;
     Ok(row.opt_i64(0)?.zip(row.opt_i64(1)?))
 }
 
@@ -442,13 +442,13 @@ pub async fn cohorts(db: &Db, since: i64, now: i64) -> Result<Vec<Cohort>, sqlx:
         &db.sql("SELECT user_id, first_seen FROM analytics_users WHERE first_seen >= ?"),
     )
     .bind(week_of(since))
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     let days = sqlx::query(&db.sql(
         "SELECT d.user_id, d.day FROM analytics_user_days d JOIN analytics_users u ON u.user_id = d.user_id WHERE u.first_seen >= ?",
     ))
     .bind(week_of(since))
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     let mut first = std::collections::HashMap::new();
     for r in &users {

@@ -255,7 +255,7 @@ impl Tokens {
         parent: Option<&str>,
     ) -> Result<Issued, ApiError> {
         let (issued, row) = self.pair(user_id, scopes, issued_by, family, parent)?;
-        let mut conn = self.db.pool().acquire().await?;
+        let mut conn = self.db.acquire().await?;
         refresh_tokens::insert(&mut conn, &self.db, &row).await?;
         Ok(issued)
     }

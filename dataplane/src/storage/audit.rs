@@ -144,7 +144,7 @@ pub async fn query(db: &Db, f: &Filter<'_>) -> Result<Vec<Row>, sqlx::Error> {
     .bind(f.before)
     .bind(f.before)
     .bind(f.limit)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| {

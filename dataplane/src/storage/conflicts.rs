@@ -125,7 +125,7 @@ pub async fn get(db: &Db, id: &str, user: Option<&str>) -> Result<Option<Conflic
         .bind(id)
         .bind(user)
         .bind(user)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *db.acquire().await?)
         .await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -147,7 +147,7 @@ pub async fn history(
         .bind(user)
         .bind(user)
         .bind(limit)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     rows.iter().map(from_row).collect()
 }
@@ -170,7 +170,7 @@ pub async fn list(
         .bind(user)
         .bind(limit)
         .bind(offset)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     rows.iter().map(from_row).collect()
 }
@@ -188,7 +188,7 @@ pub async fn counts(
     .bind(since)
     .bind(user)
     .bind(user)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| Ok((r.str_at(0)?, r.str_at(1)?, r.str_at(2)?, r.i64_at(3)?)))

@@ -83,7 +83,7 @@ pub async fn record(
 pub async fn sweep(db: &Db, before: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(&db.sql("DELETE FROM idempotency_records WHERE created_at < ?"))
         .bind(before)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     Ok(done.rows_affected())
 }

@@ -105,7 +105,7 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
         .bind(a.pod)
         .bind(a.ip)
         .bind(ua)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     let row = sqlx::query(&db.sql(
         "SELECT cursor_seq, has_acked, delivered_seq, arrivals, subscriptions, resync_due FROM instances \
@@ -113,7 +113,7 @@ pub async fn arrive(db: &Db, a: &Arrival<'_>) -> Result<Cursors, sqlx::Error> {
     ))
     .bind(a.user_id)
     .bind(a.instance_id)
-    .fetch_one(db.pool())
+    .fetch_one(&mut *db.acquire().await?)
     .await?;
     let subscriptions = stored_subscriptions(row.opt_str(4)?);
     Ok(Cursors {
@@ -149,7 +149,7 @@ pub async fn subscriptions(
     )
     .bind(user_id)
     .bind(instance_id)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *db.acquire().await?)
     .await?;
     Ok(match row {
         Some(row) => stored_subscriptions(row.opt_str(0)?),
@@ -174,7 +174,7 @@ pub async fn save_subscriptions(
     .bind(json)
     .bind(user_id)
     .bind(instance_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -188,7 +188,7 @@ pub async fn owe_resync(db: &Db, user_id: &str, instance_id: &str) -> Result<(),
     .bind(true)
     .bind(user_id)
     .bind(instance_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -219,7 +219,7 @@ pub async fn resynced(
     .bind(false)
     .bind(user_id)
     .bind(instance_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -241,7 +241,7 @@ pub async fn leave(
     .bind(now)
     .bind(user_id)
     .bind(instance_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -263,7 +263,7 @@ pub async fn advance_cursor(
     .bind(true)
     .bind(user_id)
     .bind(instance_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -275,7 +275,7 @@ pub async fn list(db: &Db, user_id: &str) -> Result<Vec<Instance>, sqlx::Error> 
          FROM instances WHERE user_id = ? ORDER BY last_seen DESC",
     ))
     .bind(user_id)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| {

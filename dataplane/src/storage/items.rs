@@ -222,7 +222,7 @@ pub async fn get_visible(
         .bind(key)
         .bind(false)
         .bind(now)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *db.acquire().await?)
         .await?;
     row.as_ref().map(item_from_row).transpose()
 }
@@ -247,7 +247,7 @@ pub async fn list_visible(
         .bind(false)
         .bind(now)
         .bind(super::like_prefix(prefix))
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -276,7 +276,7 @@ pub async fn list_keys(
         .bind(false)
         .bind(now)
         .bind(super::like_prefix(prefix))
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     let mut keys = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -317,7 +317,7 @@ pub async fn expired(db: &Db, now: i64, limit: i64) -> Result<Vec<(String, Strin
     .bind(now)
     .bind(false)
     .bind(limit)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| Ok((r.str_at(0)?, r.str_at(1)?)))
@@ -328,7 +328,7 @@ pub async fn expired(db: &Db, now: i64, limit: i64) -> Result<Vec<(String, Strin
 pub async fn user_state(db: &Db, user_id: &str) -> Result<Option<UserState>, sqlx::Error> {
     let row = sqlx::query(&db.sql("SELECT last_seq, bytes_used FROM user_state WHERE user_id = ?"))
         .bind(user_id)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *db.acquire().await?)
         .await?;
     row.map(|r| {
         Ok(UserState {
@@ -346,7 +346,7 @@ pub async fn changes_since(db: &Db, user_id: &str, after: i64) -> Result<Vec<Ite
     let rows = sqlx::query(&db.sql(&q))
         .bind(user_id)
         .bind(after)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     rows.iter().map(item_from_row).collect()
 }
@@ -358,7 +358,7 @@ pub async fn versions(db: &Db, user_id: &str, key: &str) -> Result<Vec<(i64, i64
     ))
     .bind(user_id)
     .bind(key)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| Ok((r.i64_at(0)?, r.i64_at(1)?)))
@@ -370,7 +370,7 @@ pub async fn versions(db: &Db, user_id: &str, key: &str) -> Result<Vec<(i64, i64
 pub async fn heads(db: &Db, user_id: &str) -> Result<(i64, i64), sqlx::Error> {
     let row = sqlx::query(&db.sql("SELECT last_seq, purged_seq FROM user_state WHERE user_id = ?"))
         .bind(user_id)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *db.acquire().await?)
         .await?;
     match row {
         Some(r) => Ok((r.i64_at(0)?, r.i64_at(1)?)),
@@ -390,7 +390,7 @@ pub async fn purge_tombstones(db: &Db, older_than: i64, limit: i64) -> Result<us
     .bind(true)
     .bind(older_than)
     .bind(limit)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     for row in &users {
         let (user_id, max_seq) = (row.str_at(0)?, row.i64_at(1)?);

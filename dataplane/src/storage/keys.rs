@@ -50,7 +50,7 @@ const KEY_COLUMNS: &str =
      quota_per_minute, quota_per_hour, quota_per_day, quota_per_month";
 
 pub async fn find_by_hash(db: &Db, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
-    let mut conn = db.pool().acquire().await?;
+    let mut conn = db.acquire().await?;
     find_by_hash_in(&mut conn, db, hash).await
 }
 
@@ -74,7 +74,7 @@ pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<ApiKey>, sqlx::Error
     let q = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
     let row = sqlx::query(&db.sql(&q))
         .bind(id)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *db.acquire().await?)
         .await?;
     row.as_ref().map(key_from_row).transpose()
 }
@@ -84,7 +84,7 @@ pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<ApiKey>, sqlx::Error
 pub async fn insert(db: &Db, new: &NewKey, hash: &str, hint: &str) -> Result<ApiKey, sqlx::Error> {
     let view = KeyView::new_row(new, hash, hint, now_ms());
     let key = view.as_key().map_err(|e| sqlx::Error::Decode(e.into()))?;
-    let mut conn = db.pool().acquire().await?;
+    let mut conn = db.acquire().await?;
     insert_in(&mut conn, db, &view).await?;
     Ok(key)
 }
@@ -96,7 +96,7 @@ pub async fn set_active(db: &Db, id: &str, active: bool) -> Result<bool, sqlx::E
             .bind(active)
             .bind(now_ms())
             .bind(id)
-            .execute(db.pool())
+            .execute(&mut *db.acquire().await?)
             .await?;
     Ok(done.rows_affected() > 0)
 }
@@ -271,20 +271,20 @@ pub async fn list(db: &Db, user: Option<&str>) -> Result<Vec<KeyView>, sqlx::Err
     let rows = sqlx::query(&db.sql(&q))
         .bind(user)
         .bind(user)
-        .fetch_all(db.pool())
+        .fetch_all(&mut *db.acquire().await?)
         .await?;
     rows.iter().map(view_from_row).collect()
 }
 
 /// One key, if it belongs to `user` (`None`: any user).
 pub async fn get(db: &Db, id: &str, user: Option<&str>) -> Result<Option<KeyView>, sqlx::Error> {
-    let mut conn = db.pool().acquire().await?;
+    let mut conn = db.acquire().await?;
     get_in(&mut conn, db, id, user).await
 }
 
 /// Stores every mutable field of `v`.
 pub async fn update(db: &Db, v: &KeyView) -> Result<(), sqlx::Error> {
-    let mut conn = db.pool().acquire().await?;
+    let mut conn = db.acquire().await?;
     update_in(&mut conn, db, v).await
 }
 
@@ -355,7 +355,7 @@ pub async fn get_in(
 pub async fn delete(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(&db.sql("DELETE FROM api_keys WHERE id = ?"))
         .bind(id)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     Ok(done.rows_affected() > 0)
 }
@@ -388,7 +388,7 @@ pub async fn add_usage(
     .bind(last_used)
     .bind(last_used)
     .bind(id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -410,7 +410,7 @@ pub async fn current_usage(
     .bind(day)
     .bind(month)
     .bind(id)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *db.acquire().await?)
     .await?;
     row.map(|r| Ok((r.i64_at(0)?, r.i64_at(1)?, r.opt_i64(2)?)))
         .transpose()

@@ -272,24 +272,41 @@ impl Db {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A pooled connection for reads and single statements, its wait
+    /// recorded in the histogram of [`Self::observe_acquire`]. Every query
+    /// of the data plane takes its connection here or in [`Self::begin`],
+    /// so the histogram sees every wait.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await;
+        self.record_wait(started);
+        conn
+    }
+
     /// Starts a transaction on a pooled connection, recording how long
-    /// that took (the wait for a connection, plus `BEGIN`'s round trip) in
-    /// the histogram of [`Self::observe_acquire`].
+    /// that took (the wait for a connection, plus `BEGIN`'s round trip).
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         let started = std::time::Instant::now();
         let tx = self.pool.begin().await;
-        if let Some(h) = self.acquire_wait.get() {
-            h.observe(started.elapsed().as_secs_f64());
-        }
+        self.record_wait(started);
         tx
     }
 
-    /// Records the connection wait of every later [`Self::begin`] (of this
-    /// pool and its clones) in `histogram`; only the first call counts.
+    fn record_wait(&self, started: std::time::Instant) {
+        if let Some(h) = self.acquire_wait.get() {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Records the connection wait of every later [`Self::acquire`] and
+    /// [`Self::begin`] (of this pool and its clones) in `histogram`; only
+    /// the first call counts.
     pub fn observe_acquire(&self, histogram: prometheus::Histogram) {
         let _ = self.acquire_wait.set(histogram);
     }
 
+    /// The pool itself, for migrations and tests; the data plane's queries
+    /// go through [`Self::acquire`] and [`Self::begin`].
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -310,7 +327,10 @@ impl Db {
 
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
+        match self.acquire().await {
+            Ok(mut conn) => sqlx::query("SELECT 1").fetch_one(&mut *conn).await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Open, idle and at most allowed connections, for the pool gauges.

@@ -31,7 +31,7 @@ pub async fn register(
     // per process, so the delete only matters after a sweep took the row.
     sqlx::query(&db.sql("DELETE FROM processes WHERE process_id = ?"))
         .bind(process_id)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     sqlx::query(&db.sql(
         "INSERT INTO processes (process_id, pod, started_at, heartbeat_at, expires_at) \
@@ -42,7 +42,7 @@ pub async fn register(
     .bind(now)
     .bind(now)
     .bind(expires_at)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }
@@ -63,7 +63,7 @@ pub async fn beat(
     .bind(now)
     .bind(expires_at)
     .bind(process_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(done.rows_affected() > 0)
 }
@@ -76,7 +76,7 @@ pub async fn open(db: &Db, process_id: &str, sockets: &[Connection]) -> Result<(
         sqlx::query(&db.sql("DELETE FROM connections WHERE process_id = ? AND socket_id = ?"))
             .bind(process_id)
             .bind(&c.socket_id)
-            .execute(db.pool())
+            .execute(&mut *db.acquire().await?)
             .await?;
         sqlx::query(&db.sql(
             "INSERT INTO connections (process_id, socket_id, user_id, instance_id, connected_at) \
@@ -87,7 +87,7 @@ pub async fn open(db: &Db, process_id: &str, sockets: &[Connection]) -> Result<(
         .bind(&c.user_id)
         .bind(&c.instance_id)
         .bind(c.connected_at)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     }
     Ok(())
@@ -105,7 +105,7 @@ pub async fn close(db: &Db, process_id: &str, socket_ids: &[String]) -> Result<(
         for sid in chunk {
             q = q.bind(sid.as_str());
         }
-        q.execute(db.pool()).await?;
+        q.execute(&mut *db.acquire().await?).await?;
     }
     Ok(())
 }
@@ -115,11 +115,11 @@ pub async fn retire(db: &Db, process_id: &str) -> Result<(), sqlx::Error> {
     let _turn = db.write_turn().await;
     sqlx::query(&db.sql("DELETE FROM connections WHERE process_id = ?"))
         .bind(process_id)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     sqlx::query(&db.sql("DELETE FROM processes WHERE process_id = ?"))
         .bind(process_id)
-        .execute(db.pool())
+        .execute(&mut *db.acquire().await?)
         .await?;
     Ok(())
 }
@@ -137,9 +137,9 @@ pub async fn sweep(db: &Db, expired_before: i64) -> Result<u64, sqlx::Error> {
          WHERE p.expires_at < ? GROUP BY c.user_id, c.instance_id",
     ))
     .bind(expired_before)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin().await?;
     if !seen.is_empty() {
         let update = db.sql(
             "UPDATE instances SET last_seen = ? WHERE user_id = ? AND instance_id = ? AND last_seen < ?",
@@ -190,7 +190,7 @@ pub async fn live(db: &Db, user_id: &str, now: i64) -> Result<Vec<(String, Live)
     ))
     .bind(user_id)
     .bind(now)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| {

@@ -52,7 +52,7 @@ pub async fn get(db: &Db, jti: &str) -> Result<Option<Stored>, sqlx::Error> {
         "SELECT family_id, user_id, issued_by, scopes, revoked_at FROM refresh_tokens WHERE jti = ?",
     ))
     .bind(jti)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *db.acquire().await?)
     .await?;
     row.map(|r| {
         Ok(Stored {
@@ -107,7 +107,7 @@ pub async fn revoke_family(db: &Db, family_id: &str, now: i64) -> Result<u64, sq
     ))
     .bind(now)
     .bind(family_id)
-    .execute(db.pool())
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(done.rows_affected())
 }
