@@ -87,7 +87,8 @@ pub async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
         Ok(action) => {
             ctx.succeeded(&uid);
             if deleting {
-                ctx.metrics.forget(KIND, &ns, &key.name_any());
+                ctx.metrics
+                    .forget(KIND, crate::metrics::Id::of(key.as_ref()));
             }
             Ok(action)
         }
@@ -592,8 +593,7 @@ async fn update_status(
     let new = f(&current);
     ctx.metrics.observe(
         KIND,
-        &key.namespace().unwrap_or_default(),
-        &key.name_any(),
+        crate::metrics::Id::of(key),
         is_true(&new.conditions, "Ready"),
         new.phase.as_deref().unwrap_or("Pending"),
     );

@@ -83,10 +83,7 @@ where
             Ok(e) => {
                 health.watch_ok(kind);
                 match e {
-                    watcher::Event::Delete(o) => {
-                        let (ns, name) = id(o);
-                        metrics.forget(kind, &ns, &name);
-                    }
+                    watcher::Event::Delete(o) => metrics.forget(kind, crate::metrics::Id::of(o)),
                     watcher::Event::Init => listed.clear(),
                     watcher::Event::InitApply(o) => {
                         listed.insert(id(o));

@@ -57,7 +57,7 @@ pub async fn failed<K: Resource<DynamicType = ()>>(
     let namespace = obj.meta().namespace.as_deref().unwrap_or_default();
     let name = obj.meta().name.as_deref().unwrap_or_default();
     ctx.metrics.failed(kind, err.reason());
-    ctx.metrics.object_failed(kind, namespace, name);
+    ctx.metrics.object_failed(kind, crate::metrics::Id::of(obj));
     tracing::warn!(
         kind,
         name,

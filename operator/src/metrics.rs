@@ -1,16 +1,23 @@
 //! Prometheus metrics of the operator: reconciles, failures and durations,
 //! by kind, and per object (readiness, phase, failures) the way
 //! kube-state-metrics exposes Pods: one series per object, a 0/1 series
-//! per phase, all removed when the object is deleted. A drop guard times
+//! per phase, all removed when the object is deleted (and never set again
+//! for that object: a reconcile that read it just before its deletion
+//! finishes after the watch's delete, so deleted objects are remembered by
+//! uid). A drop guard times
 //! each reconcile, as kube-rs's controller-rs does, so an early return is
 //! measured too.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{Arc, Mutex},
     time::Instant,
 };
+
+/// Deleted objects remembered, by uid: far more than are deleted while one
+/// reconcile runs.
+const GONE_KEPT: usize = 4096;
 
 /// Every phase a SyncStore can show, each one a `phase` series.
 pub const STORE_PHASES: [&str; 5] = ["Pending", "Progressing", "Running", "Degraded", "Failed"];
@@ -27,8 +34,10 @@ struct PerObject {
     replicas: IntGaugeVec,
     ready_replicas: IntGaugeVec,
     phases: &'static [&'static str],
-    /// (namespace, name) of every object with series.
-    known: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// (namespace, name) → uid of every object with series.
+    known: Arc<Mutex<BTreeMap<(String, String), String>>>,
+    /// The uids of the last [`GONE_KEPT`] objects deleted.
+    gone: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl PerObject {
@@ -68,6 +77,7 @@ impl PerObject {
             ),
             phases,
             known: Arc::default(),
+            gone: Arc::default(),
         }
     }
 
@@ -81,12 +91,28 @@ impl PerObject {
         ]
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), String>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn observe(&self, namespace: &str, name: &str, ready: bool, phase: &str) {
-        self.known().insert((namespace.into(), name.into()));
+    /// Records that `id` has series, unless it was deleted: false then.
+    fn alive(&self, id: Id) -> bool {
+        let gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        if gone.iter().any(|u| u == id.uid) {
+            return false;
+        }
+        self.known()
+            .insert((id.namespace.into(), id.name.into()), id.uid.into());
+        true
+    }
+
+    fn observe(&self, id: Id, ready: bool, phase: &str) {
+        if !self.alive(id) {
+            return;
+        }
+        let Id {
+            namespace, name, ..
+        } = id;
         self.ready
             .with_label_values(&[namespace, name])
             .set(i64::from(ready));
@@ -97,14 +123,27 @@ impl PerObject {
         }
     }
 
-    fn failed(&self, namespace: &str, name: &str) {
-        self.known().insert((namespace.into(), name.into()));
-        self.failures.with_label_values(&[namespace, name]).inc();
+    fn failed(&self, id: Id) {
+        if self.alive(id) {
+            self.failures
+                .with_label_values(&[id.namespace, id.name])
+                .inc();
+        }
     }
 
-    fn forget(&self, namespace: &str, name: &str) {
-        self.known()
+    fn forget(&self, namespace: &str, name: &str, uid: Option<&str>) {
+        let known = self
+            .known()
             .remove(&(namespace.to_string(), name.to_string()));
+        {
+            let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+            for uid in [uid.map(str::to_owned), known].into_iter().flatten() {
+                if gone.len() == GONE_KEPT {
+                    gone.pop_front();
+                }
+                gone.push_back(uid);
+            }
+        }
         let _ = self.ready.remove_label_values(&[namespace, name]);
         let _ = self.failures.remove_label_values(&[namespace, name]);
         let _ = self.replicas.remove_label_values(&[namespace, name]);
@@ -116,9 +155,33 @@ impl PerObject {
 
     /// Forgets every object not in `live`.
     fn retain(&self, live: &BTreeSet<(String, String)>) {
-        let gone: Vec<(String, String)> = self.known().difference(live).cloned().collect();
+        let gone: Vec<(String, String)> = self
+            .known()
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
         for (namespace, name) in gone {
-            self.forget(&namespace, &name);
+            self.forget(&namespace, &name, None);
+        }
+    }
+}
+
+/// One object, as its series and its deletion know it.
+#[derive(Clone, Copy)]
+pub struct Id<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+impl<'a> Id<'a> {
+    pub fn of<K: kube::Resource>(obj: &'a K) -> Self {
+        let meta = obj.meta();
+        Self {
+            namespace: meta.namespace.as_deref().unwrap_or_default(),
+            name: meta.name.as_deref().unwrap_or_default(),
+            uid: meta.uid.as_deref().unwrap_or_default(),
         }
     }
 }
@@ -212,14 +275,20 @@ impl Metrics {
     }
 
     /// Sets the object's `ready` and `phase` series from its status.
-    pub fn observe(&self, kind: &str, namespace: &str, name: &str, ready: bool, phase: &str) {
-        self.of(kind).observe(namespace, name, ready, phase);
+    pub fn observe(&self, kind: &str, id: Id, ready: bool, phase: &str) {
+        self.of(kind).observe(id, ready, phase);
     }
 
     /// Sets a store's pod counts from its status; a store whose status has
     /// no count yet has no series.
-    pub fn replicas(&self, namespace: &str, name: &str, replicas: Option<i32>, ready: i32) {
+    pub fn replicas(&self, id: Id, replicas: Option<i32>, ready: i32) {
         let per = &self.stores;
+        if !per.alive(id) {
+            return;
+        }
+        let Id {
+            namespace, name, ..
+        } = id;
         match replicas {
             Some(n) => {
                 per.replicas
@@ -237,13 +306,13 @@ impl Metrics {
     }
 
     /// Counts a real failure of one object.
-    pub fn object_failed(&self, kind: &str, namespace: &str, name: &str) {
-        self.of(kind).failed(namespace, name);
+    pub fn object_failed(&self, kind: &str, id: Id) {
+        self.of(kind).failed(id);
     }
 
-    /// Removes every series of a deleted object.
-    pub fn forget(&self, kind: &str, namespace: &str, name: &str) {
-        self.of(kind).forget(namespace, name);
+    /// Removes every series of a deleted object, for good.
+    pub fn forget(&self, kind: &str, id: Id) {
+        self.of(kind).forget(id.namespace, id.name, Some(id.uid));
     }
 
     /// Removes the series of every object of `kind` not in `live`
@@ -285,20 +354,34 @@ mod tests {
             .collect()
     }
 
+    fn id<'a>(name: &'a str, uid: &'a str) -> Id<'a> {
+        Id {
+            namespace: "team-a",
+            name,
+            uid,
+        }
+    }
+
     #[test]
     fn forgotten_and_unlisted_objects_lose_their_series() {
         let m = Metrics::default();
-        m.observe("ApiKey", "team-a", "k1", true, "Active");
-        m.object_failed("ApiKey", "team-a", "k1");
-        m.observe("ApiKey", "team-a", "k2", false, "Pending");
+        m.observe("ApiKey", id("k1", "u1"), true, "Active");
+        m.object_failed("ApiKey", id("k1", "u1"));
+        m.observe("ApiKey", id("k2", "u2"), false, "Pending");
         assert_eq!(series(&m, "syncstore_apikey_phase").len(), 4);
         assert_eq!(
             series(&m, "syncstore_apikey_reconcile_failures_total").len(),
             1
         );
-        m.forget("ApiKey", "team-a", "k1");
+        m.forget("ApiKey", id("k1", "u1"));
         assert!(series(&m, "syncstore_apikey").is_empty(), "{}", m.render());
-        m.observe("ApiKey", "team-a", "k1", true, "Active");
+        // A reconcile that read k1 before its deletion, finishing after it.
+        m.observe("ApiKey", id("k1", "u1"), true, "Active");
+        m.object_failed("ApiKey", id("k1", "u1"));
+        assert!(series(&m, "syncstore_apikey").is_empty(), "{}", m.render());
+        // A new k1 (another uid) has series again.
+        m.observe("ApiKey", id("k1", "u3"), true, "Active");
+        assert_eq!(series(&m, "syncstore_apikey_phase").len(), 4);
         // A re-list that no longer has k1 (deleted while the watch was down).
         let live = BTreeSet::from([("team-a".to_string(), "k2".to_string())]);
         m.retain("ApiKey", &live);

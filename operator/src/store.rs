@@ -83,7 +83,8 @@ pub async fn reconcile(store: Arc<SyncStore>, ctx: Arc<Context>) -> Result<Actio
         Ok(action) => {
             ctx.succeeded(&uid);
             if deleting {
-                ctx.metrics.forget(KIND, &ns, &store.name_any());
+                ctx.metrics
+                    .forget(KIND, crate::metrics::Id::of(store.as_ref()));
             }
             Ok(action)
         }
@@ -883,14 +884,12 @@ async fn update_status(
     let new = f(&current);
     ctx.metrics.observe(
         KIND,
-        &store.namespace().unwrap_or_default(),
-        &store.name_any(),
+        crate::metrics::Id::of(store),
         is_true(&new.conditions, "Ready"),
         new.phase.as_deref().unwrap_or("Pending"),
     );
     ctx.metrics.replicas(
-        &store.namespace().unwrap_or_default(),
-        &store.name_any(),
+        crate::metrics::Id::of(store),
         new.replicas,
         new.ready_replicas,
     );

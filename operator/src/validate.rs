@@ -418,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn a_redis_cluster_url_passes_and_a_bad_node_is_refused_without_the_password() {
+    fn cluster_and_sentinel_urls_pass_and_bad_ones_are_refused_without_the_password() {
         let s = store(&format!(
             "{BASE}redis: {{urlSecretRef: {{name: r, key: url}}}}\n"
         ));
@@ -441,10 +441,24 @@ mod tests {
             m.contains("REDIS_URL") && m.contains("the Redis URL in Secret r (key url)"),
             "{m}"
         );
+        assert!(m.contains("node \"r-1.r\" must be host:port"), "{m}");
+        assert!(!m.contains("hunter2"), "{m}");
+        // Sentinel: the master's name after the sentinels.
+        let config = check(
+            &s,
+            env("redis+sentinel://:pw@s-0.s:26379,s-1.s:26379/mymaster"),
+        )
+        .expect("sentinel form");
         assert!(
-            m.contains("cluster node \"r-1.r\" must be host:port"),
-            "{m}"
+            matches!(
+                config.redis,
+                Some(syncstore::redis_conn::Target::Sentinel { .. })
+            ),
+            "{:?}",
+            config.redis
         );
+        let m = message(check(&s, env("redis+sentinel://:hunter2@s-0.s:26379")));
+        assert!(m.contains("ends with the master's name"), "{m}");
         assert!(!m.contains("hunter2"), "{m}");
     }
 

@@ -1087,16 +1087,23 @@ fn series_of_deleted_objects_go_even_without_a_finalizer() {
     ] {
         c.kubectl(&["delete", kind, name, "--timeout=30s"]);
     }
+    let mut shown = Vec::new();
     c.eventually("the deleted objects' series gone", 30, || {
         let (_, text) = http_get(port, "/metrics");
-        let left: Vec<&str> = text
+        let left: Vec<String> = text
             .lines()
             .filter(|l| {
                 ["frozen", "k-frozen", "k1"]
                     .iter()
                     .any(|n| l.contains(&format!("name=\"{n}\"")))
             })
+            .map(str::to_owned)
             .collect();
+        // What is left, each time it changes, for the failure's story.
+        if left != shown {
+            eprintln!("series left: {left:#?}");
+            shown.clone_from(&left);
+        }
         left.is_empty().then_some(())
     });
     assert!(series("store", "chat").is_some(), "the others stay");
