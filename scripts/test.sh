@@ -47,6 +47,10 @@ export TEST_KAFKA_BROKERS
 # the cluster fan-out, failover and quota tests (issue 19).
 TEST_REDIS_CLUSTER="$(bash scripts/redis-cluster-up.sh)"
 export TEST_REDIS_CLUSTER
+# Redis Sentinel (1 master, 1 replica, 3 sentinels on 6390-6391 and
+# 26390-26392) for the Sentinel failover and quota tests (issue 19).
+TEST_REDIS_SENTINEL="$(bash scripts/redis-sentinel-up.sh)"
+export TEST_REDIS_SENTINEL
 # Monitoring (issue 18): the Prometheus Operator's CRDs for the PodMonitor
 # test, and promtool and prometheus built once from their Go module.
 TEST_PROMETHEUS_OPERATOR_CRDS="$(bash scripts/prometheus-operator-crds.sh)"

@@ -42,8 +42,12 @@ pub enum StartError {
     Jwks(String),
     #[error("cannot open GEOIP_DB_PATH: {0}")]
     GeoIp(maxminddb::MaxMindDbError),
-    #[error("cannot connect to Redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    /// `target` is [`crate::redis_conn::Target::describe`]: no password.
+    #[error("REDIS_URL ({target}): cannot connect: {source}")]
+    Redis {
+        target: String,
+        source: redis::RedisError,
+    },
     #[error("analytics: {0}")]
     Analytics(String),
     #[error("cannot register this process for presence: {0}")]
@@ -130,30 +134,34 @@ async fn fanout_bus(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Bus>, StartError> {
     use crate::redis_conn::Target;
+    let timeout = config
+        .rate_limit
+        .redis_timeout
+        .max(std::time::Duration::from_secs(1));
     Ok(match &config.redis {
-        Some(Target::Single(url)) => Arc::new(
-            RedisBus::connect(
-                url.expose(),
-                &config.store_name,
-                &config.pod_name,
-                hub,
-                metrics,
-            )
-            .await?,
-        ),
         Some(Target::Cluster(nodes)) => Arc::new(
             RedisClusterBus::connect(
                 nodes,
-                config
-                    .rate_limit
-                    .redis_timeout
-                    .max(std::time::Duration::from_secs(1)),
+                timeout,
                 &config.store_name,
                 &config.pod_name,
                 hub,
                 metrics,
             )
-            .await?,
+            .await
+            .map_err(redis_error(config))?,
+        ),
+        Some(target) => Arc::new(
+            RedisBus::connect(
+                target,
+                timeout,
+                &config.store_name,
+                &config.pod_name,
+                hub,
+                metrics,
+            )
+            .await
+            .map_err(redis_error(config))?,
         ),
         None => Arc::new(LocalBus::new(hub, &config.pod_name)),
     })
@@ -206,7 +214,7 @@ async fn limiter(
     // Connected (and the limiter's script loaded) before serving, so a
     // cold burst is not answered by timeouts that fail open.
     let timeout = config.rate_limit.redis_timeout;
-    let conn = target.connect(timeout).await?;
+    let conn = target.connect(timeout).await.map_err(redis_error(config))?;
     tokio::spawn(crate::analytics::live::shared::publish_forever(
         conn.clone(),
         config.store_name.clone(),
@@ -221,8 +229,21 @@ async fn limiter(
         timeout,
         metrics.clone(),
     )
-    .await?;
+    .await
+    .map_err(redis_error(config))?;
     Ok((limiter, Some(conn)))
+}
+
+/// A start-up failure to reach Redis, naming the variable and the target
+/// (without its password) beside the client's reason.
+fn redis_error(config: &Config) -> impl Fn(redis::RedisError) -> StartError + '_ {
+    move |source| StartError::Redis {
+        target: config
+            .redis
+            .as_ref()
+            .map_or_else(String::new, |t| t.describe()),
+        source,
+    }
 }
 
 /// A binary older than its database's schema: rather than exit (and

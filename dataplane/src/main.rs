@@ -1,5 +1,9 @@
 //! `syncstore`: serve the API, migrate the database, manage API keys.
 
+// The futures of the Redis watch (`redis_conn::Watched`), nested in the
+// server's, prove `Send` only past the default depth of 128.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};

@@ -166,7 +166,7 @@ impl Metrics {
             )?,
             db_pool_acquire: r.latency(
                 "db_pool_acquire_duration_seconds",
-                "Time a transaction waited for a pooled database connection and its BEGIN",
+                "Wait for a pooled database connection (for a transaction: and its BEGIN)",
             )?,
             sqlite_writer_queue: r.gauge(
                 "sqlite_writer_queue_depth",
@@ -294,6 +294,11 @@ impl Metrics {
         self.redis_connected
             .with_label_values(&[] as &[&str])
             .set(i64::from(connected));
+    }
+
+    /// What [`Self::redis_connected`] last reported.
+    pub fn redis_is_connected(&self) -> bool {
+        self.redis_connected.with_label_values(&[] as &[&str]).get() == 1
     }
 
     /// Sets every series of a label with a fixed set of values to 0.

@@ -1,25 +1,36 @@
 //! Connections to Redis in its forms: one server (`redis://`,
-//! `redis+unix://`) or a Redis Cluster (`redis+cluster://h1:7000,h2:7001`).
-//! TLS (`rediss://`) is refused until this build has it.
+//! `redis+unix://`), a Redis Cluster (`redis+cluster://h1:7000,h2:7001`) or
+//! the master that Redis Sentinel names
+//! (`redis+sentinel://s1:26379,s2:26379/mymaster`). TLS (`rediss://`) is
+//! refused until this build has it.
 //!
 //! [`Target`] is the parsed, validated form of `REDIS_URL` (pure, so its
 //! rules are unit-tested); [`Conn`] is a command connection to either form
 //! that the limiter, the live figures and the publisher share. A cluster
-//! connection follows `MOVED`/`ASK` and refreshes its slot map after a
-//! failover by itself; fan-out's subscriptions need more care and live in
-//! `fanout::redis_cluster`.
+//! connection follows `MOVED`/`ASK` and a dropped node by itself; a master
+//! that stops answering without closing its connections, and any Sentinel
+//! failover, need [`Watched`]'s watch. Fan-out's subscriptions need more care still
+//! and live in `fanout::redis_cluster`.
 //!
 //! The URLs hold passwords: [`Target`]'s `Debug` and [`Target::describe`]
 //! never print them.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
+};
 
 use redis::{
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
-    Cmd, Pipeline, RedisFuture, Value,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
+    Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value,
 };
+use tokio::sync::watch;
 
 use crate::domain::Secret;
 
@@ -32,6 +43,14 @@ pub enum Target {
     /// credentials and TLS scheme of the whole cluster. The rest of the
     /// topology is discovered (`CLUSTER SLOTS`).
     Cluster(Vec<Secret>),
+    /// The master Redis Sentinel names `master`, asked of `sentinels`
+    /// (`redis://host:port`, no credentials); `node` is a URL of no host
+    /// that carries the credentials and database for the master.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        node: Secret,
+    },
 }
 
 impl std::fmt::Debug for Target {
@@ -42,7 +61,9 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Parses `REDIS_URL`. A cluster is written
-    /// `redis+cluster://[user[:password]@]host:port[,host:port…][/db][?query]`;
+    /// `redis+cluster://[user[:password]@]host:port[,host:port…][/db][?query]`,
+    /// Sentinel `redis+sentinel://[user[:password]@]host:port[,host:port…]/master[/db]`
+    /// (the credentials are the master's: sentinels are asked without any);
     /// `redis://` or `redis+unix://` is one server. TLS (`rediss://`) is
     /// refused: this build has no TLS to Redis.
     pub fn parse(url: &str) -> Result<Target, String> {
@@ -51,7 +72,7 @@ impl Target {
         };
         let node_scheme = match scheme.to_ascii_lowercase().as_str() {
             "redis" | "redis+unix" => return Ok(Target::Single(Secret::new(url))),
-            "redis+cluster" => "redis",
+            "redis+cluster" | "redis+sentinel" => "redis",
             // Refused here rather than at connect time, where the `redis`
             // crate (built without its TLS features) answers "the feature
             // is not enabled" after startup has begun (issue 19 §3).
@@ -62,7 +83,10 @@ impl Target {
                         .into(),
                 )
             }
-            _ => return Err("must start with redis://, redis+unix:// or redis+cluster://".into()),
+            _ => return Err(
+                "must start with redis://, redis+unix://, redis+cluster:// or redis+sentinel://"
+                    .into(),
+            ),
         };
         // Userinfo may hold '@', ',' or '/' only percent-encoded, as in any URL.
         let (auth, hosts_and_tail) = match rest.rsplit_once('@') {
@@ -73,6 +97,12 @@ impl Target {
             .find(['/', '?'])
             .unwrap_or(hosts_and_tail.len());
         let (hosts, tail) = hosts_and_tail.split_at(split);
+        let sentinel = scheme.eq_ignore_ascii_case("redis+sentinel");
+        let example = if sentinel {
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster"
+        } else {
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
+        };
         let mut nodes = Vec::new();
         for host in hosts.split(',') {
             let host = host.trim();
@@ -80,13 +110,19 @@ impl Target {
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !port_ok {
-                return Err(format!(
-                    "cluster node {host:?} must be host:port (e.g. redis+cluster://10.0.0.1:7000,10.0.0.2:7000)"
-                ));
+                return Err(format!("node {host:?} must be host:port (e.g. {example})"));
             }
-            nodes.push(Secret::new(format!("{node_scheme}://{auth}{host}{tail}")));
+            nodes.push(host.to_string());
         }
-        Ok(Target::Cluster(nodes))
+        if sentinel {
+            return sentinel_target(nodes, &auth, tail);
+        }
+        Ok(Target::Cluster(
+            nodes
+                .iter()
+                .map(|host| Secret::new(format!("{node_scheme}://{auth}{host}{tail}")))
+                .collect(),
+        ))
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -105,6 +141,9 @@ impl Target {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            Target::Sentinel {
+                sentinels, master, ..
+            } => format!("redis sentinel [{}] master {master}", sentinels.join(", ")),
         }
     }
 
@@ -145,12 +184,76 @@ impl Target {
                 ))
             }
             Target::Cluster(nodes) => Ok(Conn::Cluster(
-                Self::cluster_client(nodes, timeout, None)?
-                    .get_async_connection()
-                    .await?,
+                Watched::start(
+                    Cluster {
+                        client: Self::cluster_client(nodes, timeout, None)?,
+                    },
+                    timeout,
+                )
+                .await?,
+            )),
+            Target::Sentinel { .. } => Ok(Conn::Sentinel(
+                Watched::start(self.sentinel(timeout)?, timeout).await?,
             )),
         }
     }
+
+    /// The Sentinel locator of a `Target::Sentinel` (an error for others).
+    pub fn sentinel(&self, timeout: Duration) -> redis::RedisResult<Sentinel> {
+        let Target::Sentinel {
+            sentinels,
+            master,
+            node,
+        } = self
+        else {
+            return Err((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a Sentinel target",
+            )
+                .into());
+        };
+        let node = node
+            .expose()
+            .into_connection_info()?
+            .redis_settings()
+            .clone();
+        let client = || {
+            SentinelClient::build(
+                sentinels.clone(),
+                master.clone(),
+                Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node.clone())),
+                SentinelServerType::Master,
+            )
+        };
+        Ok(Sentinel {
+            client: client()?,
+            master: master.clone(),
+            asked: None,
+            config: ConnectionManagerConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(timeout)),
+        })
+    }
+}
+
+/// `redis+sentinel://auth@hosts/master[/db]` into its parts.
+fn sentinel_target(hosts: Vec<String>, auth: &str, tail: &str) -> Result<Target, String> {
+    let path = tail.split('?').next().unwrap_or_default();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let master = parts.next().unwrap_or_default();
+    let db = parts.next().unwrap_or("0");
+    if master.is_empty() || parts.next().is_some() || db.parse::<u32>().is_err() {
+        return Err(
+            "a Sentinel URL ends with the master's name and an optional database, \
+             e.g. redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0"
+                .into(),
+        );
+    }
+    Ok(Target::Sentinel {
+        sentinels: hosts.iter().map(|h| format!("redis://{h}")).collect(),
+        master: master.to_string(),
+        node: Secret::new(format!("redis://{auth}localhost/{db}")),
+    })
 }
 
 /// A URL with its password replaced by `***`.
@@ -167,19 +270,229 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A command connection to one server or to a cluster. Cheap to clone;
-/// clones share the connection.
+/// A command connection to one server, a cluster or Sentinel's master.
+/// Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Watched<ClusterConnection>),
+    Sentinel(Watched<ConnectionManager>),
+}
+
+/// How often [`Watched`] asks where the writable nodes are.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Where writes go now, and a connection made for it. One per form that
+/// can move: a cluster's masters, Sentinel's master.
+pub trait Locate<C>: Send + 'static {
+    /// The writable nodes now (`host:port`), or None when nobody says.
+    fn locate(&mut self, current: &C) -> impl Future<Output = Option<BTreeSet<String>>> + Send;
+    /// A new connection to them.
+    fn connect(&mut self) -> impl Future<Output = redis::RedisResult<C>> + Send;
+}
+
+/// A connection made again when the nodes that take writes change.
+///
+/// - On a cluster, the `redis` crate refreshes its slot map only on a
+///   redirect or a dropped connection, so a master that stops answering
+///   without closing its connections (a paused VM, `SIGSTOP`) keeps every
+///   request to its slots timing out long after a replica has taken them
+///   over.
+/// - With Sentinel, a connection stays with the server it was made to,
+///   master or not.
+///
+/// So every [`WATCH_EVERY`] the locator is asked where writes go; a new
+/// answer, given twice in a row so one node's stale view does not count,
+/// makes a new connection, and [`Self::rebuilt`] tells its users. Cheap to
+/// clone; clones share the connection and its watch, which ends with the
+/// last clone.
+pub struct Watched<C> {
+    current: Arc<RwLock<C>>,
+    rebuilt: watch::Receiver<u64>,
+}
+
+impl<C> Clone for Watched<C> {
+    fn clone(&self) -> Self {
+        Self {
+            current: self.current.clone(),
+            rebuilt: self.rebuilt.clone(),
+        }
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Watched<C> {
+    /// Connects now (failing when nothing answers) and starts the watch;
+    /// `timeout` bounds each question to the locator.
+    pub async fn start<L: Locate<C>>(
+        mut locator: L,
+        timeout: Duration,
+    ) -> redis::RedisResult<Self> {
+        let current = Arc::new(RwLock::new(locator.connect().await?));
+        let (tx, rebuilt) = watch::channel(0);
+        tokio::spawn(watch(locator, Arc::downgrade(&current), tx, timeout));
+        Ok(Self { current, rebuilt })
+    }
+
+    /// The connection now (a clone sharing it).
+    pub fn get(&self) -> C {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes each time the connection was made again; a connection that
+    /// carries subscriptions must subscribe them on the new one.
+    pub fn rebuilt(&self) -> watch::Receiver<u64> {
+        self.rebuilt.clone()
+    }
+}
+
+/// [`Watched`]'s watch: runs until every clone is dropped.
+async fn watch<C: Clone + Send + Sync + 'static, L: Locate<C>>(
+    mut locator: L,
+    current: Weak<RwLock<C>>,
+    rebuilt: watch::Sender<u64>,
+    timeout: Duration,
+) {
+    let mut known: Option<BTreeSet<String>> = None;
+    let mut candidate: Option<BTreeSet<String>> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(conn) = current
+            .upgrade()
+            .map(|c| c.read().unwrap_or_else(|p| p.into_inner()).clone())
+        else {
+            return;
+        };
+        let Ok(Some(now)) = tokio::time::timeout(timeout, locator.locate(&conn)).await else {
+            continue;
+        };
+        drop(conn);
+        match &known {
+            None => known = Some(now),
+            Some(k) if *k == now => candidate = None,
+            Some(_) if candidate.as_ref() != Some(&now) => candidate = Some(now),
+            Some(k) => {
+                tracing::warn!(before = ?k, after = ?now, "redis masters changed; reconnecting");
+                let fresh = tokio::time::timeout(timeout * 4, locator.connect()).await;
+                let (Ok(Ok(fresh)), Some(current)) = (fresh, current.upgrade()) else {
+                    continue; // the next tick tries again
+                };
+                *current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                rebuilt.send_modify(|n| *n += 1);
+                known = Some(now);
+                candidate = None;
+            }
+        }
+    }
+}
+
+/// A cluster's masters, from its slot map (`CLUSTER SLOTS`, asked of any
+/// node that answers).
+pub struct Cluster {
+    pub client: ClusterClient,
+}
+
+impl Locate<ClusterConnection> for Cluster {
+    async fn locate(&mut self, current: &ClusterConnection) -> Option<BTreeSet<String>> {
+        let reply = current
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .ok()?;
+        masters(&reply)
+    }
+
+    async fn connect(&mut self) -> redis::RedisResult<ClusterConnection> {
+        self.client.get_async_connection().await
+    }
+}
+
+/// The master Sentinel names (`SENTINEL GET-MASTER-ADDR-BY-NAME`, asked of
+/// the first sentinel that answers; a connection to it is kept).
+pub struct Sentinel {
+    client: SentinelClient,
+    master: String,
+    asked: Option<MultiplexedConnection>,
+    config: ConnectionManagerConfig,
+}
+
+impl Sentinel {
+    /// A client for the master now: the sentinels name it, and it says it
+    /// is one (`ROLE`).
+    pub async fn master(&mut self) -> redis::RedisResult<redis::Client> {
+        self.client.async_get_client().await
+    }
+}
+
+impl Locate<ConnectionManager> for Sentinel {
+    async fn locate(&mut self, _: &ConnectionManager) -> Option<BTreeSet<String>> {
+        if self.asked.is_none() {
+            let sentinel = self.client.async_get_sentinel_client().await.ok()?;
+            self.asked = sentinel.get_multiplexed_async_connection().await.ok();
+        }
+        let reply: redis::RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master)
+            .query_async(self.asked.as_mut()?)
+            .await;
+        match reply {
+            Ok(addr) => addr.map(|(host, port)| BTreeSet::from([format!("{host}:{port}")])),
+            Err(_) => {
+                self.asked = None; // ask another sentinel next time
+                None
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> redis::RedisResult<ConnectionManager> {
+        let client = self.master().await?;
+        ConnectionManager::new_with_config(client, self.config.clone()).await
+    }
+}
+
+/// The masters' `host:port` in a `CLUSTER SLOTS` reply: each entry is
+/// `[start, end, [host, port, id, …], replicas…]`.
+fn masters(slots: &Value) -> Option<BTreeSet<String>> {
+    let Value::Array(entries) = slots else {
+        return None;
+    };
+    entries
+        .iter()
+        .map(|entry| match entry {
+            Value::Array(e) => match e.get(2) {
+                Some(Value::Array(node)) => match (node.first(), node.get(1)) {
+                    (Some(Value::BulkString(h)), Some(Value::Int(p))) => {
+                        Some(format!("{}:{p}", String::from_utf8_lossy(h)))
+                    }
+                    (Some(Value::SimpleString(h)), Some(Value::Int(p))) => Some(format!("{h}:{p}")),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
+            Conn::Sentinel(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -191,14 +504,22 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+            }
+            Conn::Sentinel(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c) => c.get().get_db(),
+            Conn::Sentinel(c) => c.get().get_db(),
         }
     }
 }
@@ -211,6 +532,13 @@ mod tests {
         match t {
             Target::Cluster(n) => n.iter().map(|s| s.expose().to_string()).collect(),
             Target::Single(u) => vec![u.expose().to_string()],
+            Target::Sentinel {
+                sentinels, node, ..
+            } => sentinels
+                .iter()
+                .cloned()
+                .chain([node.expose().to_string()])
+                .collect(),
         }
     }
 
@@ -261,6 +589,71 @@ mod tests {
             );
             assert!(!e.contains(":p@"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_sentinel_url_names_the_sentinels_the_master_and_its_credentials() {
+        let t = Target::parse("redis+sentinel://app:s3cret@s1:26379,s2:26380/mymaster/2").unwrap();
+        let Target::Sentinel { master, .. } = &t else {
+            panic!("{t:?}");
+        };
+        assert_eq!(master, "mymaster");
+        assert_eq!(
+            nodes(&t),
+            [
+                "redis://s1:26379",
+                "redis://s2:26380",
+                "redis://app:s3cret@localhost/2"
+            ]
+        );
+        assert_eq!(
+            t.describe(),
+            "redis sentinel [redis://s1:26379, redis://s2:26380] master mymaster"
+        );
+        let plain = Target::parse("redis+sentinel://s1:26379/m").unwrap();
+        assert_eq!(nodes(&plain), ["redis://s1:26379", "redis://localhost/0"]);
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1:26379/",
+            "redis+sentinel://s1:26379/m/x",
+            "redis+sentinel://s1:26379/m/0/extra",
+            "redis+sentinel://s1/m",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_masters_of_a_cluster_slots_reply() {
+        let node = |h: &str, p: i64| {
+            Value::Array(vec![
+                Value::BulkString(h.as_bytes().to_vec()),
+                Value::Int(p),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 7000),
+                node("127.0.0.1", 7004),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("127.0.0.1", 7001),
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16383),
+                node("127.0.0.1", 7001),
+            ]),
+        ]);
+        let got: Vec<String> = masters(&reply).unwrap().into_iter().collect();
+        assert_eq!(got, ["127.0.0.1:7000", "127.0.0.1:7001"]);
+        assert_eq!(masters(&Value::Int(1)), None);
+        assert_eq!(masters(&Value::Array(vec![Value::Int(1)])), None);
     }
 
     #[test]

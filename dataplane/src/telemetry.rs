@@ -9,6 +9,7 @@
 pub mod context;
 mod ids;
 pub mod redact;
+pub mod throttle;
 pub mod traces;
 
 use std::{

@@ -46,6 +46,36 @@ fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"));
 }
 
+/// Redis unreachable at start: the process exits, and what it says names
+/// the variable and the address, never the password.
+#[test]
+fn an_unreachable_redis_at_start_names_redis_url_without_its_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let out = run(
+        &[
+            ("REDIS_URL", "redis://app:s3cret@127.0.0.1:1"),
+            ("PORT", &port),
+        ],
+        &["serve"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("REDIS_URL (redis redis://app:***@127.0.0.1:1): cannot connect"),
+        "{said}"
+    );
+    assert!(!said.contains("s3cret"), "{said}");
+}
+
 #[test]
 fn migrate_twice_is_a_no_op_on_every_backend() {
     let sqlite_dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,14 @@ fn cluster_url() -> String {
     format!("redis+cluster://{nodes}")
 }
 
+/// The Sentinel setup started by `scripts/redis-sentinel-up.sh` (the test
+/// command exports its `REDIS_URL`).
+fn sentinel_url() -> String {
+    std::env::var("TEST_REDIS_SENTINEL").unwrap_or_else(|_| {
+        panic!("TEST_REDIS_SENTINEL is not set: run scripts/redis-sentinel-up.sh (the test command does)")
+    })
+}
+
 #[tokio::test]
 async fn a_key_quota_holds_exactly_across_two_processes_sharing_redis() {
     let redis = PrivateRedis::start();
@@ -35,6 +43,12 @@ async fn a_key_quota_holds_exactly_across_two_processes_sharing_redis() {
 #[tokio::test]
 async fn a_key_quota_holds_exactly_across_two_processes_on_a_redis_cluster() {
     quota_holds_exactly(&cluster_url()).await;
+}
+
+/// Behind Sentinel both processes count on the master it names.
+#[tokio::test]
+async fn a_key_quota_holds_exactly_across_two_processes_behind_redis_sentinel() {
+    quota_holds_exactly(&sentinel_url()).await;
 }
 
 async fn quota_holds_exactly(url: &str) {

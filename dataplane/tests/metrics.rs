@@ -77,6 +77,11 @@ async fn deliveries_sockets_limits_and_the_pool_count_what_was_done() {
     let user = unique_user("metrics");
     let key = server.create_key(&user, &["--scopes", "read,write"]);
 
+    // Without Redis, /ready has no Redis field.
+    assert_eq!(
+        ready(&server).await,
+        json!({"status": "ready", "database": "sqlite"})
+    );
     let text = scrape(&server).await;
     let version = format!(
         "syncstore_build_info{{version=\"{}\"}}",
@@ -183,6 +188,42 @@ async fn deliveries_sockets_limits_and_the_pool_count_what_was_done() {
     );
 }
 
+/// Reads take their connections from the pool too: each is one observed
+/// wait, not only the writes' transactions.
+#[tokio::test]
+async fn every_read_waits_for_a_pooled_connection_in_the_histogram() {
+    let server = Server::start(&[]).await;
+    let user = unique_user("acquire");
+    let key = server.create_key(&user, &["--scopes", "read"]);
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(server.url(path))
+            .header("x-api-key", &key)
+            .send()
+    };
+    // The first request looks the key up; later ones find it cached.
+    assert_eq!(
+        get("/api/v1/sync-storage/items").await.unwrap().status(),
+        200
+    );
+    let count = |text: &str| value(text, "syncstore_db_pool_acquire_duration_seconds_count");
+    let before = count(&scrape(&server).await).expect("histogram exported");
+    for _ in 0..10 {
+        let status = get("/api/v1/sync-storage/item/absent")
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404);
+    }
+    let after = count(&scrape(&server).await).unwrap();
+    assert!(
+        after - before >= 10.0,
+        "10 reads, {} waits recorded",
+        after - before
+    );
+}
+
 #[tokio::test]
 async fn redis_outage_shows_in_the_gauge_errors_and_reconnects() {
     let mut redis = PrivateRedis::start();
@@ -217,9 +258,23 @@ async fn redis_outage_shows_in_the_gauge_errors_and_reconnects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Still ready (it serves its own sockets), and says why fan-out waits.
+    assert_eq!(
+        ready(&server).await,
+        json!({"status": "ready", "database": "sqlite", "redis": "reconnecting"})
+    );
+
     redis.restart();
     eventually(&server, "syncstore_redis_connected", 1.0).await;
     eventually(&server, "syncstore_redis_reconnects_total", 1.0).await;
+    assert_eq!(ready(&server).await["redis"], "connected");
+}
+
+/// `GET /ready`, which must answer 200.
+async fn ready(server: &Server) -> serde_json::Value {
+    let r = reqwest::get(server.url("/ready")).await.expect("ready");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
 }
 
 /// Every series of the scrape whose name starts with `prefix`.

@@ -1,13 +1,15 @@
 // Fan-out on a Redis Cluster (sharded pub/sub), and its faults: kill -9 of
-// the master that owns a busy user's channel, and that channel's slot moved
-// to another master during traffic. The cluster is the one
+// the master that owns a busy user's channel, the same master stopped
+// (SIGSTOP: it answers nothing but closes no connection), and that channel's
+// slot moved to another master during traffic. The cluster is the one
 // scripts/redis-cluster-up.sh starts (TEST_REDIS_CLUSTER, exported by the
 // test command); the tests fail without it rather than skip.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Server, Device, uid, waitFor, sleep, PG_URL } from './harness.mjs';
+import { Server, Device, uid, waitFor, PG_URL } from './harness.mjs';
+import { writeStream } from './write_stream.mjs';
 
 const SEEDS = process.env.TEST_REDIS_CLUSTER;
 if (!SEEDS) throw new Error('TEST_REDIS_CLUSTER is not set: run scripts/redis-cluster-up.sh (the test command does)');
@@ -15,7 +17,8 @@ const PORTS = SEEDS.split(',').map((s) => Number(s.split(':').pop()));
 const CLUSTER_UP = fileURLToPath(new URL('../../scripts/redis-cluster-up.sh', import.meta.url));
 
 function cli(port, ...args) {
-  return execFileSync('redis-cli', ['-p', String(port), ...args.map(String)], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  // A stopped node accepts the connection and never answers: give up.
+  return execFileSync('redis-cli', ['-p', String(port), ...args.map(String)], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 }).toString().trim();
 }
 
 /** The first node that answers. */
@@ -59,23 +62,6 @@ function busReceived(port) {
   const field = (name) => Number(info.match(new RegExp(`^${name}:(\\d+)`, 'm'))?.[1] ?? 0);
   return field('cluster_stats_messages_publish_received') + field('cluster_stats_messages_publishshard_received');
 }
-
-function deviceState(d) {
-  const state = {};
-  for (const e of d.pending.flat()) {
-    if (e.type === 'remove') delete state[e.key];
-    else state[e.key] = e.value;
-  }
-  const live = [...d.updates.map((e) => ({ ...e, remove: false })), ...d.removes.map((e) => ({ ...e, remove: true }))]
-    .sort((x, y) => x.seq - y.seq);
-  for (const e of live) {
-    if (e.remove) delete state[e.key];
-    else state[e.key] = e.value;
-  }
-  return state;
-}
-
-const sorted = (o) => JSON.stringify(Object.fromEntries(Object.keys(o).sort().map((k) => [k, o[k]])));
 
 async function twoPods(tag) {
   const store = uid(tag).slice(0, 40);
@@ -144,64 +130,20 @@ test('cluster: realtime figures add up across both pods', async () => {
 });
 
 /**
- * Watchers on both pods, a REST write stream alternating over the pods, and
- * `fault(slot, owner)` 300 ms into it. Checks that no acknowledged write is
- * lost (the database and every device hold the last acked value of every
- * key), that no device applies a seq twice, and that every device reaches
- * the last seq; returns the figures.
+ * The write stream of ./write_stream.mjs over two pods on the cluster, with
+ * `fault(slot, owner, channel)` once both pods subscribe the user's channel
+ * on the master that owns its slot.
  */
 async function writeStreamThrough(tag, fault) {
   const { store, p1, p2 } = await twoPods(tag);
   try {
-    const user = uid('u');
-    const key = p1.createKey(user);
-    const watchers = [
-      await new Device(p2.url, { userId: user, instanceId: 'w1', apiKey: key }).ready(),
-      await new Device(p2.url, { userId: user, instanceId: 'w2', apiKey: key }).ready(),
-      await new Device(p1.url, { userId: user, instanceId: 'w3', apiKey: key }).ready(),
-    ];
-    const channel = `ss:${store}:u:${user}`;
-    const slot = slotOf(channel);
-    const owner = ownerOf(slot);
-    await waitFor(() => shardSubscribers(owner.port, channel) === 2, { what: 'both pods subscribed' });
-    const acked = {};
-    let lastSeq = 0;
-    const ackTimes = [];
-    const writes = (async () => {
-      for (let i = 0; i < 200; i++) {
-        const r = await [p1, p2][i % 2].rest('PUT', `/sync-storage/item/k${i % 13}`, key, { value: i });
-        assert.equal(r.status, 200, JSON.stringify(r.body));
-        acked[`k${i % 13}`] = i;
-        lastSeq = Math.max(lastSeq, r.body.item.seq);
-        ackTimes.push(Date.now());
-        await sleep(10);
-      }
-    })();
-    await sleep(300);
-    const faultAt = Date.now();
-    const figures = await fault(slot, owner, channel);
-    await writes;
-    const stored = Object.fromEntries((await p1.rest('GET', '/sync-storage/items', key)).body.map((i) => [i.key, i.value]));
-    assert.equal(sorted(stored), sorted(acked), 'the database holds every acknowledged write');
-    assert.equal(lastSeq, 200, 'one seq per write, none applied twice');
-    for (const w of watchers) {
-      await waitFor(() => sorted(deviceState(w)) === sorted(acked), { what: `${w.socket.io.opts.query.instanceId} to converge`, timeout: 20000 });
-      const seqs = w.liveSeqs();
-      assert.equal(new Set(seqs).size, seqs.length, 'no seq delivered twice');
-      assert.deepEqual(seqs, [...seqs].sort((x, y) => x - y), 'seqs arrive in order');
-      assert.equal(Math.max(...seqs), lastSeq, 'the last write arrived');
-    }
-    const convergedAt = Date.now();
-    for (const w of watchers) w.close();
-    const repairedAt = faultAt + figures.resubscribed_ms;
-    return {
-      ...figures,
-      // Acked while the channel had no live subscription: delivered by the catch-up.
-      writes_during_fault: ackTimes.filter((t) => t >= faultAt && t <= repairedAt).length,
-      writes_after_fault: ackTimes.filter((t) => t >= faultAt).length,
-      converged_after_last_ack_ms: convergedAt - ackTimes[ackTimes.length - 1],
-      lost: 0,
-    };
+    return await writeStream(p1, p2, async (user) => {
+      const channel = `ss:${store}:u:${user}`;
+      const slot = slotOf(channel);
+      const owner = ownerOf(slot);
+      await waitFor(() => shardSubscribers(owner.port, channel) === 2, { what: 'both pods subscribed' });
+      return () => fault(slot, owner, channel);
+    });
   } finally {
     await p1.stop();
     await p2.stop();
@@ -228,6 +170,34 @@ test('cluster: kill -9 of the master owning a busy user\'s channel loses no ackn
     });
     console.log(`# cluster kill -9 figures: ${JSON.stringify(figures)}`);
   } finally {
+    execFileSync('bash', [CLUSTER_UP, 'heal'], { stdio: 'ignore' });
+  }
+});
+
+test('cluster: a stopped master owning a busy user\'s channel loses nothing once its replica takes over', async () => {
+  let stopped;
+  try {
+    const figures = await writeStreamThrough('cp', async (slot, owner, channel) => {
+      stopped = Number(cli(owner.port, 'info', 'server').match(/process_id:(\d+)/)[1]);
+      const stoppedAt = Date.now();
+      process.kill(stopped, 'SIGSTOP');
+      const promoted = await waitFor(() => {
+        try {
+          const o = ownerOf(slot);
+          return o && o.id !== owner.id ? o : null;
+        } catch {
+          return null;
+        }
+      }, { what: 'a replica promoted', timeout: 20000 });
+      const promotedAfter = Date.now() - stoppedAt;
+      // No connection of the pods dropped: they noticed the new master in
+      // the slot map and subscribed there, while the old one still sleeps.
+      await waitFor(() => shardSubscribers(promoted.port, channel) === 2, { what: 'both pods subscribed on the promoted replica', timeout: 20000 });
+      return { promoted_ms: promotedAfter, resubscribed_ms: Date.now() - stoppedAt };
+    });
+    console.log(`# cluster SIGSTOP figures: ${JSON.stringify(figures)}`);
+  } finally {
+    if (stopped) process.kill(stopped, 'SIGCONT');
     execFileSync('bash', [CLUSTER_UP, 'heal'], { stdio: 'ignore' });
   }
 });

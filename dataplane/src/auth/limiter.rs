@@ -20,7 +20,7 @@ use std::{
 };
 
 use super::Principal;
-use crate::{error::ApiError, metrics::Metrics, storage::now_ms};
+use crate::{error::ApiError, metrics::Metrics, storage::now_ms, telemetry::throttle::Throttle};
 
 /// Which kind of limit a counter enforces (it decides the error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +278,12 @@ impl Limiter {
                     Ok(Err(e)) if e.is_timeout() => "timeout",
                     Err(_) => "timeout",
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "rate limiter cannot reach Redis; allowing");
+                        // Every request fails the same way while Redis is
+                        // down; the metric counts each, the log one a minute.
+                        static LOG: Throttle = Throttle::new(Duration::from_secs(60));
+                        if let Some(suppressed) = LOG.admit() {
+                            tracing::warn!(error = %e, suppressed, "rate limiter cannot reach Redis; allowing");
+                        }
                         "unreachable"
                     }
                 };

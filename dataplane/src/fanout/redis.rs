@@ -7,18 +7,54 @@
 //! connection: after any disconnect it reconnects with backoff, resubscribes
 //! every hosted channel, and asks every local device to catch up from the
 //! database, since messages published meanwhile are gone.
+//!
+//! Behind Redis Sentinel the server is the master the sentinels name: each
+//! reconnect asks them, and a new master (a failover that dropped nothing,
+//! the old master demoted or stopped) makes the subscriber reconnect there.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{future::BoxFuture, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{
     hosting::{wait_live, Hosting},
     relay::{self, Outgoing, PUBLISH_QUEUE},
     Bus, Envelope, Hub,
 };
-use crate::metrics::Metrics;
+use crate::{
+    metrics::Metrics,
+    redis_conn::{Conn, Sentinel, Target},
+};
+
+/// Where the subscriber connects: one fixed server, or Sentinel's master
+/// with the publisher's signal that it moved.
+enum Server {
+    Fixed(redis::Client),
+    Sentinel(Box<Sentinel>, watch::Receiver<u64>),
+}
+
+impl Server {
+    async fn client(&mut self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Server::Fixed(client) => Ok(client.clone()),
+            Server::Sentinel(sentinel, _) => sentinel.master().await,
+        }
+    }
+
+    /// Resolves when the master moved (never for a fixed server).
+    async fn moved(&mut self) {
+        if let Server::Sentinel(_, moved) = self {
+            if moved.changed().await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// How long the subscriber waits for a connection before it tries again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum SubCommand {
     /// Subscribe, then mark the channel live.
@@ -37,17 +73,39 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Connects the publisher (failing fast if Redis is unreachable at
-    /// start) and starts the publisher and subscriber tasks.
+    /// Connects the publisher to one server or Sentinel's master (failing
+    /// fast if Redis is unreachable at start) and starts the publisher and
+    /// subscriber tasks; a cluster has its own bus.
     pub async fn connect(
-        url: &str,
+        target: &Target,
+        timeout: Duration,
         store: &str,
         pod: &str,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let (publisher, server) = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.expose())?;
+                let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+                (Conn::Single(publisher), Server::Fixed(client))
+            }
+            _ => {
+                let publisher = target.connect(timeout).await?;
+                let Conn::Sentinel(watched) = &publisher else {
+                    return Err((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "a cluster has its own bus",
+                    )
+                        .into());
+                };
+                let moved = watched.rebuilt();
+                (
+                    publisher,
+                    Server::Sentinel(Box::new(target.sentinel(timeout)?), moved),
+                )
+            }
+        };
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let hosting = Arc::new(Hosting::default());
@@ -58,7 +116,7 @@ impl RedisBus {
             "PUBLISH",
         ));
         tokio::spawn(subscribe_loop(
-            client,
+            server,
             sub_rx,
             hosting.clone(),
             hub.clone(),
@@ -134,7 +192,7 @@ async fn resubscribe(
 }
 
 async fn subscribe_loop(
-    client: redis::Client,
+    mut server: Server,
     mut rx: mpsc::UnboundedReceiver<SubCommand>,
     hosting: Arc<Hosting>,
     hub: Arc<Hub>,
@@ -144,7 +202,14 @@ async fn subscribe_loop(
     let mut first = true;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let pubsub = match client.get_async_pubsub().await {
+        // A server that accepts and never answers (stopped) holds no one.
+        let pubsub = match server.client().await {
+            Ok(client) => tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
+            Err(e) => Err(e),
+        };
+        let pubsub = match pubsub {
             Ok(p) => p,
             Err(e) => {
                 metrics.redis_connected(false);
@@ -184,6 +249,10 @@ async fn subscribe_loop(
                         }
                     }
                     None => return, // the bus is gone
+                },
+                () = server.moved() => {
+                    tracing::info!("redis master moved; subscribing there");
+                    break;
                 },
                 msg = stream.next() => match msg {
                     Some(msg) => relay::receive(&hub, &pod, msg.get_payload_bytes()),

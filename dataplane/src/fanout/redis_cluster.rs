@@ -11,11 +11,18 @@
 //! The `redis` crate's cluster connection routes `SSUBSCRIBE` to the owner
 //! and resubscribes what it tracks after a reconnect, but a slot that moves
 //! (resharding) makes the old owner send `SUNSUBSCRIBE`, which the crate
-//! takes as final. So the subscriptions are repaired here, on two signals:
+//! takes as final. So the subscriptions are repaired here, on three signals:
 //! - a server `SUNSUBSCRIBE` of a channel still hosted: subscribe it again
 //!   (the crate follows `MOVED` to the new owner);
 //! - a node connection lost (`Disconnection`): subscribe every hosted
-//!   channel again, retrying until the cluster has promoted a replica.
+//!   channel again, retrying until the cluster has promoted a replica;
+//! - the masters changed with no connection lost (a stopped master whose
+//!   replica took over): [`Watched`] makes a new connection, and every
+//!   hosted channel is subscribed on it.
+//!
+//! Each attempt is bounded ([`Shared::attempt`]) and retried per channel, so
+//! a node that does not answer holds no repair; repairs asked for while one
+//! runs make one more after it, not one each.
 //!
 //! Each repaired subscription, once live, asks that user's devices to catch
 //! up from the database, as [`super::RedisBus`] does after a reconnect:
@@ -25,14 +32,17 @@ use std::{sync::Arc, time::Duration};
 
 use futures_util::{future::BoxFuture, StreamExt};
 use redis::{cluster_async::ClusterConnection, PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{
     hosting::{wait_live, Hosting},
     relay::{self, Outgoing, PUBLISH_QUEUE},
     Bus, Envelope, Hub,
 };
-use crate::{metrics::Metrics, redis_conn::Target};
+use crate::{
+    metrics::Metrics,
+    redis_conn::{Cluster, Conn, Target, Watched},
+};
 
 /// Subscriptions repaired at once after a node is lost.
 const REPAIR_CONCURRENCY: usize = 64;
@@ -48,7 +58,11 @@ pub struct RedisClusterBus {
 /// What the bus and its tasks share.
 struct Shared {
     /// The subscribing connection (RESP3, pushes to the push loop).
-    conn: ClusterConnection,
+    conn: Watched<ClusterConnection>,
+    /// How long one `SSUBSCRIBE` may take before it is tried again.
+    attempt: Duration,
+    /// Asks the repairer for one more pass over every hosted channel.
+    repair: Notify,
     hosting: Hosting,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -65,25 +79,30 @@ impl RedisClusterBus {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
-        let publisher = Target::cluster_client(nodes, timeout, None)?
-            .get_async_connection()
-            .await?;
+        let client =
+            |push| Target::cluster_client(nodes, timeout, push).map(|client| Cluster { client });
+        let publisher = Watched::start(client(None)?, timeout).await?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let conn = Target::cluster_client(nodes, timeout, Some(push_tx))?
-            .get_async_connection()
-            .await?;
+        let conn = Watched::start(client(Some(push_tx))?, timeout).await?;
         metrics.redis_connected(true);
         let shared = Arc::new(Shared {
             conn,
+            attempt: timeout * 2,
+            repair: Notify::new(),
             hosting: Hosting::default(),
             hub: hub.clone(),
             metrics: metrics.clone(),
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(relay::publish_loop(
-            publisher, publish_rx, metrics, "SPUBLISH",
+            Conn::Cluster(publisher),
+            publish_rx,
+            metrics,
+            "SPUBLISH",
         ));
         tokio::spawn(push_loop(push_rx, shared.clone(), pod.to_string()));
+        tokio::spawn(follow_rebuilds(shared.clone()));
+        tokio::spawn(repairer(shared.clone()));
         Ok(Self {
             hub,
             pod: pod.to_string(),
@@ -120,8 +139,9 @@ impl Bus for RedisClusterBus {
         if self.shared.hosting.remove(&channel) {
             let shared = self.shared.clone();
             tokio::spawn(async move {
-                let mut conn = shared.conn.clone();
-                if conn.sunsubscribe(&channel).await.is_err() {
+                let mut conn = shared.conn.get();
+                let done = tokio::time::timeout(shared.attempt, conn.sunsubscribe(&channel)).await;
+                if !matches!(done, Ok(Ok(()))) {
                     shared
                         .metrics
                         .fanout_errors
@@ -140,27 +160,29 @@ impl Bus for RedisClusterBus {
 /// Subscribes `channel`, retrying until it is live or no longer hosted;
 /// `repair` when it had been live before (then the user's devices catch up).
 async fn subscribe(shared: Arc<Shared>, channel: String, repair: bool) {
-    let mut conn = shared.conn.clone();
     let mut delay = Duration::from_millis(50);
     loop {
         let Some(user) = shared.hosting.user_of(&channel) else {
             return;
         };
-        match conn.ssubscribe(&channel).await {
-            Ok(()) => {
+        // The connection now: a rebuild between attempts is followed.
+        let mut conn = shared.conn.get();
+        match tokio::time::timeout(shared.attempt, conn.ssubscribe(&channel)).await {
+            Ok(Ok(())) => {
                 shared.hosting.mark_live(&channel);
                 if repair {
                     shared.hub.resync_user(&user);
                 }
                 break;
             }
-            Err(e) => {
+            failed => {
                 shared
                     .metrics
                     .fanout_errors
                     .with_label_values(&["subscribe"])
                     .inc();
-                tracing::debug!(error = %e, "SSUBSCRIBE failed, retrying");
+                let error = failed.map_or_else(|_| "timed out".to_string(), |r| format!("{r:?}"));
+                tracing::debug!(%error, "SSUBSCRIBE failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
@@ -168,11 +190,32 @@ async fn subscribe(shared: Arc<Shared>, channel: String, repair: bool) {
     }
     // The last device may have left while the subscribe was in flight.
     if shared.hosting.user_of(&channel).is_none() {
-        let _ = conn.sunsubscribe(&channel).await;
+        let mut conn = shared.conn.get();
+        let _ = tokio::time::timeout(shared.attempt, conn.sunsubscribe(&channel)).await;
     }
 }
 
-/// Subscribes every hosted channel again (after a node was lost).
+/// Runs the repairs one at a time. The bus lives as long as the process
+/// (its push loop holds it), and so do these tasks.
+async fn repairer(shared: Arc<Shared>) {
+    loop {
+        // Notified while a repair runs: the stored permit makes one more pass.
+        shared.repair.notified().await;
+        repair_all(shared.clone()).await;
+    }
+}
+
+/// A rebuilt subscribing connection holds no subscriptions yet.
+async fn follow_rebuilds(shared: Arc<Shared>) {
+    let mut rebuilt = shared.conn.rebuilt();
+    while rebuilt.changed().await.is_ok() {
+        shared.metrics.redis_reconnects.inc();
+        shared.repair.notify_one();
+    }
+}
+
+/// Subscribes every hosted channel again (after a node was lost, or on a
+/// new connection).
 async fn repair_all(shared: Arc<Shared>) {
     let started = std::time::Instant::now();
     let channels = shared.hosting.channels();
@@ -220,7 +263,7 @@ async fn push_loop(
                 shared.metrics.redis_connected(false);
                 shared.metrics.redis_reconnects.inc();
                 tracing::warn!("redis cluster node connection lost; repairing subscriptions");
-                tokio::spawn(repair_all(shared.clone()));
+                shared.repair.notify_one();
             }
             _ => {}
         }

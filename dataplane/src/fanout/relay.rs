@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{Envelope, Hub};
 use crate::{
     metrics::Metrics,
-    telemetry::{TraceContext, TARGET},
+    telemetry::{throttle::Throttle, TraceContext, TARGET},
 };
 
 /// Envelopes waiting to be published; past this, new ones are dropped (and
@@ -129,7 +129,10 @@ pub(super) async fn publish_loop<C: redis::aio::ConnectionLike>(
                 }
                 Err(e) => {
                     metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                    tracing::warn!(error = %e, channel = %out.channel, "publish dropped after retries");
+                    static LOG: Throttle = Throttle::new(Duration::from_secs(60));
+                    if let Some(suppressed) = LOG.admit() {
+                        tracing::warn!(error = %e, channel = %out.channel, suppressed, "publish dropped after retries");
+                    }
                     metrics.fanout_dropped.inc();
                     break;
                 }

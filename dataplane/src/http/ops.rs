@@ -25,6 +25,13 @@ pub struct Ready {
     /// The database engine: `sqlite`, `postgres` or `mysql`.
     #[schema(value_type = String, example = "postgres")]
     database: &'static str,
+    /// With `REDIS_URL` set: `connected`, or `reconnecting` while fan-out
+    /// to other pods is down. Informational: the pod stays ready, as it
+    /// still serves its own sockets and REST with limits failing open (the
+    /// `RedisUnreachable` alert pages for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "connected")]
+    redis: Option<&'static str>,
 }
 
 /// Alive: the process answers. Never touches the database, so a database
@@ -44,6 +51,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiErro
         Some(database) => Ok(Json(Ready {
             status: "ready",
             database,
+            redis: state.config.redis.as_ref().map(|_| {
+                if state.metrics.redis_is_connected() {
+                    "connected"
+                } else {
+                    "reconnecting"
+                }
+            }),
         })),
         None => Err(ApiError::ServiceUnavailable),
     }
