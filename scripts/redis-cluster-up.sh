@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # A Redis Cluster of 3 masters x 1 replica on loopback (ports 7000-7005 by
 # default), from Debian's redis-server (>= 7 for sharded pub/sub), each node
-# in its own directory under $SYNCSTORE_CACHE/redis-cluster. Idempotent: a
-# healthy cluster is reused; a node that died (a fault test's kill -9) is
-# started again and rejoins. Prints the seed node list for
-# REDIS_URL=redis+cluster://<list>.
+# in its own directory under $SYNCSTORE_CACHE/redis-cluster. Each node also
+# serves TLS on its port + 1000 (8000-8005), with the certificates of
+# scripts/test-certs.sh, for rediss+cluster://. The cluster bus is TLS too
+# (tls-cluster yes): only then does CLUSTER SLOTS answer a TLS client with
+# the TLS ports, and a plain one with the plain ports; and so is
+# replication, since replicas then find their masters at the TLS ports. Idempotent: a healthy cluster is
+# reused; a node that died (a fault test's kill -9) is started again and
+# rejoins. Prints the seed node list for REDIS_URL=redis+cluster://<list>
+# (the TLS seeds are the same hosts with 1000 added to each port).
 #
 #   scripts/redis-cluster-up.sh          # start (or reuse)
 #   scripts/redis-cluster-up.sh stop     # stop every node (the data goes)
@@ -26,12 +31,14 @@ if [ "$major" -lt 7 ]; then
   exit 1
 fi
 
+CERTS=$(bash scripts/test-certs.sh)
 alive() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
+tls_alive() { redis-cli -p "$(($1 + 1000))" --tls --cacert "$CERTS/ca.pem" ping 2>/dev/null | grep -q PONG; }
 cluster_ok() { redis-cli -p "$BASE" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
 # Every slot covered and as many nodes known as we run: a cluster whose
 # creation was interrupted is not reused.
 complete() {
-  cluster_ok && [ "$(redis-cli -p "$BASE" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')" = 6 ] \
+  tls_alive "$BASE" && cluster_ok && redis-cli -p "$BASE" config get tls-replication | grep -qx yes && [ "$(redis-cli -p "$BASE" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')" = 6 ] \
     && [ "$(redis-cli -p "$BASE" cluster info | sed -n 's/^cluster_slots_assigned:\([0-9]*\).*/\1/p')" = 16384 ]
 }
 
@@ -43,11 +50,25 @@ start_node() {
   redis-server --port "$port" --bind 127.0.0.1 --daemonize yes \
     --dir "$DIR/$port" --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout 2000 --appendonly no --save '' \
+    --tls-port "$((port + 1000))" --tls-cert-file "$CERTS/server.pem" \
+    --tls-key-file "$CERTS/server.key" --tls-ca-cert-file "$CERTS/ca.pem" \
+    --tls-auth-clients no --tls-cluster yes --tls-replication yes \
     --pidfile "$DIR/$port/redis.pid" --logfile "$DIR/$port/redis.log" >/dev/null
 }
 
+# Every replica in sync with its master: a replica that is not would not be
+# promoted, and the next fault test would wait for a failover in vain.
+synced() {
+  for port in "${PORTS[@]}"; do
+    info=$(redis-cli -p "$port" info replication 2>/dev/null) || return 1
+    if echo "$info" | grep -q '^role:slave'; then
+      echo "$info" | grep -q '^master_link_status:up' || return 1
+    fi
+  done
+}
+
 wait_ok() {
-  for _ in $(seq 1 100); do complete && return 0; sleep 0.2; done
+  for _ in $(seq 1 150); do complete && synced && return 0; sleep 0.2; done
   echo "redis cluster did not become ok" >&2
   redis-cli -p "$BASE" cluster info >&2 || true
   return 1

@@ -43,7 +43,11 @@ export TEST_KUBECONFIG TEST_KUBECTL TEST_HELM
 # Analytics tests run against a real Kafka broker (KRaft, Maven Central jars).
 TEST_KAFKA_BROKERS="$(bash scripts/kafka-up.sh)"
 export TEST_KAFKA_BROKERS
-# Redis Cluster (3 masters x 1 replica on 7000-7005, sharded pub/sub) for
+# A private CA and a certificate for 127.0.0.1, for Redis over TLS.
+TEST_TLS_CERTS="$(bash scripts/test-certs.sh)"
+export TEST_TLS_CERTS
+# Redis Cluster (3 masters x 1 replica on 7000-7005, sharded pub/sub; TLS
+# on 8000-8005) for
 # the cluster fan-out, failover and quota tests (issue 19).
 TEST_REDIS_CLUSTER="$(bash scripts/redis-cluster-up.sh)"
 export TEST_REDIS_CLUSTER

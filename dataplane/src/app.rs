@@ -48,6 +48,8 @@ pub enum StartError {
         target: String,
         source: redis::RedisError,
     },
+    #[error("REDIS_TLS_CA_FILE: {0}")]
+    RedisTls(String),
     #[error("analytics: {0}")]
     Analytics(String),
     #[error("cannot register this process for presence: {0}")]
@@ -77,7 +79,9 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
     let presence = Presence::start(db.clone(), &config.pod_name, config.presence_heartbeat)
         .await
         .map_err(StartError::Presence)?;
-    let bus = fanout_bus(&config, hub.clone(), metrics.clone()).await?;
+    let tls = crate::redis_conn::Tls::load(config.redis_tls_ca_file.as_deref())
+        .map_err(StartError::RedisTls)?;
+    let bus = fanout_bus(&config, &tls, hub.clone(), metrics.clone()).await?;
     let audit = Auditor::start(db.clone(), metrics.clone());
     let live = Arc::new(Live::default());
     let analytics = Analytics::start(
@@ -89,7 +93,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
         live.clone(),
     )
     .map_err(StartError::Analytics)?;
-    let (limiter, live_redis) = limiter(&config, &live, &metrics).await?;
+    let (limiter, live_redis) = limiter(&config, &tls, &live, &metrics).await?;
     let key_service = crate::keys::Keys::new(
         db.clone(),
         keys.clone(),
@@ -130,6 +134,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
 /// process when there is none.
 async fn fanout_bus(
     config: &Config,
+    tls: &crate::redis_conn::Tls,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Bus>, StartError> {
@@ -143,6 +148,7 @@ async fn fanout_bus(
             RedisClusterBus::connect(
                 nodes,
                 timeout,
+                tls,
                 &config.store_name,
                 &config.pod_name,
                 hub,
@@ -155,6 +161,7 @@ async fn fanout_bus(
             RedisBus::connect(
                 target,
                 timeout,
+                tls,
                 &config.store_name,
                 &config.pod_name,
                 hub,
@@ -204,6 +211,7 @@ async fn authenticator(
 /// (which then also carries the live figures), else this process's own.
 async fn limiter(
     config: &Config,
+    tls: &crate::redis_conn::Tls,
     live: &Arc<Live>,
     metrics: &Arc<Metrics>,
 ) -> Result<(Limiter, Option<crate::redis_conn::Conn>), StartError> {
@@ -214,7 +222,10 @@ async fn limiter(
     // Connected (and the limiter's script loaded) before serving, so a
     // cold burst is not answered by timeouts that fail open.
     let timeout = config.rate_limit.redis_timeout;
-    let conn = target.connect(timeout).await.map_err(redis_error(config))?;
+    let conn = target
+        .connect(timeout, tls)
+        .await
+        .map_err(redis_error(config))?;
     tokio::spawn(crate::analytics::live::shared::publish_forever(
         conn.clone(),
         config.store_name.clone(),

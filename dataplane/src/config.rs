@@ -40,9 +40,15 @@ pub struct RawConfig {
     #[arg(long, global = true, env = "DB_SSL")]
     pub db_ssl: Option<String>,
     /// redis://… for fan-out and shared rate limits across pods;
-    /// redis+cluster://h1:7000,h2:7001 for a Redis Cluster.
+    /// redis+cluster://h1:7000,h2:7001 for a Redis Cluster;
+    /// redis+sentinel://s1:26379,s2:26379/mymaster for Sentinel's master;
+    /// rediss://… and rediss+cluster://… over TLS.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA certificates Redis servers' TLS certificates
+    /// must chain to (with rediss://); the system's roots without it.
+    #[arg(long, global = true, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<String>,
     /// HMAC secret for access tokens (at least 32 characters).
     #[arg(long, global = true, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -298,8 +304,12 @@ pub struct Config {
     pub port: u16,
     pub database: DatabaseConfig,
     pub data_dir: PathBuf,
-    /// `REDIS_URL`: one server or a cluster (`redis+cluster://…`).
+    /// `REDIS_URL`: one server, a cluster (`redis+cluster://…`) or
+    /// Sentinel's master (`redis+sentinel://…`).
     pub redis: Option<crate::redis_conn::Target>,
+    /// `REDIS_TLS_CA_FILE`, read at start (`redis_conn::Tls::load`): the
+    /// file lives where the pod runs, not where the operator checks.
+    pub redis_tls_ca_file: Option<PathBuf>,
     pub jwt: JwtConfig,
     pub api_keys: ApiKeyConfig,
     pub rate_limit: RateLimitConfig,
@@ -441,6 +451,16 @@ impl Config {
             .map(crate::redis_conn::Target::parse)
             .transpose()
             .map_err(|e| redis_var.err(e))?;
+        let ca_var = var!(raw, redis_tls_ca_file, "REDIS_TLS_CA_FILE");
+        let redis_tls_ca_file = match (ca_var.value(), &redis) {
+            (None, _) => None,
+            (Some(path), Some(target)) if target.uses_tls() => Some(PathBuf::from(path)),
+            (Some(_), _) => {
+                return Err(ca_var.err(
+                    "is set, but REDIS_URL does not use TLS (rediss:// or rediss+cluster://)",
+                ))
+            }
+        };
         let jwt = jwt(raw)?;
         let api_keys = api_keys(raw)?;
         let rate_limit = rate_limit(raw)?;
@@ -463,6 +483,7 @@ impl Config {
             database,
             data_dir,
             redis,
+            redis_tls_ca_file,
             jwt,
             api_keys,
             rate_limit,

@@ -1,8 +1,9 @@
 //! Connections to Redis in its forms: one server (`redis://`,
 //! `redis+unix://`), a Redis Cluster (`redis+cluster://h1:7000,h2:7001`) or
 //! the master that Redis Sentinel names
-//! (`redis+sentinel://s1:26379,s2:26379/mymaster`). TLS (`rediss://`) is
-//! refused until this build has it.
+//! (`redis+sentinel://s1:26379,s2:26379/mymaster`). TLS is `rediss://` or
+//! `rediss+cluster://`, verified against the system's roots or the CA file
+//! of [`Tls`] (`REDIS_TLS_CA_FILE`).
 //!
 //! [`Target`] is the parsed, validated form of `REDIS_URL` (pure, so its
 //! rules are unit-tested); [`Conn`] is a command connection to either form
@@ -64,29 +65,55 @@ impl Target {
     /// `redis+cluster://[user[:password]@]host:port[,host:port…][/db][?query]`,
     /// Sentinel `redis+sentinel://[user[:password]@]host:port[,host:port…]/master[/db]`
     /// (the credentials are the master's: sentinels are asked without any);
-    /// `redis://` or `redis+unix://` is one server. TLS (`rediss://`) is
-    /// refused: this build has no TLS to Redis.
+    /// `redis://` or `redis+unix://` is one server. `rediss://` and
+    /// `rediss+cluster://` are the same over TLS; Sentinel over TLS is
+    /// refused (not supported yet).
     pub fn parse(url: &str) -> Result<Target, String> {
+        let target = Self::parse_form(url)?;
+        // What the `redis` crate would refuse at connect time (an
+        // unencoded '/' or '?' in a password, an unbracketed IPv6 host) is
+        // refused now, without echoing the URL.
+        let urls: Vec<&str> = match &target {
+            Target::Single(url) => vec![url.expose()],
+            Target::Cluster(nodes) => nodes.iter().map(|n| n.expose()).collect(),
+            Target::Sentinel {
+                sentinels, node, ..
+            } => sentinels
+                .iter()
+                .map(String::as_str)
+                .chain([node.expose()])
+                .collect(),
+        };
+        for u in urls {
+            if u.contains(char::is_whitespace) || u.into_connection_info().is_err() {
+                return Err("is not a valid Redis URL: percent-encode '@', '/', '?', '#' and ',' in the user and password, and bracket IPv6 hosts ([::1]:6379)".into());
+            }
+        }
+        Ok(target)
+    }
+
+    fn parse_form(url: &str) -> Result<Target, String> {
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err("must be a URL such as redis://host:6379".into());
         };
         let node_scheme = match scheme.to_ascii_lowercase().as_str() {
-            "redis" | "redis+unix" => return Ok(Target::Single(Secret::new(url))),
+            "redis" | "redis+unix" | "rediss" => return Ok(Target::Single(Secret::new(url))),
             "redis+cluster" | "redis+sentinel" => "redis",
-            // Refused here rather than at connect time, where the `redis`
-            // crate (built without its TLS features) answers "the feature
-            // is not enabled" after startup has begun (issue 19 §3).
-            "rediss" | "rediss+cluster" => {
+            "rediss+cluster" => "rediss",
+            // Refused here rather than at connect time, after startup has
+            // begun.
+            "rediss+sentinel" => {
                 return Err(
-                    "TLS to Redis (rediss://) is not supported yet: use redis:// \
-                     on a trusted network, or a TLS proxy beside the pod"
+                    "TLS to Redis Sentinel (rediss+sentinel://) is not supported yet".into(),
+                )
+            }
+            _ => {
+                return Err(
+                    "must start with redis://, rediss://, redis+unix://, redis+cluster://, \
+                 rediss+cluster:// or redis+sentinel://"
                         .into(),
                 )
             }
-            _ => return Err(
-                "must start with redis://, redis+unix://, redis+cluster:// or redis+sentinel://"
-                    .into(),
-            ),
         };
         // Userinfo may hold '@', ',' or '/' only percent-encoded, as in any URL.
         let (auth, hosts_and_tail) = match rest.rsplit_once('@') {
@@ -129,6 +156,18 @@ impl Target {
         matches!(self, Target::Cluster(_))
     }
 
+    /// Whether its connections use TLS (`rediss`).
+    pub fn uses_tls(&self) -> bool {
+        match self {
+            Target::Single(url) => url
+                .expose()
+                .get(..9)
+                .is_some_and(|s| s.eq_ignore_ascii_case("rediss://")),
+            Target::Cluster(nodes) => nodes.iter().any(|n| n.expose().starts_with("rediss://")),
+            Target::Sentinel { .. } => false,
+        }
+    }
+
     /// The target without credentials, for logs and errors.
     pub fn describe(&self) -> String {
         match self {
@@ -152,6 +191,7 @@ impl Target {
     pub fn cluster_client(
         nodes: &[Secret],
         timeout: Duration,
+        tls: &Tls,
         push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
     ) -> redis::RedisResult<ClusterClient> {
         let mut builder = ClusterClientBuilder::new(nodes.iter().map(|n| n.expose().to_string()))
@@ -167,26 +207,28 @@ impl Target {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(push);
         }
+        if let Some(certs) = tls.certificates() {
+            builder = builder.certs(certs);
+        }
         builder.build()
     }
 
     /// A command connection that reconnects by itself; fails when Redis
     /// cannot be reached now.
-    pub async fn connect(&self, timeout: Duration) -> redis::RedisResult<Conn> {
+    pub async fn connect(&self, timeout: Duration, tls: &Tls) -> redis::RedisResult<Conn> {
         match self {
             Target::Single(url) => {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(timeout))
                     .set_connection_timeout(Some(timeout));
-                let client = redis::Client::open(url.expose())?;
                 Ok(Conn::Single(
-                    ConnectionManager::new_with_config(client, config).await?,
+                    ConnectionManager::new_with_config(tls.client(url)?, config).await?,
                 ))
             }
             Target::Cluster(nodes) => Ok(Conn::Cluster(
                 Watched::start(
                     Cluster {
-                        client: Self::cluster_client(nodes, timeout, None)?,
+                        client: Self::cluster_client(nodes, timeout, tls, None)?,
                     },
                     timeout,
                 )
@@ -217,16 +259,14 @@ impl Target {
             .into_connection_info()?
             .redis_settings()
             .clone();
-        let client = || {
-            SentinelClient::build(
-                sentinels.clone(),
-                master.clone(),
-                Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node.clone())),
-                SentinelServerType::Master,
-            )
-        };
+        let client = SentinelClient::build(
+            sentinels.clone(),
+            master.clone(),
+            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node)),
+            SentinelServerType::Master,
+        )?;
         Ok(Sentinel {
-            client: client()?,
+            client,
             master: master.clone(),
             asked: None,
             config: ConnectionManagerConfig::new()
@@ -238,7 +278,10 @@ impl Target {
 
 /// `redis+sentinel://auth@hosts/master[/db]` into its parts.
 fn sentinel_target(hosts: Vec<String>, auth: &str, tail: &str) -> Result<Target, String> {
-    let path = tail.split('?').next().unwrap_or_default();
+    if tail.contains('?') {
+        return Err("a Sentinel URL takes no query: the database is its last path segment".into());
+    }
+    let path = tail;
     let mut parts = path.trim_start_matches('/').split('/');
     let master = parts.next().unwrap_or_default();
     let db = parts.next().unwrap_or("0");
@@ -267,6 +310,44 @@ pub fn redact(url: &str) -> String {
             None => url.to_string(),
         },
         None => "***".into(),
+    }
+}
+
+/// How Redis servers' TLS certificates are verified: against the CA
+/// certificates of `REDIS_TLS_CA_FILE` (PEM), or the system's roots.
+#[derive(Clone, Default)]
+pub struct Tls {
+    ca: Option<Vec<u8>>,
+}
+
+impl Tls {
+    /// Reads the CA file, if any; the error says what is wrong with it.
+    pub fn load(ca_file: Option<&std::path::Path>) -> Result<Tls, String> {
+        let Some(path) = ca_file else {
+            return Ok(Tls::default());
+        };
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        Ok(Tls { ca: Some(pem) })
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca.clone().map(|root_cert| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        })
+    }
+
+    /// A client for one server's URL, trusting the CA file when there is
+    /// one (the URL's scheme says whether TLS is used at all).
+    pub fn client(&self, url: &Secret) -> redis::RedisResult<redis::Client> {
+        match self.certificates() {
+            Some(certs) => redis::Client::build_with_tls(url.expose(), certs),
+            None => redis::Client::open(url.expose()),
+        }
     }
 }
 
@@ -580,15 +661,14 @@ mod tests {
             .unwrap_err()
             .contains("redis+cluster://"));
         assert!(Target::parse("h:6379").is_err());
-        // No TLS in this build: refused before startup, not at connect.
-        for tls in ["rediss://u:p@h:6380", "rediss+cluster://u:p@h1:7000"] {
-            let e = Target::parse(tls).unwrap_err();
-            assert!(
-                e.starts_with("TLS to Redis (rediss://) is not supported yet"),
-                "{e}"
-            );
-            assert!(!e.contains(":p@"), "{e}");
-        }
+        // TLS: one server and a cluster; not Sentinel yet.
+        let t = Target::parse("rediss+cluster://u:p@h1:7000,h2:7001").unwrap();
+        assert_eq!(nodes(&t), ["rediss://u:p@h1:7000", "rediss://u:p@h2:7001"]);
+        assert!(t.uses_tls());
+        assert!(Target::parse("rediss://u:p@h:6380").unwrap().uses_tls());
+        assert!(!Target::parse("redis://h:6380").unwrap().uses_tls());
+        let e = Target::parse("rediss+sentinel://u:p@s1:26379/m").unwrap_err();
+        assert!(e.contains("not supported yet") && !e.contains(":p@"), "{e}");
     }
 
     #[test]
@@ -618,6 +698,10 @@ mod tests {
             "redis+sentinel://s1:26379/m/x",
             "redis+sentinel://s1:26379/m/0/extra",
             "redis+sentinel://s1/m",
+            "redis+sentinel://s1:26379/m?db=3",
+            "redis+sentinel://u:pa/ss@s1:26379/m",
+            "redis+sentinel://::1:26379/m",
+            "redis://u:p w@h:1",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }

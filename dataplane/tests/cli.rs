@@ -29,6 +29,8 @@ fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
         ("DATABASE_URL", "oracle://x"),
         ("JWT_SECRET", "short"),
         ("CONFLICT_DEFAULT_STRATEGY", "COIN_FLIP"),
+        // A CA file for a Redis URL that does not use TLS.
+        ("REDIS_TLS_CA_FILE", "/etc/hostname"),
     ] {
         let out = run(&[(var, value)], &["serve"]);
         assert_eq!(out.status.code(), Some(2), "{var}={value} exits 2");
@@ -44,6 +46,28 @@ fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
     let out = run(&[], &["serve", "--port", "99999"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"));
+}
+
+/// A Redis server whose TLS certificate does not chain to
+/// `REDIS_TLS_CA_FILE` is refused at start, naming the variable.
+#[test]
+fn a_redis_certificate_from_another_ca_is_refused_at_start() {
+    let redis = common::redis::PrivateRedis::start_tls();
+    let certs = common::redis::tls_certs();
+    let url = redis.url().replace("rediss://", "rediss://app:s3cret@");
+    let ca = format!("{certs}/other-ca.pem");
+    let out = run(
+        &[("REDIS_URL", &url), ("REDIS_TLS_CA_FILE", &ca)],
+        &["serve"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("REDIS_URL (redis rediss://app:***@127.0.0.1:")
+            && said.contains("invalid peer certificate: UnknownIssuer"),
+        "{said}"
+    );
+    assert!(!said.contains("s3cret"), "{said}");
 }
 
 /// Redis unreachable at start: the process exits, and what it says names

@@ -51,9 +51,45 @@ async fn a_key_quota_holds_exactly_across_two_processes_behind_redis_sentinel() 
     quota_holds_exactly(&sentinel_url()).await;
 }
 
+/// Over TLS (`rediss://`), verified against the test CA.
+#[tokio::test]
+async fn a_key_quota_holds_exactly_across_two_processes_over_tls() {
+    let redis = PrivateRedis::start_tls();
+    quota_holds_exactly_with(&redis.url(), &[("REDIS_TLS_CA_FILE", &test_ca())]).await;
+}
+
+/// A cluster over TLS (`rediss+cluster://`): the test cluster serves TLS
+/// on each node's port + 1000, and tells TLS clients those ports.
+#[tokio::test]
+async fn a_key_quota_holds_exactly_across_two_processes_on_a_redis_cluster_over_tls() {
+    quota_holds_exactly_with(&cluster_tls_url(), &[("REDIS_TLS_CA_FILE", &test_ca())]).await;
+}
+
+fn test_ca() -> String {
+    format!("{}/ca.pem", common::redis::tls_certs())
+}
+
+/// [`cluster_url`] over TLS.
+fn cluster_tls_url() -> String {
+    let nodes: Vec<String> = cluster_url()
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .map(|n| {
+            let (host, port) = n.rsplit_once(':').expect("host:port");
+            format!("{host}:{}", port.parse::<u16>().expect("port") + 1000)
+        })
+        .collect();
+    format!("rediss+cluster://{}", nodes.join(","))
+}
+
 async fn quota_holds_exactly(url: &str) {
+    quota_holds_exactly_with(url, &[]).await;
+}
+
+async fn quota_holds_exactly_with(url: &str, extra: &[(&str, &str)]) {
     let pg = common::postgres_url();
-    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", url)];
+    let mut env = vec![("DATABASE_URL", pg.as_str()), ("REDIS_URL", url)];
+    env.extend_from_slice(extra);
     let a = Server::start(&env).await;
     let b = Server::start(&env).await;
     let key = common::create_key(

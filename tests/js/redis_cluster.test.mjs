@@ -63,9 +63,9 @@ function busReceived(port) {
   return field('cluster_stats_messages_publish_received') + field('cluster_stats_messages_publishshard_received');
 }
 
-async function twoPods(tag) {
+async function twoPods(tag, redis = { REDIS_URL: `redis+cluster://${SEEDS}` }) {
   const store = uid(tag).slice(0, 40);
-  const env = { DATABASE_URL: PG_URL, REDIS_URL: `redis+cluster://${SEEDS}`, SYNCSTORE_STORE: store };
+  const env = { DATABASE_URL: PG_URL, ...redis, SYNCSTORE_STORE: store };
   const p1 = await Server.start({ ...env, POD_NAME: `${tag}-1` });
   const p2 = await Server.start({ ...env, POD_NAME: `${tag}-2` });
   return { store, p1, p2 };
@@ -101,6 +101,33 @@ test('cluster: a write reaches the other pod through the channel\'s shard only, 
     writer.close();
     reader.close();
     await waitFor(() => PORTS.every((p) => shardSubscribers(p, channel) === 0), { what: 'the channel unsubscribed everywhere once its devices left' });
+  } finally {
+    await p1.stop();
+    await p2.stop();
+  }
+});
+
+test('cluster over TLS (rediss+cluster://, verified against REDIS_TLS_CA_FILE): a write reaches the other pod', async () => {
+  const certs = process.env.TEST_TLS_CERTS;
+  if (!certs) throw new Error('TEST_TLS_CERTS is not set: run scripts/test-certs.sh (the test command does)');
+  // Each node serves TLS on its port + 1000 and gives TLS clients those ports.
+  const tlsSeeds = SEEDS.split(',').map((s) => s.replace(/:(\d+)$/, (_, p) => `:${Number(p) + 1000}`)).join(',');
+  const { store, p1, p2 } = await twoPods('ct', { REDIS_URL: `rediss+cluster://${tlsSeeds}`, REDIS_TLS_CA_FILE: `${certs}/ca.pem` });
+  try {
+    const user = uid('u');
+    const key = p1.createKey(user);
+    const writer = await new Device(p1.url, { userId: user, instanceId: 'writer', apiKey: key }).ready();
+    const reader = await new Device(p2.url, { userId: user, instanceId: 'reader', apiKey: key }).ready();
+    const channel = `ss:${store}:u:${user}`;
+    await waitFor(() => shardSubscribers(ownerOf(slotOf(channel)).port, channel) === 2, { what: 'both pods subscribed over TLS' });
+    const seqs = [];
+    for (let i = 0; i < 5; i++) seqs.push((await writer.call('sync:set', { key: `k${i}`, value: i })).item.seq);
+    await waitFor(() => reader.updates.length === 5, { what: 'the reader on the other pod to get 5 updates' });
+    assert.deepEqual(reader.updates.map((u) => u.seq), seqs);
+    const ready = await (await fetch(`${p2.base}/ready`)).json();
+    assert.equal(ready.redis, 'connected');
+    writer.close();
+    reader.close();
   } finally {
     await p1.stop();
     await p2.stop();

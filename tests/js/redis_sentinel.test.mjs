@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Server, uid, waitFor, PG_URL } from './harness.mjs';
+import { Server, Device, uid, waitFor, PG_URL } from './harness.mjs';
 import { writeStream } from './write_stream.mjs';
 
 const REDIS_URL = process.env.TEST_REDIS_SENTINEL;
@@ -52,10 +52,10 @@ const newMaster = (old) => waitFor(() => {
 
 /**
  * Two pods behind Sentinel, a write stream, and `fault(master, channel)`
- * once both pods subscribe the user's channel on the master; the setup is
- * healed afterwards.
+ * (and the pods) once both pods subscribe the user's channel on the master;
+ * `cleanup`, then a heal of the setup, afterwards.
  */
-async function failoverDuring(tag, fault) {
+async function failoverDuring(tag, fault, cleanup = () => {}) {
   const store = uid(tag).slice(0, 40);
   const env = { DATABASE_URL: PG_URL, REDIS_URL, SYNCSTORE_STORE: store };
   const p1 = await Server.start({ ...env, POD_NAME: `${tag}-1` });
@@ -65,11 +65,12 @@ async function failoverDuring(tag, fault) {
       const channel = `ss:${store}:u:${user}`;
       const master = masterPort();
       await waitFor(() => subscribers(master, channel) === 2, { what: 'both pods subscribed on the master' });
-      return () => fault(master, channel);
+      return () => fault(master, channel, { p1, p2 });
     });
   } finally {
     await p1.stop();
     await p2.stop();
+    cleanup();
     execFileSync('bash', [SENTINEL_UP, 'heal'], { stdio: 'ignore' });
   }
 }
@@ -103,4 +104,23 @@ test('sentinel: kill -9 of the master during traffic: a replica is promoted and 
     return followed(at, old, channel);
   });
   console.log(`# sentinel kill -9 figures: ${JSON.stringify(figures)}`);
+});
+
+test('sentinel: a stopped master while devices come and go: the pods follow the promoted replica', async () => {
+  let stopped;
+  let newcomer;
+  const figures = await failoverDuring('ss', async (old, channel, { p1, p2 }) => {
+    stopped = Number(cli(old, 'info', 'server').match(/process_id:(\d+)/)[1]);
+    const at = Date.now();
+    process.kill(stopped, 'SIGSTOP');
+    // A device of another user on the pod: its SUBSCRIBE goes to the
+    // stopped master and never gets an answer.
+    const other = uid('u');
+    newcomer = await new Device(p2.url, { userId: other, instanceId: 'n1', apiKey: p1.createKey(other) }).ready();
+    return followed(at, old, channel);
+  }, () => {
+    newcomer?.close();
+    if (stopped) process.kill(stopped, 'SIGCONT');
+  });
+  console.log(`# sentinel SIGSTOP figures: ${JSON.stringify(figures)}`);
 });

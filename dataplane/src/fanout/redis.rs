@@ -24,20 +24,21 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    redis_conn::{Conn, Sentinel, Target},
+    redis_conn::{Conn, Sentinel, Target, Tls},
+    telemetry::throttle::Throttle,
 };
 
 /// Where the subscriber connects: one fixed server, or Sentinel's master
 /// with the publisher's signal that it moved.
 enum Server {
-    Fixed(redis::Client),
+    Fixed(Box<redis::Client>),
     Sentinel(Box<Sentinel>, watch::Receiver<u64>),
 }
 
 impl Server {
     async fn client(&mut self) -> redis::RedisResult<redis::Client> {
         match self {
-            Server::Fixed(client) => Ok(client.clone()),
+            Server::Fixed(client) => Ok(client.as_ref().clone()),
             Server::Sentinel(sentinel, _) => sentinel.master().await,
         }
     }
@@ -52,9 +53,6 @@ impl Server {
         std::future::pending().await
     }
 }
-
-/// How long the subscriber waits for a connection before it tries again.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum SubCommand {
     /// Subscribe, then mark the channel live.
@@ -79,6 +77,7 @@ impl RedisBus {
     pub async fn connect(
         target: &Target,
         timeout: Duration,
+        tls: &Tls,
         store: &str,
         pod: &str,
         hub: Arc<Hub>,
@@ -86,12 +85,12 @@ impl RedisBus {
     ) -> Result<Self, redis::RedisError> {
         let (publisher, server) = match target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.expose())?;
+                let client = tls.client(url)?;
                 let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
-                (Conn::Single(publisher), Server::Fixed(client))
+                (Conn::Single(publisher), Server::Fixed(Box::new(client)))
             }
             _ => {
-                let publisher = target.connect(timeout).await?;
+                let publisher = target.connect(timeout, tls).await?;
                 let Conn::Sentinel(watched) = &publisher else {
                     return Err((
                         redis::ErrorKind::InvalidClientConfig,
@@ -114,9 +113,11 @@ impl RedisBus {
             publish_rx,
             metrics.clone(),
             "PUBLISH",
+            timeout,
         ));
         tokio::spawn(subscribe_loop(
             server,
+            timeout * 2,
             sub_rx,
             hosting.clone(),
             hub.clone(),
@@ -176,10 +177,14 @@ async fn resubscribe(
     sink: &mut redis::aio::PubSubSink,
     hosting: &Hosting,
     metrics: &Metrics,
+    attempt: Duration,
 ) -> Option<usize> {
     let channels = hosting.channels();
     for channel in &channels {
-        if sink.subscribe(channel).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(attempt, sink.subscribe(channel)).await,
+            Ok(Ok(()))
+        ) {
             metrics
                 .fanout_errors
                 .with_label_values(&["subscribe"])
@@ -191,8 +196,52 @@ async fn resubscribe(
     Some(channels.len())
 }
 
+/// One SUBSCRIBE or UNSUBSCRIBE on a live connection: false when it failed,
+/// took longer than `attempt` (a server that stopped answering without
+/// closing the connection), or the master moved meanwhile; the caller then
+/// reconnects.
+async fn command(
+    server: &mut Server,
+    attempt: Duration,
+    command: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> bool {
+    tokio::select! {
+        done = tokio::time::timeout(attempt, command) => matches!(done, Ok(Ok(()))),
+        () = server.moved() => false,
+    }
+}
+
+/// A pub/sub connection to the server (Sentinel's master now), retried
+/// with backoff until one answers.
+async fn connect(server: &mut Server, attempt: Duration, metrics: &Metrics) -> redis::aio::PubSub {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // A server that accepts and never answers (stopped) holds no one.
+        let pubsub = match server.client().await {
+            Ok(client) => tokio::time::timeout(attempt, client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
+            Err(e) => Err(e),
+        };
+        match pubsub {
+            Ok(p) => return p,
+            Err(e) => {
+                metrics.redis_connected(false);
+                metrics.fanout_errors.with_label_values(&["connect"]).inc();
+                static LOG: Throttle = Throttle::new(Duration::from_secs(60));
+                if let Some(suppressed) = LOG.admit() {
+                    tracing::warn!(error = %e, suppressed, "redis subscriber cannot connect; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn subscribe_loop(
     mut server: Server,
+    attempt: Duration,
     mut rx: mpsc::UnboundedReceiver<SubCommand>,
     hosting: Arc<Hosting>,
     hub: Arc<Hub>,
@@ -200,29 +249,10 @@ async fn subscribe_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut first = true;
-    let mut backoff = Duration::from_millis(100);
     loop {
-        // A server that accepts and never answers (stopped) holds no one.
-        let pubsub = match server.client().await {
-            Ok(client) => tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-                .await
-                .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
-            Err(e) => Err(e),
-        };
-        let pubsub = match pubsub {
-            Ok(p) => p,
-            Err(e) => {
-                metrics.redis_connected(false);
-                metrics.fanout_errors.with_label_values(&["connect"]).inc();
-                tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
+        let pubsub = connect(&mut server, attempt, &metrics).await;
         let (mut sink, mut stream) = pubsub.split();
-        let Some(channels) = resubscribe(&mut sink, &hosting, &metrics).await else {
+        let Some(channels) = resubscribe(&mut sink, &hosting, &metrics, attempt).await else {
             continue;
         };
         metrics.redis_connected(true);
@@ -234,23 +264,30 @@ async fn subscribe_loop(
         first = false;
         loop {
             tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(SubCommand::Subscribe(channel)) => {
-                        if sink.subscribe(&channel).await.is_err() {
-                            metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
-                            break; // reconnect; the channel is in `hosting`
+                cmd = rx.recv() => {
+                    let done = match cmd {
+                        Some(SubCommand::Subscribe(channel)) => {
+                            let done = command(&mut server, attempt, sink.subscribe(&channel)).await;
+                            if done {
+                                hosting.mark_live(&channel);
+                            }
+                            done
                         }
-                        hosting.mark_live(&channel);
-                    }
-                    Some(SubCommand::Unsubscribe(channel)) => {
-                        if sink.unsubscribe(&channel).await.is_err() {
-                            metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
-                            break;
+                        Some(SubCommand::Unsubscribe(channel)) => {
+                            command(&mut server, attempt, sink.unsubscribe(&channel)).await
                         }
+                        None => return, // the bus is gone
+                    };
+                    if !done {
+                        // Reconnect; a channel to subscribe is in `hosting`.
+                        metrics.redis_connected(false);
+                        metrics.fanout_errors.with_label_values(&["subscribe"]).inc();
+                        tracing::warn!("redis subscriber got no answer; reconnecting");
+                        break;
                     }
-                    None => return, // the bus is gone
-                },
+                }
                 () = server.moved() => {
+                    metrics.redis_connected(false);
                     tracing::info!("redis master moved; subscribing there");
                     break;
                 },

@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    redis_conn::{Cluster, Conn, Target, Watched},
+    redis_conn::{Cluster, Conn, Target, Tls, Watched},
 };
 
 /// Subscriptions repaired at once after a node is lost.
@@ -74,13 +74,15 @@ impl RedisClusterBus {
     pub async fn connect(
         nodes: &[crate::domain::Secret],
         timeout: Duration,
+        tls: &Tls,
         store: &str,
         pod: &str,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
-        let client =
-            |push| Target::cluster_client(nodes, timeout, push).map(|client| Cluster { client });
+        let client = |push| {
+            Target::cluster_client(nodes, timeout, tls, push).map(|client| Cluster { client })
+        };
         let publisher = Watched::start(client(None)?, timeout).await?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let conn = Watched::start(client(Some(push_tx))?, timeout).await?;
@@ -99,6 +101,7 @@ impl RedisClusterBus {
             publish_rx,
             metrics,
             "SPUBLISH",
+            timeout,
         ));
         tokio::spawn(push_loop(push_rx, shared.clone(), pod.to_string()));
         tokio::spawn(follow_rebuilds(shared.clone()));
@@ -209,6 +212,8 @@ async fn repairer(shared: Arc<Shared>) {
 async fn follow_rebuilds(shared: Arc<Shared>) {
     let mut rebuilt = shared.conn.rebuilt();
     while rebuilt.changed().await.is_ok() {
+        // Not live again until the repair has subscribed everything.
+        shared.metrics.redis_connected(false);
         shared.metrics.redis_reconnects.inc();
         shared.repair.notify_one();
     }

@@ -104,16 +104,24 @@ pub(super) async fn publish_loop<C: redis::aio::ConnectionLike>(
     mut queue: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
     command: &'static str,
+    attempt: Duration,
 ) {
     while let Some(out) = queue.recv().await {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
-            let sent: redis::RedisResult<i64> = redis::cmd(command)
-                .arg(&out.channel)
-                .arg(&out.payload)
-                .query_async(&mut conn)
-                .await;
+            // Bounded: a connection waiting out its own reconnects to a
+            // master that is gone would hold the whole queue behind one
+            // message, long after the connection was made again elsewhere.
+            let sent: redis::RedisResult<i64> = tokio::time::timeout(
+                attempt,
+                redis::cmd(command)
+                    .arg(&out.channel)
+                    .arg(&out.payload)
+                    .query_async(&mut conn),
+            )
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
             match sent {
                 Ok(_) => {
                     metrics
