@@ -13,11 +13,17 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/syncstore/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 # That directory outlives every clone, and each clone's path makes new
-# artifacts of the workspace crates: drop incremental state and test
-# executables no build has touched for two days, or it grows until the disk
-# is full (cargo rebuilds whatever it still needs).
-find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -type d -mtime +1 -exec rm -rf {} + 2>/dev/null || true
-find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f ! -name '*.*' -size +20M -mtime +1 -delete 2>/dev/null || true
+# artifacts of the workspace crates (about 15 GB of test executables and
+# rlibs a run, plus 17 GB of incremental state): three runs in a day filled
+# the disk on 2026-12-02. So a run keeps no incremental state (of no use to
+# a fresh clone), and drops the test executables and the workspace crates'
+# own artifacts that no build touched in the last hour: another clone's or
+# an earlier run's. Dependencies stay; cargo rebuilds whatever it needs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -type d -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -mmin +60 \
+  \( \( ! -name '*.*' -size +20M \) -o -name 'libsyncstore*' -o -name 'syncstore*' \) \
+  -delete 2>/dev/null || true
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (rustup: https://rustup.rs)" >&2

@@ -2,30 +2,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Server, Redis, Device, uid, waitFor, sleep, PG_URL } from './harness.mjs';
+import { deviceState } from './write_stream.mjs';
 
 /** The user's state as the database has it, via REST. */
 async function serverState(server, key) {
   const { body } = await server.rest('GET', '/sync-storage/items', key);
   return Object.fromEntries(body.map((i) => [i.key, i.value]));
-}
-
-/** A device's view: pending-updates then live events, applied in order. */
-function deviceState(d) {
-  const state = {};
-  const events = [
-    ...d.pending.flat().map((e) => ({ ...e, remove: e.type === 'remove' })),
-  ];
-  for (const e of events) {
-    if (e.remove) delete state[e.key];
-    else state[e.key] = e.value;
-  }
-  const live = [...d.updates.map((e) => ({ ...e, remove: false })), ...d.removes.map((e) => ({ ...e, remove: true }))]
-    .sort((x, y) => x.seq - y.seq);
-  for (const e of live) {
-    if (e.remove) delete state[e.key];
-    else state[e.key] = e.value;
-  }
-  return state;
 }
 
 test('a process killed with -9: its clients reconnect elsewhere and miss nothing', async () => {

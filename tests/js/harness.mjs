@@ -11,6 +11,14 @@ import { io } from 'socket.io-client';
 export const BIN = process.env.SYNCSTORE_BIN ?? '/var/cache/syncstore/target/debug/syncstore';
 export const PG_URL = process.env.TEST_POSTGRES_URL ?? 'postgres://syncstore:syncstore@127.0.0.1:5432/syncstore';
 
+/**
+ * `redis-cli -p <port> <args…>`'s output. A stopped server accepts the
+ * connection and never answers: this gives up (throws) after 2 s.
+ */
+export function redisCli(port, ...args) {
+  return execFileSync('redis-cli', ['-p', String(port), ...args.map(String)], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 }).toString().trim();
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export async function freePort() {

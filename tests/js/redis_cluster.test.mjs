@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Server, Device, uid, waitFor, PG_URL } from './harness.mjs';
+import { Server, Device, uid, waitFor, PG_URL, redisCli } from './harness.mjs';
 import { writeStream } from './write_stream.mjs';
 
 const SEEDS = process.env.TEST_REDIS_CLUSTER;
@@ -16,16 +16,12 @@ if (!SEEDS) throw new Error('TEST_REDIS_CLUSTER is not set: run scripts/redis-cl
 const PORTS = SEEDS.split(',').map((s) => Number(s.split(':').pop()));
 const CLUSTER_UP = fileURLToPath(new URL('../../scripts/redis-cluster-up.sh', import.meta.url));
 
-function cli(port, ...args) {
-  // A stopped node accepts the connection and never answers: give up.
-  return execFileSync('redis-cli', ['-p', String(port), ...args.map(String)], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 }).toString().trim();
-}
 
 /** The first node that answers. */
 function livePort() {
   for (const p of PORTS) {
     try {
-      if (cli(p, 'ping') === 'PONG') return p;
+      if (redisCli(p, 'ping') === 'PONG') return p;
     } catch {}
   }
   throw new Error('no cluster node answers');
@@ -33,7 +29,7 @@ function livePort() {
 
 /** The cluster's nodes as a live node sees them. */
 function nodes() {
-  return cli(livePort(), 'cluster', 'nodes').split('\n').map((line) => {
+  return redisCli(livePort(), 'cluster', 'nodes').split('\n').map((line) => {
     const [id, addr, flags, master, , , , , ...slots] = line.trim().split(' ');
     return {
       id,
@@ -46,7 +42,7 @@ function nodes() {
   });
 }
 
-const slotOf = (channel) => Number(cli(livePort(), 'cluster', 'keyslot', channel));
+const slotOf = (channel) => Number(redisCli(livePort(), 'cluster', 'keyslot', channel));
 
 /** The live master serving `slot`. */
 function ownerOf(slot) {
@@ -54,11 +50,11 @@ function ownerOf(slot) {
 }
 
 /** How many connections subscribe `channel` on the node at `port` (sharded). */
-const shardSubscribers = (port, channel) => Number(cli(port, 'pubsub', 'shardnumsub', channel).split('\n')[1]);
+const shardSubscribers = (port, channel) => Number(redisCli(port, 'pubsub', 'shardnumsub', channel).split('\n')[1]);
 
 /** A node's count of pub/sub messages received over the cluster bus (classic and sharded). */
 function busReceived(port) {
-  const info = cli(port, 'cluster', 'info');
+  const info = redisCli(port, 'cluster', 'info');
   const field = (name) => Number(info.match(new RegExp(`^${name}:(\\d+)`, 'm'))?.[1] ?? 0);
   return field('cluster_stats_messages_publish_received') + field('cluster_stats_messages_publishshard_received');
 }
@@ -177,11 +173,19 @@ async function writeStreamThrough(tag, fault) {
   }
 }
 
-test('cluster: kill -9 of the master owning a busy user\'s channel loses no acknowledged write', async () => {
+/**
+ * The fault of the tests below: `signal` sent to the master owning the
+ * channel's slot; waits for a replica to be promoted and both pods to be
+ * subscribed there, and returns the figures. The cluster is healed after
+ * (the stopped master woken first).
+ */
+async function masterFault(tag, signal) {
+  let pid;
   try {
-    const figures = await writeStreamThrough('ck', async (slot, owner, channel) => {
-      const killedAt = Date.now();
-      process.kill(Number(cli(owner.port, 'info', 'server').match(/process_id:(\d+)/)[1]), 'SIGKILL');
+    return await writeStreamThrough(tag, async (slot, owner, channel) => {
+      pid = Number(redisCli(owner.port, 'info', 'server').match(/process_id:(\d+)/)[1]);
+      const at = Date.now();
+      process.kill(pid, signal);
       const promoted = await waitFor(() => {
         try {
           const o = ownerOf(slot);
@@ -190,55 +194,39 @@ test('cluster: kill -9 of the master owning a busy user\'s channel loses no ackn
           return null;
         }
       }, { what: 'a replica promoted', timeout: 20000 });
-      const promotedAfter = Date.now() - killedAt;
-      // The pods' subscriptions moved to the new master.
-      await waitFor(() => shardSubscribers(promoted.port, channel) === 2, { what: 'both pods resubscribed on the new master', timeout: 20000 });
-      return { promoted_ms: promotedAfter, resubscribed_ms: Date.now() - killedAt };
+      const promotedAfter = Date.now() - at;
+      await waitFor(() => shardSubscribers(promoted.port, channel) === 2, { what: 'both pods subscribed on the promoted replica', timeout: 20000 });
+      return { promoted_ms: promotedAfter, resubscribed_ms: Date.now() - at };
     });
-    console.log(`# cluster kill -9 figures: ${JSON.stringify(figures)}`);
   } finally {
+    if (pid && signal === 'SIGSTOP') process.kill(pid, 'SIGCONT');
     execFileSync('bash', [CLUSTER_UP, 'heal'], { stdio: 'ignore' });
   }
+}
+
+test('cluster: kill -9 of the master owning a busy user\'s channel loses no acknowledged write', async () => {
+  // The pods' connections to it drop: they subscribe on the new master.
+  const figures = await masterFault('ck', 'SIGKILL');
+  console.log(`# cluster kill -9 figures: ${JSON.stringify(figures)}`);
 });
 
 test('cluster: a stopped master owning a busy user\'s channel loses nothing once its replica takes over', async () => {
-  let stopped;
-  try {
-    const figures = await writeStreamThrough('cp', async (slot, owner, channel) => {
-      stopped = Number(cli(owner.port, 'info', 'server').match(/process_id:(\d+)/)[1]);
-      const stoppedAt = Date.now();
-      process.kill(stopped, 'SIGSTOP');
-      const promoted = await waitFor(() => {
-        try {
-          const o = ownerOf(slot);
-          return o && o.id !== owner.id ? o : null;
-        } catch {
-          return null;
-        }
-      }, { what: 'a replica promoted', timeout: 20000 });
-      const promotedAfter = Date.now() - stoppedAt;
-      // No connection of the pods dropped: they noticed the new master in
-      // the slot map and subscribed there, while the old one still sleeps.
-      await waitFor(() => shardSubscribers(promoted.port, channel) === 2, { what: 'both pods subscribed on the promoted replica', timeout: 20000 });
-      return { promoted_ms: promotedAfter, resubscribed_ms: Date.now() - stoppedAt };
-    });
-    console.log(`# cluster SIGSTOP figures: ${JSON.stringify(figures)}`);
-  } finally {
-    if (stopped) process.kill(stopped, 'SIGCONT');
-    execFileSync('bash', [CLUSTER_UP, 'heal'], { stdio: 'ignore' });
-  }
+  // No connection drops: the pods notice the new master in the slot map
+  // and subscribe there, while the old one still sleeps.
+  const figures = await masterFault('cp', 'SIGSTOP');
+  console.log(`# cluster SIGSTOP figures: ${JSON.stringify(figures)}`);
 });
 
 /** What `redis-cli --cluster reshard` does for one slot: mark, move its keys, hand it over. */
 function moveSlot(slot, from, to) {
-  cli(to.port, 'cluster', 'setslot', slot, 'importing', from.id);
-  cli(from.port, 'cluster', 'setslot', slot, 'migrating', to.id);
+  redisCli(to.port, 'cluster', 'setslot', slot, 'importing', from.id);
+  redisCli(from.port, 'cluster', 'setslot', slot, 'migrating', to.id);
   for (;;) {
-    const keys = cli(from.port, 'cluster', 'getkeysinslot', slot, 100).split('\n').filter(Boolean);
+    const keys = redisCli(from.port, 'cluster', 'getkeysinslot', slot, 100).split('\n').filter(Boolean);
     if (keys.length === 0) break;
-    cli(from.port, 'migrate', '127.0.0.1', to.port, '', 0, 5000, 'KEYS', ...keys);
+    redisCli(from.port, 'migrate', '127.0.0.1', to.port, '', 0, 5000, 'KEYS', ...keys);
   }
-  for (const n of nodes().filter((n) => n.master && !n.failed)) cli(n.port, 'cluster', 'setslot', slot, 'node', to.id);
+  for (const n of nodes().filter((n) => n.master && !n.failed)) redisCli(n.port, 'cluster', 'setslot', slot, 'node', to.id);
 }
 
 test('cluster: the busy channel\'s slot moved to another master during traffic loses nothing', async () => {

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Server, Device, uid, waitFor, PG_URL } from './harness.mjs';
+import { Server, Device, uid, waitFor, PG_URL, redisCli } from './harness.mjs';
 import { writeStream } from './write_stream.mjs';
 
 const REDIS_URL = process.env.TEST_REDIS_SENTINEL;
@@ -17,15 +17,12 @@ const SENTINELS = REDIS_URL.split('://')[1].split('/')[0].split(',').map((s) => 
 const NAME = REDIS_URL.split('/').pop();
 const SENTINEL_UP = fileURLToPath(new URL('../../scripts/redis-sentinel-up.sh', import.meta.url));
 
-function cli(port, ...args) {
-  return execFileSync('redis-cli', ['-p', String(port), ...args.map(String)], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 }).toString().trim();
-}
 
 /** The master's port, as the first sentinel that answers names it. */
 function masterPort() {
   for (const s of SENTINELS) {
     try {
-      return Number(cli(s, 'sentinel', 'get-master-addr-by-name', NAME).split('\n')[1]);
+      return Number(redisCli(s, 'sentinel', 'get-master-addr-by-name', NAME).split('\n')[1]);
     } catch {}
   }
   throw new Error('no sentinel answers');
@@ -34,7 +31,7 @@ function masterPort() {
 /** How many connections subscribe `channel` on the server at `port`. */
 function subscribers(port, channel) {
   try {
-    return Number(cli(port, 'pubsub', 'numsub', channel).split('\n')[1]);
+    return Number(redisCli(port, 'pubsub', 'numsub', channel).split('\n')[1]);
   } catch {
     return -1; // the server does not answer
   }
@@ -86,7 +83,7 @@ async function followed(at, old, channel) {
 test('sentinel: a failover asked of the sentinels during traffic: the pods follow the new master and lose nothing', async () => {
   const figures = await failoverDuring('sf', async (old, channel) => {
     const at = Date.now();
-    assert.equal(cli(SENTINELS[0], 'sentinel', 'failover', NAME), 'OK');
+    assert.equal(redisCli(SENTINELS[0], 'sentinel', 'failover', NAME), 'OK');
     const f = await followed(at, old, channel);
     // The old master is a replica now, its connections still open: the
     // pods left it for the new master rather than stay subscribed there.
@@ -98,7 +95,7 @@ test('sentinel: a failover asked of the sentinels during traffic: the pods follo
 
 test('sentinel: kill -9 of the master during traffic: a replica is promoted and nothing acknowledged is lost', async () => {
   const figures = await failoverDuring('sk', async (old, channel) => {
-    const pid = Number(cli(old, 'info', 'server').match(/process_id:(\d+)/)[1]);
+    const pid = Number(redisCli(old, 'info', 'server').match(/process_id:(\d+)/)[1]);
     const at = Date.now();
     process.kill(pid, 'SIGKILL');
     return followed(at, old, channel);
@@ -110,7 +107,7 @@ test('sentinel: a stopped master while devices come and go: the pods follow the 
   let stopped;
   let newcomer;
   const figures = await failoverDuring('ss', async (old, channel, { p1, p2 }) => {
-    stopped = Number(cli(old, 'info', 'server').match(/process_id:(\d+)/)[1]);
+    stopped = Number(redisCli(old, 'info', 'server').match(/process_id:(\d+)/)[1]);
     const at = Date.now();
     process.kill(stopped, 'SIGSTOP');
     // A device of another user on the pod: its SUBSCRIBE goes to the
