@@ -224,7 +224,8 @@ function moveSlot(slot, from, to) {
   for (;;) {
     const keys = redisCli(from.port, 'cluster', 'getkeysinslot', slot, 100).split('\n').filter(Boolean);
     if (keys.length === 0) break;
-    redisCli(from.port, 'migrate', '127.0.0.1', to.port, '', 0, 5000, 'KEYS', ...keys);
+    // The nodes talk TLS among themselves (tls-cluster yes): MIGRATE too.
+    redisCli(from.port, 'migrate', '127.0.0.1', to.port + 1000, '', 0, 5000, 'KEYS', ...keys);
   }
   for (const n of nodes().filter((n) => n.master && !n.failed)) redisCli(n.port, 'cluster', 'setslot', slot, 'node', to.id);
 }
@@ -240,4 +241,35 @@ test('cluster: the busy channel\'s slot moved to another master during traffic l
     return { moved_to: target.port, resubscribed_ms: Date.now() - movedAt };
   });
   console.log(`# cluster reshard figures: ${JSON.stringify(figures)}`);
+});
+
+test('cluster: a key quota holds exactly across two pods while its counter\'s slot moves', async () => {
+  const { store, p1, p2 } = await twoPods('cq');
+  try {
+    const key = p1.createKey(uid('u'), ['--quota-per-hour', '60']);
+    const count = { 200: 0, 429: 0 };
+    const hit = async (i) => {
+      const { status } = await [p1, p2][i % 2].rest('GET', '/sync-storage/keys', key);
+      count[status] = (count[status] ?? 0) + 1;
+    };
+    for (let i = 0; i < 20; i++) await hit(i);
+    // The key's counter, wherever it lives, and its slot moved mid-stream.
+    const counter = PORTS.flatMap((p) => redisCli(p, '--scan', '--pattern', `ss:${store}:rl:{k:*`).split('\n').filter(Boolean))[0];
+    const slot = slotOf(counter);
+    const from = ownerOf(slot);
+    const to = nodes().find((n) => n.master && !n.failed && n.id !== from.id);
+    const during = (async () => {
+      for (let i = 20; i < 50; i++) await hit(i);
+    })();
+    moveSlot(slot, from, to);
+    await during;
+    for (let i = 50; i < 80; i++) await hit(i);
+    assert.equal(ownerOf(slot).id, to.id);
+    assert.deepEqual(count, { 200: 60, 429: 20 }, 'exactly the quota admitted, through MOVED and ASK');
+    const metrics = await (await fetch(`${p1.base}/metrics`)).text();
+    assert.match(metrics, /^syncstore_rate_limit_errors_total\{reason="unreachable"\} 0$/m, 'no check failed open');
+  } finally {
+    await p1.stop();
+    await p2.stop();
+  }
 });
