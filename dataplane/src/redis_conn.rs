@@ -566,14 +566,8 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => {
-                let mut c = c.get();
-                Box::pin(async move { c.req_packed_command(cmd).await })
-            }
-            Conn::Sentinel(c) => {
-                let mut c = c.get();
-                Box::pin(async move { c.req_packed_command(cmd).await })
-            }
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -585,23 +579,39 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => {
-                let mut c = c.get();
-                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
-            }
-            Conn::Sentinel(c) => {
-                let mut c = c.get();
-                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
-            }
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get().get_db(),
-            Conn::Sentinel(c) => c.get().get_db(),
+            Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
+    }
+}
+
+/// Each command goes to the connection of the moment it is sent.
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> ConnectionLike for Watched<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let mut c = self.get();
+        Box::pin(async move { c.req_packed_command(cmd).await })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let mut c = self.get();
+        Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.get().get_db()
     }
 }
 
