@@ -313,6 +313,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// `command`, given up after `limit` with a timed-out I/O error: a server
+/// that accepts and never answers (a stopped master) holds no caller, and
+/// the caller handles the timeout as any other failure.
+pub async fn bounded<T>(
+    limit: Duration,
+    command: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, command)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+}
+
 /// How Redis servers' TLS certificates are verified: against the CA
 /// certificates of `REDIS_TLS_CA_FILE` (PEM), or the system's roots.
 #[derive(Clone, Default)]
@@ -458,8 +470,8 @@ async fn watch<C: Clone + Send + Sync + 'static, L: Locate<C>>(
             Some(_) if candidate.as_ref() != Some(&now) => candidate = Some(now),
             Some(k) => {
                 tracing::warn!(before = ?k, after = ?now, "redis masters changed; reconnecting");
-                let fresh = tokio::time::timeout(timeout * 4, locator.connect()).await;
-                let (Ok(Ok(fresh)), Some(current)) = (fresh, current.upgrade()) else {
+                let fresh = bounded(timeout * 4, locator.connect()).await;
+                let (Ok(fresh), Some(current)) = (fresh, current.upgrade()) else {
                     continue; // the next tick tries again
                 };
                 *current.write().unwrap_or_else(|p| p.into_inner()) = fresh;

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    redis_conn::{Conn, Sentinel, Target, Tls},
+    redis_conn::{bounded, Conn, Sentinel, Target, Tls},
     telemetry::throttle::Throttle,
 };
 
@@ -181,10 +181,7 @@ async fn resubscribe(
 ) -> Option<usize> {
     let channels = hosting.channels();
     for channel in &channels {
-        if !matches!(
-            tokio::time::timeout(attempt, sink.subscribe(channel)).await,
-            Ok(Ok(()))
-        ) {
+        if bounded(attempt, sink.subscribe(channel)).await.is_err() {
             metrics
                 .fanout_errors
                 .with_label_values(&["subscribe"])
@@ -206,7 +203,7 @@ async fn command(
     command: impl std::future::Future<Output = redis::RedisResult<()>>,
 ) -> bool {
     tokio::select! {
-        done = tokio::time::timeout(attempt, command) => matches!(done, Ok(Ok(()))),
+        done = bounded(attempt, command) => done.is_ok(),
         () = server.moved() => false,
     }
 }
@@ -218,9 +215,7 @@ async fn connect(server: &mut Server, attempt: Duration, metrics: &Metrics) -> r
     loop {
         // A server that accepts and never answers (stopped) holds no one.
         let pubsub = match server.client().await {
-            Ok(client) => tokio::time::timeout(attempt, client.get_async_pubsub())
-                .await
-                .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
+            Ok(client) => bounded(attempt, client.get_async_pubsub()).await,
             Err(e) => Err(e),
         };
         match pubsub {

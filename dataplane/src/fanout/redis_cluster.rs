@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    redis_conn::{Cluster, Conn, Target, Tls, Watched},
+    redis_conn::{bounded, Cluster, Conn, Target, Tls, Watched},
 };
 
 /// Subscriptions repaired at once after a node is lost.
@@ -143,8 +143,10 @@ impl Bus for RedisClusterBus {
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 let mut conn = shared.conn.get();
-                let done = tokio::time::timeout(shared.attempt, conn.sunsubscribe(&channel)).await;
-                if !matches!(done, Ok(Ok(()))) {
+                if bounded(shared.attempt, conn.sunsubscribe(&channel))
+                    .await
+                    .is_err()
+                {
                     shared
                         .metrics
                         .fanout_errors
@@ -170,22 +172,21 @@ async fn subscribe(shared: Arc<Shared>, channel: String, repair: bool) {
         };
         // The connection now: a rebuild between attempts is followed.
         let mut conn = shared.conn.get();
-        match tokio::time::timeout(shared.attempt, conn.ssubscribe(&channel)).await {
-            Ok(Ok(())) => {
+        match bounded(shared.attempt, conn.ssubscribe(&channel)).await {
+            Ok(()) => {
                 shared.hosting.mark_live(&channel);
                 if repair {
                     shared.hub.resync_user(&user);
                 }
                 break;
             }
-            failed => {
+            Err(e) => {
                 shared
                     .metrics
                     .fanout_errors
                     .with_label_values(&["subscribe"])
                     .inc();
-                let error = failed.map_or_else(|_| "timed out".to_string(), |r| format!("{r:?}"));
-                tracing::debug!(%error, "SSUBSCRIBE failed, retrying");
+                tracing::debug!(error = %e, "SSUBSCRIBE failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
@@ -194,7 +195,7 @@ async fn subscribe(shared: Arc<Shared>, channel: String, repair: bool) {
     // The last device may have left while the subscribe was in flight.
     if shared.hosting.user_of(&channel).is_none() {
         let mut conn = shared.conn.get();
-        let _ = tokio::time::timeout(shared.attempt, conn.sunsubscribe(&channel)).await;
+        let _ = bounded(shared.attempt, conn.sunsubscribe(&channel)).await;
     }
 }
 

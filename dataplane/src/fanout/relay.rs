@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::{Envelope, Hub};
 use crate::{
     metrics::Metrics,
+    redis_conn::bounded,
     telemetry::{throttle::Throttle, TraceContext, TARGET},
 };
 
@@ -113,15 +114,14 @@ pub(super) async fn publish_loop<C: redis::aio::ConnectionLike>(
             // Bounded: a connection waiting out its own reconnects to a
             // master that is gone would hold the whole queue behind one
             // message, long after the connection was made again elsewhere.
-            let sent: redis::RedisResult<i64> = tokio::time::timeout(
+            let sent: redis::RedisResult<i64> = bounded(
                 attempt,
                 redis::cmd(command)
                     .arg(&out.channel)
                     .arg(&out.payload)
                     .query_async(&mut conn),
             )
-            .await
-            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+            .await;
             match sent {
                 Ok(_) => {
                     metrics
