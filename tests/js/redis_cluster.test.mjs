@@ -67,14 +67,19 @@ async function twoPods(tag, redis = { REDIS_URL: `redis+cluster://${SEEDS}` }) {
   return { store, p1, p2 };
 }
 
+/** A user's writer device on `p1`, its reader on `p2`, and its channel. */
+async function writerAndReader(p1, p2, store) {
+  const user = uid('u');
+  const key = p1.createKey(user);
+  const writer = await new Device(p1.url, { userId: user, instanceId: 'writer', apiKey: key }).ready();
+  const reader = await new Device(p2.url, { userId: user, instanceId: 'reader', apiKey: key }).ready();
+  return { writer, reader, channel: `ss:${store}:u:${user}` };
+}
+
 test('cluster: a write reaches the other pod through the channel\'s shard only, never a broadcast', async () => {
   const { store, p1, p2 } = await twoPods('cs');
   try {
-    const user = uid('u');
-    const key = p1.createKey(user);
-    const writer = await new Device(p1.url, { userId: user, instanceId: 'writer', apiKey: key }).ready();
-    const reader = await new Device(p2.url, { userId: user, instanceId: 'reader', apiKey: key }).ready();
-    const channel = `ss:${store}:u:${user}`;
+    const { writer, reader, channel } = await writerAndReader(p1, p2, store);
     const owner = ownerOf(slotOf(channel));
     const replica = nodes().find((n) => n.masterId === owner.id && !n.failed);
     // Both pods subscribe on the owner, and on no other node.
@@ -110,11 +115,7 @@ test('cluster over TLS (rediss+cluster://, verified against REDIS_TLS_CA_FILE): 
   const tlsSeeds = SEEDS.split(',').map((s) => s.replace(/:(\d+)$/, (_, p) => `:${Number(p) + 1000}`)).join(',');
   const { store, p1, p2 } = await twoPods('ct', { REDIS_URL: `rediss+cluster://${tlsSeeds}`, REDIS_TLS_CA_FILE: `${certs}/ca.pem` });
   try {
-    const user = uid('u');
-    const key = p1.createKey(user);
-    const writer = await new Device(p1.url, { userId: user, instanceId: 'writer', apiKey: key }).ready();
-    const reader = await new Device(p2.url, { userId: user, instanceId: 'reader', apiKey: key }).ready();
-    const channel = `ss:${store}:u:${user}`;
+    const { writer, reader, channel } = await writerAndReader(p1, p2, store);
     await waitFor(() => shardSubscribers(ownerOf(slotOf(channel)).port, channel) === 2, { what: 'both pods subscribed over TLS' });
     const seqs = [];
     for (let i = 0; i < 5; i++) seqs.push((await writer.call('sync:set', { key: `k${i}`, value: i })).item.seq);
