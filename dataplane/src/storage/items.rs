@@ -397,6 +397,19 @@ pub async fn purge_tombstones(db: &Db, older_than: i64, limit: i64) -> Result<us
         let _turn = db.write_turn().await;
         let mut tx = db.begin().await?;
         lock_user(&mut tx, db, &user_id, super::now_ms()).await?;
+        // The kept versions go with the tombstone: a key written again
+        // later starts over at version 1, which must not meet them.
+        sqlx::query(&db.sql(
+            "DELETE FROM item_versions WHERE user_id = ? AND item_key IN (SELECT item_key FROM sync_items \
+             WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?)",
+        ))
+        .bind(user_id.as_str())
+        .bind(user_id.as_str())
+        .bind(true)
+        .bind(older_than)
+        .bind(max_seq)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&db.sql(
             "DELETE FROM sync_items WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?",
         ))
