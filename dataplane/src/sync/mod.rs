@@ -472,9 +472,7 @@ impl SyncService {
             current = vec![p.item.clone()];
             expired = Some(p.item);
         }
-        let base = self
-            .merge_base(conn, ctx, command, current.first(), expired.as_ref())
-            .await?;
+        let base = self.merge_base(conn, ctx, command, current.first()).await?;
         let decision = decision_span();
         let plan = decision.in_scope(|| {
             plan::plan(
@@ -601,7 +599,6 @@ impl SyncService {
         ctx: WriteCtx<'_>,
         command: &Command,
         current: Option<&Item>,
-        expired: Option<&Item>,
     ) -> Result<Option<Item>, sqlx::Error> {
         let (Command::Set { key, request, .. }, Some(cur)) = (command, current) else {
             return Ok(None);
@@ -610,9 +607,10 @@ impl SyncService {
             return Ok(None);
         }
         match request.version {
-            // The version that just expired is gone like the item: neither
-            // merged from nor kept in a conflict.
-            Some(v) if Some(v) == expired.map(|e| e.version - 1) => Ok(None),
+            // The version an expiry removed (just now, or earlier by any
+            // pod's sweeper) is gone like the item: neither merged from nor
+            // kept in a conflict.
+            Some(v) if Some(v) == plan::expired_version(cur) => Ok(None),
             Some(v) => items::version_at(conn, &self.db, ctx.user_id, key, v).await,
             None => Ok(None),
         }

@@ -534,6 +534,13 @@ pub fn expiry(ctx: WriteCtx<'_>, current: &Item, state: UserState) -> Planned {
     p
 }
 
+/// The version `current` removed, if it is an expiry's tombstone: that
+/// version's value is gone for every reader and must not come back as a
+/// merge base or in a conflict record.
+pub fn expired_version(current: &Item) -> Option<i64> {
+    (current.is_deleted && current.instance_id == EXPIRY_INSTANCE).then(|| current.version - 1)
+}
+
 /// Plans a remove requested by a client: only a visible item can be removed.
 pub fn plan_remove(
     ctx: WriteCtx<'_>,
@@ -554,6 +561,16 @@ mod tests {
     use super::*;
     use crate::domain::Strategy;
     use std::time::Duration;
+
+    #[test]
+    fn only_an_expirys_tombstone_names_the_version_it_expired() {
+        let live = set(None, EMPTY, r#"{"value":1}"#).unwrap();
+        assert_eq!(expired_version(&live.item), None, "a live item");
+        let expired = expiry(CTX, &live.item, live.state);
+        assert_eq!(expired_version(&expired.item), Some(live.item.version));
+        let removed = tombstone(CTX, &live.item, live.state);
+        assert_eq!(expired_version(&removed.item), None, "a device's removal");
+    }
 
     const CTX: WriteCtx<'static> = WriteCtx {
         user_id: "u1",
