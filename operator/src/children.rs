@@ -13,10 +13,10 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
-            EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-            SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-            SleepAction,
+            EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, Secret, SecretEnvSource, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
         },
         networking::v1::{
             HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -37,6 +37,11 @@ use syncstore_crds::SyncStore;
 pub const MANAGER: &str = "syncstore-operator";
 /// Pod-template annotation whose change rolls the pods.
 pub const CONFIG_HASH: &str = "syncstore.dev/config-hash";
+/// Where the pods read `spec.redis.tls.caSecretRef` (REDIS_TLS_CA_FILE).
+pub const REDIS_CA_FILE: &str = "/etc/syncstore/redis-tls/ca.crt";
+/// The pod volume that holds it; `spec.podTemplate.volumes` cannot use the
+/// name, nor its mount path, while `spec.redis.tls` is set.
+pub const REDIS_CA_VOLUME: &str = "syncstore-redis-tls";
 /// The container port of the data plane.
 pub const HTTP_PORT: i32 = 3000;
 
@@ -364,10 +369,15 @@ pub fn database_secret(store: &SyncStore, url: &str) -> Secret {
 }
 
 /// A hash of everything the pods read at start, so that a change to any of
-/// it rolls them: the ConfigMap, the database URL, and the Redis URL from
-/// the user's Secret (a Secret read through `secretKeyRef` reaches a pod
-/// only when it starts).
-pub fn config_hash(config: &ConfigMap, database_url: &str, redis_url: Option<&str>) -> String {
+/// it rolls them: the ConfigMap, the database URL, and what they read from
+/// the user's Secrets, the Redis URL and CA (a Secret read through
+/// `secretKeyRef` reaches a pod only when it starts; a mounted one is
+/// updated in place, but the CA is read once, at start).
+pub fn config_hash(
+    config: &ConfigMap,
+    database_url: &str,
+    from_secrets: &[Option<&str>],
+) -> String {
     let mut h = Sha256::new();
     for (k, v) in config.data.iter().flatten() {
         h.update(k.as_bytes());
@@ -376,9 +386,11 @@ pub fn config_hash(config: &ConfigMap, database_url: &str, redis_url: Option<&st
         h.update([0]);
     }
     h.update(database_url.as_bytes());
-    if let Some(redis) = redis_url {
+    // Absent values add nothing, so a store without them keeps the hash
+    // it had before they existed (no roll on an operator upgrade).
+    for value in from_secrets.iter().flatten() {
         h.update([0]);
-        h.update(redis.as_bytes());
+        h.update(value.as_bytes());
     }
     h.finalize()
         .iter()
@@ -415,6 +427,13 @@ fn env(store: &SyncStore) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
         }),
         ..EnvVar::default()
     }];
+    if store.spec.redis.as_ref().is_some_and(|r| r.tls.is_some()) {
+        env.push(EnvVar {
+            name: "REDIS_TLS_CA_FILE".into(),
+            value: Some(REDIS_CA_FILE.into()),
+            ..EnvVar::default()
+        });
+    }
     if let Some(redis) = &store.spec.redis {
         env.push(EnvVar {
             name: "REDIS_URL".into(),
@@ -467,7 +486,10 @@ fn container(store: &SyncStore, command: &str) -> Container {
         env: Some(env),
         env_from: Some(env_from),
         resources: store.spec.resources.clone(),
-        volume_mounts: non_empty(&store.spec.pod_template.volume_mounts),
+        volume_mounts: non_empty_with(
+            &store.spec.pod_template.volume_mounts,
+            redis_ca(store).map(|(_, mount)| mount),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -480,6 +502,40 @@ fn container(store: &SyncStore, command: &str) -> Container {
         }),
         ..Container::default()
     }
+}
+
+/// The volume (named [`REDIS_CA_VOLUME`]) and read-only mount that put
+/// `spec.redis.tls.caSecretRef` at [`REDIS_CA_FILE`], if it is set.
+pub fn redis_ca(store: &SyncStore) -> Option<(Volume, VolumeMount)> {
+    let ca = &store.spec.redis.as_ref()?.tls.as_ref()?.ca_secret_ref;
+    let (dir, file) = REDIS_CA_FILE.rsplit_once('/')?;
+    let volume = Volume {
+        name: REDIS_CA_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ca.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: ca.key.clone(),
+                path: file.into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: REDIS_CA_VOLUME.into(),
+        mount_path: dir.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
+}
+
+/// The user's entries then the operator's own, or none at all.
+fn non_empty_with<T: Clone>(user: &[T], ours: Option<T>) -> Option<Vec<T>> {
+    let all: Vec<T> = user.iter().cloned().chain(ours).collect();
+    (!all.is_empty()).then_some(all)
 }
 
 fn non_empty<T: Clone>(v: &[T]) -> Option<Vec<T>> {
@@ -499,7 +555,7 @@ fn pod_spec(store: &SyncStore, containers: Vec<Container>) -> PodSpec {
         image_pull_secrets: non_empty(&t.image_pull_secrets),
         service_account_name: t.service_account_name.clone(),
         priority_class_name: t.priority_class_name.clone(),
-        volumes: non_empty(&t.volumes),
+        volumes: non_empty_with(&t.volumes, redis_ca(store).map(|(volume, _)| volume)),
         termination_grace_period_seconds: Some(30),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -774,6 +830,59 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_ca_is_mounted_read_only_where_redis_tls_ca_file_points() {
+        let s = store(&format!(
+            "{BASE}redis: {{urlSecretRef: {{name: redis}}, tls: {{caSecretRef: {{name: redis-ca}}}}}}\npodTemplate:\n  volumes: [{{name: geo, emptyDir: {{}}}}]\n  volumeMounts: [{{name: geo, mountPath: /geo}}]\n"
+        ));
+        let pod = deployment(&s, "abc")
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        let volumes = pod.volumes.expect("volumes");
+        assert_eq!(volumes.len(), 2, "the user's, then the CA's");
+        let secret = volumes[1].secret.as_ref().expect("a Secret volume");
+        assert_eq!(volumes[1].name, REDIS_CA_VOLUME);
+        assert_eq!(secret.secret_name.as_deref(), Some("redis-ca"));
+        let item = &secret.items.as_ref().expect("items")[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        let c = &pod.containers[0];
+        let mounts = c.volume_mounts.as_ref().expect("mounts");
+        assert_eq!(mounts[0].mount_path, "/geo");
+        assert_eq!(
+            (mounts[1].mount_path.as_str(), mounts[1].read_only),
+            ("/etc/syncstore/redis-tls", Some(true))
+        );
+        let ca = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "REDIS_TLS_CA_FILE");
+        assert_eq!(
+            ca.and_then(|e| e.value.as_deref()),
+            Some("/etc/syncstore/redis-tls/ca.crt")
+        );
+        // Without `tls`, nothing of it.
+        let plain = store(&format!("{BASE}redis: {{urlSecretRef: {{name: redis}}}}\n"));
+        let pod = deployment(&plain, "abc")
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        assert_eq!(pod.volumes, None);
+        assert!(!pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "REDIS_TLS_CA_FILE"));
+    }
+
+    #[test]
     fn the_deployment_serves_with_probes_env_and_drain() {
         let s = store(&format!(
             "{BASE}replicas: 3\nredis: {{urlSecretRef: {{name: redis}}}}\n"
@@ -863,19 +972,30 @@ mod tests {
         assert_eq!(data["CORS_ORIGIN"], "https://a.example,https://b.example");
         assert_eq!(data["CONFLICT_DEFAULT_STRATEGY"], "MERGE");
         assert!(!data.contains_key("KAFKA_BROKERS"));
-        let before = config_hash(&cm, "u", None);
+        let before = config_hash(&cm, "u", &[]);
         let mut other = s.clone();
         other.spec.limits.max_item_size_kb = Some(65);
         assert_ne!(
             before,
-            config_hash(&config_map(&other, "sk_live_"), "u", None)
+            config_hash(&config_map(&other, "sk_live_"), "u", &[])
         );
-        assert_ne!(before, config_hash(&cm, "u2", None));
-        assert_eq!(before, config_hash(&config_map(&s, "sk_live_"), "u", None));
-        // A new Redis URL in the user's Secret rolls the pods too.
-        let redis = config_hash(&cm, "u", Some("redis://a:6379"));
+        assert_ne!(before, config_hash(&cm, "u2", &[]));
+        assert_eq!(before, config_hash(&config_map(&s, "sk_live_"), "u", &[]));
+        // A new Redis URL or CA in the user's Secrets rolls the pods too;
+        // no CA leaves the hash as it was before CAs existed.
+        let redis = config_hash(&cm, "u", &[Some("redis://a:6379"), None]);
         assert_ne!(before, redis);
-        assert_ne!(redis, config_hash(&cm, "u", Some("redis://b:6379")));
+        assert_eq!(redis, config_hash(&cm, "u", &[Some("redis://a:6379")]));
+        assert_ne!(
+            redis,
+            config_hash(&cm, "u", &[Some("redis://b:6379"), None])
+        );
+        let ca = config_hash(&cm, "u", &[Some("redis://a:6379"), Some("CA1")]);
+        assert_ne!(redis, ca);
+        assert_ne!(
+            ca,
+            config_hash(&cm, "u", &[Some("redis://a:6379"), Some("CA2")])
+        );
     }
 
     #[test]

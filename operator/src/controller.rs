@@ -98,7 +98,7 @@ where
     })
 }
 
-/// The SyncStores that read `secret` (admin URL or Redis URL): fixing or
+/// The SyncStores that read `secret` (admin URL, Redis URL or CA): fixing or
 /// rotating such a Secret reconciles them at once instead of at the next
 /// backoff step.
 fn stores_reading(stores: &Store<SyncStore>, secret: &Secret) -> Vec<ObjectRef<SyncStore>> {
@@ -110,10 +110,10 @@ fn stores_reading(stores: &Store<SyncStore>, secret: &Secret) -> Vec<ObjectRef<S
         .filter(|s| s.namespace() == ns)
         .filter(|s| {
             s.spec.database.admin_secret_ref.name == name
-                || s.spec
-                    .redis
-                    .as_ref()
-                    .is_some_and(|r| r.url_secret_ref.name == name)
+                || s.spec.redis.as_ref().is_some_and(|r| {
+                    r.url_secret_ref.name == name
+                        || r.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
+                })
         })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()

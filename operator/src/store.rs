@@ -265,7 +265,8 @@ async fn apply_store(store: &SyncStore, ctx: &Context) -> Result<Action> {
         },
         Err(e) => return Err(e),
     };
-    let children = apply_children(ctx, store, &url, checked.redis_url.as_deref());
+    let from_secrets = [checked.redis_url.as_deref(), checked.redis_ca.as_deref()];
+    let children = apply_children(ctx, store, &url, from_secrets);
     let deployment = trace::step("apply children", children).await?;
     // Never fails the store: no PodMonitor CRD is a condition, not an error.
     let monitoring = crate::monitoring::reconcile(ctx, store).await;
@@ -473,7 +474,7 @@ async fn apply_children(
     ctx: &Context,
     store: &SyncStore,
     url: &str,
-    redis_url: Option<&str>,
+    from_secrets: [Option<&str>; 2],
 ) -> Result<Deployment> {
     let client = &ctx.client;
     let n = names(store);
@@ -487,7 +488,7 @@ async fn apply_children(
         dry_run(client, ingress).await?;
     }
     let config = children::config_map(store, &ctx.settings.key_prefix);
-    let hash = children::config_hash(&config, url, redis_url);
+    let hash = children::config_hash(&config, url, &from_secrets);
     let wanted = children::deployment(store, &hash);
     dry_run(client, &wanted).await.map_err(nothing_applied)?;
     apply(client, &children::database_secret(store, url)).await?;
@@ -565,28 +566,28 @@ struct Checked {
     tls: bool,
     /// The Redis URL from the user's Secret, if it is there.
     redis_url: Option<String>,
+    /// The Redis CA certificate(s) of `spec.redis.tls`, if there.
+    redis_ca: Option<String>,
 }
 
 /// Refuses, before any database work or rollout, a spec whose pods would
 /// exit on their configuration (see [`crate::validate`]).
 async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<Checked> {
-    // A missing Redis Secret is not this check's to report: the pods show
-    // it (CreateContainerConfigError) and the rest of the store still rolls.
-    let redis_url = match &store.spec.redis {
-        Some(r) => match read_secret_key(
-            &ctx.client,
-            &store.namespace().unwrap_or_default(),
-            &r.url_secret_ref.name,
-            &r.url_secret_ref.key,
-        )
-        .await
-        {
-            Ok(url) => Some(url),
-            Err(Error::SecretMissing { .. }) => None,
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
+    let ns = store.namespace().unwrap_or_default();
+    let redis = store.spec.redis.as_ref();
+    let url_ref = redis.map(|r| (&r.url_secret_ref.name, &r.url_secret_ref.key));
+    let redis_url = read_if_there(&ctx.client, &ns, url_ref).await?;
+    let ca_ref = redis
+        .and_then(|r| r.tls.as_ref())
+        .map(|t| (&t.ca_secret_ref.name, &t.ca_secret_ref.key));
+    let redis_ca = read_if_there(&ctx.client, &ns, ca_ref).await?;
+    if let (Some(ca), Some((name, key))) = (&redis_ca, ca_ref) {
+        if !ca.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::InvalidSpec(format!(
+                "spec.redis.tls.caSecretRef: key {key} of Secret {name} holds no PEM certificate, so the pods would refuse to start; nothing is rolled out until it does"
+            )));
+        }
+    }
     let vars = crate::validate::data_plane_env(
         store,
         &children::config_map(store, &ctx.settings.key_prefix),
@@ -597,7 +598,27 @@ async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Res
     Ok(Checked {
         tls: config.database.ssl,
         redis_url,
+        redis_ca,
     })
+}
+
+/// The value of a key of one of the user's Secrets, if the spec names one
+/// and it is there: a missing Secret is not [`check_spec`]'s to report (the
+/// pods show it, CreateContainerConfigError or a volume that cannot mount,
+/// and the rest of the store still rolls).
+async fn read_if_there(
+    client: &kube::Client,
+    namespace: &str,
+    secret: Option<(&String, &String)>,
+) -> Result<Option<String>> {
+    let Some((name, key)) = secret else {
+        return Ok(None);
+    };
+    match read_secret_key(client, namespace, name, key).await {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::SecretMissing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deactivates the rows the operator wrote for ApiKeys of this store that

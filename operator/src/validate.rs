@@ -48,8 +48,13 @@ pub fn data_plane_env(
         "POD_NAME".into(),
         format!("{}-5d8f7c9b4-x2x2x", children::names(store).deployment),
     );
+    // The CA file is checked against the URL only when the URL is known
+    // (a missing Redis Secret is the pods' to report).
     if let Some(url) = redis_url {
         vars.insert("REDIS_URL".into(), url.into());
+        if children::redis_ca(store).is_some() {
+            vars.insert("REDIS_TLS_CA_FILE".into(), children::REDIS_CA_FILE.into());
+        }
     }
     for e in &store.spec.env {
         if let Some(v) = &e.value {
@@ -67,6 +72,7 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<Co
     check_name(store)?;
     check_env_names(store)?;
     check_quantities(store)?;
+    check_redis_ca_mount(store)?;
     // The GeoIP file lives on a pod volume the operator cannot open; what
     // it can check is that the path is on one of the mounted volumes.
     if let Some(path) = vars.remove("GEOIP_DB_PATH") {
@@ -119,6 +125,7 @@ fn source_of(store: &SyncStore, var: &str) -> String {
         "SYNC_TOMBSTONE_RETENTION_DAYS" => "spec.limits.tombstoneRetentionDays",
         "RATE_LIMIT_WINDOW_MS" => "spec.rateLimit.windowMs",
         "RATE_LIMIT_MAX_REQUESTS" => "spec.rateLimit.maxRequests",
+        "REDIS_TLS_CA_FILE" => "spec.redis.tls",
         "REDIS_URL" => {
             return match &store.spec.redis {
                 Some(r) => format!(
@@ -257,6 +264,27 @@ fn is_quantity(s: &str) -> bool {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// While `spec.redis.tls` is set the operator adds a volume and mount for
+/// the CA; a pod-template volume or mount of the same name or path would
+/// make the Deployment invalid (both lists are keyed by them).
+fn check_redis_ca_mount(store: &SyncStore) -> Result<()> {
+    let Some((volume, mount)) = children::redis_ca(store) else {
+        return Ok(());
+    };
+    let t = &store.spec.pod_template;
+    let taken = t.volumes.iter().any(|v| v.name == volume.name)
+        || t.volume_mounts.iter().any(|m| {
+            m.name == mount.name || m.mount_path.trim_end_matches('/') == mount.mount_path
+        });
+    if taken {
+        return Err(Error::InvalidSpec(format!(
+            "podTemplate uses the volume name {} or the mount path {}, which the operator uses for spec.redis.tls, so nothing is rolled out until one of them is renamed",
+            volume.name, mount.mount_path
+        )));
+    }
+    Ok(())
 }
 
 /// GEOIP_DB_PATH must be an absolute path inside a mount of
@@ -460,6 +488,47 @@ mod tests {
         let m = message(check(&s, env("redis+sentinel://:hunter2@s-0.s:26379")));
         assert!(m.contains("ends with the master's name"), "{m}");
         assert!(!m.contains("hunter2"), "{m}");
+    }
+
+    #[test]
+    fn a_redis_ca_needs_a_tls_url_and_its_own_volume_name_and_path() {
+        let tls = "redis: {urlSecretRef: {name: r}, tls: {caSecretRef: {name: ca}}}\n";
+        let s = store(&format!("{BASE}{tls}"));
+        let env = |s: &SyncStore, url: &str| {
+            data_plane_env(
+                s,
+                &children::config_map(s, "sk_live_"),
+                &generated(),
+                Some(url),
+            )
+        };
+        let config = check(&s, env(&s, "rediss://:pw@r:6380")).expect("TLS URL");
+        assert_eq!(
+            config.redis_tls_ca_file.as_deref(),
+            Some(std::path::Path::new(children::REDIS_CA_FILE))
+        );
+        check(&s, env(&s, "rediss+cluster://r-0.r:6379,r-1.r:6379")).expect("TLS cluster");
+        let m = message(check(&s, env(&s, "redis://:hunter2@r:6379")));
+        assert_eq!(
+            m,
+            "the data plane would refuse REDIS_TLS_CA_FILE='/etc/syncstore/redis-tls/ca.crt' from spec.redis.tls (is set, but REDIS_URL does not use TLS (rediss:// or rediss+cluster://)), so nothing is rolled out until spec.redis.tls is fixed"
+        );
+        // The URL's Secret missing: the pods report it, not this check.
+        let vars = data_plane_env(
+            &s,
+            &children::config_map(&s, "sk_live_"),
+            &generated(),
+            None,
+        );
+        check(&s, vars).expect("no URL to compare with");
+        for template in [
+            "podTemplate: {volumes: [{name: syncstore-redis-tls, emptyDir: {}}]}\n",
+            "podTemplate: {volumes: [{name: x, emptyDir: {}}], volumeMounts: [{name: x, mountPath: /etc/syncstore/redis-tls/}]}\n",
+        ] {
+            let s = store(&format!("{BASE}{tls}{template}"));
+            let m = message(check(&s, env(&s, "rediss://r:6380")));
+            assert!(m.contains("which the operator uses for spec.redis.tls"), "{m}");
+        }
     }
 
     #[test]

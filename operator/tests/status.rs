@@ -750,6 +750,71 @@ fn a_new_redis_url_rolls_the_pods() {
     c.wait_condition("syncstore/chat", "Ready", 60);
 }
 
+/// `spec.redis.tls.caSecretRef` is mounted where REDIS_TLS_CA_FILE points;
+/// the pods read the CA once, at start, so a new CA rolls them, and a CA
+/// key without a PEM certificate (or a CA with a non-TLS URL) is refused
+/// before anything is rolled out, naming the field.
+#[test]
+fn a_redis_ca_is_mounted_checked_and_a_new_one_rolls_the_pods() {
+    let mut c = Cluster::new("redisca");
+    pg_secrets(&c);
+    let set = |c: &Cluster, name: &str, key: &str, value: &str| {
+        let _ = c.try_kubectl(&["delete", "secret", name]);
+        c.secret(name, &[(key, value)]);
+    };
+    set(&c, "redis", "url", "rediss://:pw@127.0.0.1:6380");
+    let pem = |n: u8| format!("-----BEGIN CERTIFICATE-----\nMII{n}\n-----END CERTIFICATE-----\n");
+    set(&c, "redis-ca", "ca.crt", &pem(1));
+    c.start_operator("op-redisca");
+    let yaml = store_yaml("chat", 1).replace(
+        "redis: {urlSecretRef: {name: redis, key: url}}",
+        "redis: {urlSecretRef: {name: redis, key: url}, tls: {caSecretRef: {name: redis-ca}}}",
+    );
+    apply_yaml(&c, &yaml);
+    c.wait_condition("syncstore/chat", "Ready", 60);
+    let d = c.must_get("deployment", "chat");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"], "redis-ca",
+        "{pod}"
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["readOnly"], true,
+        "{pod}"
+    );
+    let first = template_hash(&c, "chat");
+    set(&c, "redis-ca", "ca.crt", &pem(2));
+    c.eventually("the pods to roll for the new CA", 30, || {
+        (template_hash(&c, "chat") != first).then_some(())
+    });
+    set(&c, "redis-ca", "ca.crt", "not a certificate");
+    wait_reason(
+        &c,
+        "syncstore",
+        "chat",
+        "SpecAccepted",
+        "False",
+        "InvalidSpec",
+    );
+    let s = c.must_get("syncstore", "chat");
+    let message = cond_field(&s, "SpecAccepted", "message").unwrap_or_default();
+    assert!(
+        message.contains(
+            "spec.redis.tls.caSecretRef: key ca.crt of Secret redis-ca holds no PEM certificate"
+        ),
+        "{message}"
+    );
+    set(&c, "redis-ca", "ca.crt", &pem(2));
+    set(&c, "redis", "url", "redis://:hunter2@127.0.0.1:6379");
+    c.eventually("a CA with a non-TLS URL refused", 60, || {
+        let s = c.get("syncstore", "chat")?;
+        let m = cond_field(&s, "SpecAccepted", "message")?;
+        m.contains("until spec.redis.tls is fixed").then_some(m)
+    });
+    let s = c.must_get("syncstore", "chat");
+    assert!(!s.to_string().contains("hunter2"), "{s}");
+}
+
 /// Item 16: per-object series for readiness, phase and failures, removed
 /// with the object; `/health` is ok while the controllers run.
 #[test]
