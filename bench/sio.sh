@@ -4,7 +4,8 @@
 #   ./bench/sio.sh                     # 20k idle, 10k latency, 1k fan-out
 #   CONNS=5000 LAT_CONNS=2000 ./bench/sio.sh
 #
-# Needs the services of scripts/services.sh (PostgreSQL, Redis).
+# Needs the services of scripts/services.sh (PostgreSQL, Redis) and starts
+# the Redis Cluster of scripts/redis-cluster-up.sh for the last scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/syncstore/target}"
@@ -49,3 +50,28 @@ kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 start 3301 bench-a REDIS_URL=redis://127.0.0.1:6379
 start 3302 bench-b REDIS_URL=redis://127.0.0.1:6379
 echo "latency across 2 processes via Redis ($LAT_CONNS clients, $RATE writes/s): $("$LOAD" --url http://127.0.0.1:3301 --url2 http://127.0.0.1:3302 --key $KEY latency --connections "$LAT_CONNS" --writes-per-sec "$RATE" --seconds "$SECONDS_PER_RUN" | tr '\n' ' ')"
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; pids=()
+
+# The same two processes on the Redis Cluster (sharded pub/sub): the users'
+# channels spread over the slots. Per node: SPUBLISH calls (the writes whose
+# channel the node owns) and messages heard over the cluster bus (only the
+# owner's replica should hear one; a broadcast would reach all five others).
+SEEDS=$(bash scripts/redis-cluster-up.sh)
+node_counts() {
+  for hp in ${SEEDS//,/ }; do
+    local port=${hp##*:}
+    local spub bus
+    spub=$(redis-cli -p "$port" info commandstats | tr -d '\r' | sed -n 's/^cmdstat_spublish:calls=\([0-9]*\).*/\1/p')
+    bus=$(redis-cli -p "$port" cluster info | tr -d '\r' | sed -n 's/^cluster_stats_messages_publishshard_received://p')
+    echo "$port ${spub:-0} ${bus:-0}"
+  done
+}
+before=$(node_counts)
+start 3301 bench-a REDIS_URL="redis+cluster://$SEEDS"
+start 3302 bench-b REDIS_URL="redis+cluster://$SEEDS"
+echo "latency across 2 processes via Redis Cluster ($LAT_CONNS clients, $RATE writes/s): $("$LOAD" --url http://127.0.0.1:3301 --url2 http://127.0.0.1:3302 --key $KEY latency --connections "$LAT_CONNS" --writes-per-sec "$RATE" --seconds "$SECONDS_PER_RUN" | tr '\n' ' ')"
+after=$(node_counts)
+echo "per Redis Cluster node (port: SPUBLISH calls, shard messages heard over the bus):"
+join <(echo "$before") <(echo "$after") | while read -r port s0 b0 s1 b1; do
+  echo "  :$port $((s1 - s0)) $((b1 - b0))"
+done

@@ -12,6 +12,10 @@
 # summary; exits non-zero on any failure.
 #
 #   bash e2e/run.sh
+#   E2E_REDIS_URL=redis+cluster://127.0.0.1:7000,… bash e2e/run.sh   # the
+#     store's Redis URL (its Secret); the test command gives it the Redis
+#     Cluster of scripts/redis-cluster-up.sh
+#   E2E_POSTGRES_ADMIN_URL=postgres://…  # the admin URL of its database
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/syncstore/target}"

@@ -7,24 +7,62 @@
 # again and rejoins (the sentinels make an old master a replica). Prints
 # the REDIS_URL of the setup.
 #
+# With REDIS_SENTINEL_TLS=1, a second setup (ports 6395-6396 and
+# 26395-26397 by default, its own directory) speaks only TLS, with the
+# certificates of scripts/test-certs.sh, and requires passwords: the data
+# nodes' (in the URL) and the sentinels' own, distinct one (printed on a
+# second line, for REDIS_SENTINEL_PASSWORD).
+#
 #   scripts/redis-sentinel-up.sh          # start (or reuse)
 #   scripts/redis-sentinel-up.sh stop     # stop every node (the data goes)
 #   scripts/redis-sentinel-up.sh heal     # restart dead nodes, wait until complete
+#   REDIS_SENTINEL_TLS=1 scripts/redis-sentinel-up.sh   # the TLS setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR="${SYNCSTORE_CACHE:-/var/cache/syncstore}/redis-sentinel"
-BASE="${REDIS_SENTINEL_BASE_PORT:-6390}"
+TLS="${REDIS_SENTINEL_TLS:-}"
+DIR="${SYNCSTORE_CACHE:-/var/cache/syncstore}/redis-sentinel${TLS:+-tls}"
+BASE="${REDIS_SENTINEL_BASE_PORT:-$([ -n "$TLS" ] && echo 6395 || echo 6390)}"
 DATA=("$BASE" "$((BASE + 1))")
 SENTINELS=("$((BASE + 20000))" "$((BASE + 20001))" "$((BASE + 20002))")
 NAME=mymaster
 LIST=$(printf '127.0.0.1:%s,' "${SENTINELS[@]}"); LIST="${LIST%,}"
 URL="redis+sentinel://$LIST/$NAME"
+# Test passwords of the TLS setup, not secrets: loopback only.
+DATA_PASSWORD=data-test-password
+SENTINEL_PASSWORD=sentinel-test-password
+if [ -n "$TLS" ]; then
+  CERTS="$(bash scripts/test-certs.sh)"
+  URL="rediss+sentinel://:$DATA_PASSWORD@$LIST/$NAME"
+fi
 
 if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 
-cli() { timeout 3 redis-cli -p "$@" 2>/dev/null; }
+# redis-cli to a node of this setup (TLS and a password in the TLS one).
+cli() {
+  local port=$1; shift
+  local auth=()
+  if [ -n "$TLS" ]; then
+    auth=(--tls --cacert "$CERTS/ca.pem" --no-auth-warning -a "$DATA_PASSWORD")
+    if [[ " ${SENTINELS[*]} " == *" $port "* ]]; then auth[5]=$SENTINEL_PASSWORD; fi
+  fi
+  timeout 3 redis-cli -p "$port" "${auth[@]}" "$@" 2>/dev/null
+}
+# How a node listens: on a plain port, or on a TLS port only.
+listen() {
+  if [ -n "$TLS" ]; then
+    echo "port 0"
+    echo "tls-port $1"
+    echo "tls-cert-file $CERTS/server.pem"
+    echo "tls-key-file $CERTS/server.key"
+    echo "tls-ca-cert-file $CERTS/ca.pem"
+    echo "tls-auth-clients no"
+    echo "tls-replication yes"
+  else
+    echo "port $1"
+  fi
+}
 alive() { cli "$1" ping | grep -q PONG; }
 
 start_data() {
@@ -35,7 +73,14 @@ start_data() {
   if [ "$port" = "${DATA[1]}" ] && [ ! -e "$DIR/$port/started" ]; then
     role=(--replicaof 127.0.0.1 "${DATA[0]}")
   fi
-  redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --dir "$DIR/$port" \
+  {
+    listen "$port"
+    if [ -n "$TLS" ]; then
+      echo "requirepass $DATA_PASSWORD"
+      echo "masterauth $DATA_PASSWORD"
+    fi
+  } >"$DIR/$port/redis.conf"
+  redis-server "$DIR/$port/redis.conf" --bind 127.0.0.1 --daemonize yes --dir "$DIR/$port" \
     --appendonly no --save '' --pidfile "$DIR/$port/redis.pid" \
     --logfile "$DIR/$port/redis.log" "${role[@]}" >/dev/null
   touch "$DIR/$port/started"
@@ -46,8 +91,9 @@ start_sentinel() {
   mkdir -p "$DIR/s$port"
   # A sentinel rewrites its file with what it learns: written once.
   if [ ! -e "$DIR/s$port/sentinel.conf" ]; then
-    cat >"$DIR/s$port/sentinel.conf" <<EOF
-port $port
+    {
+      listen "$port"
+      cat <<EOF
 bind 127.0.0.1
 dir $DIR/s$port
 sentinel monitor $NAME 127.0.0.1 ${DATA[0]} 2
@@ -55,6 +101,12 @@ sentinel down-after-milliseconds $NAME 1000
 sentinel failover-timeout $NAME 5000
 sentinel parallel-syncs $NAME 1
 EOF
+      if [ -n "$TLS" ]; then
+        echo "requirepass $SENTINEL_PASSWORD"
+        echo "sentinel sentinel-pass $SENTINEL_PASSWORD"
+        echo "sentinel auth-pass $NAME $DATA_PASSWORD"
+      fi
+    } >"$DIR/s$port/sentinel.conf"
   fi
   redis-server "$DIR/s$port/sentinel.conf" --sentinel --daemonize yes \
     --pidfile "$DIR/s$port/sentinel.pid" --logfile "$DIR/s$port/sentinel.log" >/dev/null
@@ -97,14 +149,16 @@ heal() {
   for port in "${SENTINELS[@]}"; do alive "$port" || start_sentinel "$port"; done
 }
 
+print() { echo "$URL"; [ -z "$TLS" ] || echo "$SENTINEL_PASSWORD"; }
+
 case "${1:-}" in
   stop) stop; exit 0 ;;
-  heal) heal; wait_complete; echo "$URL"; exit 0 ;;
+  heal) heal; wait_complete; print; exit 0 ;;
 esac
 
 if [ -d "$DIR" ]; then
   heal
-  if wait_complete 2>/dev/null; then echo "$URL"; exit 0; fi
+  if wait_complete 2>/dev/null; then print; exit 0; fi
 fi
 # Half-made or never made: start from nothing.
 stop
@@ -115,4 +169,4 @@ for port in "${DATA[@]}"; do
 done
 for port in "${SENTINELS[@]}"; do start_sentinel "$port"; done
 wait_complete
-echo "$URL"
+print

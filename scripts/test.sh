@@ -61,6 +61,10 @@ export TEST_REDIS_CLUSTER
 # 26390-26392) for the Sentinel failover and quota tests (issue 19).
 TEST_REDIS_SENTINEL="$(bash scripts/redis-sentinel-up.sh)"
 export TEST_REDIS_SENTINEL
+# The TLS setup prints its URL, then the sentinels' password.
+{ read -r TEST_REDIS_SENTINEL_TLS; read -r TEST_REDIS_SENTINEL_TLS_PASSWORD; } \
+  < <(REDIS_SENTINEL_TLS=1 bash scripts/redis-sentinel-up.sh)
+export TEST_REDIS_SENTINEL_TLS TEST_REDIS_SENTINEL_TLS_PASSWORD
 # Monitoring (issue 18): the Prometheus Operator's CRDs for the PodMonitor
 # test, and promtool and prometheus built once from their Go module.
 TEST_PROMETHEUS_OPERATOR_CRDS="$(bash scripts/prometheus-operator-crds.sh)"
@@ -106,13 +110,17 @@ promtool_status=${PIPESTATUS[0]}
 echo "== Helm chart (lint, template, dry-run on the apiserver)"
 bash scripts/chart-check.sh 2>&1 | tee -a "$log"
 chart_status=${PIPESTATUS[0]}
-echo "== end-to-end scenario (e2e/run.sh)"
-bash e2e/run.sh 2>&1 | tee -a "$log"
+echo "== end-to-end scenario (e2e/run.sh), the store's Redis being the Redis Cluster"
+E2E_REDIS_URL="redis+cluster://$TEST_REDIS_CLUSTER" bash e2e/run.sh 2>&1 | tee -a "$log"
 e2e_status=${PIPESTATUS[0]}
 echo "== chaos test, short run (e2e/chaos)"
 SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" CHAOS_SECONDS="${CHAOS_SECONDS:-20}" \
   node e2e/chaos/chaos.mjs 2>&1 | tee -a "$log"
 chaos_status=${PIPESTATUS[0]}
+echo "== chaos test on the Redis Cluster, short run (CHAOS_REDIS=cluster)"
+SYNCSTORE_BIN="$CARGO_TARGET_DIR/debug/syncstore" CHAOS_SECONDS="${CHAOS_SECONDS:-20}" CHAOS_REDIS=cluster \
+  node e2e/chaos/chaos.mjs 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || chaos_status=1
 set -e
 [ "$status" -ne 0 ] || status=$st_status
 [ "$status" -ne 0 ] || status=$promtool_status

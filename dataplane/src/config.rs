@@ -49,6 +49,18 @@ pub struct RawConfig {
     /// must chain to (with rediss://); the system's roots without it.
     #[arg(long, global = true, env = "REDIS_TLS_CA_FILE")]
     pub redis_tls_ca_file: Option<String>,
+    /// The sentinels' own password (their requirepass or ACL user's), with
+    /// a redis+sentinel:// or rediss+sentinel:// REDIS_URL.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_sentinel_password: Option<String>,
+    /// The sentinels' ACL user (with REDIS_SENTINEL_PASSWORD).
+    #[arg(long, global = true, env = "REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
     /// HMAC secret for access tokens (at least 32 characters).
     #[arg(long, global = true, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -446,18 +458,19 @@ impl Config {
         let port = var!(raw, port, "PORT").int(3000u16, 0, u16::MAX, "a port number")?;
         let database = database(raw)?;
         let redis_var = var!(raw, redis_url, "REDIS_URL");
-        let redis = redis_var
+        let mut redis = redis_var
             .value()
             .map(crate::redis_conn::Target::parse)
             .transpose()
             .map_err(|e| redis_var.err(e))?;
+        redis = sentinel_auth(raw, redis)?;
         let ca_var = var!(raw, redis_tls_ca_file, "REDIS_TLS_CA_FILE");
         let redis_tls_ca_file = match (ca_var.value(), &redis) {
             (None, _) => None,
             (Some(path), Some(target)) if target.uses_tls() => Some(PathBuf::from(path)),
             (Some(_), _) => {
                 return Err(ca_var.err(
-                    "is set, but REDIS_URL does not use TLS (rediss:// or rediss+cluster://)",
+                    "is set, but REDIS_URL does not use TLS (rediss://, rediss+cluster:// or rediss+sentinel://)",
                 ))
             }
         };
@@ -510,6 +523,33 @@ impl Config {
                 )?,
             ),
         })
+    }
+}
+
+/// `REDIS_SENTINEL_PASSWORD` and `REDIS_SENTINEL_USERNAME` on a Sentinel
+/// `target`: the username needs the password, and both need a Sentinel URL.
+fn sentinel_auth(
+    raw: &RawConfig,
+    target: Option<crate::redis_conn::Target>,
+) -> Result<Option<crate::redis_conn::Target>, ConfigError> {
+    let password_var = var!(raw, redis_sentinel_password, "REDIS_SENTINEL_PASSWORD");
+    let user_var = var!(raw, redis_sentinel_username, "REDIS_SENTINEL_USERNAME");
+    let Some(password) = password_var.secret(1)? else {
+        return match user_var.value() {
+            Some(_) => Err(user_var.err("is set without REDIS_SENTINEL_PASSWORD")),
+            None => Ok(target),
+        };
+    };
+    let auth = crate::redis_conn::SentinelAuth {
+        username: user_var.value().map(str::to_string),
+        password,
+    };
+    match target {
+        Some(t) => t
+            .with_sentinel_auth(auth)
+            .map(Some)
+            .map_err(|e| password_var.err(e)),
+        None => Err(password_var.err("is set, but REDIS_URL is not")),
     }
 }
 
@@ -983,6 +1023,42 @@ mod tests {
         // A value that looks like a flag is still a value.
         let raw = RawConfig::from_vars([("LOG_LEVEL", "--weird")]).expect("raw");
         assert_eq!(raw.log_level.as_deref(), Some("--weird"));
+    }
+
+    #[test]
+    fn sentinel_credentials_need_a_sentinel_url_and_a_password() {
+        let sentinel = |r: &mut RawConfig| {
+            r.redis_url = Some("rediss+sentinel://s1:26379/m".into());
+            r.redis_sentinel_password = Some("s3ntinel".into());
+            r.redis_sentinel_username = Some("watcher".into());
+        };
+        let c = parse(sentinel).expect("sentinel credentials");
+        assert!(c.redis.as_ref().is_some_and(|t| t.uses_tls()));
+        let e = parse(|r| {
+            sentinel(r);
+            r.redis_url = Some("redis://h:6379".into());
+        })
+        .unwrap_err();
+        assert_eq!(
+            (e.var, e.problem.as_str()),
+            (
+                "REDIS_SENTINEL_PASSWORD",
+                "is set, but REDIS_URL is not a Sentinel URL (redis+sentinel://)"
+            )
+        );
+        let e = parse(|r| {
+            sentinel(r);
+            r.redis_sentinel_password = None;
+        })
+        .unwrap_err();
+        assert_eq!(e.var, "REDIS_SENTINEL_USERNAME");
+        let e = parse(|r| {
+            sentinel(r);
+            r.redis_url = None;
+        })
+        .unwrap_err();
+        assert_eq!(e.var, "REDIS_SENTINEL_PASSWORD");
+        assert!(!e.to_string().contains("s3ntinel"), "{e}");
     }
 
     #[test]

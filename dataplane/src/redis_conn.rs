@@ -1,9 +1,10 @@
 //! Connections to Redis in its forms: one server (`redis://`,
 //! `redis+unix://`), a Redis Cluster (`redis+cluster://h1:7000,h2:7001`) or
 //! the master that Redis Sentinel names
-//! (`redis+sentinel://s1:26379,s2:26379/mymaster`). TLS is `rediss://` or
-//! `rediss+cluster://`, verified against the system's roots or the CA file
-//! of [`Tls`] (`REDIS_TLS_CA_FILE`).
+//! (`redis+sentinel://s1:26379,s2:26379/mymaster`, the sentinels' own
+//! credentials in [`SentinelAuth`]). TLS is `rediss://`, `rediss+cluster://`
+//! or `rediss+sentinel://`, verified against the system's roots or the CA
+//! file of [`Tls`] (`REDIS_TLS_CA_FILE`).
 //!
 //! [`Target`] is the parsed, validated form of `REDIS_URL` (pure, so its
 //! rules are unit-tested); [`Conn`] is a command connection to either form
@@ -28,8 +29,8 @@ use redis::{
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
     cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
-    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
-    Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value,
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
+    Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, TlsMode, Value,
 };
 use tokio::sync::watch;
 
@@ -45,13 +46,25 @@ pub enum Target {
     /// topology is discovered (`CLUSTER SLOTS`).
     Cluster(Vec<Secret>),
     /// The master Redis Sentinel names `master`, asked of `sentinels`
-    /// (`redis://host:port`, no credentials); `node` is a URL of no host
-    /// that carries the credentials and database for the master.
+    /// (`redis://host:port` or `rediss://host:port`, no credentials);
+    /// `node` is a URL of no host that carries the credentials, database
+    /// and TLS scheme for the master; `auth`, the sentinels' own
+    /// credentials (`REDIS_SENTINEL_USERNAME`, `REDIS_SENTINEL_PASSWORD`).
     Sentinel {
         sentinels: Vec<String>,
         master: String,
         node: Secret,
+        auth: Option<SentinelAuth>,
     },
+}
+
+/// The credentials of the sentinels themselves, when they require any
+/// (`requirepass` or an ACL user in sentinel.conf): distinct from the
+/// master's, which the URL carries.
+#[derive(Clone)]
+pub struct SentinelAuth {
+    pub username: Option<String>,
+    pub password: Secret,
 }
 
 impl std::fmt::Debug for Target {
@@ -64,10 +77,11 @@ impl Target {
     /// Parses `REDIS_URL`. A cluster is written
     /// `redis+cluster://[user[:password]@]host:port[,host:port…][/db][?query]`,
     /// Sentinel `redis+sentinel://[user[:password]@]host:port[,host:port…]/master[/db]`
-    /// (the credentials are the master's: sentinels are asked without any);
-    /// `redis://` or `redis+unix://` is one server. `rediss://` and
-    /// `rediss+cluster://` are the same over TLS; Sentinel over TLS is
-    /// refused (not supported yet).
+    /// (the credentials are the master's; the sentinels' own, if any, are
+    /// added by [`Target::with_sentinel_auth`]); `redis://` or
+    /// `redis+unix://` is one server. `rediss://`, `rediss+cluster://` and
+    /// `rediss+sentinel://` are the same over TLS (for Sentinel: to the
+    /// sentinels and to the master).
     pub fn parse(url: &str) -> Result<Target, String> {
         let target = Self::parse_form(url)?;
         // What the `redis` crate would refuse at connect time (an
@@ -99,18 +113,11 @@ impl Target {
         let node_scheme = match scheme.to_ascii_lowercase().as_str() {
             "redis" | "redis+unix" | "rediss" => return Ok(Target::Single(Secret::new(url))),
             "redis+cluster" | "redis+sentinel" => "redis",
-            "rediss+cluster" => "rediss",
-            // Refused here rather than at connect time, after startup has
-            // begun.
-            "rediss+sentinel" => {
-                return Err(
-                    "TLS to Redis Sentinel (rediss+sentinel://) is not supported yet".into(),
-                )
-            }
+            "rediss+cluster" | "rediss+sentinel" => "rediss",
             _ => {
                 return Err(
                     "must start with redis://, rediss://, redis+unix://, redis+cluster://, \
-                 rediss+cluster:// or redis+sentinel://"
+                 rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
                         .into(),
                 )
             }
@@ -124,7 +131,7 @@ impl Target {
             .find(['/', '?'])
             .unwrap_or(hosts_and_tail.len());
         let (hosts, tail) = hosts_and_tail.split_at(split);
-        let sentinel = scheme.eq_ignore_ascii_case("redis+sentinel");
+        let sentinel = scheme.to_ascii_lowercase().ends_with("+sentinel");
         let example = if sentinel {
             "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster"
         } else {
@@ -142,7 +149,7 @@ impl Target {
             nodes.push(host.to_string());
         }
         if sentinel {
-            return sentinel_target(nodes, &auth, tail);
+            return sentinel_target(node_scheme, nodes, &auth, tail);
         }
         Ok(Target::Cluster(
             nodes
@@ -164,7 +171,19 @@ impl Target {
                 .get(..9)
                 .is_some_and(|s| s.eq_ignore_ascii_case("rediss://")),
             Target::Cluster(nodes) => nodes.iter().any(|n| n.expose().starts_with("rediss://")),
-            Target::Sentinel { .. } => false,
+            Target::Sentinel { node, .. } => node.expose().starts_with("rediss://"),
+        }
+    }
+
+    /// The target with the sentinels' own credentials; an error for any
+    /// target that is not Sentinel's.
+    pub fn with_sentinel_auth(mut self, credentials: SentinelAuth) -> Result<Target, String> {
+        match &mut self {
+            Target::Sentinel { auth, .. } => {
+                *auth = Some(credentials);
+                Ok(self)
+            }
+            _ => Err("is set, but REDIS_URL is not a Sentinel URL (redis+sentinel://)".into()),
         }
     }
 
@@ -235,17 +254,21 @@ impl Target {
                 .await?,
             )),
             Target::Sentinel { .. } => Ok(Conn::Sentinel(
-                Watched::start(self.sentinel(timeout)?, timeout).await?,
+                Watched::start(self.sentinel(timeout, tls)?, timeout).await?,
             )),
         }
     }
 
-    /// The Sentinel locator of a `Target::Sentinel` (an error for others).
-    pub fn sentinel(&self, timeout: Duration) -> redis::RedisResult<Sentinel> {
+    /// The Sentinel locator of a `Target::Sentinel` (an error for others):
+    /// the sentinels asked with their own credentials, the master with the
+    /// URL's; over TLS to both with `rediss+sentinel://`, verified against
+    /// `tls`.
+    pub fn sentinel(&self, timeout: Duration, tls: &Tls) -> redis::RedisResult<Sentinel> {
         let Target::Sentinel {
             sentinels,
             master,
             node,
+            auth,
         } = self
         else {
             return Err((
@@ -254,17 +277,38 @@ impl Target {
             )
                 .into());
         };
-        let node = node
-            .expose()
-            .into_connection_info()?
-            .redis_settings()
-            .clone();
-        let client = SentinelClient::build(
-            sentinels.clone(),
-            master.clone(),
-            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node)),
-            SentinelServerType::Master,
-        )?;
+        let addrs = sentinels
+            .iter()
+            .map(|s| Ok(s.as_str().into_connection_info()?.addr().clone()))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let node = node.expose().into_connection_info()?;
+        let settings = node.redis_settings();
+        let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+            .set_client_to_redis_db(settings.db());
+        if let Some(user) = settings.username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(auth) = auth {
+            if let Some(user) = &auth.username {
+                builder = builder.set_client_to_sentinel_username(user);
+            }
+            builder = builder.set_client_to_sentinel_password(auth.password.expose());
+        }
+        if matches!(node.addr(), ConnectionAddr::TcpTls { .. }) {
+            builder = builder
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            if let Some(certs) = tls.certificates() {
+                builder = builder.set_client_to_redis_certificates(certs);
+            }
+            if let Some(certs) = tls.certificates() {
+                builder = builder.set_client_to_sentinel_certificates(certs);
+            }
+        }
+        let client = builder.build()?;
         Ok(Sentinel {
             client,
             master: master.clone(),
@@ -276,8 +320,14 @@ impl Target {
     }
 }
 
-/// `redis+sentinel://auth@hosts/master[/db]` into its parts.
-fn sentinel_target(hosts: Vec<String>, auth: &str, tail: &str) -> Result<Target, String> {
+/// `redis+sentinel://auth@hosts/master[/db]` (or `rediss+sentinel`, whose
+/// `scheme` is `rediss`) into its parts.
+fn sentinel_target(
+    scheme: &str,
+    hosts: Vec<String>,
+    auth: &str,
+    tail: &str,
+) -> Result<Target, String> {
     if tail.contains('?') {
         return Err("a Sentinel URL takes no query: the database is its last path segment".into());
     }
@@ -293,9 +343,10 @@ fn sentinel_target(hosts: Vec<String>, auth: &str, tail: &str) -> Result<Target,
         );
     }
     Ok(Target::Sentinel {
-        sentinels: hosts.iter().map(|h| format!("redis://{h}")).collect(),
+        sentinels: hosts.iter().map(|h| format!("{scheme}://{h}")).collect(),
         master: master.to_string(),
-        node: Secret::new(format!("redis://{auth}localhost/{db}")),
+        node: Secret::new(format!("{scheme}://{auth}localhost/{db}")),
+        auth: None,
     })
 }
 
@@ -689,8 +740,13 @@ mod tests {
         assert!(t.uses_tls());
         assert!(Target::parse("rediss://u:p@h:6380").unwrap().uses_tls());
         assert!(!Target::parse("redis://h:6380").unwrap().uses_tls());
-        let e = Target::parse("rediss+sentinel://u:p@s1:26379/m").unwrap_err();
-        assert!(e.contains("not supported yet") && !e.contains(":p@"), "{e}");
+        // Sentinel over TLS: to the sentinels and to the master.
+        let t = Target::parse("rediss+sentinel://u:p@s1:26379/m").unwrap();
+        assert_eq!(nodes(&t), ["rediss://s1:26379", "rediss://u:p@localhost/0"]);
+        assert!(t.uses_tls());
+        assert!(!Target::parse("redis+sentinel://s1:26379/m")
+            .unwrap()
+            .uses_tls());
     }
 
     #[test]
@@ -726,6 +782,29 @@ mod tests {
             "redis://u:p w@h:1",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sentinel_credentials_go_only_with_a_sentinel_url_and_are_never_shown() {
+        let auth = || SentinelAuth {
+            username: Some("watcher".into()),
+            password: Secret::new("s3ntinel"),
+        };
+        let t = Target::parse("redis+sentinel://s1:26379/m")
+            .unwrap()
+            .with_sentinel_auth(auth())
+            .unwrap();
+        assert!(
+            matches!(&t, Target::Sentinel { auth: Some(a), .. } if a.username.as_deref() == Some("watcher"))
+        );
+        assert!(!format!("{t:?}").contains("s3ntinel"));
+        for other in ["redis://h:6379", "redis+cluster://h1:7000"] {
+            let e = Target::parse(other)
+                .unwrap()
+                .with_sentinel_auth(auth())
+                .unwrap_err();
+            assert!(e.contains("not a Sentinel URL"), "{e}");
         }
     }
 

@@ -285,3 +285,40 @@ fn keys_list_rotate_and_delete_from_the_command_line() {
         1
     );
 }
+
+/// Sentinel over TLS whose sentinels require their own password: without
+/// it, or with a wrong one, the process stops at start naming REDIS_URL,
+/// and neither password (the URL's, the sentinels') is ever printed.
+#[test]
+fn sentinels_refuse_a_wrong_password_at_start_without_showing_either() {
+    let url = std::env::var("TEST_REDIS_SENTINEL_TLS").unwrap_or_else(|_| {
+        panic!("TEST_REDIS_SENTINEL_TLS is not set: run REDIS_SENTINEL_TLS=1 scripts/redis-sentinel-up.sh (the test command does)")
+    });
+    let ca = format!("{}/ca.pem", common::redis::tls_certs());
+    let data_password = "data-test-password";
+    assert!(url.contains(data_password), "{url}");
+    for (sentinel_password, reason) in [
+        (None, "NOAUTH"),
+        (
+            Some("not-the-sentinels-password"),
+            "Password authentication failed",
+        ),
+    ] {
+        let mut env = vec![("REDIS_URL", url.as_str()), ("REDIS_TLS_CA_FILE", &ca)];
+        env.extend(sentinel_password.map(|p| ("REDIS_SENTINEL_PASSWORD", p)));
+        let out = run(&env, &["serve"]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("REDIS_URL (redis sentinel [rediss://127.0.0.1:")
+                && said.contains(reason),
+            "{said}"
+        );
+        assert!(!said.contains(data_password), "{said}");
+        assert!(!said.contains("not-the-sentinels-password"), "{said}");
+    }
+}

@@ -18,11 +18,18 @@
 //     `r*` key carry the same operation, no conflict sets an operation
 //     against itself, and every retry's `applied` reply is its own write.
 //
+//
+// With CHAOS_REDIS=cluster the servers fan out through the Redis Cluster of
+// scripts/redis-cluster-up.sh (TEST_REDIS_CLUSTER, sharded pub/sub), and
+// the Redis fault is a kill -9 of a random master: its replica is promoted,
+// then the killed node returns as a replica (the script's `heal`).
+//
 //   node e2e/chaos/chaos.mjs                    # 30 s, seed 42
 //   CHAOS_SECONDS=300 CHAOS_SEED=7 node e2e/chaos/chaos.mjs
+//   CHAOS_REDIS=cluster node e2e/chaos/chaos.mjs
 import { execFileSync } from 'node:child_process';
 import { io } from 'socket.io-client';
-import { Server, Redis, PG_URL, uid, sleep, waitFor } from '../../tests/js/harness.mjs';
+import { Server, Redis, RedisCluster, PG_URL, uid, sleep, waitFor } from '../../tests/js/harness.mjs';
 
 const SECONDS = Number(process.env.CHAOS_SECONDS ?? 30);
 const SEED = Number(process.env.CHAOS_SEED ?? 42);
@@ -30,6 +37,7 @@ const USERS = 5;
 const DEVICES_PER_USER = 6;
 const KEYS = 8;
 const STRATEGIES = ['LAST_WRITE_WINS', 'FIRST_WRITE_WINS', 'MERGE'];
+const REDIS_MODE = process.env.CHAOS_REDIS ?? 'single';
 
 // mulberry32: a small seeded PRNG. Each actor draws from a stream of its
 // own (the faults one, every device one), so a seed replays the same fault
@@ -228,7 +236,10 @@ async function faults(servers, redis, devices, until) {
   let last = Date.now();
   while (Date.now() < until - 3000) {
     await sleep(1500 + rand() * 2500);
-    const kind = pick(['kill9', 'kill9', 'redis', 'postgres', 'pause', 'disconnect']);
+    // On the cluster, the first fault is always the cluster's own.
+    const kind = REDIS_MODE === 'cluster' && !stats.faults[redis.fault]
+      ? 'redis'
+      : pick(['kill9', 'kill9', 'redis', 'postgres', 'pause', 'disconnect']);
     if (kind === 'kill9') {
       const s = pick(servers.filter((x) => x.up));
       if (!s) continue;
@@ -239,8 +250,8 @@ async function faults(servers, redis, devices, until) {
       await s.launch();
       s.up = true;
     } else if (kind === 'redis') {
-      fault('restart Redis');
-      await redis.restart();
+      fault(redis.fault);
+      await redis.restart(rand);
     } else if (kind === 'postgres') {
       fault('restart PostgreSQL');
       const version = execFileSync('bash', ['-c', 'ls /usr/lib/postgresql | sort -V | tail -1'], { encoding: 'utf8' }).trim();
@@ -262,6 +273,38 @@ async function faults(servers, redis, devices, until) {
   return last;
 }
 
+/**
+ * The Redis fault on the cluster: kill -9 of a random master; waits for a
+ * replica to take its slots, then for the killed node to return as a
+ * replica. The shared cluster is left as it was found: whole.
+ */
+class ClusterFaults {
+  fault = 'kill -9 a Redis Cluster master';
+  constructor(cluster) {
+    this.cluster = cluster;
+  }
+  get url() {
+    return this.cluster.url;
+  }
+  async restart(rand) {
+    const masters = this.cluster.nodes().filter((n) => n.master && !n.failed && n.ranges.length);
+    const victim = pickWith(rand)(masters);
+    const [slot] = victim.ranges[0];
+    process.kill(this.cluster.pidOf(victim.port), 'SIGKILL');
+    log(`killed the master on :${victim.port}`);
+    await waitFor(() => {
+      try {
+        const owner = this.cluster.ownerOf(slot);
+        return owner && owner.id !== victim.id;
+      } catch {
+        return false;
+      }
+    }, { timeout: 30000, interval: 250, what: 'a replica promoted' });
+    await this.cluster.heal();
+  }
+  stop() {}
+}
+
 function truth(user) {
   const rows = psql(`SELECT item_key, value, seq, is_deleted FROM sync_items WHERE user_id = '${user}'`);
   const items = {};
@@ -275,7 +318,10 @@ function truth(user) {
 }
 
 async function main() {
-  const redis = await Redis.start();
+  if (!['single', 'cluster'].includes(REDIS_MODE)) throw new Error(`CHAOS_REDIS=${REDIS_MODE}: single or cluster`);
+  const redis = REDIS_MODE === 'cluster'
+    ? new ClusterFaults(RedisCluster.fromEnv())
+    : Object.assign(await Redis.start(), { fault: 'restart Redis' });
   // Versions kept long enough to count every write of the `r*` keys.
   const env = { DATABASE_URL: PG_URL, REDIS_URL: redis.url, SYNCSTORE_STORE: uid('chaos'), DB_CONNECTION_LIMIT: '8', CONFLICT_HISTORY_VERSIONS: '1000' };
   const servers = [];
@@ -337,7 +383,7 @@ async function main() {
 
   const faultCount = Object.values(stats.faults).reduce((a, b) => a + b, 0);
   console.log('\n== chaos summary');
-  console.log(`seed ${SEED}, ${SECONDS} s, ${servers.length} servers, ${devices.length} devices, ${USERS} users`);
+  console.log(`seed ${SEED}, ${SECONDS} s, ${servers.length} servers, ${devices.length} devices, ${USERS} users, Redis: ${REDIS_MODE}`);
   console.log(`operations: ${stats.ops} (acknowledged ${stats.acked}, not acknowledged ${stats.unacked}), conflicts recorded: ${stats.conflicts}`);
   console.log(`faults injected: ${faultCount} ${JSON.stringify(stats.faults)}`);
   console.log(`deliveries replayed on reconnect: ${stats.replays}, duplicate deliveries (applied once by seq): ${stats.duplicates}, resyncs: ${stats.resyncs}`);
@@ -349,7 +395,8 @@ async function main() {
   console.log(`convergence time after the last fault: ${converged ? ((converged - lastFault) / 1000).toFixed(1) + ' s' : 'never (60 s)'}`);
   for (const w of lost.slice(0, 10)) console.log('  lost:', JSON.stringify(w), 'final seq', finalSeqs[w.user][w.key]);
   const ok = lost.length === 0 && missingConflicts === 0 && unconverged.length === 0 && faultCount > 0
-    && stats.retried > 0 && appliedTwice.length === 0 && selfConflicts === 0 && foreignReplies === 0 && unacknowledgedRetries === 0;
+    && stats.retried > 0 && appliedTwice.length === 0 && selfConflicts === 0 && foreignReplies === 0 && unacknowledgedRetries === 0
+    && (REDIS_MODE !== 'cluster' || stats.faults[redis.fault] > 0);
   console.log(`chaos: ${ok ? 'PASS' : 'FAIL'}`);
   process.exit(ok ? 0 : 1);
 }

@@ -1,6 +1,8 @@
 // Test harness: real `syncstore serve` processes on PostgreSQL and a
 // private Redis, and devices made of the official socket.io-client.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -73,6 +75,66 @@ export class Redis {
   }
   stop() {
     this.proc?.kill('SIGKILL');
+  }
+}
+
+const CLUSTER_UP = fileURLToPath(new URL('../../scripts/redis-cluster-up.sh', import.meta.url));
+
+/**
+ * The shared Redis Cluster of scripts/redis-cluster-up.sh, by its seed
+ * list (TEST_REDIS_CLUSTER, which the test command exports): its nodes as a
+ * live node sees them, slot owners, and faults healed by the script.
+ */
+export class RedisCluster {
+  static fromEnv() {
+    const seeds = process.env.TEST_REDIS_CLUSTER;
+    if (!seeds) throw new Error('TEST_REDIS_CLUSTER is not set: run scripts/redis-cluster-up.sh (the test command does)');
+    return new RedisCluster(seeds);
+  }
+  constructor(seeds) {
+    this.seeds = seeds;
+    this.ports = seeds.split(',').map((s) => Number(s.split(':').pop()));
+  }
+  get url() {
+    return `redis+cluster://${this.seeds}`;
+  }
+  /** The first node that answers. */
+  livePort() {
+    for (const p of this.ports) {
+      try {
+        if (redisCli(p, 'ping') === 'PONG') return p;
+      } catch {}
+    }
+    throw new Error('no cluster node answers');
+  }
+  /** `CLUSTER NODES` as a live node sees it. */
+  nodes() {
+    return redisCli(this.livePort(), 'cluster', 'nodes').split('\n').map((line) => {
+      const [id, addr, flags, master, , , , , ...slots] = line.trim().split(' ');
+      return {
+        id,
+        port: Number(addr.split('@')[0].split(':').pop()),
+        master: flags.includes('master'),
+        failed: flags.includes('fail'),
+        masterId: master,
+        ranges: slots.filter((s) => !s.startsWith('[')).map((s) => s.split('-').map(Number)).map(([a, b]) => [a, b ?? a]),
+      };
+    });
+  }
+  slotOf(key) {
+    return Number(redisCli(this.livePort(), 'cluster', 'keyslot', key));
+  }
+  /** The live master serving `slot`. */
+  ownerOf(slot) {
+    return this.nodes().find((n) => n.master && !n.failed && n.ranges.some(([a, b]) => slot >= a && slot <= b));
+  }
+  /** The pid of the node at `port`. */
+  pidOf(port) {
+    return Number(redisCli(port, 'info', 'server').match(/process_id:(\d+)/)[1]);
+  }
+  /** Restarts killed nodes and waits for the cluster and its replicas (without blocking the event loop). */
+  async heal() {
+    await promisify(execFile)('bash', [CLUSTER_UP, 'heal']);
   }
 }
 

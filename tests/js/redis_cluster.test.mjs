@@ -6,48 +6,14 @@
 // test command); the tests fail without it rather than skip.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { Server, Device, uid, waitFor, PG_URL, redisCli } from './harness.mjs';
+import { Server, Device, RedisCluster, uid, waitFor, PG_URL, redisCli } from './harness.mjs';
 import { writeStream } from './write_stream.mjs';
 
-const SEEDS = process.env.TEST_REDIS_CLUSTER;
-if (!SEEDS) throw new Error('TEST_REDIS_CLUSTER is not set: run scripts/redis-cluster-up.sh (the test command does)');
-const PORTS = SEEDS.split(',').map((s) => Number(s.split(':').pop()));
-const CLUSTER_UP = fileURLToPath(new URL('../../scripts/redis-cluster-up.sh', import.meta.url));
-
-
-/** The first node that answers. */
-function livePort() {
-  for (const p of PORTS) {
-    try {
-      if (redisCli(p, 'ping') === 'PONG') return p;
-    } catch {}
-  }
-  throw new Error('no cluster node answers');
-}
-
-/** The cluster's nodes as a live node sees them. */
-function nodes() {
-  return redisCli(livePort(), 'cluster', 'nodes').split('\n').map((line) => {
-    const [id, addr, flags, master, , , , , ...slots] = line.trim().split(' ');
-    return {
-      id,
-      port: Number(addr.split('@')[0].split(':').pop()),
-      master: flags.includes('master'),
-      failed: flags.includes('fail'),
-      masterId: master,
-      ranges: slots.filter((s) => !s.startsWith('[')).map((s) => s.split('-').map(Number)).map(([a, b]) => [a, b ?? a]),
-    };
-  });
-}
-
-const slotOf = (channel) => Number(redisCli(livePort(), 'cluster', 'keyslot', channel));
-
-/** The live master serving `slot`. */
-function ownerOf(slot) {
-  return nodes().find((n) => n.master && !n.failed && n.ranges.some(([a, b]) => slot >= a && slot <= b));
-}
+const cluster = RedisCluster.fromEnv();
+const { seeds: SEEDS, ports: PORTS } = cluster;
+const nodes = () => cluster.nodes();
+const slotOf = (channel) => cluster.slotOf(channel);
+const ownerOf = (slot) => cluster.ownerOf(slot);
 
 /** How many connections subscribe `channel` on the node at `port` (sharded). */
 const shardSubscribers = (port, channel) => Number(redisCli(port, 'pubsub', 'shardnumsub', channel).split('\n')[1]);
@@ -184,7 +150,7 @@ async function masterFault(tag, signal) {
   let pid;
   try {
     return await writeStreamThrough(tag, async (slot, owner, channel) => {
-      pid = Number(redisCli(owner.port, 'info', 'server').match(/process_id:(\d+)/)[1]);
+      pid = cluster.pidOf(owner.port);
       const at = Date.now();
       process.kill(pid, signal);
       const promoted = await waitFor(() => {
@@ -201,7 +167,7 @@ async function masterFault(tag, signal) {
     });
   } finally {
     if (pid && signal === 'SIGSTOP') process.kill(pid, 'SIGCONT');
-    execFileSync('bash', [CLUSTER_UP, 'heal'], { stdio: 'ignore' });
+    await cluster.heal();
   }
 }
 

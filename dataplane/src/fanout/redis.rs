@@ -101,7 +101,7 @@ impl RedisBus {
                 let moved = watched.rebuilt();
                 (
                     publisher,
-                    Server::Sentinel(Box::new(target.sentinel(timeout)?), moved),
+                    Server::Sentinel(Box::new(target.sentinel(timeout, tls)?), moved),
                 )
             }
         };
