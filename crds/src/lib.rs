@@ -25,13 +25,12 @@ pub const ROTATE_ANNOTATION: &str = "syncstore.dev/rotate";
 /// credentials and the store's identity). The CRD's CEL rule lists the
 /// same names (a test keeps them equal); the operator checks them too, for
 /// a CRD installed without the rule.
-pub const MANAGED_ENV: [&str; 10] = [
+pub const MANAGED_ENV: [&str; 9] = [
     "DATABASE_URL",
     "JWT_SECRET",
     "JWT_REFRESH_SECRET",
     "DB_PASSWORD",
     "REDIS_URL",
-    "REDIS_TLS_CA_FILE",
     "POD_NAME",
     "PORT",
     "SYNCSTORE_STORE",
@@ -148,9 +147,8 @@ pub struct SyncStoreSpec {
     /// Extra environment variables of the data-plane containers, applied
     /// after (and so over) the ones the spec renders, e.g. `LOG_LEVEL`. The
     /// operator-managed credentials and identity (DATABASE_URL,
-    /// JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL,
-    /// REDIS_TLS_CA_FILE (see `redis.tls`), POD_NAME, PORT,
-    /// SYNCSTORE_STORE, and API_KEY_TOKEN_PREFIX, which is the
+    /// JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME,
+    /// PORT, SYNCSTORE_STORE, and API_KEY_TOKEN_PREFIX, which is the
     /// operator's own key prefix) cannot be set here, nor a bootstrap key
     /// (BOOTSTRAP_API_KEY, BOOTSTRAP_USER_ID: keys are ApiKeys). Names are
     /// unique. Literal values are checked by the data plane's parser before
@@ -158,7 +156,7 @@ pub struct SyncStoreSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     #[x_kube(
-        validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'REDIS_TLS_CA_FILE', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE', 'API_KEY_TOKEN_PREFIX']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, REDIS_TLS_CA_FILE, POD_NAME, PORT, SYNCSTORE_STORE or API_KEY_TOKEN_PREFIX: the operator manages them"),
+        validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'JWT_SECRET', 'JWT_REFRESH_SECRET', 'DB_PASSWORD', 'REDIS_URL', 'POD_NAME', 'PORT', 'SYNCSTORE_STORE', 'API_KEY_TOKEN_PREFIX']))").message("env cannot set DATABASE_URL, JWT_SECRET, JWT_REFRESH_SECRET, DB_PASSWORD, REDIS_URL, POD_NAME, PORT, SYNCSTORE_STORE or API_KEY_TOKEN_PREFIX: the operator manages them"),
         validation = Rule::new("self.all(e, !(e.name in ['BOOTSTRAP_API_KEY', 'BOOTSTRAP_USER_ID']))").message("env cannot set BOOTSTRAP_API_KEY or BOOTSTRAP_USER_ID: a store's keys are ApiKeys, which the operator revokes when they are deleted; a bootstrap key would sit in the spec for every viewer to read and outlive its removal"),
         merge_strategy = ListMerge::Map(vec!["name".into()])
     )]
@@ -415,8 +413,10 @@ pub struct RedisSpec {
     /// nodes, `redis+sentinel://` with the Sentinels and the master's name
     /// (README, "Running on Redis Cluster or Sentinel").
     pub url_secret_ref: SecretKeyRef,
-    /// TLS settings for a `rediss://` or `rediss+cluster://` URL. Without
-    /// them the pods trust the system's root certificates.
+    /// TLS settings for a `rediss://`, `rediss+cluster://` or
+    /// `rediss+sentinel://` URL. Without them the pods trust the system's
+    /// root certificates (or a REDIS_TLS_CA_FILE of `env`, which cannot be
+    /// set beside them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RedisTlsSpec>,
 }
@@ -427,7 +427,8 @@ pub struct RedisSpec {
 pub struct RedisTlsSpec {
     /// Secret key holding the PEM certificate(s) of the CA that signed the
     /// Redis servers' certificates, trusted instead of the system's roots.
-    /// Mounted read-only into the pods as REDIS_TLS_CA_FILE; a change to it
+    /// Mounted read-only into the pods as REDIS_TLS_CA_FILE; checked before
+    /// rollout (PEM with at least one certificate), and a change to it
     /// rolls them.
     pub ca_secret_ref: CaSecretRef,
 }

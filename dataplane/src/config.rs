@@ -42,7 +42,7 @@ pub struct RawConfig {
     /// redis://… for fan-out and shared rate limits across pods;
     /// redis+cluster://h1:7000,h2:7001 for a Redis Cluster;
     /// redis+sentinel://s1:26379,s2:26379/mymaster for Sentinel's master;
-    /// rediss://… and rediss+cluster://… over TLS.
+    /// rediss://…, rediss+cluster://… and rediss+sentinel://… over TLS.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// PEM file of the CA certificates Redis servers' TLS certificates

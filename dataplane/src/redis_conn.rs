@@ -391,9 +391,7 @@ impl Tls {
         };
         let pem =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-            return Err(format!("{} holds no PEM certificate", path.display()));
-        }
+        check_ca(&pem).map_err(|e| format!("{} {e}", path.display()))?;
         Ok(Tls { ca: Some(pem) })
     }
 
@@ -412,6 +410,29 @@ impl Tls {
             None => redis::Client::open(url.expose()),
         }
     }
+}
+
+/// Checks a PEM CA bundle as the TLS stack will read it: at least one
+/// `CERTIFICATE` block, each a certificate that can be a trust anchor.
+/// Returns how many there are; the error completes "<the file> …". The
+/// operator checks a CA Secret with it too.
+pub fn check_ca(pem: &[u8]) -> Result<usize, String> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("is not valid PEM ({e})"))?;
+    if certificates.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    for (n, der) in certificates.iter().enumerate() {
+        webpki::anchor_from_trusted_cert(der).map_err(|e| {
+            format!(
+                "holds a certificate (#{}) that is not valid X.509 ({e})",
+                n + 1
+            )
+        })?;
+    }
+    Ok(certificates.len())
 }
 
 /// A command connection to one server, a cluster or Sentinel's master.
@@ -806,6 +827,22 @@ mod tests {
                 .unwrap_err();
             assert!(e.contains("not a Sentinel URL"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_ca_bundle_must_hold_parsable_certificates() {
+        let block = |body: &str| {
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        };
+        assert_eq!(check_ca(b"").unwrap_err(), "holds no PEM certificate");
+        assert_eq!(check_ca(b"hello").unwrap_err(), "holds no PEM certificate");
+        let e = check_ca(block("not base64 !!!").as_bytes()).unwrap_err();
+        assert!(e.starts_with("is not valid PEM"), "{e}");
+        let e = check_ca(block("AAAA").as_bytes()).unwrap_err();
+        assert!(
+            e.starts_with("holds a certificate (#1) that is not valid X.509"),
+            "{e}"
+        );
     }
 
     #[test]

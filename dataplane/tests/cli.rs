@@ -70,6 +70,39 @@ fn a_redis_certificate_from_another_ca_is_refused_at_start() {
     assert!(!said.contains("s3cret"), "{said}");
 }
 
+/// A CA file whose PEM block is no certificate is refused at start naming
+/// REDIS_TLS_CA_FILE (it was a connect error naming REDIS_URL), and a real
+/// CA bundle passes that check.
+#[test]
+fn a_ca_file_that_is_no_certificate_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let junk = junk.to_string_lossy().to_string();
+    let out = run(
+        &[
+            ("REDIS_URL", "rediss://127.0.0.1:1"),
+            ("REDIS_TLS_CA_FILE", &junk),
+        ],
+        &["serve"],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "REDIS_TLS_CA_FILE: {junk} holds a certificate (#1) that is not valid X.509"
+        )),
+        "{said}"
+    );
+    let ca = format!("{}/ca.pem", common::redis::tls_certs());
+    let real = std::fs::read(&ca).unwrap();
+    assert_eq!(syncstore::redis_conn::check_ca(&real), Ok(1));
+}
+
 /// Redis unreachable at start: the process exits, and what it says names
 /// the variable and the address, never the password.
 #[test]

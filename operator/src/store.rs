@@ -575,19 +575,18 @@ struct Checked {
 async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Result<Checked> {
     let ns = store.namespace().unwrap_or_default();
     let redis = store.spec.redis.as_ref();
-    let url_ref = redis.map(|r| (&r.url_secret_ref.name, &r.url_secret_ref.key));
-    let redis_url = read_if_there(&ctx.client, &ns, url_ref).await?;
-    let ca_ref = redis
-        .and_then(|r| r.tls.as_ref())
-        .map(|t| (&t.ca_secret_ref.name, &t.ca_secret_ref.key));
-    let redis_ca = read_if_there(&ctx.client, &ns, ca_ref).await?;
-    if let (Some(ca), Some((name, key))) = (&redis_ca, ca_ref) {
-        if !ca.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(Error::InvalidSpec(format!(
-                "spec.redis.tls.caSecretRef: key {key} of Secret {name} holds no PEM certificate, so the pods would refuse to start; nothing is rolled out until it does"
-            )));
+    let redis_url = match redis {
+        Some(r) => {
+            let url = &r.url_secret_ref;
+            read_if_there(&ctx.client, &ns, &url.name, &url.key).await?
         }
-    }
+        None => None,
+    };
+    let ca_ref = redis.and_then(|r| r.tls.as_ref()).map(|t| &t.ca_secret_ref);
+    let redis_ca = match ca_ref {
+        Some(r) => read_ca(&ctx.client, &ns, r).await?,
+        None => None,
+    };
     let vars = crate::validate::data_plane_env(
         store,
         &children::config_map(store, &ctx.settings.key_prefix),
@@ -602,18 +601,49 @@ async fn check_spec(store: &SyncStore, ctx: &Context, generated: &Secret) -> Res
     })
 }
 
-/// The value of a key of one of the user's Secrets, if the spec names one
-/// and it is there: a missing Secret is not [`check_spec`]'s to report (the
-/// pods show it, CreateContainerConfigError or a volume that cannot mount,
-/// and the rest of the store still rolls).
+/// The CA of `spec.redis.tls.caSecretRef`, checked as the pods will read
+/// it (`redis_conn::check_ca`): a Secret that is not there is the pods' to
+/// report (their volume cannot mount), but a key that is missing, empty,
+/// not text or not PEM certificates is refused before rollout.
+async fn read_ca(
+    client: &kube::Client,
+    namespace: &str,
+    r: &syncstore_crds::CaSecretRef,
+) -> Result<Option<String>> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let Some(secret) = api.get_opt(&r.name).await? else {
+        return Ok(None);
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|v| v.0.clone())
+        .or_else(|| {
+            let text = secret.string_data.as_ref()?.get(&r.key)?;
+            Some(text.clone().into_bytes())
+        })
+        .unwrap_or_default();
+    let problem = match syncstore::redis_conn::check_ca(&bytes) {
+        Ok(_) => return Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(_) if bytes.is_empty() => "has no value".to_string(),
+        Err(e) => e,
+    };
+    Err(Error::InvalidSpec(format!(
+        "spec.redis.tls.caSecretRef: key {} of Secret {} {problem}, so the pods would refuse to start; nothing is rolled out until it holds the PEM certificate(s) of the Redis servers' CA",
+        r.key, r.name
+    )))
+}
+
+/// The value of a key of one of the user's Secrets, if it is there: a
+/// missing Secret is not [`check_spec`]'s to report (the pods show it,
+/// CreateContainerConfigError, and the rest of the store still rolls).
 async fn read_if_there(
     client: &kube::Client,
     namespace: &str,
-    secret: Option<(&String, &String)>,
+    name: &str,
+    key: &str,
 ) -> Result<Option<String>> {
-    let Some((name, key)) = secret else {
-        return Ok(None);
-    };
     match read_secret_key(client, namespace, name, key).await {
         Ok(value) => Ok(Some(value)),
         Err(Error::SecretMissing { .. }) => Ok(None),

@@ -25,7 +25,7 @@ use crate::{
 /// database URL (the real one is derived from the admin URL later and is
 /// always well-formed), the pod name's shape, Redis, and the literal values
 /// of `spec.env` last, as the container applies them. `valueFrom` entries
-/// are resolved only on the node, so they are not checked.
+/// are resolved only on the node, so their values are not checked.
 pub fn data_plane_env(
     store: &SyncStore,
     config: &ConfigMap,
@@ -56,9 +56,20 @@ pub fn data_plane_env(
             vars.insert("REDIS_TLS_CA_FILE".into(), children::REDIS_CA_FILE.into());
         }
     }
+    // A secret read from a Secret on the node (`valueFrom`) is there for
+    // the parser as a stand-in, so that the rules about its presence hold
+    // (REDIS_SENTINEL_USERNAME needs REDIS_SENTINEL_PASSWORD); its value
+    // is the node's to check.
+    let secrets = secret_vars();
     for e in &store.spec.env {
-        if let Some(v) = &e.value {
-            vars.insert(e.name.clone(), v.clone());
+        match (&e.value, &e.value_from) {
+            (Some(v), _) => {
+                vars.insert(e.name.clone(), v.clone());
+            }
+            (None, Some(_)) if secrets.contains(&e.name) => {
+                vars.insert(e.name.clone(), "x".repeat(64));
+            }
+            _ => {}
         }
     }
     vars
@@ -72,7 +83,7 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<Co
     check_name(store)?;
     check_env_names(store)?;
     check_quantities(store)?;
-    check_redis_ca_mount(store)?;
+    check_redis_ca(store)?;
     // The GeoIP file lives on a pod volume the operator cannot open; what
     // it can check is that the path is on one of the mounted volumes.
     if let Some(path) = vars.remove("GEOIP_DB_PATH") {
@@ -94,15 +105,10 @@ pub fn check(store: &SyncStore, mut vars: BTreeMap<String, String>) -> Result<Co
 }
 
 /// Where in the spec the variable `var` comes from, for a message that
-/// tells what to fix: a literal `spec.env` entry wins, as it does in the
+/// tells what to fix: a `spec.env` entry wins, as it does in the
 /// container.
 fn source_of(store: &SyncStore, var: &str) -> String {
-    if store
-        .spec
-        .env
-        .iter()
-        .any(|e| e.name == var && e.value.is_some())
-    {
+    if store.spec.env.iter().any(|e| e.name == var) {
         return format!("the spec.env entry {var}");
     }
     let field = match var {
@@ -266,25 +272,46 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().trim().to_string()
 }
 
-/// While `spec.redis.tls` is set the operator adds a volume and mount for
-/// the CA; a pod-template volume or mount of the same name or path would
-/// make the Deployment invalid (both lists are keyed by them).
-fn check_redis_ca_mount(store: &SyncStore) -> Result<()> {
+/// While `spec.redis.tls` is set the operator adds a volume and a mount for
+/// the CA and sets REDIS_TLS_CA_FILE: a pod-template volume of the same
+/// name would make the Deployment invalid, a mount at, above or inside its
+/// path would hide the CA or keep its mount point from being made (a
+/// read-only volume above it), and a REDIS_TLS_CA_FILE of `spec.env` would
+/// point elsewhere than the CA the operator checked.
+fn check_redis_ca(store: &SyncStore) -> Result<()> {
     let Some((volume, mount)) = children::redis_ca(store) else {
         return Ok(());
     };
     let t = &store.spec.pod_template;
+    let ours = path_parts(&mount.mount_path);
+    let overlaps = |path: &str| {
+        let theirs = path_parts(path);
+        theirs.starts_with(&ours) || ours.starts_with(&theirs)
+    };
     let taken = t.volumes.iter().any(|v| v.name == volume.name)
-        || t.volume_mounts.iter().any(|m| {
-            m.name == mount.name || m.mount_path.trim_end_matches('/') == mount.mount_path
-        });
+        || t.volume_mounts
+            .iter()
+            .any(|m| m.name == mount.name || overlaps(&m.mount_path));
     if taken {
         return Err(Error::InvalidSpec(format!(
-            "podTemplate uses the volume name {} or the mount path {}, which the operator uses for spec.redis.tls, so nothing is rolled out until one of them is renamed",
+            "podTemplate uses the volume name {} or mounts a volume at, above or inside {}, which the operator uses for spec.redis.tls, so nothing is rolled out until that volume is renamed or moved",
             volume.name, mount.mount_path
         )));
     }
+    if store.spec.env.iter().any(|e| e.name == "REDIS_TLS_CA_FILE") {
+        return Err(Error::InvalidSpec(
+            "the spec.env entry REDIS_TLS_CA_FILE is refused beside spec.redis.tls, which sets it to the CA the operator mounts and checks, so nothing is rolled out until one of them is removed".into(),
+        ));
+    }
     Ok(())
+}
+
+/// An absolute path's components, without empty and `.` ones, so that
+/// `/a//b/./` and `/a/b` compare equal.
+fn path_parts(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect()
 }
 
 /// GEOIP_DB_PATH must be an absolute path inside a mount of
@@ -511,7 +538,7 @@ mod tests {
         let m = message(check(&s, env(&s, "redis://:hunter2@r:6379")));
         assert_eq!(
             m,
-            "the data plane would refuse REDIS_TLS_CA_FILE='/etc/syncstore/redis-tls/ca.crt' from spec.redis.tls (is set, but REDIS_URL does not use TLS (rediss:// or rediss+cluster://)), so nothing is rolled out until spec.redis.tls is fixed"
+            "the data plane would refuse REDIS_TLS_CA_FILE='/etc/syncstore/redis-tls/ca.crt' from spec.redis.tls (is set, but REDIS_URL does not use TLS (rediss://, rediss+cluster:// or rediss+sentinel://)), so nothing is rolled out until spec.redis.tls is fixed"
         );
         // The URL's Secret missing: the pods report it, not this check.
         let vars = data_plane_env(
@@ -521,14 +548,49 @@ mod tests {
             None,
         );
         check(&s, vars).expect("no URL to compare with");
+        let mount = |path: &str| {
+            format!("podTemplate: {{volumes: [{{name: x, emptyDir: {{}}}}], volumeMounts: [{{name: x, mountPath: {path}}}]}}\n")
+        };
         for template in [
-            "podTemplate: {volumes: [{name: syncstore-redis-tls, emptyDir: {}}]}\n",
-            "podTemplate: {volumes: [{name: x, emptyDir: {}}], volumeMounts: [{name: x, mountPath: /etc/syncstore/redis-tls/}]}\n",
+            "podTemplate: {volumes: [{name: syncstore-redis-tls, emptyDir: {}}]}\n".to_string(),
+            mount("/etc/syncstore/redis-tls/"),
+            mount("//etc/syncstore/./redis-tls"),
+            mount("/etc/syncstore"),
+            mount("/etc/syncstore/redis-tls/ca.crt"),
         ] {
             let s = store(&format!("{BASE}{tls}{template}"));
             let m = message(check(&s, env(&s, "rediss://r:6380")));
-            assert!(m.contains("which the operator uses for spec.redis.tls"), "{m}");
+            assert!(
+                m.contains("which the operator uses for spec.redis.tls"),
+                "{template}: {m}"
+            );
         }
+        // Beside it, not below or above: fine.
+        let s = store(&format!("{BASE}{tls}{}", mount("/etc/syncstore-geo")));
+        check(&s, env(&s, "rediss://r:6380")).expect("a sibling path");
+        let s = store(&format!(
+            "{BASE}{tls}env: [{{name: REDIS_TLS_CA_FILE, value: /x.pem}}]\n"
+        ));
+        let m = message(check(&s, env(&s, "rediss://r:6380")));
+        assert!(
+            m.contains("REDIS_TLS_CA_FILE is refused beside spec.redis.tls"),
+            "{m}"
+        );
+        // Without spec.redis.tls a store still sets it itself (a CA on a
+        // volume of its own), as before the field existed.
+        let own = format!("{BASE}redis: {{urlSecretRef: {{name: r}}}}\nenv: [{{name: REDIS_TLS_CA_FILE, value: /ca/ca.pem}}]\n");
+        let s = store(&own);
+        check(&s, env(&s, "rediss://r:6380")).expect("its own CA file");
+        // A sentinel password from a Secret counts as present: a literal
+        // user name beside it passes, and a Sentinel-less URL is refused.
+        let sentinel = format!("{BASE}redis: {{urlSecretRef: {{name: r}}}}\nenv: [{{name: REDIS_SENTINEL_USERNAME, value: watcher}}, {{name: REDIS_SENTINEL_PASSWORD, valueFrom: {{secretKeyRef: {{name: s, key: p}}}}}}]\n");
+        let s = store(&sentinel);
+        check(&s, env(&s, "redis+sentinel://s1:26379/m")).expect("password from a Secret");
+        let m = message(check(&s, env(&s, "redis://r:6379")));
+        assert!(
+            m.contains("REDIS_SENTINEL_PASSWORD") && !m.contains("xxxx"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -763,7 +763,12 @@ fn a_redis_ca_is_mounted_checked_and_a_new_one_rolls_the_pods() {
         c.secret(name, &[(key, value)]);
     };
     set(&c, "redis", "url", "rediss://:pw@127.0.0.1:6380");
-    let pem = |n: u8| format!("-----BEGIN CERTIFICATE-----\nMII{n}\n-----END CERTIFICATE-----\n");
+    // Two real CAs (scripts/test-certs.sh): a CA is parsed, not grepped.
+    let certs = std::env::var("TEST_TLS_CERTS").expect("TEST_TLS_CERTS (scripts/test-certs.sh)");
+    let pem = |n: u8| {
+        let file = if n == 1 { "ca.pem" } else { "other-ca.pem" };
+        std::fs::read_to_string(format!("{certs}/{file}")).expect("a test CA")
+    };
     set(&c, "redis-ca", "ca.crt", &pem(1));
     c.start_operator("op-redisca");
     let yaml = store_yaml("chat", 1).replace(
@@ -787,23 +792,29 @@ fn a_redis_ca_is_mounted_checked_and_a_new_one_rolls_the_pods() {
     c.eventually("the pods to roll for the new CA", 30, || {
         (template_hash(&c, "chat") != first).then_some(())
     });
-    set(&c, "redis-ca", "ca.crt", "not a certificate");
-    wait_reason(
-        &c,
-        "syncstore",
-        "chat",
-        "SpecAccepted",
-        "False",
-        "InvalidSpec",
-    );
-    let s = c.must_get("syncstore", "chat");
-    let message = cond_field(&s, "SpecAccepted", "message").unwrap_or_default();
-    assert!(
-        message.contains(
-            "spec.redis.tls.caSecretRef: key ca.crt of Secret redis-ca holds no PEM certificate"
+    // Not a certificate, the PEM marker around no certificate, and empty:
+    // each refused before rollout, naming the key.
+    for (bad, problem) in [
+        ("not a certificate", "holds no PEM certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "that is not valid X.509",
         ),
-        "{message}"
-    );
+        ("", "has no value"),
+    ] {
+        set(&c, "redis-ca", "ca.crt", bad);
+        let message = c.eventually("the bad CA refused", 60, || {
+            let s = c.get("syncstore", "chat")?;
+            let m = cond_field(&s, "SpecAccepted", "message")?;
+            m.contains(problem).then_some(m)
+        });
+        assert!(
+            message.starts_with(
+                "invalid spec: spec.redis.tls.caSecretRef: key ca.crt of Secret redis-ca "
+            ),
+            "{message}"
+        );
+    }
     set(&c, "redis-ca", "ca.crt", &pem(2));
     set(&c, "redis", "url", "redis://:hunter2@127.0.0.1:6379");
     c.eventually("a CA with a non-TLS URL refused", 60, || {
