@@ -12,6 +12,9 @@
 //     acknowledged conflict loser is recorded as a conflict: none is lost;
 //   - no device applied a delivery twice (duplicates are counted, and
 //     applied only by seq);
+//   - every socket write carries an `opId` and is sent again while its ack
+//     is lost, as the README's client does (a device is not sent its own
+//     writes: their ack is its only news of them);
 //   - writes whose ack was lost and that the client sent again (the device
 //     drops its connection right after sending, then retries with the same
 //     `opId` until acknowledged) were applied once: no two versions of an
@@ -38,6 +41,8 @@ const DEVICES_PER_USER = 6;
 const KEYS = 8;
 const STRATEGIES = ['LAST_WRITE_WINS', 'FIRST_WRITE_WINS', 'MERGE'];
 const REDIS_MODE = process.env.CHAOS_REDIS ?? 'single';
+// How long a device's connection may take to become ready (pending-updates).
+const STALL_MS = 15000;
 
 // mulberry32: a small seeded PRNG. Each actor draws from a stream of its
 // own (the faults one, every device one), so a seed replays the same fault
@@ -56,7 +61,7 @@ const faultRand = mulberry32(SEED);
 const reconnectRand = mulberry32(SEED ^ 0x5bd1e995);
 const pickWith = (rand) => (xs) => xs[Math.floor(rand() * xs.length)];
 
-const stats = { ops: 0, acked: 0, unacked: 0, conflicts: 0, faults: {}, duplicates: 0, replays: 0, resyncs: 0, retried: 0, retries: 0 };
+const stats = { ops: 0, acked: 0, unacked: 0, conflicts: 0, faults: {}, duplicates: 0, replays: 0, resyncs: 0, retried: 0, retries: 0, resent: 0, unackedBy: {}, stalledSessions: 0, stalledConnects: 0 };
 const retried = []; // { user, key, opId, reply }: writes whose first ack was lost
 const acked = []; // { user, key, seq, kind, status, conflictId }
 const log = (...a) => console.log(`[chaos ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
@@ -88,6 +93,7 @@ class ChaosDevice {
     this.socket?.removeAllListeners();
     this.socket?.disconnect();
     this.ready = false;
+    this.attemptAt = Date.now();
     const s = io(server.url, {
       transports: ['websocket'], reconnection: false, forceNew: true, timeout: 3000,
       query: { userId: this.user, instanceId: this.instanceId }, auth: { apiKey: this.key },
@@ -117,6 +123,17 @@ class ChaosDevice {
     };
     s.on('disconnect', retry);
     s.on('connect_error', retry);
+    // A connection that neither becomes ready nor fails is counted and made
+    // again: accepted without `pending-updates` (the server's fault, which
+    // fails the run), or never answered (the client's stall).
+    clearInterval(this.watchdog);
+    this.watchdog = setInterval(() => {
+      if (this.ready || this.stopped || Date.now() - this.attemptAt < STALL_MS) return;
+      const accepted = this.socket.connected;
+      stats[accepted ? 'stalledSessions' : 'stalledConnects'] += 1;
+      log(`${this.instanceId}: ${accepted ? 'connected, but no pending-updates' : 'no connection'} after ${STALL_MS / 1000} s; connecting again`);
+      this.connect();
+    }, 1000);
   }
   apply(key, seq, value, deleted, delivered) {
     if (delivered) {
@@ -136,6 +153,27 @@ class ChaosDevice {
       return null; // not acknowledged: no claim is made about it
     }
   }
+  /**
+   * A write as the README's client makes it: with an `opId`, sent again
+   * while its ack is lost (socket.io-client's `retries`), so that the device
+   * learns what became of it: the server sends a device the changes of its
+   * user's other instances, not its own write, whose ack is its only news
+   * of it. A server-side failure is sent again too: a commit whose
+   * answer the database lost (a restart) may have happened, and the retry
+   * gets its reply. Gives up 20 s after `until`; other errors are final.
+   */
+  async write(event, payload, until) {
+    const write = { ...payload, opId: `${this.instanceId}-w${(this.writes = (this.writes ?? 0) + 1)}` };
+    const lost = (r) => !r || ['INTERNAL', 'SERVICE_UNAVAILABLE', 'REQUEST_TIMEOUT'].includes(r.error?.code);
+    let reply = await this.call(event, write);
+    while (lost(reply) && Date.now() < until + 20000) {
+      await waitFor(() => this.ready || this.stopped, { timeout: 10000, what: 'reconnect' }).catch(() => {});
+      stats.resent += 1;
+      reply = await this.call(event, write);
+      if (lost(reply)) await sleep(100);
+    }
+    return reply;
+  }
   /** Live keys with the seq and value this device holds: equal to the
    * database's only if it has no gap left unrepaired. */
   state() {
@@ -145,6 +183,7 @@ class ChaosDevice {
   }
   stop() {
     this.stopped = true;
+    clearInterval(this.watchdog);
     this.socket?.removeAllListeners();
     this.socket?.disconnect();
   }
@@ -154,6 +193,8 @@ function record(user, key, kind, reply) {
   stats.ops += 1;
   if (!reply || reply.error) {
     stats.unacked += 1;
+    const why = `${kind}: ${reply?.error?.code ?? 'no reply'}`;
+    stats.unackedBy[why] = (stats.unackedBy[why] ?? 0) + 1;
     return;
   }
   stats.acked += 1;
@@ -192,18 +233,19 @@ async function operate(devices, users, servers, until) {
         }
         stats.retried += 1;
         retried.push({ user: d.user, key: rkey, opId, reply });
-        if (reply?.item) d.apply(rkey, reply.item.seq, reply.item.value, false, false);
+        if (reply?.item) d.apply(rkey, reply.item.seq, reply.item.value, reply.item.isDeleted === true, false);
         continue;
       }
       if (r < 0.55) {
         // A stale version now and then: a conflicting write.
         const known = d.items.get(key);
         const version = rand() < 0.3 ? 1 : undefined;
-        const reply = await d.call('sync:set', { key, value, metadata: { conflictStrategy: strategy }, ...(version && known ? { version } : {}) });
-        if (reply && !reply.error && reply.item) d.apply(key, reply.item.seq, reply.item.value, false, false);
+        const reply = await d.write('sync:set', { key, value, metadata: { conflictStrategy: strategy }, ...(version && known ? { version } : {}) }, until);
+        // A write that lost to a removal replies with the removal.
+        if (reply && !reply.error && reply.item) d.apply(key, reply.item.seq, reply.item.value, reply.item.isDeleted === true, false);
         record(d.user, key, 'set', reply);
       } else if (r < 0.7) {
-        const reply = await d.call('sync:remove', { key });
+        const reply = await d.write('sync:remove', { key }, until);
         if (reply && !reply.error && reply.seq) d.apply(key, reply.seq, null, true, false);
         record(d.user, key, 'remove', reply);
       } else if (r < 0.85) {
@@ -384,19 +426,33 @@ async function main() {
   const faultCount = Object.values(stats.faults).reduce((a, b) => a + b, 0);
   console.log('\n== chaos summary');
   console.log(`seed ${SEED}, ${SECONDS} s, ${servers.length} servers, ${devices.length} devices, ${USERS} users, Redis: ${REDIS_MODE}`);
-  console.log(`operations: ${stats.ops} (acknowledged ${stats.acked}, not acknowledged ${stats.unacked}), conflicts recorded: ${stats.conflicts}`);
+  console.log(`operations: ${stats.ops} (acknowledged ${stats.acked}, not acknowledged ${stats.unacked} ${JSON.stringify(stats.unackedBy)}; socket writes sent again after a lost ack: ${stats.resent}), conflicts recorded: ${stats.conflicts}`);
   console.log(`faults injected: ${faultCount} ${JSON.stringify(stats.faults)}`);
   console.log(`deliveries replayed on reconnect: ${stats.replays}, duplicate deliveries (applied once by seq): ${stats.duplicates}, resyncs: ${stats.resyncs}`);
   console.log(`acknowledged writes lost: ${lost.length}`);
   console.log(`conflict losers without a conflict record: ${missingConflicts}`);
   console.log(`writes retried after a lost ack: ${stats.retried} (${stats.retries} sends after the first; never acknowledged: ${unacknowledgedRetries}); applied twice: ${appliedTwice.length}, in conflict with themselves: ${selfConflicts}, applied replies not their own: ${foreignReplies}`);
   for (const [op, n] of appliedTwice.slice(0, 5)) console.log(`  applied ${n} times: ${op}`);
+  console.log(`connections stalled ${STALL_MS / 1000} s: accepted without pending-updates ${stats.stalledSessions}, never answered ${stats.stalledConnects}`);
   console.log(`devices not converged: ${unconverged.length}${unconverged.length ? ` (${unconverged.slice(0, 5).join(', ')})` : ''}`);
+  // What an unconverged device holds against the database, key by key, and
+  // who wrote the database's row: enough to tell a lost delivery from a
+  // write of the device's own whose ack it never got.
+  for (const id of unconverged.slice(0, 3)) {
+    const d = devices.find((x) => x.instanceId === id);
+    const mine = d.state();
+    const rows = psql(`SELECT item_key, seq, instance_id, is_deleted FROM sync_items WHERE user_id = '${d.user}'`);
+    const writers = Object.fromEntries((rows ? rows.split('\n') : []).map((l) => l.split('|')).map(([k, seq, inst, del]) => [k, `seq ${seq} by ${inst}${del === 't' ? ' (removed)' : ''}`]));
+    const truthNow = truth(d.user).items;
+    for (const k of new Set([...Object.keys(mine), ...Object.keys(truthNow)])) {
+      if (mine[k] !== truthNow[k]) console.log(`  ${id} ${k}: device ${mine[k] ?? '-'}, database ${truthNow[k] ?? '-'} (${writers[k]}); device ready ${d.ready}, max seq ${d.maxSeq}`);
+    }
+  }
   console.log(`convergence time after the last fault: ${converged ? ((converged - lastFault) / 1000).toFixed(1) + ' s' : 'never (60 s)'}`);
   for (const w of lost.slice(0, 10)) console.log('  lost:', JSON.stringify(w), 'final seq', finalSeqs[w.user][w.key]);
   const ok = lost.length === 0 && missingConflicts === 0 && unconverged.length === 0 && faultCount > 0
     && stats.retried > 0 && appliedTwice.length === 0 && selfConflicts === 0 && foreignReplies === 0 && unacknowledgedRetries === 0
-    && (REDIS_MODE !== 'cluster' || stats.faults[redis.fault] > 0);
+    && (REDIS_MODE !== 'cluster' || stats.faults[redis.fault] > 0) && stats.stalledSessions === 0;
   console.log(`chaos: ${ok ? 'PASS' : 'FAIL'}`);
   process.exit(ok ? 0 : 1);
 }

@@ -58,7 +58,7 @@ export class Redis {
   }
   ping() {
     try {
-      return execFileSync('redis-cli', ['-p', String(this.port), 'ping'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim() === 'PONG';
+      return redisCli(this.port, 'ping') === 'PONG';
     } catch {
       return false;
     }
