@@ -3,6 +3,7 @@
 #
 #   ./bench/sio.sh                     # 20k idle, 10k latency, 1k fan-out
 #   CONNS=5000 LAT_CONNS=2000 ./bench/sio.sh
+#   ONLY=pods ./bench/sio.sh           # just the two-pod runs (Redis, Cluster)
 #
 # Needs the services of scripts/services.sh (PostgreSQL, Redis) and starts
 # the Redis Cluster of scripts/redis-cluster-up.sh for the last scenario.
@@ -38,6 +39,8 @@ start() { # port pod [env...]
   wait_up "http://127.0.0.1:$port"
 }
 
+ONLY=${ONLY:-}
+if [ "$ONLY" != pods ]; then
 start 3301 bench-a
 echo "idle ($CONNS connections, one process): $("$LOAD" --url http://127.0.0.1:3301 --key $KEY idle --connections "$CONNS" --server-pid "${pids[0]}")"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
@@ -46,6 +49,7 @@ start 3301 bench-a
 echo "latency single process ($LAT_CONNS clients, $RATE writes/s): $("$LOAD" --url http://127.0.0.1:3301 --key $KEY latency --connections "$LAT_CONNS" --writes-per-sec "$RATE" --seconds "$SECONDS_PER_RUN" | tr '\n' ' ')"
 echo "fan-out (1 user, $FAN_DEVICES devices, $FAN_WRITES writes): $("$LOAD" --url http://127.0.0.1:3301 --key $KEY fanout --devices "$FAN_DEVICES" --writes "$FAN_WRITES" | tr '\n' ' ')"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+fi
 
 start 3301 bench-a REDIS_URL=redis://127.0.0.1:6379
 start 3302 bench-b REDIS_URL=redis://127.0.0.1:6379

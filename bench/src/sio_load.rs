@@ -87,6 +87,8 @@ fn now_us() -> u64 {
 struct Stats {
     latency_us: Mutex<Option<Histogram<u64>>>,
     delivered: AtomicU64,
+    /// Devices that got their `pending-updates` (their session is live).
+    ready: AtomicU64,
     /// `error` events and other events, for the report.
     errors: Mutex<std::collections::BTreeMap<String, u64>>,
     /// (sent, latency) pairs when SIO_TIMELINE is set, to find stalls.
@@ -177,6 +179,9 @@ async fn connect(
                 // `["sync:update",{...,"value":{"t":...}}]`, maybe after an ack id.
                 let body = rest.trim_start_matches(|c: char| c.is_ascii_digit());
                 let ack_id = &rest[..rest.len() - body.len()];
+                if body.starts_with("[\"pending-updates\"") {
+                    stats.ready.fetch_add(1, Ordering::Relaxed);
+                }
                 if !ack_id.is_empty() && body.starts_with("[\"pending-updates\"") {
                     // Acknowledge, as socket.io-client does when the handler calls back.
                     let _ = pong
@@ -390,9 +395,22 @@ async fn main() -> Result<()> {
                 .map(|i| (args.url.clone(), user.clone(), format!("d{i}")))
                 .collect();
             plan.insert(0, (args.url.clone(), user.clone(), "writer".to_string()));
+            let ready_before = stats.ready.load(Ordering::Relaxed);
+            let connecting = Instant::now();
             let sinks = connect_many(&args, plan, stats.clone()).await?;
             let writer = sinks[0].clone();
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Every device live (its `pending-updates` received) before the
+            // first write: a write made earlier reaches a device in its
+            // `pending-updates`, not as the `sync:update` counted here.
+            while stats.ready.load(Ordering::Relaxed) - ready_before < sinks.len() as u64
+                && connecting.elapsed() < Duration::from_secs(60)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            println!(
+                "devices live (pending-updates received) {:.2}s after connecting",
+                connecting.elapsed().as_secs_f64()
+            );
             let expected = (writes * (sinks.len() - 1)) as u64;
             let before = stats.delivered.load(Ordering::Relaxed);
             let started = Instant::now();

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{Envelope, Hub};
 use crate::{
     metrics::Metrics,
-    redis_conn::bounded,
+    redis_conn::{bounded, Conn},
     telemetry::{throttle::Throttle, TraceContext, TARGET},
 };
 
@@ -97,53 +97,76 @@ pub(super) fn receive(hub: &Hub, pod: &str, payload: &[u8]) {
     span.in_scope(|| hub.deliver(&envelope));
 }
 
+/// At most this many queued envelopes are published at once.
+const PUBLISH_BATCH: usize = 128;
+
 /// Publishes what is queued with `command` (`PUBLISH`, or `SPUBLISH` on a
-/// cluster). A few tries ride out a restart or a failover; past 10 s the
-/// message is dropped and the subscribers' repair-resync covers it.
-pub(super) async fn publish_loop<C: redis::aio::ConnectionLike>(
-    mut conn: C,
+/// cluster). What is waiting goes out together, each envelope its own
+/// command on the shared multiplexed connection(s): one slow round trip (a
+/// cluster routes each to its channel's shard) no longer holds the queue
+/// behind it, and commands to one server still leave in queue order, so a
+/// user's changes arrive in seq order. A few tries ride out a restart or a
+/// failover; past 10 s the message is dropped and the subscribers'
+/// repair-resync covers it.
+pub(super) async fn publish_loop(
+    conn: Conn,
     mut queue: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
     command: &'static str,
     attempt: Duration,
 ) {
-    while let Some(out) = queue.recv().await {
-        let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(50);
-        loop {
-            // Bounded: a connection waiting out its own reconnects to a
-            // master that is gone would hold the whole queue behind one
-            // message, long after the connection was made again elsewhere.
-            let sent: redis::RedisResult<i64> = bounded(
-                attempt,
-                redis::cmd(command)
-                    .arg(&out.channel)
-                    .arg(&out.payload)
-                    .query_async(&mut conn),
-            )
-            .await;
-            match sent {
-                Ok(_) => {
-                    metrics
-                        .fanout_publish_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    break;
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let sends = batch
+            .drain(..)
+            .map(|out| publish(conn.clone(), out, &metrics, command, attempt));
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+/// Publishes one envelope, retrying for up to 10 s.
+async fn publish(
+    mut conn: Conn,
+    out: Outgoing,
+    metrics: &Metrics,
+    command: &'static str,
+    attempt: Duration,
+) {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        // Bounded: a connection waiting out its own reconnects to a
+        // master that is gone would hold the whole queue behind one
+        // message, long after the connection was made again elsewhere.
+        let sent: redis::RedisResult<i64> = bounded(
+            attempt,
+            redis::cmd(command)
+                .arg(&out.channel)
+                .arg(&out.payload)
+                .query_async(&mut conn),
+        )
+        .await;
+        match sent {
+            Ok(_) => {
+                metrics
+                    .fanout_publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return;
+            }
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                metrics.fanout_errors.with_label_values(&["publish"]).inc();
+                tracing::debug!(error = %e, command, "publish failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                metrics.fanout_errors.with_label_values(&["publish"]).inc();
+                static LOG: Throttle = Throttle::new(Duration::from_secs(60));
+                if let Some(suppressed) = LOG.admit() {
+                    tracing::warn!(error = %e, channel = %out.channel, suppressed, "publish dropped after retries");
                 }
-                Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                    tracing::debug!(error = %e, command, "publish failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                    static LOG: Throttle = Throttle::new(Duration::from_secs(60));
-                    if let Some(suppressed) = LOG.admit() {
-                        tracing::warn!(error = %e, channel = %out.channel, suppressed, "publish dropped after retries");
-                    }
-                    metrics.fanout_dropped.inc();
-                    break;
-                }
+                metrics.fanout_dropped.inc();
+                return;
             }
         }
     }

@@ -397,28 +397,22 @@ pub async fn purge_tombstones(db: &Db, older_than: i64, limit: i64) -> Result<us
         let _turn = db.write_turn().await;
         let mut tx = db.begin().await?;
         lock_user(&mut tx, db, &user_id, super::now_ms()).await?;
-        // The kept versions go with the tombstone: a key written again
-        // later starts over at version 1, which must not meet them.
-        sqlx::query(&db.sql(
-            "DELETE FROM item_versions WHERE user_id = ? AND item_key IN (SELECT item_key FROM sync_items \
-             WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?)",
-        ))
-        .bind(user_id.as_str())
-        .bind(user_id.as_str())
-        .bind(true)
-        .bind(older_than)
-        .bind(max_seq)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&db.sql(
-            "DELETE FROM sync_items WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?",
-        ))
-        .bind(user_id.as_str())
-        .bind(true)
-        .bind(older_than)
-        .bind(max_seq)
-        .execute(&mut *tx)
-        .await?;
+        // The kept versions go first, with their tombstones: a key written
+        // again later starts over at version 1, which must not meet them.
+        const PURGED: &str = "FROM sync_items \
+            WHERE user_id = ? AND is_deleted = ? AND last_modified < ? AND seq <= ?";
+        for delete in [
+            format!("DELETE FROM item_versions WHERE (user_id, item_key) IN (SELECT user_id, item_key {PURGED})"),
+            format!("DELETE {PURGED}"),
+        ] {
+            sqlx::query(&db.sql(&delete))
+                .bind(user_id.as_str())
+                .bind(true)
+                .bind(older_than)
+                .bind(max_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(&db.sql(
             "UPDATE user_state SET purged_seq = CASE WHEN purged_seq < ? THEN ? ELSE purged_seq END WHERE user_id = ?",
         ))
