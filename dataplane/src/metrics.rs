@@ -313,7 +313,10 @@ impl Metrics {
             &self.fanout_errors,
             &[&["publish"], &["subscribe"], &["connect"]],
         );
-        zero(&self.catchups, &[&["gap"], &["overflow"], &["resync"]]);
+        zero(
+            &self.catchups,
+            &[&["gap"], &["overflow"], &["resync"], &["stalled"]],
+        );
         zero(
             &self.rate_limit_decisions,
             &[

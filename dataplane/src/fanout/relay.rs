@@ -102,12 +102,13 @@ const PUBLISH_BATCH: usize = 128;
 
 /// Publishes what is queued with `command` (`PUBLISH`, or `SPUBLISH` on a
 /// cluster). What is waiting goes out together, each envelope its own
-/// command on the shared multiplexed connection(s): one slow round trip (a
-/// cluster routes each to its channel's shard) no longer holds the queue
-/// behind it, and commands to one server still leave in queue order, so a
-/// user's changes arrive in seq order. A few tries ride out a restart or a
-/// failover; past 10 s the message is dropped and the subscribers'
-/// repair-resync covers it.
+/// command on the shared multiplexed connection(s), sent in queue order:
+/// one slow round trip (a cluster routes each to its channel's shard) no
+/// longer holds the queue behind it. What failed is then retried one at a
+/// time, in queue order, with backoff: a failure delays those envelopes
+/// (the subscribers' gap wait and repair cover it) but does not shuffle
+/// them, nor send the whole batch again at every try. Past 10 s an
+/// envelope is dropped and the subscribers' repair-resync covers it.
 pub(super) async fn publish_loop(
     conn: Conn,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -117,57 +118,75 @@ pub(super) async fn publish_loop(
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        let sends = batch
-            .drain(..)
-            .map(|out| publish(conn.clone(), out, &metrics, command, attempt));
-        futures_util::future::join_all(sends).await;
-    }
-}
-
-/// Publishes one envelope, retrying for up to 10 s.
-async fn publish(
-    mut conn: Conn,
-    out: Outgoing,
-    metrics: &Metrics,
-    command: &'static str,
-    attempt: Duration,
-) {
-    let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        // Bounded: a connection waiting out its own reconnects to a
-        // master that is gone would hold the whole queue behind one
-        // message, long after the connection was made again elsewhere.
-        let sent: redis::RedisResult<i64> = bounded(
-            attempt,
-            redis::cmd(command)
-                .arg(&out.channel)
-                .arg(&out.payload)
-                .query_async(&mut conn),
+        let started = std::time::Instant::now();
+        let sent = futures_util::future::join_all(
+            batch
+                .iter()
+                .map(|out| send(conn.clone(), out, command, attempt)),
         )
         .await;
-        match sent {
-            Ok(_) => {
+        for (out, first) in batch.drain(..).zip(sent) {
+            let done = match first {
+                Ok(()) => true,
+                Err(e) => retry(&conn, &out, e, &metrics, command, attempt, started).await,
+            };
+            if done {
                 metrics
                     .fanout_publish_seconds
                     .observe(started.elapsed().as_secs_f64());
-                return;
             }
-            Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                tracing::debug!(error = %e, command, "publish failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// One try, bounded: a connection waiting out its own reconnects to a
+/// master that is gone would otherwise hold the queue long after the
+/// connection was made again elsewhere.
+async fn send(
+    mut conn: Conn,
+    out: &Outgoing,
+    command: &'static str,
+    attempt: Duration,
+) -> redis::RedisResult<()> {
+    bounded(
+        attempt,
+        redis::cmd(command)
+            .arg(&out.channel)
+            .arg(&out.payload)
+            .query_async::<i64>(&mut conn),
+    )
+    .await
+    .map(drop)
+}
+
+/// Tries a failed envelope again until 10 s after `started`; whether it
+/// went out (else it is dropped and counted).
+async fn retry(
+    conn: &Conn,
+    out: &Outgoing,
+    mut error: redis::RedisError,
+    metrics: &Metrics,
+    command: &'static str,
+    attempt: Duration,
+    started: std::time::Instant,
+) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        metrics.fanout_errors.with_label_values(&["publish"]).inc();
+        if started.elapsed() >= Duration::from_secs(10) {
+            static LOG: Throttle = Throttle::new(Duration::from_secs(60));
+            if let Some(suppressed) = LOG.admit() {
+                tracing::warn!(error = %error, channel = %out.channel, suppressed, "publish dropped after retries");
             }
-            Err(e) => {
-                metrics.fanout_errors.with_label_values(&["publish"]).inc();
-                static LOG: Throttle = Throttle::new(Duration::from_secs(60));
-                if let Some(suppressed) = LOG.admit() {
-                    tracing::warn!(error = %e, channel = %out.channel, suppressed, "publish dropped after retries");
-                }
-                metrics.fanout_dropped.inc();
-                return;
-            }
+            metrics.fanout_dropped.inc();
+            return false;
+        }
+        tracing::debug!(error = %error, command, "publish failed, retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        match send(conn.clone(), out, command, attempt).await {
+            Ok(()) => return true,
+            Err(e) => error = e,
         }
     }
 }

@@ -356,6 +356,7 @@ impl Session {
             }
         }
         if let Some(i) = stalled_at {
+            self.count_stalled();
             self.app.metrics.conflations.inc_by((run.len() - i) as u64);
             tokio::time::sleep(FULL_BACKOFF).await;
         }
@@ -409,8 +410,18 @@ impl Session {
             }
         }
         if stalled {
+            self.count_stalled();
             tokio::time::sleep(FULL_BACKOFF).await;
         }
+    }
+
+    /// A catch-up owed because the socket could not take what was sent.
+    fn count_stalled(&self) {
+        self.app
+            .metrics
+            .catchups
+            .with_label_values(&["stalled"])
+            .inc();
     }
 
     /// Sends `pending-updates` (or `sync:resync`) from the device's cursor,
