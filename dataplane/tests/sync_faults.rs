@@ -266,6 +266,17 @@ async fn a_write_never_meets_an_expired_value(backend: &str, sweep_ms: &str) {
     );
     let (s, _) = put("g", json!({"value": 1}), "phone").await;
     assert_eq!(s, StatusCode::OK);
+    // The expiry's own instance id is the server's: a client cannot write
+    // (or remove) as it.
+    let (s, refused) = put("g", json!({"value": 2}), "ttl-cleanup").await;
+    assert_eq!(
+        (s, refused["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_BODY")),
+        "{refused}"
+    );
+    assert!(refused["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("X-Instance-Id") && m.contains("TTL expiry")));
 }
 
 #[tokio::test]

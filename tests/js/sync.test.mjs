@@ -206,6 +206,8 @@ test('every handshake refusal is a connect_error with message and code', async (
   assert.equal((await refusal(a.url, { query: { instanceId: 'i' }, auth: { apiKey: key } })).code, 'INVALID_HANDSHAKE');
   assert.equal((await refusal(a.url, { query: { userId: user }, auth: { apiKey: key } })).code, 'INVALID_HANDSHAKE');
   assert.equal((await refusal(a.url, { query: { userId: user, instanceId: 'x'.repeat(300) }, auth: { apiKey: key } })).code, 'INVALID_HANDSHAKE');
+  // The TTL expiry's instance id is the server's own.
+  assert.equal((await refusal(a.url, { query: { userId: user, instanceId: 'ttl-cleanup' }, auth: { apiKey: key } })).code, 'INVALID_HANDSHAKE');
   const forbidden = await refusal(a.url, { query: q, auth: { apiKey: other } });
   assert.equal(forbidden.code, 'FORBIDDEN');
   assert.ok(forbidden.message.length > 0);

@@ -156,7 +156,8 @@ impl FromRequestParts<AppState> for InstanceId {
         let id = value
             .to_str()
             .map_err(|_| ApiError::InvalidBody("X-Instance-Id must be visible ASCII".into()))?;
-        text::check("X-Instance-Id", id, text::ID).map_err(text::Invalid::body)?;
+        crate::sync::validate_client_instance_id("X-Instance-Id", id)
+            .map_err(text::Invalid::body)?;
         Ok(InstanceId(id.to_string()))
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     auth::{restrictions::Caller, Authorization, Presented, Principal, Scope},
     error::ApiError,
     state::AppState,
-    sync::{validate_instance_id, validate_user_id},
+    sync::{validate_client_instance_id, validate_user_id},
     telemetry::{self, TraceContext, TARGET},
 };
 
@@ -248,7 +248,8 @@ async fn device(
     let user_id = query_param(query, "userId").ok_or_else(|| required("userId"))?;
     let instance_id = query_param(query, "instanceId").ok_or_else(|| required("instanceId"))?;
     validate_user_id(&user_id).map_err(crate::text::Invalid::handshake)?;
-    validate_instance_id(&instance_id).map_err(crate::text::Invalid::handshake)?;
+    validate_client_instance_id("instanceId", &instance_id)
+        .map_err(crate::text::Invalid::handshake)?;
     // A credential acts for its own user; only an admin key may act for others.
     if user_id != principal.user_id && !principal.key.allows(Scope::Admin) {
         return Err(ApiError::Forbidden {

@@ -288,6 +288,21 @@ pub fn validate_instance_id(id: &str) -> Result<(), text::Invalid> {
     text::check("instanceId", id, text::ID)
 }
 
+/// An instance id a client gives (`field`: the handshake's `instanceId`,
+/// REST's `X-Instance-Id`): as [`validate_instance_id`], and not the one
+/// the server's TTL expiry writes with, whose removals name the version
+/// they expired (a client removing as it would hide its value's base).
+pub fn validate_client_instance_id(field: &str, id: &str) -> Result<(), text::Invalid> {
+    text::check(field, id, text::ID)?;
+    if id == super::plan::EXPIRY_INSTANCE {
+        return Err(text::Invalid::new(
+            field,
+            format!("{id} is the server's own instance id (TTL expiry); choose another"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

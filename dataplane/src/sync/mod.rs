@@ -18,7 +18,8 @@ use sqlx::AnyConnection;
 use tracing::Instrument;
 
 pub use item::{
-    validate_instance_id, validate_key, validate_prefix, validate_user_id, SetRequest, Ttl,
+    validate_client_instance_id, validate_instance_id, validate_key, validate_prefix,
+    validate_user_id, SetRequest, Ttl,
 };
 use operation::Op;
 pub use operation::{OperationId, Reply};
