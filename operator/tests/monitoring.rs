@@ -48,8 +48,9 @@ fn monitoring_condition(c: &Cluster) -> Option<(String, String, String)> {
 }
 
 fn warnings(c: &Cluster) -> Vec<(String, String)> {
-    c.events("involvedObject.name=chat,type=Warning")
+    c.events_of("chat")
         .into_iter()
+        .filter(|(kind, _, _)| kind == "Warning")
         .map(|(_, reason, message)| (reason, message))
         .collect()
 }

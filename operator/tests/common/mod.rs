@@ -301,9 +301,13 @@ impl Cluster {
             .collect()
     }
 
-    /// [`Cluster::events`] about the object named `name`.
+    /// [`Cluster::events`] about the `SyncStore` or `ApiKey` named `name`
+    /// (not its same-named children: the apiserver's own repair loop
+    /// reports on the store's Service, e.g. `ClusterIPNotAllocated`).
     pub fn events_of(&self, name: &str) -> Vec<(String, String, String)> {
-        self.events(&format!("involvedObject.name={name}"))
+        self.events(&format!(
+            "involvedObject.name={name},involvedObject.apiVersion=syncstore.dev/v1alpha1"
+        ))
     }
 
     pub fn apply_example(&self, file: &str) {
