@@ -302,10 +302,9 @@ impl Target {
                 .set_client_to_redis_tls_mode(TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(TlsMode::Secure);
             if let Some(certs) = tls.certificates() {
-                builder = builder.set_client_to_redis_certificates(certs);
-            }
-            if let Some(certs) = tls.certificates() {
-                builder = builder.set_client_to_sentinel_certificates(certs);
+                builder = builder
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
             }
         }
         let client = builder.build()?;

@@ -188,19 +188,21 @@ where
     Ok(deleted)
 }
 
-/// The value of `key` in a Secret's data, as text.
-pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+/// The bytes of `key` in a Secret: `data`, else `stringData` (the
+/// apiserver folds `stringData` into `data` on write, but a Secret built
+/// in memory holds only what it was given).
+pub fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key).cloned())
-        })
+        .map(|v| v.0.clone())
+        .or_else(|| Some(secret.string_data.as_ref()?.get(key)?.clone().into_bytes()))
+}
+
+/// The value of `key` in a Secret, as text.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    secret_bytes(secret, key).and_then(|b| String::from_utf8(b).ok())
 }
 
 /// Reads `key` of Secret `name`, or says which is missing.

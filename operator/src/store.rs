@@ -614,16 +614,7 @@ async fn read_ca(
     let Some(secret) = api.get_opt(&r.name).await? else {
         return Ok(None);
     };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|v| v.0.clone())
-        .or_else(|| {
-            let text = secret.string_data.as_ref()?.get(&r.key)?;
-            Some(text.clone().into_bytes())
-        })
-        .unwrap_or_default();
+    let bytes = crate::apply::secret_bytes(&secret, &r.key).unwrap_or_default();
     let problem = match syncstore::redis_conn::check_ca(&bytes) {
         Ok(_) => return Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
         Err(_) if bytes.is_empty() => "has no value".to_string(),
