@@ -42,7 +42,7 @@ start() { # port pod [env...]
 ONLY=${ONLY:-}
 if [ "$ONLY" != pods ]; then
 start 3301 bench-a
-echo "idle ($CONNS connections, one process): $("$LOAD" --url http://127.0.0.1:3301 --key $KEY idle --connections "$CONNS" --server-pid "${pids[0]}")"
+echo "idle ($CONNS connections, one process): $("$LOAD" --url http://127.0.0.1:3301 --key $KEY --server-pid "${pids[0]}" idle --connections "$CONNS" | tr "\n" " ")"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
 start 3301 bench-a

@@ -196,7 +196,16 @@ impl axum::serve::Listener for Listener {
         };
         loop {
             match self.tcp.accept().await {
-                Ok((stream, addr)) => return (Conn::new(stream, permit, self.timeouts), addr),
+                Ok((stream, addr)) => {
+                    // Socket.IO frames are small and latency-bound: without
+                    // TCP_NODELAY a frame written behind an unacknowledged
+                    // one waits for the peer's delayed ACK (Nagle). Go's
+                    // net/http and Node's http server set it too.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
+                    return (Conn::new(stream, permit, self.timeouts), addr);
+                }
                 Err(e) => accept_failed(e).await,
             }
         }
