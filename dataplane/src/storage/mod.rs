@@ -15,6 +15,7 @@ pub mod items;
 pub mod keys;
 pub mod presence;
 pub mod refresh_tokens;
+pub mod turns;
 
 use std::{borrow::Cow, path::Path, sync::Arc, time::Duration};
 
@@ -101,11 +102,18 @@ pub struct Db {
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
     /// Writers waiting for `sqlite_writer` now.
     writers_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// On the servers, each user's writes queue here (see [`turns`]).
+    user_turns: Arc<turns::UserTurns>,
     /// Where [`Db::begin`] records how long it waited for a connection;
     /// set once by the process that exports it (see [`Db::observe_acquire`]).
     acquire_wait: Arc<std::sync::OnceLock<prometheus::Histogram>>,
     max_connections: u32,
 }
+
+/// How long a request waits for a pooled connection (or its user's write
+/// turn) before it is told SERVICE_UNAVAILABLE rather than hanging on a
+/// dead or overloaded database.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Counts a writer waiting for SQLite's write turn while it lives.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -158,9 +166,7 @@ impl Db {
         let mut options = AnyPoolOptions::new()
             .max_connections(cfg.connection_limit)
             .min_connections(0)
-            // A request waits this long for a connection before it is told
-            // SERVICE_UNAVAILABLE rather than hanging on a dead database.
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .test_before_acquire(verify);
         if dialect == Dialect::Sqlite {
@@ -190,6 +196,7 @@ impl Db {
             dialect,
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
             writers_waiting: Arc::default(),
+            user_turns: Arc::default(),
             acquire_wait: Arc::default(),
             max_connections: cfg.connection_limit,
         })
@@ -263,6 +270,20 @@ impl Db {
                 Some(self.sqlite_writer.lock().await)
             }
             _ => None,
+        }
+    }
+
+    /// Held for the whole of one write of `user_id` on the servers, retries
+    /// included (see [`turns`]); on SQLite the writer's turn already puts
+    /// writes in order. A queue that gave no turn for as long as a request
+    /// waits for a pooled connection is the same `PoolTimedOut` (503).
+    pub async fn user_turn(&self, user_id: &str) -> Result<Option<turns::UserTurn>, sqlx::Error> {
+        if self.dialect == Dialect::Sqlite {
+            return Ok(None);
+        }
+        match self.user_turns.take(user_id, ACQUIRE_TIMEOUT).await {
+            Some(turn) => Ok(Some(turn)),
+            None => Err(sqlx::Error::PoolTimedOut),
         }
     }
 

@@ -362,6 +362,7 @@ impl SyncService {
         if let Some(key) = command.key() {
             validate_key(key)?;
         }
+        let _turn = self.db.user_turn(user_id).await?;
         self.retrying(|| async {
             let ctx = WriteCtx {
                 user_id,
