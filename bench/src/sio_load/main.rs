@@ -112,6 +112,8 @@ struct Stats {
     ready: AtomicU64,
     /// `error` events and other refusals, by code, for the report.
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Whether SIO_TIMELINE is set, read once: deliveries are the hot path.
+    keep_timeline: bool,
     /// (sent, latency) pairs when SIO_TIMELINE is set, to find stalls.
     timeline: Mutex<Vec<(u64, u64)>>,
 }
@@ -123,7 +125,7 @@ impl Stats {
         self.last_delivery_us.store(now_us(), Ordering::Relaxed);
         let Some(sent_us) = sent_us else { return };
         let lat = now_us().saturating_sub(sent_us).max(1);
-        if std::env::var_os("SIO_TIMELINE").is_some() {
+        if self.keep_timeline {
             lock(&self.timeline).push((sent_us, lat));
         }
         if let Some(h) = lock(&self.latency_us).as_mut() {
@@ -491,6 +493,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let stats = Arc::new(Stats {
         latency_us: Mutex::new(Some(Histogram::new(3)?)),
+        keep_timeline: std::env::var_os("SIO_TIMELINE").is_some(),
         ..Default::default()
     });
     let run = format!("{}", now_us() % 1_000_000_000);
